@@ -10,7 +10,7 @@
 namespace somnus::cuda {
 
 template <class T>
-__device__ __forceinline__ T from_double(double v) {
+__host__ __device__ __forceinline__ T from_double(double v) {
   return static_cast<T>(static_cast<compute_t<T>>(v));
 }
 
