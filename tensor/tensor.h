@@ -14,6 +14,7 @@
 
 #include "tensor/device.h"
 #include "tensor/dtype.h"
+#include "tensor/error.h"
 #include "tensor/storage.h"
 
 namespace somnus {

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command (2): set up, build (CUDA backend compiled when nvcc is found), run every test.
+# CUDA tests (label `cuda`) skip visibly when there is no GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+build_dir="${SOMNUS_BUILD_DIR:-build}"
+ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" "$@"
