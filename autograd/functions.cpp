@@ -1,0 +1,399 @@
+// Backward rules of the differentiable functions (functions.h), micrograd-style: each op
+// runs its kernel, then records a lambda that maps the output gradient to input gradients
+// using kernels:: ops. Lambdas capture only detached tensors (no reference cycles) and only
+// what the gradients that are actually needed use.
+#include "autograd/functions.h"
+
+#include <algorithm>
+
+#include "autograd/node.h"
+#include "kernels/ops.h"
+#include "tensor/format.h"
+
+namespace somnus {
+
+using autograd::record;
+using autograd::TensorList;
+using kernels::Binary;
+using kernels::Reduce;
+using kernels::Unary;
+
+namespace {
+
+using GradFn = std::function<Tensor(const Tensor& g)>;
+
+int64_t wrap_dim(int64_t d, int64_t nd, const char* op) {
+  const int64_t w = d < 0 ? d + nd : d;
+  SOMNUS_CHECK(w >= 0 && w < nd, "{}: dim {} out of range for a tensor with {} dims", op, d, nd);
+  return w;
+}
+
+bool wants_grad(const Tensor& t) { return t.defined() && (t.requires_grad() || t.grad_fn()); }
+
+Tensor scalar_like(double v, const Tensor& x) { return Tensor::scalar(v, x.dtype(), x.device()); }
+
+Tensor k_sub(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::sub, a, b); }
+Tensor k_mul(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::mul, a, b); }
+Tensor k_div(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::div, a, b); }
+Tensor k_neg(const Tensor& a) { return kernels::unary(Unary::neg, a); }
+
+// A broadcasting binary op: da/db give each input's gradient at the output's shape, and are
+// then summed back to the input's shape. A side that needs no gradient drops its rule (and
+// with it the tensors the rule saved).
+Tensor record_binary(const char* name, const Tensor& a, const Tensor& b, Tensor y, GradFn da, GradFn db) {
+  if (!wants_grad(a)) da = nullptr;
+  if (!wants_grad(b)) db = nullptr;
+  return record(
+      name, {a, b}, std::move(y),
+      [da = std::move(da), db = std::move(db), sa = a.shape(), sb = b.shape()](const TensorList& g) {
+        return TensorList{da ? kernels::sum_to(da(g[0]), sa) : Tensor(), db ? kernels::sum_to(db(g[0]), sb) : Tensor()};
+      });
+}
+
+// Sends the gradient of a reduction over dim back over the reduced dim.
+Tensor expand_back(const Tensor& g, const Shape& shape, int64_t dim, bool keepdim) {
+  return (keepdim ? g : g.unsqueeze(dim)).expand(shape);
+}
+
+Tensor unary_op(Unary op, const Tensor& x, double scalar = 0.0) {
+  return record(kernels::unary_name(op), {x}, kernels::unary(op, x, scalar),
+                [op, scalar, x = x.detach()](const TensorList& g) {
+                  return TensorList{kernels::unary_backward(op, x, g[0], scalar)};
+                });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- elementwise, binary
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  return record_binary(
+      "add", a, b, kernels::binary(Binary::add, a, b), [](const Tensor& g) { return g; },
+      [](const Tensor& g) { return g; });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return record_binary(
+      "sub", a, b, kernels::binary(Binary::sub, a, b), [](const Tensor& g) { return g; },
+      [](const Tensor& g) { return k_neg(g); });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return record_binary(
+      "mul", a, b, kernels::binary(Binary::mul, a, b), [b = b.detach()](const Tensor& g) { return k_mul(g, b); },
+      [a = a.detach()](const Tensor& g) { return k_mul(g, a); });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor y = kernels::binary(Binary::div, a, b);
+  // d(a/b)/db = -a/b² = -y/b
+  return record_binary(
+      "div", a, b, y, [b = b.detach()](const Tensor& g) { return k_div(g, b); },
+      [b = b.detach(), y = y.detach()](const Tensor& g) { return k_neg(k_div(k_mul(g, y), b)); });
+}
+
+// maximum and minimum: a's share of the gradient is 1 where a is the result, 0 where b is,
+// and 1/2 on ties; b gets the rest. The share is computed once in the forward and saved.
+static Tensor min_max(Binary op, const char* name, const Tensor& a, const Tensor& b) {
+  Tensor y = kernels::binary(op, a, b);
+  if (!autograd::needs_grad({a, b})) return y;
+  Tensor one = scalar_like(1.0, y), zero = scalar_like(0.0, y), half = scalar_like(0.5, y);
+  Tensor a_share = kernels::where(k_sub(y, b), one, kernels::where(k_sub(a, b), zero, half));
+  return record_binary(
+      name, a, b, y, [s = a_share](const Tensor& g) { return k_mul(g, s); },
+      [s = a_share, one](const Tensor& g) { return k_mul(g, k_sub(one, s)); });
+}
+
+Tensor maximum(const Tensor& a, const Tensor& b) { return min_max(Binary::maximum, "maximum", a, b); }
+Tensor minimum(const Tensor& a, const Tensor& b) { return min_max(Binary::minimum, "minimum", a, b); }
+
+Tensor add(const Tensor& a, double b) { return add(a, scalar_like(b, a)); }
+Tensor sub(const Tensor& a, double b) { return sub(a, scalar_like(b, a)); }
+Tensor sub(double a, const Tensor& b) { return sub(scalar_like(a, b), b); }
+Tensor mul(const Tensor& a, double b) { return mul(a, scalar_like(b, a)); }
+Tensor div(const Tensor& a, double b) { return div(a, scalar_like(b, a)); }
+Tensor div(double a, const Tensor& b) { return div(scalar_like(a, b), b); }
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator+(const Tensor& a, double b) { return add(a, b); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, double b) { return div(a, b); }
+Tensor operator+(double a, const Tensor& b) { return add(b, a); }
+Tensor operator-(double a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(double a, const Tensor& b) { return mul(b, a); }
+Tensor operator/(double a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  Tensor y = kernels::where(cond, a, b);
+  if (!autograd::needs_grad({a, b})) return y;
+  Tensor zero = scalar_like(0.0, y);
+  return record_binary(
+      "where", a, b, y, [cond = cond.detach(), zero](const Tensor& g) { return kernels::where(cond, g, zero); },
+      [cond = cond.detach(), zero](const Tensor& g) { return kernels::where(cond, zero, g); });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, double b) { return where(cond, a, scalar_like(b, a)); }
+
+// ---------------------------------------------------------------- elementwise, unary
+
+Tensor neg(const Tensor& x) {
+  return record("neg", {x}, k_neg(x), [](const TensorList& g) { return TensorList{k_neg(g[0])}; });
+}
+Tensor exp(const Tensor& x) { return unary_op(Unary::exp, x); }
+Tensor log(const Tensor& x) { return unary_op(Unary::log, x); }
+Tensor sqrt(const Tensor& x) { return unary_op(Unary::sqrt, x); }
+Tensor rsqrt(const Tensor& x) { return unary_op(Unary::rsqrt, x); }
+Tensor tanh(const Tensor& x) { return unary_op(Unary::tanh, x); }
+Tensor sigmoid(const Tensor& x) { return unary_op(Unary::sigmoid, x); }
+Tensor relu(const Tensor& x) { return unary_op(Unary::relu, x); }
+Tensor gelu(const Tensor& x) { return unary_op(Unary::gelu, x); }
+Tensor silu(const Tensor& x) { return unary_op(Unary::silu, x); }
+Tensor abs(const Tensor& x) { return unary_op(Unary::abs, x); }
+Tensor square(const Tensor& x) { return unary_op(Unary::square, x); }
+Tensor pow(const Tensor& x, double exponent) { return unary_op(Unary::pow, x, exponent); }
+
+// ---------------------------------------------------------------- reductions
+
+Tensor sum(const Tensor& x, int64_t dim, bool keepdim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "sum");
+  return record("sum", {x}, kernels::reduce(Reduce::sum, x, d, keepdim),
+                [shape = x.shape(), d, keepdim](const TensorList& g) {
+                  return TensorList{expand_back(g[0], shape, d, keepdim)};
+                });
+}
+
+Tensor mean(const Tensor& x, int64_t dim, bool keepdim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "mean");
+  return record("mean", {x}, kernels::reduce(Reduce::mean, x, d, keepdim),
+                [shape = x.shape(), d, keepdim](const TensorList& g) {
+                  Tensor scaled = k_div(g[0], scalar_like(static_cast<double>(shape[d]), g[0]));
+                  return TensorList{expand_back(scaled, shape, d, keepdim)};
+                });
+}
+
+Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "max");
+  // The argmax is recomputed from the saved input in backward rather than saved: x is
+  // usually alive anyway, and the i64 indices would be the bigger tensor.
+  return record("max", {x}, kernels::reduce(Reduce::max, x, d, keepdim),
+                [x = x.detach(), d, keepdim](const TensorList& g) {
+                  Tensor index = kernels::argmax(x, d, /*keepdim=*/true);
+                  Tensor src = keepdim ? g[0] : g[0].unsqueeze(d);
+                  return TensorList{kernels::scatter_add(x.shape(), d, index, src)};
+                });
+}
+
+Tensor sum(const Tensor& x) {
+  return record("sum", {x}, kernels::reduce_all(Reduce::sum, x),
+                [shape = x.shape()](const TensorList& g) { return TensorList{g[0].expand(shape)}; });
+}
+
+Tensor mean(const Tensor& x) {
+  return record("mean", {x}, kernels::reduce_all(Reduce::mean, x), [shape = x.shape()](const TensorList& g) {
+    Tensor scaled = k_div(g[0], scalar_like(static_cast<double>(shape_numel(shape)), g[0]));
+    return TensorList{scaled.expand(shape)};
+  });
+}
+
+Tensor max(const Tensor& x) {
+  Tensor y = kernels::reduce_all(Reduce::max, x);
+  return record("max", {x}, y, [x = x.detach(), y = y.detach()](const TensorList& g) {
+    Tensor is_max = kernels::where(k_sub(x, y), scalar_like(0.0, x), scalar_like(1.0, x));
+    Tensor count = kernels::reduce_all(Reduce::sum, is_max);
+    return TensorList{k_mul(is_max, k_div(g[0], count))};
+  });
+}
+
+// ---------------------------------------------------------------- softmax
+
+Tensor softmax(const Tensor& x, int64_t dim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "softmax");
+  if (d != x.dim() - 1) return transpose(softmax(transpose(x, d, -1), -1), d, -1);
+  Tensor y = kernels::softmax(x);
+  return record("softmax", {x}, y,
+                [y = y.detach()](const TensorList& g) { return TensorList{kernels::softmax_backward(y, g[0])}; });
+}
+
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  const int64_t d = wrap_dim(dim, x.dim(), "log_softmax");
+  if (d != x.dim() - 1) return transpose(log_softmax(transpose(x, d, -1), -1), d, -1);
+  Tensor y = kernels::log_softmax(x);
+  return record("log_softmax", {x}, y,
+                [y = y.detach()](const TensorList& g) { return TensorList{kernels::log_softmax_backward(y, g[0])}; });
+}
+
+// ---------------------------------------------------------------- matmul
+
+Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu) {
+  const bool grad = autograd::needs_grad({a, b, bias});
+  Tensor pre_gelu;  // (…, M, N) a @ b + bias, before the GELU epilogue
+  Tensor y = kernels::matmul(a, b, bias, gelu, grad && gelu ? &pre_gelu : nullptr);
+  if (!grad) return y;
+  const bool need_a = wants_grad(a), need_b = wants_grad(b), need_bias = wants_grad(bias);
+  // dA needs B and dB needs A: save each only when the other's gradient is wanted.
+  return record(gelu ? "matmul_gelu" : "matmul", {a, b, bias}, y,
+                [a = need_b ? a.detach() : Tensor(), b = need_a ? b.detach() : Tensor(),
+                 pre_gelu = gelu ? pre_gelu.detach() : Tensor(), gelu, need_a, need_b, need_bias](const TensorList& g) {
+                  const Tensor gz = gelu ? kernels::unary_backward(Unary::gelu, pre_gelu, g[0]) : g[0];
+                  const int64_t n = gz.size(-1);
+                  Tensor ga, gb, gbias;
+                  if (need_a) ga = kernels::matmul(gz, b.transpose(-2, -1));  // (…, M, N) @ (…, N, K)
+                  if (need_b) {
+                    if (a.dim() == 3 && b.dim() == 2) {
+                      // b is shared by every batch: its gradient sums over the batch too.
+                      const int64_t k = a.size(-1);
+                      gb = kernels::matmul(a.reshape({-1, k}).transpose(0, 1), gz.reshape({-1, n}));  // (K, N)
+                    } else {
+                      gb = kernels::matmul(a.transpose(-2, -1), gz);  // (…, K, M) @ (…, M, N)
+                    }
+                  }
+                  if (need_bias) gbias = kernels::sum_to(gz, {n});
+                  return TensorList{ga, gb, gbias};
+                });
+}
+
+// ---------------------------------------------------------------- indexing
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  return record("embedding", {weight}, kernels::embedding(weight, ids),
+                [ids = ids.detach(), vocab = weight.size(0)](const TensorList& g) {
+                  return TensorList{kernels::embedding_backward(g[0], ids, vocab)};
+                });
+}
+
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  Tensor y = kernels::gather(x, dim, index);
+  return record("gather", {x}, y, [shape = x.shape(), dim, index = index.detach()](const TensorList& g) {
+    return TensorList{kernels::scatter_add(shape, dim, index, g[0])};
+  });
+}
+
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  Tensor y = kernels::index_select(x, dim, index);
+  return record("index_select", {x}, y, [shape = x.shape(), dim, index = index.detach()](const TensorList& g) {
+    return TensorList{kernels::index_add(shape, dim, index, g[0])};
+  });
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
+  Tensor y = kernels::concat(xs, dim);  // validates xs
+  const int64_t d = wrap_dim(dim, xs[0].dim(), "concat");
+  std::vector<int64_t> sizes;
+  for (const Tensor& x : xs) sizes.push_back(x.size(d));
+  return record("concat", xs, y, [sizes, d](const TensorList& g) { return kernels::split(g[0], sizes, d); });
+}
+
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
+  std::vector<Tensor> ys = kernels::split(x, sizes, dim);  // validates sizes
+  const int64_t d = wrap_dim(dim, x.dim(), "split");
+  return record("split", {x}, std::move(ys),
+                [shape = x.shape(), dtype = x.dtype(), device = x.device(), sizes, d](const TensorList& g) {
+                  bool all = true;
+                  for (const Tensor& t : g) all = all && t.defined();
+                  if (all) return TensorList{kernels::concat(g, d)};
+                  // Pieces nobody used contribute zeros.
+                  Tensor gx = Tensor::zeros(shape, dtype, device);
+                  int64_t offset = 0;
+                  for (size_t i = 0; i < sizes.size(); ++i) {
+                    if (g[i].defined()) gx.slice(d, offset, offset + sizes[i]).copy_(g[i]);
+                    offset += sizes[i];
+                  }
+                  return TensorList{gx};
+                });
+}
+
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
+  SOMNUS_CHECK(chunks > 0, "chunk: chunks must be positive, got {}", chunks);
+  const int64_t d = wrap_dim(dim, x.dim(), "chunk");
+  const int64_t n = x.size(d), step = (n + chunks - 1) / chunks;
+  std::vector<int64_t> sizes;
+  for (int64_t offset = 0; offset < n; offset += step) sizes.push_back(std::min(step, n - offset));
+  if (sizes.empty()) sizes.push_back(0);
+  return split(x, sizes, d);
+}
+
+// ---------------------------------------------------------------- views and copies
+
+Tensor view(const Tensor& x, const Shape& shape) {
+  return record("view", {x}, x.view(shape),
+                [s = x.shape()](const TensorList& g) { return TensorList{g[0].reshape(s)}; });
+}
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  return record("reshape", {x}, x.reshape(shape),
+                [s = x.shape()](const TensorList& g) { return TensorList{g[0].reshape(s)}; });
+}
+
+Tensor flatten(const Tensor& x) { return reshape(x, {x.numel()}); }
+
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  return record("transpose", {x}, x.transpose(d0, d1),
+                [d0, d1](const TensorList& g) { return TensorList{g[0].transpose(d0, d1)}; });
+}
+
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
+  Tensor y = x.permute(dims);  // validates dims
+  std::vector<int64_t> inverse(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) inverse[wrap_dim(dims[i], x.dim(), "permute")] = static_cast<int64_t>(i);
+  return record("permute", {x}, y, [inverse](const TensorList& g) { return TensorList{g[0].permute(inverse)}; });
+}
+
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  return record(
+      "slice", {x}, x.slice(dim, start, end, step),
+      [shape = x.shape(), dtype = x.dtype(), device = x.device(), dim, start, end, step](const TensorList& g) {
+        Tensor gx = Tensor::zeros(shape, dtype, device);
+        gx.slice(dim, start, end, step).copy_(g[0]);
+        return TensorList{gx};
+      });
+}
+
+Tensor select(const Tensor& x, int64_t dim, int64_t index) {
+  return record("select", {x}, x.select(dim, index),
+                [shape = x.shape(), dtype = x.dtype(), device = x.device(), dim, index](const TensorList& g) {
+                  Tensor gx = Tensor::zeros(shape, dtype, device);
+                  gx.select(dim, index).copy_(g[0]);
+                  return TensorList{gx};
+                });
+}
+
+Tensor expand(const Tensor& x, const Shape& shape) {
+  return record("expand", {x}, x.expand(shape),
+                [s = x.shape()](const TensorList& g) { return TensorList{kernels::sum_to(g[0], s)}; });
+}
+
+Tensor unsqueeze(const Tensor& x, int64_t dim) {
+  return record("unsqueeze", {x}, x.unsqueeze(dim),
+                [s = x.shape()](const TensorList& g) { return TensorList{g[0].reshape(s)}; });
+}
+
+Tensor squeeze(const Tensor& x, int64_t dim) {
+  return record("squeeze", {x}, x.squeeze(dim),
+                [s = x.shape()](const TensorList& g) { return TensorList{g[0].reshape(s)}; });
+}
+
+Tensor contiguous(const Tensor& x) {
+  if (x.is_contiguous()) return x;
+  return record("contiguous", {x}, x.contiguous(), [](const TensorList& g) { return TensorList{g[0]}; });
+}
+
+Tensor to(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor y = kernels::cast(x, dtype);
+  if (!is_floating(dtype) || !is_floating(x.dtype())) return y;
+  return record("to", {x}, y,
+                [from = x.dtype()](const TensorList& g) { return TensorList{kernels::cast(g[0], from)}; });
+}
+
+Tensor to(const Tensor& x, Device device) {
+  if (x.device() == device) return x;
+  return record("to", {x}, x.to(device),
+                [from = x.device()](const TensorList& g) { return TensorList{g[0].to(from)}; });
+}
+
+}  // namespace somnus

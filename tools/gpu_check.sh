@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One call on a GPU machine verifies the CUDA backend: configure with SOMNUS_CUDA=ON, build,
+# run every CUDA test (ctest -L cuda, no skips allowed), then every CUDA benchmark, and print
+# one summary table. Usage: tools/gpu_check.sh [build-dir]   (default build-gpu)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build_dir="${1:-build-gpu}"
+out="${OUT:-$build_dir/gpu_check}"
+mkdir -p "$out"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || {
+  echo "gpu_check: no GPU visible (nvidia-smi failed)"; exit 1; }
+arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
+
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+  > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+cmake --build "$build_dir" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error' -A3 "$out/build.log" | head -60; exit 1; }
+
+status=0
+ctest --test-dir "$build_dir" -L cuda --output-on-failure -j 1 > "$out/ctest_cuda.log" 2>&1 || status=1
+tail -5 "$out/ctest_cuda.log"
+if grep -q "Skipped" "$out/ctest_cuda.log"; then
+  echo "gpu_check: some CUDA tests skipped on a GPU machine:"; grep -i "skipped" "$out/ctest_cuda.log" | head; status=1
+fi
+grep -E "\(Failed\)|\*\*\*Failed" "$out/ctest_cuda.log" | head -40
+
+for b in "$build_dir"/bench/bench_*cuda*; do
+  [ -x "$b" ] || continue
+  "$b" --benchmark_format=json --benchmark_out="$out/$(basename "$b").json" --benchmark_out_format=json \
+    --benchmark_min_time=0.2 > "$out/$(basename "$b").txt" 2>&1 || status=1
+done
+
+python3 - "$out" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+print(f"\n| benchmark | time (us) | TFLOP/s | GB/s |\n|---|---|---|---|")
+for f in sorted(glob.glob(os.path.join(out, "*.json"))):
+    try:
+        data = json.load(open(f))
+    except Exception as e:
+        print(f"| {os.path.basename(f)} | unreadable: {e} | | |"); continue
+    for b in data.get("benchmarks", []):
+        if b.get("error_occurred"):
+            print(f"| {b['name']} | error: {b.get('error_message')} | | |"); continue
+        t = b["real_time"] * {"ns": 1e-3, "us": 1, "ms": 1e3, "s": 1e6}[b["time_unit"]]
+        fl = b.get("FLOP/s", 0) / 1e12
+        by = b.get("bytes/s", 0) / 1e9
+        print(f"| {b['name']} | {t:.1f} | {fl:.2f} | {by:.1f} |")
+PY
+echo "gpu_check: logs in $out; status $status"
+exit $status
