@@ -11,41 +11,14 @@ namespace somnus {
 
 namespace {
 
-// CPU: no cache; 64-byte alignment for SIMD loads and BLAS.
-class CpuAllocator final : public Allocator {
+// CPU: 64-byte aligned blocks (SIMD loads, BLAS) from the system, cached by the same
+// CachingAllocator as CUDA: large mallocs are mmap'd and page-faulted on first touch, which
+// cost more than the kernels that fill them.
+class AlignedMallocRaw final : public RawAllocator {
  public:
-  void* allocate(size_t nbytes) override {
-    const size_t rounded = (nbytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
-    SOMNUS_CHECK(p != nullptr, "cpu allocator: out of memory allocating {} bytes ({} bytes in use)", nbytes,
-                 stats().current);
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.current += static_cast<int64_t>(nbytes);
-    stats_.reserved = stats_.current;
-    stats_.peak = std::max(stats_.peak, stats_.current);
-    ++stats_.num_allocs;
-    return p;
-  }
-  void deallocate(void* ptr, size_t nbytes) override {
-    std::free(ptr);
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.current -= static_cast<int64_t>(nbytes);
-    stats_.reserved = stats_.current;
-    ++stats_.num_frees;
-  }
-  AllocatorStats stats() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
-  }
-  void reset_peak() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.peak = stats_.current;
-  }
-  Device device() const override { return Device::cpu(); }
-
- private:
-  mutable std::mutex mu_;
-  AllocatorStats stats_;
+  void* raw_alloc(size_t nbytes) override { return std::aligned_alloc(64, (nbytes + 63) / 64 * 64); }
+  void raw_free(void* p) override { std::free(p); }
+  std::string name() const override { return "aligned_alloc"; }
 };
 
 }  // namespace
@@ -129,7 +102,9 @@ void CachingAllocator::reset_peak() {
 // ---------------------------------------------------------------- registry
 
 Allocator& cpu_allocator() {
-  static CpuAllocator* a = new CpuAllocator();  // leaked on purpose: outlives static tensors
+  // Leaked on purpose: outlives tensors with static storage duration.
+  static auto* raw = new AlignedMallocRaw();
+  static auto* a = new CachingAllocator(raw, Device::cpu());
   return *a;
 }
 

@@ -3,11 +3,11 @@
 //
 //   current   bytes handed out and not yet returned (what tensors hold)
 //   peak      the high-water mark of `current` since the last reset_peak()
-//   reserved  bytes held from the system (current + cache; CPU: == current)
+//   reserved  bytes held from the system (rounded live blocks + the cache)
 //   num_allocs / num_frees   calls served
 //
-// CPU: 64-byte aligned malloc, no cache.
-// CUDA: a caching allocator (CachingAllocator over cudaMalloc). On out-of-memory it frees
+// CPU: a CachingAllocator over 64-byte aligned malloc.
+// CUDA: a CachingAllocator over cudaMalloc. On out-of-memory it frees
 // its cache and retries once; if that fails it throws somnus::Error naming the requested
 // and the in-use bytes. The caching logic is backend-agnostic so that it is tested on CPU
 // with a budget-limited RawAllocator.

@@ -234,7 +234,7 @@ static Shape infer_shape(Shape shape, int64_t numel, const char* op, const Shape
 // impossible (the algorithm of PyTorch's computeStride: match runs of contiguous dims).
 static bool view_strides(const Shape& old_shape, const Strides& old_strides, const Shape& new_shape, Strides& out) {
   out.assign(new_shape.size(), 0);
-  if (shape_numel(old_shape) == 0) {
+  if (shape_numel(old_shape) == 0 || old_shape.empty()) {  // empty, or 0-dim (every new dim is 1)
     out = contiguous_strides(new_shape);
     return true;
   }

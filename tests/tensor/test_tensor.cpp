@@ -188,3 +188,10 @@ TEST(Tensor, BroadcastShapes) {
         << e.what();
   }
 }
+
+TEST(Tensor, ZeroDimViews) {
+  Tensor s = Tensor::scalar(4.0);
+  EXPECT_EQ(s.view({1}).shape(), (Shape{1}));
+  EXPECT_EQ(s.reshape({1, 1}).item(), 4.0);
+  EXPECT_EQ(Tensor::from_vector({5}, {1}).view({}).dim(), 0);
+}
