@@ -36,3 +36,11 @@ SOMNUS_BACKEND_DECLS
 namespace somnus::kernels::cuda {
 SOMNUS_BACKEND_DECLS
 }
+
+namespace somnus::kernels::cuda {
+// f32 matmul on TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32): several times faster, ~1e-3
+// relative error. Off by default, so that f32 results match the CPU to ~1e-5. Process-wide.
+// kernels/cuda/matmul.cu; without CUDA, set_allow_tf32 throws and allow_tf32 is false.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+}  // namespace somnus::kernels::cuda

@@ -25,4 +25,7 @@ void scatter_add(int64_t, const Tensor&, const Tensor&, const Tensor&) { no_cuda
 void index_select(const Tensor&, int64_t, const Tensor&, const Tensor&) { no_cuda("index_select"); }
 void index_add(int64_t, const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_add"); }
 
+void set_allow_tf32(bool) { no_cuda("set_allow_tf32"); }
+bool allow_tf32() { return false; }
+
 }  // namespace somnus::kernels::cuda
