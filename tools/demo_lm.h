@@ -10,14 +10,14 @@ namespace somnus::tools {
 struct DemoConfig {
   std::string data_path;            // a plain-text corpus
   std::string out_dir = "runs/demo";
-  int64_t steps = 1500;
-  int64_t batch = 64;
-  int64_t context = 8;              // characters of context
-  int64_t embed = 24;               // per-character embedding width
-  int64_t hidden = 256;
+  int64_t steps = 3000;
+  int64_t batch = 128;
+  int64_t context = 16;             // characters of context
+  int64_t embed = 32;               // per-character embedding width
+  int64_t hidden = 512;
   double lr = 3e-3;                 // AdamW
   double weight_decay = 0.01;
-  int64_t eval_every = 100;
+  int64_t eval_every = 250;
   int64_t eval_batches = 16;
   int64_t sample_chars = 240;
   uint64_t seed = 1337;

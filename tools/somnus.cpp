@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   d->add_option("--steps", demo.steps, "Training steps")->capture_default_str()->check(CLI::PositiveNumber);
   d->add_option("--batch", demo.batch, "Batch size")->capture_default_str()->check(CLI::PositiveNumber);
   d->add_option("--context", demo.context, "Characters of context")->capture_default_str()->check(CLI::PositiveNumber);
+  d->add_option("--embed", demo.embed, "Per-character embedding width")->capture_default_str()->check(CLI::PositiveNumber);
   d->add_option("--hidden", demo.hidden, "Hidden width")->capture_default_str()->check(CLI::PositiveNumber);
   d->add_option("--lr", demo.lr, "Peak learning rate (AdamW)")->capture_default_str();
   d->add_option("--eval-every", demo.eval_every, "Steps between evaluations")->capture_default_str();
