@@ -1,0 +1,578 @@
+#include "nn/optim.h"
+
+#include <cmath>
+#include <set>
+#include <type_traits>
+
+#include "kernels/ops.h"
+#include "tensor/dispatch.h"
+#include "tensor/format.h"
+
+namespace somnus {
+
+namespace {
+
+using kernels::Binary;
+
+constexpr const char* kMasterBuffer = "master";
+constexpr const char* kGradAccum = "grad_accum";
+constexpr const char* kMetaKey = "somnus.optimizer";
+constexpr int kStateFormat = 1;
+// Elementwise updates spread over OpenMP threads above this size; each element's arithmetic
+// is independent of the split, so results do not depend on the thread count.
+constexpr int64_t kParallelMin = 1 << 16;
+
+// kernels:: op shorthands for the device-generic update path. Scalars become 0-dim tensors
+// of the operand's dtype on its device, converted exactly as the CPU loops convert them.
+Tensor scalar_like(double v, const Tensor& like) { return Tensor::scalar(v, like.dtype(), like.device()); }
+Tensor k_add(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::add, a, b); }
+Tensor k_sub(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::sub, a, b); }
+Tensor k_mul(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::mul, a, b); }
+Tensor k_div(const Tensor& a, const Tensor& b) { return kernels::binary(Binary::div, a, b); }
+Tensor k_mul(const Tensor& a, double b) { return k_mul(a, scalar_like(b, a)); }
+Tensor k_div(const Tensor& a, double b) { return k_div(a, scalar_like(b, a)); }
+Tensor k_add(const Tensor& a, double b) { return k_add(a, scalar_like(b, a)); }
+
+// A CPU snapshot that later updates cannot change.
+Tensor host_copy(const Tensor& t) {
+  Tensor c = t.detach().to(Device::cpu());
+  return c.storage() == t.storage() ? c.clone() : c.contiguous();
+}
+
+const char* reduction_name(AccumulationReduction r) { return r == AccumulationReduction::mean ? "mean" : "sum"; }
+
+DType compute_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+
+// Calls f with a typed pointer to the contiguous CPU tensor t's data, applying f in place
+// even when t is a non-contiguous view (through a contiguous copy written back).
+template <class F>
+void with_contiguous_host(const Tensor& t, F&& f) {
+  if (t.is_contiguous()) {
+    f(t);
+  } else {
+    Tensor c = t.contiguous();
+    f(c);
+    t.copy_(c);
+  }
+}
+
+// Elements of the bf16 parameter p that differ from the rounded f32 master were written by
+// someone else since the last update: adopt them.
+void resync_master(const Tensor& master, const Tensor& p, bool cpu_loops) {
+  if (cpu_loops) {
+    const Tensor pc = p.contiguous();
+    float* m = master.data<float>();
+    const bf16* q = pc.data<bf16>();
+    const int64_t n = master.numel();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      if (bf16::from_float(m[i]) != q[i].bits) m[i] = static_cast<float>(q[i]);
+    }
+    return;
+  }
+  const Tensor pf = kernels::cast(p, DType::f32);
+  const Tensor rounded = kernels::cast(kernels::cast(master, DType::bf16), DType::f32);
+  master.copy_(kernels::where(k_sub(rounded, pf), pf, master));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Optimizer
+
+Optimizer::Optimizer(std::vector<ParamGroup> groups, AccumulationReduction reduction) : reduction_(reduction) {
+  for (auto& g : groups) add_param_group(std::move(g));
+}
+
+void Optimizer::add_param_group(ParamGroup group) {
+  const size_t g = groups_.size();
+  SOMNUS_CHECK(group.period >= 1, "optimizer: group {} ('{}'): period must be >= 1, got {}", g, group.name,
+               group.period);
+  std::set<const TensorImpl*> seen;
+  for (const auto& other : groups_) {
+    for (const Tensor& p : other.params) seen.insert(&p.impl());
+  }
+  for (size_t i = 0; i < group.params.size(); ++i) {
+    const Tensor& p = group.params[i];
+    SOMNUS_CHECK(p.defined(), "optimizer: group {} ('{}'): parameter {} is undefined", g, group.name, i);
+    SOMNUS_CHECK(is_floating(p.dtype()), "optimizer: group {} ('{}'): parameter {} {} has dtype {}, expected a "
+                 "floating dtype", g, group.name, i, shape_str(p.shape()), dtype_name(p.dtype()));
+    SOMNUS_CHECK(seen.insert(&p.impl()).second, "optimizer: group {} ('{}'): parameter {} {} appears more than once",
+                 g, group.name, i, shape_str(p.shape()));
+  }
+  state_.emplace_back(group.params.size());
+  applications_.push_back(0);
+  groups_.push_back(std::move(group));
+}
+
+void Optimizer::check_layout() const {
+  SOMNUS_CHECK(groups_.size() == state_.size(), "optimizer: {} groups but state for {}: add groups with "
+               "add_param_group(), not through groups()", groups_.size(), state_.size());
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    SOMNUS_CHECK(groups_[g].params.size() == state_[g].size(),
+                 "optimizer: group {} ('{}') now has {} parameters but state for {}: parameters cannot be added to "
+                 "or removed from a group (use add_param_group)", g, groups_[g].name, groups_[g].params.size(),
+                 state_[g].size());
+    SOMNUS_CHECK(groups_[g].period >= 1, "optimizer: group {} ('{}'): period must be >= 1, got {}", g,
+                 groups_[g].name, groups_[g].period);
+  }
+}
+
+std::vector<Tensor> Optimizer::params() const {
+  std::vector<Tensor> out;
+  for (const auto& g : groups_) out.insert(out.end(), g.params.begin(), g.params.end());
+  return out;
+}
+
+std::vector<size_t> Optimizer::groups_due(int64_t k) const {
+  if (k < 0) k = step_ + 1;
+  std::vector<size_t> out;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    if (k % groups_[g].period == 0) out.push_back(g);
+  }
+  return out;
+}
+
+Tensor Optimizer::master_weight(size_t group, size_t param) const {
+  const auto& b = state_.at(group).at(param).buffers;
+  auto it = b.find(kMasterBuffer);
+  return it == b.end() ? Tensor() : it->second;
+}
+
+Tensor& Optimizer::buffer(ParamState& s, const std::string& name, const Tensor& weight) {
+  auto it = s.buffers.find(name);
+  if (it == s.buffers.end()) {
+    it = s.buffers.emplace(name, Tensor::zeros(weight.shape(), weight.dtype(), weight.device())).first;
+  }
+  return it->second;
+}
+
+void Optimizer::step() {
+  check_layout();
+  ++step_;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    if (step_ % groups_[g].period != 0) continue;
+    apply_group(g);
+  }
+}
+
+void Optimizer::apply_group(size_t g) {
+  ++applications_[g];
+  for (size_t i = 0; i < groups_[g].params.size(); ++i) apply_param(g, i);
+  clear_group(g, /*set_to_none=*/true);
+}
+
+void Optimizer::apply_param(size_t g, size_t i) {
+  const ParamGroup& grp = groups_[g];
+  const Tensor& p = grp.params[i];
+  const Tensor grad = p.grad();
+  if (!grad.defined()) return;
+  SOMNUS_CHECK(grad.shape() == p.shape() && grad.device() == p.device(),
+               "optimizer: group {} ('{}'): parameter {}: gradient {} on {} does not match the parameter {} on {}", g,
+               grp.name, i, shape_str(grad.shape()), grad.device().str(), shape_str(p.shape()), p.device().str());
+  ParamState& s = state_[g][i];
+  ++s.step;
+  const bool cpu_loops = p.device().is_cpu() && path_ == UpdatePath::automatic;
+
+  Tensor w;  // what the update works on, contiguous in the compute dtype
+  if (p.dtype() == DType::bf16) {
+    auto it = s.buffers.find(kMasterBuffer);
+    if (it == s.buffers.end()) {
+      Tensor master = Tensor::empty(p.shape(), DType::f32, p.device());
+      master.copy_(p);
+      it = s.buffers.emplace(kMasterBuffer, master).first;
+    } else {
+      resync_master(it->second, p, cpu_loops);
+    }
+    w = it->second;
+  } else {
+    w = p.is_contiguous() ? p : p.contiguous();
+  }
+  Tensor gw = grad.dtype() == w.dtype() ? grad : grad.to(w.dtype());
+  gw = gw.contiguous();
+  const double grad_scale =
+      reduction_ == AccumulationReduction::mean ? 1.0 / static_cast<double>(grp.period) : 1.0;
+  update(UpdateArgs{grp, s, w, gw, grad_scale, grp.lr * lr_scale_, cpu_loops});
+  if (!w.same(p)) p.copy_(w);  // the rounded master, or the working copy of a strided parameter
+}
+
+void Optimizer::clear_group(size_t g, bool set_to_none) {
+  for (const Tensor& p : groups_[g].params) {
+    if (set_to_none) {
+      p.set_grad(Tensor());
+    } else if (Tensor gr = p.grad(); gr.defined()) {
+      gr.fill_(0.0);
+    }
+  }
+}
+
+void Optimizer::zero_grad(bool set_to_none) {
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    if (step_ % groups_[g].period == 0) clear_group(g, set_to_none);
+  }
+}
+
+void Optimizer::zero_grad_all(bool set_to_none) {
+  for (size_t g = 0; g < groups_.size(); ++g) clear_group(g, set_to_none);
+}
+
+// ---------------------------------------------------------------- state
+
+OptimizerState Optimizer::state_dict() const {
+  check_layout();
+  OptimizerState out;
+  nlohmann::json& meta = out.meta;
+  meta["format"] = kStateFormat;
+  meta["type"] = type();
+  meta["step"] = step_;
+  meta["lr_scale"] = lr_scale_;
+  meta["reduction"] = reduction_name(reduction_);
+  meta["hyperparameters"] = hyperparameters();
+  nlohmann::json groups = nlohmann::json::array();
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const ParamGroup& grp = groups_[g];
+    const bool mid_window = step_ % grp.period != 0;
+    nlohmann::json jg;
+    jg["name"] = grp.name;
+    jg["period"] = grp.period;
+    jg["lr"] = grp.lr;
+    jg["weight_decay"] = grp.weight_decay;
+    jg["applications"] = applications_[g];
+    jg["params"] = nlohmann::json::array();
+    for (size_t i = 0; i < grp.params.size(); ++i) {
+      const Tensor& p = grp.params[i];
+      const ParamState& s = state_[g][i];
+      nlohmann::json jp;
+      jp["shape"] = p.shape();
+      jp["dtype"] = dtype_name(p.dtype());
+      jp["step"] = s.step;
+      jp["buffers"] = nlohmann::json::array();
+      const std::string prefix = fmt::format("opt.{}.{}.", g, i);
+      for (const auto& [name, t] : s.buffers) {
+        jp["buffers"].push_back(name);
+        out.tensors.emplace_back(prefix + name, host_copy(t));
+      }
+      // A slow group's partial sum is state too: without it a resumed run loses those steps.
+      const Tensor grad = p.grad();
+      jp["grad_accum"] = mid_window && grad.defined();
+      if (mid_window && grad.defined()) out.tensors.emplace_back(prefix + kGradAccum, host_copy(grad));
+      jg["params"].push_back(std::move(jp));
+    }
+    groups.push_back(std::move(jg));
+  }
+  meta["groups"] = std::move(groups);
+  return out;
+}
+
+void Optimizer::load_state_dict(const OptimizerState& state) {
+  check_layout();
+  std::map<std::string, Tensor> tensors;
+  for (const auto& [name, t] : state.tensors) {
+    SOMNUS_CHECK(tensors.emplace(name, t).second, "optimizer state: tensor '{}' appears more than once", name);
+  }
+  // Build the new state completely before touching anything, so a bad file changes nothing.
+  std::vector<std::vector<ParamState>> new_state(groups_.size());
+  std::vector<std::vector<Tensor>> new_grads(groups_.size());
+  std::vector<int64_t> new_apps(groups_.size());
+  int64_t new_step = 0;
+  double new_lr_scale = 1.0;
+  std::set<std::string> used;
+  try {
+    const nlohmann::json& meta = state.meta;
+    SOMNUS_CHECK(meta.is_object(), "optimizer state: metadata must be a JSON object");
+    SOMNUS_CHECK(meta.at("format").get<int>() == kStateFormat, "optimizer state: unsupported format {}, expected {}",
+                 meta.at("format").dump(), kStateFormat);
+    const std::string t = meta.at("type").get<std::string>();
+    SOMNUS_CHECK(t == type(), "optimizer state: saved by a {} optimizer, loading into {}", t, type());
+    const std::string red = meta.at("reduction").get<std::string>();
+    SOMNUS_CHECK(red == reduction_name(reduction_), "optimizer state: saved with '{}' accumulation, this optimizer "
+                 "uses '{}'", red, reduction_name(reduction_));
+    new_step = meta.at("step").get<int64_t>();
+    SOMNUS_CHECK(new_step >= 0, "optimizer state: negative step {}", new_step);
+    new_lr_scale = meta.at("lr_scale").get<double>();
+    const nlohmann::json& jgroups = meta.at("groups");
+    SOMNUS_CHECK(jgroups.is_array() && jgroups.size() == groups_.size(),
+                 "optimizer state: {} parameter groups saved, this optimizer has {}",
+                 jgroups.is_array() ? jgroups.size() : 0, groups_.size());
+    std::set<std::string> allowed;
+    for (const auto& b : buffer_names()) allowed.insert(b);
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      const ParamGroup& grp = groups_[g];
+      const nlohmann::json& jg = jgroups[g];
+      const int64_t period = jg.at("period").get<int64_t>();
+      SOMNUS_CHECK(period == grp.period, "optimizer state: group {} ('{}') was saved with period {}, now has {}", g,
+                   grp.name, period, grp.period);
+      new_apps[g] = jg.at("applications").get<int64_t>();
+      SOMNUS_CHECK(new_apps[g] == new_step / grp.period,
+                   "optimizer state: group {} ('{}'): {} applications recorded, expected {} at step {} with period {}",
+                   g, grp.name, new_apps[g], new_step / grp.period, new_step, grp.period);
+      const nlohmann::json& jparams = jg.at("params");
+      SOMNUS_CHECK(jparams.is_array() && jparams.size() == grp.params.size(),
+                   "optimizer state: group {} ('{}') has {} parameters saved, this optimizer has {}", g, grp.name,
+                   jparams.is_array() ? jparams.size() : 0, grp.params.size());
+      new_state[g].resize(grp.params.size());
+      new_grads[g].resize(grp.params.size());
+      for (size_t i = 0; i < grp.params.size(); ++i) {
+        const Tensor& p = grp.params[i];
+        const nlohmann::json& jp = jparams[i];
+        const Shape shape = jp.at("shape").get<Shape>();
+        const std::string dt = jp.at("dtype").get<std::string>();
+        SOMNUS_CHECK(shape == p.shape() && dt == dtype_name(p.dtype()),
+                     "optimizer state: group {} ('{}') parameter {}: saved for {} {}, the parameter is {} {}", g,
+                     grp.name, i, dt, shape_str(shape), dtype_name(p.dtype()), shape_str(p.shape()));
+        ParamState& s = new_state[g][i];
+        s.step = jp.at("step").get<int64_t>();
+        SOMNUS_CHECK(s.step >= 0, "optimizer state: group {} parameter {}: negative step {}", g, i, s.step);
+        const std::string prefix = fmt::format("opt.{}.{}.", g, i);
+        for (const auto& jb : jp.at("buffers")) {
+          const std::string b = jb.get<std::string>();
+          const bool is_master = b == kMasterBuffer;
+          SOMNUS_CHECK(allowed.count(b) > 0 || (is_master && p.dtype() == DType::bf16),
+                       "optimizer state: group {} parameter {}: unexpected buffer '{}' for {} on a {} parameter", g, i,
+                       b, type(), dtype_name(p.dtype()));
+          auto it = tensors.find(prefix + b);
+          SOMNUS_CHECK(it != tensors.end(), "optimizer state: missing tensor '{}'", prefix + b);
+          const DType want = compute_dtype(p.dtype());
+          SOMNUS_CHECK(it->second.shape() == p.shape() && it->second.dtype() == want,
+                       "optimizer state: tensor '{}' is {} {}, expected {} {}", it->first,
+                       dtype_name(it->second.dtype()), shape_str(it->second.shape()), dtype_name(want),
+                       shape_str(p.shape()));
+          s.buffers[b] = it->second.to(p.device()).clone();
+          used.insert(it->first);
+        }
+        if (jp.at("grad_accum").get<bool>()) {
+          auto it = tensors.find(prefix + kGradAccum);
+          SOMNUS_CHECK(it != tensors.end(), "optimizer state: missing tensor '{}'", prefix + kGradAccum);
+          SOMNUS_CHECK(it->second.shape() == p.shape() && is_floating(it->second.dtype()),
+                       "optimizer state: tensor '{}' is {} {}, expected a floating tensor of shape {}", it->first,
+                       dtype_name(it->second.dtype()), shape_str(it->second.shape()), shape_str(p.shape()));
+          new_grads[g][i] = it->second.to(p.device()).clone();
+          used.insert(it->first);
+        }
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("optimizer state: malformed metadata: {}", e.what());
+  }
+  for (const auto& [name, t] : tensors) {
+    SOMNUS_CHECK(used.count(name) > 0, "optimizer state: unexpected tensor '{}' {}", name, shape_str(t.shape()));
+  }
+  state_ = std::move(new_state);
+  applications_ = std::move(new_apps);
+  step_ = new_step;
+  lr_scale_ = new_lr_scale;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    for (size_t i = 0; i < groups_[g].params.size(); ++i) groups_[g].params[i].set_grad(new_grads[g][i]);
+  }
+}
+
+void Optimizer::save_state(const std::string& path) const {
+  OptimizerState s = state_dict();
+  save_safetensors(path, s.tensors, {{kMetaKey, s.meta.dump()}});
+}
+
+void Optimizer::load_state(const std::string& path) {
+  SafetensorsFile f = load_safetensors(path);
+  auto it = f.metadata.find(kMetaKey);
+  SOMNUS_CHECK(it != f.metadata.end(), "optimizer state: {}: no '{}' metadata (not an optimizer state file?)", path,
+               kMetaKey);
+  OptimizerState s;
+  s.meta = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  SOMNUS_CHECK(!s.meta.is_discarded(), "optimizer state: {}: '{}' metadata is not valid JSON", path, kMetaKey);
+  s.tensors = std::move(f.tensors);
+  try {
+    load_state_dict(s);
+  } catch (const Error& e) {
+    fail("{}: {}", path, e.what());
+  }
+}
+
+// ---------------------------------------------------------------- AdamW
+
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
+    : Optimizer(std::move(groups), options.reduction), options_(options) {
+  SOMNUS_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
+               "AdamW: betas must lie in [0, 1), got ({}, {})", options.beta1, options.beta2);
+  SOMNUS_CHECK(options.eps >= 0, "AdamW: eps must be >= 0, got {}", options.eps);
+}
+
+nlohmann::json AdamW::hyperparameters() const {
+  return {{"beta1", options_.beta1}, {"beta2", options_.beta2}, {"eps", options_.eps}};
+}
+
+namespace {
+
+template <class T>
+void adamw_loop(T* w, const T* g, T* m, T* v, int64_t n, T grad_scale, bool decay, T decay_factor, T beta1,
+                T one_minus_beta1, T beta2, T one_minus_beta2, T step_size, T bc2_sqrt, T eps) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const T gi = g[i] * grad_scale;
+    T wi = w[i];
+    if (decay) wi = wi * decay_factor;
+    const T mi = m[i] * beta1 + gi * one_minus_beta1;
+    const T vi = v[i] * beta2 + (gi * gi) * one_minus_beta2;
+    const T denom = std::sqrt(vi) / bc2_sqrt + eps;
+    w[i] = wi - (mi * step_size) / denom;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+}  // namespace
+
+void AdamW::update(const UpdateArgs& a) {
+  const Tensor& w = a.weight;
+  Tensor& m = buffer(a.state, "exp_avg", w);
+  Tensor& v = buffer(a.state, "exp_avg_sq", w);
+  const double t = static_cast<double>(a.state.step);
+  const double bc1 = 1.0 - std::pow(options_.beta1, t);
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, t));
+  const double step_size = a.lr / bc1;
+  const bool decay = a.group.weight_decay != 0.0;
+  const double decay_factor = 1.0 - a.lr * a.group.weight_decay;
+  if (a.cpu_loops) {
+    visit_floating(w.dtype(), "AdamW", [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (std::is_same_v<T, bf16>) {
+        fail("AdamW: internal error: bf16 working weights");
+      } else {
+        adamw_loop<T>(w.data<T>(), a.grad.data<T>(), m.data<T>(), v.data<T>(), w.numel(), T(a.grad_scale), decay,
+                      T(decay_factor), T(options_.beta1), T(1.0 - options_.beta1), T(options_.beta2),
+                      T(1.0 - options_.beta2), T(step_size), T(bc2_sqrt), T(options_.eps));
+      }
+    });
+    return;
+  }
+  // The same expressions, in the same order, with kernels:: ops (any device).
+  const Tensor g = k_mul(a.grad, a.grad_scale);
+  const Tensor wd = decay ? k_mul(w, decay_factor) : w;
+  const Tensor m_new = k_add(k_mul(m, options_.beta1), k_mul(g, 1.0 - options_.beta1));
+  const Tensor v_new = k_add(k_mul(v, options_.beta2), k_mul(k_mul(g, g), 1.0 - options_.beta2));
+  const Tensor denom = k_add(k_div(kernels::unary(kernels::Unary::sqrt, v_new), bc2_sqrt), options_.eps);
+  const Tensor w_new = k_sub(wd, k_div(k_mul(m_new, step_size), denom));
+  m.copy_(m_new);
+  v.copy_(v_new);
+  w.copy_(w_new);
+}
+
+// ---------------------------------------------------------------- SGD
+
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
+    : Optimizer(std::move(groups), options.reduction), options_(options) {
+  SOMNUS_CHECK(options.momentum >= 0, "SGD: momentum must be >= 0, got {}", options.momentum);
+  SOMNUS_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0),
+               "SGD: nesterov needs momentum > 0 and dampening 0, got momentum {} dampening {}", options.momentum,
+               options.dampening);
+}
+
+nlohmann::json SGD::hyperparameters() const {
+  return {{"momentum", options_.momentum}, {"dampening", options_.dampening}, {"nesterov", options_.nesterov}};
+}
+
+namespace {
+
+template <class T>
+void sgd_loop(T* w, const T* g, T* buf, int64_t n, T grad_scale, bool decay, T wd, bool momentum, bool first, T mu,
+              T one_minus_dampening, bool nesterov, T lr) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = g[i] * grad_scale;
+    if (decay) gi = gi + w[i] * wd;
+    if (momentum) {
+      const T b = first ? gi : buf[i] * mu + gi * one_minus_dampening;
+      buf[i] = b;
+      gi = nesterov ? gi + b * mu : b;
+    }
+    w[i] = w[i] - gi * lr;
+  }
+}
+
+}  // namespace
+
+void SGD::update(const UpdateArgs& a) {
+  const Tensor& w = a.weight;
+  const bool momentum = options_.momentum != 0.0;
+  const bool first = a.state.step == 1 || a.state.buffers.count("momentum_buffer") == 0;
+  Tensor buf = momentum ? buffer(a.state, "momentum_buffer", w) : Tensor();
+  const bool decay = a.group.weight_decay != 0.0;
+  if (a.cpu_loops) {
+    visit_floating(w.dtype(), "SGD", [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (std::is_same_v<T, bf16>) {
+        fail("SGD: internal error: bf16 working weights");
+      } else {
+        sgd_loop<T>(w.data<T>(), a.grad.data<T>(), momentum ? buf.data<T>() : nullptr, w.numel(), T(a.grad_scale),
+                    decay, T(a.group.weight_decay), momentum, first, T(options_.momentum),
+                    T(1.0 - options_.dampening), options_.nesterov, T(a.lr));
+      }
+    });
+    return;
+  }
+  Tensor g = k_mul(a.grad, a.grad_scale);
+  if (decay) g = k_add(g, k_mul(w, a.group.weight_decay));
+  if (momentum) {
+    const Tensor b = first ? g : k_add(k_mul(buf, options_.momentum), k_mul(g, 1.0 - options_.dampening));
+    buf.copy_(b);
+    g = options_.nesterov ? k_add(g, k_mul(b, options_.momentum)) : b;
+  }
+  w.copy_(k_sub(w, k_mul(g, a.lr)));
+}
+
+// ---------------------------------------------------------------- gradient utilities
+
+double grad_norm(const std::vector<Tensor>& params) {
+  double sum_sq = 0.0;  // f64, in parameter order: deterministic
+  for (const Tensor& p : params) {
+    if (!p.defined()) continue;
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (g.device().is_cpu()) {
+      const Tensor gc = g.contiguous();
+      visit_floating(gc.dtype(), "grad_norm", [&](auto tag) {
+        using T = decltype(tag);
+        const T* d = gc.data<T>();
+        const int64_t n = gc.numel();
+        for (int64_t i = 0; i < n; ++i) {
+          const double x = static_cast<double>(static_cast<compute_t<T>>(d[i]));
+          sum_sq += x * x;
+        }
+      });
+    } else {
+      const Tensor gf = g.dtype() == DType::f64 ? g : kernels::cast(g, DType::f32);
+      sum_sq += kernels::reduce_all(kernels::Reduce::sum, kernels::unary(kernels::Unary::square, gf)).item();
+    }
+  }
+  return std::sqrt(sum_sq);
+}
+
+void scale_grads(const std::vector<Tensor>& params, double factor) {
+  for (const Tensor& p : params) {
+    if (!p.defined()) continue;
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (g.device().is_cpu()) {
+      with_contiguous_host(g, [&](const Tensor& gc) {
+        visit_floating(gc.dtype(), "scale_grads", [&](auto tag) {
+          using T = decltype(tag);
+          using C = compute_t<T>;
+          T* d = gc.data<T>();
+          const C f = static_cast<C>(factor);
+          const int64_t n = gc.numel();
+          for (int64_t i = 0; i < n; ++i) d[i] = static_cast<T>(static_cast<C>(d[i]) * f);
+        });
+      });
+    } else {
+      const Tensor gf = g.dtype() == DType::bf16 ? kernels::cast(g, DType::f32) : g;
+      g.copy_(k_mul(gf, factor));
+    }
+  }
+}
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  SOMNUS_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got {}", max_norm);
+  const double total = grad_norm(params);
+  if (std::isfinite(total) && total > max_norm) scale_grads(params, max_norm / (total + 1e-6));
+  return total;
+}
+
+}  // namespace somnus
