@@ -3,9 +3,10 @@
 // tokenizer.h.
 #include "nn/tokenizer.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <filesystem>
+
+#include "nn/file_io.h"
+
 
 #include <algorithm>
 #include <array>
@@ -119,7 +120,6 @@ bool is_valid_utf8(std::string_view s) {
   return true;
 }
 
-std::string errno_text() { return std::strerror(errno); }
 
 [[noreturn]] void bad_file(const std::string& source, const std::string& what) {
   fail("tokenizer '{}': {}", source, what);
@@ -608,71 +608,25 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
 }
 
 void Tokenizer::save(const std::string& path) const {
-  const std::string content = to_json();
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  SOMNUS_CHECK(fd >= 0, "tokenizer save '{}': cannot create '{}': {}", path, tmp, errno_text());
-  auto abandon = [&](const char* step) {
-    const std::string why = errno_text();
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    fail("tokenizer save '{}': {} failed: {}", path, step, why);
-  };
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t w = ::write(fd, content.data() + done, content.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      abandon("write");
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) abandon("fsync");
-  if (::close(fd) != 0) {
-    const std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    fail("tokenizer save '{}': close failed: {}", path, why);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = errno_text();
-    ::unlink(tmp.c_str());
-    fail("tokenizer save '{}': rename from '{}' failed: {}", path, tmp, why);
-  }
-  // Make the rename itself durable; best effort, since some filesystems refuse fsync on dirs.
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  try {
+    atomic_write(path, to_json());
+  } catch (const Error& e) {
+    fail("tokenizer save '{}': {}", path, e.what());
   }
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  SOMNUS_CHECK(fd >= 0, "tokenizer load '{}': cannot open: {}", path, errno_text());
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  SOMNUS_CHECK(ec || size <= static_cast<uintmax_t>(kMaxFileBytes),
+               "tokenizer load '{}': file is {} bytes, more than the {} a tokenizer can need", path,
+               static_cast<int64_t>(size), kMaxFileBytes);
   std::string content;
   try {
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) fail("tokenizer load '{}': stat failed: {}", path, errno_text());
-    if (!S_ISREG(st.st_mode)) fail("tokenizer load '{}': not a regular file", path);
-    if (st.st_size > kMaxFileBytes)
-      fail("tokenizer load '{}': file is {} bytes, more than the {} a tokenizer can need", path,
-           static_cast<int64_t>(st.st_size), kMaxFileBytes);
-    content.resize(static_cast<size_t>(st.st_size));
-    size_t done = 0;
-    while (done < content.size()) {
-      const ssize_t r = ::read(fd, content.data() + done, content.size() - done);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) fail("tokenizer load '{}': read failed: {}", path, errno_text());
-      if (r == 0) break;  // the file shrank under us; the parser reports the truncation
-      done += static_cast<size_t>(r);
-    }
-    content.resize(done);
-  } catch (...) {
-    ::close(fd);
-    throw;
+    content = read_file(path);
+  } catch (const Error& e) {
+    fail("tokenizer load '{}': {}", path, e.what());
   }
-  ::close(fd);
   return from_json(content, path);
 }
 

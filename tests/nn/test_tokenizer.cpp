@@ -485,7 +485,7 @@ TEST_F(TokenizerCorruptFile, NonExistentFile) {
 }
 
 TEST_F(TokenizerCorruptFile, DirectoryIsNotAFile) {
-  expect_error([&] { Tokenizer::load(::testing::TempDir()); }, {"not a regular file"});
+  expect_error([&] { Tokenizer::load(::testing::TempDir()); }, {"not a readable regular file"});
 }
 
 TEST_F(TokenizerCorruptFile, TruncatedJson) {
