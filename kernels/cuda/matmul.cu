@@ -293,6 +293,19 @@ bool run_gemm(int device, const Gemm& g) {
     const uint64_t ws = ctx.workspace_bytes;
     CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // The heuristic assumes 256-byte aligned A/B/C/D unless told otherwise; views, offset
+    // slices and the per-batch loop's pointers can be less aligned (C is D here).
+    const uint32_t align_a = static_cast<uint32_t>(alignment_class(g.a_ptr));
+    const uint32_t align_b = static_cast<uint32_t>(alignment_class(g.b_ptr));
+    const uint32_t align_d = static_cast<uint32_t>(alignment_class(g.d_ptr));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                      sizeof(align_a)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                      sizeof(align_b)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                      sizeof(align_d)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                      sizeof(align_d)));
     cublasLtMatmulHeuristicResult_t result{};
     int count = 0;
     const cublasStatus_t st =
