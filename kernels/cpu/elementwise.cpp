@@ -144,7 +144,7 @@ void unary_typed(Unary op, const Tensor& x, const Tensor& out, double scalar) {
     case Unary::rsqrt: return map1<T>(x, out, [](C v) { return C(1) / std::sqrt(v); });
     case Unary::tanh: return map1<T>(x, out, [](C v) { return std::tanh(v); });
     case Unary::sigmoid: return map1<T>(x, out, [](C v) { return sigmoid_c(v); });
-    case Unary::relu: return map1<T>(x, out, [](C v) { return v < C(0) ? C(0) : v; }  // NaN passes through, as on CUDA);
+    case Unary::relu: return map1<T>(x, out, [](C v) { return v < C(0) ? C(0) : v; });  // NaN passes, as on CUDA
     case Unary::gelu: return map1<T>(x, out, [](C v) { return gelu_c(v); });
     case Unary::silu: return map1<T>(x, out, [](C v) { return v * sigmoid_c(v); });
     case Unary::pow: {
