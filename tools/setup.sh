@@ -18,7 +18,7 @@ for arg in "$@"; do
   esac
 done
 
-packages=(build-essential cmake g++ libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
+packages=(build-essential cmake g++ libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libopenblas-openmp-dev
           nlohmann-json3-dev libcli11-dev libfmt-dev ccache gnuplot-nox python3)
 [ "$want_torch" = 1 ] && packages+=(python3-torch python3-numpy)
 
