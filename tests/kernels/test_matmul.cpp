@@ -20,7 +20,8 @@ struct Mnk {
   int64_t M, K, N;
 };
 const Mnk kSizes[] = {{1, 1, 1}, {4, 8, 3}, {17, 33, 9}, {64, 64, 64}, {5, 1, 7},
-                      {3, 0, 4}, {1, 13, 1}, {37, 19, 1}, {100, 70, 50}};
+                      {3, 0, 4}, {1, 13, 1}, {37, 19, 1}, {100, 70, 50},
+                      {1, 29, 31}, {1, 7, 64}};  // M = 1: the gemv path
 
 enum class BMode { shared_2d, batched, batch_one };  // b (K, N), (Bt, K, N), (1, K, N)
 
@@ -93,7 +94,7 @@ TEST(Matmul, MatchesReference) {
       }
     }
   }
-  EXPECT_EQ(checked, 9 * 4 * 3 * 9);
+  EXPECT_EQ(checked, static_cast<int>(std::size(kSizes)) * 4 * 3 * 9);
 }
 
 TEST(Matmul, ExpandedBatchAndSharedBias) {
