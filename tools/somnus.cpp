@@ -1,15 +1,22 @@
 // somnus — the command-line entry point.
 //   somnus info                 build and device information
 //   somnus demo [--steps N ...] the smallest end-to-end training run (char-level LM)
+//   somnus train --config cfg.json [--key value ...] [--resume]   (tools/cmd_train.cpp)
+//   somnus generate --ckpt DIR --prompt "..."                       (tools/cmd_generate.cpp)
+//   somnus eval --ckpt DIR --data text.txt | --qa file.jsonl        (tools/cmd_eval.cpp)
+//   somnus tokenizer train --input text.txt --vocab N --out tok.json (tools/cmd_tokenizer.cpp)
+// Every command takes --device cpu|cuda. Errors print "somnus: error: ..." and exit 1.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "tensor/allocator.h"
 #include "tensor/device.h"
 #include "tensor/error.h"
+#include "tools/cli_common.h"
 #include "tools/demo_lm.h"
 
 #ifdef _OPENMP
@@ -60,11 +67,22 @@ int main(int argc, char** argv) {
   d->add_option("--seed", demo.seed, "Random seed")->capture_default_str();
   d->callback([&] { somnus::tools::run_demo_lm(demo); });
 
+  somnus::tools::add_train_command(app);
+  somnus::tools::add_generate_command(app);
+  somnus::tools::add_eval_command(app);
+  somnus::tools::add_tokenizer_command(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const somnus::Error& e) {
+    fmt::print(stderr, "somnus: error: {}\n", e.what());
+    return 1;
+  } catch (const nlohmann::json::exception& e) {
+    fmt::print(stderr, "somnus: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
     fmt::print(stderr, "somnus: error: {}\n", e.what());
     return 1;
   }

@@ -1,0 +1,177 @@
+// The `somnus` binary end to end (its path comes from tests/CMakeLists.txt as SOMNUS_CLI_PATH):
+// train for a few steps, stop mid-window, --resume, and check that metrics.jsonl equals an
+// uninterrupted run's (tokens_per_s aside); generate, eval and tokenizer train on the result;
+// bad configs exit non-zero with a message naming the key.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef SOMNUS_CLI_PATH
+#error "SOMNUS_CLI_PATH must name the somnus binary"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
+                          " 2>&1";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    path = (fs::temp_directory_path() / ("somnus_cli_" + std::to_string(::getpid()) + "_" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+// ~24 KB of word-like text from a fixed LCG (no data files needed).
+std::string write_corpus(const std::string& path) {
+  static const char* words[] = {"the",  "king", "and",   "queen", "of",   "sleep", "dream", "wakes",
+                                "in",   "a",    "castle", "night", "we",   "shall", "learn", "slowly"};
+  uint64_t s = 12345;
+  std::string text;
+  while (text.size() < 24000) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    text += words[(s >> 33) % 16];
+    text += ((s >> 20) % 7 == 0) ? ".\n" : " ";
+  }
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::vector<json> metrics(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    json j = json::parse(line);
+    j.erase("tokens_per_s");  // timing, the only field that may differ
+    out.push_back(j);
+  }
+  return out;
+}
+
+std::string common_args(const std::string& corpus) {
+  // Two CMS levels (period 1 and 2) and gradient accumulation; step 3 is mid-window.
+  return "--data " + corpus +
+         " --steps 6 --batch_size 2 --grad_accum 2 --vocab_size 300 --eval_every 3 --eval_batches 2"
+         " --checkpoint_every 4 --model.n_layer 1 --model.n_embd 32 --model.n_head 2 --model.block_size 16"
+         " --model.levels '[{\"period\": 1}, {\"period\": 2}]' --warmup_steps 1 --quiet";
+}
+
+TEST(Cli, TrainResumeMatchesUninterruptedRun) {
+  TempDir dir;
+  const std::string corpus = write_corpus(dir.file("corpus.txt"));
+  const std::string args = common_args(corpus);
+
+  Result a = run("train " + args + " --out_dir " + dir.file("straight"));
+  ASSERT_EQ(a.code, 0) << a.out;
+  Result b1 = run("train " + args + " --out_dir " + dir.file("resumed") + " --stop-at 3");
+  ASSERT_EQ(b1.code, 0) << b1.out;
+  EXPECT_EQ(metrics(dir.file("resumed/metrics.jsonl")).size(), 3u);
+  // Without --resume, a run directory with checkpoints is refused.
+  Result again = run("train " + args + " --out_dir " + dir.file("resumed"));
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.out;
+  Result b2 = run("train " + args + " --out_dir " + dir.file("resumed") + " --resume");
+  ASSERT_EQ(b2.code, 0) << b2.out;
+
+  const std::vector<json> ma = metrics(dir.file("straight/metrics.jsonl"));
+  const std::vector<json> mb = metrics(dir.file("resumed/metrics.jsonl"));
+  ASSERT_EQ(ma.size(), 6u);
+  ASSERT_EQ(mb.size(), ma.size());
+  for (size_t i = 0; i < ma.size(); ++i) EXPECT_EQ(ma[i], mb[i]) << "metrics line " << i + 1;
+  EXPECT_TRUE(ma[2].contains("eval_loss"));
+  EXPECT_TRUE(ma[5].contains("eval_ppl"));
+  EXPECT_TRUE(fs::exists(dir.file("straight/ckpt-00000006/MANIFEST.json")));
+  EXPECT_TRUE(fs::exists(dir.file("straight/tokenizer.json")));
+  // The final weights are byte-identical too.
+  std::ifstream fa(dir.file("straight/ckpt-00000006/model.safetensors"), std::ios::binary);
+  std::ifstream fb(dir.file("resumed/ckpt-00000006/model.safetensors"), std::ios::binary);
+  std::stringstream sa, sb;
+  sa << fa.rdbuf();
+  sb << fb.rdbuf();
+  EXPECT_GT(sa.str().size(), 1000u);
+  EXPECT_EQ(sa.str(), sb.str());
+
+  // generate / eval / tokenizer on the result.
+  Result g = run("generate --ckpt " + dir.file("straight") + " --prompt 'the king' --max-new 8 --seed 1");
+  EXPECT_EQ(g.code, 0) << g.out;
+  EXPECT_EQ(g.out.rfind("the king", 0), 0u) << g.out;
+  Result g2 = run("generate --ckpt " + dir.file("straight") + " --prompt 'the king' --max-new 8 --seed 1");
+  EXPECT_EQ(g.out, g2.out) << "generation must be deterministic for a seed";
+  std::ofstream(dir.file("qa.jsonl")) << "{\"prompt\": \"the king\", \"answer\": \" and\"}\n"
+                                      << "{\"prompt\": \"we shall\", \"answer\": \" learn\"}\n";
+  Result e = run("eval --ckpt " + dir.file("straight/ckpt-00000006") + " --data " + corpus + " --qa " +
+                 dir.file("qa.jsonl") + " --max-batches 4");
+  ASSERT_EQ(e.code, 0) << e.out;
+  const json ej = json::parse(e.out.substr(e.out.find('{')));
+  EXPECT_GT(ej.at("loss").get<double>(), 0.0);
+  EXPECT_NEAR(ej.at("perplexity").get<double>(), std::exp(ej.at("loss").get<double>()), 1e-6);
+  EXPECT_EQ(ej.at("qa_examples"), 2);
+  Result t = run("tokenizer train --input " + corpus + " --vocab 280 --out " + dir.file("tok.json"));
+  EXPECT_EQ(t.code, 0) << t.out;
+  EXPECT_TRUE(fs::exists(dir.file("tok.json")));
+}
+
+TEST(Cli, BadConfigsFailNamingTheKey) {
+  TempDir dir;
+  const std::string corpus = write_corpus(dir.file("corpus.txt"));
+  auto expect_fail = [&](const std::string& args, const std::string& needle) {
+    const Result r = run(args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << args << "\n" << r.out;
+  };
+  const std::string base = "train --data " + corpus + " --out_dir " + dir.file("run") + " ";
+  expect_fail(base + "--stepz 3", "stepz");
+  expect_fail(base + "--steps abc", "steps");
+  expect_fail(base + "--batch_size 0", "batch_size");
+  expect_fail(base + "--model.n_head 5", "n_head");
+  expect_fail(base + "--model.bogus 1", "bogus");
+  expect_fail(base + "--schedule zigzag", "schedule");
+  expect_fail(base + "--resume", "no checkpoint");
+  expect_fail(base + "--device tpu", "device");
+  std::ofstream(dir.file("bad.json")) << "{\"steps\": 3, \"learning_rate\": 0.1}";
+  expect_fail("train --config " + dir.file("bad.json"), "learning_rate");
+  std::ofstream(dir.file("broken.json")) << "{\"steps\": 3,";
+  expect_fail("train --config " + dir.file("broken.json"), "broken.json");
+  expect_fail("train --config " + dir.file("missing.json"), "missing.json");
+  expect_fail("train --out_dir " + dir.file("run2"), "data");
+  expect_fail("generate --ckpt " + dir.file("nothing") + " --prompt x", "nothing");
+  expect_fail("eval --ckpt " + dir.file("run"), "--data");
+  expect_fail("tokenizer train --input " + corpus + " --vocab 10 --out " + dir.file("t.json"), "--vocab");
+  EXPECT_FALSE(fs::exists(dir.file("run/latest")));
+}
+
+}  // namespace

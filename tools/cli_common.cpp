@@ -1,0 +1,30 @@
+#include "tools/cli_common.h"
+
+#include "tensor/format.h"
+
+namespace somnus::tools {
+
+Device parse_device_option(const std::string& s) {
+  Device d;
+  try {
+    d = Device::parse(s);
+  } catch (const Error&) {
+    fail("--device: expected cpu, cuda or cuda:N, got '{}'", s);
+  }
+  if (d.is_cuda()) {
+    SOMNUS_CHECK(cuda_compiled(),
+                 "--device {}: this somnus was built without the CUDA backend (rebuild with -DSOMNUS_CUDA=ON on a "
+                 "machine with nvcc), use --device cpu",
+                 s);
+    const int n = cuda_device_count();
+    SOMNUS_CHECK(n > 0, "--device {}: the CUDA backend is compiled in but no CUDA device is visible", s);
+    SOMNUS_CHECK(d.index < n, "--device {}: only {} CUDA device(s) visible", s, n);
+  }
+  return d;
+}
+
+CLI::Option* add_device_option(CLI::App* cmd, std::string& device) {
+  return cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
+}
+
+}  // namespace somnus::tools

@@ -1,0 +1,23 @@
+// Helpers shared by the `somnus` subcommands (tools/cmd_*.cpp).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "tensor/device.h"
+
+namespace somnus::tools {
+
+// "cpu", "cuda", "cuda:N" -> Device, with a clear somnus::Error when CUDA is not compiled
+// in or no device is visible.
+Device parse_device_option(const std::string& s);
+// Adds `--device cpu|cuda` (default cpu) to a subcommand.
+CLI::Option* add_device_option(CLI::App* cmd, std::string& device);
+
+// Subcommand registration (tools/cmd_*.cpp).
+void add_train_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_tokenizer_command(CLI::App& app);
+
+}  // namespace somnus::tools

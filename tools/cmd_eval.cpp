@@ -1,0 +1,130 @@
+// `somnus eval --ckpt DIR (--data text.txt | --qa file.jsonl) [--device cpu|cuda]`
+//   --data: mean next-token cross-entropy and perplexity over consecutive windows of the
+//           whole file (seq_len = the model's block_size unless --seq-len), every token once;
+//   --qa:   exact-match accuracy of greedy generation on JSONL lines {"prompt": ..., "answer": ...}:
+//           the model sees [bos] prompt and must produce the answer's tokens then eos (or reach
+//           the answer's length); the generated text, cut at eos, must equal the answer.
+// Prints one JSON object on stdout (and a readable line on stderr).
+#include <fmt/format.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "nn/checkpoint.h"
+#include "nn/data.h"
+#include "nn/file_io.h"
+#include "nn/generate.h"
+#include "nn/tokenizer.h"
+#include "tensor/format.h"
+#include "tools/cli_common.h"
+
+namespace somnus::tools {
+
+using namespace somnus::nn;
+using nlohmann::json;
+
+namespace {
+
+struct EvalArgs {
+  std::string ckpt, data, qa;
+  int64_t batch = 8;
+  int64_t seq_len = 0;
+  int64_t max_batches = 0;
+  std::string device = "cpu";
+};
+
+std::vector<PromptAnswer> read_qa(const std::string& path) {
+  std::istringstream in(read_file(path));
+  std::vector<PromptAnswer> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const json j = json::parse(line, nullptr, false);
+    SOMNUS_CHECK(!j.is_discarded() && j.is_object() && j.contains("prompt") && j.contains("answer") &&
+                     j.at("prompt").is_string() && j.at("answer").is_string(),
+                 "eval --qa: {}:{}: expected {{\"prompt\": string, \"answer\": string}}", path, n);
+    out.push_back({j.at("prompt").get<std::string>(), j.at("answer").get<std::string>()});
+  }
+  SOMNUS_CHECK(!out.empty(), "eval --qa: '{}' has no examples", path);
+  return out;
+}
+
+void run_eval(const EvalArgs& a) {
+  SOMNUS_CHECK(!a.data.empty() || !a.qa.empty(), "eval: pass --data text.txt and/or --qa file.jsonl");
+  const Device device = parse_device_option(a.device);
+  const std::string dir = resolve_checkpoint(a.ckpt);
+  auto model = load_transformer(dir, device);
+  model->eval();
+  const Tokenizer tok = Tokenizer::from_json(read_checkpoint_file(dir, "tokenizer.json"), dir + "/tokenizer.json");
+  json result{{"checkpoint", dir}};
+  if (!a.data.empty()) {
+    const int64_t T = a.seq_len > 0 ? a.seq_len : model->config().block_size;
+    SOMNUS_CHECK(T <= model->config().block_size, "eval: --seq-len {} exceeds the model's block_size {}", T,
+                 model->config().block_size);
+    std::vector<TokenId> ids = tok.encode(read_file(a.data));
+    SOMNUS_CHECK(static_cast<int64_t>(ids.size()) > T + 1, "eval: '{}' gives {} tokens, too few for seq_len {}",
+                 a.data, ids.size(), T);
+    const TokenStreamBatcher stream(std::move(ids), a.batch, T, 0);
+    NoGradGuard no_grad;
+    double total = 0.0;
+    int64_t counted = 0;
+    for (int64_t i = 0; a.max_batches == 0 || i < a.max_batches; ++i) {
+      const Batch b = stream.sequential(i);
+      if (b.counted_tokens == 0) break;
+      total += model->loss(b.input.to(device), b.target.to(device), b.mask.to(device)).ce.item() *
+               static_cast<double>(b.counted_tokens);
+      counted += b.counted_tokens;
+    }
+    const double loss = total / static_cast<double>(counted);
+    result["loss"] = loss;
+    result["perplexity"] = std::exp(loss);
+    result["tokens"] = counted;
+    fmt::print(stderr, "eval: {} tokens  loss {:.4f}  perplexity {:.2f}\n", counted, loss, std::exp(loss));
+  }
+  if (!a.qa.empty()) {
+    const std::vector<PromptAnswer> qa = read_qa(a.qa);
+    int64_t correct = 0;
+    for (const PromptAnswer& ex : qa) {
+      std::vector<TokenId> prompt{tok.bos_id()};
+      for (TokenId t : tok.encode(ex.prompt)) prompt.push_back(t);
+      const int64_t room = model->config().block_size - static_cast<int64_t>(prompt.size());
+      SOMNUS_CHECK(room > 0, "eval --qa: a prompt of {} tokens does not fit block_size {}", prompt.size(),
+                   model->config().block_size);
+      GenerateConfig g;
+      g.temperature = 0.0;
+      g.max_new_tokens = std::min<int64_t>(room, static_cast<int64_t>(tok.encode(ex.answer).size()) + 1);
+      g.stop_tokens = {tok.eos_id()};
+      const GenerateResult r = generate(*model, {prompt}, g);
+      std::vector<TokenId> out = r.sequences[0].tokens;
+      if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+      if (tok.decode(out) == ex.answer) ++correct;
+    }
+    const double acc = static_cast<double>(correct) / static_cast<double>(qa.size());
+    result["qa_examples"] = qa.size();
+    result["qa_correct"] = correct;
+    result["exact_match"] = acc;
+    fmt::print(stderr, "eval: exact match {}/{} = {:.4f}\n", correct, qa.size(), acc);
+  }
+  fmt::print("{}\n", result.dump());
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: loss/perplexity on text, exact match on prompt/answer");
+  cmd->add_option("--ckpt", a->ckpt, "Checkpoint directory, or a run directory (its latest checkpoint)")->required();
+  cmd->add_option("--data", a->data, "Plain-text file: loss and perplexity")->check(CLI::ExistingFile);
+  cmd->add_option("--qa", a->qa, "JSONL of {\"prompt\", \"answer\"}: greedy exact-match accuracy")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", a->seq_len, "Window length (0: block_size)")->capture_default_str();
+  cmd->add_option("--max-batches", a->max_batches, "Stop after this many batches (0: the whole file)")
+      ->capture_default_str();
+  add_device_option(cmd, a->device);
+  cmd->callback([a] { run_eval(*a); });
+}
+
+}  // namespace somnus::tools
