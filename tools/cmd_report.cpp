@@ -1,0 +1,125 @@
+// somnus report: read a training run's metrics.jsonl, print the evaluation table (markdown)
+// and plot the train and validation loss curves with gnuplot.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "nn/file_io.h"
+#include "tensor/format.h"
+#include "tools/cli_common.h"
+
+namespace somnus::tools {
+
+namespace {
+
+struct ReportOptions {
+  std::string metrics;
+  std::string plot;
+  std::string title = "somnus training run";
+};
+
+struct Row {
+  int64_t step = 0;
+  double loss = 0, eval_loss = -1, eval_ppl = -1, tokens_per_s = 0;
+};
+
+std::vector<Row> read_metrics(const std::string& path) {
+  std::istringstream lines(read_file(path));
+  std::vector<Row> rows;
+  std::string line;
+  for (int64_t n = 1; std::getline(lines, line); ++n) {
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail("report: {} line {} is not JSON: {}", path, n, e.what());
+    }
+    SOMNUS_CHECK(j.is_object() && j.contains("step") && j.contains("loss"),
+                 "report: {} line {} has no 'step' and 'loss'", path, n);
+    Row r;
+    r.step = j["step"].get<int64_t>();
+    r.loss = j["loss"].get<double>();
+    r.tokens_per_s = j.value("tokens_per_s", 0.0);
+    if (j.contains("eval_loss")) {
+      r.eval_loss = j["eval_loss"].get<double>();
+      r.eval_ppl = j.value("eval_ppl", -1.0);
+    }
+    rows.push_back(r);
+  }
+  SOMNUS_CHECK(!rows.empty(), "report: {} holds no metrics", path);
+  return rows;
+}
+
+void print_table(const std::vector<Row>& rows) {
+  fmt::print("| {:>6} | {:>10} | {:>8} | {:>8} | {:>9} |\n", "step", "train loss", "val loss", "val ppl", "tokens/s");
+  fmt::print("|-------:|-----------:|---------:|---------:|----------:|\n");
+  // The train loss column is the mean since the previous evaluation, which is steadier than
+  // the single step's value.
+  double sum = 0, tok = 0;
+  int64_t n = 0;
+  for (const Row& r : rows) {
+    sum += r.loss;
+    tok += r.tokens_per_s;
+    ++n;
+    if (r.eval_loss < 0) continue;
+    fmt::print("| {:>6} | {:>10.4f} | {:>8.4f} | {:>8.2f} | {:>9.0f} |\n", r.step, sum / double(n), r.eval_loss,
+               r.eval_ppl, tok / double(n));
+    sum = tok = 0;
+    n = 0;
+  }
+}
+
+void write_plot(const std::vector<Row>& rows, const ReportOptions& o) {
+  const std::filesystem::path png(o.plot);
+  const std::string stem = (png.parent_path() / png.stem()).string();
+  const std::string train_csv = stem + "_train.csv", eval_csv = stem + "_eval.csv", script = stem + ".gp";
+  {
+    std::ofstream tr(train_csv), ev(eval_csv);
+    for (const Row& r : rows) {
+      tr << r.step << ',' << r.loss << '\n';
+      if (r.eval_loss >= 0) ev << r.step << ',' << r.eval_loss << '\n';
+    }
+  }
+  {
+    std::ofstream gp(script);
+    gp << "set terminal pngcairo size 900,520 noenhanced\n"
+       << "set output '" << o.plot << "'\n"
+       << "set datafile separator ','\n"
+       << "set title '" << o.title << "'\n"
+       << "set xlabel 'step'\nset ylabel 'cross-entropy (nats/token)'\nset grid\nset key top right\n"
+       << "plot '" << train_csv << "' using 1:2 with lines lc rgb '#9ecae1' title 'train (per step)', '"
+       << eval_csv << "' using 1:2 with linespoints lw 2 lc rgb '#d62728' title 'validation'\n";
+  }
+  const int rc = std::system(fmt::format("gnuplot '{}'", script).c_str());
+  if (rc == 0) {
+    fmt::print("plot: {}\n", o.plot);
+  } else {
+    fmt::print("plot: gnuplot failed (exit {}); the data is in {} and {}\n", rc, train_csv, eval_csv);
+  }
+}
+
+}  // namespace
+
+void add_report_command(CLI::App& app) {
+  auto opts = std::make_shared<ReportOptions>();
+  auto* cmd = app.add_subcommand("report", "Print a run's evaluation table and plot its loss curves");
+  cmd->add_option("--metrics", opts->metrics, "metrics.jsonl written by `somnus train`")->required();
+  cmd->add_option("--plot", opts->plot, "PNG to write (default: beside the metrics, loss.png)");
+  cmd->add_option("--title", opts->title, "Plot title")->capture_default_str();
+  cmd->callback([opts] {
+    if (opts->plot.empty()) {
+      opts->plot = (std::filesystem::path(opts->metrics).parent_path() / "loss.png").string();
+    }
+    const std::vector<Row> rows = read_metrics(opts->metrics);
+    print_table(rows);
+    write_plot(rows, *opts);
+  });
+}
+
+}  // namespace somnus::tools
