@@ -10,22 +10,14 @@
 
 #include "autograd/functions.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 using namespace somnus;
 using autograd::TensorList;
 
 namespace {
 
-double rel_error(const Tensor& got, const Tensor& ref) {
-  const std::vector<double> a = got.to_vector(), b = ref.to_vector();
-  if (a.size() != b.size()) return INFINITY;
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
-}
+using somnus::testing::rel_error;  // ‖cuda − cpu‖ / ‖cpu‖ (tests/testing.h)
 
 struct Case {
   std::string name;

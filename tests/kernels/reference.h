@@ -1,8 +1,9 @@
 // Shared helpers for the kernel tests: the error metric, tolerances, random inputs in
 // several memory layouts, and row-major index arithmetic for the naive f64 references.
 //
-//   rel_err(out, ref) = ‖out − ref‖ / ‖ref‖  (absolute ‖out − ref‖ when ref is all zeros);
-//   +inf when sizes differ or anything is NaN/inf, so NaN can never pass a bound.
+//   rel_or_abs_error(out, ref) = ‖out − ref‖ / ‖ref‖  (absolute ‖out − ref‖ when ref is all
+//   zeros); +inf when sizes differ or anything is NaN/inf, so NaN can never pass a bound.
+//   It lives in tests/testing.h and is re-exported here.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -16,6 +17,7 @@
 #include "tensor/format.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
+#include "testing.h"
 
 namespace somnus::test {
 
@@ -27,18 +29,7 @@ inline double tol_for(DType d) {
   }
 }
 
-inline double rel_err(const std::vector<double>& out, const std::vector<double>& ref) {
-  if (out.size() != ref.size()) return std::numeric_limits<double>::infinity();
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!std::isfinite(out[i]) || !std::isfinite(ref[i])) return std::numeric_limits<double>::infinity();
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-inline double rel_err(const Tensor& out, const std::vector<double>& ref) { return rel_err(out.to_vector(), ref); }
+using somnus::testing::rel_or_abs_error;
 
 // ---------------------------------------------------------------- layouts
 

@@ -87,7 +87,7 @@ void expect_close(const Tensor& g, const Tensor& c, double tol, const std::strin
   EXPECT_TRUE(g.device().is_cuda()) << what;
   ASSERT_EQ(g.shape(), c.shape()) << what;
   ASSERT_EQ(g.dtype(), c.dtype()) << what;
-  const double err = rel_err(g.to_vector(), c.to_vector());
+  const double err = rel_or_abs_error(g.to_vector(), c.to_vector());
   EXPECT_LE(err, tol) << what << " (rel err " << err << ")";
 }
 
@@ -541,12 +541,12 @@ TEST(CudaOps, MatmulF32IsFullPrecisionByDefault) {
   Generator g(114);
   const Tensor a = randn({128, 1024}, g, DType::f32), b = randn({1024, 96}, g, DType::f32);
   const std::vector<double> ref = matmul(a.to(DType::f64), b.to(DType::f64)).to_vector();
-  const double err = rel_err(matmul(a.to(gpu()), b.to(gpu())).to_vector(), ref);
+  const double err = rel_or_abs_error(matmul(a.to(gpu()), b.to(gpu())).to_vector(), ref);
   EXPECT_LE(err, 1e-5) << "f32 matmul is not full precision by default (TF32 on?)";
 #ifdef SOMNUS_WITH_CUDA
   ASSERT_FALSE(somnus::kernels::cuda::allow_tf32());
   somnus::kernels::cuda::set_allow_tf32(true);
-  const double err_tf32 = rel_err(matmul(a.to(gpu()), b.to(gpu())).to_vector(), ref);
+  const double err_tf32 = rel_or_abs_error(matmul(a.to(gpu()), b.to(gpu())).to_vector(), ref);
   somnus::kernels::cuda::set_allow_tf32(false);
   EXPECT_LE(err_tf32, 5e-3) << "TF32 matmul far off";
 #endif

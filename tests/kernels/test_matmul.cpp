@@ -81,11 +81,11 @@ TEST(Matmul, MatchesReference) {
               ASSERT_EQ(out.dtype(), dtype);
               const RefOut ref = ref_matmul(a.to_vector(), b.to_vector(), with_bias ? bias.to_vector() : std::vector<double>{},
                                             std::max<int64_t>(Bt, 1), bm == BMode::batched ? Bt : 1, s.M, s.K, s.N, gelu);
-              EXPECT_LE(rel_err(out, ref.out), tol_for(dtype));
+              EXPECT_LE(rel_or_abs_error(out, ref.out), tol_for(dtype));
               if (gelu) {
                 ASSERT_TRUE(pre.defined());
                 ASSERT_EQ(pre.shape(), out_shape);
-                EXPECT_LE(rel_err(pre, ref.pre), tol_for(dtype));
+                EXPECT_LE(rel_or_abs_error(pre, ref.pre), tol_for(dtype));
               }
               ++checked;
             }
@@ -110,7 +110,7 @@ TEST(Matmul, ExpandedBatchAndSharedBias) {
     for (double v : a1.to_vector()) av.push_back(v);
   }
   const RefOut ref = ref_matmul(av, b.to_vector(), bias.to_vector(), 4, 4, 6, 5, 3, false);
-  EXPECT_LE(rel_err(out, ref.out), 1e-5);
+  EXPECT_LE(rel_or_abs_error(out, ref.out), 1e-5);
   // Without gelu, the pre-activation is the output itself.
   Tensor pre;
   const Tensor o2 = matmul(a, b, bias, false, &pre);
@@ -138,6 +138,6 @@ TEST(Matmul, TransposedViewsAreNotCopied) {
     const int64_t before = cpu.stats().num_allocs;
     const Tensor out = matmul(c.a, c.b);
     EXPECT_EQ(cpu.stats().num_allocs - before, 1) << "only the output may be allocated";
-    EXPECT_LE(rel_err(out, ref_out), 1e-6);
+    EXPECT_LE(rel_or_abs_error(out, ref_out), 1e-6);
   }
 }

@@ -1,4 +1,4 @@
-// Helpers shared by the nn module tests (test_modules, test_cms, test_transformer).
+// Helpers shared by the nn tests, on top of tests/testing.h (re-exported below).
 #pragma once
 #include <gtest/gtest.h>
 
@@ -12,11 +12,21 @@
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "nn/module.h"
+#include "nn/transformer.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 namespace somnus::nn::testing {
 
 using autograd::TensorList;
+
+// The shared helpers (tests/testing.h), for `using namespace somnus::nn::testing`.
+using somnus::testing::error_of;
+using somnus::testing::expect_contains;
+using somnus::testing::expect_error;
+using somnus::testing::raw_bytes;
+using somnus::testing::rel_error;
+using somnus::testing::rel_or_abs_error;
 
 // Fresh N(0, 1) f64 values (requires_grad when asked).
 inline Tensor randn64(const Shape& shape, uint64_t seed, bool requires_grad = true, double std = 1.0) {
@@ -31,22 +41,6 @@ inline void randomize(const Tensor& p, uint64_t seed, double std = 0.5) {
   Generator gen(seed);
   NoGradGuard no_grad;
   p.copy_(randn(p.shape(), gen, p.dtype(), p.device(), 0.0, std));
-}
-
-// ‖a − b‖ / ‖b‖ over the values (DESIGN §5); NaN anywhere gives +inf.
-inline double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
-}
-inline double rel_error(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(shape_str(a.shape()), shape_str(b.shape()));
-  return rel_error(a.to_vector(), b.to_vector());
 }
 
 inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
@@ -88,16 +82,47 @@ inline GradcheckResult module_gradcheck(Module& m, const std::vector<std::string
     EXPECT_GT(result_.checked, 0);              \
   } while (0)
 
-// Runs `fn`, expecting a somnus::Error whose message contains every string in `parts`.
-inline void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected somnus::Error containing '" << (parts.empty() ? "" : parts[0]) << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
-  }
+// ---------------------------------------------------------------- tiny transformer configs
+// The small models of test_transformer and test_generate: vocab 13, C = 8, block 16.
+
+constexpr int64_t kTinyVocab = 13;
+
+// GPT-2 style: 2 heads, MLP hidden 16.
+inline TransformerConfig tiny_gpt2(int64_t n_layer = 2) {
+  TransformerConfig c =
+      TransformerConfig::gpt2_style(kTinyVocab, n_layer, /*n_embd=*/8, /*n_head=*/2, /*block=*/16);
+  c.levels[0].hidden = 16;
+  return c;
+}
+
+// Llama style: GQA (4 query heads on 2 kv heads), SwiGLU hidden 12.
+inline TransformerConfig tiny_llama(int64_t n_layer = 2) {
+  TransformerConfig c = TransformerConfig::llama_style(kTinyVocab, n_layer, /*n_embd=*/8, /*n_head=*/4,
+                                                       /*n_kv_head=*/2, /*block=*/16);
+  c.levels[0].hidden = 12;
+  return c;
+}
+
+// Llama style with a two-level chain: a fast dense level and a slow MoE level (period 4),
+// both with slots.
+inline TransformerConfig tiny_cms(int64_t n_layer = 2) {
+  TransformerConfig c = tiny_llama(n_layer);
+  LevelConfig fast;
+  fast.kind = LevelKind::dense;
+  fast.period = 1;
+  fast.hidden = 12;
+  fast.n_slots = 2;
+  fast.slot_rank = 2;
+  LevelConfig slow;
+  slow.kind = LevelKind::moe;
+  slow.period = 4;
+  slow.hidden = 6;
+  slow.n_experts = 3;
+  slow.top_k = 2;
+  slow.n_slots = 2;
+  slow.slot_rank = 2;
+  c.levels = {fast, slow};
+  return c;
 }
 
 }  // namespace somnus::nn::testing

@@ -23,6 +23,7 @@
 #include "nn/transformer.h"
 #include "tensor/format.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 namespace somnus::nn {
 namespace {
@@ -43,14 +44,8 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using somnus::testing::error_of;
+using somnus::testing::raw_bytes;
 
 #define EXPECT_ERROR_HAS(expr, needle)                                              \
   do {                                                                              \
@@ -127,11 +122,6 @@ struct TrainRun {
   }
 };
 
-std::string bytes_of(const Tensor& t) {
-  const std::vector<double> v = t.to_vector();
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double));
-}
-
 TEST(Checkpoint, ResumeIsBitExact) {
   TempDir dir;
   const int n = 10, half = 5;  // step 5 is in the middle of the period-2 level's window
@@ -169,7 +159,7 @@ TEST(Checkpoint, ResumeIsBitExact) {
   }
   const NamedTensors a = straight.model->state_dict(), b = resumed.model->state_dict();
   ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(bytes_of(a[i].second), bytes_of(b[i].second)) << a[i].first;
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(raw_bytes(a[i].second), raw_bytes(b[i].second)) << a[i].first;
   EXPECT_EQ(resumed.batcher->generator().offset, straight.batcher->generator().offset);
   const Generator dg_resumed = default_generator();
 
@@ -373,7 +363,7 @@ TEST(Checkpoint, LoadTransformerAndExtraFiles) {
   const std::string ck = save_checkpoint(dir.path, c);
   auto model = load_transformer(ck);
   EXPECT_TRUE(model->level(0, 1).slot_active(0));
-  EXPECT_EQ(bytes_of(model->wte->weight), bytes_of(run.model->wte->weight));
+  EXPECT_EQ(raw_bytes(model->wte->weight), raw_bytes(run.model->wte->weight));
   EXPECT_EQ(read_checkpoint_file(ck, "tokenizer.json"), "{\"hello\": 1}");
   EXPECT_EQ(read_checkpoint_json(ck, "train_config.json")["note"], "test");
   c.extra_files["MANIFEST.json"] = "x";

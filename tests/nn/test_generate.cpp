@@ -27,40 +27,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int64_t kVocab = 13;
-
-TransformerConfig tiny_gpt2() {
-  TransformerConfig c = TransformerConfig::gpt2_style(kVocab, /*n_layer=*/2, /*n_embd=*/8, /*n_head=*/2, /*block=*/16);
-  c.levels[0].hidden = 16;
-  return c;
-}
-
-TransformerConfig tiny_llama() {
-  TransformerConfig c = TransformerConfig::llama_style(kVocab, /*n_layer=*/2, /*n_embd=*/8, /*n_head=*/4,
-                                                       /*n_kv_head=*/2, /*block=*/16);
-  c.levels[0].hidden = 12;
-  return c;
-}
-
-// Llama-style with a fast dense level and a slow MoE level, both with slots.
-TransformerConfig tiny_cms() {
-  TransformerConfig c = tiny_llama();
-  LevelConfig fast;
-  fast.kind = LevelKind::dense;
-  fast.hidden = 12;
-  fast.n_slots = 2;
-  fast.slot_rank = 2;
-  LevelConfig slow;
-  slow.kind = LevelKind::moe;
-  slow.period = 4;
-  slow.hidden = 6;
-  slow.n_experts = 3;
-  slow.top_k = 2;
-  slow.n_slots = 2;
-  slow.slot_rank = 2;
-  c.levels = {fast, slow};
-  return c;
-}
+constexpr int64_t kVocab = kTinyVocab;  // tiny_gpt2 / tiny_llama / tiny_cms (nn_testing.h)
 
 // An f64 model whose parameters are redrawn with a larger spread than the GPT-2 init, so
 // that next-token distributions are far from uniform (greedy ties are then impossible and

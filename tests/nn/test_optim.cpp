@@ -20,12 +20,14 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 // Config structs are meant to be filled with designated initializers, leaving the rest at
 // their defaults; GCC 12's -Wextra flags every omitted member anyway.
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
 using namespace somnus;
+using namespace somnus::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -35,41 +37,6 @@ Tensor param(const Shape& shape, uint64_t seed, DType dtype = DType::f32) {
   Tensor t = randn(shape, gen, dtype);
   t.set_requires_grad(true);
   return t;
-}
-
-// ‖a − b‖ / ‖b‖ (‖b‖ = 0: the absolute norm); NaN never passes.
-double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  const double r = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-  return std::isnan(r) ? INFINITY : r;
-}
-
-std::string bytes_of(const Tensor& t) {
-  const Tensor c = t.cpu().contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.nbytes()));
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected somnus::Error, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected somnus::Error, nothing was thrown";
-  return "";
-}
-
-void expect_contains(const std::string& message, const std::string& part) {
-  EXPECT_NE(message.find(part), std::string::npos) << "message: " << message << "\nexpected to contain: " << part;
 }
 
 class TempDir {
@@ -131,7 +98,7 @@ TEST(AdamW, OneStepMatchesHandComputedFormula) {
     const double mhat = m / (1 - b1), vhat = v / (1 - b2);
     expected[i] = p0[i] * (1 - lr * wd) - lr * mhat / (std::sqrt(vhat) + eps);
   }
-  EXPECT_LT(rel_err(p.to_vector(), expected), 1e-6);
+  EXPECT_LT(rel_or_abs_error(p.to_vector(), expected), 1e-6);
   // The first Adam step moves every element by about lr (plus the decay).
   for (size_t i = 0; i < p0.size(); ++i) EXPECT_NEAR(std::abs(p.to_vector()[i] - p0[i] * (1 - lr * wd)), lr, 1e-5);
   EXPECT_FALSE(p.grad().defined()) << "step() clears the applied group's gradient";
@@ -160,8 +127,8 @@ TEST(AdamW, ManyStepsMatchNaiveReference) {
       nb.step(rb, gb.to_vector(), 1e-2 * s, 0.0);
     }
     const double tol = dtype == DType::f64 ? 1e-12 : 2e-6;
-    EXPECT_LT(rel_err(a.to_vector(), ra), tol) << dtype_name(dtype);
-    EXPECT_LT(rel_err(b.to_vector(), rb), tol) << dtype_name(dtype);
+    EXPECT_LT(rel_or_abs_error(a.to_vector(), ra), tol) << dtype_name(dtype);
+    EXPECT_LT(rel_or_abs_error(b.to_vector(), rb), tol) << dtype_name(dtype);
   }
 }
 
@@ -197,7 +164,7 @@ TEST(Optimizer, KernelOpsPathMatchesCpuLoops) {
         ops->step();
       }
       const std::string what = std::string(loops->type()) + " " + dtype_name(dtype);
-      EXPECT_LT(rel_err(p2.to_vector(), p1.to_vector()), dtype == DType::f64 ? 1e-14 : 1e-7) << what;
+      EXPECT_LT(rel_or_abs_error(p2.to_vector(), p1.to_vector()), dtype == DType::f64 ? 1e-14 : 1e-7) << what;
       EXPECT_NE(p1.to_vector(), param({6, 5}, 10, dtype).to_vector()) << what << ": parameters never moved";
     }
   }
@@ -225,12 +192,12 @@ TEST(AdamW, Bf16MasterWeightsTrackTheF32Run) {
   const Tensor master = o16.master_weight(0, 0);
   ASSERT_TRUE(master.defined());
   EXPECT_EQ(master.dtype(), DType::f32);
-  const double err_param = rel_err(p16.to_vector(), p32.to_vector());
-  const double err_master = rel_err(master.to_vector(), p32.to_vector());
+  const double err_param = rel_or_abs_error(p16.to_vector(), p32.to_vector());
+  const double err_master = rel_or_abs_error(master.to_vector(), p32.to_vector());
   EXPECT_LT(err_param, 5e-3);
   EXPECT_LT(err_master, 2e-3);
   // The bf16 parameter is exactly the rounded master.
-  EXPECT_EQ(bytes_of(p16), bytes_of(master.to(DType::bf16)));
+  EXPECT_EQ(raw_bytes(p16), raw_bytes(master.to(DType::bf16)));
 }
 
 TEST(AdamW, Bf16MasterKeepsUpdatesSmallerThanBf16Spacing) {
@@ -284,7 +251,7 @@ TEST(SGD, MomentumNesterovWeightDecayMatchHandComputation) {
         }
         ref[i] -= 0.1 * g;
       }
-      EXPECT_LT(rel_err(p.to_vector(), ref), 1e-15) << "step " << k + 1 << " momentum " << c.o.momentum;
+      EXPECT_LT(rel_or_abs_error(p.to_vector(), ref), 1e-15) << "step " << k + 1 << " momentum " << c.o.momentum;
     }
   }
   // Momentum really changes the trajectory (the cases above are not all the same).
@@ -363,7 +330,7 @@ TEST(MultiFrequency, Period4GroupUpdatesOnlyEvery4thStepWithTheMeanGradient) {
       if (k % 4 != 0) {
         EXPECT_EQ(s1, s0) << "the period-4 group changed at step " << k;
         ASSERT_TRUE(slow.grad().defined()) << "the accumulator was cleared at step " << k;
-        EXPECT_LT(rel_err(slow.grad().to_vector(), accum), 1e-6) << "step " << k;
+        EXPECT_LT(rel_or_abs_error(slow.grad().to_vector(), accum), 1e-6) << "step " << k;
       } else {
         const double div = red == AccumulationReduction::mean ? 4.0 : 1.0;
         for (int i = 0; i < 3; ++i) {
@@ -403,8 +370,8 @@ TEST(MultiFrequency, AdamStepCounterCountsOwnApplications) {
     } else {
       EXPECT_EQ(slow.to_vector(), s0) << "step " << k;
     }
-    EXPECT_LT(rel_err(fast.to_vector(), rf), 1e-5) << "step " << k;
-    EXPECT_LT(rel_err(slow.to_vector(), rs), 1e-5) << "step " << k;
+    EXPECT_LT(rel_or_abs_error(fast.to_vector(), rf), 1e-5) << "step " << k;
+    EXPECT_LT(rel_or_abs_error(slow.to_vector(), rs), 1e-5) << "step " << k;
   }
   const OptimizerState st = opt.state_dict();
   EXPECT_EQ(st.meta["groups"][0]["params"][0]["step"].get<int64_t>(), 12);
@@ -506,18 +473,18 @@ TEST(Optimizer, ResumeFromSavedStateIsBitExact) {
     EXPECT_EQ(std::memcmp(&losses_r[k], &losses_s[k], sizeof(double)), 0)
         << "loss at step " << k + 1 << ": " << losses_r[k] << " vs " << losses_s[k];
   }
-  EXPECT_EQ(bytes_of(resumed.a), bytes_of(straight.a));
-  EXPECT_EQ(bytes_of(resumed.b), bytes_of(straight.b));
-  EXPECT_EQ(bytes_of(resumed.c), bytes_of(straight.c));
-  EXPECT_EQ(bytes_of(opt_r->master_weight(2, 0)), bytes_of(opt_s->master_weight(2, 0)));
+  EXPECT_EQ(raw_bytes(resumed.a), raw_bytes(straight.a));
+  EXPECT_EQ(raw_bytes(resumed.b), raw_bytes(straight.b));
+  EXPECT_EQ(raw_bytes(resumed.c), raw_bytes(straight.c));
+  EXPECT_EQ(raw_bytes(opt_r->master_weight(2, 0)), raw_bytes(opt_s->master_weight(2, 0)));
 
   // The check has teeth: resuming the weights without the optimiser state diverges.
   Model fresh = make_model(false);
   load_into(dir.file("model.safetensors"), fresh.named());
   auto opt_x = make_opt(fresh);
   for (int k = half + 1; k <= n; ++k) train_step(fresh, *opt_x, k, sched);
-  EXPECT_NE(bytes_of(fresh.a), bytes_of(straight.a));
-  EXPECT_NE(bytes_of(fresh.b), bytes_of(straight.b));
+  EXPECT_NE(raw_bytes(fresh.a), raw_bytes(straight.a));
+  EXPECT_NE(raw_bytes(fresh.b), raw_bytes(straight.b));
 }
 
 TEST(Optimizer, StateLoadValidates) {
@@ -631,11 +598,11 @@ TEST(Optimizer, CudaMatchesCpu) {
       oc.step();
       og.step();
     }
-    EXPECT_LT(rel_err(pg.to_vector(), pc.to_vector()), dtype == DType::f32 ? 1e-6 : 1e-2) << dtype_name(dtype);
+    EXPECT_LT(rel_or_abs_error(pg.to_vector(), pc.to_vector()), dtype == DType::f32 ? 1e-6 : 1e-2) << dtype_name(dtype);
     pc.set_grad(Tensor::full({33, 7}, 3.0, dtype));
     pg.set_grad(Tensor::full({33, 7}, 3.0, dtype, Device::cuda()));
     EXPECT_NEAR(clip_grad_norm({pg}, 1.0), clip_grad_norm({pc}, 1.0), 1e-3);
-    EXPECT_LT(rel_err(pg.grad().to_vector(), pc.grad().to_vector()), 1e-2);
+    EXPECT_LT(rel_or_abs_error(pg.grad().to_vector(), pc.grad().to_vector()), 1e-2);
   }
 }
 

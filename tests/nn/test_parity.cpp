@@ -29,6 +29,7 @@
 #include "nn/safetensors.h"
 #include "nn/transformer.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 #ifndef SOMNUS_SOURCE_DIR
 #error "tests/CMakeLists.txt must define SOMNUS_SOURCE_DIR for test_parity"
@@ -81,20 +82,10 @@ std::string torch_unavailable() {
   return why;
 }
 
-// ‖a − b‖ / ‖b‖ in f64; NaN anywhere gives +inf; both zero gives 0.
-double rel_error(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector(), y = b.to_vector();
-  if (x.size() != y.size()) return INFINITY;
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) || std::isnan(y[i])) return INFINITY;
-    num += (x[i] - y[i]) * (x[i] - y[i]);
-    den += y[i] * y[i];
-  }
-  if (num == 0.0) return 0.0;
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
-}
+// ‖a − b‖ / ‖b‖ in f64 (tests/testing.h); NaN anywhere gives +inf; both zero gives 0.
+using somnus::testing::rel_error;
 
+// The same for two scalars.
 double rel_error(double a, double b) {
   if (std::isnan(a) || std::isnan(b)) return INFINITY;
   return a == b ? 0.0 : std::abs(a - b) / std::max(std::abs(b), 1e-300);

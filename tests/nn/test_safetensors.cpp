@@ -16,8 +16,10 @@
 #include "nn/file_io.h"
 #include "nn/safetensors.h"
 #include "tensor/random.h"
+#include "testing.h"
 
 using namespace somnus;
+using namespace somnus::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -66,31 +68,6 @@ std::string hex64(uint64_t v) {
 
 std::string make_file(const std::string& header, const std::string& data) {
   return u64_le(header.size()) + header + data;
-}
-
-// The raw bytes of a contiguous CPU tensor, for bitwise comparison.
-std::string raw_bytes(const Tensor& t) {
-  const Tensor c = t.cpu().contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.nbytes()));
-}
-
-// Runs f, expects somnus::Error, and returns its message.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected somnus::Error, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected somnus::Error, nothing was thrown";
-  return "";
-}
-
-void expect_contains(const std::string& message, const std::string& part) {
-  EXPECT_NE(message.find(part), std::string::npos) << "message: " << message << "\nexpected to contain: " << part;
 }
 
 }  // namespace

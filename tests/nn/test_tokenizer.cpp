@@ -15,12 +15,14 @@
 
 #include "nn/tokenizer.h"
 #include "tensor/error.h"
+#include "testing.h"
 
 using somnus::Error;
 using somnus::nn::BpeTrainOptions;
 using somnus::nn::SpecialTokens;
 using somnus::nn::TokenId;
 using somnus::nn::Tokenizer;
+using somnus::testing::expect_error;
 namespace fs = std::filesystem;
 
 namespace {
@@ -86,18 +88,6 @@ std::string random_wordy_text(std::mt19937& rng, size_t words) {
     s += (w[0] == '\0') ? std::string(1, '\0') : std::string(w);
   }
   return s;
-}
-
-// Runs fn, expects somnus::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
-    return;
-  }
-  ADD_FAILURE() << "expected somnus::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
 }
 
 // ----- naive reference: full pair recount per merge, same tie-breaking -----

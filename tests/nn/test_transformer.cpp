@@ -26,40 +26,6 @@ using nlohmann::json;
 
 namespace {
 
-TransformerConfig tiny_gpt2(int64_t n_layer = 2) {
-  TransformerConfig c = TransformerConfig::gpt2_style(/*vocab=*/13, n_layer, /*n_embd=*/8, /*n_head=*/2, /*block=*/16);
-  c.levels[0].hidden = 16;
-  return c;
-}
-
-TransformerConfig tiny_llama(int64_t n_layer = 2) {
-  TransformerConfig c =
-      TransformerConfig::llama_style(/*vocab=*/13, n_layer, /*n_embd=*/8, /*n_head=*/4, /*n_kv_head=*/2, /*block=*/16);
-  c.levels[0].hidden = 12;
-  return c;
-}
-
-// Llama-style with a two-level chain: a fast dense level and a slow MoE level, both with slots.
-TransformerConfig tiny_cms(int64_t n_layer = 2) {
-  TransformerConfig c = tiny_llama(n_layer);
-  LevelConfig fast;
-  fast.kind = LevelKind::dense;
-  fast.period = 1;
-  fast.hidden = 12;
-  fast.n_slots = 2;
-  fast.slot_rank = 2;
-  LevelConfig slow;
-  slow.kind = LevelKind::moe;
-  slow.period = 4;
-  slow.hidden = 6;
-  slow.n_experts = 3;
-  slow.top_k = 2;
-  slow.n_slots = 2;
-  slow.slot_rank = 2;
-  c.levels = {fast, slow};
-  return c;
-}
-
 Tensor random_ids(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   Generator gen(seed);
   return randint(0, V, {B, T}, gen);
