@@ -396,4 +396,91 @@ Tensor to(const Tensor& x, Device device) {
                 [from = x.device()](const TensorList& g) { return TensorList{g[0].to(from)}; });
 }
 
+
+// ---------------------------------------------------------------- fused training-path ops
+
+namespace {
+
+NormOutput norm_op(bool layer, const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
+                   double eps) {
+  kernels::NormResult r = layer ? kernels::layer_norm(x, residual, weight, bias, eps)
+                                : kernels::rms_norm(x, residual, weight, eps);
+  const bool with_res = residual.defined();
+  const bool with_bias = bias.defined();
+  auto fn = [layer, with_res, with_bias, h = r.h.detach(), w = weight.detach(), mean = r.mean, rstd = r.rstd](
+                const TensorList& g) {
+    const Tensor& dy = g[0];
+    const Tensor dh_extra = with_res && g.size() > 1 ? g[1] : Tensor();
+    Tensor dh, dw, db;
+    if (dy.defined()) {
+      kernels::NormGrads k = kernels::norm_backward(layer, dy, dh_extra, h, w, mean, rstd, with_bias);
+      dh = k.dh;
+      dw = k.dweight;
+      db = k.dbias;
+    } else {
+      dh = dh_extra;
+    }
+    return TensorList{dh, with_res ? dh : Tensor(), dw, db};
+  };
+  const char* name = layer ? "layer_norm" : "rms_norm";
+  if (!with_res) {
+    Tensor y = record(name, {x, Tensor(), weight, bias}, r.y, fn);
+    return {y, x};
+  }
+  TensorList outs = record(name, {x, residual, weight, bias}, TensorList{r.y, r.h}, fn);
+  return {outs[0], outs[1]};
+}
+
+}  // namespace
+
+NormOutput rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
+  return norm_op(false, x, residual, weight, Tensor(), eps);
+}
+
+NormOutput layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias, double eps) {
+  return norm_op(true, x, residual, weight, bias, eps);
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  return record("swiglu", {gate, up}, kernels::swiglu(gate, up),
+                [gate = gate.detach(), up = up.detach()](const TensorList& g) {
+                  auto [dg, du] = kernels::swiglu_backward(gate, up, g[0]);
+                  return TensorList{dg, du};
+                });
+}
+
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions) {
+  return record("rope", {x}, kernels::rope(x, cos, sin, positions),
+                [cos = cos.detach(), sin = sin.detach(), positions = positions.detach()](const TensorList& g) {
+                  return TensorList{kernels::rope(g[0], cos, sin, positions, /*inverse=*/true)};
+                });
+}
+
 }  // namespace somnus
+
+// ---------------------------------------------------------------- attention (issue 4 §1)
+namespace somnus {
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                                    int64_t q_offset, bool deterministic) {
+  const bool grad = autograd::needs_grad({q, k, v});
+  // A few queries against a long cache with no gradient (a generation step): split-K
+  // flash-decoding spreads the keys over threads/blocks instead of only (B, H).
+  if (!grad && q.dim() == 4 && k.dim() == 4 && q.size(2) <= 4 && k.size(2) >= 1024) {
+    return kernels::attention_decode(q, k, v, causal, scale, q_offset).o;
+  }
+  // Contiguous once here, so the backward does not copy the (often transposed) heads again.
+  const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  kernels::AttentionOutput out = kernels::attention_fwd(qc, kc, vc, causal, scale, q_offset);
+  if (!grad) return out.o;
+  const bool det = deterministic || !q.device().is_cuda();
+  return record("scaled_dot_product_attention", {q, k, v}, out.o,
+                [q = qc.detach(), k = kc.detach(), v = vc.detach(), o = out.o.detach(), lse = out.lse, causal, scale,
+                 q_offset, det](const TensorList& g) {
+                  kernels::AttentionGrads gr = kernels::attention_bwd(q, k, v, o, lse, g[0], causal, scale, q_offset, det);
+                  return TensorList{gr.dq, gr.dk, gr.dv};
+                });
+}
+
+}  // namespace somnus
+// ---------------------------------------------------------------- end attention

@@ -94,6 +94,19 @@ Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 // With gelu, the pre-activation from the GELU epilogue is saved for the backward.
 Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), bool gelu = false);
 
+// ---------------------------------------------------------------- attention (issue 4 §1)
+
+// Fused flash attention (kernels::attention_fwd/bwd): q (B, Hq, T, D), k, v (B, Hkv, S, D),
+// Hkv | Hq -> (B, Hq, T, D). Causal: query i (absolute position q_offset + i) sees keys
+// j <= q_offset + i. scale <= 0 means 1/sqrt(D). Saves q, k, v, o and the row lse (O(T) per
+// head, no (T, S) matrix); the backward recomputes P. On CPU the backward is the
+// deterministic one (bitwise-reproducible runs); on CUDA dQ uses atomics unless
+// `deterministic` is set. Without grad, T <= 4 queries against S >= 1024 keys go through the
+// split-K decode kernel (kernels::attention_decode; same result to rounding).
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    double scale = 0.0, int64_t q_offset = 0, bool deterministic = false);
+// ---------------------------------------------------------------- end attention
+
 // ---------------------------------------------------------------- indexing
 
 // weight (V, C), ids int (...) -> (..., C).
@@ -124,5 +137,22 @@ Tensor contiguous(const Tensor& x);  // x itself when already contiguous
 // dtype conversion; the gradient is converted back. To an integer dtype: no gradient.
 Tensor to(const Tensor& x, DType dtype);
 Tensor to(const Tensor& x, Device device);
+
+
+// ---------------------------------------------------------------- fused training-path ops
+
+// Fused norms over the last dim with an optional residual add (kernels::rms_norm/layer_norm):
+// h = x + residual (x itself when residual is undefined), y = norm(h)·weight [+ bias].
+// Returns {y, h}: pass h on as the residual stream of the next block. bias may be undefined.
+struct NormOutput {
+  Tensor y, h;
+};
+NormOutput rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps);
+NormOutput layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias, double eps);
+// silu(gate) ∘ up, one fused kernel each way.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+// Rotate-half RoPE of x (B, H, T, D) with cos/sin tables (P, D/2) at int positions (T,) or
+// (B, T); the tables get no gradient.
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions);
 
 }  // namespace somnus

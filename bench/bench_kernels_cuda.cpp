@@ -13,6 +13,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -305,6 +306,253 @@ void register_all() {
   }
 }
 
+// ---------------------------------------------------------------- attention (issue 4 §1)
+// Fused flash attention (kernels::attention_fwd/bwd, bf16) at B·T = 16k tokens, H·D = 2048
+// (MHA), T ∈ {512 … 8k}, D ∈ {64, 128}, causal or not. FLOPs (DESIGN §6): fwd 4·B·H·T²·D,
+// halved when causal; bwd 2.5× fwd; fwd+bwd 3.5× fwd. Counter speedup_vs_unfused: the same
+// pass through the unfused composition (cuBLASLt batched GEMMs, a mask, the softmax kernel;
+// the (B·H, T, T) scores materialised), median of 3 calls in the same run.
+struct AttnBench {
+  int64_t B, H, T, D;
+  bool causal;
+  Tensor q, k, v, dout, mask;  // mask (T, T): non-zero where visible
+};
+
+AttnBench make_attn_bench(int64_t T, int64_t D, bool causal) {
+  AttnBench a{std::max<int64_t>(1, 16384 / T), 2048 / D, T, D, causal, {}, {}, {}, {}, {}};
+  Generator g(3);
+  a.q = randn({a.B, a.H, T, D}, g, DType::bf16, gpu());
+  a.k = randn({a.B, a.H, T, D}, g, DType::bf16, gpu());
+  a.v = randn({a.B, a.H, T, D}, g, DType::bf16, gpu());
+  a.dout = randn({a.B, a.H, T, D}, g, DType::bf16, gpu());
+  if (causal) {  // (i + 1) − j > 0 <=> j <= i
+    const Tensor qi = Tensor::arange(1, T + 1, 1, DType::f32, gpu()).view({T, 1});
+    const Tensor kj = Tensor::arange(0, T, 1, DType::f32, gpu()).view({1, T});
+    a.mask = unary(Unary::relu, binary(Binary::sub, qi, kj));
+  }
+  return a;
+}
+
+// The unfused forward: returns P (B·H, T, T) and O (B·H, T, D).
+std::pair<Tensor, Tensor> attn_unfused_fwd(const AttnBench& a) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(a.D));
+  const Tensor q = a.q.view({a.B * a.H, a.T, a.D}), k = a.k.view({a.B * a.H, a.T, a.D});
+  const Tensor v = a.v.view({a.B * a.H, a.T, a.D});
+  Tensor s = matmul(binary(Binary::mul, q, Tensor::scalar(scale, DType::bf16, gpu())), k.transpose(1, 2));
+  if (a.causal) s = where(a.mask, s, Tensor::scalar(-INFINITY, DType::bf16, gpu()));
+  Tensor p = softmax(s);
+  return {p, matmul(p, v)};
+}
+
+// The unfused backward from P: dV = Pᵀ dO, dP = dO Vᵀ, dS = softmax_backward, dQ, dK.
+void attn_unfused_bwd(const AttnBench& a, const Tensor& p) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(a.D));
+  const Tensor q = a.q.view({a.B * a.H, a.T, a.D}), k = a.k.view({a.B * a.H, a.T, a.D});
+  const Tensor v = a.v.view({a.B * a.H, a.T, a.D}), g = a.dout.view({a.B * a.H, a.T, a.D});
+  const Tensor dv = matmul(p.transpose(1, 2), g);
+  const Tensor dp = matmul(g, v.transpose(1, 2));
+  const Tensor ds = binary(Binary::mul, softmax_backward(p, dp), Tensor::scalar(scale, DType::bf16, gpu()));
+  const Tensor dq = matmul(ds, k), dk = matmul(ds.transpose(1, 2), q);
+  benchmark::DoNotOptimize(dv.data_ptr());
+  benchmark::DoNotOptimize(dq.data_ptr());
+  benchmark::DoNotOptimize(dk.data_ptr());
+}
+
+// pass: 0 fwd, 1 bwd, 2 fwd+bwd.
+void BM_attention(benchmark::State& state, int pass, bool causal) {
+  if (skip_without_cuda(state)) return;
+  const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
+  const AttentionOutput fwd = attention_fwd(a.q, a.k, a.v, causal);
+  const auto fused = [&] {
+    if (pass == 1) {
+      benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, fwd.o, fwd.lse, a.dout, causal).dq.data_ptr());
+    } else {
+      const AttentionOutput o = attention_fwd(a.q, a.k, a.v, causal);
+      if (pass == 2) benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, o.o, o.lse, a.dout, causal).dq.data_ptr());
+    }
+  };
+  const double mean = timed_loop(state, fused);
+  const double f = 4.0 * a.B * a.H * static_cast<double>(a.T) * a.T * a.D * (causal ? 0.5 : 1.0);
+  const double flops = pass == 0 ? f : pass == 1 ? 2.5 * f : 3.5 * f;
+  state.counters["FLOP/s"] = Counter(flops, Counter::kIsIterationInvariantRate);
+  state.counters["B"] = static_cast<double>(a.B);
+  state.counters["H"] = static_cast<double>(a.H);
+  if (mean > 0.0) {
+    Tensor p_saved = pass == 1 ? attn_unfused_fwd(a).first : Tensor();
+    const auto unfused = [&] {
+      if (pass == 1) {
+        attn_unfused_bwd(a, p_saved);
+      } else {
+        auto [p, o] = attn_unfused_fwd(a);
+        benchmark::DoNotOptimize(o.data_ptr());
+        if (pass == 2) attn_unfused_bwd(a, p);
+      }
+    };
+    state.counters["speedup_vs_unfused"] = median_seconds(unfused, 3) / mean;
+  }
+}
+
+// Split-K decode: 1 query token per sequence against a cache of S keys, B = 8, Hq = 32,
+// Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
+// the device-to-device copy bandwidth of the same traffic.
+void BM_attention_decode(benchmark::State& state) {
+  if (skip_without_cuda(state)) return;
+  const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
+  Generator g(5);
+  const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
+  const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
+  const double mean = timed_loop(state, [&] {
+    benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1).o.data_ptr());
+  });
+  report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
+}
+
+void register_attention() {
+  for (int pass = 0; pass < 3; ++pass) {
+    for (bool causal : {true, false}) {
+      const std::string name = std::string("attention_") + (pass == 0 ? "fwd" : pass == 1 ? "bwd" : "fwd_bwd") +
+                               (causal ? "/causal" : "/full") + "/bf16";
+      auto* b = RegisterBenchmark(name.c_str(), BM_attention, pass, causal);
+      for (int64_t D : {64, 128}) {
+        for (int64_t T : {512, 1024, 2048, 4096, 8192}) b->Args({T, D});
+      }
+      b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    }
+  }
+  RegisterBenchmark("attention_decode/bf16/B8_Hq32_Hkv8_D128", BM_attention_decode)
+      ->Arg(4096)
+      ->Arg(32768)
+      ->ArgName("S")
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+// ---------------------------------------------------------------- end attention
+
+// ---------------------------------------------------------------- fused norms, activations, RoPE, AdamW (issue 4 §2)
+// GB/s of the minimum traffic (inputs read once, outputs written once) and vs_memcpy, the
+// fraction of the device-to-device copy bandwidth of the same traffic, measured in the same
+// benchmark (report_bandwidth). Norm forward is also timed against the unfused composition.
+// (B·T, C) = (16384, 4096): 128 MiB per bf16 tensor.
+
+void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = 16384, C = 4096;
+  Generator g(6);
+  const Tensor x = randn({rows, C}, g, dtype, gpu()), r = randn({rows, C}, g, dtype, gpu());
+  const Tensor w = randn({C}, g, dtype, gpu()), b = randn({C}, g, dtype, gpu());
+  auto fused = [&] {
+    benchmark::DoNotOptimize((layer ? layer_norm(x, residual ? r : Tensor(), w, b, 1e-5)
+                                    : rms_norm(x, residual ? r : Tensor(), w, 1e-5))
+                                 .y.data_ptr());
+  };
+  const double mean = timed_loop(state, fused);
+  report_bandwidth(state, mean, (residual ? 4 : 2) * rows * C * bytes_of(dtype));
+  if (!layer && mean > 0.0) {
+    auto unfused = [&] {
+      const Tensor h = residual ? binary(Binary::add, x, r) : x;
+      const Tensor ms = reduce(Reduce::mean, unary(Unary::square, h), -1, true);
+      const Tensor rs = unary(Unary::rsqrt, binary(Binary::add, ms, Tensor::scalar(1e-5, dtype, gpu())));
+      benchmark::DoNotOptimize(binary(Binary::mul, binary(Binary::mul, h, rs), w).data_ptr());
+    };
+    state.counters["speedup_vs_unfused"] = median_seconds(unfused, 3) / mean;
+  }
+}
+
+void BM_norm_bwd(benchmark::State& state, DType dtype, bool layer) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = 16384, C = 4096;
+  Generator g(7);
+  const Tensor x = randn({rows, C}, g, dtype, gpu()), w = randn({C}, g, dtype, gpu()), b = randn({C}, g, dtype, gpu());
+  const Tensor dy = randn({rows, C}, g, dtype, gpu()), dh = randn({rows, C}, g, dtype, gpu());
+  const NormResult f = layer ? layer_norm(x, Tensor(), w, b, 1e-5) : rms_norm(x, Tensor(), w, 1e-5);
+  const double mean = timed_loop(state, [&] {
+    benchmark::DoNotOptimize(norm_backward(layer, dy, dh, f.h, w, f.mean, f.rstd, layer).dh.data_ptr());
+  });
+  report_bandwidth(state, mean, 4 * rows * C * bytes_of(dtype));  // dy, h, dh_in read; dh written
+}
+
+void BM_swiglu(benchmark::State& state, DType dtype, bool backward) {
+  if (skip_without_cuda(state)) return;
+  const int64_t n = int64_t{1} << 26;
+  Generator g(8);
+  const Tensor a = randn({n}, g, dtype, gpu()), u = randn({n}, g, dtype, gpu()), dy = randn({n}, g, dtype, gpu());
+  const double mean = timed_loop(state, [&] {
+    if (backward) {
+      benchmark::DoNotOptimize(swiglu_backward(a, u, dy).first.data_ptr());
+    } else {
+      benchmark::DoNotOptimize(swiglu(a, u).data_ptr());
+    }
+  });
+  report_bandwidth(state, mean, (backward ? 5 : 3) * n * bytes_of(dtype));
+}
+
+// (B, H, T, D) = (16, 32, 1024, 128).
+void BM_rope(benchmark::State& state, DType dtype) {
+  if (skip_without_cuda(state)) return;
+  Generator g(9);
+  const Tensor x = randn({16, 32, 1024, 128}, g, dtype, gpu());
+  const Tensor c = randn({1024, 64}, g, dtype, gpu()), s = randn({1024, 64}, g, dtype, gpu());
+  const Tensor pos = Tensor::arange(0, 1024, 1, DType::i64, gpu());
+  const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(rope(x, c, s, pos).data_ptr()); });
+  report_bandwidth(state, mean, 2 * x.numel() * bytes_of(dtype));
+}
+
+// 100 tensors, 1M…~2M f32 each (154M parameters): 28 B/param, +2 with the bf16 copy.
+void BM_adamw(benchmark::State& state, bool bf16_copy, bool stochastic) {
+  if (skip_without_cuda(state)) return;
+  Generator g(10);
+  std::vector<Tensor> w, gr, m, v, out;
+  std::vector<AdamWHyper> h;
+  int64_t total = 0;
+  for (int i = 0; i < 100; ++i) {
+    const int64_t n = (int64_t{1} << 20) + 10007 * i;
+    w.push_back(randn({n}, g, DType::f32, gpu()));
+    gr.push_back(randn({n}, g, DType::f32, gpu()));
+    m.push_back(Tensor::zeros({n}, DType::f32, gpu()));
+    v.push_back(Tensor::zeros({n}, DType::f32, gpu()));
+    if (bf16_copy) out.push_back(Tensor::zeros({n}, DType::bf16, gpu()));
+    h.push_back(AdamWHyper{.lr = 1e-4, .weight_decay = 0.1});
+    total += n;
+  }
+  const Tensor clip = Tensor::scalar(0.5, DType::f32, gpu());
+  const double mean = timed_loop(state, [&] { adamw_step(w, gr, m, v, h, clip, out, stochastic, 1); });
+  report_bandwidth(state, mean, total * (28 + (bf16_copy ? 2 : 0)));
+}
+
+void register_fused() {
+  for (DType dt : {DType::bf16, DType::f32}) {
+    const std::string d = dt == DType::bf16 ? "bf16" : "f32";
+    for (bool layer : {false, true}) {
+      for (bool res : {false, true}) {
+        RegisterBenchmark(((layer ? "layer_norm_fwd" : "rms_norm_fwd") + std::string(res ? "_residual/" : "/") + d +
+                           "/16384x4096")
+                              .c_str(),
+                          BM_norm_fwd, dt, layer, res)
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
+      RegisterBenchmark(((layer ? "layer_norm_bwd/" : "rms_norm_bwd/") + d + "/16384x4096").c_str(), BM_norm_bwd, dt,
+                        layer)
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+    for (bool bwd : {false, true}) {
+      RegisterBenchmark(((bwd ? "swiglu_bwd/" : "swiglu_fwd/") + d + "/64M").c_str(), BM_swiglu, dt, bwd)
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+    RegisterBenchmark(("rope/" + d + "/16x32x1024x128").c_str(), BM_rope, dt)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  }
+  RegisterBenchmark("adamw/f32/100_tensors_154M", BM_adamw, false, false)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  RegisterBenchmark("adamw/f32_master+bf16/100_tensors_154M", BM_adamw, true, false)
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+  RegisterBenchmark("adamw/f32_master+bf16_sr/100_tensors_154M", BM_adamw, true, true)
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+// ---------------------------------------------------------------- end fused norms, activations, RoPE, AdamW
+
 void add_device_context() {
 #ifdef SOMNUS_WITH_CUDA
   if (!somnus::cuda_available()) {
@@ -325,6 +573,8 @@ void add_device_context() {
 
 int main(int argc, char** argv) {
   register_all();
+  register_attention();
+  register_fused();
   add_device_context();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

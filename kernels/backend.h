@@ -44,3 +44,63 @@ namespace somnus::kernels::cuda {
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 }  // namespace somnus::kernels::cuda
+
+// Fused training-path ops (issue 4 §2). ops.cpp passes contiguous tensors only.
+//   norm.{cpp,cu}: rows = numel / C. h: a fresh buffer receiving x + residual, or undefined when
+//     residual is (then h is x). mean undefined for rms. The backward writes dh (= dx) and
+//     per-chunk partial sums of dweight/dbias: rows are cut into chunks of kNormRowsPerChunk,
+//     chunk k writes row k of dw_partial (chunks, C) in the compute type (f32, f64 for f64);
+//     ops.cpp sums the chunks in order, so results do not depend on thread or block counts.
+//   activation.{cpp,cu}: swiglu, elementwise over equal-shaped contiguous tensors.
+//   rope.{cpp,cu}: x (B, H, T, D); positions i64 (T,) or (B, T), range-checked.
+#define SOMNUS_FUSED_BACKEND_DECLS                                                                          \
+  void norm_forward(bool layer, const Tensor& x, const Tensor& residual, const Tensor& weight,              \
+                    const Tensor& bias, double eps, const Tensor& y, const Tensor& h, const Tensor& mean,    \
+                    const Tensor& rstd);                                                                    \
+  void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tensor& h, const Tensor& weight, \
+                     const Tensor& mean, const Tensor& rstd, const Tensor& dh_out, const Tensor& dw_partial,  \
+                     const Tensor& db_partial);                                                             \
+  void swiglu(const Tensor& gate, const Tensor& up, const Tensor& out);                                     \
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor& dgate,         \
+                       const Tensor& dup);                                                                  \
+  void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions, bool inverse,    \
+            const Tensor& out);                                                                             \
+  /* adamw.{cpp,cu}: validated lists of equal length; bf16_params empty or one per tensor */                \
+  void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,                      \
+                  const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,                \
+                  const std::vector<AdamWHyper>& hyper, const Tensor& clip_scale,                           \
+                  const std::vector<Tensor>& bf16_params, bool stochastic_rounding, uint64_t seed);
+
+namespace somnus::kernels {
+inline constexpr int64_t kNormRowsPerChunk = 32;
+}
+namespace somnus::kernels::cpu {
+SOMNUS_FUSED_BACKEND_DECLS
+}
+namespace somnus::kernels::cuda {
+SOMNUS_FUSED_BACKEND_DECLS
+}
+
+// ---------------------------------------------------------------- attention (issue 4 §1)
+// kernels/cpu/attention.cpp and kernels/cuda/attention.cu. ops.cpp passes contiguous tensors
+// of one floating dtype: q, o, dout, dq (B, Hq, T, D); k, v, dk, dv (B, Hkv, S, D), Hkv | Hq;
+// lse (B, Hq, T) in the compute dtype (f32; f64 for f64 inputs); scale > 0; causal rows see
+// keys j <= q_offset + i with q_offset >= 0 (so no row is empty). The CUDA backend takes
+// D in {64, 128}. dq, dk, dv are fully written (not accumulated into).
+#define SOMNUS_ATTENTION_DECLS                                                                                    \
+  void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,                 \
+                     int64_t q_offset, const Tensor& o, const Tensor& lse);                                         \
+  void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,         \
+                     const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic,            \
+                     const Tensor& dq, const Tensor& dk, const Tensor& dv);                                         \
+  /* split-K decode: num_splits >= 1 KV splits, then a combine */                                                  \
+  void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,              \
+                        int64_t q_offset, int64_t num_splits, const Tensor& o, const Tensor& lse);
+
+namespace somnus::kernels::cpu {
+SOMNUS_ATTENTION_DECLS
+}
+namespace somnus::kernels::cuda {
+SOMNUS_ATTENTION_DECLS
+}
+// ---------------------------------------------------------------- end attention

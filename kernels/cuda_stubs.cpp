@@ -25,7 +25,37 @@ void scatter_add(int64_t, const Tensor&, const Tensor&, const Tensor&) { no_cuda
 void index_select(const Tensor&, int64_t, const Tensor&, const Tensor&) { no_cuda("index_select"); }
 void index_add(int64_t, const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_add"); }
 
+// attention (issue 4 §1)
+void attention_fwd(const Tensor&, const Tensor&, const Tensor&, bool, double, int64_t, const Tensor&, const Tensor&) {
+  no_cuda("attention_fwd");
+}
+void attention_bwd(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
+                   double, int64_t, bool, const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda("attention_bwd");
+}
+void attention_decode(const Tensor&, const Tensor&, const Tensor&, bool, double, int64_t, int64_t, const Tensor&,
+                      const Tensor&) {
+  no_cuda("attention_decode");
+}
+// end attention
+
 void set_allow_tf32(bool) { no_cuda("set_allow_tf32"); }
 bool allow_tf32() { return false; }
+
+
+void norm_forward(bool, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, const Tensor&,
+                  const Tensor&, const Tensor&, const Tensor&) { no_cuda("norm_forward"); }
+void norm_backward(bool, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                   const Tensor&, const Tensor&, const Tensor&) { no_cuda("norm_backward"); }
+void swiglu(const Tensor&, const Tensor&, const Tensor&) { no_cuda("swiglu"); }
+void swiglu_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda("swiglu_backward");
+}
+void rope(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, const Tensor&) { no_cuda("rope"); }
+void adamw_step(const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&,
+                const std::vector<Tensor>&, const std::vector<AdamWHyper>&, const Tensor&, const std::vector<Tensor>&,
+                bool, uint64_t) {
+  no_cuda("adamw_step");
+}
 
 }  // namespace somnus::kernels::cuda

@@ -8,6 +8,7 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/backend.h"
 #include "tensor/format.h"
@@ -484,4 +485,312 @@ Tensor cast(const Tensor& x, DType dtype) {
   return x.to(dtype);
 }
 
+
+// ---------------------------------------------------------------- fused training-path ops
+
+namespace {
+
+DType norm_stat_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+
+void check_norm_inputs(const char* op, const Tensor& x, const Tensor& residual, const Tensor& weight,
+                       const Tensor& bias) {
+  check_floating(op, "x", x);
+  check_floating(op, "weight", weight);
+  SOMNUS_CHECK(x.dim() >= 1, "{}: x must have at least 1 dim, got {}", op, shape_str(x.shape()));
+  SOMNUS_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), "{}: weight must be ({},) for x {}, got {}", op,
+               x.size(-1), shape_str(x.shape()), shape_str(weight.shape()));
+  check_same_dtype(op, "x", x, "weight", weight);
+  check_same_device(op, "x", x, "weight", weight);
+  if (residual.defined()) {
+    check_same_shape(op, "x", x, "residual", residual);
+    check_same_dtype(op, "x", x, "residual", residual);
+    check_same_device(op, "x", x, "residual", residual);
+  }
+  if (bias.defined()) {
+    check_same_shape(op, "weight", weight, "bias", bias);
+    check_same_dtype(op, "x", x, "bias", bias);
+    check_same_device(op, "x", x, "bias", bias);
+  }
+}
+
+NormResult norm_impl(bool layer, const Tensor& x_in, const Tensor& res_in, const Tensor& w_in, const Tensor& b_in,
+                     double eps) {
+  const char* op = layer ? "layer_norm" : "rms_norm";
+  check_norm_inputs(op, x_in, res_in, w_in, b_in);
+  SOMNUS_CHECK(eps >= 0.0, "{}: eps must be >= 0, got {}", op, eps);
+  const Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const Tensor res = res_in.defined() ? res_in.contiguous() : Tensor();
+  const Tensor b = b_in.defined() ? b_in.contiguous() : Tensor();
+  const int64_t C = x.size(-1), rows = C == 0 ? 0 : x.numel() / C;
+  NormResult r;
+  r.y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  r.h = res.defined() ? Tensor::empty(x.shape(), x.dtype(), x.device()) : x;
+  r.rstd = Tensor::empty({rows}, norm_stat_dtype(x.dtype()), x.device());
+  if (layer) r.mean = Tensor::empty({rows}, norm_stat_dtype(x.dtype()), x.device());
+  if (x.numel() > 0) {
+    SOMNUS_DISPATCH(x.device(), norm_forward, layer, x, res, w, b, eps, r.y, res.defined() ? r.h : Tensor(), r.mean,
+                    r.rstd);
+  }
+  return r;
+}
+
+}  // namespace
+
+NormResult rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps) {
+  return norm_impl(false, x, residual, weight, Tensor(), eps);
+}
+
+NormResult layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias, double eps) {
+  return norm_impl(true, x, residual, weight, bias, eps);
+}
+
+NormGrads norm_backward(bool layer, const Tensor& dy_in, const Tensor& dh_in, const Tensor& h_in, const Tensor& w_in,
+                        const Tensor& mean, const Tensor& rstd, bool need_bias) {
+  const char* op = layer ? "layer_norm_backward" : "rms_norm_backward";
+  check_norm_inputs(op, h_in, dy_in, w_in, Tensor());
+  check_defined(op, "rstd", rstd);
+  if (dh_in.defined()) {
+    check_same_shape(op, "h", h_in, "dh", dh_in);
+    check_same_dtype(op, "h", h_in, "dh", dh_in);
+  }
+  const int64_t C = h_in.size(-1), rows = C == 0 ? 0 : h_in.numel() / C;
+  const DType sd = norm_stat_dtype(h_in.dtype());
+  SOMNUS_CHECK(rstd.numel() == rows && rstd.dtype() == sd, "{}: rstd must be ({},) {}, got {} {}", op, rows,
+               dtype_name(sd), shape_str(rstd.shape()), dtype_name(rstd.dtype()));
+  if (layer) {
+    check_defined(op, "mean", mean);
+    SOMNUS_CHECK(mean.numel() == rows && mean.dtype() == sd, "{}: mean must be ({},) {}, got {}", op, rows,
+                 dtype_name(sd), shape_str(mean.shape()));
+  }
+  const Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), w = w_in.contiguous();
+  const Tensor dh = dh_in.defined() ? dh_in.contiguous() : Tensor();
+  const int64_t chunks = (rows + kNormRowsPerChunk - 1) / kNormRowsPerChunk;
+  NormGrads g;
+  g.dh = Tensor::empty(h.shape(), h.dtype(), h.device());
+  Tensor dw_part = Tensor::empty({chunks, C}, sd, h.device());
+  Tensor db_part = need_bias && layer ? Tensor::empty({chunks, C}, sd, h.device()) : Tensor();
+  if (rows == 0) {
+    g.dweight = Tensor::zeros({C}, h.dtype(), h.device());
+    if (db_part.defined()) g.dbias = Tensor::zeros({C}, h.dtype(), h.device());
+    return g;
+  }
+  SOMNUS_DISPATCH(h.device(), norm_backward, layer, dy, dh, h, w, layer ? mean.contiguous() : Tensor(),
+                  rstd.contiguous(), g.dh, dw_part, db_part);
+  // The chunk partials are summed in a fixed order on both backends.
+  g.dweight = cast(reduce(Reduce::sum, dw_part, 0), h.dtype());
+  if (db_part.defined()) g.dbias = cast(reduce(Reduce::sum, db_part, 0), h.dtype());
+  return g;
+}
+
+Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
+  check_floating("swiglu", "gate", gate_in);
+  check_floating("swiglu", "up", up_in);
+  check_same_shape("swiglu", "gate", gate_in, "up", up_in);
+  check_same_dtype("swiglu", "gate", gate_in, "up", up_in);
+  check_same_device("swiglu", "gate", gate_in, "up", up_in);
+  const Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
+  Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  if (out.numel() > 0) SOMNUS_DISPATCH(gate.device(), swiglu, gate, up, out);
+  return out;
+}
+
+std::pair<Tensor, Tensor> swiglu_backward(const Tensor& gate_in, const Tensor& up_in, const Tensor& dy_in) {
+  check_floating("swiglu_backward", "gate", gate_in);
+  check_floating("swiglu_backward", "up", up_in);
+  check_floating("swiglu_backward", "dy", dy_in);
+  check_same_shape("swiglu_backward", "gate", gate_in, "up", up_in);
+  check_same_shape("swiglu_backward", "gate", gate_in, "dy", dy_in);
+  check_same_dtype("swiglu_backward", "gate", gate_in, "up", up_in);
+  check_same_dtype("swiglu_backward", "gate", gate_in, "dy", dy_in);
+  check_same_device("swiglu_backward", "gate", gate_in, "up", up_in);
+  check_same_device("swiglu_backward", "gate", gate_in, "dy", dy_in);
+  const Tensor gate = gate_in.contiguous(), up = up_in.contiguous(), dy = dy_in.contiguous();
+  Tensor dg = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  Tensor du = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  if (dg.numel() > 0) SOMNUS_DISPATCH(gate.device(), swiglu_backward, gate, up, dy, dg, du);
+  return {dg, du};
+}
+
+Tensor rope(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in, const Tensor& positions, bool inverse) {
+  check_floating("rope", "x", x_in);
+  check_floating("rope", "cos", cos_in);
+  check_floating("rope", "sin", sin_in);
+  check_index_dtype("rope", "positions", positions);
+  SOMNUS_CHECK(x_in.dim() == 4 && x_in.size(3) % 2 == 0, "rope: x must be (B, H, T, D) with D even, got {}",
+               shape_str(x_in.shape()));
+  const int64_t B = x_in.size(0), T = x_in.size(2), half = x_in.size(3) / 2;
+  SOMNUS_CHECK(cos_in.dim() == 2 && cos_in.size(1) == half && cos_in.shape() == sin_in.shape(),
+               "rope: cos and sin must be (P, {}) for x {}, got cos {} sin {}", half, shape_str(x_in.shape()),
+               shape_str(cos_in.shape()), shape_str(sin_in.shape()));
+  check_same_dtype("rope", "x", x_in, "cos", cos_in);
+  check_same_dtype("rope", "x", x_in, "sin", sin_in);
+  check_same_device("rope", "x", x_in, "cos", cos_in);
+  check_same_device("rope", "x", x_in, "sin", sin_in);
+  check_same_device("rope", "x", x_in, "positions", positions);
+  SOMNUS_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
+                   (positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T),
+               "rope: positions must be (T,) or (B, T) = ({}, {}) for x {}, got {}", B, T, shape_str(x_in.shape()),
+               shape_str(positions.shape()));
+  check_index_range("rope", "positions", positions, cos_in.size(0), "cos " + shape_str(cos_in.shape()));
+  const Tensor x = x_in.contiguous(), c = cos_in.contiguous(), s = sin_in.contiguous();
+  const Tensor pos = positions.dtype() == DType::i64 ? positions.contiguous() : positions.to(positions.device(), DType::i64).contiguous();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (out.numel() > 0) SOMNUS_DISPATCH(x.device(), rope, x, c, s, pos, inverse, out);
+  return out;
+}
+
 }  // namespace somnus::kernels
+
+// ---------------------------------------------------------------- attention (issue 4 §1)
+namespace somnus::kernels {
+
+namespace {
+
+struct AttnShape {
+  int64_t B, Hq, Hkv, T, S, D;
+};
+
+AttnShape check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                          double& scale, int64_t q_offset) {
+  check_floating(op, "q", q);
+  check_floating(op, "k", k);
+  check_floating(op, "v", v);
+  check_same_dtype(op, "q", q, "k", k);
+  check_same_dtype(op, "q", q, "v", v);
+  check_same_device(op, "q", q, "k", k);
+  check_same_device(op, "q", q, "v", v);
+  SOMNUS_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+               "{}: expected q (B, Hq, T, D), k and v (B, Hkv, S, D), got q {} k {} v {}", op, shape_str(q.shape()),
+               shape_str(k.shape()), shape_str(v.shape()));
+  const AttnShape s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+  SOMNUS_CHECK(k.shape() == v.shape() && k.size(0) == s.B && k.size(3) == s.D,
+               "{}: k and v must be (B, Hkv, S, D) = ({}, Hkv, S, {}), got q {} k {} v {}", op, s.B, s.D,
+               shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
+  SOMNUS_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "{}: kv heads ({}) must divide query heads ({}): q {} k {}", op, s.Hkv,
+               s.Hq, shape_str(q.shape()), shape_str(k.shape()));
+  SOMNUS_CHECK(s.D > 0 && s.S > 0, "{}: need D > 0 and at least one key, got q {} k {}", op, shape_str(q.shape()),
+               shape_str(k.shape()));
+  SOMNUS_CHECK(!causal || q_offset >= 0, "{}: causal q_offset must be >= 0 (every query sees a key), got {}", op,
+               q_offset);
+  if (q.device().is_cuda()) {
+    SOMNUS_CHECK((s.D == 64 || s.D == 128) && q.dtype() != DType::f64,
+                 "{}: the CUDA kernels take head dim 64 or 128 and f32/bf16, got q {} {}", op, shape_str(q.shape()),
+                 dtype_name(q.dtype()));
+  }
+  if (!(scale > 0.0)) scale = 1.0 / std::sqrt(static_cast<double>(s.D));
+  return s;
+}
+
+DType lse_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+
+}  // namespace
+
+AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                              int64_t q_offset) {
+  const AttnShape s = check_attention("attention_fwd", q, k, v, causal, scale, q_offset);
+  AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
+                      Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
+  if (out.o.numel() > 0) {
+    SOMNUS_DISPATCH(q.device(), attention_fwd, q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, q_offset,
+                    out.o, out.lse);
+  }
+  return out;
+}
+
+AttentionGrads attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                             const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic) {
+  const char* op = "attention_bwd";
+  const AttnShape s = check_attention(op, q, k, v, causal, scale, q_offset);
+  check_floating(op, "o", o);
+  check_floating(op, "dout", dout);
+  check_floating(op, "lse", lse);
+  check_same_shape(op, "q", q, "o", o);
+  check_same_shape(op, "q", q, "dout", dout);
+  check_same_dtype(op, "q", q, "o", o);
+  check_same_dtype(op, "q", q, "dout", dout);
+  check_same_device(op, "q", q, "o", o);
+  check_same_device(op, "q", q, "dout", dout);
+  check_same_device(op, "q", q, "lse", lse);
+  SOMNUS_CHECK(lse.shape() == Shape({s.B, s.Hq, s.T}) && lse.dtype() == lse_dtype(q.dtype()),
+               "{}: lse must be {} ({}, {}, {}) as attention_fwd returns it, got {} {}", op,
+               dtype_name(lse_dtype(q.dtype())), s.B, s.Hq, s.T, dtype_name(lse.dtype()), shape_str(lse.shape()));
+  AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device()), Tensor::empty(k.shape(), k.dtype(), k.device()),
+                   Tensor::empty(v.shape(), v.dtype(), v.device())};
+  if (q.numel() == 0) {
+    g.dk.fill_(0.0);
+    g.dv.fill_(0.0);
+    return g;
+  }
+  SOMNUS_DISPATCH(q.device(), attention_bwd, q.contiguous(), k.contiguous(), v.contiguous(), o.contiguous(),
+                  lse.contiguous(), dout.contiguous(), causal, scale, q_offset, deterministic, g.dq, g.dk, g.dv);
+  return g;
+}
+
+AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, bool causal,
+                                 double scale, int64_t q_offset, int64_t num_splits) {
+  const AttnShape s = check_attention("attention_decode", q, k_cache, v_cache, causal, scale, q_offset);
+  // Enough splits to fill the machine for a handful of (b, h) pairs; chunks of >= 256 keys.
+  if (num_splits <= 0) num_splits = std::clamp<int64_t>(s.S / 256, 1, 64);
+  num_splits = std::min(num_splits, s.S);
+  AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
+                      Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
+  if (out.o.numel() > 0) {
+    SOMNUS_DISPATCH(q.device(), attention_decode, q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), causal,
+                    scale, q_offset, num_splits, out.o, out.lse);
+  }
+  return out;
+}
+
+
+void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
+                const std::vector<Tensor>& exp_avg_sq, const std::vector<AdamWHyper>& hyper, const Tensor& clip_scale,
+                const std::vector<Tensor>& bf16_params, bool stochastic_rounding, uint64_t seed) {
+  const size_t n = params.size();
+  SOMNUS_CHECK(grads.size() == n && exp_avg.size() == n && exp_avg_sq.size() == n && hyper.size() == n,
+               "adamw_step: list lengths differ: params {}, grads {}, exp_avg {}, exp_avg_sq {}, hyper {}", n,
+               grads.size(), exp_avg.size(), exp_avg_sq.size(), hyper.size());
+  SOMNUS_CHECK(bf16_params.empty() || bf16_params.size() == n,
+               "adamw_step: bf16_params must be empty or one per tensor ({}), got {}", n, bf16_params.size());
+  if (n == 0) return;
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& p = params[i];
+    check_floating("adamw_step", "params[i]", p);
+    SOMNUS_CHECK(p.dtype() != DType::bf16, "adamw_step: params[{}] must be f32 or f64 (the master weights), got bf16",
+                 i);
+    SOMNUS_CHECK(p.device() == params[0].device(), "adamw_step: params[{}] on {} vs params[0] on {}", i,
+                 p.device().str(), params[0].device().str());
+    for (const Tensor* t : {&grads[i], &exp_avg[i], &exp_avg_sq[i]}) {
+      check_defined("adamw_step", "grads/exp_avg/exp_avg_sq", *t);
+      check_same_shape("adamw_step", "param", p, "grad/state", *t);
+      check_same_dtype("adamw_step", "param", p, "grad/state", *t);
+      check_same_device("adamw_step", "param", p, "grad/state", *t);
+    }
+    for (const Tensor* t : {&p, &grads[i], &exp_avg[i], &exp_avg_sq[i]}) {
+      SOMNUS_CHECK(t->is_contiguous(), "adamw_step: tensor {} {} must be contiguous", i, shape_str(t->shape()));
+    }
+    const AdamWHyper& h = hyper[i];
+    SOMNUS_CHECK(h.step >= 1 && h.beta1 >= 0 && h.beta1 < 1 && h.beta2 >= 0 && h.beta2 < 1 && h.eps >= 0,
+                 "adamw_step: tensor {}: need step >= 1, betas in [0, 1), eps >= 0; got step {} betas ({}, {}) eps {}",
+                 i, h.step, h.beta1, h.beta2, h.eps);
+    if (!bf16_params.empty() && bf16_params[i].defined()) {
+      const Tensor& b = bf16_params[i];
+      SOMNUS_CHECK(b.dtype() == DType::bf16 && b.is_contiguous() && b.shape() == p.shape() && b.device() == p.device(),
+                   "adamw_step: bf16_params[{}] must be a contiguous bf16 {} on {}, got {} {} on {}", i,
+                   shape_str(p.shape()), p.device().str(), dtype_name(b.dtype()), shape_str(b.shape()),
+                   b.device().str());
+    }
+  }
+  if (clip_scale.defined()) {
+    check_floating("adamw_step", "clip_scale", clip_scale);
+    SOMNUS_CHECK(clip_scale.numel() == 1 && clip_scale.device() == params[0].device() &&
+                     clip_scale.dtype() != DType::bf16,
+                 "adamw_step: clip_scale must be one f32/f64 element on {}, got {} {} on {}", params[0].device().str(),
+                 dtype_name(clip_scale.dtype()), shape_str(clip_scale.shape()), clip_scale.device().str());
+  }
+  const Tensor clip = clip_scale.defined() ? clip_scale.contiguous() : Tensor();
+  SOMNUS_DISPATCH(params[0].device(), adamw_step, params, grads, exp_avg, exp_avg_sq, hyper, clip, bf16_params,
+                  stochastic_rounding, seed);
+}
+
+}  // namespace somnus::kernels
+// ---------------------------------------------------------------- end attention

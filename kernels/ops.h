@@ -10,6 +10,7 @@
 // devices; they broadcast numpy-style.
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "tensor/tensor.h"
@@ -86,4 +87,96 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 // dtype conversion (bf16 rounds to nearest-even).
 Tensor cast(const Tensor& x, DType dtype);
 
+// Fused chunked lm-head losses (linear_cross_entropy, linear_jsd, linear_ppo_loss, GAE, group
+// advantages) live in kernels/losses.h; batched GPU/CPU sampling in kernels/sampling.h (issue 5).
+
+
+// ---------------------------------------------------------------- fused training-path ops
+// (issue 4 §2; kernels/{cpu,cuda}/{norm,activation,rope}). Inputs are made contiguous.
+
+// Norms over the last dim C with an optional fused residual add. x (..., C); residual
+// undefined or x's shape; weight (C,); bias (C,) or undefined (layer norm only); all one dtype.
+//   h = x + residual              (h is x itself when there is no residual)
+//   rms:   y = h · rstd · weight,              rstd = 1 / sqrt(mean(h²) + eps)
+//   layer: y = (h − mean) · rstd · weight + b, rstd = 1 / sqrt(var(h) + eps)
+// mean and rstd are (rows,) in f32 (f64 for f64 inputs), saved for the backward; mean is
+// undefined for rms. h is returned so the next block reuses the residual stream.
+struct NormResult {
+  Tensor y, h, mean, rstd;
+};
+NormResult rms_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, double eps);
+NormResult layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias, double eps);
+// Backward from dy (the gradient of y) plus dh (optional: the gradient reaching h through its
+// other use, the residual stream) → dh_total (= dx = dresidual), dweight, dbias (layer with
+// a bias only). mean is undefined for rms.
+struct NormGrads {
+  Tensor dh, dweight, dbias;
+};
+NormGrads norm_backward(bool layer, const Tensor& dy, const Tensor& dh, const Tensor& h, const Tensor& weight,
+                        const Tensor& mean, const Tensor& rstd, bool need_bias);
+
+// SwiGLU: y = silu(gate) ∘ up (equal shapes); backward gives (dgate, dup).
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+std::pair<Tensor, Tensor> swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy);
+
+// RoPE, rotate-half pairing (dim i with i + D/2, as HF Llama): x (B, H, T, D);
+// cos, sin (P, D/2) tables in x's dtype; positions int (T,) or (B, T) in [0, P).
+//   y1 = x1·c − x2·s,  y2 = x2·c + x1·s.   inverse = true rotates by −angle: the backward.
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions, bool inverse = false);
+
 }  // namespace somnus::kernels
+
+// ---------------------------------------------------------------- attention (issue 4 §1)
+// kernels/cpu/attention.cpp, kernels/cuda/attention.cu: FlashAttention-2 (tiled, online
+// softmax, O(T) memory), the same algorithm on both backends.
+namespace somnus::kernels {
+
+struct AttentionOutput {
+  Tensor o;    // (B, Hq, T, D), q's dtype
+  Tensor lse;  // (B, Hq, T), log Σ_j e^(scale·q·k_j) over visible keys; f32 (f64 for f64 inputs)
+};
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+
+// q (B, Hq, T, D); k, v (B, Hkv, S, D) with Hkv dividing Hq (GQA: query head h reads kv
+// head h / (Hq / Hkv)). scale <= 0 means 1/sqrt(D). Causal: query i is at absolute position
+// q_offset + i and sees keys j <= q_offset + i (q_offset >= 0; S − T for a KV cache);
+// non-causal ignores q_offset. Inputs may be strided views (made contiguous). f32, f64, bf16
+// on CPU (any D); CUDA: f32 and bf16 with D in {64, 128}.
+AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale = 0.0,
+                              int64_t q_offset = 0);
+// The FA2 backward from the forward's o and lse: Δ = rowsum(dO ∘ O), P recomputed from lse.
+// deterministic: dQ summed in a fixed order by a separate pass instead of atomic adds.
+AttentionGrads attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                             const Tensor& dout, bool causal, double scale = 0.0, int64_t q_offset = 0,
+                             bool deterministic = false);
+// Split-K flash-decoding for a few queries against a long KV cache: the S keys are cut into
+// num_splits chunks (<= 0: chosen from S), each gives a partial (o, lse), then a combine.
+// Same result as attention_fwd (to rounding).
+AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, bool causal,
+                                 double scale = 0.0, int64_t q_offset = 0, int64_t num_splits = 0);
+
+
+// Fused multi-tensor AdamW (kernels/{cpu,cuda}/adamw; per-element math in kernels/adamw_math.h),
+// updating in place, for every i: params[i] (the f32/f64 working weights: the f32 master of a
+// bf16 parameter), with grads[i], exp_avg[i], exp_avg_sq[i] (all one dtype, f32 or f64, same
+// shape, contiguous) and hyper[i] (per tensor: each has its own step count t and group lr).
+// clip_scale: undefined, or a 1-element f32/f64 tensor on the params' device (the global-norm
+// clip factor, multiplied into every gradient; read on the device, no host sync on CUDA).
+// bf16_params: empty, or one per tensor (undefined to skip): a contiguous bf16 tensor that
+// receives the updated weight, rounded to nearest-even, or stochastically with Philox bits
+// (seed; element e counted across the whole list) when stochastic_rounding is set.
+// One CUDA launch covers up to 32 tensors.
+struct AdamWHyper {
+  double lr = 1e-3, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double grad_scale = 1.0;  // e.g. 1/period for averaged accumulation
+  int64_t step = 1;         // t, this tensor's update count including this update
+};
+void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
+                const std::vector<Tensor>& exp_avg_sq, const std::vector<AdamWHyper>& hyper,
+                const Tensor& clip_scale = Tensor(), const std::vector<Tensor>& bf16_params = {},
+                bool stochastic_rounding = false, uint64_t seed = 0);
+
+}  // namespace somnus::kernels
+// ---------------------------------------------------------------- end attention

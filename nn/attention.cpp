@@ -1,5 +1,5 @@
-// Scaled-dot-product attention as a composition of differentiable functions, and the causal
-// self-attention module (see attention.h).
+// Scaled-dot-product attention (the fused op, or a composition of differentiable functions
+// when there is a bias), and the causal self-attention module (see attention.h).
 //
 // Cost of the composition per call: 4·B·Hq·T·S·D FLOPs (two batched GEMMs), and the scores
 // and probabilities (B, Hq, T, S) are materialised and kept for backward: O(T·S) memory per
@@ -47,6 +47,12 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   SOMNUS_CHECK(!causal || q_offset >= 0, "attention: causal q_offset must be >= 0, got {}", q_offset);
   const int64_t g = Hq / Hkv;
   if (scale <= 0.0) scale = 1.0 / std::sqrt(static_cast<double>(D));
+
+  // The fused flash-attention op (issue 4) whenever there is no bias and the backend takes
+  // the head dim; the composition below stays for attention biases (left-padded batches).
+  if (!attn_bias.defined() && (q.device().is_cpu() || ((D == 64 || D == 128) && q.dtype() != DType::f64))) {
+    return scaled_dot_product_attention(q, k, v, causal, scale, q_offset);  // (B, Hq, T, D)
+  }
 
   // Stack each group's g query heads along the query axis; they share their kv head.
   Tensor qg = reshape(q * scale, {B * Hkv, g * T, D});                   // (B·Hkv, g·T, D)

@@ -1,11 +1,12 @@
 // Attention: the scaled-dot-product op and the causal self-attention module.
 //
 // `attention()` is THE attention op of the model: every attention in nn/ goes through it.
-// Today it is composed from differentiable functions (matmul, mask, softmax, matmul), which
-// materialises the (T, S) score matrix per head. It is the slot where the fused
-// flash-attention op (issue 4: online softmax over key blocks, O(T) memory) is swapped in
-// with the same signature and semantics; tests/nn compares this composition with an f64
-// loop reference, and the fused op will be compared with this composition.
+// Without an attention bias it runs the fused flash-attention op (scaled_dot_product_attention
+// in autograd/functions.h: online softmax over key tiles, O(T) memory; on CUDA for head dims
+// 64 and 128). With a bias (left-padded generation) it is composed from differentiable
+// functions (matmul, mask, softmax, matmul), which materialises the (T, S) score matrix per
+// head. tests/nn compares attention() with an f64 loop reference, and
+// tests/kernels/test_attention.cpp compares the fused path with the composed one.
 //
 // Generation hooks. The module takes a ForwardContext: a position offset (or explicit
 // per-row positions, for left-padded batches), an additive attention bias (padding masks),

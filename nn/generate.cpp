@@ -15,6 +15,7 @@
 #include <numeric>
 
 #include "autograd/grad_mode.h"
+#include "kernels/sampling.h"
 #include "tensor/format.h"
 #include "tensor/philox.h"
 
@@ -141,6 +142,24 @@ SampleResult sample_host(const std::vector<double>& logits, int64_t B, int64_t V
     r.logprobs[static_cast<size_t>(b)] = s.logprob;
     r.sampling_logprobs[static_cast<size_t>(b)] = s.sampling_logprob;
   }
+  return r;
+}
+
+// Every row of CUDA logits (B, V) sampled by the GPU sampler at `step`; row b uses stream
+// cfg.stream_offset + b, the stream generate() gives prompt b.
+SampleResult sample_device(const Tensor& logits, const GenerateConfig& cfg, uint64_t step) {
+  SamplingOptions o;
+  o.temperature = cfg.greedy() ? 0.0 : cfg.temperature;
+  o.top_k = cfg.top_k;
+  o.top_p = cfg.top_p;
+  o.seed = cfg.seed;
+  o.step = step;
+  o.stream_offset = cfg.stream_offset;
+  const SampledTokens t = kernels::sample_tokens(logits, o);
+  SampleResult r;
+  for (double v : t.tokens.to_vector()) r.tokens.push_back(static_cast<TokenId>(v));
+  r.logprobs = t.logprobs.to_vector();
+  r.sampling_logprobs = t.sampling_logprobs.to_vector();
   return r;
 }
 
@@ -349,7 +368,10 @@ GenerateResult generate(Transformer& model, const std::vector<std::vector<TokenI
     for (int64_t i = 0; i < B; ++i) {
       if (active[static_cast<size_t>(i)]) uniforms[static_cast<size_t>(i)] = stream_uniform(cfg.seed, cfg.stream_offset + i, n);
     }
-    const SampleResult s = sample_host(logits.to_vector(), B, mc.vocab_size, cfg, uniforms, active);
+    // CUDA logits are sampled on the device (kernels/sampling.h draws the same Philox uniforms);
+    // only B tokens and log-probs come back. The host sampler serves CPU logits.
+    const SampleResult s = logits.device().is_cuda() ? sample_device(logits, cfg, static_cast<uint64_t>(n))
+                                                     : sample_host(logits.to_vector(), B, mc.vocab_size, cfg, uniforms, active);
     bool any_active = false;
     for (size_t i = 0; i < rows.size(); ++i) {
       // Finished rows are fed their last token again; their outputs are ignored.

@@ -108,10 +108,8 @@ LayerNorm::LayerNorm(int64_t dim, double eps_, bool use_bias, DType dtype, Devic
 Tensor LayerNorm::forward(const Tensor& x) const {
   SOMNUS_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == weight.size(0), "LayerNorm: expected x (..., {}), got {}",
                weight.size(0), x.defined() ? shape_str(x.shape()) : "undefined");
-  Tensor centered = x - mean(x, -1, /*keepdim=*/true);        // (..., C)
-  Tensor var = mean(square(centered), -1, /*keepdim=*/true);  // (..., 1)
-  Tensor y = centered * rsqrt(var + eps) * weight;
-  return bias.defined() ? y + bias : y;
+  // One fused kernel each way (kernels/cpu/norm.cpp, kernels/cuda/norm.cu).
+  return layer_norm(x, Tensor(), weight, bias, eps).y;  // (..., C)
 }
 
 RMSNorm::RMSNorm(int64_t dim, double eps_, DType dtype, Device device) : eps(eps_) {
@@ -123,8 +121,7 @@ RMSNorm::RMSNorm(int64_t dim, double eps_, DType dtype, Device device) : eps(eps
 Tensor RMSNorm::forward(const Tensor& x) const {
   SOMNUS_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == weight.size(0), "RMSNorm: expected x (..., {}), got {}",
                weight.size(0), x.defined() ? shape_str(x.shape()) : "undefined");
-  Tensor ms = mean(square(x), -1, /*keepdim=*/true);  // (..., 1)
-  return x * rsqrt(ms + eps) * weight;
+  return rms_norm(x, Tensor(), weight, eps).y;  // (..., C), fused (kernels/cpu/norm.cpp)
 }
 
 std::shared_ptr<Norm> make_norm(NormKind kind, int64_t dim, double eps, bool bias, DType dtype, Device device) {
@@ -159,22 +156,18 @@ Tensor RoPE::forward(const Tensor& x, const Tensor& positions) const {
   SOMNUS_CHECK(x.defined() && x.dim() == 4 && x.size(3) == head_dim_, "RoPE: expected x (B, H, T, {}), got {}",
                head_dim_, x.defined() ? shape_str(x.shape()) : "undefined");
   SOMNUS_CHECK(positions.defined() && is_integral(positions.dtype()), "RoPE: positions must be an integer tensor");
-  const int64_t B = x.size(0), T = x.size(2), half = head_dim_ / 2;
-  Tensor c, s;
+  const int64_t B = x.size(0), T = x.size(2);
   if (positions.dim() == 1) {
     SOMNUS_CHECK(positions.size(0) == T, "RoPE: positions {} do not match x {} (T = {})", shape_str(positions.shape()),
                  shape_str(x.shape()), T);
-    c = index_select(cos_, 0, positions);  // (T, D/2), broadcast over (B, H)
-    s = index_select(sin_, 0, positions);
   } else {
     SOMNUS_CHECK(positions.dim() == 2 && positions.size(0) == B && positions.size(1) == T,
                  "RoPE: positions must be (T,) or (B, T) = ({}, {}), got {}", B, T, shape_str(positions.shape()));
-    c = unsqueeze(embedding(cos_, positions), 1);  // (B, 1, T, D/2)
-    s = unsqueeze(embedding(sin_, positions), 1);
   }
-  Tensor x1 = slice(x, -1, 0, half);  // (B, H, T, D/2)
-  Tensor x2 = slice(x, -1, half, head_dim_);
-  return concat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);  // (B, H, T, D)
+  // One fused kernel each way (kernels/cpu/rope.cpp, kernels/cuda/rope.cu).
+  const Tensor c = cos_.dtype() == x.dtype() ? cos_ : cos_.to(x.dtype());  // (P, D/2)
+  const Tensor s = sin_.dtype() == x.dtype() ? sin_ : sin_.to(x.dtype());
+  return somnus::rope(x, c, s, positions);  // (B, H, T, D)
 }
 
 }  // namespace somnus::nn

@@ -63,7 +63,7 @@ Tensor MLP::forward(const Tensor& x) const {
     Tensor h = fc->forward(x, /*gelu=*/true);  // (..., H)
     return proj->forward(h);                   // (..., C)
   }
-  Tensor h = silu(gate->forward(x)) * up->forward(x);  // (..., H)
+  Tensor h = swiglu(gate->forward(x), up->forward(x));  // (..., H), one fused kernel each way
   return down->forward(h);                             // (..., C)
 }
 

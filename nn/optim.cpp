@@ -399,27 +399,6 @@ nlohmann::json AdamW::hyperparameters() const {
   return {{"beta1", options_.beta1}, {"beta2", options_.beta2}, {"eps", options_.eps}};
 }
 
-namespace {
-
-template <class T>
-void adamw_loop(T* w, const T* g, T* m, T* v, int64_t n, T grad_scale, bool decay, T decay_factor, T beta1,
-                T one_minus_beta1, T beta2, T one_minus_beta2, T step_size, T bc2_sqrt, T eps) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    const T gi = g[i] * grad_scale;
-    T wi = w[i];
-    if (decay) wi = wi * decay_factor;
-    const T mi = m[i] * beta1 + gi * one_minus_beta1;
-    const T vi = v[i] * beta2 + (gi * gi) * one_minus_beta2;
-    const T denom = std::sqrt(vi) / bc2_sqrt + eps;
-    w[i] = wi - (mi * step_size) / denom;
-    m[i] = mi;
-    v[i] = vi;
-  }
-}
-
-}  // namespace
-
 void AdamW::update(const UpdateArgs& a) {
   const Tensor& w = a.weight;
   Tensor& m = buffer(a.state, "exp_avg", w);
@@ -430,17 +409,18 @@ void AdamW::update(const UpdateArgs& a) {
   const double step_size = a.lr / bc1;
   const bool decay = a.group.weight_decay != 0.0;
   const double decay_factor = 1.0 - a.lr * a.group.weight_decay;
-  if (a.cpu_loops) {
-    visit_floating(w.dtype(), "AdamW", [&](auto tag) {
-      using T = decltype(tag);
-      if constexpr (std::is_same_v<T, bf16>) {
-        fail("AdamW: internal error: bf16 working weights");
-      } else {
-        adamw_loop<T>(w.data<T>(), a.grad.data<T>(), m.data<T>(), v.data<T>(), w.numel(), T(a.grad_scale), decay,
-                      T(decay_factor), T(options_.beta1), T(1.0 - options_.beta1), T(options_.beta2),
-                      T(1.0 - options_.beta2), T(step_size), T(bc2_sqrt), T(options_.eps));
-      }
-    });
+  if (a.cpu_loops || w.device().is_cuda()) {
+    // The fused AdamW kernel (kernels/{cpu,cuda}/adamw, math in kernels/adamw_math.h): the
+    // expressions of the former CPU loop in the same order, so CPU results did not change.
+    SOMNUS_CHECK(w.dtype() != DType::bf16, "AdamW: internal error: bf16 working weights");
+    const kernels::AdamWHyper h{.lr = a.lr,
+                                .weight_decay = a.group.weight_decay,
+                                .beta1 = options_.beta1,
+                                .beta2 = options_.beta2,
+                                .eps = options_.eps,
+                                .grad_scale = a.grad_scale,
+                                .step = a.state.step};
+    kernels::adamw_step({w}, {a.grad}, {m}, {v}, {h});
     return;
   }
   // The same expressions, in the same order, with kernels:: ops (any device).

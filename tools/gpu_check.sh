@@ -30,6 +30,16 @@ for b in "$build_dir"/bench/bench_*cuda*; do
     --benchmark_min_time=0.2 > "$out/$(basename "$b").txt" 2>&1 || status=1
 done
 
+# ---- attention (issue 4 §1): PyTorch SDPA (flash backend) at bench_kernels_cuda's attention
+# shapes; its JSON joins the table below (torch_sdpa_* rows beside attention_* rows).
+if python3 -c 'import torch' 2>/dev/null; then
+  python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
+    echo "gpu_check: bench/reference/attention.py failed:"; tail -5 "$out/torch_attention.txt"; status=1; }
+else
+  echo "gpu_check: python3 has no torch: the PyTorch attention reference was not run"
+fi
+# ---- end attention
+
 python3 - "$out" <<'PY'
 import glob, json, os, sys
 out = sys.argv[1]

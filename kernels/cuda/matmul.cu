@@ -18,6 +18,13 @@
 // pointer; when that fails, when the epilogue has no cuBLASLt algorithm (f64), or in the
 // per-batch loop, the bias/GELU run as a separate elementwise kernel (bias_gelu_kernel).
 // cuBLASLt's GELU epilogue is the tanh approximation, like ours.
+// Backward epilogues (issue 4 §2): cuBLASLt has DGELU / DGELU_BGRAD (D = (A·B) ∘ gelu'(aux),
+// plus the column sums into the bias pointer, with aux = the GELU_AUX pre-activation written
+// above) and BGRADA/BGRADB (a bias gradient fused into a weight-gradient GEMM). Not used yet:
+// the DGELU GEMM is the *next* layer's input-gradient GEMM (dh = dy · W2ᵀ), so fusing it needs
+// autograd to pair a matmul_gelu node with the matmul that consumes it (today matmul_gelu's
+// backward applies gelu' with unary_backward, and dbias is a separate reduce). Not done, and
+// untestable without a GPU in the session that wrote this note.
 //
 // Cost: 2·Bt·M·N·K FLOPs; bytes (Bt·M·K + Bb·K·N + Bt·M·N)·sizeof(T) (+ Bt·M·N for pre_gelu).
 // Handles and 32 MiB workspaces are cached per device; heuristic results are cached per

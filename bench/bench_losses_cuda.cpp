@@ -1,0 +1,167 @@
+// CUDA fused lm-head losses and the GPU sampler vs their baselines, in the same binary/run
+// (run by tools/gpu_check.sh). Shapes of issue 5: BT = 8192, H = 4096, V = 128256; inputs
+// bf16 (the current CUDA loss kernels compute in f32 and convert bf16 inputs to f32 copies
+// first — that copy of W, 2 GB, is counted in the peak). Without a device every benchmark
+// calls SkipWithError("no CUDA device").
+//   fused   kernels::linear_* (loss + dh + dW in one chunked pass)
+//   unfused the autograd composition: matmul + log_softmax + the formula, then backward
+//   peak_MB cuda_allocator() peak above the live bytes before the iteration (reset_peak()).
+//   sampling: unfiltered temperature sampling (no sort) vs the same rows with top_p = 0.9999,
+//   which sorts every row (the sort-everything baseline); B = 64, V = 128256.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "autograd/losses.h"
+#include "kernels/sampling.h"
+#include "tensor/allocator.h"
+#include "tensor/random.h"
+
+using namespace somnus;
+
+namespace {
+
+constexpr int64_t kN = 8192, kH = 4096, kV = 128256;
+
+struct Inputs {
+  Tensor h, W, ht, Wt, targets, old_lp, ref_lp, adv;
+};
+
+Inputs& inputs() {
+  static Inputs in = [] {
+    Generator g(7);
+    Inputs x;
+    const Device d = Device::cuda(0);
+    x.h = randn({kN, kH}, g, DType::bf16, d).set_requires_grad(true);
+    x.W = randn({kV, kH}, g, DType::bf16, d, 0.0, 0.02).set_requires_grad(true);
+    x.ht = randn({kN, kH}, g, DType::bf16, d);
+    x.Wt = randn({kV, kH}, g, DType::bf16, d, 0.0, 0.02);
+    x.targets = randint(0, kV, {kN}, g, DType::i64, d);
+    x.old_lp = randn({16, kN / 16}, g, DType::f32, d, -11.0, 0.2);
+    x.ref_lp = randn({16, kN / 16}, g, DType::f32, d, -11.0, 0.2);
+    x.adv = randn({16}, g, DType::f32, d);
+    return x;
+  }();
+  return in;
+}
+
+template <class F>
+void run(benchmark::State& st, double flops, F&& fn) {
+  if (!cuda_available()) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  Inputs& in = inputs();
+  Allocator& a = cuda_allocator();
+  int64_t peak = 0;
+  for (auto _ : st) {
+    in.h.set_grad(Tensor());
+    in.W.set_grad(Tensor());
+    const int64_t before = a.stats().current;
+    a.reset_peak();
+    const double l = fn(in);  // .item() synchronises
+    peak = std::max(peak, a.stats().peak - before);
+    benchmark::DoNotOptimize(l);
+  }
+  st.counters["peak_MB"] = static_cast<double>(peak) / (1024.0 * 1024.0);
+  st.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+const double kGemm3 = 6.0 * kN * kV * kH;
+
+void BM_ce_fused_cuda(benchmark::State& st) {
+  run(st, kGemm3, [](Inputs& in) {
+    Tensor l = linear_cross_entropy(in.h, in.W, in.targets);
+    backward(l);
+    return l.item();
+  });
+}
+void BM_ce_unfused_cuda(benchmark::State& st) {
+  run(st, kGemm3, [](Inputs& in) {
+    Tensor lsm = log_softmax(to(matmul(in.h, transpose(in.W, 0, 1)), DType::f32));
+    Tensor l = neg(mean(gather(lsm, 1, in.targets.view({kN, 1}))));
+    backward(l);
+    return l.item();
+  });
+}
+void BM_kl_fused_cuda(benchmark::State& st) {
+  run(st, kGemm3 + 2.0 * kN * kV * kH, [](Inputs& in) {
+    LinearJSDOptions o;
+    o.beta = 0.0;
+    Tensor l = linear_jsd(in.h, in.W, in.ht, in.Wt, o);
+    backward(l);
+    return l.item();
+  });
+}
+void BM_kl_unfused_cuda(benchmark::State& st) {
+  run(st, kGemm3 + 2.0 * kN * kV * kH, [](Inputs& in) {
+    Tensor lps = log_softmax(to(matmul(in.h, transpose(in.W, 0, 1)), DType::f32));
+    Tensor lpt;
+    {
+      NoGradGuard ng;
+      lpt = log_softmax(to(matmul(in.ht, transpose(in.Wt, 0, 1)), DType::f32));
+    }
+    Tensor l = sum(exp(lpt) * (lpt - lps)) / static_cast<double>(kN);
+    backward(l);
+    return l.item();
+  });
+}
+void BM_ppo_fused_cuda(benchmark::State& st) {
+  run(st, kGemm3, [](Inputs& in) {
+    LinearPPOOptions o;
+    o.kl_beta = 0.04;
+    Tensor l = linear_ppo_loss(view(in.h, {16, kN / 16, kH}), in.W, in.targets.view({16, kN / 16}), in.old_lp,
+                               in.ref_lp, in.adv, Tensor(), o)
+                   .loss;
+    backward(l);
+    return l.item();
+  });
+}
+void BM_ppo_unfused_cuda(benchmark::State& st) {
+  run(st, kGemm3, [](Inputs& in) {
+    Tensor lsm = log_softmax(to(matmul(in.h, transpose(in.W, 0, 1)), DType::f32));
+    Tensor lp = view(gather(lsm, 1, in.targets.view({kN, 1})), {16, kN / 16});
+    Tensor ratio = exp(lp - in.old_lp);
+    Tensor clipped = minimum(maximum(ratio, Tensor::scalar(0.8, DType::f32, Device::cuda(0))),
+                             Tensor::scalar(1.2, DType::f32, Device::cuda(0)));
+    Tensor A = in.adv.view({16, 1});
+    Tensor d = in.ref_lp - lp;
+    Tensor per = neg(minimum(ratio * A, clipped * A)) + (exp(d) - d - 1.0) * 0.04;
+    Tensor l = mean(mean(per, 1));
+    backward(l);
+    return l.item();
+  });
+}
+
+void sample_bench(benchmark::State& st, double top_p) {
+  if (!cuda_available()) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  Generator g(3);
+  Tensor logits = randn({64, kV}, g, DType::f32, Device::cuda(0), 0.0, 3.0);
+  SamplingOptions o;
+  o.top_p = top_p;
+  for (auto _ : st) {
+    ++o.step;
+    benchmark::DoNotOptimize(kernels::sample_tokens(logits, o).tokens.to_vector());
+  }
+  st.counters["bytes/s"] = benchmark::Counter(64.0 * kV * 4, benchmark::Counter::kIsIterationInvariantRate);
+}
+void BM_sample_fused_cuda(benchmark::State& st) { sample_bench(st, 1.0); }
+void BM_sample_sort_all_cuda(benchmark::State& st) { sample_bench(st, 0.9999); }
+
+}  // namespace
+
+BENCHMARK(BM_ce_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ce_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_kl_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_kl_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ppo_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ppo_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_sample_sort_all_cuda)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_sample_fused_cuda)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+BENCHMARK_MAIN();

@@ -1,0 +1,650 @@
+// Fused attention on CUDA: FlashAttention-2 forward, backward and split-K decode. The CPU
+// twin (kernels/cpu/attention.cpp) runs the same algorithm; its header gives the math.
+//
+// Shapes: q, o (B, Hq, T, D); k, v (B, Hkv, S, D), query head h reads kv head h / (Hq/Hkv);
+// lse (B, Hq, T) f32. D ∈ {64, 128} (template parameter). Causal: query i sees keys
+// j <= q_offset + i. All tensors contiguous (ops.cpp makes them so).
+//
+// Kernels:
+//   attn_fwd_mma    bf16 forward on tensor cores (mma.sync.m16n8k16 bf16 -> f32). A block is
+//                   4 warps = 64 query rows (16 per warp) of one (b, h); key tiles of 64 are
+//                   staged in shared memory (rows padded by 8 elements against bank conflicts).
+//                   Per tile: S = Q Kᵀ in registers (16 × 64 per warp), masked, online softmax
+//                   (row max/sum over the quad of lanes that share a row), O rescaled, P
+//                   rounded to bf16 and fed straight from the S accumulators as the A operand
+//                   of O += P V (the FA2 register trick: the C layout of two n-tiles is the A
+//                   layout of one k-step). Causal blocks stop at the last key their last row
+//                   sees. Shared memory: 3 · 64 · (D + 8) · 2 bytes (52 KiB at D = 128).
+//   attn_rows_simt  SIMT forward, one warp per query row (lanes own D/32 columns), key tiles
+//                   of 32 staged in shared memory as f32; used for f32 inputs and for the
+//                   split-K decode (grid.z = splits, writing f32 partials (o_s, lse_s)).
+//   attn_combine    the decode combine: lse = log Σ e^lse_s, o = Σ e^(lse_s − lse) o_s.
+//   Backward (SIMT, f32 and bf16): attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row);
+//   attn_bwd_dkdv (a warp per key, 8 keys per block, all warps walk the same query rows
+//   so that each row's dQ contribution is first summed over the block's 8 keys in shared
+//   memory and then added with D f32 atomics); the deterministic mode instead runs
+//   attn_bwd_dq (a warp per query row, keys in a fixed order; no atomics anywhere).
+//
+// FLOPs: forward 4·B·Hq·T·S·D (≈ half when causal); backward 2.5× that. The backward is
+// not yet on tensor cores (see bench/RESULTS.md): correctness first, the mma backward next.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/common.cuh"
+
+namespace somnus::kernels::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- helpers
+
+struct AttnDims {
+  int B, Hq, Hkv, T, S, g;
+  int causal;
+  int q_offset;
+  float scale;
+  // Keys [0, visible(i)) are visible from query row i.
+  __device__ __forceinline__ int visible(int i) const {
+    if (!causal) return S;
+    const int v = q_offset + i + 1;
+    return v < 0 ? 0 : (v < S ? v : S);
+  }
+};
+
+AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double scale, int64_t q_offset) {
+  const int64_t lim = int64_t(1) << 30;
+  // (b, h) pairs go on grid.y, which holds at most 65535 blocks.
+  if (q.size(2) >= lim || k.size(2) >= lim || q_offset >= lim || q.size(0) * q.size(1) > 65535) {
+    throw_error("attention (CUDA): sizes beyond the kernels' limits (T, S < 2^30, B·Hq <= 65535): q " +
+                shape_str(q.shape()) + " k " +
+                shape_str(k.shape()));
+  }
+  AttnDims d;
+  d.B = static_cast<int>(q.size(0));
+  d.Hq = static_cast<int>(q.size(1));
+  d.Hkv = static_cast<int>(k.size(1));
+  d.T = static_cast<int>(q.size(2));
+  d.S = static_cast<int>(k.size(2));
+  d.g = d.Hq / d.Hkv;
+  d.causal = causal ? 1 : 0;
+  d.q_offset = static_cast<int>(q_offset);
+  d.scale = static_cast<float>(scale);
+  return d;
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(T x) {
+  return static_cast<float>(x);
+}
+
+// The value a bf16 kernel feeds to an mma (the CPU twin's mma_round).
+template <class T>
+__device__ __forceinline__ float mma_round(float x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return __bfloat162float(__float2bfloat16_rn(x));
+  } else {
+    return x;
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+// D = A·B + C, m16n8k16, bf16 inputs, f32 accumulators (in place).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---------------------------------------------------------------- bf16 forward, tensor cores
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaBr = 16 * kMmaWarps;  // 64 query rows per block
+constexpr int kMmaBc = 64;              // keys per tile
+
+template <int D>
+constexpr int mma_smem_bytes() {
+  return 3 * kMmaBr * (D + 8) * 2;
+}
+
+// rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
+// at and past `valid` (a zero V row times p = 0 stays 0; garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < valid) v = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
+    *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = v;
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* __restrict__ q,
+                                                             const uint16_t* __restrict__ k,
+                                                             const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
+                                                             float* __restrict__ lse, AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int LD = D + 8;
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* Ks = Qs + kMmaBr * LD;
+  uint16_t* Vs = Ks + kMmaBc * LD;
+
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const int q0 = static_cast<int>(blockIdx.x) * kMmaBr;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const uint16_t* qh = q + (static_cast<int64_t>(bh) * d.T) * D;
+  const uint16_t* kh = k + kvh * d.S * D;
+  const uint16_t* vh = v + kvh * d.S * D;
+
+  load_tile_bf16<D>(Qs, qh + static_cast<int64_t>(q0) * D, kMmaBr, d.T - q0);
+
+  // This thread's two rows (within the block): wr and wr + 8.
+  const int wr = warp * 16 + gr;
+  const int row0 = q0 + wr, row1 = row0 + 8;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+
+  const int k_end = d.visible(min(q0 + kMmaBr, d.T) - 1);  // the block's last row sees the most
+  for (int j0 = 0; j0 < k_end; j0 += kMmaBc) {
+    __syncthreads();  // the previous tile is no longer read (and Qs is loaded on the first pass)
+    load_tile_bf16<D>(Ks, kh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
+    load_tile_bf16<D>(Vs, vh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
+    __syncthreads();
+
+    // S = Q Kᵀ: 16 × 64 per warp, 8 n-tiles of 8 keys.
+    float s[kMmaBc / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kMmaBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int c = kk * 16 + 2 * tq;
+      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c);
+      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c);
+      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c + 8);
+      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c + 8);
+#pragma unroll
+      for (int nt = 0; nt < kMmaBc / 8; ++nt) {
+        const uint16_t* kr = Ks + (nt * 8 + gr) * LD + c;
+        mma_bf16(s[nt], a0, a1, a2, a3, *reinterpret_cast<const uint32_t*>(kr),
+                 *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+
+    // Scale, mask, online softmax. s[nt][0..1] belong to row0, s[nt][2..3] to row1.
+    const int vis0 = d.visible(row0), vis1 = d.visible(row1);
+    float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kMmaBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+        const int vis = e < 2 ? vis0 : vis1;
+        s[nt][e] = col < vis ? s[nt][e] * d.scale : -INFINITY;
+        mt[e >> 1] = fmaxf(mt[e >> 1], s[nt][e]);
+      }
+    }
+    float alpha[2], mb[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+      mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+      const float m_new = fmaxf(m[r], mt[r]);
+      mb[r] = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet: p = 0, not NaN
+      alpha[r] = __expf(m[r] - mb[r]);
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kMmaBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = __expf(s[nt][e] - mb[e >> 1]);
+        l[e >> 1] += s[nt][e];  // this thread's columns; the quad is summed at the end
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      oacc[n][0] *= alpha[0];
+      oacc[n][1] *= alpha[0];
+      oacc[n][2] *= alpha[1];
+      oacc[n][3] *= alpha[1];
+    }
+
+    // O += P V: 4 k-steps of 16 keys; P's A fragments come from the S accumulators.
+#pragma unroll
+    for (int kk = 0; kk < kMmaBc / 16; ++kk) {
+      const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      const int kr = kk * 16 + 2 * tq;  // key rows of V for b0 (and + 8 for b1)
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int col = n * 8 + gr;
+        const uint32_t b0 = pack_u16(Vs[kr * LD + col], Vs[(kr + 1) * LD + col]);
+        const uint32_t b1 = pack_u16(Vs[(kr + 8) * LD + col], Vs[(kr + 9) * LD + col]);
+        mma_bf16(oacc[n], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+
+  // Finish: sum l over the quad, normalise, store.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+  uint16_t* oh = o + static_cast<int64_t>(bh) * d.T * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (row0 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row0) * D + col) =
+          pack_bf16(oacc[n][0] * inv0, oacc[n][1] * inv0);
+    }
+    if (row1 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row1) * D + col) =
+          pack_bf16(oacc[n][2] * inv1, oacc[n][3] * inv1);
+    }
+  }
+  if (tq == 0) {
+    if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] + logf(l[0]);
+    if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] + logf(l[1]);
+  }
+}
+
+// ---------------------------------------------------------------- SIMT forward / decode splits
+
+constexpr int kRowWarps = 4;
+constexpr int kSimtBc = 32;
+
+// grid (ceil(Tq / warps), B·Hq, n_split), blockDim = 32·warps (warps = min(4, Tq): a decode
+// step with one query runs one-warp blocks, so no warp idles); a warp per query row; keys
+// [split·chunk, +chunk).
+// partial: write f32 (o_s, lse_s) to o_part (B·Hq, n_split, Tq, D), lse_part (B·Hq, n_split, Tq)
+// (o_s normalised by its own l; lse_s = −inf and o_s = 0 for a split the row cannot see);
+// otherwise o (T) and lse directly.
+template <class T, int D>
+__global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __restrict__ q, const T* __restrict__ k,
+                                                               const T* __restrict__ v, T* __restrict__ o,
+                                                               float* __restrict__ lse, float* __restrict__ o_part,
+                                                               float* __restrict__ lse_part, int chunk, AttnDims d) {
+  constexpr int E = D / 32;
+  __shared__ float Ks[kSimtBc][D];
+  __shared__ float Vs[kSimtBc][D];
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq, sp = blockIdx.z, n_split = gridDim.z;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const int i = static_cast<int>(blockIdx.x) * warps + warp;
+  const int k_lo = sp * chunk, k_hi = min(d.S, k_lo + chunk);
+  const int last = min((static_cast<int>(blockIdx.x) + 1) * warps, d.T) - 1;
+  const int k_end = min(k_hi, d.visible(last));
+  const int my_end = i < d.T ? min(k_hi, d.visible(i)) : k_lo;
+
+  float qv[E], acc[E];
+  const T* qr = q + (static_cast<int64_t>(bh) * d.T + (i < d.T ? i : 0)) * D;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    qv[e] = to_f(qr[lane + 32 * e]) * d.scale;
+    acc[e] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int j0 = k_lo; j0 < k_end; j0 += kSimtBc) {
+    __syncthreads();
+    for (int c = threadIdx.x; c < kSimtBc * D; c += blockDim.x) {
+      const int r = c / D, x = c % D, j = j0 + r;
+      Ks[r][x] = j < k_end ? to_f(k[(kvh * d.S + j) * D + x]) : 0.f;
+      Vs[r][x] = j < k_end ? to_f(v[(kvh * d.S + j) * D + x]) : 0.f;
+    }
+    __syncthreads();
+    const int n = min(kSimtBc, my_end - j0);  // warp-uniform
+    for (int r = 0; r < n; ++r) {
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) s += qv[e] * Ks[r][lane + 32 * e];
+      s = warp_allreduce_sum(s);
+      const float m_new = fmaxf(m, s);
+      const float alpha = __expf(m - m_new), p = __expf(s - m_new);
+      l = l * alpha + p;
+      const float pv = mma_round<T>(p);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = acc[e] * alpha + pv * Vs[r][lane + 32 * e];
+      m = m_new;
+    }
+  }
+  if (i >= d.T) return;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  if (o_part != nullptr) {
+    const int64_t idx = (static_cast<int64_t>(bh) * n_split + sp) * d.T + i;
+#pragma unroll
+    for (int e = 0; e < E; ++e) o_part[idx * D + lane + 32 * e] = acc[e] * inv;
+    if (lane == 0) lse_part[idx] = l > 0.f ? m + logf(l) : -INFINITY;
+  } else {
+    const int64_t row = static_cast<int64_t>(bh) * d.T + i;
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e] * inv);
+    if (lane == 0) lse[row] = m + logf(l);
+  }
+}
+
+// A warp per (b, h, query row): combines the n_split partials.
+template <class T, int D>
+__global__ void attn_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part, T* __restrict__ o,
+                             float* __restrict__ lse, int64_t rows, int Tq, int n_split) {
+  constexpr int E = D / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t bh = row / Tq, i = row % Tq;
+  float mx = -INFINITY;
+  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, lse_part[(bh * n_split + s) * Tq + i]);
+  float sum = 0.f;
+  for (int s = 0; s < n_split; ++s) sum += __expf(lse_part[(bh * n_split + s) * Tq + i] - mx);
+  const float lse_row = mx + logf(sum);
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  for (int s = 0; s < n_split; ++s) {
+    const int64_t idx = (bh * n_split + s) * Tq + i;
+    const float w = __expf(lse_part[idx] - lse_row);
+    if (w > 0.f) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] += w * o_part[idx * D + lane + 32 * e];
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
+  if (lane == 0) lse[row] = lse_row;
+}
+
+// ---------------------------------------------------------------- backward (SIMT)
+
+// Δ = rowsum(dO ∘ O): a warp per row.
+template <class T, int D>
+__global__ void attn_bwd_delta(const T* __restrict__ o, const T* __restrict__ dout, float* __restrict__ delta,
+                               int64_t rows) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  float s = 0.f;
+#pragma unroll
+  for (int e = 0; e < D / 32; ++e) s += to_f(o[row * D + lane + 32 * e]) * to_f(dout[row * D + lane + 32 * e]);
+  s = warp_allreduce_sum(s);
+  if (lane == 0) delta[row] = s;
+}
+
+constexpr int kKeyWarps = 8;  // keys per dK/dV block
+
+// grid (ceil(S / 8), B·Hkv); a warp per key j holds k_j, v_j, dk_j, dv_j (D/32 per lane).
+// Every warp walks the same query rows (those that see the block's first key), so that the
+// dQ contributions of the block's 8 keys are summed in shared memory before the f32 atomics
+// (dq_acc null: deterministic mode, dQ comes from attn_bwd_dq).
+template <class T, int D>
+__global__ void __launch_bounds__(kKeyWarps * 32) attn_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
+                                                              const T* __restrict__ v, const T* __restrict__ dout,
+                                                              const float* __restrict__ lse,
+                                                              const float* __restrict__ delta, T* __restrict__ dk,
+                                                              T* __restrict__ dv, float* __restrict__ dq_acc,
+                                                              AttnDims d) {
+  constexpr int E = D / 32;
+  __shared__ float red[kKeyWarps][D];
+  const int bkv = blockIdx.y, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int j0 = static_cast<int>(blockIdx.x) * kKeyWarps, j = j0 + warp;
+  const bool key_ok = j < d.S;
+  const int64_t krow = (static_cast<int64_t>(bkv) * d.S + (key_ok ? j : 0)) * D;
+  float kv[E], vv[E], dkv[E], dvv[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    kv[e] = to_f(k[krow + lane + 32 * e]);
+    vv[e] = to_f(v[krow + lane + 32 * e]);
+    dkv[e] = dvv[e] = 0.f;
+  }
+  const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;
+  for (int hg = 0; hg < d.g; ++hg) {
+    const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + hg;
+    for (int i = i_first; i < d.T; ++i) {
+      const int64_t row = bh * d.T + i;
+      const bool ok = key_ok && j < d.visible(i);  // warp-uniform
+      float ds = 0.f;
+      float qv[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) qv[e] = to_f(q[row * D + lane + 32 * e]);
+      if (ok) {
+        float gv[E], s = 0.f, dp = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          gv[e] = to_f(dout[row * D + lane + 32 * e]);
+          s += qv[e] * kv[e];
+          dp += gv[e] * vv[e];
+        }
+        s = warp_allreduce_sum(s);
+        dp = warp_allreduce_sum(dp);
+        const float p = __expf(d.scale * s - lse[row]);
+        ds = mma_round<T>(p * (dp - delta[row]));
+        const float pv = mma_round<T>(p);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          dvv[e] += pv * gv[e];
+          dkv[e] += d.scale * ds * qv[e];
+        }
+      }
+      if (dq_acc != nullptr) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) red[warp][lane + 32 * e] = d.scale * ds * kv[e];
+        __syncthreads();
+        for (int x = threadIdx.x; x < D; x += blockDim.x) {
+          float t = 0.f;
+#pragma unroll
+          for (int w = 0; w < kKeyWarps; ++w) t += red[w][x];
+          if (t != 0.f) atomicAdd(dq_acc + row * D + x, t);
+        }
+        __syncthreads();
+      }
+    }
+  }
+  if (!key_ok) return;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    dk[krow + lane + 32 * e] = static_cast<T>(dkv[e]);
+    dv[krow + lane + 32 * e] = static_cast<T>(dvv[e]);
+  }
+}
+
+// Deterministic dQ: grid (ceil(T / 4), B·Hq), a warp per query row, keys in order.
+template <class T, int D>
+__global__ void __launch_bounds__(kRowWarps * 32) attn_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+                                                            const T* __restrict__ v, const T* __restrict__ dout,
+                                                            const float* __restrict__ lse,
+                                                            const float* __restrict__ delta, T* __restrict__ dq,
+                                                            AttnDims d) {
+  constexpr int E = D / 32;
+  __shared__ float Ks[kSimtBc][D];
+  __shared__ float Vs[kSimtBc][D];
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int i = static_cast<int>(blockIdx.x) * kRowWarps + warp;
+  const int last = min((static_cast<int>(blockIdx.x) + 1) * kRowWarps, d.T) - 1;
+  const int k_end = d.visible(last);
+  const int my_end = i < d.T ? d.visible(i) : 0;
+  const int64_t row = static_cast<int64_t>(bh) * d.T + (i < d.T ? i : 0);
+  float qv[E], gv[E], acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    qv[e] = to_f(q[row * D + lane + 32 * e]);
+    gv[e] = to_f(dout[row * D + lane + 32 * e]);
+    acc[e] = 0.f;
+  }
+  const float lse_i = lse[row], delta_i = delta[row];
+  for (int j0 = 0; j0 < k_end; j0 += kSimtBc) {
+    __syncthreads();
+    for (int c = threadIdx.x; c < kSimtBc * D; c += blockDim.x) {
+      const int r = c / D, x = c % D, j = j0 + r;
+      Ks[r][x] = j < k_end ? to_f(k[(kvh * d.S + j) * D + x]) : 0.f;
+      Vs[r][x] = j < k_end ? to_f(v[(kvh * d.S + j) * D + x]) : 0.f;
+    }
+    __syncthreads();
+    const int n = min(kSimtBc, my_end - j0);
+    for (int r = 0; r < n; ++r) {
+      float s = 0.f, dp = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        s += qv[e] * Ks[r][lane + 32 * e];
+        dp += gv[e] * Vs[r][lane + 32 * e];
+      }
+      s = warp_allreduce_sum(s);
+      dp = warp_allreduce_sum(dp);
+      const float p = __expf(d.scale * s - lse_i);
+      const float ds = mma_round<T>(p * (dp - delta_i));
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] += d.scale * ds * Ks[r][lane + 32 * e];
+    }
+  }
+  if (i >= d.T) return;
+#pragma unroll
+  for (int e = 0; e < E; ++e) dq[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
+}
+
+template <class T>
+__global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, int64_t n) {
+  SOMNUS_GRID_STRIDE(i, n) { y[i] = static_cast<T>(x[i]); }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+template <class F>
+void visit_head_dim(int64_t D, const char* op, F&& f) {
+  switch (D) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: throw_error(std::string(op) + ": the CUDA kernels take head dim 64 or 128, got " + std::to_string(D));
+  }
+}
+
+template <class F>
+void visit_attn_dtype(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(float{});
+    case DType::bf16: return f(bf16{});
+    default: throw_error(std::string(op) + ": the CUDA kernels take f32 or bf16, got " + dtype_name(dt));
+  }
+}
+
+template <class T, int D>
+void launch_rows(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
+                 const Tensor& o, const Tensor& lse, float* o_part, float* lse_part) {
+  const int warps = std::min(kRowWarps, d.T);
+  const dim3 grid((d.T + warps - 1) / warps, d.B * d.Hq, n_split);
+  attn_rows_simt<T, D><<<grid, warps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(),
+                                                o.defined() ? o.data<T>() : nullptr,
+                                                lse.defined() ? lse.data<float>() : nullptr, o_part, lse_part, chunk,
+                                                d);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
+                   const Tensor& o, const Tensor& lse) {
+  set_device(q);
+  const AttnDims d = dims_of(q, k, causal, scale, q_offset);
+  visit_attn_dtype(q.dtype(), "attention_fwd", [&](auto tag) {
+    using T = decltype(tag);
+    visit_head_dim(q.size(3), "attention_fwd", [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      if constexpr (std::is_same_v<T, bf16>) {
+        constexpr int smem = mma_smem_bytes<D>();
+        CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((d.T + kMmaBr - 1) / kMmaBr, d.B * d.Hq);
+        attn_fwd_mma<D><<<grid, kMmaWarps * 32, smem>>>(
+            reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(k.data_ptr()),
+            reinterpret_cast<const uint16_t*>(v.data_ptr()), reinterpret_cast<uint16_t*>(o.data_ptr()),
+            lse.data<float>(), d);
+        CUDA_CHECK_LAUNCH();
+      } else {
+        launch_rows<T, D>(q, k, v, d, 1, d.S, o, lse, nullptr, nullptr);
+      }
+    });
+  });
+}
+
+void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
+                      int64_t num_splits, const Tensor& o, const Tensor& lse) {
+  set_device(q);
+  const AttnDims d = dims_of(q, k, causal, scale, q_offset);
+  const int chunk = static_cast<int>((d.S + num_splits - 1) / num_splits);
+  const int n_split = (d.S + chunk - 1) / chunk;
+  if (n_split > 65535) throw_error("attention_decode (CUDA): too many splits: " + std::to_string(n_split));
+  const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
+  Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
+  Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
+  visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
+    using T = decltype(tag);
+    visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(), lse_part.data<float>());
+      attn_combine<T, D><<<grid_for(rows, 4), 128>>>(o_part.data<float>(), lse_part.data<float>(), o.data<T>(),
+                                                     lse.data<float>(), rows, d.T, n_split);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                   const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic, const Tensor& dq,
+                   const Tensor& dk, const Tensor& dv) {
+  set_device(q);
+  const AttnDims d = dims_of(q, k, causal, scale, q_offset);
+  const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
+  Tensor delta = Tensor::empty({rows}, DType::f32, q.device());
+  Tensor dq_acc;
+  if (!deterministic) {
+    dq_acc = Tensor::empty({q.numel()}, DType::f32, q.device());
+    CUDA_CHECK(cudaMemsetAsync(dq_acc.data_ptr(), 0, q.numel() * sizeof(float)));
+  }
+  visit_attn_dtype(q.dtype(), "attention_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    visit_head_dim(q.size(3), "attention_bwd", [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      attn_bwd_delta<T, D><<<grid_for(rows, 4), 128>>>(o.data<T>(), dout.data<T>(), delta.data<float>(), rows);
+      CUDA_CHECK_LAUNCH();
+      const dim3 kv_grid((d.S + kKeyWarps - 1) / kKeyWarps, d.B * d.Hkv);
+      attn_bwd_dkdv<T, D><<<kv_grid, kKeyWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), dout.data<T>(),
+                                                      lse.data<float>(), delta.data<float>(), dk.data<T>(),
+                                                      dv.data<T>(), deterministic ? nullptr : dq_acc.data<float>(), d);
+      CUDA_CHECK_LAUNCH();
+      if (deterministic) {
+        const dim3 q_grid((d.T + kRowWarps - 1) / kRowWarps, d.B * d.Hq);
+        attn_bwd_dq<T, D><<<q_grid, kRowWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), dout.data<T>(),
+                                                     lse.data<float>(), delta.data<float>(), dq.data<T>(), d);
+      } else {
+        cast_from_f32<T><<<grid_for(q.numel(), 256), 256>>>(dq_acc.data<float>(), dq.data<T>(), q.numel());
+      }
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+}  // namespace somnus::kernels::cuda

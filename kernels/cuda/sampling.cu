@@ -1,0 +1,255 @@
+// CUDA batched sampler (kernels/sampling.h); CPU twin: kernels/cpu/sampling.cpp.
+//
+// Algorithm, logits (B, V) in f32:
+//   1. stats kernel, one block per row: max, argmax (lowest index on ties), logsumexp (for the
+//      policy log-prob). Greedy rows stop here.
+//   2. unfiltered (top_k = 0, top_p = 1): one block per row walks the vocabulary in tiles of
+//      256 with cub::BlockScan over w = exp((x − m)/τ) and a running carry, and picks the
+//      first token whose inclusive mass reaches u·Σw (two passes: Σw, then the scan). No sort.
+//   3. filtered: cub::DeviceSegmentedRadixSort::SortPairsDescending of (logit, index) per row
+//      (radix sort is stable, so ties keep the lower index first), then one block per row
+//      scans the sorted weights (cub::BlockScan) to find the top-k mass, the nucleus cut
+//      n (first prefix with mass ≥ top_p · kept), and the inverse-CDF pick inside it.
+//   u is Philox4x32-10 (counter lo = step, hi = 1 + stream_offset + b, key = seed), two lanes
+//   to a 53-bit double in (0, 1], drawn on the device — the same number the CPU twin uses.
+// Cost: O(V) per row unfiltered; filtered adds the radix sort (4 passes over 8 bytes per
+// element) and a scan of the kept prefix.
+// Not verified on a GPU yet (compile-checked for sm_80/sm_90 only).
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/ops.h"
+#include "kernels/sampling.h"
+#include "tensor/philox.h"
+
+namespace somnus::kernels::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+using BlockReduceF = cub::BlockReduce<float, kThreads>;
+using BlockScanD = cub::BlockScan<double, kThreads>;
+
+__device__ double uniform53_device(uint64_t seed, uint64_t stream, uint64_t step) {
+  const philox::U4 r = philox::philox4x32_10(step, stream + 1, seed);
+  const uint64_t bits = ((static_cast<uint64_t>(r.x) << 32) | r.y) >> 11;
+  return (static_cast<double>(bits) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
+struct ArgMax {
+  float v;
+  int64_t i;
+};
+struct ArgMaxOp {
+  __device__ ArgMax operator()(const ArgMax& a, const ArgMax& b) const {
+    return (a.v > b.v || (a.v == b.v && a.i < b.i)) ? a : b;
+  }
+};
+struct SumF {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+// Per row: max, argmax, lse; `bad` = 1 when the row has a NaN or no finite logit.
+__global__ void row_stats_kernel(const float* x, int64_t V, float* row_max, int64_t* row_arg, float* row_lse,
+                                 int* bad) {
+  using BR = cub::BlockReduce<ArgMax, kThreads>;
+  __shared__ typename BR::TempStorage tmp;
+  __shared__ typename BlockReduceF::TempStorage tmp_f;
+  __shared__ ArgMax best;
+  __shared__ int has_nan;
+  const int64_t b = blockIdx.x;
+  const float* r = x + b * V;
+  if (threadIdx.x == 0) has_nan = 0;
+  __syncthreads();
+  ArgMax a{-INFINITY, V};
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    const float xv = r[v];
+    if (isnan(xv)) has_nan = 1;
+    if (xv > a.v) a = ArgMax{xv, v};
+  }
+  const ArgMax red = BR(tmp).Reduce(a, ArgMaxOp{});
+  if (threadIdx.x == 0) best = red;
+  __syncthreads();
+  const float m = best.v;
+  float s = 0.0f;
+  if (isfinite(m)) {
+    for (int64_t v = threadIdx.x; v < V; v += kThreads) s += __expf(r[v] - m);
+  }
+  const float total = BlockReduceF(tmp_f).Reduce(s, SumF{});
+  if (threadIdx.x == 0) {
+    row_max[b] = m;
+    row_arg[b] = best.i < V ? best.i : 0;
+    row_lse[b] = m + logf(total);
+    bad[b] = (has_nan || !isfinite(m)) ? 1 : 0;
+  }
+}
+
+// Finds the first position j in [0, n) of `order` (nullptr = identity) whose inclusive mass of
+// w(j) = exp((key(j) − m)/τ) reaches target, skipping zero weights. Block-wide; returns -1 if none.
+template <class Key>
+__device__ int64_t block_inverse_cdf(Key key, int64_t n, float m, float inv_t, double target) {
+  __shared__ typename BlockScanD::TempStorage scan_tmp;
+  __shared__ double carry;
+  __shared__ unsigned long long found;
+  if (threadIdx.x == 0) {
+    carry = 0.0;
+    found = ~0ull;
+  }
+  __syncthreads();
+  for (int64_t base = 0; base < n; base += kThreads) {
+    const int64_t j = base + threadIdx.x;
+    const double w = j < n ? static_cast<double>(__expf((key(j) - m) * inv_t)) : 0.0;
+    double incl, tile_total;
+    BlockScanD(scan_tmp).InclusiveSum(w, incl, tile_total);
+    const double c = carry;
+    if (j < n && w > 0.0 && c + incl >= target) atomicMin(&found, static_cast<unsigned long long>(j));
+    __syncthreads();
+    if (threadIdx.x == 0) carry = c + tile_total;
+    __syncthreads();
+    if (found != ~0ull) break;
+  }
+  const unsigned long long f = found;
+  __syncthreads();  // every thread has read `found` before a next call resets it
+  return f == ~0ull ? -1 : static_cast<int64_t>(f);
+}
+
+// Σ of the weights of the first n keys (block-wide, f64 accumulation per thread).
+template <class Key>
+__device__ double block_mass(Key key, int64_t n, float m, float inv_t) {
+  using BR = cub::BlockReduce<double, kThreads>;
+  __shared__ typename BR::TempStorage tmp;
+  __shared__ double out;
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) s += static_cast<double>(__expf((key(j) - m) * inv_t));
+  const double r = BR(tmp).Sum(s);
+  if (threadIdx.x == 0) out = r;
+  __syncthreads();
+  const double o = out;
+  __syncthreads();
+  return o;
+}
+
+// One block per row. sorted_keys/sorted_idx are undefined (nullptr) for the unfiltered path.
+__global__ void pick_kernel(const float* x, int64_t V, const float* sorted_keys, const int* sorted_idx, int64_t top_k,
+                            double top_p, float inv_t, uint64_t seed, uint64_t step, uint64_t stream_offset,
+                            const float* row_max, const float* row_lse, int64_t* tokens, float* logprobs,
+                            float* sampling_logprobs) {
+  const int64_t b = blockIdx.x;
+  const float m = row_max[b];
+  const double u = uniform53_device(seed, stream_offset + b, step);
+  int64_t pick = -1;
+  double total = 0.0;
+  if (sorted_keys == nullptr) {
+    const float* r = x + b * V;
+    auto key = [r](int64_t j) { return r[j]; };
+    total = block_mass(key, V, m, inv_t);
+    pick = block_inverse_cdf(key, V, m, inv_t, u * total);
+  } else {
+    const float* sk = sorted_keys + b * V;
+    auto key = [sk](int64_t j) { return sk[j]; };
+    const int64_t k = top_k > 0 && top_k < V ? top_k : V;
+    int64_t n = k;
+    if (top_p < 1.0) {
+      const double kept = block_mass(key, k, m, inv_t);
+      n = block_inverse_cdf(key, k, m, inv_t, top_p * kept) + 1;  // nucleus cut (≥ 1: the max has w = 1)
+      if (n <= 0) n = k;
+    }
+    total = block_mass(key, n, m, inv_t);
+    const int64_t j = block_inverse_cdf(key, n, m, inv_t, u * total);
+    pick = j >= 0 ? static_cast<int64_t>(sorted_idx[b * V + j]) : -1;
+  }
+  if (threadIdx.x == 0) {
+    if (pick < 0) pick = 0;  // unreachable for finite rows: the max has weight 1
+    const float xp = x[b * V + pick];
+    tokens[b] = pick;
+    logprobs[b] = xp - row_lse[b];
+    sampling_logprobs[b] = static_cast<float>(log(static_cast<double>(__expf((xp - m) * inv_t)) / total));
+  }
+}
+
+__global__ void greedy_kernel(const int64_t* row_arg, const float* x, int64_t V, const float* row_lse, int64_t B,
+                              int64_t* tokens, float* logprobs, float* sampling_logprobs) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (b >= B) return;
+  tokens[b] = row_arg[b];
+  logprobs[b] = x[b * V + row_arg[b]] - row_lse[b];
+  sampling_logprobs[b] = 0.0f;
+}
+
+__global__ void iota_rows_kernel(int* idx, int64_t B, int64_t V) {
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < B * V;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    idx[k] = static_cast<int>(k % V);
+  }
+}
+
+}  // namespace
+
+SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
+  const int64_t B = logits.size(0), V = logits.size(1);
+  const Device dev = logits.device();
+  const Tensor x = logits.dtype() == DType::f32 ? logits.contiguous() : cast(logits, DType::f32).contiguous();
+  const float* xp = static_cast<const float*>(x.data_ptr());
+  Tensor rmax = Tensor::empty({B}, DType::f32, dev), rlse = Tensor::empty({B}, DType::f32, dev);
+  Tensor rarg = Tensor::empty({B}, DType::i64, dev), bad = Tensor::empty({B}, DType::i32, dev);
+  row_stats_kernel<<<static_cast<unsigned>(B), kThreads>>>(xp, V, static_cast<float*>(rmax.data_ptr()),
+                                                           static_cast<int64_t*>(rarg.data_ptr()),
+                                                           static_cast<float*>(rlse.data_ptr()),
+                                                           static_cast<int*>(bad.data_ptr()));
+  CUDA_CHECK_LAUNCH();
+  const std::vector<double> badv = bad.to_vector();
+  for (int64_t b = 0; b < B; ++b) {
+    if (badv[b] != 0.0) throw_error("sample_tokens: row " + std::to_string(b) + " has no finite logit (NaN or all -inf)");
+  }
+  SampledTokens out;
+  out.tokens = Tensor::empty({B}, DType::i64, dev);
+  out.logprobs = Tensor::empty({B}, DType::f32, dev);
+  out.sampling_logprobs = Tensor::empty({B}, DType::f32, dev);
+  int64_t* tp = static_cast<int64_t*>(out.tokens.data_ptr());
+  float* lp = static_cast<float*>(out.logprobs.data_ptr());
+  float* slp = static_cast<float*>(out.sampling_logprobs.data_ptr());
+  const double inv_t = opt.temperature > 0.0 ? 1.0 / opt.temperature : 0.0;
+  if (opt.temperature <= 0.0 || !std::isfinite(inv_t)) {
+    greedy_kernel<<<grid_for(B, 128), 128>>>(static_cast<const int64_t*>(rarg.data_ptr()), xp, V,
+                                             static_cast<const float*>(rlse.data_ptr()), B, tp, lp, slp);
+    CUDA_CHECK_LAUNCH();
+    return out;
+  }
+  const float* sk = nullptr;
+  const int* si = nullptr;
+  Tensor keys_out, idx_in, idx_out, offsets, temp;
+  if (opt.top_k > 0 || opt.top_p < 1.0) {
+    keys_out = Tensor::empty({B, V}, DType::f32, dev);
+    idx_in = Tensor::empty({B, V}, DType::i32, dev);
+    idx_out = Tensor::empty({B, V}, DType::i32, dev);
+    iota_rows_kernel<<<grid_for(B * V, 256), 256>>>(static_cast<int*>(idx_in.data_ptr()), B, V);
+    CUDA_CHECK_LAUNCH();
+    std::vector<double> off(B + 1);
+    for (int64_t b = 0; b <= B; ++b) off[b] = static_cast<double>(b * V);
+    offsets = Tensor::from_vector(off, {B + 1}, DType::i32, dev);
+    const int* op = static_cast<const int*>(offsets.data_ptr());
+    size_t temp_bytes = 0;
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        nullptr, temp_bytes, xp, static_cast<float*>(keys_out.data_ptr()), static_cast<const int*>(idx_in.data_ptr()),
+        static_cast<int*>(idx_out.data_ptr()), static_cast<int>(B * V), static_cast<int>(B), op, op + 1));
+    temp = Tensor::empty({static_cast<int64_t>(temp_bytes / 4 + 1)}, DType::i32, dev);
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        temp.data_ptr(), temp_bytes, xp, static_cast<float*>(keys_out.data_ptr()),
+        static_cast<const int*>(idx_in.data_ptr()), static_cast<int*>(idx_out.data_ptr()), static_cast<int>(B * V),
+        static_cast<int>(B), op, op + 1));
+    sk = static_cast<const float*>(keys_out.data_ptr());
+    si = static_cast<const int*>(idx_out.data_ptr());
+  }
+  pick_kernel<<<static_cast<unsigned>(B), kThreads>>>(xp, V, sk, si, opt.top_k, opt.top_p, static_cast<float>(inv_t),
+                                                      opt.seed, opt.step, opt.stream_offset,
+                                                      static_cast<const float*>(rmax.data_ptr()),
+                                                      static_cast<const float*>(rlse.data_ptr()), tp, lp, slp);
+  CUDA_CHECK_LAUNCH();
+  return out;
+}
+
+}  // namespace somnus::kernels::cuda

@@ -1,0 +1,148 @@
+// Fused attention on CUDA (kernels/cuda/attention.cu) against its CPU twin and the f64
+// explicit-P reference (attention_reference.h): forward o and lse (the bf16 tensor-core
+// kernel and the f32 SIMT kernel), backward dq, dk, dv with atomic and deterministic dQ,
+// and split-K decode; T not a multiple of the 64-row tile, T = 1, S ≠ T with an offset,
+// D ∈ {64, 128}, GQA ratios 1, 4, 8, causal and not. The backend is called directly with
+// outputs filled with NaN first, so an element a kernel forgets to write fails the bound.
+// The deterministic backward must be bitwise repeatable.
+//
+// Without a CUDA device every test calls GTEST_SKIP() with a message (ctest label `cuda`).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "kernels/backend.h"
+#include "kernels/ops.h"
+#include "tensor/random.h"
+#include "tests/kernels/attention_reference.h"
+#include "tests/kernels/reference.h"
+
+using namespace somnus;
+using namespace somnus::kernels;
+using namespace somnus::test;
+
+namespace {
+
+const char* const kNoCuda = "no CUDA device: CUDA attention tests need a GPU (run tools/gpu_check.sh on one)";
+
+Device gpu() { return Device::cuda(0); }
+
+//                B  Hq Hkv  T    S    D   causal offset
+const AttnCase kCases[] = {
+    {2, 2, 2, 64, 64, 64, true, 0},       // one tile exactly
+    {1, 4, 1, 77, 77, 64, true, 0},       // masked tails, ratio 4
+    {2, 8, 1, 33, 33, 128, false, 0},     // ratio 8, non-causal
+    {1, 2, 2, 1, 1, 64, true, 0},         // T = S = 1
+    {2, 4, 1, 1, 130, 128, true, 129},    // a decode query at the end of a cache
+    {1, 4, 4, 5, 131, 64, true, 126},     // S ≠ T with offset S − T
+    {1, 2, 1, 19, 70, 128, true, 3},      // keys no query sees (dk, dv = 0)
+    {1, 2, 2, 70, 45, 64, false, 0},      // S < T
+    {1, 8, 1, 200, 333, 128, true, 133},  // several tiles both ways, ratio 8
+};
+
+std::string case_name(const AttnCase& c, DType dt) {
+  return fmt::format("B{} Hq{} Hkv{} T{} S{} D{} {} off{} {}", c.B, c.Hq, c.Hkv, c.T, c.S, c.D,
+                     c.causal ? "causal" : "full", c.q_offset, dtype_name(dt));
+}
+
+Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu()); }
+
+struct CudaRun {
+  Tensor o, lse, dq, dk, dv;
+};
+
+// Forward and backward through the CUDA backend with poisoned outputs; results on the CPU.
+CudaRun run_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, const AttnCase& c, bool det) {
+  const Tensor qg = q.to(gpu()), kg = k.to(gpu()), vg = v.to(gpu()), gg = dout.to(gpu());
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+  CudaRun r{nan_like(q.shape(), q.dtype()), nan_like({c.B, c.Hq, c.T}, DType::f32), nan_like(q.shape(), q.dtype()),
+        nan_like(k.shape(), k.dtype()), nan_like(v.shape(), v.dtype())};
+  cuda::attention_fwd(qg, kg, vg, c.causal, scale, c.q_offset, r.o, r.lse);
+  cuda::attention_bwd(qg, kg, vg, r.o, r.lse, gg, c.causal, scale, c.q_offset, det, r.dq, r.dk, r.dv);
+  return {r.o.to(Device::cpu()), r.lse.to(Device::cpu()), r.dq.to(Device::cpu()), r.dk.to(Device::cpu()),
+          r.dv.to(Device::cpu())};
+}
+
+TEST(CudaAttention, MatchesCpuTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  for (DType dt : {DType::bf16, DType::f32}) {
+    uint64_t seed = 500;
+    for (const AttnCase& c : kCases) {
+      for (bool det : {false, true}) {
+        SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ"));
+        Generator gen(seed++);
+        const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
+        const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
+        const CudaRun g = run_cuda(q, k, v, dout, c, det);
+        const AttentionOutput cf = attention_fwd(q, k, v, c.causal, 0.0, c.q_offset);
+        const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
+        const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
+        const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 2e-2 : 2e-5;
+        EXPECT_LT(rel_or_abs_error(g.o, cf.o.to_vector()), tf);
+        EXPECT_LT(rel_or_abs_error(g.lse, cf.lse.to_vector()), 1e-5);
+        EXPECT_LT(rel_or_abs_error(g.o, ref.o), tf);
+        EXPECT_LT(rel_or_abs_error(g.lse, ref.lse), 1e-5);
+        EXPECT_LT(rel_or_abs_error(g.dq, cb.dq.to_vector()), tb);
+        EXPECT_LT(rel_or_abs_error(g.dk, cb.dk.to_vector()), tb);
+        EXPECT_LT(rel_or_abs_error(g.dv, cb.dv.to_vector()), tb);
+        EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), tb);
+        EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), tb);
+        EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), tb);
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  for (DType dt : {DType::bf16, DType::f32}) {
+    const AttnCase c{2, 8, 2, 300, 300, 128, true, 0};
+    Generator gen(42);
+    const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
+    const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
+    const CudaRun a = run_cuda(q, k, v, dout, c, true), b = run_cuda(q, k, v, dout, c, true);
+    EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector()) << dtype_name(dt);
+    EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector()) << dtype_name(dt);
+    EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector()) << dtype_name(dt);
+  }
+}
+
+TEST(CudaAttention, DecodeMatchesCpuAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (int64_t D : {64, 128}) {
+      for (int64_t Tq : {1, 3}) {
+        for (int64_t splits : {1, 5, 64}) {
+          const AttnCase c{2, 8, 1, Tq, 1000, D, true, 1000 - Tq};
+          SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {}", splits));
+          Generator gen(7 + D + Tq);
+          const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
+          const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
+          const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+          Tensor o = nan_like(q.shape(), dt), lse = nan_like({c.B, c.Hq, c.T}, DType::f32);
+          cuda::attention_decode(q.to(gpu()), k.to(gpu()), v.to(gpu()), true, scale, c.q_offset, splits, o, lse);
+          const AttentionOutput cpu = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+          const AttnRef ref = attention_reference(q, k, v, Tensor(), true, scale, c.q_offset);
+          const double tf = dt == DType::bf16 ? 1e-2 : 1e-5;
+          EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), cpu.o.to_vector()), tf);
+          EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), ref.o), tf);
+          EXPECT_LT(rel_or_abs_error(lse.to(Device::cpu()), ref.lse), 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(3);
+  const Tensor q = randn({1, 2, 10, 64}, gen, DType::bf16, gpu());
+  const AttentionOutput out = attention_fwd(q, q, q, true);
+  EXPECT_EQ(out.o.device(), gpu());
+  EXPECT_EQ(out.lse.dtype(), DType::f32);
+  const Tensor q48 = randn({1, 2, 10, 48}, gen, DType::f32, gpu());
+  EXPECT_THROW(attention_fwd(q48, q48, q48, true), Error);
+}
+
+}  // namespace

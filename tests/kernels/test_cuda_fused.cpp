@@ -1,0 +1,162 @@
+// The fused training-path kernels on CUDA (kernels/cuda/{norm,activation,rope,adamw}.cu)
+// against their CPU twins (themselves tested against f64 references in test_norm.cpp,
+// test_activation.cpp, test_rope.cpp, test_adamw.cpp): the same random inputs made on the
+// CPU and copied, outputs poisoned first (the caching allocator is primed with 0xFF blocks,
+// NaN in every float dtype) so that unwritten elements fail; odd sizes (unaligned rows take
+// the scalar path, multiples of 8 the 16-byte vector path), row counts across the 32-row
+// dweight chunks, head dims 64 and 128, f32/f64/bf16.
+//
+// Without a CUDA device every test calls GTEST_SKIP() with a message (ctest label `cuda`).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "tensor/allocator.h"
+#include "tests/kernels/reference.h"
+
+using namespace somnus;
+using namespace somnus::test;
+
+namespace {
+
+const char* const kNoCuda = "no CUDA device: fused-kernel CUDA tests need a GPU (run tools/gpu_check.sh on one)";
+
+Device gpu() { return Device::cuda(0); }
+
+void poison_next(int64_t nbytes, int count = 4) {
+  if (nbytes <= 0) return;
+  cuda_allocator(0).empty_cache();
+  std::vector<Tensor> blocks;
+  for (int i = 0; i < count; ++i) blocks.push_back(Tensor::full({(nbytes + 3) / 4}, -1.0, DType::i32, gpu()));
+}
+
+Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(gpu()) : Tensor(); }
+
+void expect_close(const Tensor& g, const Tensor& c, DType dt, const std::string& what) {
+  ASSERT_TRUE(g.defined() && c.defined()) << what;
+  EXPECT_TRUE(g.device().is_cuda()) << what;
+  ASSERT_EQ(g.shape(), c.shape()) << what;
+  const double tol = dt == DType::f64 ? 1e-12 : dt == DType::bf16 ? 1.5e-2 : 2e-5;
+  const double err = rel_or_abs_error(g.to_vector(), c.to_vector());
+  EXPECT_LE(err, tol) << what << " (rel err " << err << ")";
+}
+
+constexpr DType kFloat[] = {DType::f32, DType::f64, DType::bf16};
+
+}  // namespace
+
+TEST(CudaFused, NormsMatchCpu) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(1);
+  for (DType dt : kFloat) {
+    for (const Shape& s : std::vector<Shape>{{1, 3}, {7, 33}, {69, 96}, {2, 3, 257}, {40, 1024}, {5, 4100}}) {
+      for (bool layer : {false, true}) {
+        for (bool res : {false, true}) {
+          const std::string what = case_name(s, dt, Layout::contiguous) + (layer ? " layer" : " rms") +
+                                   (res ? " residual" : "");
+          const int64_t C = s.back();
+          Tensor x = randn(s, gen, dt, Device::cpu(), 0.5, 1.0), r = res ? randn(s, gen, dt) : Tensor();
+          Tensor w = randn({C}, gen, dt, Device::cpu(), 1.0, 0.3), b = layer ? randn({C}, gen, dt) : Tensor();
+          Tensor dy = randn(s, gen, dt), dh = res ? randn(s, gen, dt) : Tensor();
+          kernels::NormResult c = layer ? kernels::layer_norm(x, r, w, b, 1e-5) : kernels::rms_norm(x, r, w, 1e-5);
+          kernels::NormGrads cg = kernels::norm_backward(layer, dy, dh, c.h, w, c.mean, c.rstd, layer);
+          poison_next(shape_numel(s) * dtype_size(dt));
+          kernels::NormResult g = layer ? kernels::layer_norm(on_gpu(x), on_gpu(r), on_gpu(w), on_gpu(b), 1e-5)
+                                        : kernels::rms_norm(on_gpu(x), on_gpu(r), on_gpu(w), 1e-5);
+          expect_close(g.y, c.y, dt, what + " y");
+          expect_close(g.h, c.h, dt, what + " h");
+          expect_close(g.rstd, c.rstd, dt == DType::f64 ? dt : DType::f32, what + " rstd");
+          poison_next(shape_numel(s) * dtype_size(dt));
+          kernels::NormGrads gg =
+              kernels::norm_backward(layer, on_gpu(dy), on_gpu(dh), g.h, on_gpu(w), g.mean, g.rstd, layer);
+          expect_close(gg.dh, cg.dh, dt, what + " dh");
+          expect_close(gg.dweight, cg.dweight, dt, what + " dweight");
+          if (layer) {
+            expect_close(gg.dbias, cg.dbias, dt, what + " dbias");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaFused, SwigluMatchesCpu) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(2);
+  for (DType dt : kFloat) {
+    for (const Shape& s : std::vector<Shape>{{1}, {7}, {3, 33}, {64, 1000}, {5, 4099}}) {
+      const std::string what = case_name(s, dt, Layout::contiguous);
+      Tensor g = randn(s, gen, dt, Device::cpu(), 0.0, 3.0), u = randn(s, gen, dt), dy = randn(s, gen, dt);
+      Tensor cy = kernels::swiglu(g, u);
+      auto [cdg, cdu] = kernels::swiglu_backward(g, u, dy);
+      poison_next(shape_numel(s) * dtype_size(dt));
+      expect_close(kernels::swiglu(on_gpu(g), on_gpu(u)), cy, dt, what + " y");
+      poison_next(shape_numel(s) * dtype_size(dt));
+      auto [gdg, gdu] = kernels::swiglu_backward(on_gpu(g), on_gpu(u), on_gpu(dy));
+      expect_close(gdg, cdg, dt, what + " dgate");
+      expect_close(gdu, cdu, dt, what + " dup");
+    }
+  }
+}
+
+TEST(CudaFused, RopeMatchesCpu) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(3);
+  for (DType dt : kFloat) {
+    for (int64_t D : {6, 64, 128}) {
+      for (bool per_batch : {false, true}) {
+        const int64_t B = 2, H = 3, T = 37, P = 50;
+        const std::string what = case_name({B, H, T, D}, dt, Layout::contiguous) + (per_batch ? " (B, T) pos" : "");
+        Tensor x = randn({B, H, T, D}, gen, dt), c = randn({P, D / 2}, gen, dt), s = randn({P, D / 2}, gen, dt);
+        Tensor pos = per_batch ? randint(0, P, {B, T}, gen, DType::i64) : randint(0, P, {T}, gen, DType::i32);
+        for (bool inv : {false, true}) {
+          Tensor cy = kernels::rope(x, c, s, pos, inv);
+          poison_next(x.nbytes());
+          expect_close(kernels::rope(on_gpu(x), on_gpu(c), on_gpu(s), on_gpu(pos), inv), cy, dt,
+                       what + (inv ? " inverse" : ""));
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaFused, AdamWMatchesCpu) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(4);
+  for (DType dt : {DType::f32, DType::f64}) {
+    // 30 tensors: more than one launch's batch (24), odd sizes, one larger than a block's chunk.
+    std::vector<Tensor> w, g, m, v, wg, gg, mg, vg, outc, outg;
+    std::vector<kernels::AdamWHyper> h;
+    for (int i = 0; i < 30; ++i) {
+      const Shape s = {1 + (i * 37) % 101, i == 7 ? 97 : 3};
+      w.push_back(randn(s, gen, dt));
+      g.push_back(randn(s, gen, dt));
+      m.push_back(randn(s, gen, dt, Device::cpu(), 0.0, 0.1));
+      v.push_back(rand(s, gen, dt, Device::cpu(), 0.0, 0.1));
+      wg.push_back(w.back().to(gpu()));
+      gg.push_back(g.back().to(gpu()));
+      mg.push_back(m.back().to(gpu()));
+      vg.push_back(v.back().to(gpu()));
+      outc.push_back(Tensor::empty(s, DType::bf16));
+      outg.push_back(Tensor::full(s, 0.0, DType::bf16, gpu()));
+      h.push_back(kernels::AdamWHyper{.lr = 1e-3 * (1 + i % 3), .weight_decay = i % 2 ? 0.1 : 0.0,
+                                      .step = 1 + i % 5});
+    }
+    for (bool sr : {false, true}) {
+      const Tensor clip = Tensor::scalar(0.5, DType::f32);
+      kernels::adamw_step(w, g, m, v, h, clip, outc, sr, 77);
+      kernels::adamw_step(wg, gg, mg, vg, h, clip.to(gpu()), outg, sr, 77);
+      for (size_t i = 0; i < w.size(); ++i) {
+        const std::string what = std::string(dtype_name(dt)) + (sr ? " sr" : "") + " tensor " + std::to_string(i);
+        expect_close(wg[i], w[i], dt, what + " w");
+        expect_close(mg[i], m[i], dt, what + " m");
+        expect_close(vg[i], v[i], dt, what + " v");
+        // The same Philox bits on both devices: bf16 copies agree except where the f32 masters
+        // differ by an ulp near a rounding boundary.
+        expect_close(outg[i], outc[i], DType::bf16, what + " bf16 copy");
+      }
+    }
+  }
+}
