@@ -17,7 +17,7 @@ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_C
 cmake --build "$build_dir" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error' -A3 "$out/build.log" | head -60; exit 1; }
 
 status=0
-ctest --test-dir "$build_dir" -L cuda --output-on-failure -j 1 > "$out/ctest_cuda.log" 2>&1 || status=1
+ctest --test-dir "$build_dir" -L cuda --output-on-failure --timeout 120 -j 1 > "$out/ctest_cuda.log" 2>&1 || status=1
 tail -5 "$out/ctest_cuda.log"
 if grep -q "Skipped" "$out/ctest_cuda.log"; then
   echo "gpu_check: some CUDA tests skipped on a GPU machine:"; grep -i "skipped" "$out/ctest_cuda.log" | head; status=1
@@ -26,14 +26,18 @@ grep -E "\(Failed\)|\*\*\*Failed" "$out/ctest_cuda.log" | head -40
 
 for b in "$build_dir"/bench/bench_*cuda*; do
   [ -x "$b" ] || continue
-  "$b" --benchmark_format=json --benchmark_out="$out/$(basename "$b").json" --benchmark_out_format=json \
-    --benchmark_min_time=0.2 > "$out/$(basename "$b").txt" 2>&1 || status=1
+  # Each binary gets a time budget so that the whole check stays within ~10 minutes.
+  timeout "${SOMNUS_BENCH_BUDGET_S:-150}" "$b" --benchmark_format=json --benchmark_out="$out/$(basename "$b").json" \
+    --benchmark_out_format=json --benchmark_min_time=0.2 > "$out/$(basename "$b").txt" 2>&1
+  rc=$?
+  if [ $rc -eq 124 ]; then echo "gpu_check: $(basename "$b") ran past its budget (partial JSON kept)"; status=1;
+  elif [ $rc -ne 0 ]; then echo "gpu_check: $(basename "$b") failed (exit $rc)"; status=1; fi
 done
 
 # ---- attention (issue 4 §1): PyTorch SDPA (flash backend) at bench_kernels_cuda's attention
 # shapes; its JSON joins the table below (torch_sdpa_* rows beside attention_* rows).
 if python3 -c 'import torch' 2>/dev/null; then
-  python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
+  timeout 120 python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
     echo "gpu_check: bench/reference/attention.py failed:"; tail -5 "$out/torch_attention.txt"; status=1; }
 else
   echo "gpu_check: python3 has no torch: the PyTorch attention reference was not run"
