@@ -9,7 +9,7 @@ namespace somnus::autograd {
 bool is_grad_enabled();
 void set_grad_enabled(bool enabled);
 
-// Sets grad mode for a scope and restores the previous mode on exit (exceptions included).
+// Sets grad mode for a scope and restores the previous mode when the scope ends (exceptions included).
 class GradModeGuard {
  public:
   explicit GradModeGuard(bool enabled);
