@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# README command (2): set up, build (CUDA backend compiled when nvcc is found), run every test.
-# CUDA tests (label `cuda`) skip visibly when there is no GPU.
+# README command (2): set up, build (CUDA backend compiled when nvcc is found), run every test,
+# then the CPU suite again under AddressSanitizer + UndefinedBehaviorSanitizer (tools/sanitize.sh,
+# its own build directory; SOMNUS_SKIP_SANITIZE=1 skips it). CUDA tests (label `cuda`) skip
+# visibly when there is no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh --torch   # python3-torch: the PyTorch parity test
 build_dir="${SOMNUS_BUILD_DIR:-build}"
 ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" "$@"
+if [ "${SOMNUS_SKIP_SANITIZE:-0}" != 1 ]; then
+  echo "test: the CPU suite under ASan + UBSan"
+  tools/sanitize.sh
+fi
