@@ -11,6 +11,7 @@
 // descending z whose renormalised mass is >= top_p; renormalise; inverse CDF with u_b.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -31,11 +32,22 @@ struct SampledTokens {
   Tensor sampling_logprobs;  // (B,) f32: log q(token) under the filtered distribution; 0 when greedy
 };
 
+// One row sampled by kernels::sample_row; token is -1 when the row holds a NaN or no finite logit.
+struct SampledRow {
+  int64_t token = -1;
+  double logprob = 0.0, sampling_logprob = 0.0;
+};
+
 namespace kernels {
 // logits (B, V) floating, on CPU or CUDA; the results live on the logits' device.
 SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt = {});
 // The uniform of row b (host), as the kernels draw it.
 double sampling_uniform(uint64_t seed, uint64_t stream, uint64_t step);
+// One row of host logits x[0..V) (f64) with the uniform u in (0, 1]: the CPU twin's per-row
+// algorithm, also nn::generate's host sampler (which keeps f64 log-probs). `order` and
+// `weights` are scratch space reused across rows.
+SampledRow sample_row(const double* x, int64_t V, const SamplingOptions& opt, double u, std::vector<int32_t>& order,
+                      std::vector<double>& weights);
 }  // namespace kernels
 
 }  // namespace somnus

@@ -23,106 +23,19 @@ namespace somnus::nn {
 
 namespace {
 
-// 53 random bits of one Philox block (lanes x, y) as a double in (0, 1]: never 0, so the
-// inverse CDF never lands before the first token with mass.
-double uniform53(const philox::U4& r) {
-  const uint64_t bits = ((static_cast<uint64_t>(r.x) << 32) | r.y) >> 11;  // [0, 2^53)
-  return (static_cast<double>(bits) + 1.0) * (1.0 / 9007199254740992.0);
-}
-
 // The pad bias: large and finite (see attention()).
 constexpr double kPadBias = -1e9;
 
-struct RowSample {
-  TokenId token = 0;
-  double logprob = 0.0;
-  double sampling_logprob = 0.0;
-};
-
-// One row of logits x[0..V) (host f64) -> the chosen token and its two log-probs.
-// `order` and `weights` are scratch space reused across rows.
-RowSample sample_row(const double* x, int64_t V, const GenerateConfig& cfg, double u, std::vector<int32_t>& order,
-                     std::vector<double>& weights, int64_t row) {
-  double m = -std::numeric_limits<double>::infinity();
-  int64_t arg = -1;
-  for (int64_t i = 0; i < V; ++i) {
-    SOMNUS_CHECK(!std::isnan(x[i]), "sample_next: NaN logit in row {} at token {}", row, i);
-    if (x[i] > m) {
-      m = x[i];
-      arg = i;
-    }
-  }
-  SOMNUS_CHECK(arg >= 0 && std::isfinite(m), "sample_next: row {} has no finite logit (max {})", row, m);
-  double sum = 0.0;
-  for (int64_t i = 0; i < V; ++i) sum += std::exp(x[i] - m);
-  const double lse = m + std::log(sum);
-
-  RowSample out;
-  const double inv_t = cfg.greedy() ? 0.0 : 1.0 / cfg.temperature;
-  // A temperature so small that 1/t overflows is the greedy limit (and would make 0·inf NaN).
-  if (cfg.greedy() || !std::isfinite(inv_t)) {
-    out.token = static_cast<TokenId>(arg);
-    out.logprob = x[arg] - lse;
-    return out;
-  }
-  SOMNUS_CHECK(u > 0.0 && u <= 1.0, "sample_next: uniform of row {} must be in (0, 1], got {}", row, u);
-  // Weights relative to the largest, exp((x − m) / t) in [0, 1] (the max has weight 1),
-  // computed once per row.
-  weights.resize(static_cast<size_t>(V));
-  for (int64_t i = 0; i < V; ++i) weights[static_cast<size_t>(i)] = std::exp((x[i] - m) * inv_t);
-  const double* w = weights.data();
-  int64_t pick = arg;
-  double total = 0.0;
-  // Inverse CDF over `n` candidates cand(0..n): the first whose running mass reaches u·total.
-  // The walk adds the weights in the order `total` was summed, so it ends exactly at total
-  // >= target, and a zero-weight candidate is never picked.
-  auto walk = [&](int64_t n, auto cand) {
-    for (int64_t j = 0; j < n; ++j) total += w[cand(j)];
-    const double target = u * total;
-    double acc = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = cand(j);
-      acc += w[i];
-      if (acc >= target && w[i] > 0.0) {
-        pick = i;
-        return;
-      }
-    }
-  };
-  if (cfg.top_k == 0 && cfg.top_p >= 1.0) {
-    walk(V, [](int64_t j) { return j; });  // plain temperature sampling: vocabulary order, no sort
-  } else {
-    // Candidates by descending logit, ties to the lower id (temperature > 0 keeps the order).
-    order.resize(static_cast<size_t>(V));
-    std::iota(order.begin(), order.end(), 0);
-    auto before = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-    const int64_t k = cfg.top_k > 0 ? std::min<int64_t>(cfg.top_k, V) : V;
-    if (k < V) {
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
-    } else {
-      std::sort(order.begin(), order.end(), before);
-    }
-    // Nucleus: the smallest prefix whose mass, renormalised over the top-k set, is >= p.
-    int64_t n = k;
-    if (cfg.top_p < 1.0) {
-      double kept_mass = 0.0;
-      for (int64_t j = 0; j < k; ++j) kept_mass += w[order[j]];
-      const double need = cfg.top_p * kept_mass;
-      double acc = 0.0;
-      for (int64_t j = 0; j < k; ++j) {
-        acc += w[order[j]];
-        if (acc >= need) {
-          n = j + 1;
-          break;
-        }
-      }
-    }
-    walk(n, [&](int64_t j) { return static_cast<int64_t>(order[j]); });
-  }
-  out.token = static_cast<TokenId>(pick);
-  out.logprob = x[pick] - lse;
-  out.sampling_logprob = std::log(w[pick] / total);
-  return out;
+// The kernels' sampling options for cfg (greedy as temperature 0) at decode step `step`.
+SamplingOptions sampling_options(const GenerateConfig& cfg, uint64_t step = 0) {
+  SamplingOptions o;
+  o.temperature = cfg.greedy() ? 0.0 : cfg.temperature;
+  o.top_k = cfg.top_k;
+  o.top_p = cfg.top_p;
+  o.seed = cfg.seed;
+  o.step = step;
+  o.stream_offset = cfg.stream_offset;
+  return o;
 }
 
 // Samples the rows with active[b] (all when empty) of host logits (B, V).
@@ -132,13 +45,21 @@ SampleResult sample_host(const std::vector<double>& logits, int64_t B, int64_t V
   r.tokens.assign(static_cast<size_t>(B), 0);
   r.logprobs.assign(static_cast<size_t>(B), 0.0);
   r.sampling_logprobs.assign(static_cast<size_t>(B), 0.0);
+  const SamplingOptions opt = sampling_options(cfg);
   std::vector<int32_t> order;
   std::vector<double> weights;
   for (int64_t b = 0; b < B; ++b) {
     if (!active.empty() && !active[static_cast<size_t>(b)]) continue;
     const double u = cfg.greedy() ? 1.0 : uniforms[static_cast<size_t>(b)];
-    const RowSample s = sample_row(logits.data() + b * V, V, cfg, u, order, weights, b);
-    r.tokens[static_cast<size_t>(b)] = s.token;
+    SOMNUS_CHECK(u > 0.0 && u <= 1.0, "sample_next: uniform of row {} must be in (0, 1], got {}", b, u);
+    const double* x = logits.data() + b * V;
+    const SampledRow s = kernels::sample_row(x, V, opt, u, order, weights);
+    if (s.token < 0) {
+      const double* nan = std::find_if(x, x + V, [](double v) { return std::isnan(v); });
+      SOMNUS_CHECK(nan == x + V, "sample_next: NaN logit in row {} at token {}", b, nan - x);
+      fail("sample_next: row {} has no finite logit", b);
+    }
+    r.tokens[static_cast<size_t>(b)] = static_cast<TokenId>(s.token);
     r.logprobs[static_cast<size_t>(b)] = s.logprob;
     r.sampling_logprobs[static_cast<size_t>(b)] = s.sampling_logprob;
   }
@@ -148,14 +69,7 @@ SampleResult sample_host(const std::vector<double>& logits, int64_t B, int64_t V
 // Every row of CUDA logits (B, V) sampled by the GPU sampler at `step`; row b uses stream
 // cfg.stream_offset + b, the stream generate() gives prompt b.
 SampleResult sample_device(const Tensor& logits, const GenerateConfig& cfg, uint64_t step) {
-  SamplingOptions o;
-  o.temperature = cfg.greedy() ? 0.0 : cfg.temperature;
-  o.top_k = cfg.top_k;
-  o.top_p = cfg.top_p;
-  o.seed = cfg.seed;
-  o.step = step;
-  o.stream_offset = cfg.stream_offset;
-  const SampledTokens t = kernels::sample_tokens(logits, o);
+  const SampledTokens t = kernels::sample_tokens(logits, sampling_options(cfg, step));
   SampleResult r;
   for (double v : t.tokens.to_vector()) r.tokens.push_back(static_cast<TokenId>(v));
   r.logprobs = t.logprobs.to_vector();
@@ -250,7 +164,7 @@ const char* finish_reason_name(FinishReason r) {
 // ---------------------------------------------------------------- sampling
 
 double stream_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
-  return uniform53(philox::philox4x32_10(step, stream + 1, seed));
+  return kernels::sampling_uniform(seed, stream, step);
 }
 
 SampleResult sample_next(const Tensor& logits, const GenerateConfig& cfg, const std::vector<double>& uniforms) {
@@ -268,7 +182,7 @@ SampleResult sample_next(const Tensor& logits, const GenerateConfig& cfg, Genera
   // One Philox counter (4 lanes, two of them used) per row.
   const uint64_t offset = gen.advance(4 * static_cast<uint64_t>(B));
   std::vector<double> u(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) u[static_cast<size_t>(b)] = uniform53(philox::philox4x32_10(offset + b, 0, gen.seed));
+  for (int64_t b = 0; b < B; ++b) u[static_cast<size_t>(b)] = philox::uniform53(philox::philox4x32_10(offset + b, 0, gen.seed));
   return sample_next(logits, cfg, u);
 }
 

@@ -38,6 +38,13 @@ SOMNUS_HD uint32_t lane(const U4& r, int i) { return i == 0 ? r.x : i == 1 ? r.y
 // Uniform in (0, 1]: never 0, so log() is safe. 24 bits of mantissa.
 SOMNUS_HD float uniform01(uint32_t bits) { return (static_cast<float>(bits >> 8) + 1.0f) * (1.0f / 16777216.0f); }
 
+// 53 random bits of one Philox block (lanes x, y) as a double in (0, 1]: never 0, so an
+// inverse CDF never lands before the first token with mass (the samplers use it).
+SOMNUS_HD double uniform53(const U4& r) {
+  const uint64_t bits = ((static_cast<uint64_t>(r.x) << 32) | r.y) >> 11;  // [0, 2^53)
+  return (static_cast<double>(bits) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
 // Element i of a uniform draw.
 SOMNUS_HD float uniform_at(uint64_t seed, uint64_t offset, uint64_t i) {
   U4 r = philox4x32_10(offset + i / 4, 0, seed);

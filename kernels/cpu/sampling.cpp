@@ -24,21 +24,12 @@
 namespace somnus::kernels {
 
 double sampling_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
-  const philox::U4 r = philox::philox4x32_10(step, stream + 1, seed);
-  const uint64_t bits = ((static_cast<uint64_t>(r.x) << 32) | r.y) >> 11;  // [0, 2^53)
-  return (static_cast<double>(bits) + 1.0) * (1.0 / 9007199254740992.0);
+  return philox::uniform53(philox::philox4x32_10(step, stream + 1, seed));
 }
 
-namespace {
-
-struct Row {
-  int64_t token = 0;
-  double logprob = 0.0, sampling_logprob = 0.0;
-};
-
-Row sample_row(const double* x, int64_t V, const SamplingOptions& opt, double u, std::vector<int32_t>& order,
-               std::vector<double>& w) {
-  Row out;
+SampledRow sample_row(const double* x, int64_t V, const SamplingOptions& opt, double u, std::vector<int32_t>& order,
+                      std::vector<double>& w) {
+  SampledRow out;
   double m = -std::numeric_limits<double>::infinity();
   int64_t arg = -1;
   for (int64_t i = 0; i < V; ++i) {
@@ -115,8 +106,6 @@ Row sample_row(const double* x, int64_t V, const SamplingOptions& opt, double u,
   return out;
 }
 
-}  // namespace
-
 #ifdef SOMNUS_WITH_CUDA
 namespace cuda {
 SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt);  // kernels/cuda/sampling.cu
@@ -149,7 +138,7 @@ SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < B; ++b) {
       const double u = sampling_uniform(opt.seed, opt.stream_offset + b, opt.step);
-      const Row r = sample_row(x.data() + b * V, V, opt, u, order, w);
+      const SampledRow r = sample_row(x.data() + b * V, V, opt, u, order, w);
       tok[b] = static_cast<double>(r.token);
       lp[b] = r.logprob;
       slp[b] = r.sampling_logprob;

@@ -35,9 +35,7 @@ using BlockReduceF = cub::BlockReduce<float, kThreads>;
 using BlockScanD = cub::BlockScan<double, kThreads>;
 
 __device__ double uniform53_device(uint64_t seed, uint64_t stream, uint64_t step) {
-  const philox::U4 r = philox::philox4x32_10(step, stream + 1, seed);
-  const uint64_t bits = ((static_cast<uint64_t>(r.x) << 32) | r.y) >> 11;
-  return (static_cast<double>(bits) + 1.0) * (1.0 / 9007199254740992.0);
+  return philox::uniform53(philox::philox4x32_10(step, stream + 1, seed));
 }
 
 struct ArgMax {
