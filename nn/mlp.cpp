@@ -268,6 +268,13 @@ void CmsLevel::reset_slot(int64_t s) {
   slot_active_.select(0, s).fill_(0.0);
 }
 
+void CmsLevel::set_slot_mask_for_view(int64_t s, bool active) {
+  SOMNUS_CHECK(s >= 0 && s < n_slots(), "CmsLevel::set_slot_mask_for_view: slot {} out of range [0, {})", s, n_slots());
+  NoGradGuard no_grad;
+  active_[s] = active;
+  slot_active_.select(0, s).fill_(active ? 1.0 : 0.0);
+}
+
 std::vector<int64_t> CmsLevel::active_slots() const {
   std::vector<int64_t> out;
   for (int64_t s = 0; s < n_slots(); ++s) {

@@ -179,6 +179,10 @@ class CmsLevel : public Module {
   void reset_slot(int64_t s);
   std::vector<int64_t> active_slots() const;
   bool slot_active(int64_t s) const;
+  // Flips slot s's mask only: values, grads and the free pool are left alone. A teacher view
+  // (sleep/consolidation.h) uses it to show slots the student has just reset, or hide the
+  // student's new slot, and flips them back afterwards.
+  void set_slot_mask_for_view(int64_t s, bool active);
   int64_t n_slots() const { return static_cast<int64_t>(slots_.size()); }
   LowRankSlot& slot(int64_t s) const;
   // {A, B} (+ the router row on an MoE level): what consolidation trains.

@@ -155,6 +155,23 @@ void Optimizer::step() {
   }
 }
 
+void Optimizer::apply_group_now(size_t g) {
+  check_layout();
+  SOMNUS_CHECK(g < groups_.size(), "optimizer: apply_group_now: group {} out of range [0, {})", g, groups_.size());
+  apply_group(g);
+}
+
+void Optimizer::reset_state(const std::vector<Tensor>& params) {
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+      const TensorImpl* impl = &groups_[g].params[i].impl();
+      for (const Tensor& t : params) {
+        if (t.defined() && &t.impl() == impl) state_[g][i] = ParamState{};
+      }
+    }
+  }
+}
+
 void Optimizer::apply_group(size_t g) {
   ++applications_[g];
   for (size_t i = 0; i < groups_[g].params.size(); ++i) apply_param(g, i);

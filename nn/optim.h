@@ -85,6 +85,16 @@ class Optimizer {
   // Takes step k = step_count() + 1: every group with k % period == 0 applies its update
   // and has its gradients cleared.
   void step();
+  // Applies group g's accumulated gradient now, outside its schedule (same reduction as a
+  // scheduled application, so with mean reduction a partial window is divided by the full
+  // period), then clears it; the step count does not advance. An explicit sleep() uses it to
+  // compute the sender level's θ_new (PARADIGM §2 (a)). Does nothing to parameters without
+  // a .grad.
+  void apply_group_now(size_t g);
+  // Forgets the state (moments, master, update count) of these parameters, matched by handle
+  // identity, so their next update starts afresh: a slot that consolidation re-initialised
+  // must not inherit the moments of its previous occupant. Unknown tensors are ignored.
+  void reset_state(const std::vector<Tensor>& params);
   // Clears (sets to none, or fills with zeros) the grads of groups at a window boundary.
   void zero_grad(bool set_to_none = true);
   void zero_grad_all(bool set_to_none = true);

@@ -1,0 +1,49 @@
+// Strict config JSON (see config_json.h).
+#include "sleep/config_json.h"
+
+#include "tensor/format.h"
+
+namespace somnus::sleep {
+
+namespace {
+
+const char* kind_of(const nlohmann::json& v) {
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer()) return "an integer";
+  if (v.is_number()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "an array";
+  if (v.is_object()) return "an object";
+  return "null";
+}
+
+bool same_kind(const nlohmann::json& value, const nlohmann::json& def) {
+  if (def.is_number_float()) return value.is_number();
+  if (def.is_number_integer()) return value.is_number_integer();
+  if (def.is_null()) return true;  // optional field without a default
+  return value.type() == def.type();
+}
+
+}  // namespace
+
+void check_config_keys(const nlohmann::json& in, const nlohmann::json& defaults, const std::string& where) {
+  SOMNUS_CHECK(in.is_object(), "{}: expected a JSON object, got {}", where, kind_of(in));
+  for (auto it = in.begin(); it != in.end(); ++it) {
+    auto d = defaults.find(it.key());
+    SOMNUS_CHECK(d != defaults.end(), "{}: unknown key '{}'", where, it.key());
+    SOMNUS_CHECK(same_kind(*it, *d), "{}: '{}' must be {}, got {}", where, it.key(), kind_of(*d), it->dump());
+    if (d->is_object() && !d->empty()) check_config_keys(*it, *d, where + "." + it.key());
+  }
+}
+
+nlohmann::json merge_config(const nlohmann::json& in, const nlohmann::json& defaults, const std::string& where) {
+  check_config_keys(in, defaults, where);
+  nlohmann::json out = defaults;
+  for (auto it = in.begin(); it != in.end(); ++it) {
+    const auto& d = defaults.at(it.key());
+    out[it.key()] = (d.is_object() && !d.empty()) ? merge_config(*it, d, where + "." + it.key()) : *it;
+  }
+  return out;
+}
+
+}  // namespace somnus::sleep

@@ -1,0 +1,201 @@
+// Wake: the multi-frequency trainer, test-time training, consolidation triggers (see wake.h).
+#include "sleep/wake.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "autograd/engine.h"
+#include "autograd/grad_mode.h"
+#include "nn/train_config.h"
+#include "sleep/config_json.h"
+#include "tensor/format.h"
+
+namespace somnus::sleep {
+
+using nlohmann::json;
+
+void WakeConfig::validate(const nn::TransformerConfig& model) const {
+  const char* w = "wake config";
+  SOMNUS_CHECK(lr > 0.0, "{}: 'lr' must be > 0, got {}", w, lr);
+  SOMNUS_CHECK(weight_decay >= 0.0, "{}: 'weight_decay' must be >= 0, got {}", w, weight_decay);
+  SOMNUS_CHECK(beta1 >= 0.0 && beta1 < 1.0, "{}: 'beta1' must be in [0, 1), got {}", w, beta1);
+  SOMNUS_CHECK(beta2 >= 0.0 && beta2 < 1.0, "{}: 'beta2' must be in [0, 1), got {}", w, beta2);
+  SOMNUS_CHECK(grad_clip >= 0.0, "{}: 'grad_clip' must be >= 0, got {}", w, grad_clip);
+  SOMNUS_CHECK(aux_loss_weight >= 0.0, "{}: 'aux_loss_weight' must be >= 0, got {}", w, aux_loss_weight);
+  SOMNUS_CHECK(consolidate_every >= 0, "{}: 'consolidate_every' must be >= 0, got {}", w, consolidate_every);
+  SOMNUS_CHECK(ttt_chunk >= 0 && ttt_chunk <= model.block_size,
+               "{}: 'ttt_chunk' must be in [0, block_size = {}], got {}", w, model.block_size, ttt_chunk);
+  SOMNUS_CHECK(ttt_lr > 0.0, "{}: 'ttt_lr' must be > 0, got {}", w, ttt_lr);
+  SOMNUS_CHECK(!ttt_levels.empty(), "{}: 'ttt_levels' must name at least one CMS level", w);
+  for (int64_t l : ttt_levels) {
+    SOMNUS_CHECK(l >= 0 && l < static_cast<int64_t>(model.levels.size()),
+                 "{}: 'ttt_levels' entry {} out of range [0, {})", w, l, model.levels.size());
+  }
+}
+
+void to_json(json& j, const WakeConfig& c) {
+  j = json{{"lr", c.lr},
+           {"weight_decay", c.weight_decay},
+           {"beta1", c.beta1},
+           {"beta2", c.beta2},
+           {"grad_clip", c.grad_clip},
+           {"aux_loss_weight", c.aux_loss_weight},
+           {"consolidate_every", c.consolidate_every},
+           {"ttt_chunk", c.ttt_chunk},
+           {"ttt_lr", c.ttt_lr},
+           {"ttt_levels", c.ttt_levels}};
+}
+
+void from_json(const json& j, WakeConfig& c) {
+  const json m = merge_config(j, json(WakeConfig{}), "wake config");
+  c.lr = m.at("lr").get<double>();
+  c.weight_decay = m.at("weight_decay").get<double>();
+  c.beta1 = m.at("beta1").get<double>();
+  c.beta2 = m.at("beta2").get<double>();
+  c.grad_clip = m.at("grad_clip").get<double>();
+  c.aux_loss_weight = m.at("aux_loss_weight").get<double>();
+  c.consolidate_every = m.at("consolidate_every").get<int64_t>();
+  c.ttt_chunk = m.at("ttt_chunk").get<int64_t>();
+  c.ttt_lr = m.at("ttt_lr").get<double>();
+  c.ttt_levels = m.at("ttt_levels").get<std::vector<int64_t>>();
+}
+
+WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation)
+    : model_(model), cfg_(std::move(wake)), consolidator_(model, std::move(consolidation)) {
+  cfg_.validate(model_.config());
+  AdamWOptions o;
+  o.beta1 = cfg_.beta1;
+  o.beta2 = cfg_.beta2;
+  opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
+}
+
+std::vector<size_t> WakeLearner::sender_groups() const {
+  const int64_t period = model_.config().levels.at(static_cast<size_t>(consolidator_.config().sender)).period;
+  std::vector<size_t> out;
+  for (size_t g = 0; g < opt_->groups().size(); ++g) {
+    if (opt_->groups()[g].period == period) out.push_back(g);
+  }
+  return out;
+}
+
+void WakeLearner::set_sleep_prompts(std::vector<std::vector<TokenId>> prompts) {
+  SOMNUS_CHECK(!prompts.empty(), "WakeLearner::set_sleep_prompts: no prompts");
+  prompts_ = std::move(prompts);
+}
+
+void WakeLearner::after_consolidation(const ConsolidationReport& rep) {
+  // The wake optimiser must not carry moments of a slot's previous occupant into the new
+  // slot, nor of the sender's reset slots into their next use.
+  std::vector<Tensor> fresh;
+  for (int64_t l = 0; l < model_.config().n_layer; ++l) {
+    for (int64_t lv : {rep.sender, rep.receiver}) {
+      const nn::CmsLevel& level = model_.level(l, lv);
+      for (int64_t s = 0; s < level.n_slots(); ++s) {
+        if (lv == rep.sender || (static_cast<size_t>(l) < rep.new_slots.size() && rep.new_slots[static_cast<size_t>(l)] == s)) {
+          for (const Tensor& p : level.slot_parameters(s)) fresh.push_back(p);
+        }
+      }
+    }
+  }
+  opt_->reset_state(fresh);
+}
+
+WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
+  WakeStepLog log;
+  const int64_t k = opt_->step_count() + 1;
+  log.step = k;
+  const int64_t sender_period =
+      model_.config().levels.at(static_cast<size_t>(consolidator_.config().sender)).period;
+  const bool sender_due = k % sender_period == 0;
+  const bool consolidate =
+      sender_due && cfg_.consolidate_every > 0 && (sender_applications_ + 1) % cfg_.consolidate_every == 0;
+
+  opt_->zero_grad();
+  nn::LMLoss l = model_.loss(batch.input, batch.target, batch.mask);
+  Tensor total = l.total(cfg_.aux_loss_weight);
+  backward(total);
+  log.loss = l.ce.item();
+  std::vector<Tensor> due;
+  for (size_t g : opt_->groups_due()) {
+    log.periods_applied.push_back(opt_->groups()[g].period);
+    for (const Tensor& p : opt_->groups()[g].params) due.push_back(p);
+  }
+  std::sort(log.periods_applied.begin(), log.periods_applied.end());
+  log.periods_applied.erase(std::unique(log.periods_applied.begin(), log.periods_applied.end()),
+                            log.periods_applied.end());
+  log.grad_norm = cfg_.grad_clip > 0.0 ? clip_grad_norm(due, cfg_.grad_clip) : grad_norm(due);
+
+  NamedTensors sender_old;
+  if (consolidate) sender_old = consolidator_.snapshot_sender();
+  opt_->step();  // θ_new of every due group, the sender's included
+  if (sender_due) ++sender_applications_;
+  if (consolidate) {
+    log.consolidation = consolidator_.consolidate(sender_old, prompts_);
+    after_consolidation(*log.consolidation);
+  }
+  return log;
+}
+
+ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
+  NamedTensors sender_old = consolidator_.snapshot_sender();
+  for (size_t g : sender_groups()) opt_->apply_group_now(g);  // θ_new from the pending accumulation
+  ConsolidationReport rep = consolidator_.consolidate(sender_old, prompts_, log);
+  after_consolidation(rep);
+  return rep;
+}
+
+StreamLog WakeLearner::read_stream(const std::vector<TokenId>& stream) {
+  const int64_t chunk = cfg_.ttt_chunk > 0 ? cfg_.ttt_chunk : model_.config().block_size;
+  SOMNUS_CHECK(static_cast<int64_t>(stream.size()) >= 2, "read_stream: a stream needs at least 2 tokens, got {}",
+               stream.size());
+  std::vector<Tensor> fast;
+  for (int64_t l = 0; l < model_.config().n_layer; ++l) {
+    for (int64_t lv : cfg_.ttt_levels) {
+      for (const Tensor& p : model_.level(l, lv).parameters(/*trainable_only=*/true)) fast.push_back(p);
+    }
+  }
+  SOMNUS_CHECK(!fast.empty(), "read_stream: the fast levels have no trainable parameters");
+  if (!ttt_opt_) {
+    AdamWOptions o;
+    o.beta1 = cfg_.beta1;
+    o.beta2 = cfg_.beta2;
+    ttt_opt_ = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup{fast, cfg_.ttt_lr, 0.0, 1, "ttt.fast"}}, o);
+  }
+  // Only the fast levels take part in the tape.
+  std::vector<Tensor> all = model_.parameters();
+  std::vector<bool> flags;
+  for (Tensor& p : all) {
+    flags.push_back(p.requires_grad());
+    p.set_requires_grad(false);
+  }
+  for (Tensor p : fast) p.set_requires_grad(true);
+  StreamLog out;
+  const Device device = model_.wte->weight.device();
+  try {
+    for (size_t start = 0; start + 1 < stream.size(); start += static_cast<size_t>(chunk)) {
+      const size_t end = std::min(stream.size(), start + static_cast<size_t>(chunk) + 1);  // + the last target
+      const int64_t T = static_cast<int64_t>(end - start) - 1;
+      std::vector<double> in, tg;
+      for (int64_t t = 0; t < T; ++t) {
+        in.push_back(static_cast<double>(stream[start + static_cast<size_t>(t)]));
+        tg.push_back(static_cast<double>(stream[start + static_cast<size_t>(t) + 1]));
+      }
+      const Tensor ids = Tensor::from_vector(in, {1, T}, DType::i64).to(device);
+      const Tensor targets = Tensor::from_vector(tg, {1, T}, DType::i64).to(device);
+      ttt_opt_->zero_grad_all();
+      nn::LMLoss l = model_.loss(ids, targets);
+      backward(l.ce);
+      out.chunk_loss.push_back(l.ce.item());
+      out.tokens += T;
+      ttt_opt_->step();
+    }
+    ttt_opt_->zero_grad_all();
+  } catch (...) {
+    for (size_t i = 0; i < all.size(); ++i) all[i].set_requires_grad(flags[i]);
+    throw;
+  }
+  for (size_t i = 0; i < all.size(); ++i) all[i].set_requires_grad(flags[i]);
+  return out;
+}
+
+}  // namespace somnus::sleep

@@ -1,0 +1,95 @@
+// Wake: online multi-frequency learning (PARADIGM.md §1), test-time training on long streams,
+// and the triggers of consolidation (§2).
+//
+//   train_step(batch)   one step of the multi-frequency rule: backward adds into every level's
+//                       accumulator, the optimiser applies level ℓ only at multiples of C_ℓ
+//                       (nn/optim.h). When consolidation is scheduled for this step (the
+//                       sender is due and this is its consolidate_every-th application), θ_old
+//                       of the sender is snapshotted before the step and consolidation runs
+//                       right after it — the student is "sender at θ_new".
+//   sleep()             an explicit consolidation (a task boundary): the sender's pending
+//                       accumulation is applied now (θ_new; nothing pending → θ_new = θ_old),
+//                       then consolidation.
+//   read_stream(tokens) test-time training: the stream is read in chunks of ttt_chunk tokens
+//                       (≤ block_size, the attention window); after each chunk one gradient step
+//                       on the fast levels only (their own optimiser), from the next-token loss
+//                       on the chunk just read. This is how context becomes parameters.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
+
+#include "nn/data.h"
+#include "nn/optim.h"
+#include "nn/transformer.h"
+#include "sleep/consolidation.h"
+
+namespace somnus::sleep {
+
+struct WakeConfig {
+  double lr = 3e-3;
+  double weight_decay = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double grad_clip = 1.0;         // 0 = off; clips the groups that apply this step
+  double aux_loss_weight = 0.01;  // MoE load balancing
+  // Scheduled consolidation: after every consolidate_every-th application of the sender level
+  // (0 = only at explicit sleep() calls; consolidating at every multiple of C_ℓ is the paper's
+  // literal schedule and costs a Knowledge Seeding run each time).
+  int64_t consolidate_every = 0;
+  // Test-time training (read_stream).
+  int64_t ttt_chunk = 0;  // tokens per chunk, 0 = block_size
+  double ttt_lr = 1e-3;
+  std::vector<int64_t> ttt_levels = {0};  // the fast CMS levels updated while reading
+
+  void validate(const nn::TransformerConfig& model) const;
+};
+void to_json(nlohmann::json& j, const WakeConfig& c);
+void from_json(const nlohmann::json& j, WakeConfig& c);
+
+struct WakeStepLog {
+  int64_t step = 0;
+  double loss = 0;       // cross-entropy
+  double grad_norm = 0;  // of the groups that applied
+  std::vector<int64_t> periods_applied;
+  std::optional<ConsolidationReport> consolidation;
+};
+
+struct StreamLog {
+  std::vector<double> chunk_loss;  // next-token loss of each chunk when it was read (before its step)
+  int64_t tokens = 0;
+};
+
+class WakeLearner {
+ public:
+  WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation);
+
+  // batch.input/target (B, T); mask as in nn/data.h.
+  WakeStepLog train_step(const nn::Batch& batch);
+  // Prompts for the teacher sampling of consolidation (default: token 0 alone).
+  void set_sleep_prompts(std::vector<std::vector<TokenId>> prompts);
+  ConsolidationReport sleep(const SeedingLogFn& log = {});
+  StreamLog read_stream(const std::vector<TokenId>& stream);
+
+  nn::Transformer& model() { return model_; }
+  AdamW& optimizer() { return *opt_; }
+  Consolidator& consolidator() { return consolidator_; }
+  const WakeConfig& config() const { return cfg_; }
+  int64_t sender_applications() const { return sender_applications_; }
+
+ private:
+  void after_consolidation(const ConsolidationReport& rep);
+  std::vector<size_t> sender_groups() const;
+
+  nn::Transformer& model_;
+  WakeConfig cfg_;
+  Consolidator consolidator_;
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<AdamW> ttt_opt_;
+  std::vector<std::vector<TokenId>> prompts_{{0}};
+  int64_t sender_applications_ = 0;
+};
+
+}  // namespace somnus::sleep

@@ -1,0 +1,340 @@
+// Consolidation (expansion + Knowledge Seeding), the teacher view, and the wake driver
+// (sleep/consolidation.h, sleep/teacher_view.h, sleep/wake.h) on a tiny two-level model.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "autograd/grad_mode.h"
+#include "autograd/losses.h"
+#include "nn/generate.h"
+#include "sleep/consolidation.h"
+#include "sleep/teacher_view.h"
+#include "sleep/wake.h"
+#include "nn/nn_testing.h"
+#include "testing.h"
+
+namespace somnus::sleep {
+namespace {
+
+using somnus::testing::expect_error;
+
+nn::TransformerConfig tiny_config(int64_t slots = 2) {
+  nn::TransformerConfig c;
+  c.vocab_size = 24;
+  c.n_layer = 2;
+  c.n_embd = 16;
+  c.n_head = 2;
+  c.block_size = 32;
+  c.levels = {nn::LevelConfig{}, nn::LevelConfig{}};
+  c.levels[0].period = 1;
+  c.levels[0].hidden = 32;
+  c.levels[0].n_slots = slots;
+  c.levels[0].slot_rank = 4;
+  c.levels[1].period = 2;
+  c.levels[1].hidden = 32;
+  c.levels[1].n_slots = slots;
+  c.levels[1].slot_rank = 4;
+  return c;
+}
+
+std::shared_ptr<nn::Transformer> make_model(uint64_t seed = 7, int64_t slots = 2) {
+  Generator gen(seed);
+  return std::make_shared<nn::Transformer>(tiny_config(slots), gen);
+}
+
+// Moves the sender level's weights by noise: the student's "θ_new".
+void perturb_sender(nn::Transformer& m, int64_t sender, uint64_t seed, double std = 0.3) {
+  Generator gen(seed);
+  NoGradGuard no_grad;
+  for (int64_t l = 0; l < m.config().n_layer; ++l) {
+    for (const auto& [name, p] : m.level(l, sender).named_parameters()) {
+      if (name.find("slots.") != std::string::npos) continue;
+      p.copy_(p + randn(p.shape(), gen, p.dtype(), p.device(), 0.0, std));
+    }
+  }
+}
+
+ConsolidationConfig ks_config(int64_t steps, double alpha = 1.0, double lambda = 0.0) {
+  ConsolidationConfig c;
+  c.sender = 0;
+  c.ks.steps = steps;
+  c.ks.alpha = alpha;
+  c.ks.lambda = lambda;
+  c.ks.n_samples = 8;
+  c.ks.sample_tokens = 12;
+  c.ks.batch_size = 8;
+  c.ks.lr = 3e-2;
+  c.ks.imitation.group_size = 2;
+  return c;
+}
+
+const std::vector<std::vector<TokenId>> kPrompts = {{1}, {2, 3}};
+
+// JSD_β between two models on the continuation of `rows` (fixed teacher samples).
+double jsd_between(nn::Transformer& teacher, nn::Transformer& student, const Tensor& ids, const Tensor& mask) {
+  NoGradGuard no_grad;
+  LinearJSDOptions o;
+  o.mask = mask;
+  return linear_jsd(student.hidden_states(ids), student.lm_head_weight(), teacher.hidden_states(ids),
+                    teacher.lm_head_weight(), o)
+      .item();
+}
+
+TEST(TeacherView, SharesStorageAndSwapsOnlyTheSender) {
+  auto m = make_model();
+  Consolidator c(*m, ks_config(0));
+  const NamedTensors old = c.snapshot_sender();
+  ASSERT_FALSE(old.empty());
+  for (const auto& [name, t] : old) EXPECT_NE(name.find(".cms.0."), std::string::npos) << name;
+  perturb_sender(*m, 0, 3);
+
+  std::map<std::string, const void*> student_ptr;
+  for (const auto& [name, p] : m->named_parameters()) student_ptr[name] = p.storage().get();
+  TeacherViewSpec spec;
+  spec.sender = 0;
+  spec.sender_old = old;
+  TeacherView view(*m, spec);
+  {
+    TeacherView::Scope scope(view);
+    int swapped = 0;
+    for (const auto& [name, p] : m->named_parameters()) {
+      if (name.find(".cms.0.") != std::string::npos && name.find(".slots.") == std::string::npos) {
+        EXPECT_NE(p.storage().get(), student_ptr[name]) << name;
+        ++swapped;
+      } else {
+        EXPECT_EQ(p.storage().get(), student_ptr[name]) << name << ": the teacher must read the student's storage";
+      }
+    }
+    EXPECT_EQ(swapped, static_cast<int>(old.size()));
+  }
+  for (const auto& [name, p] : m->named_parameters()) EXPECT_EQ(p.storage().get(), student_ptr[name]) << name;
+
+  // The view's output is the unperturbed model's.
+  auto ref = make_model();
+  const Tensor ids = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {1, 6}, DType::i64);
+  NoGradGuard no_grad;
+  EXPECT_LT(somnus::testing::rel_error(view.hidden_states(ids), ref->hidden_states(ids)), 1e-6);
+  EXPECT_GT(somnus::testing::rel_error(m->hidden_states(ids), ref->hidden_states(ids)), 1e-3);
+}
+
+TEST(Consolidation, SlotInvariants) {
+  auto m = make_model();
+  Generator gen(5);
+  // The sender has an active slot with content from an earlier sleep.
+  int64_t old_slot = -1;
+  for (int64_t l = 0; l < 2; ++l) {
+    old_slot = m->level(l, 0).activate_slot(gen);
+    nn::testing::randomize(m->level(l, 0).slot(old_slot).B, 11 + static_cast<uint64_t>(l));
+  }
+  auto ref = make_model();
+  ref->load_state_dict(m->state_dict());
+
+  Consolidator c(*m, ks_config(2));
+  const ConsolidationReport rep = c.consolidate(c.snapshot_sender(), kPrompts);
+  EXPECT_EQ(rep.sender_slots_reset, 2);  // one per layer
+  for (int64_t l = 0; l < 2; ++l) {
+    EXPECT_TRUE(m->level(l, 0).active_slots().empty()) << "sender slots are reset";
+    EXPECT_EQ(m->level(l, 0).slot(old_slot).B.to_vector(), std::vector<double>(4 * 16, 0.0));
+    ASSERT_EQ(m->level(l, 1).active_slots().size(), 1u);
+    EXPECT_EQ(m->level(l, 1).active_slots()[0], rep.new_slots[static_cast<size_t>(l)]);
+    // Seeding trained the new slot away from its no-op init.
+    double norm = 0;
+    for (double v : m->level(l, 1).slot(rep.new_slots[static_cast<size_t>(l)]).B.to_vector()) norm += v * v;
+    EXPECT_GT(norm, 0.0);
+  }
+  // Nothing but the new slots changed.
+  for (const auto& [name, p] : ref->named_parameters()) {
+    if (name.find(".cms.1.slots.") != std::string::npos || name.find(".cms.0.slots.") != std::string::npos) continue;
+    EXPECT_TRUE(nn::testing::bitwise_equal(p, m->parameter(name))) << name;
+  }
+  // Every parameter is trainable again afterwards.
+  for (const auto& [name, p] : m->named_parameters()) EXPECT_TRUE(p.requires_grad()) << name;
+}
+
+TEST(Consolidation, SeedingReducesJSDOnTeacherBatch) {
+  // λ = 0, α = 1: pure off-policy distillation.
+  auto m = make_model();
+  Consolidator c(*m, ks_config(25));
+  const NamedTensors old = c.snapshot_sender();
+  perturb_sender(*m, 0, 3);
+  const ConsolidationReport rep = c.consolidate(old, kPrompts);
+  ASSERT_EQ(rep.steps.size(), 25u);
+  EXPECT_GT(rep.jsd_before, 1e-3);
+  EXPECT_LT(rep.jsd_after, 0.8 * rep.jsd_before) << "before " << rep.jsd_before << " after " << rep.jsd_after;
+}
+
+TEST(Consolidation, StudentIsCloserToTeacherOnFreshTeacherSamples) {
+  auto teacher = make_model();
+  auto with = make_model();
+  auto without = make_model();
+  ConsolidationConfig cfg = ks_config(30, 1.0, 0.5);  // GKD λ-mix with on-policy rows
+  Consolidator cw(*with, cfg);
+  cfg.seeding = false;
+  Consolidator cn(*without, cfg);
+  const NamedTensors old_w = cw.snapshot_sender(), old_n = cn.snapshot_sender();
+  perturb_sender(*with, 0, 3);
+  perturb_sender(*without, 0, 3);
+  cw.consolidate(old_w, kPrompts);
+  cn.consolidate(old_n, kPrompts);
+
+  // Fresh samples of the teacher (another seed than consolidation's).
+  nn::GenerateConfig g;
+  g.max_new_tokens = 16;
+  g.seed = 999;
+  const auto res = nn::generate(*teacher, {{1}, {2}, {3}, {4}, {5}, {6}}, g);
+  std::vector<double> ids, mask;
+  const int64_t T = 17;
+  for (size_t i = 0; i < res.sequences.size(); ++i) {
+    ids.push_back(static_cast<double>(i + 1));
+    mask.push_back(1.0);
+    for (int64_t t = 0; t < T - 1; ++t) {
+      const auto& s = res.sequences[i].tokens;
+      ids.push_back(t < static_cast<int64_t>(s.size()) ? s[static_cast<size_t>(t)] : 0);
+      mask.push_back(t + 1 < static_cast<int64_t>(s.size()) ? 1.0 : 0.0);
+    }
+  }
+  const int64_t B = static_cast<int64_t>(res.sequences.size());
+  const Tensor I = Tensor::from_vector(ids, {B, T}, DType::i64), M = Tensor::from_vector(mask, {B, T});
+  const double d_with = jsd_between(*teacher, *with, I, M), d_without = jsd_between(*teacher, *without, I, M);
+  EXPECT_LT(d_with, 0.8 * d_without) << "with " << d_with << " without " << d_without;
+}
+
+TEST(Consolidation, ImitationTermRunsAndLogs) {
+  auto m = make_model();
+  Consolidator c(*m, ks_config(2, /*alpha=*/0.5, /*lambda=*/0.5));
+  const NamedTensors old = c.snapshot_sender();
+  perturb_sender(*m, 0, 3);
+  std::vector<SeedingStepLog> logs;
+  const ConsolidationReport rep = c.consolidate(old, kPrompts, [&](const SeedingStepLog& s) { logs.push_back(s); });
+  ASSERT_EQ(logs.size(), 2u);
+  for (const auto& s : logs) {
+    EXPECT_TRUE(std::isfinite(s.loss));
+    EXPECT_GE(s.mean_reward, 0.0);
+    EXPECT_LE(s.mean_reward, 1.0);
+    EXPECT_GE(s.clip_fraction, 0.0);
+    EXPECT_GT(s.tokens_per_s, 0.0);
+    EXPECT_NEAR(s.loss, 0.5 * s.jsd + 0.5 * s.ppo_loss, 1e-9);
+  }
+  EXPECT_EQ(rep.to_json()["steps"].size(), 2u);
+}
+
+TEST(Consolidation, NoFreeSlotErrorsOrEvictsOldest) {
+  auto m = make_model(7, /*slots=*/1);
+  Consolidator c(*m, ks_config(0));
+  c.consolidate({}, kPrompts);  // fills the only receiver slot
+  const auto before = m->state_dict();
+  somnus::testing::expect_error([&] { c.consolidate({}, kPrompts); }, {"no free slot"});
+  EXPECT_EQ(m->level(0, 1).active_slots().size(), 1u);
+
+  ConsolidationConfig evict = ks_config(0);
+  evict.on_exhausted = SlotPolicy::evict_oldest;
+  Consolidator ce(*m, evict);
+  const ConsolidationReport rep = ce.consolidate({}, kPrompts);
+  EXPECT_EQ(rep.evicted_slots[0], 0);
+  EXPECT_EQ(m->level(0, 1).active_slots(), std::vector<int64_t>{0});
+}
+
+TEST(Consolidation, BadConfigsAreClearErrors) {
+  auto m = make_model();
+  ConsolidationConfig c = ks_config(1);
+  c.ks.alpha = 1.5;
+  expect_error([&] { Consolidator x(*m, c); }, {"'alpha' must be in [0, 1]"});
+  c = ks_config(1);
+  c.ks.lambda = -0.1;
+  expect_error([&] { Consolidator x(*m, c); }, {"'lambda' must be in [0, 1]"});
+  c = ks_config(1);
+  c.sender = 1;
+  expect_error([&] { Consolidator x(*m, c); }, {"needs a receiver level 2"});
+  expect_error([&] { nlohmann::json j = {{"ks", {{"alpah", 0.5}}}}; (void)j.get<ConsolidationConfig>(); }, {"unknown key 'alpah'"});
+  expect_error([&] { nlohmann::json j = {{"on_exhausted", "merge"}}; (void)j.get<ConsolidationConfig>(); }, {"'on_exhausted'"});
+  nn::TransformerConfig bad = tiny_config();
+  bad.levels[1].period = 3;
+  bad.levels[0].period = 2;
+  expect_error([&] { bad.validate(); }, {"period"});
+  Consolidator ok(*m, ks_config(1));
+  expect_error([&] { ok.consolidate({}, {}); }, {"no prompts"});
+  // JSON round trip keeps every field.
+  ConsolidationConfig rt = ks_config(3, 0.25, 0.75);
+  const nlohmann::json j = rt;
+  EXPECT_EQ(nlohmann::json(j.get<ConsolidationConfig>()), j);
+}
+
+// ---------------------------------------------------------------- wake
+
+nn::Batch repeat_batch(int64_t B, int64_t T, int64_t offset) {
+  std::vector<double> in, tg, mk;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      in.push_back(static_cast<double>((offset + b + t) % 8 + 1));
+      tg.push_back(static_cast<double>((offset + b + t + 1) % 8 + 1));
+      mk.push_back(1.0);
+    }
+  }
+  return {Tensor::from_vector(in, {B, T}, DType::i64), Tensor::from_vector(tg, {B, T}, DType::i64),
+          Tensor::from_vector(mk, {B, T})};
+}
+
+TEST(Wake, MultiFrequencyScheduleAndScheduledConsolidation) {
+  auto m = make_model();
+  WakeConfig w;
+  w.consolidate_every = 2;  // every 2nd application of the sender (period 1): steps 2 and 4
+  ConsolidationConfig c = ks_config(1);
+  WakeLearner learner(*m, w, c);
+  std::vector<int64_t> consolidated_at;
+  double first = 0, last = 0;
+  for (int64_t k = 1; k <= 4; ++k) {
+    const WakeStepLog log = learner.train_step(repeat_batch(4, 16, k));
+    if (k == 1) first = log.loss;
+    last = log.loss;
+    EXPECT_EQ(log.periods_applied, (k % 2 == 0 ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1})) << k;
+    if (log.consolidation) consolidated_at.push_back(k);
+  }
+  EXPECT_EQ(consolidated_at, (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(m->level(0, 1).active_slots().size(), 2u);
+  EXPECT_LT(last, first);
+}
+
+TEST(Wake, ExplicitSleepAppliesPendingSenderUpdate) {
+  nn::TransformerConfig cfg = tiny_config();
+  cfg.levels[0].period = 2;  // the sender accumulates over 2 steps
+  cfg.levels[1].period = 4;
+  Generator gen(7);
+  nn::Transformer m(cfg, gen);
+  WakeLearner learner(m, WakeConfig{}, ks_config(1));
+  learner.train_step(repeat_batch(4, 16, 0));  // step 1: the sender only accumulates
+  const Tensor w_before = m.level(0, 0).mlp->fc->weight.clone();
+  const ConsolidationReport rep = learner.sleep();
+  EXPECT_FALSE(nn::testing::bitwise_equal(w_before, m.level(0, 0).mlp->fc->weight)) << "θ_new applied";
+  EXPECT_FALSE(m.level(0, 0).mlp->fc->weight.grad().defined()) << "the accumulator is cleared";
+  EXPECT_EQ(rep.new_slots.size(), 2u);
+}
+
+TEST(Wake, ReadStreamLearnsTheStreamInTheFastLevels) {
+  auto m = make_model();
+  WakeConfig w;
+  w.ttt_chunk = 16;
+  w.ttt_lr = 1e-2;
+  // A frozen tied embedding of std 0.02 bounds the logits to about ±0.1 (an untrained model);
+  // give it the scale of a trained one so that the fast level alone can fit the stream.
+  nn::testing::randomize(m->wte->weight, 4, 1.0);
+  WakeLearner learner(*m, w, ks_config(1));
+  std::vector<TokenId> stream;
+  for (int i = 0; i < 16 * 20 + 1; ++i) stream.push_back(static_cast<TokenId>((i * 5) % 11 + 1));  // longer than the window
+  const Tensor attn_before = m->blocks->operator[](0).attn->wqkv->weight.clone();
+  const Tensor slow_before = m->level(0, 1).mlp->fc->weight.clone();
+  const Tensor fast_before = m->level(0, 0).mlp->fc->weight.clone();
+  const StreamLog log = learner.read_stream(stream);
+  ASSERT_EQ(log.chunk_loss.size(), 20u);
+
+  EXPECT_LT(log.chunk_loss.back(), 0.6 * log.chunk_loss.front());
+  EXPECT_GT(somnus::testing::rel_error(fast_before, m->level(0, 0).mlp->fc->weight), 1e-3);
+  EXPECT_TRUE(nn::testing::bitwise_equal(attn_before, m->blocks->operator[](0).attn->wqkv->weight));
+  EXPECT_TRUE(nn::testing::bitwise_equal(slow_before, m->level(0, 1).mlp->fc->weight));
+  for (const auto& [name, p] : m->named_parameters()) EXPECT_TRUE(p.requires_grad()) << name;
+}
+
+}  // namespace
+}  // namespace somnus::sleep
