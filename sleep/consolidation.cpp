@@ -364,7 +364,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   // Semantic reward of the imitation term: hidden-state cosine against the (frozen) teacher.
   std::unique_ptr<SemanticReward> rsem;
   if (ks.alpha < 1.0) {
-    rsem = make_semantic_reward(ks.imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); });
+    rsem = make_semantic_reward(ks.imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, device);
   }
 
   AdamW opt({ParamGroup{trainable, ks.lr, ks.weight_decay, 1, "seeding.slots"}}, AdamWOptions{0.9, 0.999, 1e-8});

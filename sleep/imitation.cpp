@@ -78,8 +78,9 @@ void ImitationConfig::validate() const {
                kWhere, temperature);
   SOMNUS_CHECK(top_k >= 0, "{}: 'top_k' must be >= 0 (0: off), got {}", kWhere, top_k);
   SOMNUS_CHECK(top_k != 1, "{}: 'top_k' = 1 is greedy: the G completions of a prefix would all be equal", kWhere);
-  SOMNUS_CHECK(max_completion_tokens >= 0, "{}: 'max_completion_tokens' must be >= 0 (0: the rest of the sample), got {}",
-               kWhere, max_completion_tokens);
+  SOMNUS_CHECK(max_completion_tokens >= 0,
+               "{}: 'max_completion_tokens' must be >= 0 (0: the rest of the sample), got {}", kWhere,
+               max_completion_tokens);
   for (TokenId t : stop_tokens) {
     SOMNUS_CHECK(t >= 0, "{}: 'stop_tokens' must be token ids >= 0, got {}", kWhere, t);
   }
@@ -153,8 +154,9 @@ void from_json(const json& j, ImitationConfig& out) {
   out = std::move(c);
 }
 
-std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher) {
-  return std::make_unique<HiddenCosineReward>(std::move(teacher), cfg.cosine_threshold);
+std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher,
+                                                     Device device) {
+  return std::make_unique<HiddenCosineReward>(std::move(teacher), cfg.cosine_threshold, device);
 }
 
 // ---------------------------------------------------------------- rollouts

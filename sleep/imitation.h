@@ -65,8 +65,10 @@ void to_json(nlohmann::json& j, const ImitationConfig& c);
 void from_json(const nlohmann::json& j, ImitationConfig& c);
 
 // The semantic reward the config describes when the task has no answer extractor: a
-// HiddenCosineReward with cfg.cosine_threshold over `teacher`.
-std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher);
+// HiddenCosineReward with cfg.cosine_threshold over `teacher`, fed ids on `device` (pass the
+// teacher's, e.g. model.lm_head_weight().device(), when it is not the CPU).
+std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher,
+                                                     Device device = Device::cpu());
 
 // ---------------------------------------------------------------- rollouts
 
@@ -83,7 +85,9 @@ struct ImitationRollouts {
   double tokens_per_second = 0;
 
   int64_t rows() const { return static_cast<int64_t>(completions.size()); }
-  const std::vector<TokenId>& prefix_of(int64_t row) const { return prefixes.at(static_cast<size_t>(row / group_size)); }
+  const std::vector<TokenId>& prefix_of(int64_t row) const {
+    return prefixes.at(static_cast<size_t>(row / group_size));
+  }
   double mean_reward() const;
 };
 

@@ -121,8 +121,8 @@ std::vector<double> AnswerMatchReward::score(const std::vector<TokenId>& prefix,
 
 // ---------------------------------------------------------------- hidden cosine
 
-HiddenCosineReward::HiddenCosineReward(TeacherForward teacher, double threshold)
-    : teacher_(std::move(teacher)), threshold_(threshold) {
+HiddenCosineReward::HiddenCosineReward(TeacherForward teacher, double threshold, Device device)
+    : teacher_(std::move(teacher)), threshold_(threshold), device_(device) {
   SOMNUS_CHECK(static_cast<bool>(teacher_), "HiddenCosineReward: the teacher forward is empty");
   SOMNUS_CHECK(threshold >= -1.0 && threshold <= 1.0, "HiddenCosineReward: threshold must be in [-1, 1], got {}",
                threshold);
@@ -152,7 +152,7 @@ std::vector<double> HiddenCosineReward::cosines(const std::vector<TokenId>& pref
   Tensor hidden;  // (B, T, C)
   {
     NoGradGuard no_grad;
-    hidden = teacher_(Tensor::from_vector(ids, {B, T}, DType::i64));
+    hidden = teacher_(Tensor::from_vector(ids, {B, T}, DType::i64, device_));
   }
   SOMNUS_CHECK(hidden.defined() && hidden.dim() == 3 && hidden.size(0) == B && hidden.size(1) == T,
                "{}: the teacher forward must return ({}, {}, C) hidden states, got {}", op, B, T,

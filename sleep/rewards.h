@@ -91,6 +91,7 @@ class AnswerMatchReward : public SemanticReward {
 
 // ids (B, T) i64 -> final hidden states (B, T, C) of a frozen teacher. Called under no_grad
 // (e.g. sleep::TeacherView::hidden_states, or a lambda over Transformer::hidden_states).
+// The ids are on the device its user was given (the teacher's).
 using TeacherForward = std::function<Tensor(const Tensor& ids)>;
 
 // r_sem = 1 when cos(mean-pooled teacher hidden states of d̂, of d) >= threshold, else 0.
@@ -101,7 +102,8 @@ using TeacherForward = std::function<Tensor(const Tensor& ids)>;
 // against an empty reference, else 0.
 class HiddenCosineReward : public SemanticReward {
  public:
-  HiddenCosineReward(TeacherForward teacher, double threshold = 0.9);
+  // device: where the ids are built (the teacher's device).
+  HiddenCosineReward(TeacherForward teacher, double threshold = 0.9, Device device = Device::cpu());
   std::vector<double> score(const std::vector<TokenId>& prefix, const std::vector<TokenId>& reference,
                             const std::vector<std::vector<TokenId>>& completions) override;
   // The cosines themselves (NaN-free: a zero pooled vector has cosine 0), one per completion.
@@ -113,6 +115,7 @@ class HiddenCosineReward : public SemanticReward {
  private:
   TeacherForward teacher_;
   double threshold_;
+  Device device_;
 };
 
 }  // namespace somnus::sleep

@@ -1,0 +1,102 @@
+// The Sleep method: wake → sleep → dream per episode (see sleep_method.h).
+#include "sleep/sleep_method.h"
+
+#include <algorithm>
+#include <mutex>
+#include <utility>
+
+#include "sleep/baselines/baselines.h"
+#include "sleep/config_json.h"
+#include "tensor/format.h"
+
+namespace somnus::sleep {
+
+using nlohmann::json;
+
+void SleepMethodConfig::validate() const {
+  SOMNUS_CHECK(wake_steps >= 0, "sleep method config: 'wake_steps' must be >= 0, got {}", wake_steps);
+  SOMNUS_CHECK(batch_size >= 1, "sleep method config: 'batch_size' must be >= 1, got {}", batch_size);
+  for (const auto& p : sleep_prompts) SOMNUS_CHECK(!p.empty(), "sleep method config: an empty sleep prompt");
+  consolidation.ks.validate();
+  dream.validate();
+}
+
+void to_json(json& j, const SleepMethodConfig& c) {
+  j = json{{"wake_steps", c.wake_steps},         {"batch_size", c.batch_size},
+           {"wake", c.wake},                     {"consolidate", c.consolidate},
+           {"consolidation", c.consolidation},   {"dreaming", c.dreaming},
+           {"dream", c.dream},                   {"sleep_prompts", c.sleep_prompts},
+           {"seed", c.seed}};
+}
+
+void from_json(const json& j, SleepMethodConfig& c) {
+  json defaults = SleepMethodConfig{};
+  const json m = merge_config(j, defaults, "sleep method config");
+  c.wake_steps = m.at("wake_steps").get<int64_t>();
+  c.batch_size = m.at("batch_size").get<int64_t>();
+  c.wake = m.at("wake").get<WakeConfig>();
+  c.consolidate = m.at("consolidate").get<bool>();
+  c.consolidation = m.at("consolidation").get<ConsolidationConfig>();
+  c.dreaming = m.at("dreaming").get<bool>();
+  c.dream = m.at("dream").get<DreamConfig>();
+  c.sleep_prompts = m.at("sleep_prompts").get<std::vector<std::vector<TokenId>>>();
+  c.seed = m.at("seed").get<uint64_t>();
+  c.validate();
+}
+
+SleepMethod::SleepMethod(SleepMethodConfig cfg) : cfg_(std::move(cfg)), gen_(cfg_.seed) { cfg_.validate(); }
+
+void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
+  ep.validate();
+  if (!learner_) {
+    model_ = &model;
+    learner_ = std::make_unique<WakeLearner>(model, cfg_.wake, cfg_.consolidation);
+  }
+  SOMNUS_CHECK(model_ == &model, "sleep method: one SleepMethod follows one model; got a different model");
+  ++episodes_;
+  metrics_ = json::object();
+
+  // 1. wake
+  const int64_t block = model.config().block_size;
+  const std::vector<TrainSequence> rows = ep.sft_rows(block);
+  std::vector<double> losses;
+  for (int64_t s = 0; s < cfg_.wake_steps && !rows.empty(); ++s) {
+    std::vector<TrainSequence> pick;
+    const int64_t n = std::min<int64_t>(cfg_.batch_size, static_cast<int64_t>(rows.size()));
+    const std::vector<double> idx = randint(0, static_cast<int64_t>(rows.size()), {n}, gen_).to_vector();
+    for (double i : idx) pick.push_back(rows[static_cast<size_t>(i)]);
+    losses.push_back(learner_->train_step(make_batch(pick, block, model.config().vocab_size)).loss);
+  }
+  if (!losses.empty()) metrics_["wake"] = {{"steps", losses.size()}, {"first_loss", losses.front()}, {"last_loss", losses.back()}};
+
+  // 2. sleep
+  if (cfg_.consolidate) {
+    std::vector<std::vector<TokenId>> prompts = cfg_.sleep_prompts;
+    if (prompts.empty()) prompts = {ep.train_prefix.empty() ? std::vector<TokenId>{0} : ep.train_prefix};
+    learner_->set_sleep_prompts(prompts);
+    metrics_["consolidation"] = learner_->sleep().to_json();
+  }
+
+  // 3. dream
+  if (cfg_.dreaming && ep.score && !ep.context.empty()) {
+    Dreamer dreamer(model, cfg_.dream);
+    const DreamResult r = dreamer.run(dream_task_of(ep));
+    metrics_["dream"] = {{"iterations", r.iterations},
+                         {"rewarded", r.rewarded.size()},
+                         {"tau_before", r.tau_before},
+                         {"tau_after", r.tau_after}};
+  }
+}
+
+void register_sleep_method() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    register_method("sleep", [](const json& config) {
+      SleepMethodConfig c;
+      if (!config.is_null()) c = config.get<SleepMethodConfig>();
+      return std::make_unique<SleepMethod>(c);
+    });
+  });
+}
+
+}  // namespace somnus::sleep

@@ -1,0 +1,105 @@
+// The whole wake → sleep → dream cycle through the Sleep method (sleep/sleep_method.h) on a
+// tiny model, and its registration beside the baselines.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+
+#include "sleep/baselines/training.h"
+#include "sleep/sleep_method.h"
+#include "testing.h"
+
+namespace somnus::sleep {
+namespace {
+
+nn::TransformerConfig tiny() {
+  nn::TransformerConfig c;
+  c.vocab_size = 32;
+  c.n_layer = 1;
+  c.n_embd = 16;
+  c.n_head = 2;
+  c.block_size = 48;
+  c.levels = {nn::LevelConfig{}, nn::LevelConfig{}};
+  c.levels[0].hidden = 32;
+  c.levels[0].n_slots = 2;
+  c.levels[0].slot_rank = 4;
+  c.levels[1].period = 2;
+  c.levels[1].hidden = 32;
+  c.levels[1].n_slots = 2;
+  c.levels[1].slot_rank = 4;
+  return c;
+}
+
+LearningEpisode episode() {
+  LearningEpisode ep;
+  ep.name = "toy";
+  for (int i = 0; i < 24; ++i) ep.context.push_back(static_cast<TokenId>(3 + (i * 7) % 13));
+  for (int i = 0; i < 6; ++i) ep.examples.push_back({{1, static_cast<TokenId>(3 + i)}, {static_cast<TokenId>(20 + i % 3)}});
+  const std::vector<TrainSequence> probe{{ep.context, 1}};
+  ep.score = [probe](nn::Transformer& m) { return mean_logprob(m, probe); };
+  ep.dream_prefix = {1};
+  ep.dream_suffix = {2};
+  ep.train_prefix = {1};
+  return ep;
+}
+
+SleepMethodConfig small_config() {
+  SleepMethodConfig c;
+  c.wake_steps = 30;
+  c.batch_size = 4;
+  c.wake.lr = 1e-2;
+  c.consolidation.ks.steps = 4;
+  c.consolidation.ks.n_samples = 4;
+  c.consolidation.ks.sample_tokens = 12;
+  c.consolidation.ks.batch_size = 4;
+  c.consolidation.ks.imitation.group_size = 2;
+  c.dream.num_dreams = 3;
+  c.dream.dream_length = 8;
+  c.dream.top_k = 1;
+  c.dream.keep_random = 1;
+  c.dream.trial_steps = 2;
+  c.dream.rest_iterations = 1;
+  c.dream.rest_steps = 2;
+  c.dream.apply_steps = 2;
+  return c;
+}
+
+TEST(SleepMethod, FullWakeSleepDreamCycle) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Generator gen(1);
+  nn::Transformer model(tiny(), gen);
+  register_sleep_method();
+  auto method = make_method("sleep", nlohmann::json(small_config()));
+  ASSERT_EQ(method->name(), "sleep");
+  const LearningEpisode ep = episode();
+  method->learn(model, ep);
+  const nlohmann::json& m = method->last_metrics();
+  ASSERT_TRUE(m.contains("wake") && m.contains("consolidation") && m.contains("dream")) << m.dump();
+  EXPECT_LT(m["wake"]["last_loss"].get<double>(), m["wake"]["first_loss"].get<double>());
+  EXPECT_EQ(m["consolidation"]["new_slots"].size(), 1u);
+  EXPECT_EQ(model.level(0, 1).active_slots().size(), 1u);
+  EXPECT_EQ(m["dream"]["iterations"].size(), 1u);
+  // A second episode goes through the same learner: a second slot, nothing rebuilt.
+  method->learn(model, ep);
+  EXPECT_EQ(model.level(0, 1).active_slots().size(), 2u);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 60.0);  // issue 6: the cycle fits a test (generous: a sanity bound, not a benchmark)
+}
+
+TEST(SleepMethod, ConfigErrors) {
+  register_sleep_method();
+  somnus::testing::expect_error([] { (void)make_method("sleep", {{"wake_stepz", 3}}); }, {"unknown key 'wake_stepz'"});
+  somnus::testing::expect_error(
+      [] { (void)make_method("sleep", {{"consolidation", {{"ks", {{"alpha", 2.0}}}}}}); }, {"'alpha' must be in [0, 1]"});
+  somnus::testing::expect_error([] { (void)make_method("sleep", {{"sleep_prompts", {std::vector<int>{}}}}); },
+                                {"empty sleep prompt"});
+  Generator gen(1);
+  nn::TransformerConfig one_level = tiny();
+  one_level.levels.resize(1);
+  nn::Transformer model(one_level, gen);
+  auto method = make_method("sleep");
+  somnus::testing::expect_error([&] { method->learn(model, episode()); }, {"needs a receiver level 1"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
