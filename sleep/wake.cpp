@@ -27,6 +27,8 @@ void WakeConfig::validate(const nn::TransformerConfig& model) const {
                "{}: 'ttt_chunk' must be in [0, block_size = {}], got {}", w, model.block_size, ttt_chunk);
   SOMNUS_CHECK(ttt_lr > 0.0, "{}: 'ttt_lr' must be > 0, got {}", w, ttt_lr);
   SOMNUS_CHECK(!ttt_levels.empty(), "{}: 'ttt_levels' must name at least one CMS level", w);
+  SOMNUS_CHECK(sleep_teacher == "since_last_sleep" || sleep_teacher == "pending",
+               "{}: 'sleep_teacher' must be \"since_last_sleep\" or \"pending\", got \"{}\"", w, sleep_teacher);
   for (int64_t l : ttt_levels) {
     SOMNUS_CHECK(l >= 0 && l < static_cast<int64_t>(model.levels.size()),
                  "{}: 'ttt_levels' entry {} out of range [0, {})", w, l, model.levels.size());
@@ -43,7 +45,8 @@ void to_json(json& j, const WakeConfig& c) {
            {"consolidate_every", c.consolidate_every},
            {"ttt_chunk", c.ttt_chunk},
            {"ttt_lr", c.ttt_lr},
-           {"ttt_levels", c.ttt_levels}};
+           {"ttt_levels", c.ttt_levels},
+           {"sleep_teacher", c.sleep_teacher}};
 }
 
 void from_json(const json& j, WakeConfig& c) {
@@ -58,6 +61,7 @@ void from_json(const json& j, WakeConfig& c) {
   c.ttt_chunk = m.at("ttt_chunk").get<int64_t>();
   c.ttt_lr = m.at("ttt_lr").get<double>();
   c.ttt_levels = m.at("ttt_levels").get<std::vector<int64_t>>();
+  c.sleep_teacher = m.at("sleep_teacher").get<std::string>();
 }
 
 WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation)
@@ -67,6 +71,7 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
   o.beta1 = cfg_.beta1;
   o.beta2 = cfg_.beta2;
   opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
+  if (cfg_.sleep_teacher == "since_last_sleep") sender_anchor_ = consolidator_.snapshot_sender();
 }
 
 std::vector<size_t> WakeLearner::sender_groups() const {
@@ -137,10 +142,13 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
 }
 
 ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
-  NamedTensors sender_old = consolidator_.snapshot_sender();
+  NamedTensors sender_old =
+      cfg_.sleep_teacher == "since_last_sleep" ? std::move(sender_anchor_) : consolidator_.snapshot_sender();
   for (size_t g : sender_groups()) opt_->apply_group_now(g);  // θ_new from the pending accumulation
   ConsolidationReport rep = consolidator_.consolidate(sender_old, prompts_, log);
+  sender_old.clear();
   after_consolidation(rep);
+  if (cfg_.sleep_teacher == "since_last_sleep") sender_anchor_ = consolidator_.snapshot_sender();
   return rep;
 }
 

@@ -7,9 +7,17 @@
 //                       sender is due and this is its consolidate_every-th application), θ_old
 //                       of the sender is snapshotted before the step and consolidation runs
 //                       right after it — the student is "sender at θ_new".
-//   sleep()             an explicit consolidation (a task boundary): the sender's pending
-//                       accumulation is applied now (θ_new; nothing pending → θ_new = θ_old),
-//                       then consolidation.
+//   sleep()             an explicit consolidation (a task boundary). The sender's pending
+//                       accumulation is applied now, then consolidation with a teacher whose
+//                       sender weights are, by `sleep_teacher`:
+//                         "since_last_sleep" [choice, default]: the sender as it was at the
+//                           previous sleep (or at construction): θ_old → θ_new is everything
+//                           the fast level learned while awake, so the new slot is taught to
+//                           keep the behaviour the fast level has since overwritten;
+//                         "pending": only the pending accumulation (the literal reading of
+//                           PARADIGM §2 (a)); with C_ℓ = 1 nothing is pending at a task
+//                           boundary, teacher and student coincide and seeding has nothing
+//                           to distil.
 //   read_stream(tokens) test-time training: the stream is read in chunks of ttt_chunk tokens
 //                       (≤ block_size, the attention window); after each chunk one gradient step
 //                       on the fast levels only (their own optimiser), from the next-token loss
@@ -43,6 +51,7 @@ struct WakeConfig {
   int64_t ttt_chunk = 0;  // tokens per chunk, 0 = block_size
   double ttt_lr = 1e-3;
   std::vector<int64_t> ttt_levels = {0};  // the fast CMS levels updated while reading
+  std::string sleep_teacher = "since_last_sleep";  // or "pending" (see sleep() above)
 
   void validate(const nn::TransformerConfig& model) const;
 };
@@ -90,6 +99,7 @@ class WakeLearner {
   std::unique_ptr<AdamW> ttt_opt_;
   std::vector<std::vector<TokenId>> prompts_{{0}};
   int64_t sender_applications_ = 0;
+  NamedTensors sender_anchor_;  // the sender at the last sleep ("since_last_sleep")
 };
 
 }  // namespace somnus::sleep

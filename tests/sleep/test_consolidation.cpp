@@ -338,3 +338,33 @@ TEST(Wake, ReadStreamLearnsTheStreamInTheFastLevels) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+TEST(Wake, SleepTeacherSinceLastSleepVersusPending) {
+  // Period 1: nothing is pending at a task boundary. "pending" sees teacher == student (JSD 0);
+  // "since_last_sleep" teaches the new slot what the fast level overwrote while awake.
+  for (const char* mode : {"pending", "since_last_sleep"}) {
+    auto m = make_model();
+    WakeConfig w;
+    w.lr = 1e-2;
+    w.sleep_teacher = mode;
+    WakeLearner learner(*m, w, ks_config(3));
+    for (int64_t k = 1; k <= 6; ++k) learner.train_step(repeat_batch(4, 16, k));
+    const ConsolidationReport rep = learner.sleep();
+    if (std::string(mode) == "pending") {
+      EXPECT_LT(rep.jsd_before, 1e-9) << mode;
+    } else {
+      EXPECT_GT(rep.jsd_before, 1e-4) << mode;
+      EXPECT_LT(rep.jsd_after, rep.jsd_before) << mode;
+    }
+  }
+  WakeConfig bad;
+  bad.sleep_teacher = "yesterday";
+  auto m = make_model();
+  somnus::testing::expect_error([&] { WakeLearner x(*m, bad, ks_config(1)); }, {"'sleep_teacher'"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
