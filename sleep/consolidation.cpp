@@ -142,6 +142,7 @@ json ConsolidationReport::to_json() const {
   }
   return {{"sender", sender},
           {"receiver", receiver},
+          {"skipped", skipped},
           {"new_slots", new_slots},
           {"evicted_slots", evicted_slots},
           {"sender_slots_reset", sender_slots_reset},

@@ -85,6 +85,7 @@ struct SeedingStepLog {
 
 struct ConsolidationReport {
   int64_t sender = 0, receiver = 0;
+  bool skipped = false;                  // nothing was consolidated (see WakeLearner::sleep)
   std::vector<int64_t> new_slots;        // per layer, in the receiver
   std::vector<int64_t> evicted_slots;    // per layer, -1 when none
   int64_t sender_slots_reset = 0;        // over all layers

@@ -71,7 +71,6 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
   o.beta1 = cfg_.beta1;
   o.beta2 = cfg_.beta2;
   opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
-  if (cfg_.sleep_teacher == "since_last_sleep") sender_anchor_ = consolidator_.snapshot_sender();
 }
 
 std::vector<size_t> WakeLearner::sender_groups() const {
@@ -142,13 +141,22 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
 }
 
 ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
-  NamedTensors sender_old =
-      cfg_.sleep_teacher == "since_last_sleep" ? std::move(sender_anchor_) : consolidator_.snapshot_sender();
+  const bool anchored = cfg_.sleep_teacher == "since_last_sleep";
+  if (anchored && sender_anchor_.empty()) {  // the first sleep: nothing older to keep
+    for (size_t g : sender_groups()) opt_->apply_group_now(g);
+    sender_anchor_ = consolidator_.snapshot_sender();
+    ConsolidationReport rep;
+    rep.sender = consolidator_.config().sender;
+    rep.receiver = rep.sender + 1;
+    rep.skipped = true;
+    return rep;
+  }
+  NamedTensors sender_old = anchored ? std::move(sender_anchor_) : consolidator_.snapshot_sender();
   for (size_t g : sender_groups()) opt_->apply_group_now(g);  // θ_new from the pending accumulation
   ConsolidationReport rep = consolidator_.consolidate(sender_old, prompts_, log);
   sender_old.clear();
   after_consolidation(rep);
-  if (cfg_.sleep_teacher == "since_last_sleep") sender_anchor_ = consolidator_.snapshot_sender();
+  if (anchored) sender_anchor_ = consolidator_.snapshot_sender();
   return rep;
 }
 

@@ -11,9 +11,11 @@
 //                       accumulation is applied now, then consolidation with a teacher whose
 //                       sender weights are, by `sleep_teacher`:
 //                         "since_last_sleep" [choice, default]: the sender as it was at the
-//                           previous sleep (or at construction): θ_old → θ_new is everything
-//                           the fast level learned while awake, so the new slot is taught to
-//                           keep the behaviour the fast level has since overwritten;
+//                           previous sleep: θ_old → θ_new is everything the fast level learned
+//                           while awake since, so the new slot is taught to keep the behaviour
+//                           the fast level has since overwritten. The first sleep has no
+//                           earlier sender to keep: it only records the anchor (report.skipped);
+//                           the model's initial weights are not knowledge worth a slot;
 //                         "pending": only the pending accumulation (the literal reading of
 //                           PARADIGM §2 (a)); with C_ℓ = 1 nothing is pending at a task
 //                           boundary, teacher and student coincide and seeding has nothing

@@ -1,0 +1,287 @@
+// The experiment runner and its shared helpers (see experiment.h).
+#include "sleep/experiment.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <map>
+#include <mutex>
+
+#include "autograd/grad_mode.h"
+#include "nn/generate.h"
+#include "sleep/config_json.h"
+#include "sleep/tasks/metrics.h"
+#include "tensor/format.h"
+
+namespace somnus::sleep {
+
+using nlohmann::json;
+
+// ---------------------------------------------------------------- aggregation
+
+namespace {
+
+// Element-wise mean/std over same-shaped JSON values; non-numeric leaves are dropped (null).
+json aggregate_values(const std::vector<const json*>& vs) {
+  const json& first = *vs.front();
+  if (first.is_number()) {
+    double sum = 0;
+    int64_t n = 0;
+    for (const json* v : vs) {
+      if (!v->is_number()) return nullptr;
+      const double x = v->get<double>();
+      if (!std::isfinite(x)) continue;
+      sum += x;
+      ++n;
+    }
+    if (n == 0) return nullptr;
+    const double mean = sum / static_cast<double>(n);
+    double ss = 0;
+    for (const json* v : vs) {
+      const double x = v->get<double>();
+      if (std::isfinite(x)) ss += (x - mean) * (x - mean);
+    }
+    return json{{"mean", mean}, {"std", n > 1 ? std::sqrt(ss / static_cast<double>(n - 1)) : 0.0}};
+  }
+  if (first.is_array()) {
+    json out = json::array();
+    for (size_t i = 0; i < first.size(); ++i) {
+      std::vector<const json*> col;
+      for (const json* v : vs) {
+        if (!v->is_array() || v->size() != first.size()) return nullptr;
+        col.push_back(&(*v)[i]);
+      }
+      out.push_back(aggregate_values(col));
+    }
+    return out;
+  }
+  if (first.is_object()) {
+    json out = json::object();
+    for (auto it = first.begin(); it != first.end(); ++it) {
+      std::vector<const json*> col;
+      for (const json* v : vs) {
+        if (!v->is_object() || !v->contains(it.key())) {
+          col.clear();
+          break;
+        }
+        col.push_back(&v->at(it.key()));
+      }
+      if (!col.empty()) {
+        json a = aggregate_values(col);
+        if (!a.is_null()) out[it.key()] = std::move(a);
+      }
+    }
+    return out;
+  }
+  return nullptr;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M UTC", &tm);
+  return buf;
+}
+
+}  // namespace
+
+json MethodRun::aggregate() const {
+  if (seeds.empty()) return json::object();
+  std::vector<const json*> vs;
+  for (const SeedRun& s : seeds) vs.push_back(&s.metrics);
+  return aggregate_values(vs);
+}
+
+json ExperimentResult::to_json() const {
+  json methods_j = json::array();
+  for (const MethodRun& m : methods) {
+    json seeds_j = json::array();
+    for (const SeedRun& s : m.seeds) seeds_j.push_back({{"seed", s.seed}, {"metrics", s.metrics}});
+    methods_j.push_back({{"method", m.method}, {"seeds", seeds_j}, {"aggregate", m.aggregate()}});
+  }
+  return {{"experiment", experiment}, {"date", date},       {"seconds", seconds},
+          {"config", config},         {"methods", methods_j}, {"table_metrics", table_metrics}};
+}
+
+std::string ExperimentResult::markdown_table() const {
+  std::string out = "| method |";
+  std::string rule = "|---|";
+  for (const std::string& m : table_metrics) {
+    out += fmt::format(" {} |", m);
+    rule += "---|";
+  }
+  out += "\n" + rule + "\n";
+  for (const MethodRun& m : methods) {
+    const json agg = m.aggregate();
+    out += fmt::format("| {} |", m.method);
+    for (const std::string& key : table_metrics) {
+      if (agg.contains(key) && agg[key].is_object() && agg[key].contains("mean")) {
+        out += fmt::format(" {:.3f} ± {:.3f} |", agg[key]["mean"].get<double>(), agg[key]["std"].get<double>());
+      } else {
+        out += " — |";
+      }
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- registry
+
+namespace {
+
+std::map<std::string, ExperimentInfo>& registry() {
+  static std::map<std::string, ExperimentInfo> r;
+  return r;
+}
+
+void register_builtins() {
+  static std::once_flag once;
+  std::call_once(once, [] { register_clinc150_experiment(); });
+}
+
+// a.b.c = value into j (objects created as needed).
+void set_dotted(json& j, const std::string& key, const std::string& value) {
+  json* cur = &j;
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    SOMNUS_CHECK(!part.empty(), "experiment: bad override key '{}'", key);
+    if (dot == std::string::npos) {
+      json v = json::parse(value, nullptr, /*allow_exceptions=*/false);
+      (*cur)[part] = v.is_discarded() ? json(value) : v;
+      return;
+    }
+    if (!cur->contains(part) || !(*cur)[part].is_object()) (*cur)[part] = json::object();
+    cur = &(*cur)[part];
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+void register_experiment(ExperimentInfo info) {
+  SOMNUS_CHECK(!info.name.empty() && info.run, "register_experiment: a name and a function are required");
+  SOMNUS_CHECK(registry().count(info.name) == 0, "register_experiment: '{}' is already registered", info.name);
+  registry()[info.name] = std::move(info);
+}
+
+std::vector<std::string> experiment_names() {
+  register_builtins();
+  std::vector<std::string> out;
+  for (const auto& [name, info] : registry()) out.push_back(name);
+  return out;
+}
+
+const ExperimentInfo& find_experiment(const std::string& name) {
+  register_builtins();
+  auto it = registry().find(name);
+  if (it == registry().end()) {
+    std::string known;
+    for (const auto& [n, i] : registry()) known += (known.empty() ? "" : ", ") + n;
+    fail("experiment: unknown experiment '{}' (known: {})", name, known);
+  }
+  return it->second;
+}
+
+ExperimentResult run_experiment(const std::string& name, const json& config,
+                                const std::vector<std::pair<std::string, std::string>>& overrides,
+                                const ProgressFn& progress) {
+  const ExperimentInfo& info = find_experiment(name);
+  json cfg;
+  if (config.is_string() && config.get<std::string>() == "tiny") {
+    cfg = info.tiny;
+  } else if (config.is_string() && config.get<std::string>() == "gpu") {
+    cfg = info.gpu;
+  } else {
+    SOMNUS_CHECK(config.is_object(), "experiment {}: config must be \"tiny\", \"gpu\" or a JSON object", name);
+    cfg = merge_config(config, info.tiny, "experiment " + name + " config");
+  }
+  for (const auto& [k, v] : overrides) set_dotted(cfg, k, v);
+  cfg = merge_config(cfg, info.tiny, "experiment " + name + " config");
+  const auto t0 = std::chrono::steady_clock::now();
+  ExperimentResult r = info.run(cfg, progress);
+  r.experiment = name;
+  r.config = cfg;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.date = utc_now();
+  return r;
+}
+
+// ---------------------------------------------------------------- helpers
+
+nn::Tokenizer train_task_tokenizer(const std::vector<std::string>& texts, int64_t vocab_size) {
+  std::string corpus;
+  for (const std::string& t : texts) {
+    corpus += t;
+    corpus += '\n';
+  }
+  return nn::Tokenizer::train(corpus, vocab_size);
+}
+
+Example encode_example(const nn::Tokenizer& tok, const nn::PromptAnswer& pa) {
+  Example ex;
+  ex.prompt.push_back(tok.bos_id());
+  const auto p = tok.encode(pa.prompt);
+  ex.prompt.insert(ex.prompt.end(), p.begin(), p.end());
+  ex.answer = tok.encode(pa.answer);
+  ex.answer.push_back(tok.eos_id());
+  return ex;
+}
+
+std::vector<Example> encode_examples(const nn::Tokenizer& tok, const std::vector<nn::PromptAnswer>& pas) {
+  std::vector<Example> out;
+  out.reserve(pas.size());
+  for (const auto& pa : pas) out.push_back(encode_example(tok, pa));
+  return out;
+}
+
+std::vector<std::string> generate_answers(nn::Transformer& model, const nn::Tokenizer& tok,
+                                          const std::vector<TokenId>& prefix, const std::vector<nn::PromptAnswer>& pas,
+                                          const EvalOptions& opt) {
+  SOMNUS_CHECK(opt.batch_size >= 1 && opt.max_new_tokens >= 1, "generate_answers: batch_size and max_new_tokens must be >= 1");
+  const int64_t block = model.config().block_size;
+  std::vector<std::string> out;
+  out.reserve(pas.size());
+  nn::GenerateConfig g;
+  g.temperature = 0.0;
+  g.stop_tokens = {tok.eos_id()};
+  for (size_t start = 0; start < pas.size(); start += static_cast<size_t>(opt.batch_size)) {
+    const size_t end = std::min(pas.size(), start + static_cast<size_t>(opt.batch_size));
+    std::vector<std::vector<TokenId>> prompts;
+    for (size_t i = start; i < end; ++i) {
+      std::vector<TokenId> p = prefix;
+      const Example ex = encode_example(tok, pas[i]);
+      p.insert(p.end(), ex.prompt.begin(), ex.prompt.end());
+      // Keep the end (the question) when the prefix would overflow the window.
+      const int64_t keep = block - opt.max_new_tokens;
+      if (static_cast<int64_t>(p.size()) > keep) p.erase(p.begin(), p.end() - keep);
+      prompts.push_back(std::move(p));
+    }
+    g.max_new_tokens = opt.max_new_tokens;
+    const nn::GenerateResult res = nn::generate(model, prompts, g);
+    for (const auto& s : res.sequences) {
+      std::vector<TokenId> t = s.tokens;
+      if (!t.empty() && t.back() == tok.eos_id()) t.pop_back();
+      out.push_back(tok.decode(t));
+    }
+  }
+  return out;
+}
+
+double answer_accuracy(nn::Transformer& model, const nn::Tokenizer& tok, const std::vector<TokenId>& prefix,
+                       const std::vector<nn::PromptAnswer>& pas, const EvalOptions& opt) {
+  SOMNUS_CHECK(!pas.empty(), "answer_accuracy: no examples");
+  const std::vector<std::string> pred = generate_answers(model, tok, prefix, pas, opt);
+  std::vector<std::string> ref;
+  for (const auto& pa : pas) ref.push_back(pa.answer);
+  return exact_match_accuracy(pred, ref);
+}
+
+}  // namespace somnus::sleep

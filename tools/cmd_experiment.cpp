@@ -1,0 +1,180 @@
+// `somnus experiment`: the reproduction suite (sleep/experiment.h, PARADIGM.md §5).
+//
+//   somnus experiment --list
+//   somnus experiment clinc150 [--config tiny|gpu|cfg.json] [--set key=value ...] [--out DIR]
+//
+// Writes DIR/result.json (every seed's metrics and the mean ± std), DIR/table.md, and the
+// plots with gnuplot: bars.png (the first table metric per method, ± std), and when the
+// experiment reports them curves.png (average accuracy over the seen tasks after each task:
+// the forgetting curves) and heatmap.png (the accuracy matrix of each method, seed mean).
+// Prints the table and progress lines ("[done/total] label | elapsed").
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "nn/file_io.h"
+#include "sleep/experiment.h"
+#include "tensor/format.h"
+#include "tools/cli_common.h"
+
+namespace somnus::tools {
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+struct ExperimentOptions {
+  std::string name;
+  std::string config = "tiny";
+  std::vector<std::string> sets;
+  std::string out;
+  bool list = false;
+  bool no_plot = false;
+};
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+// Runs gnuplot on `script`; a missing gnuplot is a warning (the data files stay).
+void gnuplot(const fs::path& script) {
+  const int rc = std::system(fmt::format("gnuplot {} 2>&1", quote(script.string())).c_str());
+  if (rc != 0) fmt::print("plot: gnuplot failed (exit {}) on {}\n", rc, script.string());
+}
+
+void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
+  std::vector<json> agg;
+  for (const auto& m : r.methods) agg.push_back(m.aggregate());
+  const std::string title = r.experiment;
+
+  // Bars: the first table metric, mean ± std per method.
+  if (!r.table_metrics.empty()) {
+    const std::string key = r.table_metrics.front();
+    const fs::path dat = dir / "bars.dat";
+    {
+      std::ofstream f(dat);
+      for (size_t i = 0; i < r.methods.size(); ++i) {
+        if (!agg[i].contains(key)) continue;
+        f << i << " \"" << r.methods[i].method << "\" " << agg[i][key]["mean"].get<double>() << " "
+          << agg[i][key]["std"].get<double>() << "\n";
+      }
+    }
+    std::ofstream gp(dir / "bars.gp");
+    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "bars.png").string()) << "\n"
+       << "set title " << quote(fmt::format("{}: {} (mean ± std over seeds)", title, key)) << "\n"
+       << "set style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:*]\nset grid ytics\n"
+       << "plot " << quote(dat.string()) << " using 1:3:xtic(2) with boxes notitle, '' using 1:3:4 with yerrorbars lc rgb 'black' notitle\n";
+    gp.close();
+    gnuplot(dir / "bars.gp");
+  }
+
+  // Curves: avg_acc_curve per method.
+  bool any_curve = false;
+  for (const auto& a : agg) any_curve |= a.contains("avg_acc_curve");
+  if (any_curve) {
+    std::ofstream gp(dir / "curves.gp");
+    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "curves.png").string()) << "\n"
+       << "set title " << quote(title + ": average accuracy over the tasks seen so far") << "\n"
+       << "set xlabel 'tasks learned'\nset ylabel 'accuracy'\nset yrange [0:1]\nset grid\nset key outside right\n";
+    std::string plot = "plot ";
+    for (size_t i = 0; i < r.methods.size(); ++i) {
+      if (!agg[i].contains("avg_acc_curve")) continue;
+      const fs::path dat = dir / fmt::format("curve_{}.dat", r.methods[i].method);
+      std::ofstream f(dat);
+      const json& c = agg[i]["avg_acc_curve"];
+      for (size_t k = 0; k < c.size(); ++k) {
+        if (c[k].is_object()) f << k + 1 << " " << c[k]["mean"].get<double>() << " " << c[k]["std"].get<double>() << "\n";
+      }
+      plot += fmt::format("{}{} using 1:2:3 with yerrorlines title {}", plot == "plot " ? "" : ", ", quote(dat.string()),
+                          quote(r.methods[i].method));
+    }
+    gp << plot << "\n";
+    gp.close();
+    gnuplot(dir / "curves.gp");
+  }
+
+  // Heatmaps: the accuracy matrix (seed mean) of each method side by side.
+  bool any_matrix = false;
+  for (const auto& a : agg) any_matrix |= a.contains("matrix");
+  if (any_matrix) {
+    std::ofstream gp(dir / "heatmap.gp");
+    gp << "set terminal pngcairo size " << 360 * r.methods.size() << ",380 noenhanced\nset output "
+       << quote((dir / "heatmap.png").string()) << "\n"
+       << "set multiplot layout 1," << r.methods.size() << " title " << quote(title + ": accuracy after task i (y) on task j (x)") << "\n"
+       << "set cbrange [0:1]\nset palette defined (0 'white', 1 'dark-green')\nset yrange [*:*] reverse\n"
+       << "set xlabel 'task j'\nset ylabel 'after task i'\n";
+    for (size_t i = 0; i < r.methods.size(); ++i) {
+      if (!agg[i].contains("matrix")) continue;
+      const fs::path dat = dir / fmt::format("matrix_{}.dat", r.methods[i].method);
+      std::ofstream f(dat);
+      for (const auto& row : agg[i]["matrix"]) {
+        for (const auto& v : row) f << (v.is_object() ? v["mean"].get<double>() : 0.0) << " ";
+        f << "\n";
+      }
+      f.close();
+      gp << "set title " << quote(r.methods[i].method) << "\nplot " << quote(dat.string())
+         << " matrix with image notitle, '' matrix using 1:2:(sprintf('%.2f',$3)) with labels notitle\n";
+    }
+    gp << "unset multiplot\n";
+    gp.close();
+    gnuplot(dir / "heatmap.gp");
+  }
+}
+
+void run(const ExperimentOptions& o) {
+  if (o.list || o.name.empty()) {
+    for (const std::string& n : sleep::experiment_names())
+      fmt::print("{:<16} {}\n", n, sleep::find_experiment(n).description);
+    if (!o.list) fmt::print("(give an experiment name)\n");
+    return;
+  }
+  json config;
+  if (o.config == "tiny" || o.config == "gpu") {
+    config = o.config;
+  } else {
+    config = json::parse(somnus::read_file(o.config), nullptr, /*allow_exceptions=*/false);
+    SOMNUS_CHECK(!config.is_discarded(), "experiment: {} is not valid JSON", o.config);
+  }
+  std::vector<std::pair<std::string, std::string>> overrides;
+  for (const std::string& s : o.sets) {
+    const size_t eq = s.find('=');
+    SOMNUS_CHECK(eq != std::string::npos && eq > 0, "experiment: --set expects key=value, got '{}'", s);
+    overrides.emplace_back(s.substr(0, eq), s.substr(eq + 1));
+  }
+  const fs::path dir = o.out.empty() ? fs::path("runs/experiments") / o.name : fs::path(o.out);
+  fs::create_directories(dir);
+  const auto t0 = std::chrono::steady_clock::now();
+  const sleep::ExperimentResult r =
+      sleep::run_experiment(o.name, config, overrides, [&](const std::string& label, int64_t done, int64_t total) {
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        fmt::print("[{}/{}] {} | {:.0f}s\n", done, total, label, s);
+        std::fflush(stdout);
+      });
+  somnus::atomic_write((dir / "result.json").string(), r.to_json().dump(2) + "\n");
+  const std::string table = r.markdown_table();
+  somnus::atomic_write((dir / "table.md").string(),
+                   fmt::format("{} ({}; {:.0f} s; seeds {})\n\n{}", r.experiment, r.date, r.seconds,
+                               r.config.contains("seeds") ? r.config["seeds"].dump() : "?", table));
+  fmt::print("\n{} — {}, {:.0f} s\n\n{}\n", r.experiment, r.date, r.seconds, table);
+  if (!o.no_plot) write_plots(r, dir);
+  fmt::print("wrote {}/result.json, table.md and the plots\n", dir.string());
+}
+
+}  // namespace
+
+void add_experiment_command(CLI::App& app) {
+  auto opts = std::make_shared<ExperimentOptions>();
+  CLI::App* cmd = app.add_subcommand("experiment", "Run a reproduction experiment (PARADIGM §5) over methods and seeds");
+  cmd->add_option("name", opts->name, "Experiment name (see --list)");
+  cmd->add_flag("--list", opts->list, "List the experiments");
+  cmd->add_option("--config", opts->config, "tiny (CPU, default), gpu, or a JSON file merged over tiny");
+  cmd->add_option("--set", opts->sets, "Override a config key: --set seeds=[0,1] --set model.n_layer=4");
+  cmd->add_option("--out", opts->out, "Output folder (default runs/experiments/<name>)");
+  cmd->add_flag("--no-plot", opts->no_plot, "Skip the gnuplot plots");
+  cmd->callback([opts] { run(*opts); });
+}
+
+}  // namespace somnus::tools
