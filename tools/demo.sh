@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# README command (1): set up a fresh machine, build, and run the CPU end-to-end demo.
-# Until the Sleep demo lands (issue 7) this trains a small GPT-2-style transformer on
-# ../shared/data/tinyshakespeare for a few minutes with somnus's own tensors, kernels,
-# autograd, optimiser and tokenizer (tools/configs/tiny_shakespeare.json), then prints the
-# evaluation table, writes runs/demo/loss.png and prints a sample.
-# Extra arguments go to `somnus train` (e.g. --steps 200).
+# README command (1): set up a fresh machine, build, and run the CPU wake → sleep → dream demo:
+# the CLINC150 class-incremental experiment in its tiny config (PARADIGM §5.1), comparing ICL,
+# SFT and Sleep over 3 seeds. It prints the table (final average accuracy, forgetting,
+# accuracy on the domain just learned, seconds; mean ± std) and writes runs/demo/result.json,
+# table.md, bars.png, curves.png (forgetting curves) and heatmap.png (accuracy matrices).
+#
+# The demo needs only the CPU `somnus` binary, so it builds that target alone in build-demo
+# without CUDA (the test command builds everything in build/). Extra arguments go to
+# `somnus experiment` (e.g. --set 'seeds=[0]' for a quick look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export SOMNUS_BUILD_DIR="${SOMNUS_BUILD_DIR:-build-demo}"
+export SOMNUS_CUDA="${SOMNUS_CUDA:-OFF}"
+export SOMNUS_TARGETS="${SOMNUS_TARGETS:-somnus}"
 tools/setup.sh
-build_dir="${SOMNUS_BUILD_DIR:-build}"
-somnus="$build_dir/tools/somnus"
+somnus="$SOMNUS_BUILD_DIR/tools/somnus"
 out=runs/demo
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 # OpenMP threads spin while waiting by default; on a small machine that steals the cores
 # the other threads need.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
-rm -rf "$out"  # a fresh run each time (train refuses to overwrite checkpoints without --resume)
-"$somnus" train --config tools/configs/tiny_shakespeare.json --out_dir "$out" "$@"
-echo
-"$somnus" report --metrics "$out/metrics.jsonl" --plot "$out/loss.png" --title "somnus demo: tiny GPT-2 on tinyshakespeare"
-echo
-echo "sample (temperature 0.8, top-k 40):"
-"$somnus" generate --ckpt "$out" --prompt "ROMEO:" --max-new 120 --temperature 0.8 --top-k 40 --seed 1
+rm -rf "$out"
+"$somnus" experiment clinc150 --config tiny --out "$out" "$@"

@@ -1,0 +1,219 @@
+// `somnus sleep`: one wake → sleep → dream cycle of a trained model on a new document.
+//
+//   somnus sleep --ckpt RUN --data new.txt [--config sleep.json] [--set key=value ...]
+//                [--old-data old.txt] [--out DIR] [--device cpu|cuda]
+//
+// The model (a `somnus train` checkpoint with at least two CMS levels and slots in the
+// receiver) reads the document's first 90% (the context) and is measured on the held-out
+// last 10% (new knowledge) and, with --old-data, on a sample of the old text (forgetting):
+//   wake    wake_steps multi-frequency steps on the context (sleep/wake.h)
+//   sleep   consolidation: the sender's θ_old and slots distilled into a new receiver slot
+//           by Knowledge Seeding (sleep/consolidation.h). A fresh learner has no earlier
+//           sender to keep, so this command anchors the sender before waking: the teacher
+//           is the model as loaded, i.e. what the fast level knew before the document.
+//   dream   dreams continuing the end of the context, selected, tried and applied with
+//           τ = mean log-prob of the held-out part (sleep/dreaming.h)
+// The config is a SleepMethodConfig (sleep/sleep_method.h; every key optional). Prints a
+// table (phase, held-out NLL, old NLL, seconds), writes DIR/metrics.json, DIR/cycle.png
+// (wake loss and seeding JSD) and the new checkpoint DIR/ckpt-*/ (with its tokenizer).
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "nn/checkpoint.h"
+#include "nn/file_io.h"
+#include "nn/tokenizer.h"
+#include "sleep/baselines/training.h"
+#include "sleep/config_json.h"
+#include "sleep/dreaming.h"
+#include "sleep/sleep_method.h"
+#include "sleep/wake.h"
+#include "tensor/format.h"
+#include "tools/cli_common.h"
+
+namespace somnus::tools {
+
+namespace {
+
+using nlohmann::json;
+using nn::TokenId;
+namespace fs = std::filesystem;
+
+struct SleepArgs {
+  std::string ckpt, data, config, old_data, out = "runs/sleep";
+  std::vector<std::string> sets;
+  std::string device = "cpu";
+};
+
+void set_dotted(json& j, const std::string& key, const std::string& value) {
+  json* cur = &j;
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (dot == std::string::npos) {
+      json v = json::parse(value, nullptr, false);
+      (*cur)[part] = v.is_discarded() ? json(value) : v;
+      return;
+    }
+    if (!cur->contains(part)) (*cur)[part] = json::object();
+    cur = &(*cur)[part];
+    start = dot + 1;
+  }
+}
+
+void run_sleep(const SleepArgs& a) {
+  const Device device = parse_device_option(a.device);
+  const std::string dir = nn::resolve_checkpoint(a.ckpt);
+  auto model = nn::load_transformer(dir, device);
+  const std::string tok_json = nn::read_checkpoint_file(dir, "tokenizer.json");
+  const nn::Tokenizer tok = nn::Tokenizer::from_json(tok_json, dir + "/tokenizer.json");
+  SOMNUS_CHECK(tok.vocab_size() == model->config().vocab_size,
+               "sleep: the tokenizer's vocabulary ({}) differs from the model's ({})", tok.vocab_size(),
+               model->config().vocab_size);
+
+  json cj = json::object();
+  if (!a.config.empty()) {
+    cj = json::parse(read_file(a.config), nullptr, false);
+    SOMNUS_CHECK(!cj.is_discarded(), "sleep: {} is not valid JSON", a.config);
+  }
+  for (const std::string& s : a.sets) {
+    const size_t eq = s.find('=');
+    SOMNUS_CHECK(eq != std::string::npos && eq > 0, "sleep: --set expects key=value, got '{}'", s);
+    set_dotted(cj, s.substr(0, eq), s.substr(eq + 1));
+  }
+  const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
+
+  const int64_t block = model->config().block_size;
+  const std::vector<TokenId> doc = tok.encode(read_file(a.data));
+  SOMNUS_CHECK(static_cast<int64_t>(doc.size()) >= 4 * block,
+               "sleep: {} has {} tokens; a document needs at least 4 × block_size = {}", a.data, doc.size(), 4 * block);
+  const size_t cut = doc.size() * 9 / 10;
+  const std::vector<TokenId> context(doc.begin(), doc.begin() + static_cast<int64_t>(cut));
+  const std::vector<TokenId> held(doc.begin() + static_cast<int64_t>(cut), doc.end());
+  const std::vector<sleep::TrainSequence> held_rows = sleep::text_rows(held, block);
+  const std::vector<sleep::TrainSequence> ctx_rows = sleep::text_rows(context, block);
+  std::vector<sleep::TrainSequence> old_rows;
+  if (!a.old_data.empty()) {
+    const std::vector<TokenId> old = tok.encode(read_file(a.old_data));
+    old_rows = sleep::text_rows(std::vector<TokenId>(old.begin(), old.begin() + std::min<size_t>(old.size(), 16 * block)), block);
+  }
+  auto nll = [&](const std::vector<sleep::TrainSequence>& rows) {
+    return rows.empty() ? std::nan("") : -sleep::mean_logprob(*model, rows);
+  };
+
+  json metrics;
+  json table = json::array();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto phase = [&](const std::string& name) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    table.push_back({{"phase", name}, {"heldout_nll", nll(held_rows)}, {"old_nll", nll(old_rows)}, {"seconds", s}});
+    fmt::print("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, table.back()["heldout_nll"].get<double>(),
+               table.back()["old_nll"].get<double>(), s);
+  };
+  phase("before");
+
+  // wake
+  sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
+  if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
+  Generator gen(cfg.seed);
+  std::vector<double> wake_loss;
+  for (int64_t s = 0; s < cfg.wake_steps; ++s) {
+    std::vector<sleep::TrainSequence> pick;
+    const std::vector<double> idx =
+        randint(0, static_cast<int64_t>(ctx_rows.size()), {std::min<int64_t>(cfg.batch_size, static_cast<int64_t>(ctx_rows.size()))}, gen)
+            .to_vector();
+    for (double i : idx) pick.push_back(ctx_rows[static_cast<size_t>(i)]);
+    wake_loss.push_back(learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size)).loss);
+  }
+  metrics["wake_loss"] = wake_loss;
+  phase("wake");
+
+  // sleep
+  if (cfg.consolidate) {
+    learner.set_sleep_prompts(cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts);
+    const sleep::ConsolidationReport rep = learner.sleep([](const sleep::SeedingStepLog& l) {
+      fmt::print("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
+                 l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
+    });
+    metrics["consolidation"] = rep.to_json();
+    phase("sleep");
+  }
+
+  // dream
+  if (cfg.dreaming) {
+    sleep::DreamTask task;
+    task.name = fs::path(a.data).filename().string();
+    const int64_t n_ctx = std::min<int64_t>(block / 2, static_cast<int64_t>(context.size()));
+    task.context.assign(context.end() - n_ctx, context.end());
+    task.prompt_prefix = {tok.bos_id()};
+    task.score = [&held_rows](nn::Transformer& m) { return sleep::mean_logprob(m, held_rows); };
+    sleep::DreamConfig dc = cfg.dream;
+    dc.dream_length = std::min<int64_t>(dc.dream_length, block - n_ctx - 1);
+    sleep::Dreamer dreamer(*model, dc);
+    const sleep::DreamResult r = dreamer.run(task, [](const sleep::DreamIterationMetrics& m) {
+      fmt::print("  dream iteration {}: sampled {} kept {} rewarded {} | τ base {:.4f} mean {:.4f} max {:.4f}\n", m.iteration,
+                 m.sampled, m.kept, m.rewarded, m.base_tau, m.mean_tau, m.max_tau);
+    });
+    metrics["dream"] = {{"iterations", r.iterations}, {"rewarded", r.rewarded.size()}, {"tau_before", r.tau_before},
+                        {"tau_after", r.tau_after}};
+    phase("dream");
+  }
+  metrics["table"] = table;
+  metrics["config"] = cfg;
+
+  fs::create_directories(a.out);
+  nn::CheckpointSave save;
+  save.model = model.get();
+  save.model_config = model->config();
+  save.state.step = static_cast<int64_t>(wake_loss.size());
+  save.extra_files["tokenizer.json"] = tok_json;
+  const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
+  atomic_write((fs::path(a.out) / "metrics.json").string(), metrics.dump(2) + "\n");
+
+  fmt::print("\n| phase | held-out NLL (new) | old NLL | seconds |\n|---|---|---|---|\n");
+  for (const auto& row : table)
+    fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), row["heldout_nll"].get<double>(),
+               row["old_nll"].get<double>(), row["seconds"].get<double>());
+
+  // Plot: wake loss per step and the seeding JSD per step.
+  const fs::path out(a.out);
+  {
+    std::ofstream f(out / "wake_loss.dat");
+    for (size_t i = 0; i < wake_loss.size(); ++i) f << i + 1 << " " << wake_loss[i] << "\n";
+    std::ofstream g(out / "seeding.dat");
+    if (metrics.contains("consolidation"))
+      for (const auto& s : metrics["consolidation"]["steps"]) g << s["step"].get<int64_t>() << " " << s["jsd"].get<double>() << "\n";
+    std::ofstream gp(out / "cycle.gp");
+    gp << "set terminal pngcairo size 900,420 noenhanced\nset output '" << (out / "cycle.png").string() << "'\n"
+       << "set multiplot layout 1,2 title 'somnus sleep: " << fs::path(a.data).filename().string() << "'\n"
+       << "set title 'wake: next-token loss'\nset xlabel 'step'\nset grid\n"
+       << "plot '" << (out / "wake_loss.dat").string() << "' with lines notitle\n"
+       << "set title 'sleep: seeding JSD'\nset xlabel 'KS step'\n"
+       << "plot '" << (out / "seeding.dat").string() << "' with linespoints notitle\nunset multiplot\n";
+  }
+  const int rc = std::system(fmt::format("gnuplot '{}' 2>&1", (out / "cycle.gp").string()).c_str());
+  if (rc != 0) fmt::print("plot: gnuplot failed (exit {})\n", rc);
+  fmt::print("\nwrote {}, {}/metrics.json and {}/cycle.png\n", saved, a.out, a.out);
+}
+
+}  // namespace
+
+void add_sleep_command(CLI::App& app) {
+  auto a = std::make_shared<SleepArgs>();
+  CLI::App* cmd = app.add_subcommand("sleep", "One wake → sleep → dream cycle of a trained model on a new document");
+  cmd->add_option("--ckpt", a->ckpt, "Checkpoint (or run) directory of `somnus train`")->required();
+  cmd->add_option("--data", a->data, "The new document (text)")->required();
+  cmd->add_option("--config", a->config, "SleepMethodConfig JSON (sleep/sleep_method.h); defaults when absent");
+  cmd->add_option("--set", a->sets, "Override a config key: --set wake_steps=50 --set consolidation.ks.steps=10");
+  cmd->add_option("--old-data", a->old_data, "Old text, to measure forgetting");
+  cmd->add_option("--out", a->out, "Output directory (checkpoint, metrics.json, cycle.png)");
+  add_device_option(cmd, a->device);
+  cmd->callback([a] { run_sleep(*a); });
+}
+
+}  // namespace somnus::tools
