@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "autograd/engine.h"
@@ -19,6 +20,7 @@
 #include "sleep/rewards.h"
 #include "sleep/teacher_view.h"
 #include "tensor/format.h"
+#include "tensor/profiler.h"
 
 namespace somnus::sleep {
 
@@ -248,6 +250,7 @@ void Consolidator::load_state(const json& j) {
 ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
                                               const std::vector<std::vector<TokenId>>& prompts,
                                               const SeedingLogFn& log) {
+  SOMNUS_PROFILE_SCOPE("sleep/consolidation");
   const auto t_start = Clock::now();
   const nn::TransformerConfig& mc = model_.config();
   const int64_t L = mc.n_layer;
@@ -332,6 +335,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     g.max_new_tokens = std::min<int64_t>(ks.sample_tokens, mc.block_size - static_cast<int64_t>(longest));
     nn::GenerateResult res;
     {
+      SOMNUS_PROFILE_SCOPE("teacher_sampling");
       TeacherView::Scope scope(view);
       res = nn::generate(model_, ps, g);
     }
@@ -349,14 +353,22 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   jopt.temperature = ks.temperature;
   auto jsd_on = [&](const std::vector<Row>& rows, bool with_grad) -> Tensor {
     auto [ids, mask] = make_batch(rows, device);
-    Tensor h_t = view.hidden_states(ids);  // (B, T, C), no tape
+    Tensor h_t;
+    {
+      SOMNUS_PROFILE_SCOPE("teacher_fwd");
+      h_t = view.hidden_states(ids);  // (B, T, C), no tape
+    }
     LinearJSDOptions o = jopt;
     o.mask = mask;
-    if (!with_grad) {
-      NoGradGuard no_grad;
-      return linear_jsd(model_.hidden_states(ids), W, h_t, W, o);
+    std::optional<NoGradGuard> no_grad;
+    if (!with_grad) no_grad.emplace();
+    Tensor h_s;
+    {
+      SOMNUS_PROFILE_SCOPE("student_fwd");
+      h_s = model_.hidden_states(ids);
     }
-    return linear_jsd(model_.hidden_states(ids), W, h_t, W, o);
+    SOMNUS_PROFILE_SCOPE("jsd");
+    return linear_jsd(h_s, W, h_t, W, o);
   };
   // A fixed evaluation batch: the first rows of D.
   std::vector<Row> eval_rows(D.begin(), D.begin() + std::min<int64_t>(ks.batch_size, static_cast<int64_t>(D.size())));
@@ -393,6 +405,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
       }
     }
     if (!policy_prompts.empty()) {
+      SOMNUS_PROFILE_SCOPE("student_on_policy_sampling");
       nn::GenerateConfig g;
       g.temperature = ks.sample_temperature;
       g.top_k = ks.sample_top_k;
@@ -412,6 +425,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     // Imitation rollouts first (host data only), so that no KV cache is alive during a backward.
     ImitationRollouts rollouts;
     if (ks.alpha < 1.0) {
+      SOMNUS_PROFILE_SCOPE("imitation_rollouts");
       std::vector<std::vector<TokenId>> samples;
       const std::vector<double> which =
           randint(0, static_cast<int64_t>(D.size()), {ks.imitation_samples}, gen_).to_vector();
@@ -424,12 +438,15 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
 
     // Distillation: backward right away, so its tape is gone before the imitation forward.
     if (ks.alpha > 0.0) {
+      SOMNUS_PROFILE_SCOPE("distill");
       Tensor jsd = jsd_on(rows, true);
       sl.jsd = jsd.item();
+      SOMNUS_PROFILE_SCOPE("distill_backward");
       backward(jsd * ks.alpha);
       for (const Row& r : rows) tokens += 2 * static_cast<int64_t>(r.ids.size());  // teacher + student forwards
     }
     if (ks.alpha < 1.0) {
+      SOMNUS_PROFILE_SCOPE("ppo_update");
       const ImitationLoss il =
           imitation_loss(model_, rollouts, ks.imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, W);
       sl.ppo_loss = il.loss.item();
@@ -438,6 +455,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
       backward(il.loss * (1.0 - ks.alpha));
     }
     sl.loss = ks.alpha * sl.jsd + (1.0 - ks.alpha) * sl.ppo_loss;
+    SOMNUS_PROFILE_SCOPE("slot_optimizer");
     if (ks.grad_clip > 0.0) clip_grad_norm(trainable, ks.grad_clip);
     opt.step();
     opt.zero_grad_all();

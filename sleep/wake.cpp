@@ -9,6 +9,7 @@
 #include "nn/train_config.h"
 #include "sleep/config_json.h"
 #include "tensor/format.h"
+#include "tensor/profiler.h"
 
 namespace somnus::sleep {
 
@@ -105,6 +106,7 @@ void WakeLearner::after_consolidation(const ConsolidationReport& rep) {
 }
 
 WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
+  SOMNUS_PROFILE_SCOPE("wake_step");
   WakeStepLog log;
   const int64_t k = opt_->step_count() + 1;
   log.step = k;
@@ -141,6 +143,7 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
 }
 
 ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
+  SOMNUS_PROFILE_SCOPE("sleep");
   const bool anchored = cfg_.sleep_teacher == "since_last_sleep";
   if (anchored && sender_anchor_.empty()) {  // the first sleep: nothing older to keep
     for (size_t g : sender_groups()) opt_->apply_group_now(g);
@@ -161,6 +164,7 @@ ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
 }
 
 StreamLog WakeLearner::read_stream(const std::vector<TokenId>& stream) {
+  SOMNUS_PROFILE_SCOPE("wake_read_stream");
   const int64_t chunk = cfg_.ttt_chunk > 0 ? cfg_.ttt_chunk : model_.config().block_size;
   SOMNUS_CHECK(static_cast<int64_t>(stream.size()) >= 2, "read_stream: a stream needs at least 2 tokens, got {}",
                stream.size());
