@@ -12,6 +12,7 @@
 
 #include "kernels/backend.h"
 #include "tensor/format.h"
+#include "tensor/profiler.h"
 
 namespace somnus::kernels {
 
@@ -25,7 +26,26 @@ namespace somnus::kernels {
     }                                    \
   } while (0)
 
+// One profiler guard per op entry point (tensor/profiler.h: one relaxed load when off).
+#define SOMNUS_PROFILE_OP(...) const ::somnus::profiler::OpScope somnus_profile_op_(__VA_ARGS__)
+
 namespace {
+
+// matmul: 2·M·N·K per batch (the DESIGN convention); 0 for shapes the op will reject.
+double matmul_flops(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined() || a.dim() < 2 || b.dim() < 2) return 0.0;
+  const double batch = a.dim() == 3 ? static_cast<double>(a.size(0)) : 1.0;
+  return 2.0 * batch * static_cast<double>(a.size(-2)) * static_cast<double>(a.size(-1)) *
+         static_cast<double>(b.size(-1));
+}
+
+// attention fwd: 4·B·Hq·T·S·D, halved when causal (T = S: the 4·B·H·T²·D convention).
+double attention_flops(const Tensor& q, const Tensor& k, bool causal) {
+  if (!q.defined() || !k.defined() || q.dim() != 4 || k.dim() != 4) return 0.0;
+  const double f = 4.0 * static_cast<double>(q.size(0)) * static_cast<double>(q.size(1)) *
+                   static_cast<double>(q.size(2)) * static_cast<double>(k.size(2)) * static_cast<double>(q.size(3));
+  return causal ? f / 2.0 : f;
+}
 
 int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim, const Shape& shape) {
   const int64_t w = dim < 0 ? dim + ndim : dim;
@@ -142,6 +162,7 @@ const char* reduce_name(Reduce op) {
 // ---------------------------------------------------------------- elementwise
 
 Tensor unary(Unary op, const Tensor& x, double scalar) {
+  SOMNUS_PROFILE_OP(unary_name(op), {&x});
   const char* name = unary_name(op);
   check_floating(name, "x", x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -152,6 +173,7 @@ Tensor unary(Unary op, const Tensor& x, double scalar) {
 Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy, double scalar) {
   const std::string name = std::string(unary_name(op)) + "_backward";
   const char* n = name.c_str();
+  SOMNUS_PROFILE_OP(n, {&x, &dy});
   check_floating(n, "x", x);
   check_floating(n, "dy", dy);
   check_same_device(n, "x", x, "dy", dy);
@@ -163,6 +185,7 @@ Tensor unary_backward(Unary op, const Tensor& x, const Tensor& dy, double scalar
 }
 
 Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
+  SOMNUS_PROFILE_OP(binary_name(op), {&a, &b});
   const char* name = binary_name(op);
   check_floating(name, "a", a);
   check_floating(name, "b", b);
@@ -175,6 +198,7 @@ Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  SOMNUS_PROFILE_OP("where", {&cond, &a, &b});
   check_defined("where", "cond", cond);
   check_floating("where", "a", a);
   check_floating("where", "b", b);
@@ -202,6 +226,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 // ---------------------------------------------------------------- reductions
 
 Tensor reduce(Reduce op, const Tensor& x, int64_t dim, bool keepdim) {
+  SOMNUS_PROFILE_OP(reduce_name(op), {&x});
   const char* name = reduce_name(op);
   check_floating(name, "x", x);
   if (x.dim() == 0) {  // a scalar reduces to itself over dim 0 / -1, as in PyTorch
@@ -217,11 +242,13 @@ Tensor reduce(Reduce op, const Tensor& x, int64_t dim, bool keepdim) {
 }
 
 Tensor reduce_all(Reduce op, const Tensor& x) {
+  SOMNUS_PROFILE_OP(reduce_name(op), {&x});
   check_floating(reduce_name(op), "x", x);
   return reduce(op, x.dim() == 0 ? x.unsqueeze(0) : x.reshape({x.numel()}), 0, false);
 }
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  SOMNUS_PROFILE_OP("argmax", {&x});
   check_floating("argmax", "x", x);
   if (x.dim() == 0) {
     SOMNUS_CHECK(dim == 0 || dim == -1, "argmax: dim {} out of range for a 0-dim tensor", dim);
@@ -235,6 +262,7 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
 }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
+  SOMNUS_PROFILE_OP("sum_to", {&x});
   check_floating("sum_to", "x", x);
   const int64_t nd = x.dim(), ns = static_cast<int64_t>(shape.size());
   const int64_t lead = nd - ns;
@@ -257,6 +285,7 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 
 static Tensor softmax_impl(const Tensor& x, bool log) {
   const char* name = log ? "log_softmax" : "softmax";
+  SOMNUS_PROFILE_OP(name, {&x});
   check_floating(name, "x", x);
   SOMNUS_CHECK(x.dim() >= 1, "{}: expected at least 1 dim, got a 0-dim tensor", name);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -269,6 +298,7 @@ Tensor log_softmax(const Tensor& x) { return softmax_impl(x, true); }
 
 static Tensor softmax_backward_impl(const Tensor& y, const Tensor& dy, bool log) {
   const char* name = log ? "log_softmax_backward" : "softmax_backward";
+  SOMNUS_PROFILE_OP(name, {&y, &dy});
   check_floating(name, "y", y);
   check_floating(name, "dy", dy);
   check_same_device(name, "y", y, "dy", dy);
@@ -286,6 +316,7 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& dy) { return softmax_
 // ---------------------------------------------------------------- matmul
 
 Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, Tensor* pre_gelu) {
+  SOMNUS_PROFILE_OP("matmul", {&a, &b, &bias}, [&] { return matmul_flops(a, b); });
   check_floating("matmul", "a", a);
   check_floating("matmul", "b", b);
   check_same_device("matmul", "a", a, "b", b);
@@ -330,6 +361,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, T
 // ---------------------------------------------------------------- indexing
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  SOMNUS_PROFILE_OP("embedding", {&weight, &ids});
   check_defined("embedding", "weight", weight);
   check_index_dtype("embedding", "ids", ids);
   check_same_device("embedding", "weight", weight, "ids", ids);
@@ -343,6 +375,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t vocab, bool deterministic) {
+  SOMNUS_PROFILE_OP("embedding_backward", {&dout, &ids});
   check_floating("embedding_backward", "dout", dout);
   check_index_dtype("embedding_backward", "ids", ids);
   check_same_device("embedding_backward", "dout", dout, "ids", ids);
@@ -357,6 +390,7 @@ Tensor embedding_backward(const Tensor& dout, const Tensor& ids, int64_t vocab, 
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  SOMNUS_PROFILE_OP("gather", {&x, &index});
   check_defined("gather", "x", x);
   check_index_dtype("gather", "index", index);
   check_same_device("gather", "x", x, "index", index);
@@ -375,6 +409,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor scatter_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
+  SOMNUS_PROFILE_OP("scatter_add", {&src, &index});
   check_defined("scatter_add", "src", src);
   check_index_dtype("scatter_add", "index", index);
   check_same_device("scatter_add", "src", src, "index", index);
@@ -395,6 +430,7 @@ Tensor scatter_add(const Shape& shape, int64_t dim, const Tensor& index, const T
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  SOMNUS_PROFILE_OP("index_select", {&x, &index});
   check_defined("index_select", "x", x);
   check_index_dtype("index_select", "index", index);
   check_same_device("index_select", "x", x, "index", index);
@@ -411,6 +447,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
+  SOMNUS_PROFILE_OP("index_add", {&src, &index});
   check_defined("index_add", "src", src);
   check_index_dtype("index_add", "index", index);
   check_same_device("index_add", "src", src, "index", index);
@@ -429,6 +466,7 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Ten
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
+  SOMNUS_PROFILE_OP("concat", {xs.empty() ? nullptr : &xs[0]});
   SOMNUS_CHECK(!xs.empty(), "concat: needs at least one tensor");
   const Tensor& x0 = xs[0];
   check_defined("concat", "xs[0]", x0);
@@ -481,6 +519,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 }
 
 Tensor cast(const Tensor& x, DType dtype) {
+  SOMNUS_PROFILE_OP("cast", {&x});
   check_defined("cast", "x", x);
   return x.to(dtype);
 }
@@ -516,6 +555,7 @@ void check_norm_inputs(const char* op, const Tensor& x, const Tensor& residual, 
 NormResult norm_impl(bool layer, const Tensor& x_in, const Tensor& res_in, const Tensor& w_in, const Tensor& b_in,
                      double eps) {
   const char* op = layer ? "layer_norm" : "rms_norm";
+  SOMNUS_PROFILE_OP(op, {&x_in, &res_in, &w_in, &b_in});
   check_norm_inputs(op, x_in, res_in, w_in, b_in);
   SOMNUS_CHECK(eps >= 0.0, "{}: eps must be >= 0, got {}", op, eps);
   const Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -547,6 +587,7 @@ NormResult layer_norm(const Tensor& x, const Tensor& residual, const Tensor& wei
 NormGrads norm_backward(bool layer, const Tensor& dy_in, const Tensor& dh_in, const Tensor& h_in, const Tensor& w_in,
                         const Tensor& mean, const Tensor& rstd, bool need_bias) {
   const char* op = layer ? "layer_norm_backward" : "rms_norm_backward";
+  SOMNUS_PROFILE_OP(op, {&dy_in, &dh_in, &h_in, &w_in});
   check_norm_inputs(op, h_in, dy_in, w_in, Tensor());
   check_defined(op, "rstd", rstd);
   if (dh_in.defined()) {
@@ -583,6 +624,7 @@ NormGrads norm_backward(bool layer, const Tensor& dy_in, const Tensor& dh_in, co
 }
 
 Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
+  SOMNUS_PROFILE_OP("swiglu", {&gate_in, &up_in});
   check_floating("swiglu", "gate", gate_in);
   check_floating("swiglu", "up", up_in);
   check_same_shape("swiglu", "gate", gate_in, "up", up_in);
@@ -595,6 +637,7 @@ Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
 }
 
 std::pair<Tensor, Tensor> swiglu_backward(const Tensor& gate_in, const Tensor& up_in, const Tensor& dy_in) {
+  SOMNUS_PROFILE_OP("swiglu_backward", {&gate_in, &up_in, &dy_in});
   check_floating("swiglu_backward", "gate", gate_in);
   check_floating("swiglu_backward", "up", up_in);
   check_floating("swiglu_backward", "dy", dy_in);
@@ -612,6 +655,7 @@ std::pair<Tensor, Tensor> swiglu_backward(const Tensor& gate_in, const Tensor& u
 }
 
 Tensor rope(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in, const Tensor& positions, bool inverse) {
+  SOMNUS_PROFILE_OP("rope", {&x_in, &positions});
   check_floating("rope", "x", x_in);
   check_floating("rope", "cos", cos_in);
   check_floating("rope", "sin", sin_in);
@@ -687,6 +731,7 @@ DType lse_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
 AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                               int64_t q_offset) {
+  SOMNUS_PROFILE_OP("attention_fwd", {&q, &k, &v}, [&] { return attention_flops(q, k, causal); });
   const AttnShape s = check_attention("attention_fwd", q, k, v, causal, scale, q_offset);
   AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
                       Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
@@ -700,6 +745,7 @@ AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
 AttentionGrads attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                              const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic) {
   const char* op = "attention_bwd";
+  SOMNUS_PROFILE_OP(op, {&q, &k, &v, &dout}, [&] { return 2.5 * attention_flops(q, k, causal); });
   const AttnShape s = check_attention(op, q, k, v, causal, scale, q_offset);
   check_floating(op, "o", o);
   check_floating(op, "dout", dout);
@@ -728,6 +774,7 @@ AttentionGrads attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, 
 
 AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, bool causal,
                                  double scale, int64_t q_offset, int64_t num_splits) {
+  SOMNUS_PROFILE_OP("attention_decode", {&q, &k_cache, &v_cache}, [&] { return attention_flops(q, k_cache, false); });
   const AttnShape s = check_attention("attention_decode", q, k_cache, v_cache, causal, scale, q_offset);
   // Enough splits to fill the machine for a handful of (b, h) pairs; chunks of >= 256 keys.
   if (num_splits <= 0) num_splits = std::clamp<int64_t>(s.S / 256, 1, 64);
@@ -745,6 +792,7 @@ AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const T
 void adamw_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
                 const std::vector<Tensor>& exp_avg_sq, const std::vector<AdamWHyper>& hyper, const Tensor& clip_scale,
                 const std::vector<Tensor>& bf16_params, bool stochastic_rounding, uint64_t seed) {
+  SOMNUS_PROFILE_OP("adamw_step", {params.empty() ? nullptr : &params[0]});
   const size_t n = params.size();
   SOMNUS_CHECK(grads.size() == n && exp_avg.size() == n && exp_avg_sq.size() == n && hyper.size() == n,
                "adamw_step: list lengths differ: params {}, grads {}, exp_avg {}, exp_avg_sq {}, hyper {}", n,

@@ -62,6 +62,8 @@ void* CachingAllocator::allocate(size_t nbytes) {
   }
   stats_.current += static_cast<int64_t>(nbytes);
   stats_.peak = std::max(stats_.peak, stats_.current);
+  window_peak_ = std::max(window_peak_, stats_.current);
+  stats_.allocated_bytes += static_cast<int64_t>(nbytes);
   ++stats_.num_allocs;
   return p;
 }
@@ -97,6 +99,20 @@ AllocatorStats CachingAllocator::stats() const {
 void CachingAllocator::reset_peak() {
   std::lock_guard<std::mutex> lock(mu_);
   stats_.peak = stats_.current;
+}
+
+int64_t CachingAllocator::push_peak_window() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t enclosing = window_peak_;
+  window_peak_ = stats_.current;
+  return enclosing;
+}
+
+int64_t CachingAllocator::pop_peak_window(int64_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t peak = window_peak_;
+  window_peak_ = std::max(token, peak);
+  return peak;
 }
 
 // ---------------------------------------------------------------- registry

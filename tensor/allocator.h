@@ -29,6 +29,7 @@ struct AllocatorStats {
   int64_t reserved = 0;
   int64_t num_allocs = 0;
   int64_t num_frees = 0;
+  int64_t allocated_bytes = 0;  // cumulative bytes handed out (never decreases; for the profiler)
 };
 
 class Allocator {
@@ -38,6 +39,12 @@ class Allocator {
   virtual void deallocate(void* ptr, size_t nbytes) = 0;
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peak() = 0;
+  // Nested high-water marks for the profiler, independent of peak/reset_peak (which callers
+  // own): push_peak_window() opens a window at `current` and returns a token for the window it
+  // nests in; pop_peak_window(token) returns the closed window's high-water mark and folds it
+  // into the enclosing one. One window stack per allocator: meant for one profiled thread.
+  virtual int64_t push_peak_window() { return 0; }
+  virtual int64_t pop_peak_window(int64_t token) { return stats().peak; }
   // Return cached blocks to the system (no-op without a cache).
   virtual void empty_cache() {}
   virtual Device device() const = 0;
@@ -62,6 +69,8 @@ class CachingAllocator final : public Allocator {
   void deallocate(void* ptr, size_t nbytes) override;
   AllocatorStats stats() const override;
   void reset_peak() override;
+  int64_t push_peak_window() override;
+  int64_t pop_peak_window(int64_t token) override;
   void empty_cache() override;
   Device device() const override { return device_; }
   static size_t round_size(size_t nbytes);
@@ -74,6 +83,7 @@ class CachingAllocator final : public Allocator {
   std::multimap<size_t, void*> free_blocks_;        // rounded size -> block
   std::unordered_map<void*, size_t> live_blocks_;    // block -> rounded size
   AllocatorStats stats_;
+  int64_t window_peak_ = 0;  // high-water mark of the innermost peak window
 };
 
 Allocator& cpu_allocator();

@@ -1,6 +1,7 @@
 // Built only without the CUDA backend: every CUDA entry point explains that it is absent.
 #include "tensor/allocator.h"
 #include "tensor/cuda/backend.h"
+#include "tensor/cuda/profile.h"
 #include "tensor/error.h"
 
 namespace somnus::cuda {
@@ -18,5 +19,10 @@ void strided_copy(const Tensor&, const Tensor&) { no_cuda("cuda::strided_copy");
 void fill_uniform(const Tensor&, uint64_t, uint64_t, double, double) { no_cuda("cuda::fill_uniform"); }
 void fill_normal(const Tensor&, uint64_t, uint64_t, double, double) { no_cuda("cuda::fill_normal"); }
 void fill_randint(const Tensor&, uint64_t, uint64_t, int64_t, int64_t) { no_cuda("cuda::fill_randint"); }
+int profile_event_record(int) { no_cuda("cuda::profile_event_record"); }
+float profile_event_elapsed_ms(int, int, int) { no_cuda("cuda::profile_event_elapsed_ms"); }
+void profile_events_clear() {}
+void nvtx_push(const char*) {}
+void nvtx_pop() {}
 
 }  // namespace somnus::cuda

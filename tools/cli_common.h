@@ -20,5 +20,8 @@ void add_generate_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_tokenizer_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_profile_command(CLI::App& app);
+void add_experiment_command(CLI::App& app);
+void add_sleep_command(CLI::App& app);
 
 }  // namespace somnus::tools

@@ -167,8 +167,16 @@ void run_sleep(const SleepArgs& a) {
   metrics["config"] = cfg;
 
   fs::create_directories(a.out);
+  // Dreaming leaves (merged, switched-off) LoRA parameters on the adapted layers; the saved
+  // model is the plain architecture, so `generate`/`eval`/`sleep` load it like any other.
+  Generator init(0);
+  nn::Transformer plain(model->config(), init, model->wte->weight.dtype(), device);
+  NamedTensors state;
+  for (auto& [name, t] : model->state_dict())
+    if (name.find(".lora_") == std::string::npos) state.emplace_back(name, t);
+  plain.load_state_dict(state, /*strict=*/true);
   nn::CheckpointSave save;
-  save.model = model.get();
+  save.model = &plain;
   save.model_config = model->config();
   save.state.step = static_cast<int64_t>(wake_loss.size());
   save.extra_files["tokenizer.json"] = tok_json;

@@ -5,6 +5,9 @@
 //   somnus eval --ckpt DIR --data text.txt | --qa file.jsonl        (tools/cmd_eval.cpp)
 //   somnus tokenizer train --input text.txt --vocab N --out tok.json (tools/cmd_tokenizer.cpp)
 //   somnus report --metrics run/metrics.jsonl [--plot loss.png]      (tools/cmd_report.cpp)
+//   somnus profile --config cfg.json --what train --steps N          (tools/cmd_profile.cpp)
+//   somnus sleep --ckpt RUN --data new.txt [--config sleep.json]    (tools/cmd_sleep.cpp)
+//   somnus experiment clinc150 --config tiny                       (tools/cmd_experiment.cpp)
 // Every command takes --device cpu|cuda. Errors print "somnus: error: ..." and exit 1.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -46,6 +49,9 @@ int main(int argc, char** argv) {
   somnus::tools::add_eval_command(app);
   somnus::tools::add_tokenizer_command(app);
   somnus::tools::add_report_command(app);
+  somnus::tools::add_experiment_command(app);
+  somnus::tools::add_sleep_command(app);
+  somnus::tools::add_profile_command(app);
 
   try {
     app.parse(argc, argv);

@@ -174,4 +174,46 @@ TEST(Cli, BadConfigsFailNamingTheKey) {
   EXPECT_FALSE(fs::exists(dir.file("run/latest")));
 }
 
+// `somnus sleep`: a trained two-level model reads a new document, sleeps and dreams; the
+// table, metrics.json and a loadable checkpoint come out. `somnus experiment` lists and
+// rejects unknown names.
+TEST(Cli, SleepCycleOnANewDocument) {
+  TempDir dir;
+  const std::string corpus = write_corpus(dir.file("corpus.txt"));
+  const std::string train = "train --data " + corpus + " --out_dir " + dir.file("run") +
+                            " --steps 4 --batch_size 2 --vocab_size 300 --eval_every 4 --eval_batches 1"
+                            " --checkpoint_every 4 --model.n_layer 1 --model.n_embd 32 --model.n_head 2"
+                            " --model.block_size 16 --model.levels '[{\"period\": 1}, {\"period\": 2, \"n_slots\": 2, "
+                            "\"slot_rank\": 4}]' --quiet";
+  const Result trained = run(train);
+  ASSERT_EQ(trained.code, 0) << trained.out;
+  write_corpus(dir.file("new.txt"));
+  const std::string sleep_args = "sleep --ckpt " + dir.file("run") + " --data " + dir.file("new.txt") + " --out " +
+                                 dir.file("slept") +
+                                 " --set wake_steps=3 --set batch_size=2 --set consolidation.ks.steps=2"
+                                 " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
+                                 " --set consolidation.ks.imitation.group_size=2 --set dream.num_dreams=2"
+                                 " --set dream.top_k=1 --set dream.keep_random=0 --set dream.rest_iterations=1"
+                                 " --set dream.trial_steps=1 --set dream.rest_steps=1 --set dream.apply_steps=1"
+                                 " --set dream.dream_length=4";
+  const Result r = run(sleep_args);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* phase : {"| before |", "| wake |", "| sleep |", "| dream |"})
+    EXPECT_NE(r.out.find(phase), std::string::npos) << phase << "\n" << r.out;
+  const json m = json::parse(std::ifstream(dir.file("slept/metrics.json")));
+  EXPECT_EQ(m["table"].size(), 4u);
+  EXPECT_FALSE(m["consolidation"]["skipped"].get<bool>());
+  EXPECT_EQ(m["wake_loss"].size(), 3u);
+  EXPECT_EQ(run("generate --ckpt " + dir.file("slept") + " --prompt the --max-new 4").code, 0);
+  const Result bad = run(sleep_args + " --set consolidation.ks.alpha=3");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("'alpha' must be in [0, 1]"), std::string::npos) << bad.out;
+  const Result list = run("experiment --list");
+  EXPECT_EQ(list.code, 0);
+  EXPECT_NE(list.out.find("clinc150"), std::string::npos) << list.out;
+  const Result unknown = run("experiment nosuch");
+  EXPECT_NE(unknown.code, 0);
+  EXPECT_NE(unknown.out.find("unknown experiment 'nosuch'"), std::string::npos) << unknown.out;
+}
+
 }  // namespace
