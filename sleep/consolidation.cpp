@@ -250,7 +250,7 @@ void Consolidator::load_state(const json& j) {
 ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
                                               const std::vector<std::vector<TokenId>>& prompts,
                                               const SeedingLogFn& log) {
-  SOMNUS_PROFILE_SCOPE("sleep/consolidation");
+  SOMNUS_PROFILE_SCOPE("consolidation");
   const auto t_start = Clock::now();
   const nn::TransformerConfig& mc = model_.config();
   const int64_t L = mc.n_layer;
@@ -372,7 +372,10 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   };
   // A fixed evaluation batch: the first rows of D.
   std::vector<Row> eval_rows(D.begin(), D.begin() + std::min<int64_t>(ks.batch_size, static_cast<int64_t>(D.size())));
-  rep.jsd_before = jsd_on(eval_rows, false).item();
+  {
+    SOMNUS_PROFILE_SCOPE("eval_jsd");
+    rep.jsd_before = jsd_on(eval_rows, false).item();
+  }
 
   // Semantic reward of the imitation term: hidden-state cosine against the (frozen) teacher.
   std::unique_ptr<SemanticReward> rsem;
@@ -464,7 +467,10 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     rep.steps.push_back(sl);
     if (log) log(sl);
   }
-  rep.jsd_after = jsd_on(eval_rows, false).item();
+  {
+    SOMNUS_PROFILE_SCOPE("eval_jsd");
+    rep.jsd_after = jsd_on(eval_rows, false).item();
+  }
   rep.seconds = seconds_since(t_start);
   return rep;
 }

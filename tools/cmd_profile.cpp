@@ -12,7 +12,11 @@
 //             tokenizer); without it, uniform random ids over vocab_size.
 //   generate  one nn::generate call per step (KV cache, batch_size prompts of half a block,
 //             sample_tokens new tokens, sample_temperature / sample_top_k). Scope: generate.
-//   sleep     not wired yet: the sleep layer's step is profiled once it provides one.
+//   sleep     one wake step then one sleep (sleep/wake.h) per profiled step: consolidation with
+//             2 Knowledge Seeding steps, teacher sampling and the imitation term included; the
+//             model needs >= 2 CMS levels with slots in level 1 (e.g. tools/configs/cms_tiny.json).
+//             Scopes: wake_step, sleep/consolidation/{teacher_sampling, distill/{teacher_fwd,
+//             student_fwd, jsd, distill_backward}, imitation_rollouts, ppo_update, eval_jsd, ...}.
 //
 // Nothing is written but the trace: no checkpoints, metrics or tokenizer files. The model is
 // freshly initialised from the config's seed (timing does not depend on the weights).
@@ -39,6 +43,7 @@
 #include "tensor/format.h"
 #include "tensor/profiler.h"
 #include "tensor/random.h"
+#include "sleep/wake.h"
 #include "tools/cli_common.h"
 
 namespace somnus::tools {
@@ -87,10 +92,6 @@ void sync(Device device) {
 void run_profile(const ProfileArgs& args) {
   SOMNUS_CHECK(args.what == "train" || args.what == "generate" || args.what == "sleep",
                "profile: --what must be train, generate or sleep, got '{}'", args.what);
-  if (args.what == "sleep") {
-    fail("profile --what sleep: sleep profiling needs the sleep layer's step, which is not wired into `somnus "
-         "profile` yet; use --what train or --what generate");
-  }
   SOMNUS_CHECK(args.steps >= 1, "profile: --steps must be >= 1, got {}", args.steps);
   SOMNUS_CHECK(args.warmup >= 0, "profile: --warmup must be >= 0, got {}", args.warmup);
 
@@ -123,6 +124,7 @@ void run_profile(const ProfileArgs& args) {
   std::optional<AdamW> opt;
   std::optional<TokenStreamBatcher> batcher;
   std::optional<LrSchedule> sched;
+  std::optional<sleep::WakeLearner> learner;
   std::vector<std::vector<TokenId>> prompts;
   GenerateConfig gen_cfg;
   if (args.what == "train") {
@@ -159,6 +161,24 @@ void run_profile(const ProfileArgs& args) {
       SOMNUS_PROFILE_SCOPE("optimizer");
       opt->set_lr_scale(sched->lr_at(k));
       opt->step();
+    };
+  } else if (args.what == "sleep") {
+    sleep::ConsolidationConfig cc;
+    cc.on_exhausted = sleep::SlotPolicy::evict_oldest;  // one slot per profiled step
+    cc.ks.steps = 2;
+    cc.ks.n_samples = cfg.batch_size;
+    cc.ks.batch_size = cfg.batch_size;
+    cc.ks.sample_tokens = std::max<int64_t>(1, T / 2);
+    sleep::WakeConfig wc;
+    wc.lr = cfg.lr;
+    learner.emplace(model, wc, cc);
+    batcher.emplace(std::move(tokens), cfg.batch_size, T, cfg.seed + 1);
+    model.train();
+    step = [&](int64_t) {
+      SOMNUS_PROFILE_SCOPE("sleep_cycle");
+      const Batch b = batcher->next();
+      learner->train_step(Batch{b.input.to(device), b.target.to(device), b.mask.to(device)});
+      learner->sleep();
     };
   } else {
     const int64_t prompt_len = std::max<int64_t>(1, cfg.model.block_size / 2);
