@@ -7,12 +7,16 @@
 // FLOPs per token, N = the parameter count (the tied embedding counted once).
 // The sub-part benchmarks (forward only, forward + backward, optimiser step only) are the
 // breakdown of the step, for profiling; they are not separate targets.
+// Memory (BM_train_step): peak_MB is the CPU allocator's high-water mark during the timed
+// steps (weights, AdamW state, activations, grads); step_peak_MB is that peak above what was
+// live when a step began (what one step adds: activations, the loss, grads).
 // Wall-clock time (UseRealTime): the step is multi-threaded. Use --benchmark_min_time=5 (or
 // more) for a stable figure; the default gives only a few steps. Threads: OMP_NUM_THREADS (and
 // OpenBLAS's pool, set the same by the environment). bench/reference/train_step.py times the
 // same model and step in PyTorch at the same thread count and runs this binary beside it.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -20,6 +24,7 @@
 #include "autograd/grad_mode.h"
 #include "nn/optim.h"
 #include "nn/transformer.h"
+#include "tensor/allocator.h"
 #include "tensor/random.h"
 
 using namespace somnus;
@@ -69,8 +74,18 @@ void set_counters(benchmark::State& st, double flops) {
 void BM_train_step(benchmark::State& st) {
   Setup s;
   s.step();  // warm-up: optimiser state and allocator caches
-  for (auto _ : st) s.step();
+  Allocator& a = cpu_allocator();
+  int64_t peak = 0, step_peak = 0;
+  for (auto _ : st) {
+    const int64_t before = a.stats().current;
+    a.reset_peak();
+    s.step();
+    peak = std::max(peak, a.stats().peak);
+    step_peak = std::max(step_peak, a.stats().peak - before);
+  }
   set_counters(st, s.flops_per_step());
+  st.counters["peak_MB"] = static_cast<double>(peak) / (1024.0 * 1024.0);
+  st.counters["step_peak_MB"] = static_cast<double>(step_peak) / (1024.0 * 1024.0);
   st.counters["params"] = static_cast<double>(s.model->num_parameters());
 }
 

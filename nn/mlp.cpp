@@ -203,10 +203,17 @@ CmsLevel::CmsLevel(const CmsLevelConfig& cfg, Generator& gen, DType dtype, Devic
 }
 
 Tensor CmsLevel::forward(const Tensor& x, Tensor* aux_loss) {
+  auto [stream, out] = forward_residual(x, Tensor(), aux_loss);
+  return stream + out;  // (B, T, C): x + level(norm(x))
+}
+
+std::pair<Tensor, Tensor> CmsLevel::forward_residual(const Tensor& x, const Tensor& pending, Tensor* aux_loss) {
   SOMNUS_CHECK(x.defined() && x.dim() == 3 && x.size(2) == cfg_.n_embd, "CmsLevel: expected x (B, T, {}), got {}",
                cfg_.n_embd, x.defined() ? shape_str(x.shape()) : "undefined");
+  SOMNUS_CHECK(!pending.defined() || pending.shape() == x.shape(), "CmsLevel: pending {} must match x {}",
+               pending.defined() ? shape_str(pending.shape()) : "", shape_str(x.shape()));
   const int64_t B = x.size(0), T = x.size(1);
-  Tensor h = norm->forward(x);  // (B, T, C)
+  auto [h, stream] = norm_with_residual(*norm, x, pending);  // (B, T, C) each: norm(stream), stream = x + pending
   Tensor y;                     // (B, T, C)
   Tensor router_logits;         // (B·T, E), MoE only
   if (mlp) {
@@ -236,7 +243,7 @@ Tensor CmsLevel::forward(const Tensor& x, Tensor* aux_loss) {
       y = y + delta;
     }
   }
-  return x + y;
+  return {stream, y};
 }
 
 int64_t CmsLevel::activate_slot(Generator& gen) {
@@ -334,9 +341,27 @@ CmsChain::CmsChain(const std::vector<LevelConfig>& levels, const CmsLevelConfig&
 }
 
 Tensor CmsChain::forward(const Tensor& x, Tensor* aux_loss) {
-  Tensor h = x;
-  for (auto& level : levels_) h = level->forward(h, aux_loss);  // (B, T, C)
-  return h;
+  auto [stream, out] = forward_residual(x, Tensor(), aux_loss);
+  return stream + out;  // (B, T, C)
+}
+
+std::pair<Tensor, Tensor> CmsChain::forward_residual(const Tensor& x, const Tensor& pending, Tensor* aux_loss) {
+  std::pair<Tensor, Tensor> s{x, pending};
+  for (auto& level : levels_) s = level->forward_residual(s.first, s.second, aux_loss);  // (B, T, C) each
+  return s;
+}
+
+std::pair<Tensor, Tensor> norm_with_residual(const Norm& norm, const Tensor& x, const Tensor& pending) {
+  if (const auto* ln = dynamic_cast<const LayerNorm*>(&norm)) {
+    NormOutput o = layer_norm(x, pending, ln->weight, ln->bias, ln->eps);
+    return {o.y, o.h};  // o.h is x itself without a residual
+  }
+  if (const auto* rms = dynamic_cast<const RMSNorm*>(&norm)) {
+    NormOutput o = rms_norm(x, pending, rms->weight, rms->eps);
+    return {o.y, o.h};
+  }
+  const Tensor h = pending.defined() ? x + pending : x;
+  return {norm.forward(h), h};
 }
 
 }  // namespace somnus::nn

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nn/layers.h"
@@ -170,6 +171,12 @@ class CmsLevel : public Module {
   // x (B, T, C) -> (B, T, C). When aux_loss is given and the level is an MoE, its
   // load-balancing loss is added into *aux_loss (which may start undefined).
   Tensor forward(const Tensor& x, Tensor* aux_loss = nullptr);
+  // The same level with the residual add fused into its norm: the stream arrives split as
+  // x + pending (pending undefined = nothing pending; both (B, T, C)); returns {h, out} with
+  // h = x + pending (computed by the norm kernel, which also normalises it) and the level's
+  // result h + out, left unsummed so the next norm can fuse that add too.
+  // forward(x) == h + out of forward_residual(x, {}), bit for bit.
+  std::pair<Tensor, Tensor> forward_residual(const Tensor& x, const Tensor& pending, Tensor* aux_loss = nullptr);
 
   // ---- slots (PARADIGM §2)
   // Takes the lowest free slot: A ~ N(0, 1/C), B = 0, router row = 0, unmasked, grads cleared.
@@ -208,6 +215,11 @@ class CmsLevel : public Module {
 
 // ---------------------------------------------------------------- CMS chain
 
+// norm(x + pending) for a LayerNorm or RMSNorm module through the fused residual-add + norm
+// kernel (autograd rms_norm / layer_norm): returns {y, h} with h = x + pending. pending
+// undefined: {norm(x), x}. Another Norm subclass: the unfused add, then its forward.
+std::pair<Tensor, Tensor> norm_with_residual(const Norm& norm, const Tensor& x, const Tensor& pending);
+
 // Throws somnus::Error naming levels[i].period (after `context`) unless there is at least one
 // level, every period is >= 1, and each divides the next (which also orders them).
 void validate_level_periods(const std::vector<LevelConfig>& levels, const std::string& context = "CmsChain");
@@ -219,6 +231,9 @@ class CmsChain : public Module {
   CmsChain(const std::vector<LevelConfig>& levels, const CmsLevelConfig& common, Generator& gen,
            DType dtype = DType::f32, Device device = Device::cpu());
   Tensor forward(const Tensor& x, Tensor* aux_loss = nullptr);  // (B, T, C) -> (B, T, C)
+  // Every level through CmsLevel::forward_residual: the stream x + pending in, {h, out} with
+  // the chain's result h + out.
+  std::pair<Tensor, Tensor> forward_residual(const Tensor& x, const Tensor& pending, Tensor* aux_loss = nullptr);
   size_t size() const { return levels_.size(); }
   CmsLevel& level(size_t i) const { return *levels_.at(i); }
 

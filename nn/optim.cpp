@@ -1,5 +1,6 @@
 #include "nn/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <type_traits>
@@ -172,17 +173,48 @@ void Optimizer::reset_state(const std::vector<Tensor>& params) {
   }
 }
 
+struct Optimizer::Prepared {
+  Tensor param, weight, grad;  // weight: contiguous compute-dtype working copy; grad: in its dtype
+  double grad_scale = 1.0;
+};
+
 void Optimizer::apply_group(size_t g) {
   ++applications_[g];
-  for (size_t i = 0; i < groups_[g].params.size(); ++i) apply_param(g, i);
+  const ParamGroup& grp = groups_[g];
+  std::vector<Prepared> prepared;
+  std::vector<size_t> index;  // parameter index of each prepared entry
+  prepared.reserve(grp.params.size());
+  for (size_t i = 0; i < grp.params.size(); ++i) {
+    Prepared p;
+    if (prepare_param(g, i, p)) {
+      prepared.push_back(std::move(p));
+      index.push_back(i);
+    }
+  }
+  std::vector<UpdateArgs> updates;
+  updates.reserve(prepared.size());
+  const double lr = grp.lr * lr_scale_;
+  for (size_t k = 0; k < prepared.size(); ++k) {
+    const Prepared& p = prepared[k];
+    const bool cpu_loops = p.param.device().is_cpu() && path_ == UpdatePath::automatic;
+    updates.push_back(UpdateArgs{grp, state_[g][index[k]], p.weight, p.grad, p.grad_scale, lr, cpu_loops});
+  }
+  update_group(updates);
+  for (const Prepared& p : prepared) {
+    if (!p.weight.same(p.param)) p.param.copy_(p.weight);  // the rounded master, or a strided param's copy
+  }
   clear_group(g, /*set_to_none=*/true);
 }
 
-void Optimizer::apply_param(size_t g, size_t i) {
+void Optimizer::update_group(const std::vector<UpdateArgs>& updates) {
+  for (const UpdateArgs& a : updates) update(a);
+}
+
+bool Optimizer::prepare_param(size_t g, size_t i, Prepared& out) {
   const ParamGroup& grp = groups_[g];
   const Tensor& p = grp.params[i];
   const Tensor grad = p.grad();
-  if (!grad.defined()) return;
+  if (!grad.defined()) return false;
   SOMNUS_CHECK(grad.shape() == p.shape() && grad.device() == p.device(),
                "optimizer: group {} ('{}'): parameter {}: gradient {} on {} does not match the parameter {} on {}", g,
                grp.name, i, shape_str(grad.shape()), grad.device().str(), shape_str(p.shape()), p.device().str());
@@ -205,11 +237,11 @@ void Optimizer::apply_param(size_t g, size_t i) {
     w = p.is_contiguous() ? p : p.contiguous();
   }
   Tensor gw = grad.dtype() == w.dtype() ? grad : grad.to(w.dtype());
-  gw = gw.contiguous();
-  const double grad_scale =
-      reduction_ == AccumulationReduction::mean ? 1.0 / static_cast<double>(grp.period) : 1.0;
-  update(UpdateArgs{grp, s, w, gw, grad_scale, grp.lr * lr_scale_, cpu_loops});
-  if (!w.same(p)) p.copy_(w);  // the rounded master, or the working copy of a strided parameter
+  out.param = p;
+  out.weight = w;
+  out.grad = gw.contiguous();
+  out.grad_scale = reduction_ == AccumulationReduction::mean ? 1.0 / static_cast<double>(grp.period) : 1.0;
+  return true;
 }
 
 void Optimizer::clear_group(size_t g, bool set_to_none) {
@@ -416,6 +448,43 @@ nlohmann::json AdamW::hyperparameters() const {
   return {{"beta1", options_.beta1}, {"beta2", options_.beta2}, {"eps", options_.eps}};
 }
 
+void AdamW::update_group(const std::vector<UpdateArgs>& updates) {
+  // The fused kernel's lists, one per (device, dtype) bucket in first-seen order; the
+  // ops-path updates go one by one. Elementwise math: grouping changes no result bit.
+  struct Bucket {
+    Device device;
+    DType dtype;
+    std::vector<Tensor> w, g, m, v;
+    std::vector<kernels::AdamWHyper> hyper;
+  };
+  std::vector<Bucket> buckets;
+  for (const UpdateArgs& a : updates) {
+    const Tensor& w = a.weight;
+    if (!(a.cpu_loops || w.device().is_cuda())) {
+      update(a);
+      continue;
+    }
+    SOMNUS_CHECK(w.dtype() != DType::bf16, "AdamW: internal error: bf16 working weights");
+    Tensor& m = buffer(a.state, "exp_avg", w);
+    Tensor& v = buffer(a.state, "exp_avg_sq", w);
+    auto it = std::find_if(buckets.begin(), buckets.end(),
+                           [&](const Bucket& b) { return b.device == w.device() && b.dtype == w.dtype(); });
+    if (it == buckets.end()) it = buckets.insert(buckets.end(), Bucket{w.device(), w.dtype(), {}, {}, {}, {}, {}});
+    it->w.push_back(w);
+    it->g.push_back(a.grad);
+    it->m.push_back(m);
+    it->v.push_back(v);
+    it->hyper.push_back(kernels::AdamWHyper{.lr = a.lr,
+                                            .weight_decay = a.group.weight_decay,
+                                            .beta1 = options_.beta1,
+                                            .beta2 = options_.beta2,
+                                            .eps = options_.eps,
+                                            .grad_scale = a.grad_scale,
+                                            .step = a.state.step});
+  }
+  for (const Bucket& b : buckets) kernels::adamw_step(b.w, b.g, b.m, b.v, b.hyper);
+}
+
 void AdamW::update(const UpdateArgs& a) {
   const Tensor& w = a.weight;
   Tensor& m = buffer(a.state, "exp_avg", w);
@@ -518,6 +587,26 @@ void SGD::update(const UpdateArgs& a) {
 // ---------------------------------------------------------------- gradient utilities
 
 double grad_norm(const std::vector<Tensor>& params) {
+  // Device grads first: each tensor's Σg² by reduce_all (f32 accumulation on CUDA), left on
+  // the device, then gathered into one tensor per device and read back at once: one host
+  // round trip per device, not one per tensor. Then, in parameter order, the f64 sum of the
+  // CPU grads' squares and the device partials, exactly as when each partial was read alone.
+  std::vector<std::pair<Device, std::vector<Tensor>>> device_sums;  // per device: (1,) sums in order
+  for (const Tensor& p : params) {
+    if (!p.defined()) continue;
+    const Tensor g = p.grad();
+    if (!g.defined() || g.device().is_cpu()) continue;
+    const Tensor gf = g.dtype() == DType::f64 ? g : kernels::cast(g, DType::f32);
+    const Tensor part = kernels::reduce_all(kernels::Reduce::sum, kernels::unary(kernels::Unary::square, gf));
+    auto it = std::find_if(device_sums.begin(), device_sums.end(),
+                           [&](const auto& d) { return d.first == g.device(); });
+    if (it == device_sums.end()) it = device_sums.insert(device_sums.end(), {g.device(), {}});
+    it->second.push_back(kernels::cast(part, DType::f64).reshape({1}));  // exact
+  }
+  std::vector<std::vector<double>> host(device_sums.size());
+  for (size_t d = 0; d < device_sums.size(); ++d) host[d] = kernels::concat(device_sums[d].second, 0).to_vector();
+  std::vector<size_t> next(device_sums.size(), 0);
+
   double sum_sq = 0.0;  // f64, in parameter order: deterministic
   for (const Tensor& p : params) {
     if (!p.defined()) continue;
@@ -535,8 +624,9 @@ double grad_norm(const std::vector<Tensor>& params) {
         }
       });
     } else {
-      const Tensor gf = g.dtype() == DType::f64 ? g : kernels::cast(g, DType::f32);
-      sum_sq += kernels::reduce_all(kernels::Reduce::sum, kernels::unary(kernels::Unary::square, gf)).item();
+      size_t d = 0;
+      while (device_sums[d].first != g.device()) ++d;
+      sum_sq += host[d][next[d]++];
     }
   }
   return std::sqrt(sum_sq);

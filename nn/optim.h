@@ -28,7 +28,9 @@
 // master never overwrites an outside change.
 //
 // Update paths: CPU tensors are updated by plain loops over their data (the reference);
-// tensors on other devices by a composition of kernels:: ops (no fused CUDA kernel yet).
+// tensors on other devices by a composition of kernels:: ops. AdamW on CPU (automatic path)
+// and on CUDA runs the fused multi-tensor kernel (kernels::adamw_step): one call per group
+// application and (device, dtype), the same per-element expressions as the loop.
 // Both evaluate the same expressions in the same order in the parameter's compute type
 // (f32 for f32/bf16, f64 for f64); they agree to rounding, not bitwise, because the compiler
 // may fuse the loops' multiply-adds. set_update_path(kernel_ops) forces the ops path on CPU
@@ -153,6 +155,11 @@ class Optimizer {
   };
   // Writes the new weight into args.weight in place and updates the state buffers.
   virtual void update(const UpdateArgs& args) = 0;
+  // One application of a group: the updates of its parameters that have a .grad, in order
+  // (each state.step already advanced). The default calls update() for each; AdamW fuses the
+  // kernel-path ones into one multi-tensor kernel call per (device, dtype). The caller
+  // copies each working weight back into its parameter afterwards.
+  virtual void update_group(const std::vector<UpdateArgs>& updates);
   // The buffer names this optimiser keeps per parameter (besides "master").
   virtual std::vector<std::string> buffer_names() const = 0;
   virtual nlohmann::json hyperparameters() const = 0;
@@ -161,8 +168,9 @@ class Optimizer {
   static Tensor& buffer(ParamState& s, const std::string& name, const Tensor& weight);
 
  private:
+  struct Prepared;  // a parameter's working weight and gradient for one application
   void apply_group(size_t g);
-  void apply_param(size_t g, size_t i);
+  bool prepare_param(size_t g, size_t i, Prepared& out);
   void clear_group(size_t g, bool set_to_none);
   void check_layout() const;
 
@@ -195,6 +203,7 @@ class AdamW : public Optimizer {
 
  protected:
   void update(const UpdateArgs& args) override;
+  void update_group(const std::vector<UpdateArgs>& updates) override;
   std::vector<std::string> buffer_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   nlohmann::json hyperparameters() const override;
 

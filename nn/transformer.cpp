@@ -5,8 +5,10 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "autograd/functions.h"
+#include "autograd/losses.h"
 #include "kernels/ops.h"
 #include "tensor/format.h"
 
@@ -311,8 +313,15 @@ Block::Block(const TransformerConfig& cfg, Generator& gen, DType dtype, Device d
 }
 
 Tensor Block::forward(const Tensor& x, const ForwardContext& ctx, int64_t layer, Tensor* aux_loss) {
-  Tensor h = x + attn->forward(attn_norm->forward(x), ctx, layer);  // (B, T, C)
-  return cms->forward(h, aux_loss);                                 // (B, T, C)
+  auto [h, out] = forward_residual(x, Tensor(), ctx, layer, aux_loss);
+  return h + out;  // (B, T, C)
+}
+
+std::pair<Tensor, Tensor> Block::forward_residual(const Tensor& x, const Tensor& pending, const ForwardContext& ctx,
+                                                  int64_t layer, Tensor* aux_loss) {
+  auto [y, h] = norm_with_residual(*attn_norm, x, pending);  // (B, T, C) each; h = x + pending
+  const Tensor a = attn->forward(y, ctx, layer);             // (B, T, C)
+  return cms->forward_residual(h, a, aux_loss);              // level 0's norm adds h + a
 }
 
 Transformer::Transformer(const TransformerConfig& cfg, Generator& gen, DType dtype, Device device) : cfg_(cfg) {
@@ -342,10 +351,11 @@ Tensor Transformer::hidden_states(const Tensor& ids, const ForwardContext& ctx, 
                ctx.pos_offset + T - 1, cfg_.block_size, ctx.pos_offset, T);
   Tensor x = wte->forward(ids);                                            // (B, T, C)
   if (wpe) x = x + wpe->forward(ctx.resolved_positions(T, ids.device()));  // + (T, C) or (B, T, C)
+  Tensor pending;  // the last branch output, added into the stream by the next norm
   for (size_t i = 0; i < blocks->size(); ++i) {
-    x = (*blocks)[i].forward(x, ctx, static_cast<int64_t>(i), aux_loss);  // (B, T, C)
+    std::tie(x, pending) = (*blocks)[i].forward_residual(x, pending, ctx, static_cast<int64_t>(i), aux_loss);
   }
-  return ln_f->forward(x);  // (B, T, C)
+  return norm_with_residual(*ln_f, x, pending).first;  // (B, T, C): ln_f(x + pending)
 }
 
 Tensor Transformer::lm_head_weight() const { return lm_head ? lm_head->weight : wte->weight; }
@@ -362,7 +372,33 @@ Tensor Transformer::forward(const Tensor& ids, const ForwardContext& ctx) {
 LMLoss Transformer::loss(const Tensor& ids, const Tensor& targets, const Tensor& mask, const ForwardContext& ctx) {
   LMLoss out;
   Tensor hidden = hidden_states(ids, ctx, cfg_.has_moe() ? &out.aux : nullptr);  // (B, T, C)
-  out.ce = cross_entropy(logits_from_hidden(hidden), targets, mask);
+  // An unmerged LoRA adapter on the head is part of logits_from_hidden, not of a single W:
+  // take the logits path then.
+  if (lm_head && lm_head->has_lora() && !lm_head->lora_merged()) {
+    out.ce = cross_entropy(logits_from_hidden(hidden), targets, mask);
+    return out;
+  }
+  SOMNUS_CHECK(targets.defined() && is_integral(targets.dtype()),
+               "Transformer::loss: targets must be an integer tensor (B, T)");
+  SOMNUS_CHECK(targets.shape() == Shape(hidden.shape().begin(), hidden.shape().end() - 1),
+               "Transformer::loss: targets {} must match ids {}", shape_str(targets.shape()), shape_str(ids.shape()));
+  SOMNUS_CHECK(!mask.defined() || mask.shape() == targets.shape(), "Transformer::loss: mask {} must match targets {}",
+               mask.defined() ? shape_str(mask.shape()) : "", shape_str(targets.shape()));
+  // The fused chunked lm-head cross-entropy (autograd/losses.h): one chunk of logits at a
+  // time, dh and dW computed in the same pass; never the (B, T, V) logits. The mask is folded
+  // into the targets as ignore_index = −1, so the mean runs over the same counted tokens as
+  // cross_entropy() (0 when nothing counts).
+  const Device dev = hidden.device();
+  Tensor tgt = targets.device() == dev ? targets : targets.to(dev);  // (B, T)
+  if (mask.defined()) {
+    const Tensor m = mask.device() == dev ? mask : mask.to(dev);
+    const Tensor t = kernels::cast(tgt, DType::f64);  // exact for any id < 2^53
+    tgt = kernels::cast(kernels::where(m, t, Tensor::scalar(-1.0, DType::f64, dev)), DType::i64);
+  }
+  LinearCrossEntropyOptions opt;
+  opt.ignore_index = -1;
+  out.ce = linear_cross_entropy(hidden, lm_head_weight(), tgt, opt);  // f32 (f64 for f64 models)
+  if (out.ce.dtype() != hidden.dtype()) out.ce = somnus::to(out.ce, hidden.dtype());  // the model's dtype, as before
   return out;
 }
 

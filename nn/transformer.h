@@ -8,6 +8,8 @@
 //     x = x + attn(attn_norm(x))                      causal self-attention (RoPE, GQA)
 //     for each level ℓ: x = x + level_ℓ(norm_ℓ(x))    dense MLP or MoE, + active slots
 //   h = ln_f(x)                                       (B, T, C)  <- hidden_states()
+// Each residual add "x + branch" is computed by the norm that reads the sum next (the fused
+// residual-add + norm kernels), never by a separate add: the same values, one pass less.
 //   logits = h @ lm_head^T                            (B, T, V)  (lm_head = wte when tied)
 //
 // Init (GPT-2 / nanoGPT): every weight N(0, init_std²), biases 0, norm weights 1, and the
@@ -81,7 +83,8 @@ void from_json(const nlohmann::json& j, TransformerConfig& c);
 // Mean token cross-entropy of logits (..., V) against int targets (...): −log_softmax at the
 // target, averaged over the counted tokens. Targets equal to −1 are ignored; an optional
 // mask (...) (any dtype, non-zero = counted) also excludes tokens. 0 when nothing counts.
-// The fused chunked lm-head losses of issue 5 replace this for large vocabularies.
+// For callers that already hold logits; Transformer::loss goes through the fused chunked
+// linear_cross_entropy (autograd/losses.h) instead, with the same semantics.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& mask = Tensor());
 
 struct LMLoss {
@@ -97,6 +100,12 @@ class Block : public Module {
   Block(const TransformerConfig& cfg, Generator& gen, DType dtype = DType::f32, Device device = Device::cpu());
   // x (B, T, C) -> (B, T, C)
   Tensor forward(const Tensor& x, const ForwardContext& ctx, int64_t layer, Tensor* aux_loss = nullptr);
+  // The same layer on the residual stream split as x + pending (pending undefined = none):
+  // returns {h, out}, the layer's result being h + out. Every residual add is fused into the
+  // norm that reads it (attn_norm, each level's norm; the caller's next norm for the last
+  // one), so the stream is never added up by a separate kernel.
+  std::pair<Tensor, Tensor> forward_residual(const Tensor& x, const Tensor& pending, const ForwardContext& ctx,
+                                             int64_t layer, Tensor* aux_loss = nullptr);
 
   std::shared_ptr<Norm> attn_norm;
   std::shared_ptr<CausalSelfAttention> attn;
@@ -116,7 +125,11 @@ class Transformer : public Module {
   Tensor logits_from_hidden(const Tensor& hidden) const;
   // ids (B, T) -> logits (B, T, V)
   Tensor forward(const Tensor& ids, const ForwardContext& ctx = {});
-  // Next-token loss: targets (B, T) int with −1 = ignore, optional mask (B, T).
+  // Next-token loss: targets (B, T) int with −1 = ignore, optional mask (B, T) (any dtype,
+  // non-zero = counted); the mean over counted tokens, 0 when nothing counts (as
+  // cross_entropy). Computed by the fused chunked linear_cross_entropy from the hidden states,
+  // so training never holds the (B, T, V) logits (the logits path only for an unmerged LoRA
+  // adapter on an untied head).
   LMLoss loss(const Tensor& ids, const Tensor& targets, const Tensor& mask = Tensor(), const ForwardContext& ctx = {});
 
   // (V, C): wte.weight when tied, else lm_head.weight.

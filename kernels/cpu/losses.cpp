@@ -31,6 +31,7 @@
 #include "kernels/losses.h"
 #include "kernels/ops.h"
 #include "tensor/format.h"
+#include "tensor/profiler.h"
 
 namespace somnus::kernels {
 
@@ -503,6 +504,14 @@ void check_lm_head(const Tensor& h, const Tensor& W, const char* op, const char*
   check_same_device(W, h, op);
 }
 
+// Profiler FLOP count: 2·N·V·H per GEMM pass (the logits, then dh and dW when computed).
+double lm_head_flops(const Tensor& h, const Tensor& W, bool grad, bool dW) {
+  if (!h.defined() || !W.defined() || h.dim() < 1 || W.dim() != 2 || h.size(-1) == 0) return 0.0;
+  const double f = 2.0 * static_cast<double>(h.numel() / h.size(-1)) * static_cast<double>(W.size(0)) *
+                   static_cast<double>(W.size(1));
+  return f * (1.0 + (grad ? 1.0 : 0.0) + (grad && dW ? 1.0 : 0.0));
+}
+
 }  // namespace
 
 #ifdef SOMNUS_WITH_CUDA
@@ -521,6 +530,8 @@ LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Ten
 LinearLossResult linear_cross_entropy(const Tensor& h, const Tensor& W, const Tensor& targets,
                                       const LinearCrossEntropyOptions& opt) {
   const char* op = "linear_cross_entropy";
+  const profiler::OpScope profile(op, {&h, &W, &targets},
+                                  [&] { return lm_head_flops(h, W, opt.compute_grad, opt.compute_dW); });
   check_lm_head(h, W, op, "h", "W");
   SOMNUS_CHECK(targets.defined() && targets.shape() == lead_shape(h), "{}: targets must have shape {} (h {}), got {}",
                op, shape_str(lead_shape(h)), shape_str(h.shape()),
@@ -557,6 +568,9 @@ LinearLossResult linear_cross_entropy(const Tensor& h, const Tensor& W, const Te
 LinearLossResult linear_jsd(const Tensor& h_s, const Tensor& W_s, const Tensor& h_t, const Tensor& W_t,
                             const LinearJSDOptions& opt) {
   const char* op = "linear_jsd";
+  const profiler::OpScope profile(op, {&h_s, &W_s, &h_t, &W_t}, [&] {
+    return lm_head_flops(h_s, W_s, opt.compute_grad, opt.compute_dW) + lm_head_flops(h_t, W_t, false, false);
+  });
   check_lm_head(h_s, W_s, op, "h_s", "W_s");
   check_lm_head(h_t, W_t, op, "h_t", "W_t");
   SOMNUS_CHECK(lead_shape(h_s) == lead_shape(h_t), "{}: student and teacher tokens differ: h_s {} vs h_t {}", op,
@@ -629,6 +643,8 @@ LinearPPOResult linear_ppo_loss(const Tensor& h, const Tensor& W, const Tensor& 
                                 const Tensor& ref_logp, const Tensor& advantages, const Tensor& mask,
                                 const LinearPPOOptions& opt) {
   const char* op = "linear_ppo_loss";
+  const profiler::OpScope profile(op, {&h, &W, &actions},
+                                  [&] { return lm_head_flops(h, W, opt.compute_grad, opt.compute_dW); });
   check_lm_head(h, W, op, "h", "W");
   SOMNUS_CHECK(h.dim() == 3, "{}: h must be (B, T, H), got {}", op, shape_str(h.shape()));
   const int64_t B = h.size(0), Tn = h.size(1), V = W.size(0), H = W.size(1);

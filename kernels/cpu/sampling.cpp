@@ -4,14 +4,20 @@
 //   1. m = max z, lse of the raw logits (for the policy log-prob);
 //   2. w_i = exp((x_i − m)/τ);
 //   3. if top_k or top_p filter: sort (w desc, index asc) — CUB segmented radix sort on GPU,
-//      std::sort here; inclusive scan of w over the sorted order (CUB scan on GPU);
+//      std::sort here; with top_k < V only the k first are selected and sorted: a heap
+//      (std::partial_sort) for k <= 64, else a radix-select prefilter (a histogram of the
+//      logits' top 16 key bits finds the bucket of the k-th largest; only the tokens at or
+//      above it are candidates) and a partial sort of the candidates;
+//      inclusive scan of w over the sorted order (CUB scan on GPU);
 //      n = min(k, first j whose scan ≥ top_p · scan[k−1]) + 1 candidates;
 //   4. inverse CDF: the first candidate whose running mass ≥ u · total (binary search in the
 //      scan on GPU, a walk here), skipping zero weights.
-// Cost: O(V) per row without filtering, O(V log V) with; 1 read of the logits.
+// Cost: O(V) per row without filtering, O(V + c log k) with top_k (c candidates, about k
+// plus one histogram bucket), O(V log V) with only top_p; 1 read of the logits.
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -20,8 +26,47 @@
 #include "kernels/sampling.h"
 #include "tensor/format.h"
 #include "tensor/philox.h"
+#include "tensor/profiler.h"
 
 namespace somnus::kernels {
+
+namespace {
+
+// top_k up to this: std::partial_sort (a heap of k over one pass) is the fastest selection;
+// above it the radix prefilter wins (measured at V = 4096…131072: k = 20 heap 2× faster,
+// k = 100 about even, k = 1000 radix 2–3× faster).
+constexpr int64_t kHeapSelectMaxK = 64;
+
+// An unsigned key with the order of the doubles (NaN excluded; −0 counted as +0, since the
+// sampler's order treats them as equal).
+inline uint64_t order_key(double v) {
+  const uint64_t u = std::bit_cast<uint64_t>(v == 0.0 ? 0.0 : v);
+  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
+}
+
+// The top-k prefilter, a radix select on the host (the CUDA sampler's idea): a 2^16-bucket
+// histogram of the keys' top 16 bits (sign, exponent, 4 mantissa bits), scanned from the top
+// to the bucket that holds the k-th largest logit; every token at or above that bucket (the
+// top k plus the rest of the boundary bucket) is written to `out` in index order, and their
+// count (>= k) returned. Two passes over the row, no comparisons between logits.
+int64_t topk_candidates(const double* x, int64_t V, int64_t k, int32_t* out) {
+  thread_local std::vector<uint32_t> hist(size_t{1} << 16);
+  std::fill(hist.begin(), hist.end(), 0u);
+  for (int64_t i = 0; i < V; ++i) ++hist[order_key(x[i]) >> 48];
+  int64_t bucket = (int64_t{1} << 16) - 1;
+  for (int64_t above = 0; bucket > 0; --bucket) {
+    above += hist[static_cast<size_t>(bucket)];
+    if (above >= k) break;
+  }
+  const uint64_t lo = static_cast<uint64_t>(bucket) << 48;
+  int64_t n = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    if (order_key(x[i]) >= lo) out[n++] = static_cast<int32_t>(i);
+  }
+  return n;
+}
+
+}  // namespace
 
 double sampling_uniform(uint64_t seed, uint64_t stream, uint64_t step) {
   return philox::uniform53(philox::philox4x32_10(step, stream + 1, seed));
@@ -56,7 +101,13 @@ SampledRow sample_row(const double* x, int64_t V, const SamplingOptions& opt, do
     return out;
   }
   w.resize(V);
-  for (int64_t i = 0; i < V; ++i) w[i] = std::exp((x[i] - m) * inv_t);
+  // The weights w_i = exp((x_i − m)/τ), of every token, or (top_k < V) of the k kept ones
+  // only: the filter runs on the logits, and nothing after it reads another weight.
+  const auto weigh = [&](int64_t i) { w[i] = std::exp((x[i] - m) * inv_t); };
+  const int64_t k_keep = opt.top_k > 0 ? std::min<int64_t>(opt.top_k, V) : V;
+  if (k_keep == V) {
+    for (int64_t i = 0; i < V; ++i) weigh(i);
+  }
   int64_t pick = arg;
   double total = 0.0;
   auto walk = [&](int64_t n, auto cand) {
@@ -79,10 +130,19 @@ SampledRow sample_row(const double* x, int64_t V, const SamplingOptions& opt, do
     std::iota(order.begin(), order.end(), 0);
     auto before = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
     const int64_t k = opt.top_k > 0 ? std::min<int64_t>(opt.top_k, V) : V;
-    if (k < V) {
+    if (k < V && k <= kHeapSelectMaxK) {
       std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+    } else if (k < V) {
+      // Radix-select prefilter, then a partial sort of the candidates only. `before` is a
+      // strict total order, so the first k (and their order) are the same as from sorting
+      // the whole row.
+      const int64_t n_cand = topk_candidates(x, V, k, order.data());
+      std::partial_sort(order.begin(), order.begin() + k, order.begin() + n_cand, before);
     } else {
       std::sort(order.begin(), order.end(), before);
+    }
+    if (k < V) {
+      for (int64_t j = 0; j < k; ++j) weigh(order[j]);  // order[0] = arg, the first maximum
     }
     int64_t n = k;
     if (opt.top_p < 1.0) {
@@ -114,6 +174,7 @@ SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt);  
 
 SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
   const char* op = "sample_tokens";
+  const profiler::OpScope profile(op, {&logits});
   SOMNUS_CHECK(logits.defined() && logits.dim() == 2 && logits.size(1) > 0 && is_floating(logits.dtype()),
                "{}: expected floating logits (B, V) with V > 0, got {}", op,
                logits.defined() ? shape_str(logits.shape()) + " " + dtype_name(logits.dtype()) : std::string("undefined"));

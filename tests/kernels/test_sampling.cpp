@@ -133,6 +133,101 @@ TEST(SampleTokens, GreedyAndBatchIndependence) {
   EXPECT_EQ(kernels::sample_tokens(logits.slice(0, 3, 4), o).tokens.item(), full);
 }
 
+// The sampler before its top-k prefilter: every row fully sorted (logit desc, index asc),
+// then the same top-k / top-p cut and inverse-CDF walk, in the same order of operations.
+SampledRow full_sort_row(const double* x, int64_t V, const SamplingOptions& opt, double u) {
+  SampledRow out;
+  const int64_t arg = std::max_element(x, x + V) - x;  // first maximum
+  const double m = x[arg];
+  double s = 0.0;
+  for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
+  const double lse = m + std::log(s);
+  const double inv_t = 1.0 / opt.temperature;
+  std::vector<double> w(V);
+  for (int64_t i = 0; i < V; ++i) w[i] = std::exp((x[i] - m) * inv_t);
+  std::vector<int32_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+  const int64_t k = opt.top_k > 0 ? std::min<int64_t>(opt.top_k, V) : V;
+  int64_t n = k;
+  if (opt.top_p < 1.0) {
+    double kept = 0.0;
+    for (int64_t j = 0; j < k; ++j) kept += w[order[j]];
+    double acc = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      acc += w[order[j]];
+      if (acc >= opt.top_p * kept) {
+        n = j + 1;
+        break;
+      }
+    }
+  }
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) total += w[order[j]];
+  int64_t pick = arg;
+  double acc = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    acc += w[order[j]];
+    if (acc >= u * total && w[order[j]] > 0.0) {
+      pick = order[j];
+      break;
+    }
+  }
+  out.token = pick;
+  out.logprob = x[pick] - lse;
+  out.sampling_logprob = std::log(w[pick] / total);
+  return out;
+}
+
+// With top_k > 0 the sampler selects the k first tokens (a heap for small k, a radix-select
+// prefilter above) before sorting only those; tokens and both log-probs must equal the
+// full-sort sampler's bit for bit, for k from 1 to V, with top_p, with many tied logits
+// (rounded to a coarse grid, so the ties' index order matters; +0 and −0), and -inf logits.
+TEST(SampleTokens, TopKPrefilterEqualsFullSort) {
+  Generator g(21);
+  const int64_t B = 24, V = 517;
+  std::vector<double> x = randn({B, V}, g, DType::f64, Device::cpu(), 0.0, 2.0).to_vector();
+  for (int64_t b = 0; b < B; b += 2) {
+    for (int64_t i = 0; i < V; ++i) x[b * V + i] = std::round(x[b * V + i] * 2.0) / 2.0;  // ties
+  }
+  for (int64_t i = 0; i < V; i += 7) x[3 * V + i] = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) x[5 * V + i] = i % 2 == 0 ? 0.0 : -0.0;  // all equal: +0 and −0 ties
+  for (int64_t i = 0; i < V; ++i) x[7 * V + i] = 1e-3 * std::round(x[7 * V + i]);  // few distinct values
+  std::vector<int32_t> order;
+  std::vector<double> w;
+  int compared = 0;
+  // k <= 64 takes the heap selection, larger k the radix-select prefilter.
+  for (const int64_t k : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{64}, int64_t{65}, int64_t{200}, V - 1, V}) {
+    for (const double p : {1.0, 0.9, 0.3}) {
+      SamplingOptions o;
+      o.temperature = 0.8;
+      o.top_k = k;
+      o.top_p = p;
+      for (int64_t b = 0; b < B; ++b) {
+        const double u = kernels::sampling_uniform(5, b, static_cast<uint64_t>(k));
+        const SampledRow got = kernels::sample_row(x.data() + b * V, V, o, u, order, w);
+        const SampledRow ref = full_sort_row(x.data() + b * V, V, o, u);
+        ASSERT_EQ(got.token, ref.token) << "k " << k << " p " << p << " row " << b;
+        EXPECT_EQ(got.logprob, ref.logprob) << "k " << k << " p " << p << " row " << b;
+        EXPECT_EQ(got.sampling_logprob, ref.sampling_logprob) << "k " << k << " p " << p << " row " << b;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_EQ(compared, 8 * 3 * B);
+  // The batched entry point runs the same rows.
+  SamplingOptions o;
+  o.temperature = 1.1;
+  o.top_k = 140;
+  o.seed = 9;
+  const Tensor logits = Tensor::from_vector(x, {B, V}, DType::f64);
+  const std::vector<double> tok = kernels::sample_tokens(logits, o).tokens.to_vector();
+  for (int64_t b = 0; b < B; ++b) {
+    const double u = kernels::sampling_uniform(9, b, 0);
+    EXPECT_EQ(static_cast<int64_t>(tok[b]), full_sort_row(x.data() + b * V, V, o, u).token) << "row " << b;
+  }
+}
+
 TEST(SampleTokens, BadInputErrors) {
   SamplingOptions o;
   EXPECT_THROW(kernels::sample_tokens(Tensor::zeros({4}), o), Error);

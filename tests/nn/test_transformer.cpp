@@ -236,8 +236,9 @@ TEST(Transformer, LossMatchesFormulaWithIgnoreAndMask) {
   // Nothing counted: 0, not NaN.
   const LMLoss none = m.loss(ids, Tensor::full({2, 6}, -1.0, DType::i64));
   EXPECT_EQ(none.ce.item(), 0.0);
-  expect_error([&] { m.loss(ids, Tensor::full({2, 6}, -2.0, DType::i64)); }, {"gather"});
-  expect_error([&] { m.loss(ids, Tensor::zeros({2, 5}, DType::i64)); }, {"cross_entropy", "(2, 5)"});
+  expect_error([&] { m.loss(ids, Tensor::full({2, 6}, -2.0, DType::i64)); }, {"targets", "-2"});
+  expect_error([&] { m.loss(ids, Tensor::zeros({2, 5}, DType::i64)); }, {"loss", "(2, 5)"});
+  expect_error([&] { m.loss(ids, targets, Tensor::ones({2, 5}, DType::f32)); }, {"mask", "(2, 5)"});
 
   Generator gen2(3);
   Transformer moe(tiny_cms(), gen2, DType::f64);
@@ -245,6 +246,144 @@ TEST(Transformer, LossMatchesFormulaWithIgnoreAndMask) {
   ASSERT_TRUE(l.aux.defined());
   EXPECT_GT(l.aux.item(), 0.5 * 2);  // two MoE levels (one per layer), each >= ~1
   EXPECT_NEAR(l.total(0.01).item(), l.ce.item() + 0.01 * l.aux.item(), 1e-14);
+}
+
+// Transformer::loss runs the fused chunked linear_cross_entropy on the hidden states; it must
+// give the loss and every gradient of the logits composition cross_entropy(forward(ids)),
+// with ignored targets and a mask, tied (gpt2) and untied (llama + MoE) heads, and with a
+// (mask, −1) combination that counts nothing.
+TEST(Transformer, FusedLossEqualsLogitsComposition) {
+  for (const TransformerConfig& cfg : {tiny_gpt2(), tiny_cms()}) {
+    SCOPED_TRACE(json(cfg).dump());
+    Generator gen(41);
+    Transformer m(cfg, gen, DType::f64);
+    const Tensor ids = random_ids(2, 7, 13, 42);
+    std::vector<double> t = random_ids(2, 7, 13, 43).to_vector();
+    t[1] = t[9] = -1;
+    const Tensor targets = Tensor::from_vector(t, {2, 7}, DType::i64);
+    std::vector<double> mask_v(14, 1.0);
+    mask_v[4] = mask_v[12] = 0;
+    const Tensor mask = Tensor::from_vector(mask_v, {2, 7}, DType::i32);
+    for (const bool use_mask : {false, true}) {
+      const Tensor mk = use_mask ? mask : Tensor();
+      m.zero_grad();
+      const Tensor fused = m.loss(ids, targets, mk).ce;
+      backward(fused);
+      std::map<std::string, Tensor> fused_grads;  // masked slots get none either way
+      for (auto& [n, p] : m.named_parameters()) fused_grads[n] = p.grad().defined() ? p.grad().clone() : Tensor();
+      m.zero_grad();
+      const Tensor ref = nn::cross_entropy(m.forward(ids), targets, mk);
+      backward(ref);
+      EXPECT_EQ(fused.dtype(), DType::f64);
+      EXPECT_NEAR(fused.item(), ref.item(), 1e-12 * std::abs(ref.item()));
+      for (auto& [n, p] : m.named_parameters()) {
+        ASSERT_EQ(fused_grads[n].defined(), p.grad().defined()) << n;
+        if (p.grad().defined()) {
+          EXPECT_LT(rel_error(fused_grads[n], p.grad()), 1e-10) << n;
+        }
+      }
+    }
+    // Nothing counted (every unmasked target ignored): 0 and zero gradients, as cross_entropy.
+    m.zero_grad();
+    std::vector<double> none(14, -1.0);
+    none[4] = 3;  // masked out
+    const Tensor zero = m.loss(ids, Tensor::from_vector(none, {2, 7}, DType::i64), mask).ce;
+    EXPECT_EQ(zero.item(), 0.0);
+    backward(zero);
+    for (double g : m.wte->weight.grad().to_vector()) ASSERT_EQ(g, 0.0);
+  }
+}
+
+// The hidden states by the unfused composition, every residual add a separate op:
+// x = x + attn(attn_norm(x)); x = level.forward(x) per level (whose own norm has nothing
+// pending); ln_f(x).
+Tensor unfused_hidden(Transformer& m, const Tensor& ids, Tensor* aux) {
+  Tensor x = m.wte->forward(ids);  // (B, T, C)
+  if (m.wpe) x = x + m.wpe->forward(ForwardContext{}.resolved_positions(ids.size(1), ids.device()));
+  for (size_t i = 0; i < m.blocks->size(); ++i) {
+    Block& b = (*m.blocks)[i];
+    x = x + b.attn->forward(b.attn_norm->forward(x), ForwardContext{}, static_cast<int64_t>(i));
+    for (size_t l = 0; l < b.cms->size(); ++l) x = b.cms->level(l).forward(x, aux);
+  }
+  return m.ln_f->forward(x);
+}
+
+// Block, CmsChain and hidden_states add each residual inside the next norm's fused kernel;
+// outputs (bitwise in f32), the MoE aux loss and every gradient (f64) must equal the unfused
+// composition, for LayerNorm (gpt2) and RMSNorm with two levels, MoE and active slots.
+TEST(Transformer, FusedResidualNormsEqualUnfusedComposition) {
+  for (const TransformerConfig& cfg : {tiny_gpt2(), tiny_cms()}) {
+    SCOPED_TRACE(json(cfg).dump());
+    for (const DType dt : {DType::f32, DType::f64}) {
+      Generator gen(51);
+      Transformer m(cfg, gen, dt);
+      if (cfg.has_moe()) {
+        Generator sg(52);
+        for (int64_t l = 0; l < cfg.n_layer; ++l) {
+          m.level(l, 0).activate_slot(sg);
+          m.level(l, 1).activate_slot(sg);
+          randomize(m.level(l, 0).slot(0).B, 53 + static_cast<uint64_t>(l));
+          randomize(m.level(l, 1).slot(0).B, 55 + static_cast<uint64_t>(l));
+        }
+      }
+      const Tensor ids = random_ids(2, 7, 13, 54);
+      Tensor aux_fused, aux_ref;
+      const Tensor fused = m.hidden_states(ids, {}, cfg.has_moe() ? &aux_fused : nullptr);
+      const Tensor ref = unfused_hidden(m, ids, cfg.has_moe() ? &aux_ref : nullptr);
+      EXPECT_TRUE(bitwise_equal(fused, ref));
+      if (cfg.has_moe()) {
+        EXPECT_TRUE(bitwise_equal(aux_fused, aux_ref));
+      }
+      if (dt != DType::f64) continue;
+      // Gradients through a random projection of the hidden states (+ the aux loss).
+      const Tensor proj = randn(fused.shape(), gen, DType::f64);
+      auto grads = [&](const Tensor& hidden, const Tensor& aux) {
+        m.zero_grad();
+        Tensor l = sum(hidden * proj);
+        if (aux.defined()) l = l + aux;
+        backward(l);
+        std::map<std::string, Tensor> g;
+        for (auto& [n, p] : m.named_parameters()) g[n] = p.grad().defined() ? p.grad().clone() : Tensor();
+        return g;
+      };
+      const auto gf = grads(fused, aux_fused), gr = grads(ref, aux_ref);
+      for (auto& [n, g] : gr) {
+        ASSERT_EQ(gf.at(n).defined(), g.defined()) << n;
+        if (g.defined()) {
+          EXPECT_LT(rel_error(gf.at(n), g), 1e-12) << n;
+        }
+      }
+      EXPECT_TRUE(gf.at("blocks.0.attn_norm.weight").defined());
+    }
+  }
+}
+
+// CmsLevel::forward_residual(x, pending) is the level applied to x + pending, with the add in
+// the norm kernel: output h + out equals level.forward(x + pending); x and pending get the
+// same gradient, the one of the unfused sum.
+TEST(Transformer, CmsLevelForwardResidualEqualsAddThenForward) {
+  for (const TransformerConfig& cfg : {tiny_gpt2(), tiny_cms()}) {
+    SCOPED_TRACE(json(cfg).dump());
+    Generator gen(61);
+    Transformer m(cfg, gen, DType::f64);
+    CmsLevel& level = m.level(0, 0);
+    Tensor x = randn({2, 5, cfg.n_embd}, gen, DType::f64), pending = randn({2, 5, cfg.n_embd}, gen, DType::f64);
+    x.set_requires_grad(true);
+    pending.set_requires_grad(true);
+    auto [h, out] = level.forward_residual(x, pending);
+    EXPECT_TRUE(bitwise_equal(h, x.detach() + pending.detach()));
+    const Tensor proj = randn(x.shape(), gen, DType::f64);
+    backward(sum((h + out) * proj));
+    const Tensor gx = x.grad().clone(), gp = pending.grad().clone();
+    EXPECT_TRUE(bitwise_equal(gx, gp));
+    Tensor s = (x.detach() + pending.detach());
+    s.set_requires_grad(true);
+    const Tensor ref = level.forward(s);
+    EXPECT_LT(rel_error(h + out, ref), 1e-15);
+    backward(sum(ref * proj));
+    EXPECT_LT(rel_error(gx, s.grad()), 1e-12);
+    expect_error([&] { level.forward_residual(x, randn({2, 4, cfg.n_embd}, gen, DType::f64)); }, {"pending", "(2, 4"});
+  }
 }
 
 TEST(Gradcheck, OneLayerLMLoss) {

@@ -1,0 +1,109 @@
+// `somnus profile` end to end (the binary's path comes from tests/CMakeLists.txt as
+// SOMNUS_CLI_PATH): a tiny config on random tokens, --what train and generate print the op
+// table and write a Chrome trace whose scopes and ops are there; bad --what values and
+// --what sleep (not wired yet) exit non-zero with a message.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#ifndef SOMNUS_CLI_PATH
+#error "SOMNUS_CLI_PATH must name the somnus binary"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
+                          " 2>&1";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class ProfileCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() / ("somnus_profile_" + std::to_string(::getpid()) + "_" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(file("cfg.json")) << R"({"vocab_size": 300, "batch_size": 2, "seed": 3,
+      "model": {"preset": "llama-style", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_kv_head": 1,
+                "block_size": 16}})";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string file(const std::string& name) const { return dir_ + "/" + name; }
+  std::string dir_;
+};
+
+std::set<std::string> event_names(const json& trace, const std::string& cat) {
+  std::set<std::string> names;
+  for (const json& e : trace.at("traceEvents"))
+    if (e.value("cat", "") == cat) names.insert(e.at("name").get<std::string>());
+  return names;
+}
+
+TEST_F(ProfileCli, TrainPrintsTheTableAndWritesTheTrace) {
+  const Result r = run("profile --config " + file("cfg.json") + " --what train --steps 2 --warmup 1 --trace " +
+                       file("trace.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"2 steps after 1 warm-up", "op", "calls", "total ms", "% step", "GFLOP/s", "peak MB",
+                        "matmul", "adamw_step", "ops total", "wall"}) {
+    EXPECT_NE(r.out.find(s), std::string::npos) << "missing '" << s << "' in:\n" << r.out;
+  }
+  std::ifstream in(file("trace.json"));
+  const json trace = json::parse(in, nullptr, false);
+  ASSERT_FALSE(trace.is_discarded()) << "the trace is not valid JSON";
+  const std::set<std::string> scopes = event_names(trace, "scope"), ops = event_names(trace, "op");
+  for (const char* s : {"train_step", "forward", "backward", "clip", "optimizer"}) EXPECT_TRUE(scopes.count(s)) << s;
+  for (const char* s : {"matmul", "attention_fwd", "attention_bwd", "adamw_step"}) EXPECT_TRUE(ops.count(s)) << s;
+  int steps = 0;
+  for (const json& e : trace.at("traceEvents"))
+    if (e.value("name", "") == "train_step") ++steps;
+  EXPECT_EQ(steps, 2);  // the warm-up step is not profiled
+}
+
+TEST_F(ProfileCli, GenerateProfilesTheDecodeLoop) {
+  const Result r = run("profile --config " + file("cfg.json") + " --what generate --steps 1 --warmup 0 " +
+                       "--sample_tokens 4 --trace " + file("gen.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("attention_fwd"), std::string::npos) << r.out;
+  std::ifstream in(file("gen.json"));
+  const json trace = json::parse(in, nullptr, false);
+  ASSERT_FALSE(trace.is_discarded());
+  EXPECT_TRUE(event_names(trace, "scope").count("generate"));
+}
+
+TEST_F(ProfileCli, BadWhatFailsClearly) {
+  Result r = run("profile --config " + file("cfg.json") + " --what nap --steps 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--what must be train, generate or sleep"), std::string::npos) << r.out;
+  // Sleep profiling needs a receiver level; cfg.json's model has one CMS level.
+  r = run("profile --config " + file("cfg.json") + " --what sleep --steps 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("needs a receiver level 1"), std::string::npos) << r.out;
+}
+
+}  // namespace
