@@ -105,18 +105,24 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
        << quote((dir / "heatmap.png").string()) << "\n"
        << "set multiplot layout 1," << r.methods.size() << " title " << quote(title + ": accuracy after task i (y) on task j (x)") << "\n"
        << "set cbrange [0:1]\nset palette defined (0 'white', 1 'dark-green')\nset yrange [*:*] reverse\n"
-       << "set xlabel 'task j'\nset ylabel 'after task i'\n";
+       << "set xlabel 'task j'\nset ylabel 'after task i'\nset xtics 1\nset ytics 1\n";
     for (size_t i = 0; i < r.methods.size(); ++i) {
       if (!agg[i].contains("matrix")) continue;
       const fs::path dat = dir / fmt::format("matrix_{}.dat", r.methods[i].method);
       std::ofstream f(dat);
       for (const auto& row : agg[i]["matrix"]) {
-        for (const auto& v : row) f << (v.is_object() ? v["mean"].get<double>() : 0.0) << " ";
+        for (const auto& v : row) {
+          if (v.is_object()) {
+            f << v["mean"].get<double>() << " ";
+          } else {
+            f << "NaN ";  // not measured (a task not yet learned): left blank
+          }
+        }
         f << "\n";
       }
       f.close();
       gp << "set title " << quote(r.methods[i].method) << "\nplot " << quote(dat.string())
-         << " matrix with image notitle, '' matrix using 1:2:(sprintf('%.2f',$3)) with labels notitle\n";
+         << " matrix with image notitle, '' matrix using 1:2:($3 == $3 ? sprintf('%.2f',$3) : '') with labels notitle\n";
     }
     gp << "unset multiplot\n";
     gp.close();
