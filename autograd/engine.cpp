@@ -2,6 +2,7 @@
 #include "autograd/engine.h"
 
 #include <atomic>
+#include <cmath>
 #include <queue>
 #include <unordered_map>
 
@@ -15,7 +16,31 @@ namespace {
 std::atomic<uint64_t> next_sequence_nr{0};
 
 Tensor add_grads(const Tensor& a, const Tensor& b) { return kernels::binary(kernels::Binary::add, a, b); }
+
+thread_local bool anomaly_enabled = false;
+thread_local bool deterministic_enabled = false;
+
+// "NaN" or "Inf" for the first non-finite element of a floating tensor, else nullptr.
+const char* first_non_finite(const Tensor& t) {
+  if (!t.defined() || !is_floating(t.dtype()) || t.numel() == 0) return nullptr;
+  for (const double x : t.to_vector()) {
+    if (std::isnan(x)) return "NaN";
+    if (std::isinf(x)) return "Inf";
+  }
+  return nullptr;
+}
 }  // namespace
+
+bool is_anomaly_enabled() { return anomaly_enabled; }
+void set_anomaly_enabled(bool enabled) { anomaly_enabled = enabled; }
+AnomalyModeGuard::AnomalyModeGuard(bool enabled) : previous_(anomaly_enabled) { anomaly_enabled = enabled; }
+AnomalyModeGuard::~AnomalyModeGuard() { anomaly_enabled = previous_; }
+bool is_deterministic() { return deterministic_enabled; }
+void set_deterministic(bool enabled) { deterministic_enabled = enabled; }
+DeterministicGuard::DeterministicGuard(bool enabled) : previous_(deterministic_enabled) {
+  deterministic_enabled = enabled;
+}
+DeterministicGuard::~DeterministicGuard() { deterministic_enabled = previous_; }
 
 Node::Node() : sequence_nr(next_sequence_nr.fetch_add(1, std::memory_order_relaxed)) {}
 
@@ -91,6 +116,14 @@ bool needs_grad(const TensorList& inputs) {
 
 bool record(const std::shared_ptr<Node>& node, const TensorList& inputs, TensorList& outputs) {
   if (!needs_grad(inputs)) return false;
+  if (anomaly_enabled) {
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (const char* bad = first_non_finite(outputs[i])) {
+        fail("anomaly mode: the forward of '{}' produced {} in output {} of shape {}", node->name(), bad, i,
+             shape_str(outputs[i].shape()));
+      }
+    }
+  }
   node->next_edges.clear();
   node->next_edges.reserve(inputs.size());
   for (const Tensor& t : inputs) node->next_edges.push_back(gradient_edge(t));
@@ -221,6 +254,12 @@ void backward(const TensorList& roots, const TensorList& grads, bool retain_grap
       Pending& q = graph.at(e.node.get());
       if (any_grad && input_grads[j].defined()) {
         Tensor g = checked_grad(input_grads[j], e, *n, j);
+        if (anomaly_enabled) {
+          if (const char* bad = first_non_finite(g)) {
+            fail("anomaly mode: the backward of '{}' produced {} in the gradient for input {} of shape {}", n->name(),
+                 bad, j, shape_str(g.shape()));
+          }
+        }
         Tensor& slot = q.grads[e.input_nr];
         slot = slot.defined() ? add_grads(slot, g) : std::move(g);
       }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "autograd/engine.h"
 #include "autograd/node.h"
 #include "kernels/ops.h"
 #include "tensor/format.h"
@@ -261,23 +262,34 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu) {
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   return record("embedding", {weight}, kernels::embedding(weight, ids),
-                [ids = ids.detach(), vocab = weight.size(0)](const TensorList& g) {
-                  return TensorList{kernels::embedding_backward(g[0], ids, vocab)};
+                [ids = ids.detach(), vocab = weight.size(0), det = autograd::is_deterministic()](const TensorList& g) {
+                  return TensorList{kernels::embedding_backward(g[0], ids, vocab, det)};
                 });
 }
 
+// Deterministic mode (engine.h): the CUDA scatter kernels add atomically, so scatter on the host.
+static bool scatter_on_host(const Tensor& src, bool det) { return det && !src.device().is_cpu(); }
+
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   Tensor y = kernels::gather(x, dim, index);
-  return record("gather", {x}, y, [shape = x.shape(), dim, index = index.detach()](const TensorList& g) {
-    return TensorList{kernels::scatter_add(shape, dim, index, g[0])};
-  });
+  return record("gather", {x}, y,
+                [shape = x.shape(), dim, index = index.detach(), det = autograd::is_deterministic()](const TensorList& g) {
+                  if (scatter_on_host(g[0], det)) {
+                    return TensorList{kernels::scatter_add(shape, dim, index.cpu(), g[0].cpu()).to(g[0].device())};
+                  }
+                  return TensorList{kernels::scatter_add(shape, dim, index, g[0])};
+                });
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Tensor y = kernels::index_select(x, dim, index);
-  return record("index_select", {x}, y, [shape = x.shape(), dim, index = index.detach()](const TensorList& g) {
-    return TensorList{kernels::index_add(shape, dim, index, g[0])};
-  });
+  return record("index_select", {x}, y,
+                [shape = x.shape(), dim, index = index.detach(), det = autograd::is_deterministic()](const TensorList& g) {
+                  if (scatter_on_host(g[0], det)) {
+                    return TensorList{kernels::index_add(shape, dim, index.cpu(), g[0].cpu()).to(g[0].device())};
+                  }
+                  return TensorList{kernels::index_add(shape, dim, index, g[0])};
+                });
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
@@ -473,7 +485,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   kernels::AttentionOutput out = kernels::attention_fwd(qc, kc, vc, causal, scale, q_offset);
   if (!grad) return out.o;
-  const bool det = deterministic || !q.device().is_cuda();
+  const bool det = deterministic || autograd::is_deterministic() || !q.device().is_cuda();
   return record("scaled_dot_product_attention", {q, k, v}, out.o,
                 [q = qc.detach(), k = kc.detach(), v = vc.detach(), o = out.o.detach(), lse = out.lse, causal, scale,
                  q_offset, det](const TensorList& g) {

@@ -150,6 +150,16 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
   fs::create_directories(root, ec);
   SOMNUS_CHECK(!ec, "save_checkpoint: cannot create '{}': {}", root, ec.message());
 
+  // Staging and trash directories left by a process killed mid-save or mid-prune (hidden
+  // names, never read as checkpoints) are removed, so repeated crashes do not fill the disk.
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind(".ckpt-", 0) == 0 &&
+        (n.find(".partial-") != std::string::npos || n.find(".deleting-") != std::string::npos)) {
+      std::error_code ignored;
+      fs::remove_all(entry.path(), ignored);
+    }
+  }
   const std::string name = checkpoint_dir_name(c.state.step);
   const std::string final_dir = join(root, name);
   const std::string staging = join(root, fmt::format(".{}.partial-{}", name, ::getpid()));
@@ -214,7 +224,12 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
     }
     std::sort(others.rbegin(), others.rend());
     for (size_t i = static_cast<size_t>(keep_last - 1); i < others.size(); ++i) {
-      fs::remove_all(join(root, others[i].second), ec);
+      // Renamed out of the ckpt-<step> namespace first: a crash during remove_all must not
+      // leave a half-deleted directory under a checkpoint's name.
+      const std::string trash = join(root, fmt::format(".{}.deleting-{}", others[i].second, ::getpid()));
+      fs::remove_all(trash, ec);
+      fs::rename(join(root, others[i].second), trash, ec);
+      if (!ec) fs::remove_all(trash, ec);
     }
   }
   return final_dir;

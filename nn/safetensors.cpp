@@ -122,10 +122,13 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
     e.shape.push_back(static_cast<int64_t>(v));
     if (__builtin_mul_overflow(numel, v, &numel)) overflow = true;
   }
-  // A zero dim makes the element count 0 however large the others are.
+  // A zero dim makes the element count 0 however large the others are, but the strides of
+  // the tensor (products of the other dims) must still fit in int64.
   if (std::find(e.shape.begin(), e.shape.end(), 0) != e.shape.end()) {
     numel = 0;
+    int64_t span = 1;
     overflow = false;
+    for (int64_t d : e.shape) overflow = overflow || __builtin_mul_overflow(span, std::max<int64_t>(d, 1), &span);
   }
   uint64_t nbytes = 0;
   if (!overflow && __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes)) {

@@ -116,6 +116,8 @@ void TrainConfig::validate() const {
   positive(sample_tokens, "sample_tokens");
   non_negative(sample_temperature, "sample_temperature");
   SOMNUS_CHECK(sample_top_k >= 0, "{}: 'sample_top_k' must be >= 0 (0: off), got {}", kWhere, sample_top_k);
+  SOMNUS_CHECK(spike_window >= 2, "{}: 'spike_window' must be >= 2, got {}", kWhere, spike_window);
+  non_negative(spike_zscore, "spike_zscore");
 }
 
 void to_json(json& j, const TrainConfig& c) {
@@ -152,7 +154,9 @@ void to_json(json& j, const TrainConfig& c) {
            {"sample_tokens", c.sample_tokens},
            {"sample_prompt", c.sample_prompt},
            {"sample_temperature", c.sample_temperature},
-           {"sample_top_k", c.sample_top_k}};
+           {"sample_top_k", c.sample_top_k},
+           {"spike_window", c.spike_window},
+           {"spike_zscore", c.spike_zscore}};
 }
 
 void from_json(const json& j, TrainConfig& out) {
@@ -163,7 +167,8 @@ void from_json(const json& j, TrainConfig& out) {
       "beta2",        "eps",            "grad_clip",    "aux_loss_weight", "schedule",     "warmup_steps",
       "min_lr_ratio", "decay_fraction", "decay_shape",  "seed",           "out_dir",       "device",
       "log_every",    "eval_every",     "eval_batches", "checkpoint_every", "keep_checkpoints", "sample_every",
-      "sample_tokens", "sample_prompt", "sample_temperature", "sample_top_k"};
+      "sample_tokens", "sample_prompt", "sample_temperature", "sample_top_k",
+      "spike_window", "spike_zscore"};
   for (const auto& [key, value] : j.items()) {
     SOMNUS_CHECK(known.count(key) != 0, "{}: unknown key '{}'", kWhere, key);
   }
@@ -210,6 +215,8 @@ void from_json(const json& j, TrainConfig& out) {
   read_string(j, "sample_prompt", c.sample_prompt);
   read_double(j, "sample_temperature", c.sample_temperature);
   read_int(j, "sample_top_k", c.sample_top_k);
+  read_int(j, "spike_window", c.spike_window);
+  read_double(j, "spike_zscore", c.spike_zscore);
   c.validate();
   out = c;
 }

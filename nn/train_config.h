@@ -16,7 +16,8 @@
 //    "log_every": 1, "eval_every": 100, "eval_batches": 8, "checkpoint_every": 100,
 //    "keep_checkpoints": 2 (0: keep all),
 //    "sample_every": 0 (0: off), "sample_tokens": 64, "sample_prompt": "\n",
-//    "sample_temperature": 0.8, "sample_top_k": 40}
+//    "sample_temperature": 0.8, "sample_top_k": 40,
+//    "spike_window": 100, "spike_zscore": 0 (0: off)}    loss-spike guard (nn/train_guard.h)
 //
 // Weight decay applies to parameters with two or more dimensions (matrices, embeddings),
 // not to biases and norm weights (nanoGPT's rule). The group lr is `lr`; the schedule
@@ -79,6 +80,11 @@ struct TrainConfig {
   std::string sample_prompt = "\n";
   double sample_temperature = 0.8;
   int64_t sample_top_k = 40;
+  // numeric guards (nn/train_guard.h): a step whose loss lies more than spike_zscore standard
+  // deviations above the mean of the last spike_window losses is skipped; 0 turns it off.
+  // NaN/Inf losses and gradient norms are always skipped.
+  int64_t spike_window = 100;
+  double spike_zscore = 0.0;
 
   int64_t effective_seq_len() const { return seq_len > 0 ? seq_len : model.block_size; }
   // The schedule for Optimizer::set_lr_scale (max_lr 1).

@@ -142,7 +142,13 @@ std::map<std::string, ExperimentInfo>& registry() {
 
 void register_builtins() {
   static std::once_flag once;
-  std::call_once(once, [] { register_clinc150_experiment(); });
+  std::call_once(once, [] {
+    register_clinc150_experiment();
+    register_knowledge_experiment();
+    register_arc_experiment();
+    register_long_horizon_experiment();
+    register_translation_experiment();
+  });
 }
 
 // a.b.c = value into j (objects created as needed).

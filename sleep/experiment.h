@@ -96,5 +96,9 @@ double answer_accuracy(nn::Transformer& model, const nn::Tokenizer& tok, const s
 
 // Built-in experiments register themselves through these (called by experiment_names()).
 void register_clinc150_experiment();
+void register_knowledge_experiment();
+void register_arc_experiment();
+void register_long_horizon_experiment();
+void register_translation_experiment();
 
 }  // namespace somnus::sleep

@@ -24,6 +24,51 @@ if grep -q "Skipped" "$out/ctest_cuda.log"; then
 fi
 grep -E "\(Failed\)|\*\*\*Failed" "$out/ctest_cuda.log" | head -40
 
+# ---- compute-sanitizer (issue 8 §7): memcheck over every CUDA test binary, racecheck over
+# the kernels that use shared memory (attention, fused norms/AdamW, losses, sampling,
+# reductions, softmax, embedding backward). Tests that provoke CUDA errors on purpose (out
+# of memory, bad input) and the profiler's timing tests are filtered out. Each binary gets a
+# time budget (SOMNUS_SANITIZER_BUDGET_S, default 60 s) so the whole check stays near 10
+# minutes; an error report or a binary past its budget fails the check.
+# SOMNUS_SKIP_COMPUTE_SANITIZER=1 skips this section.
+if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
+  csan="$(command -v compute-sanitizer || true)"
+  [ -z "$csan" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && csan=/usr/local/cuda/bin/compute-sanitizer
+  if [ -z "$csan" ]; then
+    echo "gpu_check: compute-sanitizer not found (CUDA toolkit's bin/): memcheck/racecheck not run"; status=1
+  else
+    budget="${SOMNUS_SANITIZER_BUDGET_S:-60}"
+    skip_filter='-*OutOfMemory*:*BadInput*:*Unsupported*:CudaProfiler.*'
+    race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling.*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
+    run_sanitizer() {  # tool binary gtest-filter
+      local tool="$1" bin="$2" filter="$3" log rc
+      log="$out/csan_${tool}_$(basename "$bin").log"
+      timeout "$budget" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
+        "$bin" --gtest_filter="$filter" --gtest_brief=1 > "$log" 2>&1
+      rc=$?
+      if [ $rc -eq 0 ]; then
+        printf 'gpu_check: %-9s %-32s ok (%s)\n' "$tool" "$(basename "$bin")" "$(grep -Eo 'ERROR SUMMARY: [0-9]+ errors?|RACECHECK SUMMARY: [0-9]+ hazards?[^)]*' "$log" | tail -1)"
+      elif [ $rc -eq 124 ]; then
+        echo "gpu_check: $tool $(basename "$bin") ran past its ${budget}s budget (log $log)"; status=1
+      else
+        echo "gpu_check: $tool $(basename "$bin") FAILED (exit $rc, log $log):"
+        grep -E '=========  (Invalid|Race|Error|Program hit|Uninitialized)|ERROR SUMMARY|RACECHECK SUMMARY|FAILED' "$log" | head -12
+        status=1
+      fi
+    }
+    for bin in "$build_dir"/tests/*_test_cuda_*; do
+      [ -x "$bin" ] || continue
+      run_sanitizer memcheck "$bin" "*$skip_filter"
+    done
+    for bin in "$build_dir"/tests/kernels_test_cuda_attention "$build_dir"/tests/kernels_test_cuda_fused \
+               "$build_dir"/tests/kernels_test_cuda_losses "$build_dir"/tests/kernels_test_cuda_ops; do
+      [ -x "$bin" ] || continue
+      run_sanitizer racecheck "$bin" "$race_filter$skip_filter"
+    done
+  fi
+fi
+# ---- end compute-sanitizer
+
 for b in "$build_dir"/bench/bench_*cuda*; do
   [ -x "$b" ] || continue
   # Each binary gets a time budget so that the whole check stays within ~10 minutes.

@@ -6,6 +6,7 @@
 #   tools/setup.sh                 # packages + configure + build (build/, CUDA when nvcc is found)
 #   tools/setup.sh --torch         # also python3-torch, for bench/reference/*.py parity and timing
 #   SOMNUS_BUILD_DIR=build-cpu SOMNUS_CUDA=OFF tools/setup.sh
+#   SOMNUS_TARGETS=somnus tools/setup.sh    # build only these targets (the demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,8 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake g++ libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libopenblas-openmp-dev
-          nlohmann-json3-dev libcli11-dev libfmt-dev ccache gnuplot-nox python3)
+          nlohmann-json3-dev libcli11-dev libfmt-dev ccache gnuplot-nox python3
+          clang libclang-rt-14-dev libomp-14-dev)   # clang + libFuzzer + OpenMP: tools/fuzz.sh
 [ "$want_torch" = 1 ] && packages+=(python3-torch python3-numpy)
 
 missing=()
@@ -42,5 +44,7 @@ jobs="${SOMNUS_JOBS:-$(nproc)}"
 if [ ! -f "$build_dir/CMakeCache.txt" ]; then
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA="$cuda"
 fi
-cmake --build "$build_dir" -j "$jobs"
+targets=()
+for t in ${SOMNUS_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$build_dir" -j "$jobs" "${targets[@]}"
 echo "setup: built into $build_dir"
