@@ -1,0 +1,157 @@
+// Dreaming (PARADIGM §3): the model rewrites a new context C into m "dreams", keeps the ones
+// whose SFT gradient matters most, tries each on an isolated LoRA delta, rewards those that
+// improve the task score τ, learns to dream better from them (ReST-EM), and finally trains
+// itself on the rewarded dreams.
+//
+//   for it in 1..rest_iterations:
+//     1. Dream:  m samples ~ model+dreamer(·| prompt(C)), every MoE router adding one
+//                uniformly random extra expert (random_extra_expert)
+//     2. Select: importance_i = ‖∇_{LoRA} SFT(dream_i)‖₂ on a fresh trial adapter (B = 0, so
+//                only the B gradients are non-zero); keep the top_k, plus keep_random others
+//                drawn uniformly (selection = false keeps every dream: SEAL, the ablation)
+//     3. Try:    per kept dream, reset the "trial" adapter, trial_steps of SFT on the dream,
+//                reward_i = 1 iff τ(model + trial) > τ(model) (τ of the base computed once)
+//     4. ReST-EM: SFT of the "dreamer" adapter on (prompt(C) -> dream) for reward-1 dreams
+//   5. Apply:    train on every rewarded dream: into the "apply" adapter, merged into the
+//                base weights at the end (apply_target = lora), or into a newly activated
+//                slot of each layer's slowest CMS level (apply_target = slots)
+//
+// Isolation: every adapter is a LoRA delta on the one set of base weights (sleep/lora.h); the
+// model is never copied. The dreamer adapter is active only while sampling.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "nn/tokenizer.h"
+#include "nn/transformer.h"
+#include "sleep/baselines/training.h"
+#include "sleep/lora.h"
+#include "tensor/random.h"
+
+namespace somnus::sleep {
+
+// A task (C, τ) with its dream prompt template.
+struct DreamTask {
+  std::string name = "task";
+  std::vector<TokenId> context;                   // C
+  std::function<double(nn::Transformer&)> score;  // τ, higher is better (runs under no_grad)
+  // The template: prompt = prompt_prefix ++ C ++ prompt_suffix, unless make_prompt is set.
+  std::vector<TokenId> prompt_prefix, prompt_suffix;
+  std::function<std::vector<TokenId>(const std::vector<TokenId>&)> make_prompt;
+  // Tokens placed before a dream when the model trains on it (Try, Apply), e.g. [bos]; the
+  // loss counts the dream tokens only. Empty: the dream alone (its first token unpredicted).
+  std::vector<TokenId> train_prefix;
+  std::vector<TokenId> answer;       // optional (scorers may use it)
+  std::vector<TokenId> stop_tokens;  // end a dream early
+
+  // Throws somnus::Error naming the missing field: an empty context, no scorer, no template
+  // (make_prompt unset and both prompt_prefix and prompt_suffix empty).
+  void validate() const;
+  // The prompt the dreams continue (validates; throws on an empty result).
+  std::vector<TokenId> dream_prompt() const;
+};
+
+enum class ApplyTarget { lora, slots };
+const char* apply_target_name(ApplyTarget t);
+
+struct DreamConfig {
+  int64_t num_dreams = 8;       // m
+  int64_t dream_length = 32;    // max new tokens per dream
+  double temperature = 1.0;     // > 0
+  int64_t top_k = 4;            // kept by importance
+  int64_t keep_random = 1;      // b kept uniformly at random among the rest
+  LoraConfig lora;              // adapters (trial, dreamer, apply)
+  int64_t trial_steps = 4;      // isolated SFT steps per kept dream
+  double trial_lr = 1e-2;
+  int64_t rest_iterations = 2;  // ReST-EM outer iterations
+  int64_t rest_steps = 4;       // dreamer SFT steps per iteration
+  double rest_lr = 1e-2;
+  int64_t apply_steps = 8;
+  double apply_lr = 1e-2;
+  ApplyTarget apply_target = ApplyTarget::lora;
+  bool random_extra_expert = true;
+  bool selection = true;        // false: keep every dream (SEAL; "without gradient selection")
+  double min_improvement = 0.0;  // reward 1 iff τ_trial > τ_base + min_improvement
+  uint64_t seed = 0;
+
+  // Throws somnus::Error naming the bad field.
+  void validate() const;
+};
+void to_json(nlohmann::json& j, const DreamConfig& c);
+// Strict: unknown keys and wrong types are errors. Validates.
+void from_json(const nlohmann::json& j, DreamConfig& c);
+
+struct DreamIterationMetrics {
+  int64_t iteration = 0;
+  int64_t sampled = 0, kept = 0, rewarded = 0;
+  double base_tau = 0.0;
+  double mean_tau = 0.0;  // mean τ over the tried (adapted) models
+  double max_tau = 0.0;
+  double tokens_per_s = 0.0;  // dream tokens sampled per second of sampling
+  double seconds = 0.0;       // the whole iteration
+};
+void to_json(nlohmann::json& j, const DreamIterationMetrics& m);
+
+struct DreamResult {
+  std::vector<DreamIterationMetrics> iterations;
+  std::vector<std::vector<TokenId>> rewarded;  // every reward-1 dream, in order
+  double tau_before = 0.0, tau_after = 0.0;
+  int64_t applied_steps = 0;
+};
+
+// Indices of the dreams to try: the top_k largest scores (ties: lower index first), then
+// keep_random others drawn uniformly without replacement from gen; returned ascending.
+// Everything when top_k + keep_random >= scores.size().
+std::vector<size_t> select_dreams(const std::vector<double>& importance, int64_t top_k, int64_t keep_random,
+                                  Generator& gen);
+
+// The ReST-EM training set: the dreams with reward 1, in order.
+std::vector<std::vector<TokenId>> rest_training_set(const std::vector<std::vector<TokenId>>& dreams,
+                                                    const std::vector<int>& rewards);
+
+class Dreamer {
+ public:
+  // Builds the adapters ("trial", "dreamer", "apply") on the model (sleep/lora.h). The model
+  // must outlive the dreamer. Validates cfg.
+  Dreamer(nn::Transformer& model, DreamConfig cfg);
+
+  // Step 1: m dreams of the task's prompt under the dreamer adapter, with the random extra
+  // expert on every MoE level when configured (each level's flag is restored afterwards).
+  std::vector<std::vector<TokenId>> sample(const DreamTask& task);
+  // Step 2: the L2 norm of each dream's SFT-loss gradient over the trial adapter (fresh).
+  std::vector<double> importance(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams);
+  // Step 3: rewards (0/1) of the dreams against base_tau; also returns each adapted τ.
+  std::vector<int> try_dreams(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams, double base_tau,
+                              std::vector<double>* taus = nullptr);
+  // Step 4: dreamer SFT on (prompt -> dream) for the reward-1 dreams; returns the loss per step
+  // (empty, and the dreamer untouched, when nothing is rewarded).
+  std::vector<double> learn_to_dream(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams,
+                                     const std::vector<int>& rewards);
+  // Step 5: trains the model on the dreams; returns the number of steps taken (0 when none).
+  int64_t apply(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams);
+
+  // The whole loop. on_iteration (optional) sees each iteration's metrics as they come.
+  DreamResult run(const DreamTask& task, const std::function<void(const DreamIterationMetrics&)>& on_iteration = {});
+
+  // τ of the model as it is (no adapter active), under no_grad.
+  double score(const DreamTask& task);
+
+  AdapterSet& adapters() { return *adapters_; }
+  const DreamConfig& config() const { return cfg_; }
+  Generator& generator() { return gen_; }
+
+ private:
+  TrainSequence dream_row(const DreamTask& task, const std::vector<TokenId>& dream) const;
+
+  nn::Transformer& model_;
+  DreamConfig cfg_;
+  Generator gen_;
+  std::unique_ptr<AdapterSet> adapters_;
+  uint64_t sample_calls_ = 0;
+};
+
+}  // namespace somnus::sleep

@@ -1,0 +1,201 @@
+// Smoke test of the reproduction suite: every registered experiment runs end to end with a
+// micro config (one seed, a few steps, a tiny model) merged over its tiny config, and its
+// result has the promised structure: a row per method with per-seed metrics, every table
+// metric finite and in range, aggregates, a markdown table with a line per method, and the
+// "matrix" / "avg_acc_curve" arrays the CLI plots. Experiments that need ../shared/data skip
+// (GTEST_SKIP) when it is not found.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include "sleep/experiment.h"
+#include "sleep/tasks/data_dir.h"
+#include "tensor/error.h"
+
+using namespace somnus;
+using namespace somnus::sleep;
+using nlohmann::json;
+
+namespace {
+
+// Finds ../shared/data next to the source tree (ctest runs from the build directory) and
+// points SOMNUS_DATA_DIR at it so the experiments' loaders see it. False when absent.
+bool have_data() {
+  std::vector<std::string> extra;
+#ifdef SOMNUS_SOURCE_DIR
+  extra.push_back(std::string(SOMNUS_SOURCE_DIR) + "/../shared/data");
+#endif
+  extra.push_back((std::filesystem::path(__FILE__).parent_path() / "../../../shared/data").lexically_normal().string());
+  const auto dir = try_find_data_dir(extra);
+  if (!dir) return false;
+  if (std::getenv("SOMNUS_DATA_DIR") == nullptr) setenv("SOMNUS_DATA_DIR", dir->string().c_str(), 1);
+  return true;
+}
+
+json micro_model(int64_t block, int64_t n_levels = 2) {
+  json levels = json::array();
+  for (int64_t i = 0; i < n_levels; ++i)
+    levels.push_back({{"kind", "dense"}, {"period", i == 0 ? 1 : 4 * i}, {"hidden", 32}, {"n_slots", 2}, {"slot_rank", 2}});
+  return {{"n_layer", 1}, {"n_embd", 16}, {"n_head", 2}, {"block_size", block}, {"levels", levels}};
+}
+
+const json kDream = {{"num_dreams", 2}, {"dream_length", 6}, {"top_k", 1}, {"keep_random", 0}, {"trial_steps", 1},
+                     {"rest_iterations", 1}, {"rest_steps", 1}, {"apply_steps", 1}};
+const json kConsolidation = {{"ks", {{"n_samples", 2}, {"sample_tokens", 6}, {"steps", 1}, {"batch_size", 2}}}};
+
+json micro_config(const std::string& name) {
+  if (name == "clinc150") {
+    return {{"methods", {"icl", "sft", "sleep"}},
+            {"seeds", {0}},
+            {"num_domains", 2},
+            {"train_per_intent", 2},
+            {"test_per_intent", 1},
+            {"vocab_size", 300},
+            {"model", micro_model(64)},
+            {"steps_per_domain", 2},
+            {"batch_size", 4},
+            {"eval_max_new_tokens", 3},
+            {"method_configs", {{"sleep", {{"consolidation", kConsolidation}, {"dream", kDream}}}}}};
+  }
+  if (name == "knowledge") {
+    return {{"seeds", {0}},          {"num_pretrain_entities", 3}, {"num_eval_entities", 1}, {"cpt_passages", 2},
+            {"vocab_size", 300},     {"model", micro_model(128)},  {"pretrain_steps", 2},    {"pretrain_batch", 4},
+            {"steps", 2},            {"batch_size", 2},            {"dream", kDream},        {"consolidation", kConsolidation},
+            {"eval_max_new_tokens", 3}};
+  }
+  if (name == "arc") {
+    return {{"seeds", {0}},          {"num_pretrain_tasks", 8},   {"num_eval_tasks", 1}, {"vocab_size", 270},
+            {"model", micro_model(160)}, {"pretrain_steps", 2},   {"pretrain_batch", 4}, {"steps", 2},
+            {"batch_size", 2},       {"dream", kDream},           {"consolidation", kConsolidation},
+            {"eval_max_new_tokens", 4}};
+  }
+  if (name == "long_horizon") {
+    return {{"rows", json::parse(R"J([{"label": "1 level", "levels": 1, "slowest_period": 1},
+                                      {"label": "3 levels", "levels": 3, "slowest_period": 4}])J")},
+            {"seeds", {0}},
+            {"vocab_size", 280},
+            {"tokenizer_chars", 2000},
+            {"model", {{"n_layer", 1}, {"n_embd", 16}, {"n_head", 2}, {"block_size", 128}}},
+            {"short_chars", 100},
+            {"level_hidden", 32},
+            {"num_pretrain", 4},
+            {"num_short_eval", 1},
+            {"num_long_eval", 1},
+            {"long_chars", 400},
+            {"pretrain_steps", 2},
+            {"pretrain_batch", 4},
+            {"ttt_chunk", 32},
+            {"eval_max_new_tokens", 3}};
+  }
+  if (name == "translation") {
+    json c = {{"seeds", {0}},       {"num_train", 6}, {"num_test", 2}, {"vocab_size", 300}, {"model", micro_model(64)},
+              {"steps", 2},         {"batch_size", 4}, {"consolidation", kConsolidation}, {"eval_max_new_tokens", 4}};
+    c["rows"] = json::array({json{{"label", "icl"}, {"method", "icl"}},
+                             json{{"label", "sft-1lv"}, {"method", "sft"}, {"model", micro_model(64, 1)}},
+                             json{{"label", "sleep-3lv"}, {"method", "sleep"}, {"model", micro_model(64, 3)}}});
+    return c;
+  }
+  return json::object();
+}
+
+bool needs_data(const std::string& name) { return name == "clinc150" || name == "long_horizon"; }
+
+// [lo, hi] for a table metric ("seconds" >= 0, chrF in [0, 100], accuracies in [0, 1]).
+std::pair<double, double> metric_range(const std::string& metric) {
+  if (metric == "seconds") return {0.0, 1e9};
+  if (metric.rfind("chrf", 0) == 0) return {0.0, 100.0};
+  if (metric == "forgetting") return {-1.0, 1.0};
+  return {0.0, 1.0};
+}
+
+void check_result(const ExperimentResult& r, const std::string& name, size_t n_rows) {
+  EXPECT_EQ(r.experiment, name);
+  EXPECT_FALSE(r.date.empty());
+  EXPECT_GE(r.seconds, 0.0);
+  ASSERT_FALSE(r.table_metrics.empty());
+  ASSERT_EQ(r.methods.size(), n_rows);
+  const std::string table = r.markdown_table();
+  std::set<std::string> labels;
+  for (const MethodRun& m : r.methods) {
+    labels.insert(m.method);
+    ASSERT_EQ(m.seeds.size(), 1u) << m.method;
+    EXPECT_EQ(m.seeds[0].seed, 0u);
+    const json& met = m.seeds[0].metrics;
+    const json agg = m.aggregate();
+    for (const std::string& key : r.table_metrics) {
+      ASSERT_TRUE(met.contains(key) && met[key].is_number()) << name << " / " << m.method << " lacks " << key;
+      const double v = met[key].get<double>();
+      const auto [lo, hi] = metric_range(key);
+      EXPECT_TRUE(std::isfinite(v)) << key;
+      EXPECT_GE(v, lo) << name << " / " << m.method << " / " << key;
+      EXPECT_LE(v, hi) << name << " / " << m.method << " / " << key;
+      ASSERT_TRUE(agg.contains(key)) << key;
+      EXPECT_DOUBLE_EQ(agg[key]["mean"].get<double>(), v);
+      EXPECT_DOUBLE_EQ(agg[key]["std"].get<double>(), 0.0);
+    }
+    if (met.contains("matrix")) {
+      ASSERT_TRUE(met["matrix"].is_array());
+      for (const json& row : met["matrix"]) EXPECT_EQ(row.size(), met["matrix"].size());
+    }
+    EXPECT_NE(table.find("| " + m.method + " |"), std::string::npos) << table;
+  }
+  EXPECT_EQ(labels.size(), n_rows) << "row labels must be distinct";
+  // header + rule + one line per method
+  EXPECT_EQ(static_cast<size_t>(std::count(table.begin(), table.end(), '\n')), n_rows + 2) << table;
+  const json j = r.to_json();
+  EXPECT_EQ(j.at("methods").size(), n_rows);
+}
+
+size_t expected_rows(const std::string& name, const json& micro) {
+  const json cfg = find_experiment(name).tiny;
+  if (micro.contains("rows")) return micro["rows"].size();
+  if (micro.contains("methods")) return micro["methods"].size();
+  return cfg.contains("rows") ? cfg["rows"].size() : cfg["methods"].size();
+}
+
+}  // namespace
+
+TEST(Experiments, AllFiveAreRegistered) {
+  const std::vector<std::string> names = experiment_names();
+  for (const char* n : {"clinc150", "knowledge", "arc", "long_horizon", "translation"})
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+  for (const std::string& n : names) {
+    const ExperimentInfo& info = find_experiment(n);
+    EXPECT_FALSE(info.description.empty());
+    ASSERT_TRUE(info.tiny.contains("seeds")) << n;
+    EXPECT_GE(info.tiny["seeds"].size(), 3u) << n << ": the tiny config needs >= 3 seeds";
+    EXPECT_TRUE(info.gpu.is_object()) << n;
+  }
+}
+
+TEST(Experiments, UnknownConfigKeysAndRowsAreErrors) {
+  EXPECT_THROW(run_experiment("knowledge", json{{"no_such_key", 1}}), Error);
+  json bad_row = micro_config("arc");
+  bad_row["rows"] = json::array({json{{"label", "x"}, {"method", "no_such_method"}}});
+  EXPECT_THROW(run_experiment("arc", bad_row), Error);
+}
+
+class ExperimentSmoke : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ExperimentSmoke, RunsWithAMicroConfig) {
+  const std::string name = GetParam();
+  if (needs_data(name) && !have_data()) GTEST_SKIP() << "../shared/data not found: " << name << " needs it";
+  const json micro = micro_config(name);
+  ASSERT_FALSE(micro.empty()) << "no micro config for " << name;
+  int64_t last_done = 0, last_total = 0;
+  const ExperimentResult r = run_experiment(name, micro, {}, [&](const std::string&, int64_t done, int64_t total) {
+    EXPECT_GT(done, last_done);
+    last_done = done;
+    last_total = total;
+  });
+  EXPECT_EQ(last_done, last_total) << "progress must reach its total";
+  check_result(r, name, expected_rows(name, micro));
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ExperimentSmoke,
+                         ::testing::Values("clinc150", "knowledge", "arc", "long_horizon", "translation"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });

@@ -1,0 +1,227 @@
+// LoRA adapter sets (sleep/lora.h): several adapters on one set of shared base weights.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "autograd/grad_mode.h"
+#include "nn/nn_testing.h"
+#include "sleep/baselines/training.h"
+#include "sleep/lora.h"
+
+namespace somnus::sleep {
+namespace {
+
+using nlohmann::json;
+using nn::Transformer;
+using nn::TransformerConfig;
+using nn::testing::bitwise_equal;
+using nn::testing::expect_error;
+using nn::testing::randomize;
+using nn::testing::raw_bytes;
+using nn::testing::rel_error;
+
+TransformerConfig gpt2_tiny() {
+  TransformerConfig c = TransformerConfig::gpt2_style(/*vocab=*/32, /*n_layer=*/2, /*n_embd=*/16, /*n_head=*/2,
+                                                      /*block=*/24);
+  c.levels[0].hidden = 32;
+  return c;
+}
+
+TransformerConfig llama_tiny() {
+  TransformerConfig c = TransformerConfig::llama_style(32, 2, 16, 4, 2, 24);
+  c.levels[0].hidden = 24;
+  return c;
+}
+
+Tensor ids_for(uint64_t seed) {
+  Generator g(seed);
+  return randint(0, 32, {2, 10}, g);
+}
+
+Tensor logits_of(Transformer& m, const Tensor& ids) {
+  NoGradGuard no_grad;
+  return m.forward(ids);
+}
+
+// Base (non-LoRA) parameters by name, with their data pointers.
+std::map<std::string, const void*> base_pointers(const Transformer& m) {
+  std::map<std::string, const void*> out;
+  for (const auto& [n, p] : m.named_parameters()) {
+    if (n.find("lora_") == std::string::npos) out[n] = p.data_ptr();
+  }
+  return out;
+}
+
+TEST(Lora, BaseWeightsAreSharedAndUntouchedByAdapterTraining) {
+  Generator gen(1);
+  Transformer m(llama_tiny(), gen);
+  const auto before = base_pointers(m);
+  std::map<std::string, std::string> bytes;
+  for (const auto& [n, p] : m.named_parameters()) bytes[n] = raw_bytes(p);
+
+  AdapterSet set(m, LoraConfig{}, gen);
+  set.add("dreamer", gen);
+  set.add("trial", gen);
+  EXPECT_EQ(base_pointers(m), before);  // no base tensor was replaced or copied
+  // attn.wqkv, attn.wo and the SwiGLU gate/up/down of each of the 2 layers
+  EXPECT_EQ(set.layer_names().size(), 10u);
+  EXPECT_EQ(set.parameters("trial").size(), 20u);
+
+  // Train "trial" on a sequence: only its tensors move.
+  set.enable("trial");
+  const std::vector<TrainSequence> rows = {{{1, 2, 3, 4, 5, 6, 7, 8}, 1}};
+  const std::vector<Tensor> dreamer_before = set.parameters("dreamer");
+  std::vector<std::string> dreamer_bytes;
+  for (const Tensor& t : dreamer_before) dreamer_bytes.push_back(raw_bytes(t));
+  const std::vector<double> losses =
+      train_sft(m, set.parameters("trial"), rows, SftSteps{.steps = 5, .lr = 1e-2}, gen);
+  ASSERT_EQ(losses.size(), 5u);
+  EXPECT_LT(losses.back(), losses.front());
+  set.disable();
+
+  EXPECT_EQ(base_pointers(m), before);
+  for (const auto& [n, p] : m.named_parameters()) {
+    if (n.find("lora_") == std::string::npos) EXPECT_EQ(raw_bytes(p), bytes[n]) << n;
+  }
+  for (size_t i = 0; i < dreamer_bytes.size(); ++i) EXPECT_EQ(raw_bytes(set.parameters("dreamer")[i]), dreamer_bytes[i]);
+  // The trained adapter's B moved away from 0.
+  double b_norm = 0.0;
+  for (size_t i = 1; i < set.parameters("trial").size(); i += 2)
+    for (double v : set.parameters("trial")[i].to_vector()) b_norm += v * v;
+  EXPECT_GT(b_norm, 0.0);
+  // Every parameter's requires_grad flag is back: base trainable, the off adapter frozen.
+  for (const auto& [n, p] : m.named_parameters()) EXPECT_EQ(p.requires_grad(), n.find("lora_") == std::string::npos) << n;
+}
+
+TEST(Lora, DisabledAndFreshAdaptersLeaveOutputsBitwiseUnchanged) {
+  for (const TransformerConfig& cfg : {llama_tiny(), gpt2_tiny()}) {
+    Generator gen(2);
+    Transformer m(cfg, gen);
+    const Tensor ids = ids_for(3);
+    const Tensor base = logits_of(m, ids);
+    LoraConfig lc;
+    lc.targets = {"attn", "mlp"};
+    AdapterSet set(m, lc, gen);
+    EXPECT_TRUE(bitwise_equal(logits_of(m, ids), base)) << "disabled";
+    set.add("a", gen);  // B = 0
+    set.enable("a");
+    EXPECT_TRUE(bitwise_equal(logits_of(m, ids), base)) << "fresh adapter";
+    randomize(set.parameters("a")[1], 4);  // one B
+    EXPECT_FALSE(bitwise_equal(logits_of(m, ids), base));
+    set.disable();
+    EXPECT_TRUE(bitwise_equal(logits_of(m, ids), base)) << "disabled again";
+  }
+}
+
+TEST(Lora, SwappingAdaptersSwapsBehaviour) {
+  Generator gen(5);
+  Transformer m(llama_tiny(), gen);
+  const Tensor ids = ids_for(6);
+  AdapterSet set(m, LoraConfig{}, gen);
+  set.add("a", gen);
+  set.add("b", gen);
+  const std::vector<Tensor> pa = set.parameters("a"), pb = set.parameters("b");
+  for (size_t i = 1; i < pa.size(); i += 2) {
+    randomize(pa[i], 10 + i, 0.3);
+    randomize(pb[i], 100 + i, 0.3);
+  }
+  set.enable("a");
+  EXPECT_EQ(set.active(), "a");
+  const Tensor la = logits_of(m, ids);
+  set.enable("b");
+  const Tensor lb = logits_of(m, ids);
+  EXPECT_FALSE(bitwise_equal(la, lb));
+  set.enable("a");
+  EXPECT_TRUE(bitwise_equal(logits_of(m, ids), la));
+  // The layers compute with the adapter's own handles, not copies.
+  EXPECT_TRUE(set.layer(0).lora_A.same(pa[0]));
+  EXPECT_TRUE(set.layer(0).lora_B.same(pa[1]));
+  set.disable();
+  EXPECT_EQ(set.active(), "");
+  EXPECT_FALSE(set.layer(0).lora_A.same(pa[0]));
+}
+
+TEST(Lora, MergeFoldsTheDeltaIntoTheBaseAndResets) {
+  Generator gen(7);
+  Transformer m(gpt2_tiny(), gen, DType::f64);
+  const Tensor ids = ids_for(8);
+  AdapterSet set(m, LoraConfig{}, gen);
+  set.add("a", gen);
+  const std::vector<Tensor> pa = set.parameters("a");
+  for (size_t i = 1; i < pa.size(); i += 2) randomize(pa[i], 20 + i, 0.2);
+  set.enable("a");
+  const Tensor adapted = logits_of(m, ids);
+  const void* w0 = set.layer(0).weight.data_ptr();
+  set.merge("a", gen);
+  EXPECT_EQ(set.layer(0).weight.data_ptr(), w0);  // in place
+  for (size_t i = 1; i < pa.size(); i += 2)
+    for (double v : pa[i].to_vector()) ASSERT_EQ(v, 0.0);  // B reset, so the delta is not counted twice
+  EXPECT_LT(rel_error(logits_of(m, ids), adapted), 1e-12);
+  set.disable();
+  EXPECT_LT(rel_error(logits_of(m, ids), adapted), 1e-12);
+}
+
+TEST(Lora, ResetRedrawsAAndZeroesB) {
+  Generator gen(9);
+  Transformer m(llama_tiny(), gen);
+  AdapterSet set(m, LoraConfig{.rank = 2, .alpha = 4.0, .targets = {"attn.wo"}}, gen);
+  ASSERT_EQ(set.layer_names().size(), 2u);
+  EXPECT_EQ(set.layer_names()[0], "blocks.0.attn.wo");
+  set.add("a", gen);
+  const std::vector<Tensor> p = set.parameters("a");
+  EXPECT_EQ(shape_str(p[0].shape()), "(2, 16)");
+  EXPECT_EQ(shape_str(p[1].shape()), "(16, 2)");
+  randomize(p[1], 1);
+  const std::string a_before = raw_bytes(p[0]);
+  set.reset("a", gen);
+  EXPECT_NE(raw_bytes(p[0]), a_before);
+  for (double v : p[1].to_vector()) EXPECT_EQ(v, 0.0);
+  // A ~ N(0, 1/in): the sample std is near 1/4 for in = 16.
+  double sq = 0.0;
+  const std::vector<double> a = p[0].to_vector();
+  for (double v : a) sq += v * v;
+  EXPECT_NEAR(std::sqrt(sq / static_cast<double>(a.size())), 0.25, 0.1);
+  // A second set on the same model reuses the layers' LoRA (same rank and alpha) ...
+  AdapterSet again(m, LoraConfig{.rank = 2, .alpha = 4.0, .targets = {"attn.wo"}}, gen);
+  // ... and a different rank is refused.
+  expect_error([&] { AdapterSet bad(m, LoraConfig{.rank = 3, .alpha = 4.0, .targets = {"attn.wo"}}, gen); },
+               {"blocks.0.attn.wo", "rank 2"});
+}
+
+TEST(Lora, TrainableScopeRestoresFlags) {
+  Generator gen(11);
+  Transformer m(llama_tiny(), gen);
+  Tensor emb = m.wte->weight;
+  emb.set_requires_grad(false);  // a frozen parameter stays frozen afterwards
+  const Tensor wo = m.blocks->operator[](0).attn->wo->weight;
+  {
+    const TrainableScope scope(m, {wo});
+    for (const auto& [n, p] : m.named_parameters()) EXPECT_EQ(p.requires_grad(), p.same(wo)) << n;
+  }
+  for (const auto& [n, p] : m.named_parameters()) EXPECT_EQ(p.requires_grad(), !p.same(emb)) << n;
+}
+
+TEST(Lora, BadConfigsAndNamesGiveClearErrors) {
+  expect_error([] { LoraConfig{.rank = 0}.validate(); }, {"LoraConfig", "'rank'"});
+  expect_error([] { LoraConfig{.rank = 2, .alpha = 0.0}.validate(); }, {"'alpha'"});
+  expect_error([] { LoraConfig{.rank = 2, .alpha = 1.0, .targets = {}}.validate(); }, {"'targets'"});
+  expect_error([] { json{{"rank", 2}, {"ranks", 3}}.get<LoraConfig>(); }, {"unknown key 'ranks'"});
+  expect_error([] { json{{"rank", 2.5}}.get<LoraConfig>(); }, {"'rank'", "wrong type"});
+  const LoraConfig back = json(LoraConfig{.rank = 3, .alpha = 6.0, .targets = {"mlp"}}).get<LoraConfig>();
+  EXPECT_EQ(back.rank, 3);
+  EXPECT_EQ(back.targets, std::vector<std::string>{"mlp"});
+
+  Generator gen(12);
+  Transformer m(llama_tiny(), gen);
+  expect_error([&] { AdapterSet s(m, LoraConfig{.rank = 2, .alpha = 2.0, .targets = {"nothing"}}, gen); },
+               {"no Linear layer", "nothing"});
+  AdapterSet set(m, LoraConfig{}, gen);
+  set.add("a", gen);
+  expect_error([&] { set.add("a", gen); }, {"'a' exists"});
+  expect_error([&] { set.enable("zzz"); }, {"no adapter named 'zzz'"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
