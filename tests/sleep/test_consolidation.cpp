@@ -376,3 +376,37 @@ TEST(Wake, SleepTeacherSinceLastSleepVersusPending) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+TEST(Consolidation, MoEReceiverTrainsTheSlotAndItsRouterRowOnly) {
+  nn::TransformerConfig cfg = tiny_config();
+  cfg.levels[1].kind = nn::LevelKind::moe;
+  cfg.levels[1].n_experts = 3;
+  cfg.levels[1].top_k = 1;
+  Generator gen(7);
+  nn::Transformer m(cfg, gen);
+  Generator gen2(7);
+  nn::Transformer ref(cfg, gen2);
+  Consolidator c(m, ks_config(6));
+  const NamedTensors old = c.snapshot_sender();
+  perturb_sender(m, 0, 3);
+  perturb_sender(ref, 0, 3);
+  const ConsolidationReport rep = c.consolidate(old, kPrompts);
+  EXPECT_LT(rep.jsd_after, rep.jsd_before);
+  for (int64_t l = 0; l < 2; ++l) {
+    const auto& slot = m.level(l, 1).slot(rep.new_slots[static_cast<size_t>(l)]);
+    ASSERT_TRUE(slot.router.defined());
+    double r2 = 0;
+    for (double v : slot.router.to_vector()) r2 += v * v;
+    EXPECT_GT(r2, 0.0) << "the slot's router row is trained on an MoE level";
+  }
+  for (const auto& [name, p] : ref.named_parameters()) {
+    if (name.find(".cms.1.slots.") != std::string::npos) continue;
+    EXPECT_TRUE(nn::testing::bitwise_equal(p, m.parameter(name))) << name << " must stay frozen";
+  }
+}
+
+}  // namespace
+}  // namespace somnus::sleep
