@@ -12,6 +12,7 @@
 #include "nn/generate.h"
 #include "sleep/baselines/json_fields.h"
 #include "tensor/format.h"
+#include "tensor/profiler.h"
 
 namespace somnus::sleep {
 
@@ -213,6 +214,7 @@ TrainSequence Dreamer::dream_row(const DreamTask& task, const std::vector<TokenI
 }
 
 double Dreamer::score(const DreamTask& task) {
+  SOMNUS_PROFILE_SCOPE("scoring");
   task.validate();
   adapters_->disable();
   NoGradGuard no_grad;
@@ -220,6 +222,7 @@ double Dreamer::score(const DreamTask& task) {
 }
 
 std::vector<std::vector<TokenId>> Dreamer::sample(const DreamTask& task) {
+  SOMNUS_PROFILE_SCOPE("dream_sampling");
   const std::vector<TokenId> prompt = task.dream_prompt();
   const int64_t block = model_.config().block_size;
   SOMNUS_CHECK(static_cast<int64_t>(prompt.size()) < block,
@@ -263,6 +266,7 @@ std::vector<std::vector<TokenId>> Dreamer::sample(const DreamTask& task) {
 }
 
 std::vector<double> Dreamer::importance(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams) {
+  SOMNUS_PROFILE_SCOPE("dream_selection");
   adapters_->reset("trial", gen_);
   adapters_->enable("trial");
   const AdapterOff off{*adapters_};
@@ -290,6 +294,7 @@ std::vector<double> Dreamer::importance(const DreamTask& task, const std::vector
 
 std::vector<int> Dreamer::try_dreams(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams,
                                      double base_tau, std::vector<double>* taus) {
+  SOMNUS_PROFILE_SCOPE("lora_trials");
   task.validate();
   std::vector<int> rewards;
   if (taus) taus->clear();
@@ -319,6 +324,7 @@ std::vector<int> Dreamer::try_dreams(const DreamTask& task, const std::vector<st
 
 std::vector<double> Dreamer::learn_to_dream(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams,
                                             const std::vector<int>& rewards) {
+  SOMNUS_PROFILE_SCOPE("rest_em");
   const std::vector<std::vector<TokenId>> keep = rest_training_set(dreams, rewards);
   if (keep.empty() || cfg_.rest_steps == 0) return {};
   const std::vector<TokenId> prompt = task.dream_prompt();
@@ -337,6 +343,7 @@ std::vector<double> Dreamer::learn_to_dream(const DreamTask& task, const std::ve
 }
 
 int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams) {
+  SOMNUS_PROFILE_SCOPE("dream_apply");
   std::vector<TrainSequence> rows;
   for (const std::vector<TokenId>& d : dreams) {
     TrainSequence row = dream_row(task, d);
@@ -370,6 +377,7 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
 }
 
 DreamResult Dreamer::run(const DreamTask& task, const std::function<void(const DreamIterationMetrics&)>& on_iteration) {
+  SOMNUS_PROFILE_SCOPE("dreaming");
   task.validate();
   DreamResult result;
   const double base_tau = score(task);
