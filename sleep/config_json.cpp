@@ -46,4 +46,22 @@ nlohmann::json merge_config(const nlohmann::json& in, const nlohmann::json& defa
   return out;
 }
 
+void set_config_key(nlohmann::json& j, const std::string& dotted_key, const std::string& value) {
+  nlohmann::json* cur = &j;
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = dotted_key.find('.', start);
+    const std::string part = dotted_key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    SOMNUS_CHECK(!part.empty(), "config: bad key '{}' (empty component)", dotted_key);
+    if (dot == std::string::npos) {
+      nlohmann::json v = nlohmann::json::parse(value, nullptr, /*allow_exceptions=*/false);
+      (*cur)[part] = v.is_discarded() ? nlohmann::json(value) : v;
+      return;
+    }
+    if (!cur->contains(part) || !(*cur)[part].is_object()) (*cur)[part] = nlohmann::json::object();
+    cur = &(*cur)[part];
+    start = dot + 1;
+  }
+}
+
 }  // namespace somnus::sleep

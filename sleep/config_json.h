@@ -17,4 +17,8 @@ void check_config_keys(const nlohmann::json& in, const nlohmann::json& defaults,
 // check_config_keys, then `defaults` updated by `in` (nested objects merged key by key).
 nlohmann::json merge_config(const nlohmann::json& in, const nlohmann::json& defaults, const std::string& where);
 
+// `--set a.b.c=value`: sets j["a"]["b"]["c"], creating objects on the way; the value is
+// parsed as JSON when it is JSON (3, 0.5, true, [0,1], {"k": 1}) and taken as a string otherwise.
+void set_config_key(nlohmann::json& j, const std::string& dotted_key, const std::string& value);
+
 }  // namespace somnus::sleep

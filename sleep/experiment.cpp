@@ -151,25 +151,6 @@ void register_builtins() {
   });
 }
 
-// a.b.c = value into j (objects created as needed).
-void set_dotted(json& j, const std::string& key, const std::string& value) {
-  json* cur = &j;
-  size_t start = 0;
-  for (;;) {
-    const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    SOMNUS_CHECK(!part.empty(), "experiment: bad override key '{}'", key);
-    if (dot == std::string::npos) {
-      json v = json::parse(value, nullptr, /*allow_exceptions=*/false);
-      (*cur)[part] = v.is_discarded() ? json(value) : v;
-      return;
-    }
-    if (!cur->contains(part) || !(*cur)[part].is_object()) (*cur)[part] = json::object();
-    cur = &(*cur)[part];
-    start = dot + 1;
-  }
-}
-
 }  // namespace
 
 void register_experiment(ExperimentInfo info) {
@@ -209,7 +190,7 @@ ExperimentResult run_experiment(const std::string& name, const json& config,
     SOMNUS_CHECK(config.is_object(), "experiment {}: config must be \"tiny\", \"gpu\" or a JSON object", name);
     cfg = merge_config(config, info.tiny, "experiment " + name + " config");
   }
-  for (const auto& [k, v] : overrides) set_dotted(cfg, k, v);
+  for (const auto& [k, v] : overrides) set_config_key(cfg, k, v);
   cfg = merge_config(cfg, info.tiny, "experiment " + name + " config");
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentResult r = info.run(cfg, progress);

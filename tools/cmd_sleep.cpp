@@ -49,23 +49,6 @@ struct SleepArgs {
   std::string device = "cpu";
 };
 
-void set_dotted(json& j, const std::string& key, const std::string& value) {
-  json* cur = &j;
-  size_t start = 0;
-  for (;;) {
-    const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    if (dot == std::string::npos) {
-      json v = json::parse(value, nullptr, false);
-      (*cur)[part] = v.is_discarded() ? json(value) : v;
-      return;
-    }
-    if (!cur->contains(part)) (*cur)[part] = json::object();
-    cur = &(*cur)[part];
-    start = dot + 1;
-  }
-}
-
 void run_sleep(const SleepArgs& a) {
   const Device device = parse_device_option(a.device);
   const std::string dir = nn::resolve_checkpoint(a.ckpt);
@@ -84,7 +67,7 @@ void run_sleep(const SleepArgs& a) {
   for (const std::string& s : a.sets) {
     const size_t eq = s.find('=');
     SOMNUS_CHECK(eq != std::string::npos && eq > 0, "sleep: --set expects key=value, got '{}'", s);
-    set_dotted(cj, s.substr(0, eq), s.substr(eq + 1));
+    sleep::set_config_key(cj, s.substr(0, eq), s.substr(eq + 1));
   }
   const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
 

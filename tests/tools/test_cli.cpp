@@ -3,10 +3,8 @@
 // uninterrupted run's (tokens_per_s aside); generate, eval and tokenizer train on the result;
 // bad configs exit non-zero with a message naming the key.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdio>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,46 +12,15 @@
 #include <string>
 #include <vector>
 
-#ifndef SOMNUS_CLI_PATH
-#error "SOMNUS_CLI_PATH must name the somnus binary"
-#endif
+#include "tools/cli_testing.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct Result {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
-                          " 2>&1";
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (fs::temp_directory_path() / ("somnus_cli_" + std::to_string(::getpid()) + "_" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using Result = somnus::testing::CliResult;
+using TempDir = somnus::testing::CliTempDir;
+const auto run = somnus::testing::run_cli;
 
 // ~24 KB of word-like text from a fixed LCG (no data files needed).
 std::string write_corpus(const std::string& path) {

@@ -1,45 +1,23 @@
 // `somnus profile` end to end (the binary's path comes from tests/CMakeLists.txt as
 // SOMNUS_CLI_PATH): a tiny config on random tokens, --what train and generate print the op
 // table and write a Chrome trace whose scopes and ops are there; bad --what values and
-// --what sleep (not wired yet) exit non-zero with a message.
+// --what sleep on a model without a receiver level exit non-zero with a message.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
-#ifndef SOMNUS_CLI_PATH
-#error "SOMNUS_CLI_PATH must name the somnus binary"
-#endif
+#include "tools/cli_testing.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct Result {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
-                          " 2>&1";
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using Result = somnus::testing::CliResult;
+const auto run = somnus::testing::run_cli;
 
 class ProfileCli : public ::testing::Test {
  protected:

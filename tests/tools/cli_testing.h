@@ -1,0 +1,56 @@
+// Helpers shared by the tests that run the `somnus` binary (its path comes from
+// tests/CMakeLists.txt as SOMNUS_CLI_PATH): run a command line and capture its exit code and
+// output, and a per-test temporary directory.
+#pragma once
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#ifndef SOMNUS_CLI_PATH
+#error "SOMNUS_CLI_PATH must name the somnus binary"
+#endif
+
+namespace somnus::testing {
+
+struct CliResult {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+// `somnus <args>` with one OpenMP thread (tests run in parallel).
+inline CliResult run_cli(const std::string& args) {
+  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
+                          " 2>&1";
+  CliResult r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A fresh directory named after the prefix, the process and the running test; removed at the end.
+struct CliTempDir {
+  std::string path;
+  explicit CliTempDir(const std::string& prefix = "somnus_cli") {
+    path = (std::filesystem::temp_directory_path() /
+            (prefix + "_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~CliTempDir() { std::filesystem::remove_all(path); }
+  CliTempDir(const CliTempDir&) = delete;
+  CliTempDir& operator=(const CliTempDir&) = delete;
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+}  // namespace somnus::testing
