@@ -246,7 +246,7 @@ std::pair<Tensor, Tensor> CmsLevel::forward_residual(const Tensor& x, const Tens
   return {stream, y};
 }
 
-int64_t CmsLevel::activate_slot(Generator& gen) {
+int64_t CmsLevel::activate_slot(Generator& gen, double a_std_override) {
   int64_t s = 0;
   while (s < n_slots() && active_[s]) ++s;
   SOMNUS_CHECK(s < n_slots(),
@@ -255,7 +255,9 @@ int64_t CmsLevel::activate_slot(Generator& gen) {
                n_slots());
   NoGradGuard no_grad;
   LowRankSlot& slot = *slots_[s];
-  const double a_std = 1.0 / std::sqrt(static_cast<double>(cfg_.n_embd));  // A ~ N(0, 1/C)
+  SOMNUS_CHECK(a_std_override >= 0.0, "CmsLevel::activate_slot: a_std must be >= 0, got {}", a_std_override);
+  const double a_std = a_std_override > 0.0 ? a_std_override
+                                            : 1.0 / std::sqrt(static_cast<double>(cfg_.n_embd));  // A ~ N(0, 1/C)
   slot.A.copy_(randn(slot.A.shape(), gen, slot.A.dtype(), slot.A.device(), 0.0, a_std));
   slot.B.fill_(0.0);
   if (slot.router.defined()) slot.router.fill_(0.0);

@@ -181,7 +181,8 @@ class CmsLevel : public Module {
   // ---- slots (PARADIGM §2)
   // Takes the lowest free slot: A ~ N(0, 1/C), B = 0, router row = 0, unmasked, grads cleared.
   // Returns its index. Throws somnus::Error when every slot is active.
-  int64_t activate_slot(Generator& gen);
+  // a_std > 0 overrides the standard deviation of A (default 1/√C, PARADIGM §2's [choice]).
+  int64_t activate_slot(Generator& gen, double a_std = 0.0);
   // B = 0, masked, returned to the free pool, grads cleared. Throws when s is not active.
   void reset_slot(int64_t s);
   std::vector<int64_t> active_slots() const;

@@ -110,6 +110,8 @@ void ConsolidationConfig::validate(const nn::TransformerConfig& model) const {
                  "'expansion': false)",
                  sender + 1);
   }
+  SOMNUS_CHECK(slot_init_std >= 0.0, "consolidation config: 'slot_init_std' must be >= 0 (0 = 1/sqrt(d)), got {}",
+               slot_init_std);
   ks.validate();
 }
 
@@ -118,6 +120,7 @@ void to_json(json& j, const ConsolidationConfig& c) {
            {"expansion", c.expansion},
            {"seeding", c.seeding},
            {"on_exhausted", policy_name(c.on_exhausted)},
+           {"slot_init_std", c.slot_init_std},
            {"ks", c.ks}};
 }
 
@@ -127,6 +130,7 @@ void from_json(const json& j, ConsolidationConfig& c) {
   c.expansion = m.at("expansion").get<bool>();
   c.seeding = m.at("seeding").get<bool>();
   c.on_exhausted = policy_of(m.at("on_exhausted").get<std::string>());
+  c.slot_init_std = m.at("slot_init_std").get<double>();
   c.ks = m.at("ks").get<SeedingConfig>();
 }
 
@@ -302,7 +306,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
       }
       nn::CmsLevel& recv = model_.level(l, receiver);
       if (evict[static_cast<size_t>(l)] >= 0) recv.reset_slot(evict[static_cast<size_t>(l)]);
-      const int64_t s = recv.activate_slot(gen_);
+      const int64_t s = recv.activate_slot(gen_, cfg_.slot_init_std);
       activation_[static_cast<size_t>(l)][static_cast<size_t>(s)] = consolidations_;
       spec.receiver_new_slot[static_cast<size_t>(l)] = s;
       for (const Tensor& p : recv.slot_parameters(s)) trainable.push_back(p);

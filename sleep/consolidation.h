@@ -69,6 +69,7 @@ struct ConsolidationConfig {
   bool expansion = true;      // false: the "without expansion" ablation (θ_new only, no slot, no seeding)
   bool seeding = true;        // false: expansion without Knowledge Seeding (the slot stays a no-op)
   SlotPolicy on_exhausted = SlotPolicy::error;  // evict_oldest: reset the receiver's oldest slot first
+  double slot_init_std = 0.0;  // std of the new slot's A; 0 = 1/√d ([choice] A ~ N(0, 1/d), B = 0)
   SeedingConfig ks;
 
   void validate(const nn::TransformerConfig& model) const;

@@ -410,3 +410,30 @@ TEST(Consolidation, MoEReceiverTrainsTheSlotAndItsRouterRowOnly) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+TEST(Consolidation, SlotInitStdIsAConfigOption) {
+  for (double std : {0.0, 0.5}) {
+    auto m = make_model();
+    ConsolidationConfig cfg = ks_config(0);
+    cfg.slot_init_std = std;
+    Consolidator c(*m, cfg);
+    const ConsolidationReport rep = c.consolidate({}, kPrompts);
+    const std::vector<double> a = m->level(0, 1).slot(rep.new_slots[0]).A.to_vector();  // (16, 4)
+    double ss = 0;
+    for (double v : a) ss += v * v;
+    const double measured = std::sqrt(ss / static_cast<double>(a.size()));
+    const double expected = std > 0 ? std : 1.0 / std::sqrt(16.0);
+    EXPECT_NEAR(measured, expected, 0.35 * expected) << std;
+    for (double v : m->level(0, 1).slot(rep.new_slots[0]).B.to_vector()) EXPECT_EQ(v, 0.0);
+  }
+  ConsolidationConfig bad = ks_config(0);
+  bad.slot_init_std = -1;
+  auto m = make_model();
+  expect_error([&] { Consolidator x(*m, bad); }, {"'slot_init_std' must be >= 0"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
