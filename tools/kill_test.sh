@@ -40,6 +40,9 @@ args=(--data "$work/corpus.txt" --steps 60 --batch_size 4 --vocab_size 300 --eva
 t0=$(date +%s%N)
 "$cli" train "${args[@]}" --out_dir "$work/ref" > "$work/ref.log" 2>&1 || { cat "$work/ref.log"; exit 1; }
 ref_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+t0=$(date +%s%N)  # start-up + one step + one checkpoint
+"$cli" train "${args[@]}" --out_dir "$work/startup" --stop-at 1 > "$work/startup.log" 2>&1 || { cat "$work/startup.log"; exit 1; }
+startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 echo "kill_test: reference run $ref_ms ms; killing a second run at random points (seed $RANDOM)"
 
 verify_all() {  # every complete checkpoint, and the latest, must verify and load
@@ -57,10 +60,10 @@ verify_all() {  # every complete checkpoint, and the latest, must verify and loa
 }
 
 run="$work/run"
-kills=0 attempts=0 verified=0
-# Kill delays uniform in [0, 2 * ref / kills): each life ends somewhere in start-up, a step,
-# an evaluation or a checkpoint write, and the kills are spread over the whole run.
-window_ms=$(( 2 * ref_ms / kills_wanted ))
+kills=0 attempts=0 verified=0 steps_seen=""
+# Kill delays uniform in [0, start-up + 2 * ref / kills): each life ends somewhere in start-up,
+# a step, an evaluation or a checkpoint write, and the kills are spread over the whole run.
+window_ms=$(( startup_ms + 2 * ref_ms / kills_wanted ))
 [ $window_ms -lt 20 ] && window_ms=20
 while :; do
   attempts=$((attempts + 1))
@@ -79,6 +82,7 @@ while :; do
       kills=$((kills + 1))
       verify_all "$run" || { echo "kill_test: FAILED after kill $kills (work dir kept: $work)"; exit 1; }
       verified=$((verified + 1))
+      steps_seen+=" $( [ -f "$run/latest" ] && sed 's/ckpt-0*//' "$run/latest" || echo none)"
       continue
     fi
   else
@@ -107,12 +111,16 @@ for f in ("model.safetensors", "optimizer.safetensors", "train_state.json"):
     if x != y:
         sys.exit(f"kill_test: final {f} differs from the uninterrupted run's")
 PY
+echo "kill_test: latest checkpoint step after each kill:$steps_seen"
 echo "kill_test: passed: $kills SIGKILLs survived ($verified verified checkpoint states, $attempts lives); metrics and final weights bit-identical"
 
-# ---- somnus sleep: hook for the same test over `somnus sleep` (issue 8 §3). When the
-# command exists and supports --resume, run the loop above with its arguments here.
-if "$cli" sleep --help 2>/dev/null | grep -q "Usage: .* sleep"; then
-  echo "kill_test: 'somnus sleep' exists but is not wired into the kill test yet"
+# ---- somnus sleep: hook for the same test over `somnus sleep` (issue 8 §3). The loop above
+# applies once the command can continue an interrupted cycle (a --resume flag); until then
+# this only reports that sleep is not covered.
+if "$cli" sleep --help 2>/dev/null | grep -q -- "--resume"; then
+  echo "kill_test: 'somnus sleep' has --resume: wire it into this test (tools/kill_test.sh)"
+elif "$cli" sleep --help 2>/dev/null | grep -q "Usage: .* sleep"; then
+  echo "kill_test: 'somnus sleep' has no --resume yet: not covered (train only)"
 fi
 # ---- end somnus sleep
 

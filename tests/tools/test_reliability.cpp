@@ -5,13 +5,10 @@
 //   - numeric guards: steps whose loss is poisoned with NaN (the hidden --debug-nan-steps
 //     hook) are skipped and logged, leave the weights untouched, and the run goes on.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,10 +18,7 @@
 #include "nn/file_io.h"
 #include "nn/safetensors.h"
 #include "tests/testing.h"
-
-#ifndef SOMNUS_CLI_PATH
-#error "SOMNUS_CLI_PATH must name the somnus binary"
-#endif
+#include "tests/tools/cli_testing.h"
 
 namespace {
 
@@ -33,37 +27,9 @@ using nlohmann::json;
 using namespace somnus;
 using namespace somnus::testing;
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
-                          " 2>&1";
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (fs::temp_directory_path() / ("somnus_rel_" + std::to_string(::getpid()) + "_" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using Result = CliResult;
+Result run(const std::string& args) { return run_cli(args); }
+using TempDir = CliTempDir;
 
 std::string write_corpus(const std::string& path) {
   static const char* words[] = {"sleep", "wake", "dream", "the", "a", "river", "stone", "night"};
