@@ -2,8 +2,9 @@
 // procedural 1-D ARC-like tasks with held-out families (sleep/tasks/arc1d.h).
 //
 // Per seed the families are split (split_arc1d_families): a base model is pretrained once on
-// tasks of the training families as plain text ("[bos] in: … out: …\n … in: … out: … [eos]",
-// every token counted), and each method's model is a copy of it (state_dict). Then, for each
+// tasks of the training families ("[bos] in: … out: …\n … in: … out: … [eos]", once with
+// every token counted, once with the test answer's tokens only), and each method's model is
+// a copy of it (state_dict). Then, for each
 // of `num_eval_tasks` tasks of the held-out families, every method learns the task's episode
 // from the base and answers its test input; the score is exact match of the test output.
 // The evaluation prompt is the same for every method: the demonstrations followed by the test
@@ -39,7 +40,7 @@ json tiny_config() {
              {"label": "sleep", "method": "sleep"}],
     "seeds": [0, 1, 2],
     "num_held_out": 3,
-    "num_pretrain_tasks": 600,
+    "num_pretrain_tasks": 2000,
     "num_eval_tasks": 8,
     "min_length": 5,
     "max_length": 8,
@@ -48,7 +49,7 @@ json tiny_config() {
     "model": {"n_layer": 2, "n_embd": 96, "n_head": 4, "block_size": 160,
               "levels": [{"kind": "dense", "period": 1, "hidden": 256, "n_slots": 4, "slot_rank": 8},
                          {"kind": "dense", "period": 4, "hidden": 256, "n_slots": 4, "slot_rank": 8}]},
-    "pretrain_steps": 400,
+    "pretrain_steps": 1200,
     "pretrain_batch": 32,
     "pretrain_lr": 3e-3,
     "steps": 20,
@@ -204,7 +205,9 @@ ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
       const Example ex = encode_example(tok, arc_prompt_answer(t));
       std::vector<TokenId> s = ex.prompt;
       s.insert(s.end(), ex.answer.begin(), ex.answer.end());
-      if (static_cast<int64_t>(s.size()) <= block + 1) pre.push_back(TrainSequence{std::move(s), 1});
+      if (static_cast<int64_t>(s.size()) > block + 1) continue;
+      pre.push_back(TrainSequence{s, 1});                                           // the whole text
+      pre.push_back(TrainSequence{s, static_cast<int64_t>(ex.prompt.size())});  // the answer again
     }
     SOMNUS_CHECK(!pre.empty(), "arc: no pretraining task fits block_size {}", block);
     SftSteps pre_opt;

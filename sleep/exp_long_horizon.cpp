@@ -1,13 +1,14 @@
 // Experiment 4 (PARADIGM.md §5.4, the paper's Fig. 4): long-horizon memory and the number of
 // CMS levels.
 //
-// Multi-key needles ("The secret number of Vorla is 4821.") hidden in tinyshakespeare filler
+// Multi-key needles ("The secret number of Vorla is 4821.", task "needles") or bAbI-style fact
+// chains ("Mary went to the kitchen.", task "fact_chains") hidden in tinyshakespeare filler
 // (sleep/tasks/long_horizon.h). Each row is an architecture: `levels` CMS levels whose update
-// periods rise geometrically from 1 to `slowest_period` (1 level: period 1). Per seed and
-// row, a model is pretrained on short examples that fit the attention window (the filler, the
-// needles and the question in one window; every token's loss counts, and the answer's once
-// more), so it can retrieve in context. Then long examples, `long_chars` bytes (several
-// windows): the model reads the stream [bos] context with test-time training, then answers
+// periods rise geometrically (powers of two) from 1 to `slowest_period` (1 level: period 1).
+// Per seed and row, a model is pretrained on short examples that fit the attention window
+// (the filler, the facts and the question in one window; every token's loss counts, and the
+// answer's once more), so it can retrieve in context. Then long examples, `long_chars` bytes
+// (several windows): the model reads the stream [bos] context with test-time training, then answers
 // each question after it (the window then holds only the end of the stream, the question
 // and the answer; facts further back must come from the weights).
 // Reading: chunks of `ttt_chunk` tokens; after each chunk one next-token-loss step of the
@@ -48,14 +49,18 @@ json tiny_config() {
     "tokenizer_chars": 60000,
     "model": {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 96},
     "level_hidden": 128,
+    "task": "fact_chains",
     "num_needles": 2,
+    "num_people": 2,
+    "num_objects": 1,
+    "num_events": 3,
     "num_questions": 2,
-    "short_chars": 160,
+    "short_chars": 120,
     "long_chars": 1200,
     "num_pretrain": 800,
     "num_short_eval": 16,
     "num_long_eval": 8,
-    "pretrain_steps": 250,
+    "pretrain_steps": 1000,
     "pretrain_batch": 24,
     "pretrain_lr": 3e-3,
     "ttt_chunk": 16,
@@ -70,6 +75,7 @@ json gpu_config() {
   c["tokenizer_chars"] = 400000;
   c["model"] = json::parse(R"J({"n_layer": 6, "n_embd": 384, "n_head": 6, "block_size": 256})J");
   c["level_hidden"] = 1024;
+  c["task"] = "needles";
   c["num_needles"] = 4;
   c["short_chars"] = 500;
   c["long_chars"] = 8000;
@@ -105,15 +111,16 @@ std::vector<Row> parse_rows(const json& cfg) {
   return out;
 }
 
-// Periods 1 = C_0 <= C_1 <= ... <= C_{n-1} = slowest, geometric (rounded, kept increasing).
+// Periods 1 = C_0 <= ... <= C_{n-1} = slowest: powers of two with exponents spread evenly
+// (rounded), since each period must divide the next (nn/transformer.h). 1 level: period 1.
 std::vector<int64_t> level_periods(int64_t n, int64_t slowest) {
+  int64_t e = 0;
+  while ((int64_t{1} << e) < slowest) ++e;
+  SOMNUS_CHECK((int64_t{1} << e) == slowest, "long_horizon: 'slowest_period' must be a power of two, got {}", slowest);
   std::vector<int64_t> p;
   for (int64_t i = 0; i < n; ++i) {
-    int64_t c = n == 1 ? 1
-                       : static_cast<int64_t>(std::llround(
-                             std::pow(static_cast<double>(slowest), static_cast<double>(i) / static_cast<double>(n - 1))));
-    if (!p.empty()) c = std::max(c, p.back());
-    p.push_back(std::max<int64_t>(1, c));
+    const int64_t k = n == 1 ? 0 : std::llround(static_cast<double>(e * i) / static_cast<double>(n - 1));
+    p.push_back(int64_t{1} << k);
   }
   return p;
 }
@@ -186,6 +193,8 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
   EvalOptions eval;
   eval.max_new_tokens = cfg.at("eval_max_new_tokens").get<int64_t>();
 
+  const std::string task = cfg.at("task").get<std::string>();
+  SOMNUS_CHECK(task == "needles" || task == "fact_chains", "long_horizon: 'task' must be \"needles\" or \"fact_chains\", got \"{}\"", task);
   const std::string corpus = load_tinyshakespeare();
   const FillerText filler(corpus);
 
@@ -196,17 +205,29 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
   int64_t done = 0;
 
   for (uint64_t seed : seeds) {
-    NeedleOptions no;
-    no.num_needles = cfg.at("num_needles").get<int64_t>();
-    no.num_questions = cfg.at("num_questions").get<int64_t>();
-    no.seed = seed;
-    no.context_chars = cfg.at("short_chars").get<int64_t>();
-    const auto pre_ex = make_needle_examples(filler, cfg.at("num_pretrain").get<int64_t>(), no);
-    no.seed = seed + 5555;
-    const auto short_ex = make_needle_examples(filler, n_short, no);
-    no.seed = seed + 7777;
-    no.context_chars = cfg.at("long_chars").get<int64_t>();
-    const auto long_ex = make_needle_examples(filler, n_long, no);
+    // `count` examples of the configured task, `chars` bytes long.
+    auto make_examples = [&](int64_t count, uint64_t s, int64_t chars) {
+      if (task == "needles") {
+        NeedleOptions no;
+        no.num_needles = cfg.at("num_needles").get<int64_t>();
+        no.num_questions = cfg.at("num_questions").get<int64_t>();
+        no.seed = s;
+        no.context_chars = chars;
+        return make_needle_examples(filler, count, no);
+      }
+      FactChainOptions fo;
+      fo.num_people = cfg.at("num_people").get<int64_t>();
+      fo.num_objects = cfg.at("num_objects").get<int64_t>();
+      fo.num_events = cfg.at("num_events").get<int64_t>();
+      fo.num_questions = cfg.at("num_questions").get<int64_t>();
+      fo.seed = s;
+      fo.context_chars = chars;
+      return make_fact_chain_examples(filler, count, fo);
+    };
+    const int64_t short_chars = cfg.at("short_chars").get<int64_t>();
+    const auto pre_ex = make_examples(cfg.at("num_pretrain").get<int64_t>(), seed, short_chars);
+    const auto short_ex = make_examples(n_short, seed + 5555, short_chars);
+    const auto long_ex = make_examples(n_long, seed + 7777, cfg.at("long_chars").get<int64_t>());
 
     const auto tchars = static_cast<size_t>(cfg.at("tokenizer_chars").get<int64_t>());
     std::vector<std::string> texts = {corpus.substr(0, std::min(corpus.size(), tchars))};

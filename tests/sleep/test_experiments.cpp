@@ -75,11 +75,16 @@ json micro_config(const std::string& name) {
   }
   if (name == "long_horizon") {
     return {{"rows", json::parse(R"J([{"label": "1 level", "levels": 1, "slowest_period": 1},
-                                      {"label": "3 levels", "levels": 3, "slowest_period": 4}])J")},
+                                      {"label": "4 levels", "levels": 4, "slowest_period": 8}])J")},
             {"seeds", {0}},
             {"vocab_size", 280},
             {"tokenizer_chars", 2000},
-            {"model", {{"n_layer", 1}, {"n_embd", 16}, {"n_head", 2}, {"block_size", 128}}},
+            {"model", {{"n_layer", 1}, {"n_embd", 16}, {"n_head", 2}, {"block_size", 256}}},
+            {"task", "fact_chains"},
+            {"num_people", 1},
+            {"num_objects", 1},
+            {"num_events", 1},
+            {"num_questions", 1},
             {"short_chars", 100},
             {"level_hidden", 32},
             {"num_pretrain", 4},
