@@ -81,72 +81,8 @@ json gpu_config() {
 
 // ---------------------------------------------------------------- rows (one per table line)
 
-struct Row {
-  std::string label, method;
-  json config = json::object();
-};
+using Row = ExperimentRow;
 
-std::vector<Row> parse_rows(const json& cfg, const char* exp) {
-  const json& rs = cfg.at("rows");
-  SOMNUS_CHECK(rs.is_array() && !rs.empty(), "{}: 'rows' must be a non-empty list", exp);
-  std::vector<Row> out;
-  for (const json& r : rs) {
-    Row row;
-    if (r.is_string()) {
-      row.label = row.method = r.get<std::string>();
-    } else {
-      SOMNUS_CHECK(r.is_object() && r.contains("method"), "{}: a row is a method name or {{label, method, config}}", exp);
-      for (const auto& [k, v] : r.items())
-        SOMNUS_CHECK(k == "label" || k == "method" || k == "config", "{}: unknown row key '{}'", exp, k);
-      row.method = r.at("method").get<std::string>();
-      row.label = r.value("label", row.method);
-      if (r.contains("config")) row.config = r.at("config");
-    }
-    out.push_back(std::move(row));
-  }
-  return out;
-}
-
-// The base model as it is: no learning, nothing in the prompt.
-class NoLearning : public Method {
- public:
-  std::string name() const override { return "none"; }
-  void learn(nn::Transformer&, const LearningEpisode&) override {}
-};
-
-// Shared budget first, the row's config on top.
-json method_config(const Row& row, const json& cfg, uint64_t seed) {
-  json m = json::object();
-  const std::string& name = row.method;
-  json dream = cfg.at("dream");
-  dream["seed"] = seed;
-  if (name == "sft" || name == "ewc") {
-    m = {{"steps", cfg.at("steps")}, {"lr", cfg.at("lr")}, {"batch_size", cfg.at("batch_size")}, {"seed", seed}};
-  } else if (name == "seal") {
-    m = dream;
-  } else if (name == "sleep") {
-    m = {{"wake_steps", cfg.at("steps")},
-         {"batch_size", cfg.at("batch_size")},
-         {"wake", {{"lr", cfg.at("lr")}}},
-         {"seed", seed},
-         {"consolidation", cfg.at("consolidation")},
-         {"dream", dream}};
-  }
-  m.merge_patch(row.config);
-  return m;
-}
-
-std::unique_ptr<Method> make_row_method(const Row& row, const json& cfg, uint64_t seed) {
-  if (row.method == "none") return std::make_unique<NoLearning>();
-  return make_method(row.method, method_config(row, cfg, seed));
-}
-
-std::vector<TokenId> with_bos(const nn::Tokenizer& tok, const std::string& text) {
-  std::vector<TokenId> t{tok.bos_id()};
-  const auto e = tok.encode(text);
-  t.insert(t.end(), e.begin(), e.end());
-  return t;
-}
 
 std::string demos_text(const ArcTask& t) {
   std::string s;
@@ -156,7 +92,7 @@ std::string demos_text(const ArcTask& t) {
 
 ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
   register_sleep_method();
-  const std::vector<Row> rows = parse_rows(cfg, "arc");
+  const std::vector<Row> rows = parse_experiment_rows(cfg, "arc");
   const auto seeds = cfg.at("seeds").get<std::vector<uint64_t>>();
   const int64_t n_eval = cfg.at("num_eval_tasks").get<int64_t>();
   SOMNUS_CHECK(!seeds.empty(), "arc: 'seeds' must not be empty");
@@ -231,7 +167,7 @@ ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
     for (const ArcTask& t : tasks) {
       LearningEpisode ep;
       ep.name = t.name;
-      ep.context = with_bos(tok, demos_text(t));
+      ep.context = encode_with_bos(tok, demos_text(t));
       for (size_t k = 0; k < t.train.size(); ++k) {
         ArcTask loo = t;
         loo.train.erase(loo.train.begin() + static_cast<std::ptrdiff_t>(k));

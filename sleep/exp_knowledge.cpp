@@ -80,76 +80,12 @@ json gpu_config() {
 
 // ---------------------------------------------------------------- rows (one per table line)
 
-struct Row {
-  std::string label, method;
-  json config = json::object();
-};
+using Row = ExperimentRow;
 
-std::vector<Row> parse_rows(const json& cfg) {
-  const json& rs = cfg.at("rows");
-  SOMNUS_CHECK(rs.is_array() && !rs.empty(), "knowledge: 'rows' must be a non-empty list");
-  std::vector<Row> out;
-  for (const json& r : rs) {
-    Row row;
-    if (r.is_string()) {
-      row.label = row.method = r.get<std::string>();
-    } else {
-      SOMNUS_CHECK(r.is_object() && r.contains("method"), "knowledge: a row is a method name or {{label, method, config}}");
-      for (const auto& [k, v] : r.items())
-        SOMNUS_CHECK(k == "label" || k == "method" || k == "config", "knowledge: unknown row key '{}'", k);
-      row.method = r.at("method").get<std::string>();
-      row.label = r.value("label", row.method);
-      if (r.contains("config")) row.config = r.at("config");
-    }
-    out.push_back(std::move(row));
-  }
-  return out;
-}
-
-// The base model as it is: no learning, nothing in the prompt.
-class NoLearning : public Method {
- public:
-  std::string name() const override { return "none"; }
-  void learn(nn::Transformer&, const LearningEpisode&) override {}
-};
-
-// Shared budget first, the row's config on top.
-json method_config(const Row& row, const json& cfg, uint64_t seed) {
-  json m = json::object();
-  const std::string& name = row.method;
-  json dream = cfg.at("dream");
-  dream["seed"] = seed;
-  if (name == "sft" || name == "ewc") {
-    m = {{"steps", cfg.at("steps")}, {"lr", cfg.at("lr")}, {"batch_size", cfg.at("batch_size")}, {"seed", seed}};
-  } else if (name == "seal") {
-    m = dream;
-  } else if (name == "sleep") {
-    m = {{"wake_steps", cfg.at("steps")},
-         {"batch_size", cfg.at("batch_size")},
-         {"wake", {{"lr", cfg.at("lr")}}},
-         {"seed", seed},
-         {"consolidation", cfg.at("consolidation")},
-         {"dream", dream}};
-  }
-  m.merge_patch(row.config);
-  return m;
-}
-
-std::unique_ptr<Method> make_row_method(const Row& row, const json& cfg, uint64_t seed) {
-  if (row.method == "none") return std::make_unique<NoLearning>();
-  return make_method(row.method, method_config(row, cfg, seed));
-}
-
-std::vector<TokenId> with_bos(const nn::Tokenizer& tok, const std::string& text) {
-  std::vector<TokenId> t{tok.bos_id()};
-  const auto e = tok.encode(text);
-  t.insert(t.end(), e.begin(), e.end());
-  return t;
-}
 
 ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
   register_sleep_method();
-  const std::vector<Row> rows = parse_rows(cfg);
+  const std::vector<Row> rows = parse_experiment_rows(cfg, "knowledge");
   const auto seeds = cfg.at("seeds").get<std::vector<uint64_t>>();
   const int64_t n_eval = cfg.at("num_eval_entities").get<int64_t>();
   const int64_t n_cpt = cfg.at("cpt_passages").get<int64_t>();
@@ -198,7 +134,7 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
     };
     for (const WorldDocument& d : world.pretrain) {
       for (const std::string& p : d.passages) {
-        std::vector<TokenId> passage = with_bos(tok, p);
+        std::vector<TokenId> passage = encode_with_bos(tok, p);
         std::vector<TokenId> plain = passage;
         plain.push_back(tok.eos_id());
         add_row(plain, 1);
@@ -239,7 +175,7 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
     for (const WorldDocument& d : world.new_knowledge) {
       LearningEpisode ep;
       ep.name = d.entity.name;
-      ep.context = with_bos(tok, d.passages.front());
+      ep.context = encode_with_bos(tok, d.passages.front());
       if (static_cast<int64_t>(ep.context.size()) > block - 24) ep.context.resize(static_cast<size_t>(block - 24));
       const std::vector<TrainSequence> probe = {TrainSequence{ep.context, 1}};
       ep.score = [probe](nn::Transformer& m) { return mean_logprob(m, probe); };

@@ -125,12 +125,6 @@ std::vector<int64_t> level_periods(int64_t n, int64_t slowest) {
   return p;
 }
 
-std::vector<TokenId> with_bos(const nn::Tokenizer& tok, const std::string& text) {
-  std::vector<TokenId> t{tok.bos_id()};
-  const auto e = tok.encode(text);
-  t.insert(t.end(), e.begin(), e.end());
-  return t;
-}
 
 // The multi-frequency read of a stream (see the header comment); returns the mean chunk loss.
 double read_stream_multifrequency(nn::Transformer& model, const std::vector<TokenId>& stream, int64_t chunk,
@@ -282,7 +276,7 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
         std::vector<nn::PromptAnswer> full;
         for (const auto& pa : long_horizon_prompt_answers(ex)) full.push_back(pa);
         const double no_ttt = answer_accuracy(model, tok, {}, full, eval);
-        read_loss += read_stream_multifrequency(model, with_bos(tok, ex.context), chunk, ttt_lr);
+        read_loss += read_stream_multifrequency(model, encode_with_bos(tok, ex.context), chunk, ttt_lr);
         const double with_ttt = answer_accuracy(model, tok, {}, full, eval);
         model.load_state_dict(base_state);
         correct += with_ttt * static_cast<double>(full.size());

@@ -74,72 +74,12 @@ json gpu_config() {
 
 // ---------------------------------------------------------------- rows (one per table line)
 
-struct Row {
-  std::string label, method;
-  json config = json::object();
-  json model = json::object();  // merged over the experiment's model config (e.g. other CMS levels)
-};
-
-std::vector<Row> parse_rows(const json& cfg, const char* exp) {
-  const json& rs = cfg.at("rows");
-  SOMNUS_CHECK(rs.is_array() && !rs.empty(), "{}: 'rows' must be a non-empty list", exp);
-  std::vector<Row> out;
-  for (const json& r : rs) {
-    Row row;
-    if (r.is_string()) {
-      row.label = row.method = r.get<std::string>();
-    } else {
-      SOMNUS_CHECK(r.is_object() && r.contains("method"), "{}: a row is a method name or {{label, method, config, model}}", exp);
-      for (const auto& [k, v] : r.items())
-        SOMNUS_CHECK(k == "label" || k == "method" || k == "config" || k == "model", "{}: unknown row key '{}'", exp, k);
-      row.method = r.at("method").get<std::string>();
-      row.label = r.value("label", row.method);
-      if (r.contains("config")) row.config = r.at("config");
-      if (r.contains("model")) row.model = r.at("model");
-    }
-    out.push_back(std::move(row));
-  }
-  return out;
-}
-
-// The base model as it is: no learning, nothing in the prompt.
-class NoLearning : public Method {
- public:
-  std::string name() const override { return "none"; }
-  void learn(nn::Transformer&, const LearningEpisode&) override {}
-};
-
-// Shared budget first, the row's config on top.
-json method_config(const Row& row, const json& cfg, uint64_t seed) {
-  json m = json::object();
-  const std::string& name = row.method;
-  json dream = cfg.contains("dream") ? cfg.at("dream") : json::object();  // translation: no context, no dreams
-  dream["seed"] = seed;
-  if (name == "sft" || name == "ewc") {
-    m = {{"steps", cfg.at("steps")}, {"lr", cfg.at("lr")}, {"batch_size", cfg.at("batch_size")}, {"seed", seed}};
-  } else if (name == "seal") {
-    m = dream;
-  } else if (name == "sleep") {
-    m = {{"wake_steps", cfg.at("steps")},
-         {"batch_size", cfg.at("batch_size")},
-         {"wake", {{"lr", cfg.at("lr")}}},
-         {"seed", seed},
-         {"consolidation", cfg.at("consolidation")},
-         {"dream", dream}};
-  }
-  m.merge_patch(row.config);
-  return m;
-}
-
-std::unique_ptr<Method> make_row_method(const Row& row, const json& cfg, uint64_t seed) {
-  if (row.method == "none") return std::make_unique<NoLearning>();
-  return make_method(row.method, method_config(row, cfg, seed));
-}
+using Row = ExperimentRow;
 
 
 ExperimentResult run_translation(const json& cfg, const ProgressFn& progress) {
   register_sleep_method();
-  const std::vector<Row> rows = parse_rows(cfg, "translation");
+  const std::vector<Row> rows = parse_experiment_rows(cfg, "translation", /*allow_model_patch=*/true);
   const auto seeds = cfg.at("seeds").get<std::vector<uint64_t>>();
   SOMNUS_CHECK(!seeds.empty(), "translation: 'seeds' must not be empty");
   for (const Row& r : rows) (void)make_row_method(r, cfg, 0);

@@ -271,4 +271,66 @@ double answer_accuracy(nn::Transformer& model, const nn::Tokenizer& tok, const s
   return exact_match_accuracy(pred, ref);
 }
 
+// ---------------------------------------------------------------- rows
+
+std::vector<ExperimentRow> parse_experiment_rows(const json& cfg, const std::string& exp, bool allow_model_patch) {
+  const json& rs = cfg.at("rows");
+  SOMNUS_CHECK(rs.is_array() && !rs.empty(), "{}: 'rows' must be a non-empty list", exp);
+  std::vector<ExperimentRow> out;
+  for (const json& r : rs) {
+    ExperimentRow row;
+    if (r.is_string()) {
+      row.label = row.method = r.get<std::string>();
+    } else {
+      SOMNUS_CHECK(r.is_object() && r.contains("method"), "{}: a row is a method name or {{label, method, config{}}}",
+                   exp, allow_model_patch ? ", model" : "");
+      for (const auto& [k, v] : r.items())
+        SOMNUS_CHECK(k == "label" || k == "method" || k == "config" || (allow_model_patch && k == "model"),
+                     "{}: unknown row key '{}'", exp, k);
+      row.method = r.at("method").get<std::string>();
+      row.label = r.value("label", row.method);
+      if (r.contains("config")) row.config = r.at("config");
+      if (r.contains("model")) row.model = r.at("model");
+    }
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
+namespace {
+
+// The base model as it is: no learning, nothing in the prompt.
+class NoLearning : public Method {
+ public:
+  std::string name() const override { return "none"; }
+  void learn(nn::Transformer&, const LearningEpisode&) override {}
+};
+
+}  // namespace
+
+std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const json& cfg, uint64_t seed) {
+  if (row.method == "none") return std::make_unique<NoLearning>();
+  json m = json::object();
+  json dream = cfg.contains("dream") ? cfg.at("dream") : json::object();
+  dream["seed"] = seed;
+  if (row.method == "sft" || row.method == "ewc") {
+    m = {{"steps", cfg.at("steps")}, {"lr", cfg.at("lr")}, {"batch_size", cfg.at("batch_size")}, {"seed", seed}};
+  } else if (row.method == "seal") {
+    m = dream;
+  } else if (row.method == "sleep") {
+    m = {{"wake_steps", cfg.at("steps")}, {"batch_size", cfg.at("batch_size")}, {"wake", {{"lr", cfg.at("lr")}}},
+         {"seed", seed},                  {"dream", dream}};
+    if (cfg.contains("consolidation")) m["consolidation"] = cfg.at("consolidation");
+  }
+  m.merge_patch(row.config);
+  return make_method(row.method, m);
+}
+
+std::vector<TokenId> encode_with_bos(const nn::Tokenizer& tok, const std::string& text) {
+  std::vector<TokenId> t{tok.bos_id()};
+  const auto e = tok.encode(text);
+  t.insert(t.end(), e.begin(), e.end());
+  return t;
+}
+
 }  // namespace somnus::sleep

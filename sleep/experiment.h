@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -93,6 +94,23 @@ std::vector<std::string> generate_answers(nn::Transformer& model, const nn::Toke
 // Exact-match accuracy (sleep/tasks/metrics.h normalisation) of generate_answers.
 double answer_accuracy(nn::Transformer& model, const nn::Tokenizer& tok, const std::vector<TokenId>& prefix,
                        const std::vector<nn::PromptAnswer>& pas, const EvalOptions& opt = {});
+
+// A row of an experiment table: a method by name ("none" = no learning, nothing in the
+// prompt), a label, the method's config patch, and (where an experiment allows it) a patch
+// over the experiment's model config (e.g. other CMS levels).
+struct ExperimentRow {
+  std::string label, method;
+  nlohmann::json config = nlohmann::json::object();
+  nlohmann::json model = nlohmann::json::object();
+};
+// cfg["rows"]: a non-empty list of method names or {label, method, config[, model]} objects.
+std::vector<ExperimentRow> parse_experiment_rows(const nlohmann::json& cfg, const std::string& experiment,
+                                                 bool allow_model_patch = false);
+// The row's method with the experiment's shared budget (cfg's steps, lr, batch_size, and its
+// consolidation / dream objects where present) under the row's own config patch.
+std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const nlohmann::json& cfg, uint64_t seed);
+// [bos] ++ tok.encode(text)
+std::vector<TokenId> encode_with_bos(const nn::Tokenizer& tok, const std::string& text);
 
 // Built-in experiments register themselves through these (called by experiment_names()).
 void register_clinc150_experiment();
