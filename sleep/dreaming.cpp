@@ -113,6 +113,7 @@ void to_json(json& j, const DreamConfig& c) {
            {"random_extra_expert", c.random_extra_expert},
            {"selection", c.selection},
            {"min_improvement", c.min_improvement},
+           {"apply_guard", c.apply_guard},
            {"seed", c.seed}};
 }
 
@@ -120,7 +121,7 @@ void from_json(const json& j, DreamConfig& out) {
   detail::check_known_keys(j,
                            {"num_dreams", "dream_length", "temperature", "top_k", "keep_random", "lora", "trial_steps",
                             "trial_lr", "rest_iterations", "rest_steps", "rest_lr", "apply_steps", "apply_lr",
-                            "apply_target", "random_extra_expert", "selection", "min_improvement", "seed"},
+                            "apply_target", "random_extra_expert", "selection", "min_improvement", "apply_guard", "seed"},
                            kWhere);
   DreamConfig c;
   detail::read_field(j, "num_dreams", c.num_dreams, kWhere);
@@ -150,6 +151,7 @@ void from_json(const json& j, DreamConfig& out) {
   detail::read_field(j, "random_extra_expert", c.random_extra_expert, kWhere);
   detail::read_field(j, "selection", c.selection, kWhere);
   detail::read_field(j, "min_improvement", c.min_improvement, kWhere);
+  detail::read_field(j, "apply_guard", c.apply_guard, kWhere);
   detail::read_field(j, "seed", c.seed, kWhere);
   c.validate();
   out = c;
@@ -350,6 +352,7 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
     if (row.tokens.size() >= 2) rows.push_back(std::move(row));
   }
   if (rows.empty() || cfg_.apply_steps == 0) return 0;
+  const double tau_before = cfg_.apply_guard ? score(task) : 0.0;
   const SftSteps steps{.steps = cfg_.apply_steps, .lr = cfg_.apply_lr};
   if (cfg_.apply_target == ApplyTarget::lora) {
     adapters_->reset("apply", gen_);
@@ -358,6 +361,19 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
       const AdapterOff off{*adapters_};
       train_sft(model_, adapters_->parameters("apply"), rows, steps, gen_);
     }
+    if (cfg_.apply_guard) {
+      adapters_->enable("apply");
+      double tau_applied = 0.0;
+      {
+        const AdapterOff off{*adapters_};
+        NoGradGuard no_grad;
+        tau_applied = task.score(model_);
+      }
+      if (!(tau_applied > tau_before)) {  // rejected: the base weights were never touched
+        adapters_->reset("apply", gen_);
+        return 0;
+      }
+    }
     adapters_->merge("apply", gen_);
   } else {
     // A new slot in the slowest level of every layer.
@@ -365,13 +381,19 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
     SOMNUS_CHECK(model_.config().levels.back().n_slots > 0,
                  "Dreamer::apply: apply_target = slots, but the slowest CMS level (levels[{}]) has no slots", last);
     std::vector<Tensor> params;
+    std::vector<int64_t> new_slots;
     for (int64_t l = 0; l < model_.config().n_layer; ++l) {
       nn::CmsLevel& lv = model_.level(l, last);
       const int64_t s = lv.activate_slot(gen_);
+      new_slots.push_back(s);
       for (const Tensor& p : lv.slot_parameters(s)) params.push_back(p);
     }
     adapters_->disable();
     train_sft(model_, params, rows, steps, gen_);
+    if (cfg_.apply_guard && !(score(task) > tau_before)) {  // rejected: free the new slots again
+      for (int64_t l = 0; l < model_.config().n_layer; ++l) model_.level(l, last).reset_slot(new_slots[static_cast<size_t>(l)]);
+      return 0;
+    }
   }
   return cfg_.apply_steps;
 }

@@ -76,6 +76,9 @@ struct DreamConfig {
   bool random_extra_expert = true;
   bool selection = true;        // false: keep every dream (SEAL; "without gradient selection")
   double min_improvement = 0.0;  // reward 1 iff τ_trial > τ_base + min_improvement
+  // Keep the applied update only if τ improves over the model before applying (the trials
+  // score one dream each; the applied mix of several can still overshoot). Off: always keep.
+  bool apply_guard = true;
   uint64_t seed = 0;
 
   // Throws somnus::Error naming the bad field.
@@ -131,7 +134,8 @@ class Dreamer {
   // (empty, and the dreamer untouched, when nothing is rewarded).
   std::vector<double> learn_to_dream(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams,
                                      const std::vector<int>& rewards);
-  // Step 5: trains the model on the dreams; returns the number of steps taken (0 when none).
+  // Step 5: trains the model on the dreams; returns the number of steps taken (0 when none, or
+  // when apply_guard rejected the update because τ did not improve: the model is then as before).
   int64_t apply(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams);
 
   // The whole loop. on_iteration (optional) sees each iteration's metrics as they come.

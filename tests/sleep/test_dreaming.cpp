@@ -281,6 +281,28 @@ TEST(Dreaming, ApplyTrainsTheModelIntoLoraOrIntoANewSlot) {
   }
 }
 
+TEST(Dreaming, ApplyGuardRejectsAnUpdateThatLowersTau) {
+  // τ rewards the opposite of what the dream teaches: applying it lowers τ, so the guard
+  // leaves the model (weights, slots) exactly as it was; without the guard it is applied.
+  DreamTask task = target_task();
+  const DreamTask target = target_task();
+  task.score = [target](nn::Transformer& m) { return -target.score(m); };
+  for (ApplyTarget where : {ApplyTarget::lora, ApplyTarget::slots}) {
+    Generator gen(7);
+    Transformer m(moe_tiny(), gen);
+    DreamConfig cfg = small_config();
+    cfg.apply_target = where;
+    Dreamer d(m, cfg);
+    const std::string w = raw_bytes(m.blocks->operator[](0).attn->wo->weight);
+    EXPECT_EQ(d.apply(task, {kTarget}), 0) << apply_target_name(where);
+    EXPECT_EQ(raw_bytes(m.blocks->operator[](0).attn->wo->weight), w);
+    EXPECT_TRUE(m.level(0, 1).active_slots().empty());
+    cfg.apply_guard = false;
+    Dreamer unguarded(m, cfg);
+    EXPECT_EQ(unguarded.apply(task, {kTarget}), cfg.apply_steps) << apply_target_name(where);
+  }
+}
+
 TEST(Dreaming, RunReportsEveryIteration) {
   Generator gen(8);
   Transformer m(moe_tiny(), gen);
