@@ -32,14 +32,14 @@ TeacherView::TeacherView(nn::Transformer& model, TeacherViewSpec spec) : model_(
 }
 
 TeacherView::~TeacherView() {
-  if (entered_) exit();
+  if (entered_) swap_out();
 }
 
 std::string TeacherView::slot_b_name(int64_t layer, int64_t level, int64_t slot) {
   return fmt::format("blocks.{}.cms.{}.slots.{}.B", layer, level, slot);
 }
 
-void TeacherView::enter() {
+void TeacherView::swap_in() {
   SOMNUS_CHECK(!entered_, "TeacherView: already entered (scopes do not nest)");
   stashed_.clear();
   for (const auto& [name, old] : spec_.sender_old) stashed_.emplace_back(name, model_.set_parameter(name, old));
@@ -58,7 +58,7 @@ void TeacherView::enter() {
   entered_ = true;
 }
 
-void TeacherView::exit() {
+void TeacherView::swap_out() {
   if (!entered_) return;
   for (const auto& [name, t] : stashed_) model_.set_parameter(name, t);
   stashed_.clear();

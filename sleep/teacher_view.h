@@ -51,8 +51,8 @@ class TeacherView {
 
   class Scope {
    public:
-    explicit Scope(TeacherView& v) : v_(v) { v_.enter(); }
-    ~Scope() { v_.exit(); }
+    explicit Scope(TeacherView& v) : v_(v) { v_.swap_in(); }
+    ~Scope() { v_.swap_out(); }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
 
@@ -61,8 +61,8 @@ class TeacherView {
   };
 
  private:
-  void enter();
-  void exit();
+  void swap_in();   // the teacher's handles and masks into the model
+  void swap_out();  // the student's back
   static std::string slot_b_name(int64_t layer, int64_t level, int64_t slot);
 
   nn::Transformer& model_;

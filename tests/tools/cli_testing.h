@@ -8,7 +8,10 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #ifndef SOMNUS_CLI_PATH
 #error "SOMNUS_CLI_PATH must name the somnus binary"
@@ -52,5 +55,19 @@ struct CliTempDir {
   CliTempDir& operator=(const CliTempDir&) = delete;
   std::string file(const std::string& name) const { return path + "/" + name; }
 };
+
+// The lines of a metrics.jsonl without tokens_per_s (timing, the only field that may differ
+// between two runs of the same config).
+inline std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    j.erase("tokens_per_s");
+    out.push_back(j);
+  }
+  return out;
+}
 
 }  // namespace somnus::testing

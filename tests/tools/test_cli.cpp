@@ -37,17 +37,7 @@ std::string write_corpus(const std::string& path) {
   return path;
 }
 
-std::vector<json> metrics(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<json> out;
-  std::string line;
-  while (std::getline(f, line)) {
-    json j = json::parse(line);
-    j.erase("tokens_per_s");  // timing, the only field that may differ
-    out.push_back(j);
-  }
-  return out;
-}
+const auto metrics = somnus::testing::read_metrics;
 
 std::string common_args(const std::string& corpus) {
   // Two CMS levels (period 1 and 2) and gradient accumulation; step 3 is mid-window.

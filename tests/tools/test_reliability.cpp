@@ -44,17 +44,7 @@ std::string write_corpus(const std::string& path) {
   return path;
 }
 
-std::vector<json> metrics(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<json> out;
-  std::string line;
-  while (std::getline(f, line)) {
-    json j = json::parse(line);
-    j.erase("tokens_per_s");
-    out.push_back(j);
-  }
-  return out;
-}
+const auto metrics = somnus::testing::read_metrics;
 
 std::string args_for(const std::string& corpus, const std::string& out_dir, bool quiet = true) {
   return "train --data " + corpus + " --out_dir " + out_dir +
