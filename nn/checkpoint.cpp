@@ -89,24 +89,25 @@ uint64_t parse_hex64(const json& v, const std::string& what) {
   return out;
 }
 
+}  // namespace
+
+json generator_to_json(const Generator& g) { return json{{"seed", g.seed}, {"offset", g.offset}}; }
+
 Generator generator_from_json(const json& j, const std::string& what) {
   SOMNUS_CHECK(j.is_object() && j.size() == 2 && j.contains("seed") && j.contains("offset") &&
                    j.at("seed").is_number_unsigned() && j.at("offset").is_number_unsigned(),
-               "checkpoint: train state: '{}' must be {{\"seed\": uint, \"offset\": uint}}, got {}", what, j.dump());
+               "checkpoint: '{}' must be {{\"seed\": uint, \"offset\": uint}}, got {}", what, j.dump());
   Generator g(j.at("seed").get<uint64_t>());
   g.offset = j.at("offset").get<uint64_t>();
   return g;
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------- train state
 
 void to_json(json& j, const TrainState& s) {
   j = json{{"step", s.step},
            {"rng",
-            {{"data", {{"seed", s.data_rng.seed}, {"offset", s.data_rng.offset}}},
-             {"default", {{"seed", s.default_rng.seed}, {"offset", s.default_rng.offset}}}}},
+            {{"data", generator_to_json(s.data_rng)}, {"default", generator_to_json(s.default_rng)}}},
            {"extra", s.extra}};
 }
 
@@ -123,8 +124,8 @@ void from_json(const json& j, TrainState& s) {
   out.step = j.at("step").get<int64_t>();
   SOMNUS_CHECK(j.at("rng").contains("data") && j.at("rng").contains("default"),
                "checkpoint: train state: 'rng' must hold 'data' and 'default'");
-  out.data_rng = generator_from_json(j.at("rng").at("data"), "rng.data");
-  out.default_rng = generator_from_json(j.at("rng").at("default"), "rng.default");
+  out.data_rng = generator_from_json(j.at("rng").at("data"), "train state: rng.data");
+  out.default_rng = generator_from_json(j.at("rng").at("default"), "train state: rng.default");
   if (j.contains("extra")) {
     SOMNUS_CHECK(j.at("extra").is_object(), "checkpoint: train state: 'extra' must be an object");
     out.extra = j.at("extra");
@@ -140,9 +141,16 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
   SOMNUS_CHECK(c.model != nullptr, "save_checkpoint: no model given");
   SOMNUS_CHECK(c.model_config.is_object(), "save_checkpoint: the model config must be a JSON object");
   SOMNUS_CHECK(c.state.step >= 0, "save_checkpoint: negative step {}", c.state.step);
-  for (const auto& [name, bytes] : c.extra_files) {
+  std::vector<std::string> extra_names;
+  for (const auto& [name, bytes] : c.extra_files) extra_names.push_back(name);
+  for (const auto& [name, tensors] : c.extra_tensors) {
+    SOMNUS_CHECK(c.extra_files.count(name) == 0, "save_checkpoint: '{}' is both an extra file and extra tensors", name);
+    extra_names.push_back(name);
+  }
+  for (const std::string& name : extra_names) {
     check_plain_name(name);
-    for (const char* reserved : {kModelFile, kModelConfigFile, kOptimizerFile, kTrainStateFile, kTrainConfigFile}) {
+    for (const char* reserved :
+         {kModelFile, kModelConfigFile, kOptimizerFile, kTrainStateFile, kTrainConfigFile, kManifest, kLatest}) {
       SOMNUS_CHECK(name != reserved, "save_checkpoint: extra file '{}' collides with a checkpoint file", name);
     }
   }
@@ -186,6 +194,10 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
     }
     for (const auto& [fname, bytes] : c.extra_files) {
       atomic_write(join(staging, fname), bytes);
+      files.push_back(fname);
+    }
+    for (const auto& [fname, tensors] : c.extra_tensors) {
+      save_safetensors(join(staging, fname), tensors);
       files.push_back(fname);
     }
     // The manifest covers the bytes as they landed on disk.
@@ -306,6 +318,16 @@ bool checkpoint_has_file(const std::string& dir, const std::string& name) {
 std::string read_checkpoint_file(const std::string& dir, const std::string& name) {
   SOMNUS_CHECK(fs::exists(join(dir, name)), "checkpoint: '{}' has no {}", dir, name);
   return read_file(join(dir, name));
+}
+
+NamedTensors read_checkpoint_tensors(const std::string& dir, const std::string& name) {
+  const CheckpointManifest manifest = verify_checkpoint(dir);
+  SOMNUS_CHECK(manifest.files.count(name) != 0, "checkpoint: '{}' lists no {}", dir, name);
+  try {
+    return load_safetensors(join(dir, name)).tensors;
+  } catch (const Error& e) {
+    fail("checkpoint: '{}': {}", dir, e.what());
+  }
 }
 
 json read_checkpoint_json(const std::string& dir, const std::string& name) {

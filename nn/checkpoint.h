@@ -63,6 +63,9 @@ struct CheckpointSave {
   TrainState state;
   nlohmann::json train_config;               // optional (null: not written)
   std::map<std::string, std::string> extra_files;  // name -> bytes (plain names, no '/')
+  // name -> tensors, each written as a safetensors file (e.g. a learner's anchor weights);
+  // read back with read_checkpoint_tensors. Plain names, no '/', no collisions.
+  std::map<std::string, NamedTensors> extra_tensors;
 };
 
 // Writes <root>/ckpt-<step>/ as described above and points <root>/latest at it. keep_last > 0
@@ -88,10 +91,16 @@ struct CheckpointManifest {
 // Reads the manifest and verifies every file it lists (size and XXH64). Throws somnus::Error.
 CheckpointManifest verify_checkpoint(const std::string& dir);
 
+// A Generator as {"seed": uint, "offset": uint}, and back (strict; `what` names it in errors).
+nlohmann::json generator_to_json(const Generator& g);
+Generator generator_from_json(const nlohmann::json& j, const std::string& what);
+
 // Parts of a verified checkpoint.
 nlohmann::json read_checkpoint_json(const std::string& dir, const std::string& name);
 std::string read_checkpoint_file(const std::string& dir, const std::string& name);
 bool checkpoint_has_file(const std::string& dir, const std::string& name);
+// The tensors of an extra_tensors file (CPU, sorted by name), checked against the manifest.
+NamedTensors read_checkpoint_tensors(const std::string& dir, const std::string& name);
 
 // Strict restore into existing objects (built from the same configs): verifies the checkpoint,
 // loads the weights into model.state_dict(), the optimiser state when `optimizer` is given

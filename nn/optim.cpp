@@ -102,6 +102,7 @@ void Optimizer::add_param_group(ParamGroup group) {
   }
   state_.emplace_back(group.params.size());
   applications_.push_back(0);
+  forced_.push_back(0);
   groups_.push_back(std::move(group));
 }
 
@@ -159,6 +160,7 @@ void Optimizer::step() {
 void Optimizer::apply_group_now(size_t g) {
   check_layout();
   SOMNUS_CHECK(g < groups_.size(), "optimizer: apply_group_now: group {} out of range [0, {})", g, groups_.size());
+  ++forced_[g];
   apply_group(g);
 }
 
@@ -286,6 +288,7 @@ OptimizerState Optimizer::state_dict() const {
     jg["lr"] = grp.lr;
     jg["weight_decay"] = grp.weight_decay;
     jg["applications"] = applications_[g];
+    jg["forced"] = forced_[g];
     jg["params"] = nlohmann::json::array();
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
@@ -321,7 +324,7 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   // Build the new state completely before touching anything, so a bad file changes nothing.
   std::vector<std::vector<ParamState>> new_state(groups_.size());
   std::vector<std::vector<Tensor>> new_grads(groups_.size());
-  std::vector<int64_t> new_apps(groups_.size());
+  std::vector<int64_t> new_apps(groups_.size()), new_forced(groups_.size());
   int64_t new_step = 0;
   double new_lr_scale = 1.0;
   std::set<std::string> used;
@@ -351,9 +354,15 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
       SOMNUS_CHECK(period == grp.period, "optimizer state: group {} ('{}') was saved with period {}, now has {}", g,
                    grp.name, period, grp.period);
       new_apps[g] = jg.at("applications").get<int64_t>();
-      SOMNUS_CHECK(new_apps[g] == new_step / grp.period,
-                   "optimizer state: group {} ('{}'): {} applications recorded, expected {} at step {} with period {}",
-                   g, grp.name, new_apps[g], new_step / grp.period, new_step, grp.period);
+      // "forced": applications by apply_group_now (absent in states saved before it existed).
+      new_forced[g] = jg.contains("forced") ? jg.at("forced").get<int64_t>() : 0;
+      SOMNUS_CHECK(new_forced[g] >= 0, "optimizer state: group {} ('{}'): negative forced count {}", g, grp.name,
+                   new_forced[g]);
+      SOMNUS_CHECK(new_apps[g] == new_step / grp.period + new_forced[g],
+                   "optimizer state: group {} ('{}'): {} applications recorded, expected {} at step {} with period {} "
+                   "and {} out-of-schedule applications",
+                   g, grp.name, new_apps[g], new_step / grp.period + new_forced[g], new_step, grp.period,
+                   new_forced[g]);
       const nlohmann::json& jparams = jg.at("params");
       SOMNUS_CHECK(jparams.is_array() && jparams.size() == grp.params.size(),
                    "optimizer state: group {} ('{}') has {} parameters saved, this optimizer has {}", g, grp.name,
@@ -407,6 +416,7 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   }
   state_ = std::move(new_state);
   applications_ = std::move(new_apps);
+  forced_ = std::move(new_forced);
   step_ = new_step;
   lr_scale_ = new_lr_scale;
   for (size_t g = 0; g < groups_.size(); ++g) {

@@ -177,6 +177,7 @@ class Optimizer {
   std::vector<ParamGroup> groups_;
   std::vector<std::vector<ParamState>> state_;
   std::vector<int64_t> applications_;
+  std::vector<int64_t> forced_;  // applications by apply_group_now, per group
   int64_t step_ = 0;
   double lr_scale_ = 1.0;
   AccumulationReduction reduction_;

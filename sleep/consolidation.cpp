@@ -14,6 +14,7 @@
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "autograd/losses.h"
+#include "nn/checkpoint.h"
 #include "nn/generate.h"
 #include "nn/optim.h"
 #include "sleep/config_json.h"
@@ -235,7 +236,9 @@ NamedTensors Consolidator::snapshot_sender() const {
   return out;
 }
 
-json Consolidator::state() const { return {{"consolidations", consolidations_}, {"activation", activation_}}; }
+json Consolidator::state() const {
+  return {{"consolidations", consolidations_}, {"activation", activation_}, {"gen", nn::generator_to_json(gen_)}};
+}
 
 void Consolidator::load_state(const json& j) {
   SOMNUS_CHECK(j.is_object() && j.contains("consolidations") && j.contains("activation"),
@@ -247,8 +250,12 @@ void Consolidator::load_state(const json& j) {
     SOMNUS_CHECK(act[l].size() == activation_[l].size(), "Consolidator::load_state: layer {}: {} slots, expected {}", l,
                  act[l].size(), activation_[l].size());
   }
+  const int64_t consolidations = j.at("consolidations").get<int64_t>();
+  // "gen" is optional for states saved before it was added (the generator then stays as seeded).
+  const Generator gen = j.contains("gen") ? nn::generator_from_json(j.at("gen"), "consolidator state: gen") : gen_;
   activation_ = std::move(act);
-  consolidations_ = j.at("consolidations").get<int64_t>();
+  consolidations_ = consolidations;
+  gen_ = gen;
 }
 
 ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,

@@ -142,6 +142,50 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
   return log;
 }
 
+LearnerState WakeLearner::state() const {
+  LearnerState s;
+  s.scalars = {{"sender_applications", sender_applications_},
+               {"prompts", prompts_},
+               {"consolidator", consolidator_.state()}};
+  s.anchor = sender_anchor_;
+  return s;
+}
+
+void WakeLearner::load_state(const LearnerState& s) {
+  const json& j = s.scalars;
+  SOMNUS_CHECK(j.is_object() && j.size() == 3 && j.contains("sender_applications") && j.contains("prompts") &&
+                   j.contains("consolidator") && j.at("sender_applications").is_number_integer() &&
+                   j.at("prompts").is_array(),
+               "WakeLearner::load_state: expected {{\"sender_applications\", \"prompts\", \"consolidator\"}}, got {}",
+               j.dump());
+  const auto applications = j.at("sender_applications").get<int64_t>();
+  SOMNUS_CHECK(applications >= 0, "WakeLearner::load_state: negative sender_applications {}", applications);
+  auto prompts = j.at("prompts").get<std::vector<std::vector<TokenId>>>();
+  SOMNUS_CHECK(!prompts.empty(), "WakeLearner::load_state: no sleep prompts");
+  // The anchor must have a snapshot's layout (a snapshot is small: the sender level alone).
+  const NamedTensors like = s.anchor.empty() ? NamedTensors{} : consolidator_.snapshot_sender();
+  if (!s.anchor.empty()) {
+    SOMNUS_CHECK(like.size() == s.anchor.size(), "WakeLearner::load_state: the anchor has {} tensors, the sender {}",
+                 s.anchor.size(), like.size());
+    for (const auto& [name, t] : like) {
+      const auto it = std::find_if(s.anchor.begin(), s.anchor.end(), [&](const auto& e) { return e.first == name; });
+      SOMNUS_CHECK(it != s.anchor.end(), "WakeLearner::load_state: the anchor lacks '{}'", name);
+      SOMNUS_CHECK(it->second.shape() == t.shape() && it->second.dtype() == t.dtype(),
+                   "WakeLearner::load_state: anchor '{}' is {} {}, the sender's {} {}", name,
+                   shape_str(it->second.shape()), dtype_name(it->second.dtype()), shape_str(t.shape()),
+                   dtype_name(t.dtype()));
+    }
+  }
+  consolidator_.load_state(j.at("consolidator"));  // checks its own JSON before changing anything
+  sender_applications_ = applications;
+  prompts_ = std::move(prompts);
+  sender_anchor_.clear();
+  for (const auto& [name, t] : like) {  // the anchor in the sender's order, on the model's device
+    const auto it = std::find_if(s.anchor.begin(), s.anchor.end(), [&](const auto& e) { return e.first == name; });
+    sender_anchor_.emplace_back(name, it->second.to(t.device()).contiguous());
+  }
+}
+
 ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
   SOMNUS_PROFILE_SCOPE("sleep");
   const bool anchored = cfg_.sleep_teacher == "since_last_sleep";

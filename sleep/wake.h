@@ -73,6 +73,17 @@ struct StreamLog {
   int64_t tokens = 0;
 };
 
+// What a learner needs, beside the model's weights and its optimiser's state, to continue
+// bit-exactly after a restart (somnus sleep --resume): the sender's application count, the
+// sleep prompts, the consolidator's state (slot activation order, consolidation count, its
+// generator) as JSON, and the sender anchor of "since_last_sleep" as tensors (empty before
+// the first sleep). read_stream's own optimiser is not part of it (a resumed learner's next
+// read_stream starts with fresh moments).
+struct LearnerState {
+  nlohmann::json scalars;
+  NamedTensors anchor;
+};
+
 class WakeLearner {
  public:
   WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation);
@@ -89,6 +100,11 @@ class WakeLearner {
   Consolidator& consolidator() { return consolidator_; }
   const WakeConfig& config() const { return cfg_; }
   int64_t sender_applications() const { return sender_applications_; }
+
+  LearnerState state() const;
+  // Strict: the anchor must match the sender's layout (names, shapes, dtypes); nothing changes
+  // unless everything is valid. The optimiser's state is loaded separately (Optimizer::load_state).
+  void load_state(const LearnerState& s);
 
  private:
   void after_consolidation(const ConsolidationReport& rep);

@@ -16,6 +16,15 @@
 // The config is a SleepMethodConfig (sleep/sleep_method.h; every key optional). Prints a
 // table (phase, held-out NLL, old NLL, seconds), writes DIR/metrics.json, DIR/cycle.png
 // (wake loss and seeding JSD) and the new checkpoint DIR/ckpt-*/ (with its tokenizer).
+//
+// Crash safety (issue 8): progress checkpoints go to DIR/progress/ (nn/checkpoint.h, atomic)
+// every --checkpoint-every wake steps and at the end of the wake and sleep phases; they hold
+// the model, the wake optimiser, the learner's state (sleep/wake.h LearnerState), the RNGs
+// and the metrics so far. `--resume` continues from the latest one with the same arguments
+// (checked: the inputs' content and the config must match) and ends bit-identical to an
+// uninterrupted run (tools/kill_test.sh). A phase interrupted in the middle (the sleep
+// phase's seeding steps, dreaming) reruns from its start: both are deterministic given the
+// checkpoint. Once metrics.json is written the progress directory is removed.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -47,7 +56,18 @@ struct SleepArgs {
   std::string ckpt, data, config, old_data, out = "runs/sleep";
   std::vector<std::string> sets;
   std::string device = "cpu";
+  bool resume = false;
+  int64_t checkpoint_every = 10;  // wake steps between progress checkpoints (0: phase ends only)
+  int64_t stop_at = 0;            // stop after this progress step (see the top of the file)
 };
+
+// Progress checkpoints: DIR/progress/ckpt-<step>, step = wake steps taken, or wake_steps + 1
+// once the sleep phase is over. train_state.json's extra holds the phase and what the final
+// metrics need; anchor.safetensors the learner's sender anchor.
+constexpr const char* kAnchorFile = "anchor.safetensors";
+
+// A table number; JSON stores NaN (no --old-data) as null.
+double num(const json& v) { return v.is_null() ? std::nan("") : v.get<double>(); }
 
 void run_sleep(const SleepArgs& a) {
   const Device device = parse_device_option(a.device);
@@ -58,6 +78,8 @@ void run_sleep(const SleepArgs& a) {
   SOMNUS_CHECK(tok.vocab_size() == model->config().vocab_size,
                "sleep: the tokenizer's vocabulary ({}) differs from the model's ({})", tok.vocab_size(),
                model->config().vocab_size);
+  SOMNUS_CHECK(a.checkpoint_every >= 0, "sleep: --checkpoint-every must be >= 0, got {}", a.checkpoint_every);
+  SOMNUS_CHECK(a.stop_at >= 0, "sleep: --stop-at must be >= 0, got {}", a.stop_at);
 
   json cj = json::object();
   if (!a.config.empty()) {
@@ -71,8 +93,24 @@ void run_sleep(const SleepArgs& a) {
   }
   const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
 
+  // Where this run stands: fresh, resumable (a progress checkpoint), or already complete.
+  const fs::path out(a.out);
+  const std::string progress_root = (out / "progress").string();
+  const std::optional<std::string> progress = nn::latest_checkpoint(progress_root);
+  const bool complete = fs::exists(out / "metrics.json") && nn::latest_checkpoint(a.out).has_value();
+  if (a.resume && complete) {
+    fs::remove_all(progress_root);  // left by a life killed while cleaning up
+    fmt::print("sleep --resume: {} is complete (metrics.json and its checkpoint); nothing to do\n", a.out);
+    return;
+  }
+  SOMNUS_CHECK(!a.resume || progress.has_value(),
+               "sleep --resume: no progress checkpoint in '{}' (start the run without --resume)", progress_root);
+  SOMNUS_CHECK(a.resume || (!progress && !nn::latest_checkpoint(a.out)),
+               "sleep: '{}' already holds a sleep run; pass --resume to continue it, or choose another --out", a.out);
+
   const int64_t block = model->config().block_size;
-  const std::vector<TokenId> doc = tok.encode(read_file(a.data));
+  const std::string doc_bytes = read_file(a.data);
+  const std::vector<TokenId> doc = tok.encode(doc_bytes);
   SOMNUS_CHECK(static_cast<int64_t>(doc.size()) >= 4 * block,
                "sleep: {} has {} tokens; a document needs at least 4 × block_size = {}", a.data, doc.size(), 4 * block);
   const size_t cut = doc.size() * 9 / 10;
@@ -88,43 +126,106 @@ void run_sleep(const SleepArgs& a) {
   auto nll = [&](const std::vector<sleep::TrainSequence>& rows) {
     return rows.empty() ? std::nan("") : -sleep::mean_logprob(*model, rows);
   };
+  // What the progress checkpoints must agree on to be continued (the inputs, by content).
+  const json identity = {{"ckpt_model", nn::read_checkpoint_json(dir, "model_config.json")},
+                         {"data_xxh64", fmt::format("{:016x}", xxh64(doc_bytes.data(), doc_bytes.size()))},
+                         {"old_data", a.old_data.empty() ? "" : fs::path(a.old_data).filename().string()},
+                         {"config", json(cfg)}};
 
   json metrics;
   json table = json::array();
+  std::vector<double> wake_loss;
+  double seconds_before = 0.0;  // time spent by earlier lives of a resumed run
   const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto phase = [&](const std::string& name) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    table.push_back({{"phase", name}, {"heldout_nll", nll(held_rows)}, {"old_nll", nll(old_rows)}, {"seconds", s}});
-    fmt::print("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, table.back()["heldout_nll"].get<double>(),
-               table.back()["old_nll"].get<double>(), s);
+    table.push_back({{"phase", name}, {"heldout_nll", nll(held_rows)}, {"old_nll", nll(old_rows)}, {"seconds", elapsed()}});
+    fmt::print("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, num(table.back()["heldout_nll"]),
+               num(table.back()["old_nll"]), num(table.back()["seconds"]));
   };
-  phase("before");
+
+  sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
+  Generator gen(cfg.seed);  // wake batches
+  const int64_t W = cfg.wake_steps;
+  std::string stage = "waking";  // waking → woke → slept
+  if (progress) {
+    const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
+    const json& x = st.extra;
+    SOMNUS_CHECK(x.contains("identity") && x.at("identity") == identity,
+                 "sleep --resume: {} was made with other inputs or another config (checkpoint, data, --old-data or "
+                 "config differ); resume with the same arguments, or start a new --out",
+                 *progress);
+    learner.load_state({x.at("learner"), nn::read_checkpoint_tensors(*progress, kAnchorFile)});
+    gen = st.data_rng;
+    default_generator() = st.default_rng;
+    stage = x.at("stage").get<std::string>();
+    wake_loss = x.at("wake_loss").get<std::vector<double>>();
+    table = x.at("table");
+    if (x.contains("consolidation")) metrics["consolidation"] = x.at("consolidation");
+    seconds_before = x.at("seconds").get<double>();
+    fmt::print("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
+  } else {
+    phase("before");
+    if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
+  }
+  // A progress checkpoint at `step`; returns true when the run should stop here (--stop-at).
+  auto save_progress = [&](int64_t step) {
+    nn::CheckpointSave save;
+    save.model = model.get();
+    save.model_config = model->config();
+    save.optimizer = &learner.optimizer();
+    save.state.step = step;
+    save.state.data_rng = gen;
+    save.state.default_rng = default_generator();
+    const sleep::LearnerState ls = learner.state();
+    json x = {{"identity", identity}, {"stage", stage}, {"wake_loss", wake_loss}, {"table", table},
+              {"learner", ls.scalars}, {"seconds", elapsed()}};
+    if (metrics.contains("consolidation")) x["consolidation"] = metrics["consolidation"];
+    save.state.extra = x;
+    save.extra_tensors[kAnchorFile] = ls.anchor;
+    save.extra_files["tokenizer.json"] = tok_json;  // a progress checkpoint loads like any other
+    nn::save_checkpoint(progress_root, save, /*keep_last=*/2);
+    if (a.stop_at > 0 && step >= a.stop_at) {
+      fmt::print("sleep: stopped at progress step {} (--stop-at); --resume continues\n", step);
+      return true;
+    }
+    return false;
+  };
+  if (!progress && save_progress(0)) return;
 
   // wake
-  sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
-  if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
-  Generator gen(cfg.seed);
-  std::vector<double> wake_loss;
-  for (int64_t s = 0; s < cfg.wake_steps; ++s) {
-    std::vector<sleep::TrainSequence> pick;
-    const std::vector<double> idx =
-        randint(0, static_cast<int64_t>(ctx_rows.size()), {std::min<int64_t>(cfg.batch_size, static_cast<int64_t>(ctx_rows.size()))}, gen)
-            .to_vector();
-    for (double i : idx) pick.push_back(ctx_rows[static_cast<size_t>(i)]);
-    wake_loss.push_back(learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size)).loss);
+  if (stage == "waking") {
+    for (int64_t s = static_cast<int64_t>(wake_loss.size()); s < W; ++s) {
+      std::vector<sleep::TrainSequence> pick;
+      const std::vector<double> idx =
+          randint(0, static_cast<int64_t>(ctx_rows.size()), {std::min<int64_t>(cfg.batch_size, static_cast<int64_t>(ctx_rows.size()))}, gen)
+              .to_vector();
+      for (double i : idx) pick.push_back(ctx_rows[static_cast<size_t>(i)]);
+      wake_loss.push_back(learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size)).loss);
+      const int64_t k = s + 1;
+      if (k < W && ((a.checkpoint_every > 0 && k % a.checkpoint_every == 0) || (a.stop_at > 0 && k == a.stop_at)) &&
+          save_progress(k))
+        return;
+    }
+    phase("wake");
+    stage = "woke";
+    if (save_progress(W)) return;
   }
   metrics["wake_loss"] = wake_loss;
-  phase("wake");
 
   // sleep
-  if (cfg.consolidate) {
-    learner.set_sleep_prompts(cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts);
-    const sleep::ConsolidationReport rep = learner.sleep([](const sleep::SeedingStepLog& l) {
-      fmt::print("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
-                 l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
-    });
-    metrics["consolidation"] = rep.to_json();
-    phase("sleep");
+  if (stage == "woke") {
+    if (cfg.consolidate) {
+      learner.set_sleep_prompts(cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts);
+      const sleep::ConsolidationReport rep = learner.sleep([](const sleep::SeedingStepLog& l) {
+        fmt::print("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
+                   l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
+      });
+      metrics["consolidation"] = rep.to_json();
+      phase("sleep");
+    }
+    stage = "slept";
+    if (save_progress(W + 1)) return;
   }
 
   // dream
@@ -149,7 +250,6 @@ void run_sleep(const SleepArgs& a) {
   metrics["table"] = table;
   metrics["config"] = cfg;
 
-  fs::create_directories(a.out);
   // Dreaming leaves (merged, switched-off) LoRA parameters on the adapted layers; the saved
   // model is the plain architecture, so `generate`/`eval`/`sleep` load it like any other.
   Generator init(0);
@@ -164,21 +264,28 @@ void run_sleep(const SleepArgs& a) {
   save.state.step = static_cast<int64_t>(wake_loss.size());
   save.extra_files["tokenizer.json"] = tok_json;
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
-  atomic_write((fs::path(a.out) / "metrics.json").string(), metrics.dump(2) + "\n");
+  atomic_write((out / "metrics.json").string(), metrics.dump(2) + "\n");
+  // The run is complete (metrics.json and the checkpoint say so): the progress checkpoints go,
+  // renamed first so that a kill mid-removal never leaves a half-deleted checkpoint in place.
+  if (fs::exists(progress_root)) {
+    const fs::path trash = out / ".progress.deleting";
+    fs::remove_all(trash);
+    fs::rename(progress_root, trash);
+    fs::remove_all(trash);
+  }
 
   fmt::print("\n| phase | held-out NLL (new) | old NLL | seconds |\n|---|---|---|---|\n");
   for (const auto& row : table)
-    fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), row["heldout_nll"].get<double>(),
-               row["old_nll"].get<double>(), row["seconds"].get<double>());
+    fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), num(row["heldout_nll"]),
+               num(row["old_nll"]), num(row["seconds"]));
 
   // Plot: wake loss per step and the seeding JSD per step.
-  const fs::path out(a.out);
   {
     std::ofstream f(out / "wake_loss.dat");
     for (size_t i = 0; i < wake_loss.size(); ++i) f << i + 1 << " " << wake_loss[i] << "\n";
     std::ofstream g(out / "seeding.dat");
     if (metrics.contains("consolidation"))
-      for (const auto& s : metrics["consolidation"]["steps"]) g << s["step"].get<int64_t>() << " " << s["jsd"].get<double>() << "\n";
+      for (const auto& s : metrics["consolidation"]["steps"]) g << s["step"].get<int64_t>() << " " << num(s["jsd"]) << "\n";
     std::ofstream gp(out / "cycle.gp");
     gp << "set terminal pngcairo size 900,420 noenhanced\nset output '" << (out / "cycle.png").string() << "'\n"
        << "set multiplot layout 1,2 title 'somnus sleep: " << fs::path(a.data).filename().string() << "'\n"
@@ -203,6 +310,15 @@ void add_sleep_command(CLI::App& app) {
   cmd->add_option("--set", a->sets, "Override a config key: --set wake_steps=50 --set consolidation.ks.steps=10");
   cmd->add_option("--old-data", a->old_data, "Old text, to measure forgetting");
   cmd->add_option("--out", a->out, "Output directory (checkpoint, metrics.json, cycle.png)");
+  cmd->add_flag("--resume", a->resume,
+                "Continue an interrupted run in --out from its latest progress checkpoint, bit-exactly "
+                "(same arguments)");
+  cmd->add_option("--checkpoint-every", a->checkpoint_every,
+                  "Wake steps between progress checkpoints (0: only at the end of each phase)")
+      ->capture_default_str();
+  cmd->add_option("--stop-at", a->stop_at,
+                  "Stop after this progress step (a wake step, or wake_steps + 1 = after the sleep phase) with a "
+                  "checkpoint; --resume continues");
   add_device_option(cmd, a->device);
   cmd->callback([a] { run_sleep(*a); });
 }

@@ -253,7 +253,8 @@ void run_train(const TrainArgs& args) {
                                          .default_rng = default_generator(),
                                          .extra = json{{"tokens", tokens_seen}, {"guard", guard.to_json()}}},
                      .train_config = cfg_json,
-                     .extra_files = {{"tokenizer.json", tok_json}}};
+                     .extra_files = {{"tokenizer.json", tok_json}},
+                     .extra_tensors = {}};
     return save_checkpoint(cfg.out_dir, c, cfg.keep_checkpoints);
   };
 

@@ -53,6 +53,19 @@ int main(int argc, char** argv) {
   somnus::tools::add_sleep_command(app);
   somnus::tools::add_profile_command(app);
 
+  // An unknown command is an error that names it (CLI11 alone says "A subcommand is required").
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      found = found || sub->get_name() == argv[1];
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      fmt::print(stderr, "somnus: error: unknown command '{}' (commands: {}; somnus --help)\n", argv[1], known);
+      return 1;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -118,7 +118,7 @@ struct TrainRun {
   }
   CheckpointSave contents() const {
     return CheckpointSave{.model = model.get(), .model_config = json(model->config()), .optimizer = opt.get(),
-                          .state = state(), .train_config = json{{"note", "test"}}};
+                          .state = state(), .train_config = json{{"note", "test"}}, .extra_files = {}, .extra_tensors = {}};
   }
 };
 
@@ -367,6 +367,29 @@ TEST(Checkpoint, LoadTransformerAndExtraFiles) {
   EXPECT_EQ(read_checkpoint_file(ck, "tokenizer.json"), "{\"hello\": 1}");
   EXPECT_EQ(read_checkpoint_json(ck, "train_config.json")["note"], "test");
   c.extra_files["MANIFEST.json"] = "x";
+  EXPECT_THROW(save_checkpoint(dir.path, c), Error);
+}
+
+TEST(Checkpoint, ExtraTensorsRoundTripAndAreVerified) {
+  TempDir dir;
+  TrainRun run(1, 7, true);
+  run.step();
+  CheckpointSave c = run.contents();
+  const Tensor t = Tensor::from_vector({1.0, -2.5, 3.25}, {3});
+  c.extra_tensors["anchor.safetensors"] = {{"x", t}};
+  const std::string ck = save_checkpoint(dir.path, c);
+  const NamedTensors back = read_checkpoint_tensors(ck, "anchor.safetensors");
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].first, "x");
+  EXPECT_EQ(raw_bytes(back[0].second), raw_bytes(t));
+  EXPECT_ERROR_HAS(read_checkpoint_tensors(ck, "nosuch.safetensors"), "lists no");
+  {  // a flipped byte is caught by the manifest
+    std::fstream f(ck + "/anchor.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.put('\x7f');
+  }
+  EXPECT_ERROR_HAS(read_checkpoint_tensors(ck, "anchor.safetensors"), "anchor.safetensors");
+  c.extra_files["anchor.safetensors"] = "x";  // one name, two contents
   EXPECT_THROW(save_checkpoint(dir.path, c), Error);
 }
 

@@ -579,6 +579,18 @@ TEST(Optimizer, StateLoadValidates) {
   // The good state loads.
   EXPECT_NO_THROW(target->load_state_dict(good));
   EXPECT_EQ(target->step_count(), 4);
+
+  // Out-of-schedule applications (apply_group_now, used by an explicit sleep) are recorded and
+  // round-trip; a count that does not add up is refused.
+  opt->apply_group_now(1);
+  const OptimizerState forced = opt->state_dict();
+  EXPECT_EQ(forced.meta["groups"][1]["forced"], 1);
+  auto again = make_opt(m);
+  EXPECT_NO_THROW(again->load_state_dict(forced));
+  EXPECT_EQ(again->applications(1), opt->applications(1));
+  s = forced;
+  s.meta["groups"][1]["forced"] = 0;
+  expect_contains(error_of([&] { again->load_state_dict(s); }), "out-of-schedule applications");
 }
 
 TEST(Optimizer, ConstructionValidates) {

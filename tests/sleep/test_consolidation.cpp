@@ -437,3 +437,57 @@ TEST(Consolidation, SlotInitStdIsAConfigOption) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// LearnerState + the optimiser's and the model's state are everything a learner needs: a
+// learner rebuilt from them mid-window (the slow level's accumulator pending) continues
+// bit-identically through more steps and a sleep (what `somnus sleep --resume` relies on).
+TEST(Wake, LearnerStateRoundTripContinuesBitExactly) {
+  WakeConfig w;
+  w.lr = 1e-2;
+  auto run_rest = [](WakeLearner& l) {
+    for (int64_t k = 4; k <= 6; ++k) l.train_step(repeat_batch(4, 16, k));
+    const ConsolidationReport rep = l.sleep();
+    l.train_step(repeat_batch(4, 16, 7));
+    return rep;
+  };
+  auto a = make_model();
+  WakeLearner la(*a, w, ks_config(2));
+  la.set_sleep_prompts(kPrompts);
+  la.sleep();  // the anchor
+  for (int64_t k = 1; k <= 3; ++k) la.train_step(repeat_batch(4, 16, k));  // step 3: level 1 mid-window
+  NamedTensors weights;
+  for (const auto& [name, t] : a->state_dict()) weights.emplace_back(name, t.clone());
+  const OptimizerState opt = la.optimizer().state_dict();
+  const LearnerState st = la.state();
+  EXPECT_FALSE(st.anchor.empty());
+  const ConsolidationReport ra = run_rest(la);
+
+  auto b = make_model(/*seed=*/99);
+  b->load_state_dict(weights, /*strict=*/true);
+  WakeLearner lb(*b, w, ks_config(2));
+  lb.optimizer().load_state_dict(opt);
+  lb.load_state(st);
+  const ConsolidationReport rb = run_rest(lb);
+  EXPECT_EQ(ra.jsd_before, rb.jsd_before);
+  EXPECT_EQ(ra.jsd_after, rb.jsd_after);
+  EXPECT_EQ(ra.new_slots, rb.new_slots);
+  const NamedTensors sa = a->state_dict(), sb = b->state_dict();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(nn::testing::bitwise_equal(sa[i].second, sb[i].second)) << sa[i].first;
+
+  // A state that does not fit is refused before anything changes.
+  LearnerState bad = st;
+  bad.anchor[0].second = Tensor::zeros({3});
+  const LearnerState before = lb.state();
+  expect_error([&] { lb.load_state(bad); }, {"anchor", "is (3,) f32"});
+  bad = st;
+  bad.scalars["consolidator"]["activation"] = nlohmann::json::array();
+  expect_error([&] { lb.load_state(bad); }, {"Consolidator::load_state"});
+  EXPECT_EQ(lb.state().scalars, before.scalars);
+}
+
+}  // namespace
+}  // namespace somnus::sleep

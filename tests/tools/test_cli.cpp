@@ -134,8 +134,9 @@ TEST(Cli, BadConfigsFailNamingTheKey) {
 // `somnus sleep`: a trained two-level model reads a new document, sleeps and dreams; the
 // table, metrics.json and a loadable checkpoint come out. `somnus experiment` lists and
 // rejects unknown names.
-TEST(Cli, SleepCycleOnANewDocument) {
-  TempDir dir;
+// A small trained CMS model with receiver slots, a new document, and the arguments of a
+// short `somnus sleep` cycle over it (without --out).
+std::string sleep_fixture(const TempDir& dir) {
   const std::string corpus = write_corpus(dir.file("corpus.txt"));
   const std::string train = "train --data " + corpus + " --out_dir " + dir.file("run") +
                             " --steps 4 --batch_size 2 --vocab_size 300 --eval_every 4 --eval_batches 1"
@@ -143,16 +144,20 @@ TEST(Cli, SleepCycleOnANewDocument) {
                             " --model.block_size 16 --model.levels '[{\"period\": 1}, {\"period\": 2, \"n_slots\": 2, "
                             "\"slot_rank\": 4}]' --quiet";
   const Result trained = run(train);
-  ASSERT_EQ(trained.code, 0) << trained.out;
+  EXPECT_EQ(trained.code, 0) << trained.out;
   write_corpus(dir.file("new.txt"));
-  const std::string sleep_args = "sleep --ckpt " + dir.file("run") + " --data " + dir.file("new.txt") + " --out " +
-                                 dir.file("slept") +
-                                 " --set wake_steps=3 --set batch_size=2 --set consolidation.ks.steps=2"
-                                 " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
-                                 " --set consolidation.ks.imitation.group_size=2 --set dream.num_dreams=2"
-                                 " --set dream.top_k=1 --set dream.keep_random=0 --set dream.rest_iterations=1"
-                                 " --set dream.trial_steps=1 --set dream.rest_steps=1 --set dream.apply_steps=1"
-                                 " --set dream.dream_length=4";
+  return "sleep --ckpt " + dir.file("run") + " --data " + dir.file("new.txt") +
+         " --set wake_steps=3 --set batch_size=2 --set consolidation.ks.steps=2"
+         " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
+         " --set consolidation.ks.imitation.group_size=2 --set dream.num_dreams=2"
+         " --set dream.top_k=1 --set dream.keep_random=0 --set dream.rest_iterations=1"
+         " --set dream.trial_steps=1 --set dream.rest_steps=1 --set dream.apply_steps=1"
+         " --set dream.dream_length=4";
+}
+
+TEST(Cli, SleepCycleOnANewDocument) {
+  TempDir dir;
+  const std::string sleep_args = sleep_fixture(dir) + " --out " + dir.file("slept");
   const Result r = run(sleep_args);
   ASSERT_EQ(r.code, 0) << r.out;
   for (const char* phase : {"| before |", "| wake |", "| sleep |", "| dream |"})
@@ -171,6 +176,65 @@ TEST(Cli, SleepCycleOnANewDocument) {
   const Result unknown = run("experiment nosuch");
   EXPECT_NE(unknown.code, 0);
   EXPECT_NE(unknown.out.find("unknown experiment 'nosuch'"), std::string::npos) << unknown.out;
+  const Result typo = run("slep --ckpt x");  // a typo in a script must not pass silently
+  EXPECT_EQ(typo.code, 1);
+  EXPECT_NE(typo.out.find("unknown command 'slep'"), std::string::npos) << typo.out;
+}
+
+// metrics.json without its wall-clock fields.
+json strip_timing(json j) {
+  if (j.is_object()) {
+    json out = json::object();
+    for (auto& [k, v] : j.items())
+      if (k != "seconds" && k != "tokens_per_s") out[k] = strip_timing(v);
+    return out;
+  }
+  if (j.is_array())
+    for (auto& v : j) v = strip_timing(v);
+  return j;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// `somnus sleep` stopped inside the wake phase and again after the sleep phase, then resumed,
+// ends bit-identical to an uninterrupted cycle; a resume with other arguments is refused, and
+// so is a second run into a used --out.
+TEST(Cli, SleepResumesBitExactly) {
+  TempDir dir;
+  const std::string args = sleep_fixture(dir);
+  const Result ref = run(args + " --out " + dir.file("ref"));
+  ASSERT_EQ(ref.code, 0) << ref.out;
+  const std::string out = " --out " + dir.file("b");
+  const Result first = run(args + out + " --stop-at 2 --checkpoint-every 1");
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_NE(first.out.find("stopped at progress step 2"), std::string::npos) << first.out;
+  EXPECT_FALSE(fs::exists(dir.file("b/metrics.json")));
+  const Result other = run(args + out + " --resume --set consolidation.ks.steps=3");
+  EXPECT_NE(other.code, 0);
+  EXPECT_NE(other.out.find("other inputs or another config"), std::string::npos) << other.out;
+  const Result fresh = run(args + out);
+  EXPECT_NE(fresh.code, 0);
+  EXPECT_NE(fresh.out.find("pass --resume"), std::string::npos) << fresh.out;
+  const Result second = run(args + out + " --resume --stop-at 4");  // wake_steps + 1: after the sleep phase
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_NE(second.out.find("resumed from"), std::string::npos) << second.out;
+  EXPECT_NE(second.out.find("[sleep]"), std::string::npos) << second.out;
+  const Result last = run(args + out + " --resume");
+  ASSERT_EQ(last.code, 0) << last.out;
+  EXPECT_EQ(last.out.find("[sleep]"), std::string::npos) << "the sleep phase does not rerun\n" << last.out;
+  EXPECT_FALSE(fs::exists(dir.file("b/progress"))) << "progress checkpoints are removed at the end";
+
+  const json a = strip_timing(json::parse(std::ifstream(dir.file("ref/metrics.json"))));
+  const json b = strip_timing(json::parse(std::ifstream(dir.file("b/metrics.json"))));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(file_bytes(dir.file("ref/ckpt-00000003/model.safetensors")),
+            file_bytes(dir.file("b/ckpt-00000003/model.safetensors")));
+  const Result done = run(args + out + " --resume");
+  EXPECT_EQ(done.code, 0) << done.out;
+  EXPECT_NE(done.out.find("is complete"), std::string::npos) << done.out;
 }
 
 }  // namespace
