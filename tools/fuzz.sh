@@ -6,6 +6,7 @@
 # leak, timeout (>10 s on one input) or out-of-memory (>2 GB) fails the script; libFuzzer
 # writes the input to $SOMNUS_FUZZ_ARTIFACTS (default build-fuzz/artifacts/).
 #   tools/fuzz.sh [seconds-per-target] [target...]     (default: SOMNUS_FUZZ_SECONDS or 30; all)
+# Targets run in parallel, one per core (SOMNUS_FUZZ_JOBS to change).
 # Part of the test command (tools/test.sh); SOMNUS_SKIP_FUZZ=1 skips it there.
 # Reproduce a finding: build-fuzz/fuzz/fuzz_<target> <artifact file>
 set -euo pipefail
@@ -33,18 +34,15 @@ export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 # Targets that read from a path get their input through a scratch file: on tmpfs, writes and
 # the round-trip saves' fsyncs cost no disk I/O.
 [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ] && export TMPDIR=/dev/shm
-status=0
-printf '%-14s %12s %8s %s\n' target executions exec/s result
-for t in "${targets[@]}"; do
-  bin="$build_dir/fuzz/fuzz_$t"
-  [ -x "$bin" ] || { echo "fuzz: no target '$t' ($bin)"; status=1; continue; }
+# One target: fuzz it, then print its line (and the evidence on failure); exit status = result.
+fuzz_one() {
+  local t="$1" bin="$build_dir/fuzz/fuzz_$1" work log rc=0 execs rate seeds=()
+  [ -x "$bin" ] || { echo "fuzz: no target '$t' ($bin)"; return 1; }
   # New inputs go to a scratch corpus, so the committed seeds stay as they are.
   work="$build_dir/corpus/$t"
   mkdir -p "$work"
   log="$build_dir/fuzz_$t.log"
-  seeds=()
   [ -d "fuzz/corpus/$t" ] && seeds+=("fuzz/corpus/$t")
-  rc=0
   "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 -dict=fuzz/json.dict \
     -artifact_prefix="$artifacts/${t}-" "$work" "${seeds[@]}" > "$log" 2>&1 || rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
@@ -54,7 +52,19 @@ for t in "${targets[@]}"; do
   else
     printf '%-14s %12s %8s %s\n' "$t" "$execs" "$rate" "FAILED (exit $rc, log $log)"
     grep -E 'ERROR|SUMMARY|fuzz property|terminate|Test unit written' "$log" | head -8
-    status=1
+    return 1
   fi
+}
+
+# Targets are single-threaded: run one per core at a time (each still gets its full N seconds).
+jobs_max="${SOMNUS_FUZZ_JOBS:-$(nproc)}"
+status=0
+printf '%-14s %12s %8s %s\n' target executions exec/s result
+pids=()
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 0.2; done
+  fuzz_one "$t" &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 exit $status
