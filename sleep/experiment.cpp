@@ -177,10 +177,18 @@ const ExperimentInfo& find_experiment(const std::string& name) {
   return it->second;
 }
 
-ExperimentResult run_experiment(const std::string& name, const json& config,
-                                const std::vector<std::pair<std::string, std::string>>& overrides,
-                                const ProgressFn& progress) {
+json resolve_experiment_config(const std::string& name, const json& config,
+                               const std::vector<std::pair<std::string, std::string>>& overrides) {
   const ExperimentInfo& info = find_experiment(name);
+  // The keys a config may have: the tiny config's, and under "model" every TransformerConfig
+  // key (attention_period, pos, norm, …), not only those the tiny config spells out.
+  json schema = info.tiny;
+  if (schema.contains("model") && schema.at("model").is_object()) {
+    json full = json(nn::TransformerConfig{});
+    for (const auto& [k, v] : schema.at("model").items()) full[k] = v;
+    schema["model"] = full;
+  }
+  const std::string where = "experiment " + name + " config";
   json cfg;
   if (config.is_string() && config.get<std::string>() == "tiny") {
     cfg = info.tiny;
@@ -188,10 +196,17 @@ ExperimentResult run_experiment(const std::string& name, const json& config,
     cfg = info.gpu;
   } else {
     SOMNUS_CHECK(config.is_object(), "experiment {}: config must be \"tiny\", \"gpu\" or a JSON object", name);
-    cfg = merge_config(config, info.tiny, "experiment " + name + " config");
+    cfg = merge_config(config, schema, where);
   }
   for (const auto& [k, v] : overrides) set_config_key(cfg, k, v);
-  cfg = merge_config(cfg, info.tiny, "experiment " + name + " config");
+  return merge_config(cfg, schema, where);
+}
+
+ExperimentResult run_experiment(const std::string& name, const json& config,
+                                const std::vector<std::pair<std::string, std::string>>& overrides,
+                                const ProgressFn& progress) {
+  const ExperimentInfo& info = find_experiment(name);
+  const json cfg = resolve_experiment_config(name, config, overrides);
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentResult r = info.run(cfg, progress);
   r.experiment = name;

@@ -68,9 +68,12 @@ void register_experiment(ExperimentInfo info);
 std::vector<std::string> experiment_names();
 // Throws somnus::Error listing the known names.
 const ExperimentInfo& find_experiment(const std::string& name);
-// config: "tiny", "gpu", or a JSON object (merged over tiny: unknown keys are errors).
-// overrides (key=value pairs of dotted keys, values parsed as JSON or else taken as strings)
-// are applied last. Times the run and stamps the date.
+// config: "tiny", "gpu", or a JSON object (merged over tiny: unknown keys are errors; under
+// "model" every TransformerConfig key is allowed). overrides (key=value pairs of dotted keys,
+// values parsed as JSON or else taken as strings) are applied last. Returns the full config.
+nlohmann::json resolve_experiment_config(const std::string& name, const nlohmann::json& config,
+                                         const std::vector<std::pair<std::string, std::string>>& overrides = {});
+// resolve_experiment_config, then the run. Times the run and stamps the date.
 ExperimentResult run_experiment(const std::string& name, const nlohmann::json& config,
                                 const std::vector<std::pair<std::string, std::string>>& overrides = {},
                                 const ProgressFn& progress = {});

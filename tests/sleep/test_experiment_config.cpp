@@ -1,0 +1,46 @@
+// The experiment runner's config resolution (sleep/experiment.h resolve_experiment_config):
+// tiny/gpu/object configs, dotted overrides, strict keys, and every TransformerConfig key
+// under "model" (not only those the tiny config spells out).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "nn/transformer.h"
+#include "sleep/experiment.h"
+#include "testing.h"
+
+namespace somnus::sleep {
+namespace {
+
+using nlohmann::json;
+using somnus::testing::expect_error;
+
+TEST(ExperimentConfig, TinyOverridesAndModelKeys) {
+  const json tiny = resolve_experiment_config("clinc150", "tiny");
+  EXPECT_EQ(tiny.at("model").at("n_layer"), 2);
+  EXPECT_EQ(tiny.at("model").at("attention_period"), 1) << "TransformerConfig defaults fill the model";
+
+  const json c = resolve_experiment_config("clinc150", "tiny",
+                                           {{"seeds", "[4]"}, {"model.attention_period", "8"}, {"model.n_embd", "64"}});
+  EXPECT_EQ(c.at("seeds"), json::array({4}));
+  EXPECT_EQ(c.at("model").at("attention_period"), 8);
+  EXPECT_EQ(c.at("model").at("n_embd"), 64);
+  EXPECT_EQ(c.at("model").at("n_layer"), 2) << "keys not overridden keep the tiny values";
+  nn::TransformerConfig mc = c.at("model").get<nn::TransformerConfig>();
+  EXPECT_EQ(mc.attention_period, 8);
+
+  const json obj = resolve_experiment_config("clinc150", json{{"num_domains", 2}});
+  EXPECT_EQ(obj.at("num_domains"), 2);
+  EXPECT_EQ(obj.at("steps_per_domain"), tiny.at("steps_per_domain"));
+}
+
+TEST(ExperimentConfig, UnknownKeysAndBadConfigsAreErrors) {
+  expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"model.attention_perod", "8"}}); },
+               {"unknown key 'attention_perod'"});
+  expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"num_domain", "3"}}); }, {"unknown key 'num_domain'"});
+  expect_error([] { resolve_experiment_config("clinc150", json(3)); }, {"\"tiny\", \"gpu\" or a JSON object"});
+  expect_error([] { resolve_experiment_config("nosuch", "tiny"); }, {"unknown experiment 'nosuch'"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
