@@ -53,6 +53,7 @@ void to_json(json& j, const SeedingConfig& c) {
            {"sample_tokens", c.sample_tokens},
            {"sample_temperature", c.sample_temperature},
            {"sample_top_k", c.sample_top_k},
+           {"stop_tokens", c.stop_tokens},
            {"steps", c.steps},
            {"batch_size", c.batch_size},
            {"lr", c.lr},
@@ -73,6 +74,7 @@ void from_json(const json& j, SeedingConfig& c) {
   c.sample_tokens = m.at("sample_tokens").get<int64_t>();
   c.sample_temperature = m.at("sample_temperature").get<double>();
   c.sample_top_k = m.at("sample_top_k").get<int64_t>();
+  c.stop_tokens = m.at("stop_tokens").get<std::vector<TokenId>>();
   c.steps = m.at("steps").get<int64_t>();
   c.batch_size = m.at("batch_size").get<int64_t>();
   c.lr = m.at("lr").get<double>();
@@ -267,6 +269,8 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   const int64_t L = mc.n_layer;
   const int64_t sender = cfg_.sender, receiver = sender + 1;
   const SeedingConfig& ks = cfg_.ks;
+  ImitationConfig imitation = ks.imitation;  // rollouts stop where sampling stops unless told otherwise
+  if (imitation.stop_tokens.empty()) imitation.stop_tokens = ks.stop_tokens;
   ConsolidationReport rep;
   rep.sender = sender;
   rep.receiver = receiver;
@@ -340,6 +344,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     nn::GenerateConfig g;
     g.temperature = ks.sample_temperature;
     g.top_k = ks.sample_top_k;
+    g.stop_tokens = ks.stop_tokens;
     g.seed = ks.seed + static_cast<uint64_t>(consolidations_) * 1000003ULL;
     size_t longest = 0;
     for (const auto& p : ps) longest = std::max(longest, p.size());
@@ -391,7 +396,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   // Semantic reward of the imitation term: hidden-state cosine against the (frozen) teacher.
   std::unique_ptr<SemanticReward> rsem;
   if (ks.alpha < 1.0) {
-    rsem = make_semantic_reward(ks.imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, device);
+    rsem = make_semantic_reward(imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, device);
   }
 
   AdamW opt({ParamGroup{trainable, ks.lr, ks.weight_decay, 1, "seeding.slots"}}, AdamWOptions{0.9, 0.999, 1e-8});
@@ -423,6 +428,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
       nn::GenerateConfig g;
       g.temperature = ks.sample_temperature;
       g.top_k = ks.sample_top_k;
+      g.stop_tokens = ks.stop_tokens;
       g.seed = step_seed;
       size_t longest = 0;
       for (const auto& p : policy_prompts) longest = std::max(longest, p.size());
@@ -444,7 +450,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
       const std::vector<double> which =
           randint(0, static_cast<int64_t>(D.size()), {ks.imitation_samples}, gen_).to_vector();
       for (double i : which) samples.push_back(D[static_cast<size_t>(i)].ids);
-      rollouts = imitation_rollouts(model_, samples, ks.imitation,
+      rollouts = imitation_rollouts(model_, samples, imitation,
                                     static_cast<uint64_t>(consolidations_) * 1000003ULL + static_cast<uint64_t>(step),
                                     rsem.get());
       tokens += rollouts.tokens_generated;
@@ -462,7 +468,7 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     if (ks.alpha < 1.0) {
       SOMNUS_PROFILE_SCOPE("ppo_update");
       const ImitationLoss il =
-          imitation_loss(model_, rollouts, ks.imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, W);
+          imitation_loss(model_, rollouts, imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, W);
       sl.ppo_loss = il.loss.item();
       sl.mean_reward = il.mean_reward;
       sl.clip_fraction = il.clip_low_fraction + il.clip_high_fraction;

@@ -46,6 +46,10 @@ struct SeedingConfig {
   int64_t sample_tokens = 32;      // new tokens per teacher sample (capped by block_size)
   double sample_temperature = 1.0;
   int64_t sample_top_k = 0;
+  // Sampling (teacher samples, on-policy continuations, and imitation rollouts when the
+  // imitation config names none) stops at these tokens, e.g. EOS: a sample is one sequence
+  // rather than one followed by whatever the model emits after it.
+  std::vector<TokenId> stop_tokens;
   int64_t steps = 30;              // KS optimiser steps
   int64_t batch_size = 8;          // distillation rows per step
   double lr = 1e-2;                // AdamW on the new slots

@@ -50,7 +50,9 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   ep.validate();
   if (!learner_) {
     model_ = &model;
-    learner_ = std::make_unique<WakeLearner>(model, cfg_.wake, cfg_.consolidation);
+    ConsolidationConfig cc = cfg_.consolidation;  // sampling stops where the task's answers stop
+    if (cc.ks.stop_tokens.empty()) cc.ks.stop_tokens = ep.stop_tokens;
+    learner_ = std::make_unique<WakeLearner>(model, cfg_.wake, cc);
   }
   SOMNUS_CHECK(model_ == &model, "sleep method: one SleepMethod follows one model; got a different model");
   ++episodes_;

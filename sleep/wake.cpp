@@ -1,6 +1,8 @@
 // Wake: the multi-frequency trainer, test-time training, consolidation triggers (see wake.h).
 #include "sleep/wake.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -30,6 +32,8 @@ void WakeConfig::validate(const nn::TransformerConfig& model) const {
   SOMNUS_CHECK(!ttt_levels.empty(), "{}: 'ttt_levels' must name at least one CMS level", w);
   SOMNUS_CHECK(sleep_teacher == "since_last_sleep" || sleep_teacher == "pending",
                "{}: 'sleep_teacher' must be \"since_last_sleep\" or \"pending\", got \"{}\"", w, sleep_teacher);
+  SOMNUS_CHECK(train == "all" || train == "sender", "{}: 'train' must be \"all\" or \"sender\", got \"{}\"", w, train);
+  SOMNUS_CHECK(train_all_steps >= 0, "{}: 'train_all_steps' must be >= 0, got {}", w, train_all_steps);
   for (int64_t l : ttt_levels) {
     SOMNUS_CHECK(l >= 0 && l < static_cast<int64_t>(model.levels.size()),
                  "{}: 'ttt_levels' entry {} out of range [0, {})", w, l, model.levels.size());
@@ -47,7 +51,9 @@ void to_json(json& j, const WakeConfig& c) {
            {"ttt_chunk", c.ttt_chunk},
            {"ttt_lr", c.ttt_lr},
            {"ttt_levels", c.ttt_levels},
-           {"sleep_teacher", c.sleep_teacher}};
+           {"sleep_teacher", c.sleep_teacher},
+           {"train", c.train},
+           {"train_all_steps", c.train_all_steps}};
 }
 
 void from_json(const json& j, WakeConfig& c) {
@@ -63,6 +69,8 @@ void from_json(const json& j, WakeConfig& c) {
   c.ttt_lr = m.at("ttt_lr").get<double>();
   c.ttt_levels = m.at("ttt_levels").get<std::vector<int64_t>>();
   c.sleep_teacher = m.at("sleep_teacher").get<std::string>();
+  c.train = m.at("train").get<std::string>();
+  c.train_all_steps = m.at("train_all_steps").get<int64_t>();
 }
 
 WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation)
@@ -72,6 +80,12 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
   o.beta1 = cfg_.beta1;
   o.beta2 = cfg_.beta2;
   opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
+  if (cfg_.train == "sender") {
+    const std::string marker = fmt::format(".cms.{}.", consolidator_.config().sender);
+    for (const auto& [name, p] : model_.named_parameters(/*trainable_only=*/true)) {
+      if (name.find(marker) == std::string::npos) outside_sender_.push_back(p);
+    }
+  }
 }
 
 std::vector<size_t> WakeLearner::sender_groups() const {
@@ -121,6 +135,9 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
   Tensor total = l.total(cfg_.aux_loss_weight);
   backward(total);
   log.loss = l.ce.item();
+  if (k > cfg_.train_all_steps) {
+    for (const Tensor& p : outside_sender_) p.set_grad(Tensor());  // train = "sender": they stay as they are
+  }
   std::vector<Tensor> due;
   for (size_t g : opt_->groups_due()) {
     log.periods_applied.push_back(opt_->groups()[g].period);

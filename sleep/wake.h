@@ -54,6 +54,14 @@ struct WakeConfig {
   double ttt_lr = 1e-3;
   std::vector<int64_t> ttt_levels = {0};  // the fast CMS levels updated while reading
   std::string sleep_teacher = "since_last_sleep";  // or "pending" (see sleep() above)
+  // What learns while awake: "all" [default] (every parameter, each at its level's period), or
+  // "sender" (only the sender level; attention, embeddings and the other levels stay as they
+  // are, so the teacher of the next sleep — the model with the sender's old weights — is
+  // exactly the model as it was). The first train_all_steps steps of the learner train
+  // everything whatever `train` says (a warm-up: features must exist before the fast level
+  // alone can carry new tasks).
+  std::string train = "all";
+  int64_t train_all_steps = 0;
 
   void validate(const nn::TransformerConfig& model) const;
 };
@@ -118,6 +126,7 @@ class WakeLearner {
   std::vector<std::vector<TokenId>> prompts_{{0}};
   int64_t sender_applications_ = 0;
   NamedTensors sender_anchor_;  // the sender at the last sleep ("since_last_sleep")
+  std::vector<Tensor> outside_sender_;  // trainable parameters outside the sender level (train = "sender")
 };
 
 }  // namespace somnus::sleep

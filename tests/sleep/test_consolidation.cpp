@@ -491,3 +491,60 @@ TEST(Wake, LearnerStateRoundTripContinuesBitExactly) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// Teacher samples stop at a stop token: with every token a stop token each sample is one
+// token long (without stop tokens it is sample_tokens long). Round-trips through JSON.
+TEST(Consolidation, TeacherSamplingStopsAtStopTokens) {
+  for (const bool stop : {false, true}) {
+    auto m = make_model();
+    ConsolidationConfig c = ks_config(1, /*alpha=*/0.5);
+    if (stop)
+      for (TokenId t = 0; t < m->config().vocab_size; ++t) c.ks.stop_tokens.push_back(t);
+    Consolidator con(*m, c);
+    const NamedTensors old = con.snapshot_sender();
+    perturb_sender(*m, 0, 3);
+    const ConsolidationReport rep = con.consolidate(old, kPrompts);
+    EXPECT_EQ(rep.teacher_tokens, stop ? c.ks.n_samples : c.ks.n_samples * c.ks.sample_tokens) << stop;
+  }
+  SeedingConfig s;
+  s.stop_tokens = {5, 7};
+  EXPECT_EQ(nlohmann::json(s).get<SeedingConfig>().stop_tokens, (std::vector<TokenId>{5, 7}));
+}
+
+// train = "sender": after train_all_steps warm-up steps only the sender level moves while awake.
+TEST(Wake, TrainSenderOnlyAfterTheWarmUp) {
+  auto m = make_model();
+  WakeConfig w;
+  w.train = "sender";
+  w.train_all_steps = 2;
+  WakeLearner learner(*m, w, ks_config(1));
+  auto snapshot = [&] {
+    NamedTensors out;
+    for (const auto& [name, t] : m->state_dict()) out.emplace_back(name, t.clone());
+    return out;
+  };
+  const NamedTensors start = snapshot();
+  for (int64_t k = 1; k <= 2; ++k) learner.train_step(repeat_batch(4, 16, k));
+  const NamedTensors warm = snapshot();
+  EXPECT_FALSE(nn::testing::bitwise_equal(start[0].second, warm[0].second)) << "the warm-up trains " << start[0].first;
+  for (int64_t k = 3; k <= 6; ++k) learner.train_step(repeat_batch(4, 16, k));  // period-2 level due at 4 and 6
+  int moved = 0;
+  for (size_t i = 0; i < warm.size(); ++i) {
+    const bool same = nn::testing::bitwise_equal(warm[i].second, m->state_dict()[i].second);
+    if (warm[i].first.find(".cms.0.") != std::string::npos) {
+      moved += same ? 0 : 1;
+    } else {
+      EXPECT_TRUE(same) << warm[i].first << " moved while only the sender trains";
+    }
+  }
+  EXPECT_GT(moved, 0) << "the sender level trains";
+  WakeConfig bad;
+  bad.train = "attention";
+  somnus::testing::expect_error([&] { WakeLearner x(*m, bad, ks_config(1)); }, {"'train'"});
+}
+
+}  // namespace
+}  // namespace somnus::sleep
