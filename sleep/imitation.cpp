@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <set>
 #include <utility>
 
 #include "autograd/grad_mode.h"
 #include "nn/generate.h"
+#include "sleep/baselines/json_fields.h"
 #include "tensor/format.h"
 #include "tensor/random.h"
 
@@ -26,28 +26,6 @@ uint64_t mix_seed(uint64_t seed, uint64_t round, uint64_t purpose) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
-}
-
-void read_int(const json& j, const char* key, int64_t& out) {
-  auto it = j.find(key);
-  if (it == j.end()) return;
-  SOMNUS_CHECK(it->is_number_integer(), "{}: '{}' must be an integer, got {}", kWhere, key, it->dump());
-  out = it->get<int64_t>();
-}
-
-void read_uint(const json& j, const char* key, uint64_t& out) {
-  auto it = j.find(key);
-  if (it == j.end()) return;
-  SOMNUS_CHECK(it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0),
-               "{}: '{}' must be a non-negative integer, got {}", kWhere, key, it->dump());
-  out = it->get<uint64_t>();
-}
-
-void read_double(const json& j, const char* key, double& out) {
-  auto it = j.find(key);
-  if (it == j.end()) return;
-  SOMNUS_CHECK(it->is_number(), "{}: '{}' must be a number, got {}", kWhere, key, it->dump());
-  out = it->get<double>();
 }
 
 }  // namespace
@@ -109,36 +87,35 @@ void to_json(json& j, const ImitationConfig& c) {
 }
 
 void from_json(const json& j, ImitationConfig& out) {
-  SOMNUS_CHECK(j.is_object(), "{}: expected a JSON object, got {}", kWhere, j.type_name());
-  static const std::set<std::string> known = {
-      "group_size", "prefix_min_fraction", "prefix_max_fraction", "z0_fraction", "gamma",
-      "cosine_threshold", "eps_low", "eps_high", "kl_beta", "loss_type", "advantage_eps", "temperature", "top_k",
-      "max_completion_tokens", "stop_tokens", "rollout_batch_size", "seed"};
-  for (const auto& [key, value] : j.items()) {
-    SOMNUS_CHECK(known.count(key) != 0, "{}: unknown key '{}'", kWhere, key);
-  }
+  detail::check_known_keys(j,
+                           {"group_size", "prefix_min_fraction", "prefix_max_fraction", "z0_fraction", "gamma",
+                            "cosine_threshold", "eps_low", "eps_high", "kl_beta", "loss_type", "advantage_eps",
+                            "temperature", "top_k", "max_completion_tokens", "stop_tokens", "rollout_batch_size",
+                            "seed"},
+                           kWhere);
   ImitationConfig c;
-  read_int(j, "group_size", c.group_size);
-  read_double(j, "prefix_min_fraction", c.prefix_min_fraction);
-  read_double(j, "prefix_max_fraction", c.prefix_max_fraction);
-  read_double(j, "z0_fraction", c.z0_fraction);
-  read_double(j, "gamma", c.gamma);
-  read_double(j, "cosine_threshold", c.cosine_threshold);
-  read_double(j, "eps_low", c.eps_low);
-  read_double(j, "eps_high", c.eps_high);
-  read_double(j, "kl_beta", c.kl_beta);
-  if (auto it = j.find("loss_type"); it != j.end()) {
-    SOMNUS_CHECK(it->is_string(), "{}: 'loss_type' must be a string, got {}", kWhere, it->dump());
+  detail::read_field(j, "group_size", c.group_size, kWhere);
+  detail::read_field(j, "prefix_min_fraction", c.prefix_min_fraction, kWhere);
+  detail::read_field(j, "prefix_max_fraction", c.prefix_max_fraction, kWhere);
+  detail::read_field(j, "z0_fraction", c.z0_fraction, kWhere);
+  detail::read_field(j, "gamma", c.gamma, kWhere);
+  detail::read_field(j, "cosine_threshold", c.cosine_threshold, kWhere);
+  detail::read_field(j, "eps_low", c.eps_low, kWhere);
+  detail::read_field(j, "eps_high", c.eps_high, kWhere);
+  detail::read_field(j, "kl_beta", c.kl_beta, kWhere);
+  if (j.contains("loss_type")) {
+    std::string name;
+    detail::read_field(j, "loss_type", name, kWhere);
     try {
-      c.loss_type = kernels::ppo_loss_type_from_name(it->get<std::string>());
+      c.loss_type = kernels::ppo_loss_type_from_name(name);
     } catch (const Error& e) {
       fail("{}: 'loss_type': {}", kWhere, e.what());
     }
   }
-  read_double(j, "advantage_eps", c.advantage_eps);
-  read_double(j, "temperature", c.temperature);
-  read_int(j, "top_k", c.top_k);
-  read_int(j, "max_completion_tokens", c.max_completion_tokens);
+  detail::read_field(j, "advantage_eps", c.advantage_eps, kWhere);
+  detail::read_field(j, "temperature", c.temperature, kWhere);
+  detail::read_field(j, "top_k", c.top_k, kWhere);
+  detail::read_field(j, "max_completion_tokens", c.max_completion_tokens, kWhere);
   if (auto it = j.find("stop_tokens"); it != j.end()) {
     SOMNUS_CHECK(it->is_array(), "{}: 'stop_tokens' must be an array of token ids, got {}", kWhere, it->dump());
     c.stop_tokens.clear();
@@ -148,8 +125,8 @@ void from_json(const json& j, ImitationConfig& out) {
       c.stop_tokens.push_back(static_cast<TokenId>(t.get<int64_t>()));
     }
   }
-  read_int(j, "rollout_batch_size", c.rollout_batch_size);
-  read_uint(j, "seed", c.seed);
+  detail::read_field(j, "rollout_batch_size", c.rollout_batch_size, kWhere);
+  detail::read_field(j, "seed", c.seed, kWhere);
   c.validate();
   out = std::move(c);
 }

@@ -132,9 +132,9 @@ TEST(ImitationConfig, JsonRoundTripAndStrictness) {
   // Missing keys keep their defaults.
   EXPECT_EQ(json(json::object().get<ImitationConfig>()), json(ImitationConfig{}));
   expect_contains(error_of([] { json{{"group_sise", 4}}.get<ImitationConfig>(); }), "unknown key 'group_sise'");
-  expect_contains(error_of([] { json{{"gamma", "half"}}.get<ImitationConfig>(); }), "'gamma' must be a number");
+  expect_contains(error_of([] { json{{"gamma", "half"}}.get<ImitationConfig>(); }), "'gamma' has the wrong type");
   expect_contains(error_of([] { json{{"group_size", 2.5}}.get<ImitationConfig>(); }),
-                  "'group_size' must be an integer");
+                  "'group_size' has the wrong type");
   expect_contains(error_of([] { json{{"loss_type", "ppo2"}}.get<ImitationConfig>(); }), "'loss_type'");
   expect_contains(error_of([] { json{{"stop_tokens", {1, -2}}}.get<ImitationConfig>(); }), "'stop_tokens'");
   expect_contains(error_of([] { json{{"gamma", 2.0}}.get<ImitationConfig>(); }), "'gamma' must be in [0, 1]");
