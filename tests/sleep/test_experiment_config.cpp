@@ -34,6 +34,24 @@ TEST(ExperimentConfig, TinyOverridesAndModelKeys) {
   EXPECT_EQ(obj.at("steps_per_domain"), tiny.at("steps_per_domain"));
 }
 
+// The gpu configs have never run here (no GPU): at least they resolve, and their models parse
+// into valid TransformerConfigs, for every registered experiment.
+TEST(ExperimentConfig, EveryTinyAndGpuConfigResolves) {
+  const std::vector<std::string> names = experiment_names();
+  EXPECT_GE(names.size(), 5u);
+  for (const std::string& name : names) {
+    for (const char* which : {"tiny", "gpu"}) {
+      json c;
+      ASSERT_NO_THROW(c = resolve_experiment_config(name, which)) << name << " " << which;
+      if (c.contains("model")) {
+        json m = c.at("model");
+        m["vocab_size"] = 512;  // set from the task's tokenizer at run time
+        EXPECT_NO_THROW((void)m.get<nn::TransformerConfig>()) << name << " " << which << ": " << m.dump();
+      }
+    }
+  }
+}
+
 TEST(ExperimentConfig, UnknownKeysAndBadConfigsAreErrors) {
   expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"model.attention_perod", "8"}}); },
                {"unknown key 'attention_perod'"});
