@@ -147,7 +147,9 @@ struct AttentionGrads {
 AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale = 0.0,
                               int64_t q_offset = 0);
 // The FA2 backward from the forward's o and lse: Δ = rowsum(dO ∘ O), P recomputed from lse.
-// deterministic: dQ summed in a fixed order by a separate pass instead of atomic adds.
+// deterministic: dQ summed in a fixed order instead of by atomic adds (CPU: per-key-chunk
+// accumulators added in chunk order, bitwise independent of the thread count; CUDA: a
+// separate dQ pass).
 AttentionGrads attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                              const Tensor& dout, bool causal, double scale = 0.0, int64_t q_offset = 0,
                              bool deterministic = false);

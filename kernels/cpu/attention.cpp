@@ -11,17 +11,23 @@
 //     p = e^(s − m');  l = α·l + rowsum p;  acc = α·acc + p v;  m = m'
 //   o = acc / l;  lse = m + log l     (saved for the backward)
 // Never materialises the (T, S) score matrix: O(kBr·kBc) scratch per thread.
-// Backward (FA2 with P recomputed from lse):
+// Backward (FA2 with P recomputed from lse), one pass:
 //   preprocess  Δ_i = rowsum(dO_i ∘ O_i)
-//   dK/dV pass  per (b, kv head, key tile), over the g query heads of the group and every
-//               query row that sees the tile:  p = e^(scale·q·k − lse);  dV += p·dO;
-//               dp = dO·v;  ds = p·(dp − Δ);  dK += scale·ds·q;
-//               and (atomic mode) dQ += scale·ds·k with f32/f64 atomic adds, like the GPU.
-//   dQ pass     (deterministic mode) per (b, h, query tile): recomputes p, dp, ds for every
-//               visible key and sums dQ in a fixed order: no atomics, bitwise repeatable.
-//               With B·Hkv >= 16 (training shapes) the deterministic mode instead gives each
-//               (b, kv head) to one task, which walks its key tiles in order and adds dQ
-//               directly: race-free, no recompute, and enough tasks to fill the cores.
+//   main pass   per (b, kv head, chunk of key tiles); per key tile, over the g query heads
+//               of the group and blocks of kBr query rows that see the tile:
+//               p = e^(scale·q·k − lse);  dp = dO·v;  ds = p·(dp − Δ);
+//               dQ_row += scale·ds·K (in registers, then added once per row and tile);
+//               and once per block, dV += Pᵀ·dO and dK += scale·dSᵀ·Q (P and dS kept
+//               key-major so that both are vector-times-rows summed in registers).
+//   dQ          atomic mode: one tile per chunk, dQ rows added to one f32/f64 accumulator
+//               with atomics, like the GPU. Deterministic mode: the key tiles of a group are
+//               cut into just enough chunks (balanced by the rows that see them) that
+//               B·Hkv·chunks >= 16; each chunk adds dQ to its own accumulator, and these
+//               are summed in chunk order at the end. No atomics, no second pass that
+//               recomputes P (the earlier dQ pass redid q·kᵀ and dO·vᵀ: 3.5× the forward's
+//               FLOPs instead of 2.5×), and the bits do not depend on the thread count
+//               (the chunking depends on the shapes only). Extra memory: chunks × size(q)
+//               in the compute type, at most 64 MiB (fewer chunks beyond that).
 //   The autograd wrapper always uses the deterministic mode on CPU (thread timing would
 //   otherwise change the summation order, and CPU runs must be bitwise reproducible).
 // Decode (split-K, flash-decoding): the S keys are cut into num_splits chunks; each
@@ -30,11 +36,17 @@
 //   o = Σ_s e^(lse_s − lse)·o_s. A chunk a row cannot see gives lse_s = −inf, weight 0.
 //
 // Layout: key tiles are also kept transposed (D × kBc), so q·Kᵀ and dO·Vᵀ for a row are
-// axpys vectorised over the keys instead of horizontal dot-product sums.
+// axpys vectorised over the keys instead of horizontal dot-product sums; every product
+// (P·V, dS·K, Pᵀ·dO, dSᵀ·Q) sums in registers, 64 columns at a time (vec_times_rows), and
+// all of them, q·Kᵀ and dO·Vᵀ included, take two query rows (or two keys) per call so that
+// each tile load feeds two FMAs (one load per FMA made them load-bound). At T = 2048, H = 4,
+// D = 64, causal, 2 threads (AMD EPYC, 2026-11-26) these and the single-pass backward took
+// fwd+bwd from 109–132 ms (parity with the composed OpenBLAS path) to 54 ms (composed: 94–118
+// ms); see bench/RESULTS.md.
 // Numerics: accumulates in f32 (f64 for f64 inputs). For bf16 inputs p is rounded to bf16
 // before p·v (and ds before ds·q, ds·k), as the tensor-core kernel feeds them to mma.
-// FLOPs: forward 4·B·Hq·T·S·D (about half when causal); backward 2.5× that (3.5× with the
-// deterministic dQ pass, which recomputes q·k and dO·v). Bytes: q, k, v, o once per tile pass.
+// FLOPs: forward 4·B·Hq·T·S·D (about half when causal); backward 2.5× that in both modes.
+// Bytes: forward reads k, v once per query tile; backward reads q, dO once per key tile.
 #include <omp.h>
 
 #include <algorithm>
@@ -54,7 +66,8 @@ namespace {
 
 constexpr int64_t kBr = 64;  // query rows per tile (the CUDA kernel's block of 4 warps × 16 rows)
 constexpr int64_t kBc = 64;  // keys per tile
-constexpr int64_t kGroupTasksMin = 16;  // (b, kv head) groups for the per-group backward
+constexpr int64_t kGroupTasksMin = 16;  // backward tasks (b, kv head, key chunk) to fill the cores
+constexpr int64_t kDqChunkBytes = int64_t{64} << 20;  // cap on the deterministic backward's dQ accumulators
 
 struct Dims {
   int64_t B, Hq, Hkv, T, S, D, g;
@@ -119,6 +132,96 @@ inline void row_times_tile(const C* row, const C* tileT, int64_t D, int64_t n, C
   for (int64_t j = 0; j < kBc; ++j) s[j] = alpha * acc[j];
 }
 
+// Column block of the paired kernels below: two rows × kW2 f32 accumulators must stay in
+// registers (8 zmm of 32 with AVX-512; with AVX2's 16 ymm, 2 × 64 would spill).
+#if defined(__AVX512F__)
+constexpr int64_t kW2 = 64;
+#else
+constexpr int64_t kW2 = 32;
+#endif
+
+// row_times_tile for two query rows at once: each tile load feeds two FMAs (the single form
+// is bound by loads). Same summation order as row_times_tile, so the same bits.
+template <class C>
+inline void row2_times_tile(const C* row0, const C* row1, const C* tileT, int64_t D, C alpha, C* s0, C* s1) {
+  for (int64_t c0 = 0; c0 < kBc; c0 += kW2) {
+    C acc0[kW2] = {}, acc1[kW2] = {};
+    for (int64_t x = 0; x < D; ++x) {
+      const C a0 = row0[x], a1 = row1[x];
+      const C* t = tileT + x * kBc + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < kW2; ++j) {
+        acc0[j] += a0 * t[j];
+        acc1[j] += a1 * t[j];
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < kW2; ++j) {
+      s0[c0 + j] = alpha * acc0[j];
+      s1[c0 + j] = alpha * acc1[j];
+    }
+  }
+}
+
+// out[x] += Σ_{i<n} a[i]·M[i·ld + x] for x < w: a vector times n rows of a row-major block,
+// summed in registers kW columns at a time and added to out once (an axpy per i would load
+// and store out n times: store-bound at half the FMA rate).
+constexpr int64_t kW = 64;
+template <class C>
+inline void vec_times_rows(const C* a, int64_t n, const C* M, int64_t ld, int64_t w, C* out) {
+  int64_t x0 = 0;
+  for (; x0 + kW <= w; x0 += kW) {
+    C acc[kW] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      const C ai = a[i];
+      const C* m = M + i * ld + x0;
+#pragma omp simd
+      for (int64_t x = 0; x < kW; ++x) acc[x] += ai * m[x];
+    }
+#pragma omp simd
+    for (int64_t x = 0; x < kW; ++x) out[x0 + x] += acc[x];
+  }
+  const int64_t rem = w - x0;  // odd head dims (D = 7, 24, …)
+  if (rem > 0) {
+    C acc[kW] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      const C ai = a[i];
+      const C* m = M + i * ld + x0;
+      for (int64_t x = 0; x < rem; ++x) acc[x] += ai * m[x];
+    }
+    for (int64_t x = 0; x < rem; ++x) out[x0 + x] += acc[x];
+  }
+}
+
+// vec_times_rows for two vectors a0, a1 against the same rows: each row of M is loaded once
+// for two FMAs (the single form is bound by loads, one per FMA).
+template <class C>
+inline void vec2_times_rows(const C* a0, const C* a1, int64_t n, const C* M, int64_t ld, int64_t w, C* out0,
+                            C* out1) {
+  int64_t x0 = 0;
+  for (; x0 + kW2 <= w; x0 += kW2) {
+    C acc0[kW2] = {}, acc1[kW2] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      const C b0 = a0[i], b1 = a1[i];
+      const C* m = M + i * ld + x0;
+#pragma omp simd
+      for (int64_t x = 0; x < kW2; ++x) {
+        acc0[x] += b0 * m[x];
+        acc1[x] += b1 * m[x];
+      }
+    }
+#pragma omp simd
+    for (int64_t x = 0; x < kW2; ++x) {
+      out0[x0 + x] += acc0[x];
+      out1[x0 + x] += acc1[x];
+    }
+  }
+  if (x0 < w) {
+    vec_times_rows(a0, n, M + x0, ld, w - x0, out0 + x0);
+    vec_times_rows(a1, n, M + x0, ld, w - x0, out1 + x0);
+  }
+}
+
 template <class T, class C>
 inline void store_rows(const C* src, int64_t n, T* dst) {
 #pragma omp simd
@@ -131,9 +234,10 @@ template <class T>
 struct OnlineSoftmax {
   using C = compute_t<T>;
   int64_t D;
-  std::vector<C> q, kt, vt, acc, m, l, s;
+  std::vector<C> q, kt, vt, acc, m, l, s, s2;
 
-  explicit OnlineSoftmax(int64_t D) : D(D), q(kBr * D), kt(kBc * D), vt(kBc * D), acc(kBr * D), m(kBr), l(kBr), s(kBc) {}
+  explicit OnlineSoftmax(int64_t D)
+      : D(D), q(kBr * D), kt(kBc * D), vt(kBc * D), acc(kBr * D), m(kBr), l(kBr), s(kBc), s2(kBc) {}
 
   // Rows [i0, i0 + rows) of query head (b, h) (q_head points at its row 0) against keys
   // [k_lo, k_hi) of the kv head (k_head, v_head at its key 0). Leaves acc, m, l.
@@ -148,26 +252,50 @@ struct OnlineSoftmax {
       const int64_t cols = std::min(kBc, k_end - j0);
       load_rows_transposed(k_head + j0 * D, cols, D, kt.data());
       load_rows(v_head + j0 * D, cols, D, vt.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t nc = std::min(cols, d.visible(i0 + r) - j0);  // masked tail of this row
-        if (nc <= 0) continue;
-        row_times_tile(q.data() + r * D, kt.data(), D, nc, scale, s.data());
-        C mt = -std::numeric_limits<C>::infinity();
-        for (int64_t j = 0; j < nc; ++j) mt = std::max(mt, s[j]);
-        const C m_new = std::max(m[r], mt);
-        const C alpha = exp_c(m[r] - m_new);  // e^(−inf) = 0 on the first visible tile
-        C* ar = acc.data() + r * D;
-        C rowsum = 0;
-#pragma omp simd
-        for (int64_t i = 0; i < D; ++i) ar[i] *= alpha;
-#pragma omp simd reduction(+ : rowsum)
-        for (int64_t j = 0; j < nc; ++j) {  // p in place of s: one vectorised exp pass
-          s[j] = exp_c(s[j] - m_new);
-          rowsum += s[j];
+      for (int64_t r = 0; r < rows; r += 2) {  // two rows at a time share every tile load
+        const bool pair = r + 1 < rows;
+        int64_t nc[2];
+        for (int k = 0; k < 2; ++k) {
+          nc[k] = k == 0 || pair ? std::max<int64_t>(0, std::min(cols, d.visible(i0 + r + k) - j0)) : 0;
         }
-        for (int64_t j = 0; j < nc; ++j) axpy(mma_round<T>(s[j]), vt.data() + j * D, ar, D);
-        l[r] = l[r] * alpha + rowsum;
-        m[r] = m_new;
+        const int64_t n = std::max(nc[0], nc[1]);  // masked tails of this row pair
+        if (n == 0) continue;
+        C* sr[2] = {s.data(), s2.data()};
+        if (pair) {
+          row2_times_tile(q.data() + r * D, q.data() + (r + 1) * D, kt.data(), D, scale, sr[0], sr[1]);
+        } else {
+          row_times_tile(q.data() + r * D, kt.data(), D, n, scale, sr[0]);
+        }
+        for (int k = 0; k < (pair ? 2 : 1); ++k) {
+          C* sk = sr[k];
+          const int64_t nk = nc[k];
+          std::fill(sk + nk, sk + n, C(0));  // p = 0 past this row's last visible key
+          if (nk == 0) continue;
+          C mt = -std::numeric_limits<C>::infinity();
+          for (int64_t j = 0; j < nk; ++j) mt = std::max(mt, sk[j]);
+          const C m_new = std::max(m[r + k], mt);
+          const C alpha = exp_c(m[r + k] - m_new);  // e^(−inf) = 0 on the first visible tile
+          C* ar = acc.data() + (r + k) * D;
+          C rowsum = 0;
+#pragma omp simd
+          for (int64_t i = 0; i < D; ++i) ar[i] *= alpha;
+#pragma omp simd reduction(+ : rowsum)
+          for (int64_t j = 0; j < nk; ++j) {  // p in place of s: one vectorised exp pass
+            sk[j] = exp_c(sk[j] - m_new);
+            rowsum += sk[j];
+          }
+          if constexpr (std::is_same_v<T, bf16>) {
+            for (int64_t j = 0; j < nk; ++j) sk[j] = mma_round<T>(sk[j]);  // after the unrounded rowsum
+          }
+          l[r + k] = l[r + k] * alpha + rowsum;
+          m[r + k] = m_new;
+        }
+        // acc_row += p_row · V_tile for both rows
+        if (pair) {
+          vec2_times_rows(sr[0], sr[1], n, vt.data(), D, D, acc.data() + r * D, acc.data() + (r + 1) * D);
+        } else {
+          vec_times_rows(sr[0], n, vt.data(), D, D, acc.data() + r * D);
+        }
       }
     }
   }
@@ -204,13 +332,44 @@ void fwd_typed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
   }
 }
 
+// Key-tile boundaries of n_chunk chunks of one (b, kv head): contiguous runs of tiles cut so
+// that each chunk sees about the same number of (query row, key) pairs (causal tiles near
+// the end of the keys are seen by fewer rows). Depends on the shapes only.
+std::vector<int64_t> chunk_bounds(const Dims& d, int64_t n_kt, int64_t n_chunk) {
+  std::vector<double> work(n_kt + 1, 0.0);  // prefix sums of the rows that see each tile
+  for (int64_t t = 0; t < n_kt; ++t) {
+    const int64_t i_first = d.causal ? std::max<int64_t>(0, t * kBc - d.q_offset) : 0;
+    work[t + 1] = work[t] + static_cast<double>(std::max<int64_t>(0, d.T - i_first)) + 1.0;
+  }
+  std::vector<int64_t> bounds(n_chunk + 1, n_kt);
+  bounds[0] = 0;
+  int64_t t = 0;
+  for (int64_t c = 1; c < n_chunk; ++c) {
+    const double target = work[n_kt] * static_cast<double>(c) / static_cast<double>(n_chunk);
+    while (t < n_kt && work[t] < target) ++t;
+    bounds[c] = std::max(t, bounds[c - 1]);
+  }
+  return bounds;
+}
+
+// Per-thread scratch of the backward: the key tile three ways (rows for dQ, transposed for
+// q·kᵀ and dO·vᵀ), its dK/dV accumulators, a block of up to kBr query rows (q, dO), and the
+// block's P and dS stored transposed (key-major) so that dV and dK are vector-times-rows.
+template <class C>
+struct BwdScratch {
+  std::vector<C> kt, ktT, vtT, dkt, dvt, qb, gb, pT, dsT, ps, dps, dsr, dqr;
+  explicit BwdScratch(int64_t D)
+      : kt(kBc * D), ktT(kBc * D), vtT(kBc * D), dkt(kBc * D), dvt(kBc * D), qb(kBr * D), gb(kBr * D),
+        pT(kBc * kBr), dsT(kBc * kBr), ps(2 * kBc), dps(2 * kBc), dsr(2 * kBc), dqr(2 * D) {}
+};
+
 template <class T>
 void bwd_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                const Tensor& dout, bool causal, double scale_d, int64_t q_offset, bool deterministic, const Tensor& dq,
                const Tensor& dk, const Tensor& dv) {
   using C = compute_t<T>;
   const Dims d = dims_of(q, k, causal, q_offset);
-  const int64_t D = d.D, BH = d.B * d.Hq;
+  const int64_t D = d.D, BH = d.B * d.Hq, n_q = BH * d.T * D;
   const C scale = static_cast<C>(scale_d);
   const T* qp = q.data<T>();
   const T* kp = k.data<T>();
@@ -232,117 +391,140 @@ void bwd_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
     delta[row] = s;
   }
 
-  // Deterministic with many (b, kv head) groups (training shapes): one task per group walks
-  // its key tiles in order and adds dQ directly, race-free, with no recompute. The choice
-  // depends on the shapes only, so results do not depend on the thread count.
-  const bool per_group = deterministic && d.B * d.Hkv >= kGroupTasksMin;
-  // Atomic mode and per-group mode accumulate dQ here (the GPU's f32 dQ accumulator).
-  std::vector<C> dq_acc(deterministic && !per_group ? 0 : BH * d.T * D, C(0));
-
-  // dK/dV pass: one task per (b, kv head, key tile), or per (b, kv head) in per-group mode.
+  // Tasks: (b, kv head, chunk of key tiles). Atomic mode: one tile per chunk, dQ added to one
+  // shared accumulator with atomics (the GPU's scheme). Deterministic mode: just enough
+  // chunks that B·Hkv·chunks >= kGroupTasksMin (one chunk per group at training shapes); each
+  // task adds dQ to its chunk's own accumulator, and the chunks' accumulators are summed in
+  // chunk order at the end: no atomics, no recompute of P, and bitwise the same for any
+  // thread count (the chunking depends on the shapes only).
   const int64_t n_kt = (d.S + kBc - 1) / kBc;
-  const int64_t kv_tasks = per_group ? d.B * d.Hkv : d.B * d.Hkv * n_kt;
-#pragma omp parallel if (parallel && kv_tasks > 1)
+  const int64_t groups = d.B * d.Hkv;
+  // Their accumulators are capped at kDqChunkBytes in all (one chunk per group beyond that:
+  // B·Hkv tasks, which may leave cores idle at long T with very few kv heads).
+  const int64_t max_chunks = std::max<int64_t>(1, kDqChunkBytes / std::max<int64_t>(1, n_q * int64_t(sizeof(C))));
+  const int64_t n_chunk = deterministic ? std::clamp<int64_t>((kGroupTasksMin + groups - 1) / groups, 1,
+                                                              std::max<int64_t>(1, std::min(n_kt, max_chunks)))
+                                        : n_kt;
+  const std::vector<int64_t> bounds = chunk_bounds(d, n_kt, n_chunk);
+  const int64_t n_acc = deterministic ? n_chunk : 1;
+  std::vector<C> dq_acc(n_acc * n_q, C(0));  // (n_acc, B, Hq, T, D)
+  const int64_t tasks = groups * n_chunk;
+
+#pragma omp parallel if (parallel && tasks > 1)
   {
-    std::vector<C> kt(kBc * D), ktT(kBc * D), vtT(kBc * D), dkt(kBc * D), dvt(kBc * D), qr(D), gr(D), dqr(D);
-    std::vector<C> ps(kBc), dps(kBc), ds(kBc);
+    BwdScratch<C> w(D);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < kv_tasks; ++task) {
-    // Per-group mode: this task's key tiles are all of the group's, in order; else just one.
-    for (int64_t kt_i = per_group ? 0 : task % n_kt; kt_i < (per_group ? n_kt : task % n_kt + 1); ++kt_i) {
-      const int64_t bkv = per_group ? task : task / n_kt, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
-      const int64_t j0 = kt_i * kBc, cols = std::min(kBc, d.S - j0);
-      load_rows(kp + (bkv * d.S + j0) * D, cols, D, kt.data());
-      load_rows_transposed(kp + (bkv * d.S + j0) * D, cols, D, ktT.data());
-      load_rows_transposed(vp + (bkv * d.S + j0) * D, cols, D, vtT.data());
-      std::fill(dkt.begin(), dkt.begin() + cols * D, C(0));
-      std::fill(dvt.begin(), dvt.begin() + cols * D, C(0));
-      // The first query row that sees key j0: q_offset + i >= j0.
-      const int64_t i_first = d.causal ? std::max<int64_t>(0, j0 - d.q_offset) : 0;
-      for (int64_t hg = 0; hg < d.g; ++hg) {
-        const int64_t bh = b * d.Hq + hkv * d.g + hg;
-        for (int64_t i0 = i_first - i_first % kBr; i0 < d.T; i0 += kBr) {  // query tiles
-          const int64_t i_end = std::min(d.T, i0 + kBr);
-          for (int64_t i = std::max(i0, i_first); i < i_end; ++i) {
-            const int64_t nc = std::min(cols, d.visible(i) - j0);
-            if (nc <= 0) continue;
-            const int64_t row = bh * d.T + i;
-            load_rows(qp + row * D, 1, D, qr.data());
-            load_rows(gp + row * D, 1, D, gr.data());
-            const C lse_i = lp[row], delta_i = delta[row];
-            row_times_tile(qr.data(), ktT.data(), D, nc, scale, ps.data());
-            row_times_tile(gr.data(), vtT.data(), D, nc, C(1), dps.data());
-#pragma omp simd
-            for (int64_t j = 0; j < nc; ++j) {  // p in place of ps
-              ps[j] = exp_c(ps[j] - lse_i);
-              ds[j] = mma_round<T>(ps[j] * (dps[j] - delta_i));
-            }
-            for (int64_t j = 0; j < nc; ++j) {
-              axpy(mma_round<T>(ps[j]), gr.data(), dvt.data() + j * D, D);
-              axpy(scale * ds[j], qr.data(), dkt.data() + j * D, D);
-            }
-            if (per_group) {  // this task owns the group's dQ rows
-              C* dst = dq_acc.data() + row * D;
-              for (int64_t j = 0; j < nc; ++j) axpy(scale * ds[j], kt.data() + j * D, dst, D);
-            } else if (!deterministic) {
-              std::fill(dqr.begin(), dqr.end(), C(0));
-              for (int64_t j = 0; j < nc; ++j) axpy(scale * ds[j], kt.data() + j * D, dqr.data(), D);
-              C* dst = dq_acc.data() + row * D;
-              for (int64_t x = 0; x < D; ++x) {
-#pragma omp atomic
-                dst[x] += dqr[x];
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t c = task % n_chunk, bkv = task / n_chunk, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
+      C* dq_chunk = dq_acc.data() + (deterministic ? c * n_q : 0);
+      for (int64_t kt_i = bounds[c]; kt_i < bounds[c + 1]; ++kt_i) {
+        const int64_t j0 = kt_i * kBc, cols = std::min(kBc, d.S - j0);
+        load_rows(kp + (bkv * d.S + j0) * D, cols, D, w.kt.data());
+        load_rows_transposed(kp + (bkv * d.S + j0) * D, cols, D, w.ktT.data());
+        load_rows_transposed(vp + (bkv * d.S + j0) * D, cols, D, w.vtT.data());
+        std::fill(w.dkt.begin(), w.dkt.begin() + cols * D, C(0));
+        std::fill(w.dvt.begin(), w.dvt.begin() + cols * D, C(0));
+        // The first query row that sees key j0: q_offset + i >= j0.
+        const int64_t i_first = d.causal ? std::max<int64_t>(0, j0 - d.q_offset) : 0;
+        for (int64_t hg = 0; hg < d.g; ++hg) {
+          const int64_t bh = b * d.Hq + hkv * d.g + hg;
+          for (int64_t lo = i_first; lo < d.T; lo += kBr) {  // blocks of query rows that see the tile
+            const int64_t rows = std::min(kBr, d.T - lo);
+            load_rows(qp + (bh * d.T + lo) * D, rows, D, w.qb.data());
+            load_rows(gp + (bh * d.T + lo) * D, rows, D, w.gb.data());
+            for (int64_t r = 0; r < rows; r += 2) {  // two rows at a time share every tile load
+              const int kn = r + 1 < rows ? 2 : 1;
+              int64_t nc[2] = {0, 0};
+              for (int k = 0; k < kn; ++k) nc[k] = std::max<int64_t>(0, std::min(cols, d.visible(lo + r + k) - j0));
+              const int64_t n = std::max(nc[0], nc[1]);
+              const C* qr = w.qb.data() + r * D;
+              const C* gr = w.gb.data() + r * D;
+              C* ps[2] = {w.ps.data(), w.ps.data() + kBc};
+              C* dps[2] = {w.dps.data(), w.dps.data() + kBc};
+              C* dsr[2] = {w.dsr.data(), w.dsr.data() + kBc};
+              if (kn == 2) {
+                row2_times_tile(qr, qr + D, w.ktT.data(), D, scale, ps[0], ps[1]);
+                row2_times_tile(gr, gr + D, w.vtT.data(), D, C(1), dps[0], dps[1]);
+              } else {
+                row_times_tile(qr, w.ktT.data(), D, n, scale, ps[0]);
+                row_times_tile(gr, w.vtT.data(), D, n, C(1), dps[0]);
               }
+              for (int k = 0; k < kn; ++k) {
+                const int64_t row = bh * d.T + lo + r + k, nk = nc[k];
+                const C lse_i = lp[row], delta_i = delta[row];
+                C* pk = ps[k];
+                C* dk_ = dps[k];
+                C* sk = dsr[k];
+#pragma omp simd
+                for (int64_t j = 0; j < nk; ++j) {
+                  const C p = exp_c(pk[j] - lse_i);
+                  pk[j] = mma_round<T>(p);
+                  sk[j] = scale * mma_round<T>(p * (dk_[j] - delta_i));  // scale·dS
+                }
+                std::fill(sk + nk, sk + n, C(0));  // masked: no dQ contribution
+                for (int64_t j = 0; j < nk; ++j) {  // key-major copies for dV and dK below
+                  w.pT[j * kBr + r + k] = pk[j];
+                  w.dsT[j * kBr + r + k] = sk[j];
+                }
+                for (int64_t j = nk; j < cols; ++j) {  // masked: no contribution
+                  w.pT[j * kBr + r + k] = C(0);
+                  w.dsT[j * kBr + r + k] = C(0);
+                }
+              }
+              if (n == 0) continue;
+              // dQ_row += scale·dS_row · K_tile, both rows against the same K rows
+              const int64_t row0 = bh * d.T + lo + r;
+              if (deterministic) {
+                if (kn == 2) {
+                  vec2_times_rows(dsr[0], dsr[1], n, w.kt.data(), D, D, dq_chunk + row0 * D, dq_chunk + (row0 + 1) * D);
+                } else {
+                  vec_times_rows(dsr[0], n, w.kt.data(), D, D, dq_chunk + row0 * D);
+                }
+              } else {
+                std::fill(w.dqr.begin(), w.dqr.end(), C(0));
+                if (kn == 2) {
+                  vec2_times_rows(dsr[0], dsr[1], n, w.kt.data(), D, D, w.dqr.data(), w.dqr.data() + D);
+                } else {
+                  vec_times_rows(dsr[0], n, w.kt.data(), D, D, w.dqr.data());
+                }
+                C* dst = dq_chunk + row0 * D;
+                for (int64_t x = 0; x < kn * D; ++x) {
+#pragma omp atomic
+                  dst[x] += w.dqr[x];
+                }
+              }
+            }
+            // dV_tile += Pᵀ · dO_block;  dK_tile += (scale·dS)ᵀ · Q_block
+            int64_t j = 0;
+            for (; j + 1 < cols; j += 2) {
+              vec2_times_rows(w.pT.data() + j * kBr, w.pT.data() + (j + 1) * kBr, rows, w.gb.data(), D, D,
+                              w.dvt.data() + j * D, w.dvt.data() + (j + 1) * D);
+              vec2_times_rows(w.dsT.data() + j * kBr, w.dsT.data() + (j + 1) * kBr, rows, w.qb.data(), D, D,
+                              w.dkt.data() + j * D, w.dkt.data() + (j + 1) * D);
+            }
+            if (j < cols) {
+              vec_times_rows(w.pT.data() + j * kBr, rows, w.gb.data(), D, D, w.dvt.data() + j * D);
+              vec_times_rows(w.dsT.data() + j * kBr, rows, w.qb.data(), D, D, w.dkt.data() + j * D);
             }
           }
         }
+        store_rows(w.dkt.data(), cols * D, dk.data<T>() + (bkv * d.S + j0) * D);
+        store_rows(w.dvt.data(), cols * D, dv.data<T>() + (bkv * d.S + j0) * D);
       }
-      store_rows(dkt.data(), cols * D, dk.data<T>() + (bkv * d.S + j0) * D);
-      store_rows(dvt.data(), cols * D, dv.data<T>() + (bkv * d.S + j0) * D);
-    }
     }
   }
 
-  if (!deterministic || per_group) {
-    store_rows(dq_acc.data(), BH * d.T * D, dq.data<T>());
-    return;
-  }
-
-  // dQ pass: one task per (b, h, query tile); a fixed key order per row.
-  const int64_t n_qt = (d.T + kBr - 1) / kBr, q_tasks = BH * n_qt;
-#pragma omp parallel if (parallel && q_tasks > 1)
-  {
-    std::vector<C> kt(kBc * D), ktT(kBc * D), vtT(kBc * D), qt(kBr * D), gt(kBr * D), dqt(kBr * D), ps(kBc), dps(kBc);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < q_tasks; ++task) {
-      const int64_t qt_i = task % n_qt, bh = task / n_qt, b = bh / d.Hq, h = bh % d.Hq;
-      const int64_t bkv = b * d.Hkv + h / d.g;
-      const int64_t i0 = qt_i * kBr, rows = std::min(kBr, d.T - i0);
-      load_rows(qp + (bh * d.T + i0) * D, rows, D, qt.data());
-      load_rows(gp + (bh * d.T + i0) * D, rows, D, gt.data());
-      std::fill(dqt.begin(), dqt.begin() + rows * D, C(0));
-      const int64_t k_end = d.visible(i0 + rows - 1);
-      for (int64_t j0 = 0; j0 < k_end; j0 += kBc) {
-        const int64_t cols = std::min(kBc, k_end - j0);
-        load_rows(kp + (bkv * d.S + j0) * D, cols, D, kt.data());
-        load_rows_transposed(kp + (bkv * d.S + j0) * D, cols, D, ktT.data());
-        load_rows_transposed(vp + (bkv * d.S + j0) * D, cols, D, vtT.data());
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t nc = std::min(cols, d.visible(i0 + r) - j0);
-          const int64_t row = bh * d.T + i0 + r;
-          const C* qr = qt.data() + r * D;
-          const C* gr = gt.data() + r * D;
-          C* dqr = dqt.data() + r * D;
-          if (nc <= 0) continue;
-          row_times_tile(qr, ktT.data(), D, nc, scale, ps.data());
-          row_times_tile(gr, vtT.data(), D, nc, C(1), dps.data());
-          const C lse_i = lp[row], delta_i = delta[row];
+  // dQ: the chunk accumulators summed in chunk order (one accumulator in atomic mode).
+  T* dqp = dq.data<T>();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t row = 0; row < BH * d.T; ++row) {
+    C* a0 = dq_acc.data() + row * D;
+    for (int64_t c = 1; c < n_acc; ++c) {
+      const C* ac = dq_acc.data() + c * n_q + row * D;
 #pragma omp simd
-          for (int64_t j = 0; j < nc; ++j) ps[j] = mma_round<T>(exp_c(ps[j] - lse_i) * (dps[j] - delta_i));  // ds
-          for (int64_t j = 0; j < nc; ++j) axpy(scale * ps[j], kt.data() + j * D, dqr, D);
-        }
-      }
-      store_rows(dqt.data(), rows * D, dq.data<T>() + (bh * d.T + i0) * D);
+      for (int64_t x = 0; x < D; ++x) a0[x] += ac[x];
     }
+    store_rows(a0, D, dqp + row * D);
   }
 }
 

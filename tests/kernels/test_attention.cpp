@@ -6,6 +6,7 @@
 // wrapper in f64; split-K decode against the forward; the fused path of nn::attention against
 // its composed path; and the errors on bad input.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <string>
@@ -96,16 +97,31 @@ TEST(Attention, ExplicitScaleAndStridedInputs) {
 }
 
 TEST(Attention, DeterministicBackwardIsBitwiseRepeatable) {
-  // Tile-parallel with the dQ pass (B·Hkv = 2), and per-group (B·Hkv = 16).
-  for (const AttnCase& c : {AttnCase{2, 4, 1, 150, 150, 64, true, 0}, AttnCase{4, 8, 4, 150, 150, 64, true, 0}}) {
+  // Key-tile chunks with per-chunk dQ accumulators (B·Hkv = 2: 4 chunks of one tile;
+  // B·Hkv = 4: 4 chunks over 5 tiles, cut by work) and one chunk per group (B·Hkv = 16).
+  // The same bits with 1, 2 and 3 threads: the chunking depends on the shapes only.
+  const int threads = omp_get_max_threads();
+  for (const AttnCase& c : {AttnCase{2, 4, 1, 200, 200, 64, true, 0}, AttnCase{1, 4, 4, 260, 280, 24, true, 20},
+                            AttnCase{4, 8, 4, 100, 100, 64, true, 0}}) {
     const Inputs in = make_inputs(c, DType::f32, 9);
-    const AttentionOutput out = attention_fwd(in.q, in.k, in.v, true);
-    const AttentionGrads a = attention_bwd(in.q, in.k, in.v, out.o, out.lse, in.dout, true, 0.0, 0, true);
-    const AttentionGrads b = attention_bwd(in.q, in.k, in.v, out.o, out.lse, in.dout, true, 0.0, 0, true);
-    EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector()) << case_name(c, DType::f32);
-    EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector()) << case_name(c, DType::f32);
-    EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector()) << case_name(c, DType::f32);
+    const AttentionOutput out = attention_fwd(in.q, in.k, in.v, true, 0.0, c.q_offset);
+    omp_set_num_threads(2);
+    const AttentionGrads a = attention_bwd(in.q, in.k, in.v, out.o, out.lse, in.dout, true, 0.0, c.q_offset, true);
+    for (int n : {1, 3}) {
+      omp_set_num_threads(n);
+      const AttentionGrads b = attention_bwd(in.q, in.k, in.v, out.o, out.lse, in.dout, true, 0.0, c.q_offset, true);
+      EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector()) << case_name(c, DType::f32) << " threads " << n;
+      EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector()) << case_name(c, DType::f32) << " threads " << n;
+      EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector()) << case_name(c, DType::f32) << " threads " << n;
+    }
+    // And still the gradients: against the explicit-P reference.
+    const AttnRef ref =
+        attention_reference(in.q, in.k, in.v, in.dout, true, 1.0 / std::sqrt(static_cast<double>(c.D)), c.q_offset);
+    EXPECT_LT(rel_or_abs_error(a.dq, ref.dq), bwd_tol(DType::f32)) << case_name(c, DType::f32);
+    EXPECT_LT(rel_or_abs_error(a.dk, ref.dk), bwd_tol(DType::f32)) << case_name(c, DType::f32);
+    EXPECT_LT(rel_or_abs_error(a.dv, ref.dv), bwd_tol(DType::f32)) << case_name(c, DType::f32);
   }
+  omp_set_num_threads(threads);
 }
 
 TEST(Attention, GradcheckOfAutogradWrapper) {
