@@ -5,7 +5,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "autograd/engine.h"
 #include "autograd/functions.h"
+#include "autograd/fused_mlp.h"
 #include "autograd/node.h"
 #include "kernels/ops.h"
 #include "tensor/format.h"
@@ -17,10 +19,15 @@ namespace {
 
 // out (rows, ...) = zeros with out[index[i]] += src[i]: the scatter that returns expert
 // outputs to their tokens. Differentiable in src; its backward is the gather index_select.
+// A token routed to several experts receives several rows: CUDA's index_add adds them with
+// atomics (order-dependent rounding), so deterministic mode (autograd/engine.h) uses the
+// fixed-order embedding_backward scatter instead (the same sum: ids sorted, added in order).
 Tensor index_add_rows(int64_t rows, const Tensor& index, const Tensor& src) {
   Shape shape = src.shape();
   shape[0] = rows;
-  Tensor y = kernels::index_add(shape, 0, index, src);
+  const bool fixed_order = autograd::is_deterministic() && src.device().is_cuda() && src.dim() == 2;
+  Tensor y = fixed_order ? kernels::embedding_backward(src, index, rows, /*deterministic=*/true)
+                         : kernels::index_add(shape, 0, index, src);
   return autograd::record("index_add_rows", {src}, y, [index = index.detach()](const autograd::TensorList& g) {
     return autograd::TensorList{kernels::index_select(g[0], 0, index)};
   });
@@ -60,6 +67,13 @@ MLP::MLP(const MlpConfig& cfg, Generator& gen, DType dtype, Device device)
 
 Tensor MLP::forward(const Tensor& x) const {
   if (kind_ == MlpKind::gelu) {
+    // fc + GELU + proj as one autograd node (autograd/fused_mlp.h) unless an unmerged LoRA
+    // adapter sits in a layer: on CUDA its backward fuses gelu' and fc's bias gradient into
+    // proj's input-gradient GEMM (cuBLASLt DGELU_BGRAD); on CPU it is bitwise the two layers.
+    const auto plain = [](const Linear& l) { return !l.has_lora() || l.lora_merged(); };
+    if (plain(*fc) && plain(*proj) && (x.dim() == 2 || x.dim() == 3) && x.size(-1) == fc->in_features()) {
+      return mlp_gelu(x, transpose(fc->weight, 0, 1), fc->bias, transpose(proj->weight, 0, 1), proj->bias);
+    }
     Tensor h = fc->forward(x, /*gelu=*/true);  // (..., H)
     return proj->forward(h);                   // (..., C)
   }

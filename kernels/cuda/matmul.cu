@@ -18,13 +18,17 @@
 // pointer; when that fails, when the epilogue has no cuBLASLt algorithm (f64), or in the
 // per-batch loop, the bias/GELU run as a separate elementwise kernel (bias_gelu_kernel).
 // cuBLASLt's GELU epilogue is the tanh approximation, like ours.
-// Backward epilogues (issue 4 §2): cuBLASLt has DGELU / DGELU_BGRAD (D = (A·B) ∘ gelu'(aux),
-// plus the column sums into the bias pointer, with aux = the GELU_AUX pre-activation written
-// above) and BGRADA/BGRADB (a bias gradient fused into a weight-gradient GEMM). Not used yet:
-// the DGELU GEMM is the *next* layer's input-gradient GEMM (dh = dy · W2ᵀ), so fusing it needs
-// autograd to pair a matmul_gelu node with the matmul that consumes it (today matmul_gelu's
-// backward applies gelu' with unary_backward, and dbias is a separate reduce). Not done, and
-// untestable without a GPU in the session that wrote this note.
+// Backward epilogue (issue 4 §2): matmul_dgelu_bgrad (kernels/matmul_dgelu.h) runs the
+// second MLP layer's input-gradient GEMM dh = g · W2 with CUBLASLT_EPILOGUE_DGELU_BGRAD:
+// D = (A·B) ∘ gelu'(aux) with aux = the GELU_AUX pre-activation written above (same dtype
+// as D, ld % 8 == 0, 16-byte aligned), and the bias pointer receiving the bias gradient, the
+// sums of D over its columns in cuBLAS's column-major view (over our rows): dL/db1. DGELU
+// alone when dbias is not wanted. The bias gradient has D's dtype (the attribute's default).
+// autograd/fused_mlp.h pairs the two MLP layers in one node to use it. When the heuristic
+// has no algorithm (or for f64, or layouts it cannot take) the caller falls back to the
+// unfused matmul, gelu' and reduction. BGRADA/BGRADB (a bias gradient fused into the
+// weight-gradient GEMM) are not used: the bias reduction is already fused here for b1, and
+// b2's is one small reduction of g.
 //
 // Cost: 2·Bt·M·N·K FLOPs; bytes (Bt·M·K + Bb·K·N + Bt·M·N)·sizeof(T) (+ Bt·M·N for pre_gelu).
 // Handles and 32 MiB workspaces are cached per device; heuristic results are cached per
@@ -43,6 +47,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/matmul_dgelu.h"
 
 namespace somnus::kernels::cuda {
 
@@ -497,6 +502,47 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, con
   p.d_ptr = out.data_ptr();
   run_gemm_or_throw(device, p);
   if (has_bias || gelu) launch_bias_gelu(out, bias, want_pre ? pre_gelu : Tensor(), gelu, out, N);
+}
+
+// ---------------------------------------------------------------- DGELU/BGRAD epilogue
+
+bool matmul_dgelu_bgrad(const Tensor& g, const Tensor& b, const Tensor& pre, const Tensor& dz, const Tensor& dbias) {
+  if (dz.dtype() == DType::f64) return false;  // cuBLASLt has no f64 epilogue kernels
+  const int64_t K = g.size(-1), N = b.size(-1);
+  const int64_t R = K > 0 ? g.numel() / K : 0;  // rows of g and of dz, batches folded
+  if (b.dim() == 3 && b.size(0) != 1) return false;  // per-batch b: no single GEMM
+  if (R == 0 || N == 0 || K == 0) return false;
+  if (!pre.is_contiguous() || !dz.is_contiguous() || N % 8 != 0 || !aligned_to(pre.data_ptr(), 16)) return false;
+  if (dbias.defined() && !dbias.is_contiguous()) return false;
+  set_device(dz);
+  const int device = dz.device().index;
+  // g as one row-major (R, K) matrix; b as (K, N) (a transposed view goes in with op T).
+  const Tensor g_use = g.is_contiguous() ? g : g.contiguous();
+  const Tensor b2 = b.dim() == 3 ? b.select(0, 0) : b;
+  Tensor b_use = b2;
+  std::optional<Operand> b_op = transposed_operand(K, N, b2.stride(0), b2.stride(1));
+  if (!b_op) {
+    b_use = b2.contiguous();
+    b_op = transposed_operand(K, N, b_use.stride(0), b_use.stride(1));
+  }
+  const std::optional<Operand> a_op = transposed_operand(R, K, K, 1);
+  if (!a_op || !b_op) return false;
+  Gemm e;
+  e.dtype = dz.dtype();
+  e.A = *b_op;
+  e.B = *a_op;
+  e.a_ptr = b_use.data_ptr();
+  e.b_ptr = g_use.data_ptr();
+  e.d_ptr = dz.data_ptr();
+  e.m = static_cast<uint64_t>(N);
+  e.n = static_cast<uint64_t>(R);
+  e.k = static_cast<uint64_t>(K);
+  e.ldd = N;
+  e.epilogue = dbias.defined() ? CUBLASLT_EPILOGUE_DGELU_BGRAD : CUBLASLT_EPILOGUE_DGELU;
+  e.bias = dbias.defined() ? dbias.data_ptr() : nullptr;  // written: the bias gradient
+  e.aux = pre.data_ptr();
+  e.aux_ld = N;
+  return run_gemm(device, e);
 }
 
 }  // namespace somnus::kernels::cuda

@@ -9,6 +9,7 @@
 
 #include "autograd/engine.h"
 #include "autograd/functions.h"
+#include "kernels/ops.h"
 #include "nn/optim.h"
 #include "nn/transformer.h"
 #include "tensor/random.h"
@@ -18,6 +19,7 @@
 using namespace somnus;
 using namespace somnus::nn;
 using somnus::testing::raw_bytes;
+using somnus::nn::testing::tiny_cms;
 using somnus::nn::testing::tiny_gpt2;
 using somnus::nn::testing::tiny_llama;
 
@@ -68,12 +70,25 @@ TEST(Deterministic, GuardIsScopedAndPerThread) {
 TEST(Deterministic, CudaTrainingStepsAreBitwiseRepeatable) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   DeterministicGuard det;
-  for (const TransformerConfig& cfg : {tiny_gpt2(), tiny_llama()}) {
+  // tiny_cms: an MoE level (top-2), whose scatter back to the tokens adds several expert rows
+  // into one token row (index_add_rows in nn/mlp.cpp: fixed-order in deterministic mode).
+  for (const TransformerConfig& cfg : {tiny_gpt2(), tiny_llama(), tiny_cms()}) {
     const std::vector<std::string> a = train_twice(cfg, Device::cuda());
     const std::vector<std::string> b = train_twice(cfg, Device::cuda());
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(a[i] == b[i]) << "tensor " << i << " differs between runs";
   }
+}
+
+// The fixed-order scatter that MoE levels use on CUDA in deterministic mode computes what
+// index_add computes (checked on the CPU, where both run everywhere): out[index[i]] += src[i].
+TEST(Deterministic, FixedOrderScatterEqualsIndexAdd) {
+  Generator gen(9);
+  const Tensor src = randn({300, 7}, gen, DType::f64);
+  const Tensor index = randint(0, 20, {300}, gen);  // many repeats
+  const Tensor a = kernels::index_add({20, 7}, 0, index, src);
+  const Tensor b = kernels::embedding_backward(src, index, 20, /*deterministic=*/true);
+  EXPECT_LT(somnus::testing::rel_error(a, b), 1e-12);
 }
 
 TEST(Deterministic, CudaGatherAndIndexSelectBackwardEqualTheCpu) {
