@@ -8,12 +8,20 @@
 //   the gradient chunk, so nothing else of size R·V is allocated)
 //   dh[rows] = G W                 cuBLASLt
 //   dW      += Gᵀ h[rows]          cuBLASLt per vocab piece into a ≤ 16 MB scratch, then an add (f32)
-// JSD runs the teacher GEMM into a second chunk. PPO uses one vocab chunk per row chunk here
-// (the CPU twin also supports several vocab chunks with an online logsumexp; on the GPU the
-// row chunk is sized so the whole vocab fits). The loss is the sum of row_loss (N,) reduced on
-// the device; PPO's metrics come back in one small (N, 4) copy.
-// Cost: as the CPU twin: 6·N·V·H GEMM FLOPs (8·N·V·H for JSD), ~3 reads + 1 write of each
-// logit chunk in the row kernels.
+// JSD runs the teacher GEMM into a second chunk. PPO runs the CPU twin's two-level chunking:
+// rows × vocab chunks of Vc columns (Vc = opt.chunking.vocab_chunk, default V; rows per
+// chunk = clamp(2^22 / Vc, 1, N), so one chunk is ≤ 16 MB however large V is):
+//   pass 1, per vocab chunk: u = h[rows] W[v0:v0+Vc]ᵀ (cuBLASLt), then a block per row folds
+//     the chunk into the row's online state (m, Σe^(z−m), Σe^(z−m)·z, z[action]), z = u/τ;
+//   a thread per row: lse = m + log Σe, logp, the clipped surrogate + k3, metrics, and the
+//     coefficient of d loss / d u;
+//   pass 2, per vocab chunk (the logits recomputed unless there is only one chunk, which
+//     pass 1 left untouched): G = coef·([v = a] − p_v)/τ in place, dh[rows] += G W[v0:v0+Vc]
+//     (through a (rows, H) scratch after the first chunk), dW[v0:v0+Vc] += Gᵀ h[rows].
+// The loss is the sum of row_loss (N,) reduced on the device; PPO's metrics come back in one
+// small (N, 4) copy.
+// Cost: as the CPU twin: 6·N·V·H GEMM FLOPs (8·N·V·H for JSD, and for PPO with several vocab
+// chunks), ~3 reads + 1 write of each logit chunk in the row kernels.
 // Not verified on a GPU yet (compile-checked for sm_80/sm_90 only).
 #include <cub/block/block_reduce.cuh>
 
@@ -159,31 +167,49 @@ __global__ void jsd_rows_kernel(float* us, float* ut, int64_t V, const float* ma
   if (hard && threadIdx.x == 0) s[y] -= w;
 }
 
-// PPO per row (one vocab chunk). side (N, 5): old_logp, ref_logp, advantage, weight, mask.
-// metrics (N, 4): clipped low, clipped high, k3, entropy (0 for masked tokens).
-__global__ void ppo_rows_kernel(float* u, int64_t V, const int64_t* act, const float* side, float inv_tau,
-                                float eps_low, float eps_high, float kl_beta, bool has_ref, bool grad,
-                                float* row_loss, float* logp, float* metrics) {
+// PPO pass 1: folds one vocab chunk u (rows, vn), columns [v0, v0 + vn), into each row's
+// online state st (N, 4): m = max z, s = Σ e^(z − m), t = Σ e^(z − m)·z, z[action]; z = u/τ.
+// u is only read (with a single vocab chunk, pass 2 reuses it).
+__global__ void ppo_stats_kernel(const float* u, int64_t vn, int64_t v0, const int64_t* act, float inv_tau, bool first,
+                                 float* st) {
   const int64_t i = blockIdx.x;
-  float* z = u + i * V;
-  const int64_t a = act[i];
-  const float za = z[a] * inv_tau;
-  float m = -INFINITY;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) m = fmaxf(m, z[v] * inv_tau);
-  m = block_all(m, MaxOp{});
-  float s = 0.0f, sz = 0.0f;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+  const float* z = u + i * vn;
+  float* r = st + i * 4;
+  float mc = -INFINITY;
+  for (int64_t v = threadIdx.x; v < vn; v += kThreads) mc = fmaxf(mc, z[v] * inv_tau);
+  mc = block_all(mc, MaxOp{});
+  const float m_old = first ? -INFINITY : r[0];
+  const float m = fmaxf(m_old, mc);
+  float s = 0.0f, t = 0.0f;
+  for (int64_t v = threadIdx.x; v < vn; v += kThreads) {
     const float zz = z[v] * inv_tau, e = __expf(zz - m);
     s += e;
-    sz += e * zz;
+    t += e * zz;
   }
   s = block_all(s, SumOp{});
-  sz = block_all(sz, SumOp{});
-  const float lse = m + logf(s), lp = za - lse;
+  t = block_all(t, SumOp{});
+  if (threadIdx.x == 0) {
+    const float k = first || m_old == -INFINITY ? 0.0f : expf(m_old - m);  // rescale the earlier chunks
+    r[1] = first ? s : r[1] * k + s;
+    r[2] = first ? t : r[2] * k + t;
+    r[0] = m;
+    const int64_t a = act[i];
+    if (a >= v0 && a < v0 + vn) r[3] = z[a - v0] * inv_tau;
+  }
+}
+
+// PPO per token, after pass 1: a thread per row. side (N, 5): old_logp, ref_logp, advantage,
+// weight, mask. metrics (N, 4): clipped low, clipped high, k3, entropy (0 for masked tokens).
+// cl (N, 2): coef = weight · d l / d logp, and lse, for pass 2.
+__global__ void ppo_token_kernel(const float* st, int64_t rows, const float* side, float eps_low, float eps_high,
+                                 float kl_beta, bool has_ref, float* row_loss, float* logp, float* metrics, float* cl) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows) return;
+  const float* r = st + i * 4;
+  const float lse = r[0] + logf(r[1]), lp = r[3] - lse;
   const float* sd = side + i * 5;
-  const bool valid = sd[4] != 0.0f;
   float coef = 0.0f;
-  if (valid) {
+  if (sd[4] != 0.0f) {
     const float A = sd[2], ratio = expf(lp - sd[0]);
     const float clipped = fminf(fmaxf(ratio, 1.0f - eps_low), 1.0f + eps_high);
     const float l1 = ratio * A, l2 = clipped * A;
@@ -196,23 +222,30 @@ __global__ void ppo_rows_kernel(float* u, int64_t V, const int64_t* act, const f
       dl += kl_beta * (1.0f - expf(d));
     }
     coef = sd[3] * dl;
-    if (threadIdx.x == 0) {
-      row_loss[i] = sd[3] * l;
-      metrics[i * 4 + 0] = (ratio < 1.0f - eps_low && A < 0.0f) ? 1.0f : 0.0f;
-      metrics[i * 4 + 1] = (ratio > 1.0f + eps_high && A > 0.0f) ? 1.0f : 0.0f;
-      metrics[i * 4 + 2] = k3;
-      metrics[i * 4 + 3] = lse - sz / s;
-    }
-  } else if (threadIdx.x == 0) {
+    row_loss[i] = sd[3] * l;
+    metrics[i * 4 + 0] = (ratio < 1.0f - eps_low && A < 0.0f) ? 1.0f : 0.0f;
+    metrics[i * 4 + 1] = (ratio > 1.0f + eps_high && A > 0.0f) ? 1.0f : 0.0f;
+    metrics[i * 4 + 2] = k3;
+    metrics[i * 4 + 3] = lse - r[2] / r[1];  // H = lse − Σ p z
+  } else {
     row_loss[i] = 0.0f;
     for (int k = 0; k < 4; ++k) metrics[i * 4 + k] = 0.0f;
   }
-  if (threadIdx.x == 0) logp[i] = lp;
-  if (!grad) return;
-  const float cf = coef * inv_tau;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) z[v] = -cf * __expf(z[v] * inv_tau - lse);
+  logp[i] = lp;
+  cl[i * 2 + 0] = coef;
+  cl[i * 2 + 1] = lse;
+}
+
+// PPO pass 2 on one vocab chunk u (rows, vn) of raw logits: d loss / d u_v =
+// coef·([v = a] − p_v)/τ, written in place.
+__global__ void ppo_grad_kernel(float* u, int64_t vn, int64_t v0, const int64_t* act, const float* cl, float inv_tau) {
+  const int64_t i = blockIdx.x;
+  float* z = u + i * vn;
+  const float cf = cl[i * 2] * inv_tau, lse = cl[i * 2 + 1];
+  for (int64_t v = threadIdx.x; v < vn; v += kThreads) z[v] = -cf * __expf(z[v] * inv_tau - lse);
   __syncthreads();
-  if (threadIdx.x == 0) z[a] += cf;
+  const int64_t a = act[i];
+  if (threadIdx.x == 0 && a >= v0 && a < v0 + vn) z[a - v0] += cf;
 }
 
 __global__ void add_inplace_kernel(float* dst, const float* src, int64_t n) {
@@ -236,28 +269,56 @@ void logits_chunk(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, co
   matmul(a, b, Tensor(), false, out.slice(0, 0, rows).unsqueeze(0), Tensor());
 }
 
+// out (rows, vn) contiguous = h[r0:r0+rows] W[v0:v0+vn]ᵀ: one vocab chunk of the logits.
+void logits_vocab_chunk(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, int64_t v0, int64_t vn,
+                        const Tensor& out) {
+  const Tensor a = h.slice(0, r0, r0 + rows).unsqueeze(0);
+  const Tensor b = W.slice(0, v0, v0 + vn).transpose(0, 1).unsqueeze(0);
+  matmul(a, b, Tensor(), false, out.unsqueeze(0), Tensor());
+}
+
 // Vocab rows of the dW scratch: (V_piece, H) ≤ kChunkElems floats.
 int64_t dw_piece_rows(int64_t V, int64_t H) { return std::clamp<int64_t>(kChunkElems / std::max<int64_t>(H, 1), 1, V); }
 
-// dh[rows] = G W; dW += Gᵀ h[rows], the latter in vocab pieces through a (V_piece, H) scratch
-// (the backend GEMM writes, it does not accumulate); Gᵀ pieces are column-major views, passed
-// to cuBLASLt as a transpose flag with ld = V, not copied.
+void add_inplace(float* dst, const float* src, int64_t n) {
+  add_inplace_kernel<<<grid_for(n, 256), 256>>>(dst, src, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+// For one gradient chunk G (rows, vn) of vocab columns [v0, v0 + vn):
+//   dh[rows] = G W[v0:v0+vn]  (or += through dh_scratch (≥ rows, H) when dh_add),
+//   dW[v0:v0+vn] += Gᵀ h[rows] in vocab pieces through a (V_piece, H) scratch (the backend
+// GEMM writes, it does not accumulate); Gᵀ pieces are column-major views, passed to
+// cuBLASLt as a transpose flag with ld = vn, not copied.
+void grads_vocab_chunk(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, const Tensor& g, int64_t v0,
+                       int64_t vn, const Tensor& dh, bool dh_add, const Tensor& dh_scratch, const Tensor& dW,
+                       const Tensor& dW_piece) {
+  const int64_t H = W.size(1);
+  const Tensor Wc = W.slice(0, v0, v0 + vn).unsqueeze(0);
+  const Tensor dh_rows = dh.slice(0, r0, r0 + rows);
+  if (!dh_add) {
+    matmul(g.unsqueeze(0), Wc, Tensor(), false, dh_rows.unsqueeze(0), Tensor());
+  } else {
+    const Tensor tmp = dh_scratch.slice(0, 0, rows);
+    matmul(g.unsqueeze(0), Wc, Tensor(), false, tmp.unsqueeze(0), Tensor());
+    add_inplace(static_cast<float*>(dh_rows.data_ptr()), static_cast<const float*>(tmp.data_ptr()), rows * H);
+  }
+  if (!dW.defined()) return;  // frozen lm head
+  const int64_t P = dW_piece.size(0);
+  const Tensor hr = h.slice(0, r0, r0 + rows).unsqueeze(0);
+  for (int64_t p0 = 0; p0 < vn; p0 += P) {
+    const int64_t pn = std::min(P, vn - p0);
+    const Tensor piece = dW_piece.slice(0, 0, pn);
+    matmul(g.slice(1, p0, p0 + pn).transpose(0, 1).unsqueeze(0), hr, Tensor(), false, piece.unsqueeze(0), Tensor());
+    add_inplace(static_cast<float*>(dW.data_ptr()) + (v0 + p0) * H, static_cast<const float*>(piece.data_ptr()),
+                pn * H);
+  }
+}
+
+// The whole vocab at once (CE, JSD): dh[rows] = G W; dW += Gᵀ h[rows]. G is the (R, V) chunk.
 void grads_chunk(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, const Tensor& G, const Tensor& dh,
                  const Tensor& dW, const Tensor& dW_piece) {
-  const Tensor g = G.slice(0, 0, rows);
-  matmul(g.unsqueeze(0), W.unsqueeze(0), Tensor(), false, dh.slice(0, r0, r0 + rows).unsqueeze(0), Tensor());
-  if (!dW.defined()) return;  // frozen lm head
-  const int64_t V = W.size(0), H = W.size(1), P = dW_piece.size(0);
-  const Tensor hr = h.slice(0, r0, r0 + rows).unsqueeze(0);
-  for (int64_t v0 = 0; v0 < V; v0 += P) {
-    const int64_t vn = std::min(P, V - v0);
-    const Tensor piece = dW_piece.slice(0, 0, vn);
-    matmul(g.slice(1, v0, v0 + vn).transpose(0, 1).unsqueeze(0), hr, Tensor(), false, piece.unsqueeze(0), Tensor());
-    const int64_t n = vn * H;
-    add_inplace_kernel<<<grid_for(n, 256), 256>>>(static_cast<float*>(dW.data_ptr()) + v0 * H,
-                                                  static_cast<const float*>(piece.data_ptr()), n);
-    CUDA_CHECK_LAUNCH();
-  }
+  grads_vocab_chunk(h, W, r0, rows, G.slice(0, 0, rows), 0, W.size(0), dh, false, Tensor(), dW, dW_piece);
 }
 
 Tensor sum_rows(const Tensor& row_loss, double scale) {
@@ -343,29 +404,56 @@ LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Ten
                                      bool has_ref, const LinearPPOOptions& opt) {
   const int64_t N = h.size(0), H = h.size(1), V = W.size(0);
   const Device dev = h.device();
-  const int64_t R = rows_per_chunk(N, V, opt.chunking.rows_per_chunk);
-  Tensor chunk = Tensor::empty({R, V}, DType::f32, dev), row_loss = Tensor::empty({N}, DType::f32, dev);
+  // Rows × vocab chunks, as the CPU twin: R rows of Vc columns per chunk.
+  const int64_t Vc = opt.chunking.vocab_chunk > 0 ? std::min(opt.chunking.vocab_chunk, V) : V;
+  const int64_t R = rows_per_chunk(N, Vc, opt.chunking.rows_per_chunk);
+  const int64_t n_vchunks = (V + Vc - 1) / Vc;
+  Tensor chunk = Tensor::empty({R * Vc}, DType::f32, dev), row_loss = Tensor::empty({N}, DType::f32, dev);
   Tensor logp = Tensor::empty({N}, DType::f32, dev), metrics = Tensor::empty({N, 4}, DType::f32, dev);
+  Tensor state = Tensor::empty({N, 4}, DType::f32, dev), cl = Tensor::empty({N, 2}, DType::f32, dev);
   LinearPPOResult res;
-  Tensor dh, dW, dW_chunk;
+  Tensor dh, dW, dW_chunk, dh_scratch;
   if (opt.compute_grad) {
     dh = Tensor::empty({N, H}, DType::f32, dev);
+    if (n_vchunks > 1) dh_scratch = Tensor::empty({R, H}, DType::f32, dev);
     if (opt.compute_dW) {
       dW = Tensor::zeros({V, H}, DType::f32, dev);
-      dW_chunk = Tensor::empty({dw_piece_rows(V, H), H}, DType::f32, dev);
+      dW_chunk = Tensor::empty({dw_piece_rows(Vc, H), H}, DType::f32, dev);
     }
   }
+  const float inv_tau = static_cast<float>(1.0 / opt.temperature);
+  const int64_t* ap = static_cast<const int64_t*>(actions.data_ptr());
+  float* stp = static_cast<float*>(state.data_ptr());
+  float* clp = static_cast<float*>(cl.data_ptr());
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
-    logits_chunk(h, W, r0, rows, chunk);
-    ppo_rows_kernel<<<static_cast<unsigned>(rows), kThreads>>>(
-        static_cast<float*>(chunk.data_ptr()), V, static_cast<const int64_t*>(actions.data_ptr()) + r0,
-        static_cast<const float*>(side.data_ptr()) + r0 * 5, static_cast<float>(1.0 / opt.temperature),
-        static_cast<float>(opt.eps_low), static_cast<float>(opt.eps_high), static_cast<float>(opt.kl_beta), has_ref,
-        opt.compute_grad, static_cast<float*>(row_loss.data_ptr()) + r0, static_cast<float*>(logp.data_ptr()) + r0,
-        static_cast<float*>(metrics.data_ptr()) + r0 * 4);
+    const auto u_of = [&](int64_t vn) { return chunk.slice(0, 0, rows * vn).view({rows, vn}); };
+    // Pass 1: the online logsumexp over the vocab chunks.
+    for (int64_t c = 0; c < n_vchunks; ++c) {
+      const int64_t v0 = c * Vc, vn = std::min(Vc, V - v0);
+      const Tensor u = u_of(vn);
+      logits_vocab_chunk(h, W, r0, rows, v0, vn, u);
+      ppo_stats_kernel<<<static_cast<unsigned>(rows), kThreads>>>(static_cast<const float*>(u.data_ptr()), vn, v0,
+                                                                   ap + r0, inv_tau, c == 0, stp + r0 * 4);
+      CUDA_CHECK_LAUNCH();
+    }
+    ppo_token_kernel<<<static_cast<unsigned>((rows + 127) / 128), 128>>>(
+        stp + r0 * 4, rows, static_cast<const float*>(side.data_ptr()) + r0 * 5, static_cast<float>(opt.eps_low),
+        static_cast<float>(opt.eps_high), static_cast<float>(opt.kl_beta), has_ref,
+        static_cast<float*>(row_loss.data_ptr()) + r0, static_cast<float*>(logp.data_ptr()) + r0,
+        static_cast<float*>(metrics.data_ptr()) + r0 * 4, clp + r0 * 2);
     CUDA_CHECK_LAUNCH();
-    if (opt.compute_grad) grads_chunk(h, W, r0, rows, chunk, dh, dW, dW_chunk);
+    if (!opt.compute_grad) continue;
+    // Pass 2: the gradient chunk by chunk (one chunk: pass 1's logits are still in place).
+    for (int64_t c = 0; c < n_vchunks; ++c) {
+      const int64_t v0 = c * Vc, vn = std::min(Vc, V - v0);
+      const Tensor u = u_of(vn);
+      if (n_vchunks > 1) logits_vocab_chunk(h, W, r0, rows, v0, vn, u);
+      ppo_grad_kernel<<<static_cast<unsigned>(rows), kThreads>>>(static_cast<float*>(u.data_ptr()), vn, v0, ap + r0,
+                                                                  clp + r0 * 2, inv_tau);
+      CUDA_CHECK_LAUNCH();
+      grads_vocab_chunk(h, W, r0, rows, u, v0, vn, dh, c > 0, dh_scratch, dW, dW_chunk);
+    }
   }
   res.loss = sum_rows(row_loss, 1.0);
   res.logp = logp;
