@@ -32,7 +32,16 @@ struct AdapterOff {
   ~AdapterOff() { set.disable(); }
 };
 
+thread_local const DreamObserver* t_observer = nullptr;
+
 }  // namespace
+
+ScopedDreamObserver::ScopedDreamObserver(DreamObserver observer)
+    : observer_(std::move(observer)), previous_(t_observer) {
+  t_observer = &observer_;
+}
+
+ScopedDreamObserver::~ScopedDreamObserver() { t_observer = previous_; }
 
 // ---------------------------------------------------------------- task
 
@@ -316,6 +325,7 @@ std::vector<int> Dreamer::try_dreams(const DreamTask& task, const std::vector<st
     {
       NoGradGuard no_grad;
       tau = task.score(model_);
+      if (t_observer && t_observer->on_trial) t_observer->on_trial(task, d, model_);
     }
     adapters_->disable();
     rewards.push_back(tau > base_tau + cfg_.min_improvement ? 1 : 0);
@@ -414,6 +424,9 @@ DreamResult Dreamer::run(const DreamTask& task, const std::function<void(const D
     int64_t tokens = 0;
     for (const auto& d : dreams) tokens += static_cast<int64_t>(d.size());
     m.sampled = static_cast<int64_t>(dreams.size());
+    if (t_observer && t_observer->on_sample) t_observer->on_sample(task, it, dreams);
+    const size_t first_record = result.dreams.size();
+    for (const auto& d : dreams) result.dreams.push_back(SampledDream{it, d, false, 0, 0.0});
     m.tokens_per_s = sample_s > 0.0 ? static_cast<double>(tokens) / sample_s : 0.0;
 
     std::vector<size_t> kept_idx(dreams.size());
@@ -425,6 +438,12 @@ DreamResult Dreamer::run(const DreamTask& task, const std::function<void(const D
 
     std::vector<double> taus;
     const std::vector<int> rewards = try_dreams(task, kept, base_tau, &taus);
+    for (size_t k = 0; k < kept_idx.size(); ++k) {
+      SampledDream& rec = result.dreams[first_record + kept_idx[k]];
+      rec.kept = true;
+      rec.reward = rewards[k];
+      rec.tau = taus[k];
+    }
     m.rewarded = std::count(rewards.begin(), rewards.end(), 1);
     m.mean_tau = taus.empty() ? base_tau : std::accumulate(taus.begin(), taus.end(), 0.0) / static_cast<double>(taus.size());
     m.max_tau = taus.empty() ? base_tau : *std::max_element(taus.begin(), taus.end());

@@ -99,11 +99,46 @@ struct DreamIterationMetrics {
 };
 void to_json(nlohmann::json& j, const DreamIterationMetrics& m);
 
+// One sampled dream and what became of it (DreamResult::dreams).
+struct SampledDream {
+  int64_t iteration = 0;
+  std::vector<TokenId> tokens;  // the dream alone (no prompt), up to and including a stop token
+  bool kept = false;            // selected for a trial
+  int reward = 0;               // 1 iff its trial improved τ (0 when not tried)
+  double tau = 0.0;             // τ after its trial (kept dreams only)
+};
+
 struct DreamResult {
   std::vector<DreamIterationMetrics> iterations;
   std::vector<std::vector<TokenId>> rewarded;  // every reward-1 dream, in order
+  std::vector<SampledDream> dreams;            // every sampled dream, iteration by iteration, in sampling order
   double tau_before = 0.0, tau_after = 0.0;
   int64_t applied_steps = 0;
+};
+
+// Sees what Dreamer::run dreams on this thread while a ScopedDreamObserver holds it: for
+// callers that reach the Dreamer through a Method (SEAL, Sleep) and so never see its
+// DreamResult, e.g. an experiment that scores the dreams themselves (sleep/exp_arc.cpp).
+struct DreamObserver {
+  // After each iteration's sampling: its dreams, in sampling order.
+  std::function<void(const DreamTask&, int64_t iteration, const std::vector<std::vector<TokenId>>& dreams)> on_sample;
+  // Inside each isolated trial (try_dreams), after the trial's SFT steps and τ, with the trial
+  // adapter active on `adapted` and under no_grad: it may evaluate the adapted model (e.g. the
+  // task's held-out answer), never train it.
+  std::function<void(const DreamTask&, const std::vector<TokenId>& dream, nn::Transformer& adapted)> on_trial;
+};
+// Installs an observer for the current thread until destroyed (the previous one is restored:
+// scopes nest, the innermost observes).
+class ScopedDreamObserver {
+ public:
+  explicit ScopedDreamObserver(DreamObserver observer);
+  ~ScopedDreamObserver();
+  ScopedDreamObserver(const ScopedDreamObserver&) = delete;
+  ScopedDreamObserver& operator=(const ScopedDreamObserver&) = delete;
+
+ private:
+  DreamObserver observer_;
+  const DreamObserver* previous_ = nullptr;
 };
 
 // Indices of the dreams to try: the top_k largest scores (ties: lower index first), then

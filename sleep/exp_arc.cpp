@@ -14,13 +14,33 @@
 // demonstration as the test of the others, as in test-time training); τ = mean log-prob of
 // those leave-one-out answers (only demonstrations, never the test pair); dreams continue the
 // demonstrations after "in:" (new pairs) and are trained after them (train_prefix =
-// context ++ "in:"). The fraction of dreams that are correct is not measured (the Dreamer does not
-// hand its dreams back to the caller).
+// context ++ "in:").
+//
+// "The fraction of dreams that give a correct answer" (PARADIGM §5.3), for the rows that dream
+// (SEAL, Sleep), two ways, over every dream of every task of the row (sleep/dreaming.h's
+// ScopedDreamObserver sees them inside the method's Dreamer):
+//   dream_correct_frac  a dream continues the demonstrations after "in:"; it is correct when
+//                       its first pair reads back as a demonstration of the task's format,
+//                       " <row>\nout: <row>" ended by a newline or by [eos] (parse_grid_text,
+//                       one row each), and its output equals the task's hidden rule applied to
+//                       its input (apply_arc1d_rule; an input the rule does not suit is wrong).
+//                       Over all sampled dreams. dream_novel_frac: the same, counting only
+//                       inputs that are not one of the demonstrations' inputs (no copies);
+//   trial_solve_frac    SEAL's success rate: of the dreams that were tried (each trained into
+//                       an isolated LoRA trial of the model), the fraction whose trial model
+//                       answers the held-out test pair exactly (greedy, the usual prompt).
+//                       Sleep tries only the dreams its gradient selection keeps, SEAL all.
+//
+// Ablations of PARADIGM §4 that act on dreaming: sleep-no-dream (dreaming = false),
+// sleep-no-selection (dream.selection = false: every dream is tried). "Without random expert"
+// (dream.random_extra_expert = false) needs an MoE level: the tiny model is dense (so the row
+// would equal "sleep"); the gpu config makes the fast level an MoE and has the row.
 #include <fmt/format.h>
 
 #include <chrono>
 
 #include "sleep/baselines/training.h"
+#include "sleep/dreaming.h"
 #include "sleep/experiment.h"
 #include "sleep/sleep_method.h"
 #include "sleep/tasks/arc1d.h"
@@ -37,7 +57,9 @@ json tiny_config() {
     "rows": [{"label": "icl", "method": "none"},
              {"label": "ttt (sft)", "method": "sft"},
              {"label": "seal", "method": "seal"},
-             {"label": "sleep", "method": "sleep"}],
+             {"label": "sleep", "method": "sleep"},
+             {"label": "sleep-no-dream", "method": "sleep", "config": {"dreaming": false}},
+             {"label": "sleep-no-selection", "method": "sleep", "config": {"dream": {"selection": false}}}],
     "seeds": [0, 1, 2],
     "num_held_out": 3,
     "num_pretrain_tasks": 2000,
@@ -67,9 +89,13 @@ json gpu_config() {
   c["num_pretrain_tasks"] = 8000;
   c["num_eval_tasks"] = 40;
   c["max_length"] = 12;
+  // The fast level is an MoE (so dreaming's random extra expert, and its ablation, act).
   c["model"] = json::parse(R"J({"n_layer": 6, "n_embd": 384, "n_head": 6, "block_size": 256,
-              "levels": [{"kind": "dense", "period": 1, "hidden": 1536, "n_slots": 8, "slot_rank": 16},
+              "levels": [{"kind": "moe", "period": 1, "hidden": 768, "n_experts": 4, "top_k": 2,
+                          "n_slots": 8, "slot_rank": 16},
                          {"kind": "dense", "period": 4, "hidden": 1536, "n_slots": 8, "slot_rank": 16}]})J");
+  c["rows"].push_back(json::parse(
+      R"J({"label": "sleep-no-random-expert", "method": "sleep", "config": {"dream": {"random_extra_expert": false}}})J"));
   c["pretrain_steps"] = 4000;
   c["pretrain_batch"] = 64;
   c["steps"] = 40;
@@ -83,6 +109,60 @@ json gpu_config() {
 
 using Row = ExperimentRow;
 
+}  // namespace
+
+namespace detail {
+
+// Declared in sleep/experiment.h; the rule is in this file's header comment.
+bool arc_dream_is_correct(const nn::Tokenizer& tok, const ArcTask& task, std::vector<TokenId> dream, bool* novel) {
+  *novel = false;
+  if (!task.rule) return false;
+  bool ended = false;
+  if (!dream.empty() && dream.back() == tok.eos_id()) {
+    dream.pop_back();
+    ended = true;
+  }
+  const std::string text = tok.decode(dream);
+  const size_t sep = text.find("\nout:");
+  if (sep == std::string::npos) return false;
+  const size_t out_start = sep + 5;
+  const size_t nl = text.find('\n', out_start);
+  if (nl == std::string::npos && !ended) return false;  // cut off by the dream length
+  const auto in = parse_grid_text(std::string_view(text).substr(0, sep));
+  const auto out = parse_grid_text(std::string_view(text).substr(out_start, nl == std::string::npos ? std::string::npos
+                                                                                                      : nl - out_start));
+  if (!in || !out || in->size() != 1 || out->size() != 1) return false;
+  std::vector<int> want;
+  try {
+    want = apply_arc1d_rule(*task.rule, in->front());
+  } catch (const Error&) {
+    return false;  // an input the rule does not suit
+  }
+  if (want != out->front()) return false;
+  *novel = true;
+  for (const ArcPair& p : task.train)
+    if (p.input == *in) *novel = false;
+  return true;
+}
+
+}  // namespace detail
+
+namespace {
+
+// The dream counts of one row and seed (see the header comment).
+struct DreamCounts {
+  int64_t sampled = 0, correct = 0, novel = 0, tried = 0, solved = 0;
+  nlohmann::json examples = nlohmann::json::array();  // the first dream of each task as text, with its verdict
+};
+
+// Printable ASCII of a decoded dream for the JSON result ('?' for any other byte: a sampled
+// byte token may be invalid UTF-8, which JSON cannot hold); newlines kept.
+std::string printable(const std::string& s) {
+  std::string out = s;
+  for (char& c : out)
+    if (c != '\n' && (c < 0x20 || c > 0x7e)) c = '?';
+  return out;
+}
 
 std::string demos_text(const ArcTask& t) {
   std::string s;
@@ -102,7 +182,7 @@ ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
   eval.max_new_tokens = cfg.at("eval_max_new_tokens").get<int64_t>();
 
   ExperimentResult result;
-  result.table_metrics = {"test_acc", "base_heldin_acc", "seconds"};
+  result.table_metrics = {"test_acc", "dream_correct_frac", "trial_solve_frac", "base_heldin_acc", "seconds"};
   for (const Row& r : rows) result.methods.push_back(MethodRun{r.label, {}});
   const int64_t total = static_cast<int64_t>(seeds.size()) * (1 + static_cast<int64_t>(rows.size()) * n_eval);
   int64_t done = 0;
@@ -194,12 +274,35 @@ ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
       const auto t0 = std::chrono::steady_clock::now();
       double sum = 0;
       json per_task = json::array();
+      DreamCounts dc;
       for (int64_t i = 0; i < n_eval; ++i) {
         nn::Transformer model(mc, gen);
         model.load_state_dict(base_state);
         auto method = make_row_method(row, cfg, seed * 1000 + static_cast<uint64_t>(i));
-        method->learn(model, eps[static_cast<size_t>(i)]);
-        const double a = answer_accuracy(model, tok, {}, {arc_prompt_answer(tasks[static_cast<size_t>(i)])}, eval);
+        const ArcTask& task = tasks[static_cast<size_t>(i)];
+        const nn::PromptAnswer test_pa = arc_prompt_answer(task);
+        {
+          DreamObserver obs;
+          obs.on_sample = [&](const DreamTask&, int64_t iteration, const std::vector<std::vector<TokenId>>& dreams) {
+            for (size_t k = 0; k < dreams.size(); ++k) {
+              const std::vector<TokenId>& d = dreams[k];
+              bool novel = false;
+              ++dc.sampled;
+              const bool correct = detail::arc_dream_is_correct(tok, task, d, &novel);
+              if (correct) ++dc.correct;
+              if (novel) ++dc.novel;
+              if (iteration == 0 && k == 0)
+                dc.examples.push_back({{"task", task.name}, {"dream", printable("in:" + tok.decode(d))}, {"correct", correct}});
+            }
+          };
+          obs.on_trial = [&](const DreamTask&, const std::vector<TokenId>&, nn::Transformer& adapted) {
+            ++dc.tried;
+            if (answer_accuracy(adapted, tok, {}, {test_pa}, eval) > 0.5) ++dc.solved;
+          };
+          const ScopedDreamObserver scope(obs);
+          method->learn(model, eps[static_cast<size_t>(i)]);
+        }
+        const double a = answer_accuracy(model, tok, {}, {test_pa}, eval);
         sum += a;
         per_task.push_back({{"family", tasks[static_cast<size_t>(i)].name}, {"correct", a}});
         ++done;
@@ -213,6 +316,15 @@ ExperimentResult run_arc(const json& cfg, const ProgressFn& progress) {
       m["base_heldin_acc"] = heldin_acc;
       m["base_pretrain_loss"] = pre_losses.empty() ? 0.0 : pre_losses.back();
       m["tasks"] = per_task;
+      if (dc.sampled > 0) {
+        const auto frac = [](int64_t a, int64_t b) { return b > 0 ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+        m["dream_correct_frac"] = frac(dc.correct, dc.sampled);
+        m["dream_novel_frac"] = frac(dc.novel, dc.sampled);
+        m["trial_solve_frac"] = frac(dc.solved, dc.tried);
+        m["dreams_sampled"] = dc.sampled;
+        m["dreams_tried"] = dc.tried;
+        m["dream_examples"] = dc.examples;
+      }
       m["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       result.methods[ri].seeds.push_back(SeedRun{seed, m});
     }

@@ -13,6 +13,16 @@
 //   others   the domain's training examples, plus a few of its demonstrations as a context
 //            (the Sleep method dreams from it; SFT-style methods also train on it as text);
 //            τ for dreaming = mean log-prob of a probe set of the domain's training answers.
+//
+// Ablation rows (PARADIGM §4), the key "ablations": a list of {label, method, config} whose
+// config patches the method's config (method_config below). The tiny config (the README
+// demo) has none, to stay within its time; the gpu config has Sleep without imitation
+// (consolidation.ks.alpha = 1), without semantic reward (consolidation.ks.imitation.gamma = 0),
+// without expansion (consolidation.expansion = false), without dreaming and without gradient
+// selection (dream.selection = false); on the CPU, e.g.
+//   --set 'ablations=[{"label": "sleep-no-imitation", "method": "sleep",
+//                      "config": {"consolidation": {"ks": {"alpha": 1}}}}]'
+// Without random expert needs an MoE level; these models are dense, so there is no such row.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -49,6 +59,7 @@ json tiny_config() {
     "context_demos": 3,
     "probe_examples": 16,
     "method_configs": {},
+    "ablations": [],
     "eval_max_new_tokens": 10,
     "eval_batch_size": 128
   })");
@@ -65,6 +76,13 @@ json gpu_config() {
                          {"kind": "dense", "period": 4, "hidden": 1536, "n_slots": 8, "slot_rank": 16}]})");
   c["steps_per_domain"] = 600;
   c["methods"] = {"icl", "sft", "ewc", "sleep"};
+  c["ablations"] = json::parse(R"J([
+    {"label": "sleep-no-imitation", "method": "sleep", "config": {"consolidation": {"ks": {"alpha": 1.0}}}},
+    {"label": "sleep-no-semantic-reward", "method": "sleep",
+     "config": {"consolidation": {"ks": {"imitation": {"gamma": 0.0}}}}},
+    {"label": "sleep-no-expansion", "method": "sleep", "config": {"consolidation": {"expansion": false}}},
+    {"label": "sleep-no-dream", "method": "sleep", "config": {"dreaming": false}},
+    {"label": "sleep-no-selection", "method": "sleep", "config": {"dream": {"selection": false}}}])J");
   return c;
 }
 
@@ -97,14 +115,44 @@ json method_config(const std::string& name, const json& cfg, uint64_t seed) {
   return m;
 }
 
+// A table row: a method under its label, with a patch over method_config (the ablations).
+struct ClincRow {
+  std::string label, method;
+  json patch = json::object();
+  json config(const json& cfg, uint64_t seed) const {
+    json m = method_config(method, cfg, seed);
+    m.merge_patch(patch);
+    return m;
+  }
+};
+
+std::vector<ClincRow> clinc_rows(const json& cfg) {
+  std::vector<ClincRow> rows;
+  for (const std::string& m : cfg.at("methods").get<std::vector<std::string>>()) rows.push_back(ClincRow{m, m});
+  const json& ab = cfg.at("ablations");
+  SOMNUS_CHECK(ab.is_array(), "clinc150: 'ablations' must be a list of {{label, method, config}}");
+  for (const json& a : ab) {
+    SOMNUS_CHECK(a.is_object() && a.contains("label") && a.contains("method"),
+                 "clinc150: an ablation is {{label, method, config}}, got {}", a.dump());
+    for (const auto& [k, v] : a.items())
+      SOMNUS_CHECK(k == "label" || k == "method" || k == "config", "clinc150: ablation: unknown key '{}'", k);
+    rows.push_back(ClincRow{a.at("label").get<std::string>(), a.at("method").get<std::string>(),
+                            a.value("config", json::object())});
+  }
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      SOMNUS_CHECK(rows[i].label != rows[j].label, "clinc150: two rows are labelled '{}'", rows[i].label);
+  return rows;
+}
+
 ExperimentResult run_clinc150(const json& cfg, const ProgressFn& progress) {
   register_sleep_method();
-  const auto methods = cfg.at("methods").get<std::vector<std::string>>();
+  const std::vector<ClincRow> methods = clinc_rows(cfg);
   const auto seeds = cfg.at("seeds").get<std::vector<uint64_t>>();
   const int64_t n_domains = cfg.at("num_domains").get<int64_t>();
   SOMNUS_CHECK(!methods.empty() && !seeds.empty(), "clinc150: 'methods' and 'seeds' must not be empty");
   SOMNUS_CHECK(n_domains >= 2 && n_domains <= 10, "clinc150: 'num_domains' must be in [2, 10], got {}", n_domains);
-  for (const std::string& m : methods) (void)make_method(m, method_config(m, cfg, 0));  // fail fast on names/configs
+  for (const ClincRow& r : methods) (void)make_method(r.method, r.config(cfg, 0));  // fail fast on names/configs
 
   const Clinc150 data = load_clinc150_default();
   EvalOptions eval;
@@ -113,7 +161,7 @@ ExperimentResult run_clinc150(const json& cfg, const ProgressFn& progress) {
 
   ExperimentResult result;
   result.table_metrics = {"final_avg_acc", "forgetting", "current_task_acc", "seconds"};
-  for (const std::string& m : methods) result.methods.push_back(MethodRun{m, {}});
+  for (const ClincRow& r : methods) result.methods.push_back(MethodRun{r.label, {}});
   const int64_t total = static_cast<int64_t>(methods.size() * seeds.size()) * n_domains;
   int64_t done = 0;
 
@@ -192,11 +240,11 @@ ExperimentResult run_clinc150(const json& cfg, const ProgressFn& progress) {
     }
 
     for (size_t mi = 0; mi < methods.size(); ++mi) {
-      const std::string& name = methods[mi];
+      const std::string& name = methods[mi].method;
       const auto t0 = std::chrono::steady_clock::now();
       Generator gen(seed);
       nn::Transformer model(mc, gen);
-      auto method = make_method(name, method_config(name, cfg, seed));
+      auto method = make_method(name, methods[mi].config(cfg, seed));
       AccuracyMatrix acc(n_domains);
       json learn_metrics = json::array();
       for (int64_t i = 0; i < n_domains; ++i) {
@@ -207,7 +255,7 @@ ExperimentResult run_clinc150(const json& cfg, const ProgressFn& progress) {
         for (int64_t j = 0; j <= i; ++j) acc.set(i, j, answer_accuracy(model, tok, prefix, tasks[static_cast<size_t>(j)].test, eval));
         ++done;
         if (progress)
-          progress(fmt::format("{} seed {} domain {}/{} ({}) acc {:.2f}", name, seed, i + 1, n_domains, ep.name,
+          progress(fmt::format("{} seed {} domain {}/{} ({}) acc {:.2f}", methods[mi].label, seed, i + 1, n_domains, ep.name,
                                acc.at(i, i)),
                    done, total);
       }

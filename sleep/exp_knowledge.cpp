@@ -14,9 +14,22 @@
 // prompt, dreams continue "[bos] passage [bos]"), no supervised examples (the questions are
 // the test); τ = the mean log-prob of the passage under the model without context (no test
 // question is ever used for learning). The "none" row is the base model itself.
+//
+// Ablations of PARADIGM §4: sleep-no-dream (dreaming = false), sleep-no-selection
+// (dream.selection = false), sleep-no-imitation (consolidation.ks.alpha = 1: distillation
+// only), sleep-no-semantic-reward (consolidation.ks.imitation.gamma = 0: r = r_abs), and
+// sleep-no-expansion (consolidation.expansion = false: θ_new only, no slot, no seeding).
+// Consolidation acts only in the cpt setting: a single passage is one episode, whose sleep is
+// the learner's first and only records the anchor (sleep/wake.h, "since_last_sleep"). So the
+// rows named in `cpt_only` skip the single-passage setting (their numbers there would repeat
+// the "sleep" row's; the table shows —); names of rows that are not in `rows` are ignored. "Without random expert" needs an MoE level: the
+// tiny model is dense (the row would equal "sleep"); the gpu config makes the fast level an
+// MoE and has the row.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "sleep/baselines/training.h"
 #include "sleep/experiment.h"
@@ -37,7 +50,13 @@ json tiny_config() {
              {"label": "sft", "method": "sft"},
              {"label": "seal", "method": "seal"},
              {"label": "sleep", "method": "sleep"},
-             {"label": "sleep-no-dream", "method": "sleep", "config": {"dreaming": false}}],
+             {"label": "sleep-no-dream", "method": "sleep", "config": {"dreaming": false}},
+             {"label": "sleep-no-selection", "method": "sleep", "config": {"dream": {"selection": false}}},
+             {"label": "sleep-no-imitation", "method": "sleep", "config": {"consolidation": {"ks": {"alpha": 1.0}}}},
+             {"label": "sleep-no-semantic-reward", "method": "sleep",
+              "config": {"consolidation": {"ks": {"imitation": {"gamma": 0.0}}}}},
+             {"label": "sleep-no-expansion", "method": "sleep", "config": {"consolidation": {"expansion": false}}}],
+    "cpt_only": ["sleep-no-imitation", "sleep-no-semantic-reward", "sleep-no-expansion"],
     "seeds": [0, 1, 2],
     "num_pretrain_entities": 150,
     "num_eval_entities": 6,
@@ -67,9 +86,13 @@ json gpu_config() {
   c["num_eval_entities"] = 30;
   c["cpt_passages"] = 16;
   c["vocab_size"] = 2048;
+  // The fast level is an MoE (so dreaming's random extra expert, and its ablation, act).
   c["model"] = json::parse(R"J({"n_layer": 6, "n_embd": 384, "n_head": 6, "block_size": 192,
-              "levels": [{"kind": "dense", "period": 1, "hidden": 1536, "n_slots": 8, "slot_rank": 16},
+              "levels": [{"kind": "moe", "period": 1, "hidden": 768, "n_experts": 4, "top_k": 2,
+                          "n_slots": 8, "slot_rank": 16},
                          {"kind": "dense", "period": 4, "hidden": 1536, "n_slots": 8, "slot_rank": 16}]})J");
+  c["rows"].push_back(json::parse(
+      R"J({"label": "sleep-no-random-expert", "method": "sleep", "config": {"dream": {"random_extra_expert": false}}})J"));
   c["pretrain_steps"] = 4000;
   c["pretrain_batch"] = 64;
   c["steps"] = 40;
@@ -92,14 +115,18 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
   SOMNUS_CHECK(!seeds.empty(), "knowledge: 'seeds' must not be empty");
   SOMNUS_CHECK(n_eval >= 1 && n_cpt >= 0, "knowledge: 'num_eval_entities' must be >= 1 and 'cpt_passages' >= 0");
   for (const Row& r : rows) (void)make_row_method(r, cfg, 0);  // fail fast on names and configs
+  // Labels that name no row are ignored, so that 'rows' can be overridden alone.
+  std::set<std::string> cpt_only;
+  for (const std::string& label : cfg.at("cpt_only").get<std::vector<std::string>>()) cpt_only.insert(label);
   EvalOptions eval;
   eval.max_new_tokens = cfg.at("eval_max_new_tokens").get<int64_t>();
 
   ExperimentResult result;
   result.table_metrics = {"single_passage_acc", "cpt_acc", "seconds"};
   for (const Row& r : rows) result.methods.push_back(MethodRun{r.label, {}});
-  const int64_t per_row = n_eval + (n_cpt > 0 ? 1 : 0);
-  const int64_t total = static_cast<int64_t>(seeds.size()) * (1 + static_cast<int64_t>(rows.size()) * per_row);
+  int64_t per_seed = 1;
+  for (const Row& r : rows) per_seed += (cpt_only.count(r.label) ? 0 : n_eval) + (n_cpt > 0 ? 1 : 0);
+  const int64_t total = static_cast<int64_t>(seeds.size()) * per_seed;
   int64_t done = 0;
 
   for (uint64_t seed : seeds) {
@@ -197,7 +224,8 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
       // single passage
       double sum = 0;
       std::vector<double> per_passage;
-      for (int64_t i = 0; i < n_eval; ++i) {
+      const bool single = !cpt_only.count(row.label);
+      for (int64_t i = 0; single && i < n_eval; ++i) {
         nn::Transformer model(mc, gen);
         model.load_state_dict(base_state);
         auto method = make_row_method(row, cfg, seed * 1000 + static_cast<uint64_t>(i));
@@ -210,8 +238,10 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
         if (progress)
           progress(fmt::format("{} seed {} passage {}/{} acc {:.2f}", row.label, seed, i + 1, n_eval, a), done, total);
       }
-      m["single_passage_acc"] = sum / static_cast<double>(n_eval);
-      m["single_passage_per_entity"] = per_passage;
+      if (single) {
+        m["single_passage_acc"] = sum / static_cast<double>(n_eval);
+        m["single_passage_per_entity"] = per_passage;
+      }
       // continued pretraining on n passages in sequence
       if (n_cpt > 0) {
         nn::Transformer model(mc, gen);

@@ -11,23 +11,37 @@
 // (several windows): the model reads the stream [bos] context with test-time training, then answers
 // each question after it (the window then holds only the end of the stream, the question
 // and the answer; facts further back must come from the weights).
-// Reading: chunks of `ttt_chunk` tokens; after each chunk one next-token-loss step of the
-// multi-frequency rule (nn/optim.h) on the CMS levels only (attention and embeddings stay
-// fixed): level ℓ accumulates its gradients and applies them every C_ℓ chunks, so a slow
-// level updates rarely. (WakeLearner::read_stream updates only named fast levels every chunk
-// and needs a consolidation receiver, i.e. >= 2 levels; this loop covers 1–4 levels alike.)
+// Reading: chunks of `ttt_chunk` tokens, one next-token-loss step after each chunk (the next
+// chunk is read by the updated model), fresh optimiser moments per stream. Two readers, a
+// row option ("reader"):
+//   read_stream     [default with >= 2 levels] WakeLearner::read_stream (sleep/wake.h), the
+//                   library's test-time training: only the fast levels `ttt_levels` (default
+//                   [0]) take a step, every chunk, all of them at once; the other levels, attention
+//                   and embeddings stay fixed. The levels' periods play no part in reading (the
+//                   pretraining ignores them too), so these rows vary only the number of levels.
+//                   (WakeLearner needs a consolidation receiver, i.e. >= 2 levels; the levels
+//                   here have no slots, so it is built with expansion off and never sleeps.)
+//   multifrequency  [the only reader with 1 level] this file's loop: a step of the
+//                   multi-frequency rule (nn/optim.h) on every CMS level (attention and
+//                   embeddings fixed): level ℓ accumulates its gradients and applies them
+//                   every C_ℓ chunks, so a slow level updates rarely and the slowest period
+//                   matters. With 1 level (period 1) both readers would be the same step.
+// Rows with the same number of levels share one pretrained model per seed (pretraining is
+// plain SFT, independent of the periods and the reader).
 // Reported per row: accuracy after reading (acc), the same without reading (acc_no_ttt, the
 // window alone), and the in-window accuracy of the pretrained model (short_acc).
 #include <fmt/format.h>
 
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "autograd/engine.h"
 #include "nn/optim.h"
 #include "sleep/baselines/training.h"
 #include "sleep/experiment.h"
 #include "sleep/tasks/long_horizon.h"
+#include "sleep/wake.h"
 #include "tensor/format.h"
 
 namespace somnus::sleep {
@@ -39,11 +53,14 @@ namespace {
 json tiny_config() {
   return json::parse(R"J({
     "rows": [{"label": "1 level", "levels": 1, "slowest_period": 1},
-             {"label": "2 levels, slowest 8", "levels": 2, "slowest_period": 8},
-             {"label": "3 levels, slowest 8", "levels": 3, "slowest_period": 8},
-             {"label": "4 levels, slowest 8", "levels": 4, "slowest_period": 8},
-             {"label": "3 levels, slowest 4", "levels": 3, "slowest_period": 4},
-             {"label": "3 levels, slowest 16", "levels": 3, "slowest_period": 16}],
+             {"label": "2 levels, read_stream", "levels": 2, "slowest_period": 8},
+             {"label": "3 levels, read_stream", "levels": 3, "slowest_period": 8},
+             {"label": "4 levels, read_stream", "levels": 4, "slowest_period": 8},
+             {"label": "2 levels, slowest 8, multi-freq", "levels": 2, "slowest_period": 8, "reader": "multifrequency"},
+             {"label": "3 levels, slowest 8, multi-freq", "levels": 3, "slowest_period": 8, "reader": "multifrequency"},
+             {"label": "4 levels, slowest 8, multi-freq", "levels": 4, "slowest_period": 8, "reader": "multifrequency"},
+             {"label": "3 levels, slowest 4, multi-freq", "levels": 3, "slowest_period": 4, "reader": "multifrequency"},
+             {"label": "3 levels, slowest 16, multi-freq", "levels": 3, "slowest_period": 16, "reader": "multifrequency"}],
     "seeds": [0, 1, 2],
     "vocab_size": 512,
     "tokenizer_chars": 60000,
@@ -90,6 +107,8 @@ json gpu_config() {
 struct Row {
   std::string label;
   int64_t levels = 1, slowest_period = 1;
+  std::string reader;                // "read_stream" or "multifrequency"
+  std::vector<int64_t> ttt_levels;   // read_stream only
 };
 
 std::vector<Row> parse_rows(const json& cfg) {
@@ -97,15 +116,30 @@ std::vector<Row> parse_rows(const json& cfg) {
   SOMNUS_CHECK(rs.is_array() && !rs.empty(), "long_horizon: 'rows' must be a non-empty list");
   std::vector<Row> out;
   for (const json& r : rs) {
-    SOMNUS_CHECK(r.is_object(), "long_horizon: a row is {{label, levels, slowest_period}}");
+    SOMNUS_CHECK(r.is_object(), "long_horizon: a row is {{label, levels, slowest_period[, reader, ttt_levels]}}");
     for (const auto& [k, v] : r.items())
-      SOMNUS_CHECK(k == "label" || k == "levels" || k == "slowest_period", "long_horizon: unknown row key '{}'", k);
+      SOMNUS_CHECK(k == "label" || k == "levels" || k == "slowest_period" || k == "reader" || k == "ttt_levels",
+                   "long_horizon: unknown row key '{}'", k);
     Row row;
     row.levels = r.at("levels").get<int64_t>();
     row.slowest_period = r.value("slowest_period", int64_t{1});
     row.label = r.value("label", fmt::format("{} levels, slowest {}", row.levels, row.slowest_period));
     SOMNUS_CHECK(row.levels >= 1 && row.levels <= 8, "long_horizon: 'levels' must be in [1, 8], got {}", row.levels);
     SOMNUS_CHECK(row.slowest_period >= 1, "long_horizon: 'slowest_period' must be >= 1, got {}", row.slowest_period);
+    row.reader = r.value("reader", std::string(row.levels >= 2 ? "read_stream" : "multifrequency"));
+    SOMNUS_CHECK(row.reader == "read_stream" || row.reader == "multifrequency",
+                 "long_horizon: row '{}': 'reader' must be \"read_stream\" or \"multifrequency\", got \"{}\"", row.label,
+                 row.reader);
+    SOMNUS_CHECK(row.reader == "multifrequency" || row.levels >= 2,
+                 "long_horizon: row '{}': 'reader' = \"read_stream\" needs >= 2 levels (WakeLearner's consolidation "
+                 "receiver); use \"multifrequency\"",
+                 row.label);
+    row.ttt_levels = r.value("ttt_levels", std::vector<int64_t>{0});
+    SOMNUS_CHECK(row.reader == "read_stream" || !r.contains("ttt_levels"),
+                 "long_horizon: row '{}': 'ttt_levels' applies to the read_stream reader only", row.label);
+    for (int64_t l : row.ttt_levels)
+      SOMNUS_CHECK(l >= 0 && l < row.levels, "long_horizon: row '{}': 'ttt_levels' entry {} out of range [0, {})",
+                   row.label, l, row.levels);
     out.push_back(row);
   }
   return out;
@@ -125,6 +159,22 @@ std::vector<int64_t> level_periods(int64_t n, int64_t slowest) {
   return p;
 }
 
+
+// WakeLearner::read_stream with a fresh learner (fresh moments); returns the mean chunk loss.
+double read_stream_wake(nn::Transformer& model, const std::vector<TokenId>& stream, int64_t chunk, double lr,
+                        const std::vector<int64_t>& ttt_levels) {
+  WakeConfig w;
+  w.ttt_chunk = chunk;
+  w.ttt_lr = lr;
+  w.ttt_levels = ttt_levels;
+  ConsolidationConfig c;
+  c.expansion = false;  // the levels have no slots; the learner never sleeps here
+  WakeLearner learner(model, w, c);
+  const StreamLog log = learner.read_stream(stream);
+  double sum = 0;
+  for (double l : log.chunk_loss) sum += l;
+  return log.chunk_loss.empty() ? 0.0 : sum / static_cast<double>(log.chunk_loss.size());
+}
 
 // The multi-frequency read of a stream (see the header comment); returns the mean chunk loss.
 double read_stream_multifrequency(nn::Transformer& model, const std::vector<TokenId>& stream, int64_t chunk,
@@ -249,6 +299,12 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
     for (const auto& ex : short_ex)
       for (const auto& pa : long_horizon_prompt_answers(ex)) short_pas.push_back(pa);
 
+    // Pretrained models by number of levels (see the header comment).
+    struct Pretrained {
+      NamedTensors state;
+      double short_acc = 0, loss = 0, seconds = 0;
+    };
+    std::map<int64_t, Pretrained> pretrained;
     for (size_t ri = 0; ri < rows.size(); ++ri) {
       const Row& row = rows[ri];
       const auto t0 = std::chrono::steady_clock::now();
@@ -260,14 +316,26 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
       const nn::TransformerConfig mc = mj.get<nn::TransformerConfig>();
       Generator gen(seed);
       nn::Transformer model(mc, gen);
-      SftSteps pre_opt;
-      pre_opt.steps = cfg.at("pretrain_steps").get<int64_t>();
-      pre_opt.lr = cfg.at("pretrain_lr").get<double>();
-      pre_opt.batch_size = cfg.at("pretrain_batch").get<int64_t>();
-      pre_opt.grad_clip = 1.0;
-      const std::vector<double> pre_losses = train_sft(model, model.parameters(true), pre, pre_opt, gen);
-      const NamedTensors base_state = model.state_dict();
-      const double short_acc = answer_accuracy(model, tok, {}, short_pas, eval);
+      const bool reuse = pretrained.count(row.levels) > 0;
+      if (!reuse) {
+        SftSteps pre_opt;
+        pre_opt.steps = cfg.at("pretrain_steps").get<int64_t>();
+        pre_opt.lr = cfg.at("pretrain_lr").get<double>();
+        pre_opt.batch_size = cfg.at("pretrain_batch").get<int64_t>();
+        pre_opt.grad_clip = 1.0;
+        const std::vector<double> pre_losses = train_sft(model, model.parameters(true), pre, pre_opt, gen);
+        Pretrained p;
+        // A copy: state_dict() hands out the live tensors, which reading changes in place.
+        for (const auto& [name, t] : model.state_dict()) p.state.emplace_back(name, t.clone());
+        p.short_acc = answer_accuracy(model, tok, {}, short_pas, eval);
+        p.loss = pre_losses.empty() ? 0.0 : pre_losses.back();
+        p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        pretrained.emplace(row.levels, std::move(p));
+      }
+      const Pretrained& pt = pretrained.at(row.levels);
+      const NamedTensors& base_state = pt.state;
+      model.load_state_dict(base_state);
+      const double short_acc = pt.short_acc;
 
       double correct = 0, correct_no_ttt = 0, read_loss = 0;
       int64_t count = 0;
@@ -276,7 +344,9 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
         std::vector<nn::PromptAnswer> full;
         for (const auto& pa : long_horizon_prompt_answers(ex)) full.push_back(pa);
         const double no_ttt = answer_accuracy(model, tok, {}, full, eval);
-        read_loss += read_stream_multifrequency(model, encode_with_bos(tok, ex.context), chunk, ttt_lr);
+        const std::vector<TokenId> stream = encode_with_bos(tok, ex.context);
+        read_loss += row.reader == "read_stream" ? read_stream_wake(model, stream, chunk, ttt_lr, row.ttt_levels)
+                                                 : read_stream_multifrequency(model, stream, chunk, ttt_lr);
         const double with_ttt = answer_accuracy(model, tok, {}, full, eval);
         model.load_state_dict(base_state);
         correct += with_ttt * static_cast<double>(full.size());
@@ -288,7 +358,9 @@ ExperimentResult run_long_horizon(const json& cfg, const ProgressFn& progress) {
       m["acc_no_ttt"] = correct_no_ttt / static_cast<double>(count);
       m["short_acc"] = short_acc;
       m["periods"] = periods;
-      m["pretrain_loss"] = pre_losses.empty() ? 0.0 : pre_losses.back();
+      m["pretrain_loss"] = pt.loss;
+      m["pretrain_seconds"] = reuse ? 0.0 : pt.seconds;  // 0: the row reused another row's pretrained model
+      m["reader"] = row.reader;
       m["read_loss"] = read_loss / static_cast<double>(long_ex.size());
       m["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       ++done;

@@ -21,6 +21,7 @@
 #include "nn/tokenizer.h"
 #include "nn/transformer.h"
 #include "sleep/baselines/method.h"
+#include "sleep/tasks/arc1d.h"
 
 namespace somnus::sleep {
 
@@ -114,6 +115,12 @@ std::vector<ExperimentRow> parse_experiment_rows(const nlohmann::json& cfg, cons
 std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const nlohmann::json& cfg, uint64_t seed);
 // [bos] ++ tok.encode(text)
 std::vector<TokenId> encode_with_bos(const nn::Tokenizer& tok, const std::string& text);
+
+// ARC (sleep/exp_arc.cpp): whether a dream (the tokens after "in:") starts with a correct
+// demonstration of the task's rule; *novel: its input is none of the demonstrations' inputs.
+namespace detail {
+bool arc_dream_is_correct(const nn::Tokenizer& tok, const ArcTask& task, std::vector<TokenId> dream, bool* novel);
+}  // namespace detail
 
 // Built-in experiments register themselves through these (called by experiment_names()).
 void register_clinc150_experiment();

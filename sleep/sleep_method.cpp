@@ -84,6 +84,7 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
     Dreamer dreamer(model, cfg_.dream);
     const DreamResult r = dreamer.run(dream_task_of(ep));
     metrics_["dream"] = {{"iterations", r.iterations},
+                         {"sampled", r.dreams.size()},
                          {"rewarded", r.rewarded.size()},
                          {"tau_before", r.tau_before},
                          {"tau_after", r.tau_after}};

@@ -337,6 +337,65 @@ TEST(Dreaming, RunReportsEveryIteration) {
   EXPECT_EQ(all.run(task).iterations[0].kept, 4);
 }
 
+TEST(Dreaming, RunReturnsTheDreamsItSampledAndTheObserverSeesThem) {
+  Generator gen(8);
+  Transformer m(moe_tiny(), gen);
+  Generator gen2(8);
+  Transformer twin(moe_tiny(), gen2);  // the same weights, for an independent first sample
+  const DreamConfig cfg = small_config();
+  const DreamTask task = target_task();
+  std::vector<std::vector<std::vector<TokenId>>> observed;  // per iteration
+  int64_t trials = 0;
+  DreamResult r;
+  {
+    DreamObserver obs;
+    obs.on_sample = [&](const DreamTask& t, int64_t it, const std::vector<std::vector<TokenId>>& dreams) {
+      EXPECT_EQ(t.name, task.name);
+      EXPECT_EQ(it, static_cast<int64_t>(observed.size()));
+      observed.push_back(dreams);
+    };
+    Dreamer d(m, cfg);
+    obs.on_trial = [&](const DreamTask&, const std::vector<TokenId>& dream, Transformer& adapted) {
+      EXPECT_EQ(&adapted, &m);
+      EXPECT_EQ(d.adapters().active(), "trial");  // the isolated trial model
+      EXPECT_FALSE(is_grad_enabled());
+      EXPECT_LE(static_cast<int64_t>(dream.size()), cfg.dream_length);
+      ++trials;
+    };
+    const ScopedDreamObserver scope(obs);
+    r = d.run(task);
+  }
+  ASSERT_EQ(observed.size(), 2u);
+  ASSERT_EQ(r.dreams.size(), 8u);  // 2 iterations x 4 dreams, in sampling order
+  std::vector<std::vector<TokenId>> rewarded;
+  for (size_t i = 0; i < r.dreams.size(); ++i) {
+    const SampledDream& s = r.dreams[i];
+    EXPECT_EQ(s.iteration, static_cast<int64_t>(i / 4));
+    EXPECT_EQ(s.tokens, observed[i / 4][i % 4]);
+    EXPECT_FALSE(s.tokens.empty());
+    EXPECT_LE(static_cast<int64_t>(s.tokens.size()), cfg.dream_length);
+    for (TokenId t : s.tokens) EXPECT_TRUE(t >= 0 && t < kVocab) << t;
+    if (!s.kept) {
+      EXPECT_EQ(s.reward, 0);
+    }
+    if (s.reward == 1) rewarded.push_back(s.tokens);
+  }
+  for (size_t it = 0; it < 2; ++it) {
+    int64_t kept = 0;
+    for (size_t k = 0; k < 4; ++k) kept += r.dreams[it * 4 + k].kept ? 1 : 0;
+    EXPECT_EQ(kept, r.iterations[it].kept);
+  }
+  EXPECT_EQ(trials, r.iterations[0].kept + r.iterations[1].kept);
+  EXPECT_EQ(rewarded, r.rewarded);
+  // The first iteration's dreams are what a fresh dreamer samples from the same model.
+  Dreamer fresh(twin, cfg);
+  EXPECT_EQ(fresh.sample(task), observed[0]);
+  // Out of scope the observer is gone.
+  Dreamer after(twin, cfg);
+  (void)after.run(task);
+  EXPECT_EQ(observed.size(), 2u);
+}
+
 TEST(Dreaming, BadConfigsAndTasksGiveClearErrors) {
   const DreamConfig ok = small_config();
   const DreamConfig back = json(ok).get<DreamConfig>();

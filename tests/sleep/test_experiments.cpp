@@ -3,7 +3,9 @@
 // result has the promised structure: a row per method with per-seed metrics, every table
 // metric finite and in range, aggregates, a markdown table with a line per method, and the
 // "matrix" / "avg_acc_curve" arrays the CLI plots. Experiments that need ../shared/data skip
-// (GTEST_SKIP) when it is not found.
+// (GTEST_SKIP) when it is not found. Per experiment it also checks what only some rows have:
+// ARC's dream scores on the rows that dream (SEAL, Sleep) and on no other, knowledge's
+// cpt_only rows, clinc150's ablation rows, long_horizon's two readers.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,8 +13,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <set>
+#include <stdexcept>
 
+#include "nn/transformer.h"
 #include "sleep/experiment.h"
+#include "sleep/tasks/arc1d.h"
 #include "sleep/tasks/data_dir.h"
 #include "tensor/error.h"
 
@@ -59,7 +64,9 @@ json micro_config(const std::string& name) {
             {"steps_per_domain", 2},
             {"batch_size", 4},
             {"eval_max_new_tokens", 3},
-            {"method_configs", {{"sleep", {{"consolidation", kConsolidation}, {"dream", kDream}}}}}};
+            {"method_configs", {{"sleep", {{"consolidation", kConsolidation}, {"dream", kDream}}}}},
+            {"ablations", json::parse(R"J([{"label": "sleep-no-imitation", "method": "sleep",
+                                            "config": {"consolidation": {"ks": {"alpha": 1.0}}}}])J")}};
   }
   if (name == "knowledge") {
     return {{"seeds", {0}},          {"num_pretrain_entities", 3}, {"num_eval_entities", 1}, {"cpt_passages", 2},
@@ -75,7 +82,10 @@ json micro_config(const std::string& name) {
   }
   if (name == "long_horizon") {
     return {{"rows", json::parse(R"J([{"label": "1 level", "levels": 1, "slowest_period": 1},
-                                      {"label": "4 levels", "levels": 4, "slowest_period": 8}])J")},
+                                      {"label": "4 levels", "levels": 4, "slowest_period": 8},
+                                      {"label": "4 levels mf", "levels": 4, "slowest_period": 8,
+                                       "reader": "multifrequency"},
+                                      {"label": "2 levels rs01", "levels": 2, "ttt_levels": [0, 1]}])J")},
             {"seeds", {0}},
             {"vocab_size", 280},
             {"tokenizer_chars", 2000},
@@ -89,7 +99,7 @@ json micro_config(const std::string& name) {
             {"level_hidden", 32},
             {"num_pretrain", 4},
             {"num_short_eval", 1},
-            {"num_long_eval", 1},
+            {"num_long_eval", 2},
             {"long_chars", 400},
             {"pretrain_steps", 2},
             {"pretrain_batch", 4},
@@ -117,6 +127,13 @@ std::pair<double, double> metric_range(const std::string& metric) {
   return {0.0, 1.0};
 }
 
+// Table metrics that some rows of an experiment lack by design (shown as "—").
+bool optional_metric(const std::string& name, const std::string& metric) {
+  if (name == "arc") return metric == "dream_correct_frac" || metric == "trial_solve_frac";
+  if (name == "knowledge") return metric == "single_passage_acc";
+  return false;
+}
+
 void check_result(const ExperimentResult& r, const std::string& name, size_t n_rows) {
   EXPECT_EQ(r.experiment, name);
   EXPECT_FALSE(r.date.empty());
@@ -132,6 +149,10 @@ void check_result(const ExperimentResult& r, const std::string& name, size_t n_r
     const json& met = m.seeds[0].metrics;
     const json agg = m.aggregate();
     for (const std::string& key : r.table_metrics) {
+      if (!met.contains(key) && optional_metric(name, key)) {
+        EXPECT_FALSE(agg.contains(key)) << key;
+        continue;
+      }
       ASSERT_TRUE(met.contains(key) && met[key].is_number()) << name << " / " << m.method << " lacks " << key;
       const double v = met[key].get<double>();
       const auto [lo, hi] = metric_range(key);
@@ -158,8 +179,61 @@ void check_result(const ExperimentResult& r, const std::string& name, size_t n_r
 size_t expected_rows(const std::string& name, const json& micro) {
   const json cfg = find_experiment(name).tiny;
   if (micro.contains("rows")) return micro["rows"].size();
-  if (micro.contains("methods")) return micro["methods"].size();
+  if (micro.contains("methods")) return micro["methods"].size() + micro.value("ablations", json::array()).size();
   return cfg.contains("rows") ? cfg["rows"].size() : cfg["methods"].size();
+}
+
+const MethodRun& row_named(const ExperimentResult& r, const std::string& label) {
+  for (const MethodRun& m : r.methods)
+    if (m.method == label) return m;
+  throw std::runtime_error("no row " + label);
+}
+
+// What only some rows have (see the header comment).
+void check_row_specifics(const ExperimentResult& r, const std::string& name) {
+  if (name == "arc") {
+    for (const MethodRun& m : r.methods) {
+      const json& met = m.seeds[0].metrics;
+      const bool dreams = m.method == "seal" || m.method == "sleep" || m.method == "sleep-no-selection";
+      EXPECT_EQ(met.contains("dream_correct_frac"), dreams) << m.method;
+      EXPECT_EQ(met.contains("trial_solve_frac"), dreams) << m.method;
+      if (!dreams) continue;
+      // micro config: 2 dreams per task, 1 task, 1 iteration; Sleep tries its top 1, SEAL both.
+      EXPECT_EQ(met["dreams_sampled"].get<int64_t>(), 2) << m.method;
+      EXPECT_EQ(met["dreams_tried"].get<int64_t>(), m.method == "sleep" ? 1 : 2) << m.method;
+      EXPECT_LE(met["dream_novel_frac"].get<double>(), met["dream_correct_frac"].get<double>());
+    }
+  }
+  if (name == "knowledge") {
+    const json cpt_only = find_experiment("knowledge").tiny.at("cpt_only");
+    EXPECT_GE(cpt_only.size(), 3u);
+    for (const MethodRun& m : r.methods) {
+      const bool skipped = std::find(cpt_only.begin(), cpt_only.end(), m.method) != cpt_only.end();
+      EXPECT_EQ(m.seeds[0].metrics.contains("single_passage_acc"), !skipped) << m.method;
+      EXPECT_TRUE(m.seeds[0].metrics.contains("cpt_acc")) << m.method;
+    }
+    for (const char* label : {"sleep-no-selection", "sleep-no-imitation", "sleep-no-semantic-reward",
+                              "sleep-no-expansion", "sleep-no-dream"})
+      EXPECT_NO_THROW((void)row_named(r, label)) << label;
+  }
+  if (name == "clinc150") {
+    EXPECT_NO_THROW((void)row_named(r, "sleep-no-imitation"));
+  }
+  if (name == "long_horizon") {
+    EXPECT_EQ(row_named(r, "1 level").seeds[0].metrics["reader"], "multifrequency");
+    EXPECT_EQ(row_named(r, "4 levels").seeds[0].metrics["reader"], "read_stream");
+    EXPECT_EQ(row_named(r, "4 levels mf").seeds[0].metrics["reader"], "multifrequency");
+    // Rows with the same number of levels share the pretrained model (pretrained once).
+    const json& a = row_named(r, "4 levels").seeds[0].metrics;
+    const json& b = row_named(r, "4 levels mf").seeds[0].metrics;
+    EXPECT_DOUBLE_EQ(a["pretrain_loss"].get<double>(), b["pretrain_loss"].get<double>());
+    EXPECT_DOUBLE_EQ(a["short_acc"].get<double>(), b["short_acc"].get<double>());
+    EXPECT_GT(a["pretrain_seconds"].get<double>(), 0.0);
+    EXPECT_EQ(b["pretrain_seconds"].get<double>(), 0.0);
+    // Before reading, every row sees the pretrained model: reading never leaks into the next
+    // example (each example starts from a copy of the pretrained weights).
+    EXPECT_DOUBLE_EQ(a["acc_no_ttt"].get<double>(), b["acc_no_ttt"].get<double>());
+  }
 }
 
 }  // namespace
@@ -182,6 +256,68 @@ TEST(Experiments, UnknownConfigKeysAndRowsAreErrors) {
   json bad_row = micro_config("arc");
   bad_row["rows"] = json::array({json{{"label", "x"}, {"method", "no_such_method"}}});
   EXPECT_THROW(run_experiment("arc", bad_row), Error);
+  json lh = micro_config("long_horizon");
+  lh["rows"] = json::array({json{{"levels", 1}, {"reader", "read_stream"}}});  // read_stream needs 2 levels
+  EXPECT_THROW(run_experiment("long_horizon", lh), Error);
+  lh["rows"] = json::array({json{{"levels", 2}, {"reader", "sideways"}}});
+  EXPECT_THROW(run_experiment("long_horizon", lh), Error);
+  lh["rows"] = json::array({json{{"levels", 2}, {"ttt_levels", {2}}}});
+  EXPECT_THROW(run_experiment("long_horizon", lh), Error);
+  json cl = micro_config("clinc150");
+  cl["ablations"] = json::array({json{{"label", "sft"}, {"method", "sft"}}});  // a label twice
+  EXPECT_THROW(run_experiment("clinc150", cl), Error);
+}
+
+// The gpu configs are never run in CI; at least their models must be valid configs (the
+// knowledge and arc ones have an MoE fast level for the random-expert ablation).
+TEST(Experiments, GpuConfigModelsParse) {
+  for (const std::string& n : experiment_names()) {
+    json mj = find_experiment(n).gpu.at("model");
+    mj["vocab_size"] = 512;
+    EXPECT_NO_THROW((void)mj.get<nn::TransformerConfig>()) << n;
+  }
+  for (const char* n : {"knowledge", "arc"}) {
+    const json& rows = find_experiment(n).gpu.at("rows");
+    EXPECT_TRUE(std::any_of(rows.begin(), rows.end(),
+                            [](const json& r) { return r.is_object() && r.value("label", "") == "sleep-no-random-expert"; }))
+        << n;
+  }
+}
+
+// ARC's dream_correct_frac: a dream (what follows "in:") is correct when its first pair reads
+// back as " <row>\nout: <row>" ended by a newline or [eos] and the output is the rule applied
+// to the input.
+TEST(Experiments, ArcDreamCorrectness) {
+  Arc1dOptions o;
+  o.min_length = 5;
+  o.max_length = 5;
+  const ArcTask task = make_arc1d_task(Arc1dFamily::mirror, 3, o);
+  ASSERT_TRUE(task.rule.has_value());
+  const nn::Tokenizer tok = train_task_tokenizer({arc_prompt_answer(task).prompt}, 270);
+  auto judge = [&](const std::string& text, bool eos, bool* novel) {
+    std::vector<TokenId> d = tok.encode(text);
+    if (eos) d.push_back(tok.eos_id());
+    return detail::arc_dream_is_correct(tok, task, d, novel);
+  };
+  bool novel = true;
+  EXPECT_TRUE(judge(" 1 2 0 0 3\nout: 3 0 0 2 1\nin: 4", false, &novel));
+  EXPECT_TRUE(novel);
+  EXPECT_TRUE(judge(" 1 2 0 0 3\nout: 3 0 0 2 1", true, &novel));        // ended by [eos]
+  EXPECT_FALSE(judge(" 1 2 0 0 3\nout: 3 0 0 2 1", false, &novel));      // cut off: maybe longer
+  EXPECT_FALSE(judge(" 1 2 0 0 3\nout: 3 0 0 2 2\n", false, &novel));   // wrong output
+  EXPECT_FALSE(novel);
+  EXPECT_FALSE(judge(" 1 2 0 0 3\n", true, &novel));                     // no output
+  EXPECT_FALSE(judge(" 1 2 x\nout: x 2 1\n", false, &novel));           // not a grid
+  EXPECT_FALSE(judge("", true, &novel));
+  // A copy of a demonstration is correct but not novel.
+  const std::string demo = grid_to_text(task.train[0].input), demo_out = grid_to_text(task.train[0].output);
+  EXPECT_TRUE(judge(" " + demo + "\nout: " + demo_out + "\n", false, &novel));
+  EXPECT_FALSE(novel);
+  // An input the rule does not suit is wrong (a shift would push cells off the row).
+  ArcTask shift = task;
+  shift.rule = Arc1dRule{Arc1dFamily::shift, 2, 0};
+  std::vector<TokenId> d = tok.encode(" 0 0 0 1 1\nout: 0 0 0 0 0\n");
+  EXPECT_FALSE(detail::arc_dream_is_correct(tok, shift, d, &novel));
 }
 
 class ExperimentSmoke : public ::testing::TestWithParam<std::string> {};
@@ -199,6 +335,7 @@ TEST_P(ExperimentSmoke, RunsWithAMicroConfig) {
   });
   EXPECT_EQ(last_done, last_total) << "progress must reach its total";
   check_result(r, name, expected_rows(name, micro));
+  check_row_specifics(r, name);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, ExperimentSmoke,
