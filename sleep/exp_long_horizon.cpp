@@ -15,10 +15,11 @@
 // chunk is read by the updated model), fresh optimiser moments per stream. Two readers, a
 // row option ("reader"):
 //   read_stream     [default with >= 2 levels] WakeLearner::read_stream (sleep/wake.h), the
-//                   library's test-time training: only the fast levels `ttt_levels` (default
-//                   [0]) take a step, every chunk, all of them at once; the other levels, attention
-//                   and embeddings stay fixed. The levels' periods play no part in reading (the
-//                   pretraining ignores them too), so these rows vary only the number of levels.
+//                   library's test-time training: only the levels in `ttt_levels` (default
+//                   [0], the fast level) learn, each at its own period (level ℓ applies every
+//                   C_ℓ chunks; a partial window at the end of the stream); the other levels,
+//                   attention and embeddings stay fixed. With the default [0] (period 1) the
+//                   periods play no part, so these rows vary only the number of levels.
 //                   (WakeLearner needs a consolidation receiver, i.e. >= 2 levels; the levels
 //                   here have no slots, so it is built with expansion off and never sleeps.)
 //   multifrequency  [the only reader with 1 level] this file's loop: a step of the

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "autograd/engine.h"
@@ -229,10 +230,16 @@ StreamLog WakeLearner::read_stream(const std::vector<TokenId>& stream) {
   const int64_t chunk = cfg_.ttt_chunk > 0 ? cfg_.ttt_chunk : model_.config().block_size;
   SOMNUS_CHECK(static_cast<int64_t>(stream.size()) >= 2, "read_stream: a stream needs at least 2 tokens, got {}",
                stream.size());
+  // One group per distinct period of the levels read with: level ℓ applies every C_ℓ chunks.
   std::vector<Tensor> fast;
+  std::map<int64_t, std::vector<Tensor>> by_period;
   for (int64_t l = 0; l < model_.config().n_layer; ++l) {
     for (int64_t lv : cfg_.ttt_levels) {
-      for (const Tensor& p : model_.level(l, lv).parameters(/*trainable_only=*/true)) fast.push_back(p);
+      const int64_t period = model_.config().levels.at(static_cast<size_t>(lv)).period;
+      for (const Tensor& p : model_.level(l, lv).parameters(/*trainable_only=*/true)) {
+        fast.push_back(p);
+        by_period[period].push_back(p);
+      }
     }
   }
   SOMNUS_CHECK(!fast.empty(), "read_stream: the fast levels have no trainable parameters");
@@ -240,7 +247,10 @@ StreamLog WakeLearner::read_stream(const std::vector<TokenId>& stream) {
     AdamWOptions o;
     o.beta1 = cfg_.beta1;
     o.beta2 = cfg_.beta2;
-    ttt_opt_ = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup{fast, cfg_.ttt_lr, 0.0, 1, "ttt.fast"}}, o);
+    std::vector<ParamGroup> groups;
+    for (auto& [period, params] : by_period)
+      groups.push_back(ParamGroup{params, cfg_.ttt_lr, 0.0, period, fmt::format("ttt.period{}", period)});
+    ttt_opt_ = std::make_unique<AdamW>(std::move(groups), o);
   }
   // Only the fast levels take part in the tape.
   std::vector<Tensor> all = model_.parameters();
@@ -263,12 +273,16 @@ StreamLog WakeLearner::read_stream(const std::vector<TokenId>& stream) {
       }
       const Tensor ids = Tensor::from_vector(in, {1, T}, DType::i64).to(device);
       const Tensor targets = Tensor::from_vector(tg, {1, T}, DType::i64).to(device);
-      ttt_opt_->zero_grad_all();
+      ttt_opt_->zero_grad();  // clears only the groups that applied: slower levels keep accumulating
       nn::LMLoss l = model_.loss(ids, targets);
       backward(l.ce);
       out.chunk_loss.push_back(l.ce.item());
       out.tokens += T;
       ttt_opt_->step();
+    }
+    // The end of the stream: a slower level's partial window is applied, not dropped.
+    for (size_t g = 0; g < ttt_opt_->groups().size(); ++g) {
+      if (ttt_opt_->step_count() % ttt_opt_->groups()[g].period != 0) ttt_opt_->apply_group_now(g);
     }
     ttt_opt_->zero_grad_all();
   } catch (...) {

@@ -21,9 +21,12 @@
 //                           boundary, teacher and student coincide and seeding has nothing
 //                           to distil.
 //   read_stream(tokens) test-time training: the stream is read in chunks of ttt_chunk tokens
-//                       (≤ block_size, the attention window); after each chunk one gradient step
-//                       on the fast levels only (their own optimiser), from the next-token loss
-//                       on the chunk just read. This is how context becomes parameters.
+//                       (≤ block_size, the attention window); after each chunk a gradient step
+//                       on the levels in ttt_levels only (their own optimiser), from the
+//                       next-token loss on the chunk just read, with the multi-frequency rule:
+//                       level ℓ applies every C_ℓ chunks (its period), accumulating meanwhile;
+//                       a partial window is applied at the end of the stream. This is how
+//                       context becomes parameters.
 #pragma once
 #include <cstdint>
 #include <memory>

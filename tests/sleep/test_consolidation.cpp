@@ -548,3 +548,34 @@ TEST(Wake, TrainSenderOnlyAfterTheWarmUp) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// read_stream with two levels: level 1 (period 2) applies every 2nd chunk with the mean of its
+// accumulated gradient, and a partial window is applied at the end of the stream.
+TEST(Wake, ReadStreamAppliesEachLevelAtItsPeriod) {
+  auto m = make_model();  // levels: period 1 and period 2
+  WakeConfig w;
+  w.ttt_chunk = 8;
+  w.ttt_levels = {0, 1};
+  WakeLearner learner(*m, w, ks_config(1));
+  std::vector<TokenId> stream;
+  for (int i = 0; i < 8 * 3 + 1; ++i) stream.push_back(static_cast<TokenId>((i * 7) % 13 + 1));  // 3 chunks
+  const Tensor slow_before = m->level(0, 1).mlp->fc->weight.clone();
+  const StreamLog log = learner.read_stream(stream);
+  ASSERT_EQ(log.chunk_loss.size(), 3u);
+  EXPECT_FALSE(nn::testing::bitwise_equal(slow_before, m->level(0, 1).mlp->fc->weight));
+  // Two reads of one chunk each: the slow level (period 2) applies only at the end of each
+  // stream (a partial window), the fast level after each chunk; both move.
+  std::vector<TokenId> one(stream.begin(), stream.begin() + 9);
+  const Tensor fast_before = m->level(0, 0).mlp->fc->weight.clone();
+  const Tensor slow_mid = m->level(0, 1).mlp->fc->weight.clone();
+  learner.read_stream(one);
+  EXPECT_FALSE(nn::testing::bitwise_equal(fast_before, m->level(0, 0).mlp->fc->weight));
+  EXPECT_FALSE(nn::testing::bitwise_equal(slow_mid, m->level(0, 1).mlp->fc->weight)) << "the partial window is applied";
+  for (const auto& [name, p] : m->named_parameters()) EXPECT_FALSE(p.grad().defined()) << name << " keeps a gradient";
+}
+
+}  // namespace
+}  // namespace somnus::sleep
