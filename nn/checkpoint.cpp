@@ -1,6 +1,7 @@
 #include "nn/checkpoint.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2 (glibc, _GNU_SOURCE)
 #include <unistd.h>
 
 #include <algorithm>
@@ -158,12 +159,13 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
   fs::create_directories(root, ec);
   SOMNUS_CHECK(!ec, "save_checkpoint: cannot create '{}': {}", root, ec.message());
 
-  // Staging and trash directories left by a process killed mid-save or mid-prune (hidden
-  // names, never read as checkpoints) are removed, so repeated crashes do not fill the disk.
+  // Staging, trash and moved-aside directories left by a process killed mid-save or mid-prune
+  // (hidden names, never read as checkpoints) are removed, so repeated crashes do not fill the
+  // disk.
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     const std::string n = entry.path().filename().string();
-    if (n.rfind(".ckpt-", 0) == 0 &&
-        (n.find(".partial-") != std::string::npos || n.find(".deleting-") != std::string::npos)) {
+    if (n.rfind(".ckpt-", 0) == 0 && (n.find(".partial-") != std::string::npos ||
+                                      n.find(".deleting-") != std::string::npos || n.find(".old-") != std::string::npos)) {
       std::error_code ignored;
       fs::remove_all(entry.path(), ignored);
     }
@@ -210,15 +212,25 @@ std::string save_checkpoint(const std::string& root, const CheckpointSave& c, in
     manifest["files"] = listed;
     atomic_write(join(staging, kManifest), manifest.dump(2) + "\n");
 
-    // Swap the complete directory in. A re-save of the same step moves the old one aside
-    // first (a directory cannot be renamed over a non-empty one).
+    // Swap the complete directory in. A re-save of the same step exchanges the two
+    // directories atomically (renameat2 RENAME_EXCHANGE), so ckpt-<step> is complete at every
+    // instant, old or new; the old one, now under the staging name, is removed after.
+    // Where the filesystem cannot exchange, the old one is moved aside first (a directory
+    // cannot be renamed over a non-empty one): a crash between the two renames then leaves
+    // no ckpt-<step>, and `latest` names the missing directory.
     std::string aside;
     if (fs::exists(final_dir)) {
-      aside = join(root, fmt::format(".{}.old-{}", name, ::getpid()));
-      fs::remove_all(aside, ec);
-      rename_or_throw(final_dir, aside);
+      if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+        aside = staging;
+      } else {
+        aside = join(root, fmt::format(".{}.old-{}", name, ::getpid()));
+        fs::remove_all(aside, ec);
+        rename_or_throw(final_dir, aside);
+        rename_or_throw(staging, final_dir);
+      }
+    } else {
+      rename_or_throw(staging, final_dir);
     }
-    rename_or_throw(staging, final_dir);
     fsync_dir(root);
     atomic_write(join(root, kLatest), name + "\n");
     if (!aside.empty()) fs::remove_all(aside, ec);

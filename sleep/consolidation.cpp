@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -74,7 +75,12 @@ void from_json(const json& j, SeedingConfig& c) {
   c.sample_tokens = m.at("sample_tokens").get<int64_t>();
   c.sample_temperature = m.at("sample_temperature").get<double>();
   c.sample_top_k = m.at("sample_top_k").get<int64_t>();
-  c.stop_tokens = m.at("stop_tokens").get<std::vector<TokenId>>();
+  const json& stops = m.at("stop_tokens");
+  SOMNUS_CHECK(stops.is_array() && std::all_of(stops.begin(), stops.end(), [](const json& t) {
+                 return t.is_number_integer() && t.get<int64_t>() >= 0 && t.get<int64_t>() <= INT32_MAX;
+               }),
+               "seeding config: 'stop_tokens' must be a list of token ids, got {}", stops.dump());
+  c.stop_tokens = stops.get<std::vector<TokenId>>();
   c.steps = m.at("steps").get<int64_t>();
   c.batch_size = m.at("batch_size").get<int64_t>();
   c.lr = m.at("lr").get<double>();
@@ -115,6 +121,9 @@ void ConsolidationConfig::validate(const nn::TransformerConfig& model) const {
   }
   SOMNUS_CHECK(slot_init_std >= 0.0, "consolidation config: 'slot_init_std' must be >= 0 (0 = 1/sqrt(d)), got {}",
                slot_init_std);
+  for (TokenId t : ks.stop_tokens)
+    SOMNUS_CHECK(t >= 0 && t < model.vocab_size, "consolidation config: stop token {} is outside the vocabulary [0, {})",
+                 t, model.vocab_size);
   ks.validate();
 }
 

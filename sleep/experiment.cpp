@@ -181,10 +181,13 @@ json resolve_experiment_config(const std::string& name, const json& config,
                                const std::vector<std::pair<std::string, std::string>>& overrides) {
   const ExperimentInfo& info = find_experiment(name);
   // The keys a config may have: the tiny config's, and under "model" every TransformerConfig
-  // key (attention_period, pos, norm, …), not only those the tiny config spells out.
+  // key (attention_period, pos, norm, …), not only those the tiny config spells out; except
+  // vocab_size (set from the task's tokenizer) and preset (it would be overridden by the
+  // explicit defaults here: spell the keys out instead).
   json schema = info.tiny;
   if (schema.contains("model") && schema.at("model").is_object()) {
     json full = json(nn::TransformerConfig{});
+    if (!schema.at("model").contains("vocab_size")) full.erase("vocab_size");
     for (const auto& [k, v] : schema.at("model").items()) full[k] = v;
     schema["model"] = full;
   }

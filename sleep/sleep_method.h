@@ -8,7 +8,9 @@
 //   2. sleep     an explicit consolidation at the episode's end (sleep/consolidation.h):
 //                the sender's slots and θ_old are distilled into a new receiver slot by
 //                Knowledge Seeding on the model's own samples (prompts: `sleep_prompts`, or
-//                the episode's train_prefix, or token 0);
+//                the episode's train_prefix, or token 0; sampling stops at
+//                consolidation.ks.stop_tokens, or, when those are empty, at the first
+//                episode's stop_tokens, for every later sleep too);
 //   3. dream     when `dreaming` is on and the episode has a scorer τ and a context: the
 //                Dreamer loop (sleep/dreaming.h), applying the rewarded dreams.
 // The wake learner (its optimiser, its accumulators, the consolidator's slot ages) persists

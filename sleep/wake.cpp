@@ -82,6 +82,17 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
   o.beta2 = cfg_.beta2;
   opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
   if (cfg_.train == "sender") {
+    // The switch after the warm-up must fall on a window boundary of every group that stops
+    // learning, or its partial accumulation would be dropped.
+    const nn::TransformerConfig& mc = model_.config();
+    std::vector<int64_t> periods = {mc.attention_period, mc.embedding_period};
+    for (size_t i = 0; i < mc.levels.size(); ++i)
+      if (static_cast<int64_t>(i) != consolidator_.config().sender) periods.push_back(mc.levels[i].period);
+    for (int64_t p : periods)
+      SOMNUS_CHECK(cfg_.train_all_steps % p == 0,
+                   "wake config: 'train_all_steps' ({}) must be a multiple of every period outside the sender level "
+                   "({} is not)",
+                   cfg_.train_all_steps, p);
     const std::string marker = fmt::format(".cms.{}.", consolidator_.config().sender);
     for (const auto& [name, p] : model_.named_parameters(/*trainable_only=*/true)) {
       if (name.find(marker) == std::string::npos) outside_sender_.push_back(p);

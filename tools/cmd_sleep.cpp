@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -92,14 +93,25 @@ void run_sleep(const SleepArgs& a) {
     sleep::set_config_key(cj, s.substr(0, eq), s.substr(eq + 1));
   }
   const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
+  SOMNUS_CHECK(a.stop_at <= cfg.wake_steps + 1,
+               "sleep: --stop-at {} is past the last progress step (wake_steps + 1 = {})", a.stop_at, cfg.wake_steps + 1);
 
   // Where this run stands: fresh, resumable (a progress checkpoint), or already complete.
   const fs::path out(a.out);
   const std::string progress_root = (out / "progress").string();
   const std::optional<std::string> progress = nn::latest_checkpoint(progress_root);
   const bool complete = fs::exists(out / "metrics.json") && nn::latest_checkpoint(a.out).has_value();
+  // Progress checkpoints go once the run is complete, renamed first so that a kill mid-removal
+  // never leaves a half-deleted checkpoint under its name.
+  auto remove_progress = [&] {
+    if (!fs::exists(progress_root)) return;
+    const fs::path trash = out / ".progress.deleting";
+    fs::remove_all(trash);
+    fs::rename(progress_root, trash);
+    fs::remove_all(trash);
+  };
   if (a.resume && complete) {
-    fs::remove_all(progress_root);  // left by a life killed while cleaning up
+    remove_progress();  // left by a life killed while cleaning up
     fmt::print("sleep --resume: {} is complete (metrics.json and its checkpoint); nothing to do\n", a.out);
     return;
   }
@@ -126,10 +138,15 @@ void run_sleep(const SleepArgs& a) {
   auto nll = [&](const std::vector<sleep::TrainSequence>& rows) {
     return rows.empty() ? std::nan("") : -sleep::mean_logprob(*model, rows);
   };
-  // What the progress checkpoints must agree on to be continued (the inputs, by content).
-  const json identity = {{"ckpt_model", nn::read_checkpoint_json(dir, "model_config.json")},
-                         {"data_xxh64", fmt::format("{:016x}", xxh64(doc_bytes.data(), doc_bytes.size()))},
-                         {"old_data", a.old_data.empty() ? "" : fs::path(a.old_data).filename().string()},
+  // What the progress checkpoints must agree on to be continued: the inputs by content (the
+  // model's weights, config and tokenizer by the --ckpt manifest's checksums) and the config.
+  const nn::CheckpointManifest source = nn::verify_checkpoint(dir);
+  json source_files = json::object();
+  for (const auto& [file, size_hash] : source.files) source_files[file] = fmt::format("{:016x}", size_hash.second);
+  auto hash_of = [](const std::string& bytes) { return fmt::format("{:016x}", xxh64(bytes.data(), bytes.size())); };
+  const json identity = {{"ckpt_files", source_files},
+                         {"data_xxh64", hash_of(doc_bytes)},
+                         {"old_data_xxh64", a.old_data.empty() ? "" : hash_of(read_file(a.old_data))},
                          {"config", json(cfg)}};
 
   json metrics;
@@ -149,21 +166,31 @@ void run_sleep(const SleepArgs& a) {
   const int64_t W = cfg.wake_steps;
   std::string stage = "waking";  // waking → woke → slept
   if (progress) {
-    const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
-    const json& x = st.extra;
+    // Checked before anything is loaded: the run's inputs, then the shape of its state.
+    const json x = nn::read_checkpoint_json(*progress, "train_state.json").value("extra", json::object());
     SOMNUS_CHECK(x.contains("identity") && x.at("identity") == identity,
-                 "sleep --resume: {} was made with other inputs or another config (checkpoint, data, --old-data or "
-                 "config differ); resume with the same arguments, or start a new --out",
+                 "sleep --resume: {} was made with other inputs or another config (the --ckpt weights, config or "
+                 "tokenizer, the document, --old-data or the config differ); resume with the same arguments, or "
+                 "start a new --out",
                  *progress);
+    for (const char* key : {"stage", "wake_loss", "table", "learner", "seconds"})
+      SOMNUS_CHECK(x.contains(key), "sleep --resume: {}: train_state.json lacks '{}'", *progress, key);
+    stage = x.at("stage").get<std::string>();
+    SOMNUS_CHECK(stage == "waking" || stage == "woke" || stage == "slept",
+                 "sleep --resume: {}: unknown stage '{}'", *progress, stage);
+    for (const json& v : x.at("wake_loss")) wake_loss.push_back(num(v));  // a NaN loss is stored as null
+    const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
+    SOMNUS_CHECK(static_cast<int64_t>(wake_loss.size()) == (stage == "waking" ? st.step : W),
+                 "sleep --resume: {}: {} wake losses recorded at stage '{}', step {}", *progress, wake_loss.size(),
+                 stage, st.step);
     learner.load_state({x.at("learner"), nn::read_checkpoint_tensors(*progress, kAnchorFile)});
     gen = st.data_rng;
     default_generator() = st.default_rng;
-    stage = x.at("stage").get<std::string>();
-    wake_loss = x.at("wake_loss").get<std::vector<double>>();
     table = x.at("table");
     if (x.contains("consolidation")) metrics["consolidation"] = x.at("consolidation");
-    seconds_before = x.at("seconds").get<double>();
+    seconds_before = num(x.at("seconds"));
     fmt::print("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
+    std::fflush(stdout);
   } else {
     phase("before");
     if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
@@ -185,13 +212,13 @@ void run_sleep(const SleepArgs& a) {
     save.extra_tensors[kAnchorFile] = ls.anchor;
     save.extra_files["tokenizer.json"] = tok_json;  // a progress checkpoint loads like any other
     nn::save_checkpoint(progress_root, save, /*keep_last=*/2);
-    if (a.stop_at > 0 && step >= a.stop_at) {
+    if (a.stop_at > 0 && step == a.stop_at) {
       fmt::print("sleep: stopped at progress step {} (--stop-at); --resume continues\n", step);
       return true;
     }
     return false;
   };
-  if (!progress && save_progress(0)) return;
+  if (!progress && W > 0 && save_progress(0)) return;  // (W = 0: the end-of-wake checkpoint follows)
 
   // wake
   if (stage == "waking") {
@@ -264,22 +291,9 @@ void run_sleep(const SleepArgs& a) {
   save.state.step = static_cast<int64_t>(wake_loss.size());
   save.extra_files["tokenizer.json"] = tok_json;
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
-  atomic_write((out / "metrics.json").string(), metrics.dump(2) + "\n");
-  // The run is complete (metrics.json and the checkpoint say so): the progress checkpoints go,
-  // renamed first so that a kill mid-removal never leaves a half-deleted checkpoint in place.
-  if (fs::exists(progress_root)) {
-    const fs::path trash = out / ".progress.deleting";
-    fs::remove_all(trash);
-    fs::rename(progress_root, trash);
-    fs::remove_all(trash);
-  }
 
-  fmt::print("\n| phase | held-out NLL (new) | old NLL | seconds |\n|---|---|---|---|\n");
-  for (const auto& row : table)
-    fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), num(row["heldout_nll"]),
-               num(row["old_nll"]), num(row["seconds"]));
-
-  // Plot: wake loss per step and the seeding JSD per step.
+  // Plot: wake loss per step and the seeding JSD per step (before metrics.json, which marks
+  // the run complete: a resumed run after a kill here writes them again).
   {
     std::ofstream f(out / "wake_loss.dat");
     for (size_t i = 0; i < wake_loss.size(); ++i) f << i + 1 << " " << wake_loss[i] << "\n";
@@ -296,6 +310,14 @@ void run_sleep(const SleepArgs& a) {
   }
   const int rc = std::system(fmt::format("gnuplot '{}' 2>&1", (out / "cycle.gp").string()).c_str());
   if (rc != 0) fmt::print("plot: gnuplot failed (exit {})\n", rc);
+
+  atomic_write((out / "metrics.json").string(), metrics.dump(2) + "\n");
+  remove_progress();  // the run is complete: metrics.json and the checkpoint say so
+
+  fmt::print("\n| phase | held-out NLL (new) | old NLL | seconds |\n|---|---|---|---|\n");
+  for (const auto& row : table)
+    fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), num(row["heldout_nll"]),
+               num(row["old_nll"]), num(row["seconds"]));
   fmt::print("\nwrote {}, {}/metrics.json and {}/cycle.png\n", saved, a.out, a.out);
 }
 

@@ -242,7 +242,7 @@ void run_train(const TrainArgs& args) {
   say(fmt::format("train: {} parameters, vocab {}, {} train tokens, device {}, steps {}..{} -> {}",
                   model.num_parameters(), tok.vocab_size(), batcher.num_tokens(), device.str(), start,
                   cfg.steps, cfg.out_dir));
-  if (resume_dir) say(fmt::format("train: resumed from {}", *resume_dir));
+  if (resume_dir) fmt::print(stderr, "train: resumed from {}\n", *resume_dir);  // even with --quiet
 
   auto save = [&](int64_t step) {
     CheckpointSave c{.model = &model,

@@ -63,7 +63,7 @@ verify_all() {  # every complete checkpoint under the given roots, and their lat
 #   $startup_ms and $ref_ms for the kill window; sets kills/attempts/verified/steps_seen.
 kill_loop() {
   local name="$1" run="$2" progress="$3" done_file="$4"; shift 5
-  kills=0 attempts=0 verified=0 steps_seen=""
+  kills=0 attempts=0 verified=0 resumed=0 steps_seen=""
   # Kill delays uniform in [0, start-up + 2 * ref / kills): each life ends somewhere in start-up,
   # a step, an evaluation or a checkpoint write, and the kills are spread over the whole run.
   local window_ms=$(( startup_ms + 2 * ref_ms / kills_wanted )) resume pid rc delay_ms
@@ -82,11 +82,12 @@ kill_loop() {
     "$@" "${resume[@]}" > "$work/life.log" 2>&1 &
     pid=$!
     if [ $kills -lt "$kills_wanted" ]; then
-      delay_ms=$(( RANDOM % window_ms ))
+      delay_ms=$(( (RANDOM << 15 | RANDOM) % window_ms ))  # RANDOM alone stops at 32767
       sleep "$(awk -v ms="$delay_ms" 'BEGIN { printf "%.3f", ms / 1000 }')"
       kill -KILL "$pid" 2>/dev/null || true
       rc=0
       wait "$pid" 2>/dev/null || rc=$?
+      grep -q "resumed from" "$work/life.log" && resumed=$((resumed + 1))
       if [ $rc -eq 137 ]; then  # died by our SIGKILL (not a life that had already finished)
         kills=$((kills + 1))
         verify_all "$run" "$progress" || { echo "kill_test: $name: FAILED after kill $kills (work dir kept: $work)"; return 1; }
@@ -97,11 +98,16 @@ kill_loop() {
     else
       rc=0
       wait "$pid" || rc=$?
+      grep -q "resumed from" "$work/life.log" && resumed=$((resumed + 1))
     fi
     [ $rc -eq 0 ] || { echo "kill_test: $name: a resumed life failed (exit $rc):"; cat "$work/life.log"; return 1; }
     [ -f "$done_file" ] || { echo "kill_test: $name: a life exited 0 without finishing:"; cat "$work/life.log"; return 1; }
   done
   [ $kills -ge "$kills_wanted" ] || { echo "kill_test: $name: only $kills kills"; return 1; }
+  # The test must have exercised resume: lives that said "resumed from", and kills that found
+  # a checkpoint past the first.
+  [ $resumed -ge 1 ] || { echo "kill_test: $name: no life resumed from a checkpoint"; return 1; }
+  echo "$steps_seen" | grep -qE ' [1-9][0-9]*' || { echo "kill_test: $name: no kill landed after a checkpoint"; return 1; }
 }
 
 # ---- somnus train
@@ -134,7 +140,7 @@ for f in ("model.safetensors", "optimizer.safetensors", "train_state.json"):
         sys.exit(f"kill_test: train: final {f} differs from the uninterrupted run's")
 PY
 echo "kill_test: train: latest checkpoint step after each kill:$steps_seen"
-echo "kill_test: train: passed: $kills SIGKILLs survived ($verified verified checkpoint states, $attempts lives); metrics and final weights bit-identical"
+echo "kill_test: train: passed: $kills SIGKILLs survived ($verified verified checkpoint states, $attempts lives, $resumed resumed); metrics and final weights bit-identical"
 train_kills=$kills
 
 # ---- somnus sleep: a wake → sleep → dream cycle of a small CMS model with receiver slots
@@ -175,7 +181,7 @@ if x != y:
     sys.exit("kill_test: sleep: the final model differs from the uninterrupted run's")
 PY
 echo "kill_test: sleep: progress step after each kill (wake steps; 13 = after the sleep phase):$steps_seen"
-echo "kill_test: sleep: passed: $kills SIGKILLs survived ($verified verified checkpoint states, $attempts lives); metrics and final weights bit-identical"
+echo "kill_test: sleep: passed: $kills SIGKILLs survived ($verified verified checkpoint states, $attempts lives, $resumed resumed); metrics and final weights bit-identical"
 echo "kill_test: passed: $train_kills + $kills SIGKILLs survived (train, sleep)"
 
 [ -z "${SOMNUS_KILL_DIR:-}" ] && rm -rf "$work"

@@ -4,6 +4,7 @@
 // config parsing with overrides.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -368,6 +369,29 @@ TEST(Checkpoint, LoadTransformerAndExtraFiles) {
   EXPECT_EQ(read_checkpoint_json(ck, "train_config.json")["note"], "test");
   c.extra_files["MANIFEST.json"] = "x";
   EXPECT_THROW(save_checkpoint(dir.path, c), Error);
+}
+
+// A re-save of the step `latest` names swaps the directories atomically: the new content is
+// there, `latest` still names it, and neither the old copy nor a moved-aside directory left by
+// an earlier crash remains.
+TEST(Checkpoint, ResaveOfTheSameStepReplacesItCleanly) {
+  TempDir dir;
+  TrainRun run(1, 7, true);
+  run.step();
+  const std::string ck = save_checkpoint(dir.path, run.contents());
+  fs::create_directories(dir.path + "/.ckpt-00000001.old-99999");  // a crashed save's leftover
+  run.step();
+  CheckpointSave again = run.contents();
+  again.state.step = 1;  // same step, new weights
+  EXPECT_EQ(save_checkpoint(dir.path, again), ck);
+  EXPECT_EQ(*latest_checkpoint(dir.path), ck);
+  TrainRun target(2, 7, true);
+  load_checkpoint(ck, *target.model);
+  EXPECT_EQ(raw_bytes(target.model->wte->weight), raw_bytes(run.model->wte->weight));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt-00000001", "latest"}));
 }
 
 TEST(Checkpoint, ExtraTensorsRoundTripAndAreVerified) {

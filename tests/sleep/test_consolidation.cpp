@@ -512,6 +512,11 @@ TEST(Consolidation, TeacherSamplingStopsAtStopTokens) {
   SeedingConfig s;
   s.stop_tokens = {5, 7};
   EXPECT_EQ(nlohmann::json(s).get<SeedingConfig>().stop_tokens, (std::vector<TokenId>{5, 7}));
+  expect_error([] { (void)nlohmann::json{{"stop_tokens", {1, "eos"}}}.get<SeedingConfig>(); }, {"'stop_tokens'"});
+  auto m = make_model();
+  ConsolidationConfig c = ks_config(1);
+  c.ks.stop_tokens = {m->config().vocab_size};
+  expect_error([&] { Consolidator x(*m, c); }, {"stop token 24 is outside the vocabulary"});
 }
 
 // train = "sender": after train_all_steps warm-up steps only the sender level moves while awake.
@@ -544,6 +549,10 @@ TEST(Wake, TrainSenderOnlyAfterTheWarmUp) {
   WakeConfig bad;
   bad.train = "attention";
   somnus::testing::expect_error([&] { WakeLearner x(*m, bad, ks_config(1)); }, {"'train'"});
+  WakeConfig odd;  // the switch would drop half a window of the period-2 level
+  odd.train = "sender";
+  odd.train_all_steps = 3;
+  somnus::testing::expect_error([&] { WakeLearner x(*m, odd, ks_config(1)); }, {"'train_all_steps' (3)", "(2 is not)"});
 }
 
 }  // namespace

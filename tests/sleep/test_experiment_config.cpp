@@ -58,6 +58,9 @@ TEST(ExperimentConfig, UnknownKeysAndBadConfigsAreErrors) {
   expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"num_domain", "3"}}); }, {"unknown key 'num_domain'"});
   expect_error([] { resolve_experiment_config("clinc150", json(3)); }, {"\"tiny\", \"gpu\" or a JSON object"});
   expect_error([] { resolve_experiment_config("nosuch", "tiny"); }, {"unknown experiment 'nosuch'"});
+  // vocab_size comes from the task's tokenizer: setting it would silently do nothing.
+  expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"model.vocab_size", "100"}}); },
+               {"unknown key 'vocab_size'"});
 }
 
 }  // namespace

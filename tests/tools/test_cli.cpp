@@ -215,6 +215,9 @@ TEST(Cli, SleepResumesBitExactly) {
   const Result other = run(args + out + " --resume --set consolidation.ks.steps=3");
   EXPECT_NE(other.code, 0);
   EXPECT_NE(other.out.find("other inputs or another config"), std::string::npos) << other.out;
+  const Result past = run(args + out + " --resume --stop-at 5");  // wake_steps + 1 = 4 is the last
+  EXPECT_NE(past.code, 0);
+  EXPECT_NE(past.out.find("past the last progress step"), std::string::npos) << past.out;
   const Result fresh = run(args + out);
   EXPECT_NE(fresh.code, 0);
   EXPECT_NE(fresh.out.find("pass --resume"), std::string::npos) << fresh.out;
