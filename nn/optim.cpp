@@ -1,6 +1,7 @@
 #include "nn/optim.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <set>
 #include <type_traits>
@@ -57,9 +58,12 @@ void with_contiguous_host(const Tensor& t, F&& f) {
   }
 }
 
-// Elements of the bf16 parameter p that differ from the rounded f32 master were written by
-// someone else since the last update: adopt them.
-void resync_master(const Tensor& master, const Tensor& p, bool cpu_loops) {
+// Elements of the bf16 parameter p that are not the optimiser's rounding of the f32 master
+// were written by someone else since the last update (a checkpoint load, a LoRA merge): the
+// master adopts them. Nearest-even: the rounding is one value. Stochastic: either bf16
+// neighbour of the master (on the host exactly; through kernels:: ops, anything within one
+// bf16 spacing, |p − m| ≤ 2⁻⁷·|m|).
+void resync_master(const Tensor& master, const Tensor& p, bool cpu_loops, bool stochastic) {
   if (cpu_loops) {
     const Tensor pc = p.contiguous();
     float* m = master.data<float>();
@@ -67,11 +71,25 @@ void resync_master(const Tensor& master, const Tensor& p, bool cpu_loops) {
     const int64_t n = master.numel();
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) {
-      if (bf16::from_float(m[i]) != q[i].bits) m[i] = static_cast<float>(q[i]);
+      bool ours = bf16::from_float(m[i]) == q[i].bits;
+      if (!ours && stochastic) {
+        uint32_t u;
+        std::memcpy(&u, &m[i], sizeof u);
+        const auto down = static_cast<uint16_t>(u >> 16);  // toward zero; the other neighbour is one step out
+        ours = q[i].bits == down || q[i].bits == static_cast<uint16_t>(down + 1);
+      }
+      if (!ours) m[i] = static_cast<float>(q[i]);
     }
     return;
   }
   const Tensor pf = kernels::cast(p, DType::f32);
+  if (stochastic) {
+    const Tensor off = kernels::unary(kernels::Unary::relu,
+                                      k_sub(kernels::unary(kernels::Unary::abs, k_sub(pf, master)),
+                                            k_mul(kernels::unary(kernels::Unary::abs, master), 0.0078125)));
+    master.copy_(kernels::where(off, pf, master));
+    return;
+  }
   const Tensor rounded = kernels::cast(kernels::cast(master, DType::bf16), DType::f32);
   master.copy_(kernels::where(k_sub(rounded, pf), pf, master));
 }
@@ -196,14 +214,23 @@ void Optimizer::apply_group(size_t g) {
   std::vector<UpdateArgs> updates;
   updates.reserve(prepared.size());
   const double lr = grp.lr * lr_scale_;
+  std::vector<bool> written(prepared.size(), false);  // bf16 copies the update wrote itself
   for (size_t k = 0; k < prepared.size(); ++k) {
     const Prepared& p = prepared[k];
     const bool cpu_loops = p.param.device().is_cpu() && path_ == UpdatePath::automatic;
-    updates.push_back(UpdateArgs{grp, state_[g][index[k]], p.weight, p.grad, p.grad_scale, lr, cpu_loops});
+    UpdateArgs a{grp, state_[g][index[k]], p.weight, p.grad, p.grad_scale, lr, cpu_loops};
+    if (writes_bf16_copy() && (cpu_loops || p.param.device().is_cuda()) && p.param.dtype() == DType::bf16 &&
+        p.param.is_contiguous() && !p.weight.same(p.param)) {
+      a.bf16_param = p.param;
+      written[k] = true;
+    }
+    updates.push_back(a);
   }
   update_group(updates);
-  for (const Prepared& p : prepared) {
-    if (!p.weight.same(p.param)) p.param.copy_(p.weight);  // the rounded master, or a strided param's copy
+  for (size_t k = 0; k < prepared.size(); ++k) {
+    const Prepared& p = prepared[k];
+    // The rounded master (unless the update wrote it), or a strided parameter's copy.
+    if (!written[k] && !p.weight.same(p.param)) p.param.copy_(p.weight);
   }
   clear_group(g, /*set_to_none=*/true);
 }
@@ -232,7 +259,7 @@ bool Optimizer::prepare_param(size_t g, size_t i, Prepared& out) {
       master.copy_(p);
       it = s.buffers.emplace(kMasterBuffer, master).first;
     } else {
-      resync_master(it->second, p, cpu_loops);
+      resync_master(it->second, p, cpu_loops, stochastic_bf16());
     }
     w = it->second;
   } else {
@@ -464,7 +491,7 @@ void AdamW::update_group(const std::vector<UpdateArgs>& updates) {
   struct Bucket {
     Device device;
     DType dtype;
-    std::vector<Tensor> w, g, m, v;
+    std::vector<Tensor> w, g, m, v, bf16;  // bf16: the parameter's copy to write, or undefined
     std::vector<kernels::AdamWHyper> hyper;
   };
   std::vector<Bucket> buckets;
@@ -479,8 +506,9 @@ void AdamW::update_group(const std::vector<UpdateArgs>& updates) {
     Tensor& v = buffer(a.state, "exp_avg_sq", w);
     auto it = std::find_if(buckets.begin(), buckets.end(),
                            [&](const Bucket& b) { return b.device == w.device() && b.dtype == w.dtype(); });
-    if (it == buckets.end()) it = buckets.insert(buckets.end(), Bucket{w.device(), w.dtype(), {}, {}, {}, {}, {}});
+    if (it == buckets.end()) it = buckets.insert(buckets.end(), Bucket{w.device(), w.dtype(), {}, {}, {}, {}, {}, {}});
     it->w.push_back(w);
+    it->bf16.push_back(a.bf16_param);
     it->g.push_back(a.grad);
     it->m.push_back(m);
     it->v.push_back(v);
@@ -492,7 +520,20 @@ void AdamW::update_group(const std::vector<UpdateArgs>& updates) {
                                             .grad_scale = a.grad_scale,
                                             .step = a.state.step});
   }
-  for (const Bucket& b : buckets) kernels::adamw_step(b.w, b.g, b.m, b.v, b.hyper);
+  for (const Bucket& b : buckets) {
+    const bool any16 = std::any_of(b.bf16.begin(), b.bf16.end(), [](const Tensor& t) { return t.defined(); });
+    kernels::adamw_step(b.w, b.g, b.m, b.v, b.hyper, Tensor(), any16 ? b.bf16 : std::vector<Tensor>{},
+                        options_.stochastic_rounding, rounding_seed());
+  }
+}
+
+uint64_t AdamW::rounding_seed() const {
+  // One Philox key per optimiser step (the kernel counts elements across a call's list);
+  // restored with the step count, so a resumed run rounds as an uninterrupted one.
+  uint64_t z = options_.rounding_seed ^ (static_cast<uint64_t>(step_count()) * 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
 }
 
 void AdamW::update(const UpdateArgs& a) {
@@ -516,7 +557,9 @@ void AdamW::update(const UpdateArgs& a) {
                                 .eps = options_.eps,
                                 .grad_scale = a.grad_scale,
                                 .step = a.state.step};
-    kernels::adamw_step({w}, {a.grad}, {m}, {v}, {h});
+    kernels::adamw_step({w}, {a.grad}, {m}, {v}, {h}, Tensor(),
+                        a.bf16_param.defined() ? std::vector<Tensor>{a.bf16_param} : std::vector<Tensor>{},
+                        options_.stochastic_rounding, rounding_seed());
     return;
   }
   // The same expressions, in the same order, with kernels:: ops (any device).

@@ -152,7 +152,17 @@ class Optimizer {
     double grad_scale;     // multiply grad by this (1/period for mean reduction)
     double lr;             // group lr * lr_scale
     bool cpu_loops;        // loops over host data, else kernels:: ops
+    // A contiguous bf16 parameter whose f32 master `weight` is: an optimiser that writes the
+    // rounded copy in its update kernel (writes_bf16_copy()) fills it; otherwise, or when
+    // undefined, apply_group copies weight into the parameter after the update.
+    Tensor bf16_param = Tensor();
   };
+  // True when update()/update_group() write UpdateArgs::bf16_param themselves on the fused
+  // path (cpu_loops or CUDA): the rounding happens in the update's own pass.
+  virtual bool writes_bf16_copy() const { return false; }
+  // True when that copy is rounded stochastically (the master resync then accepts either
+  // bf16 neighbour as the optimiser's own rounding).
+  virtual bool stochastic_bf16() const { return false; }
   // Writes the new weight into args.weight in place and updates the state buffers.
   virtual void update(const UpdateArgs& args) = 0;
   // One application of a group: the updates of its parameters that have a .grad, in order
@@ -189,6 +199,11 @@ struct AdamWOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   AccumulationReduction reduction = AccumulationReduction::mean;
+  // bf16 parameters (f32 masters): the bf16 copy is rounded stochastically (Philox bits from
+  // rounding_seed, the step and the element) instead of to nearest-even. The masters and the
+  // moments are the same either way.
+  bool stochastic_rounding = false;
+  uint64_t rounding_seed = 0;
 };
 
 // AdamW (Loshchilov & Hutter), in PyTorch's formulation:
@@ -205,6 +220,9 @@ class AdamW : public Optimizer {
  protected:
   void update(const UpdateArgs& args) override;
   void update_group(const std::vector<UpdateArgs>& updates) override;
+  bool writes_bf16_copy() const override { return true; }
+  bool stochastic_bf16() const override { return options_.stochastic_rounding; }
+  uint64_t rounding_seed() const;
   std::vector<std::string> buffer_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   nlohmann::json hyperparameters() const override;
 

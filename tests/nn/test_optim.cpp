@@ -4,6 +4,8 @@
 // through saved state, state validation, and schedule values.
 #include <gtest/gtest.h>
 
+#include <bit>
+
 #include <unistd.h>
 
 #include <cmath>
@@ -266,6 +268,43 @@ TEST(AdamW, Bf16MasterKeepsUpdatesSmallerThanBf16Spacing) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(mv[i], 0.5 - 1e-4, 5e-6) << i;
   for (int i = 4; i < 8; ++i) EXPECT_NEAR(mv[i], 1.0 - 51 * 1e-4, 5e-6) << i;
   EXPECT_NEAR(pv[0], 0.5, 1e-3);
+}
+
+// Stochastic rounding of the bf16 copy (AdamWOptions::stochastic_rounding): the master and the
+// moments are those of nearest-even rounding; each parameter element is one of the master's two
+// bf16 neighbours (not always the nearest); the copy is seeded (same seed: same bits); an
+// outside write is still adopted by the master.
+TEST(AdamW, Bf16StochasticRoundingKeepsTheMasterAndRoundsEitherWay) {
+  auto run = [](bool sr, uint64_t seed, Tensor* master_out) {
+    Tensor p = param({4096}, 31, DType::bf16);
+    AdamW opt({ParamGroup{.params = {p}, .lr = 1e-3}},
+              AdamWOptions{.stochastic_rounding = sr, .rounding_seed = seed});
+    Generator gen(5);
+    for (int k = 0; k < 3; ++k) {
+      p.set_grad(randn({4096}, gen).to(DType::bf16));
+      opt.step();
+    }
+    *master_out = opt.master_weight(0, 0).clone();
+    return p;
+  };
+  Tensor m_rne, m_sr, m_sr2, m_other;
+  const Tensor rne = run(false, 0, &m_rne), sr = run(true, 1, &m_sr), sr2 = run(true, 1, &m_sr2),
+               other = run(true, 2, &m_other);
+  EXPECT_EQ(raw_bytes(m_rne), raw_bytes(m_sr)) << "the master does not depend on the rounding of the copy";
+  EXPECT_EQ(raw_bytes(rne), raw_bytes(m_rne.to(DType::bf16))) << "nearest-even: the copy is the rounded master";
+  EXPECT_EQ(raw_bytes(sr), raw_bytes(sr2)) << "seeded";
+  EXPECT_NE(raw_bytes(sr), raw_bytes(other)) << "another seed rounds other elements up";
+  const std::vector<double> m = m_sr.to_vector(), q = sr.to_vector(), r = rne.to_vector();
+  int64_t differ = 0;
+  for (size_t i = 0; i < m.size(); ++i) {
+    const float down = bf16::to_float(static_cast<uint16_t>(std::bit_cast<uint32_t>(static_cast<float>(m[i])) >> 16));
+    const double spacing = std::abs(m[i]) * 0.0078125 + 1e-30;
+    EXPECT_LE(std::abs(q[i] - m[i]), spacing) << i;
+    EXPECT_TRUE(q[i] == down || std::abs(q[i]) > std::abs(down)) << i;
+    differ += q[i] != r[i];
+  }
+  EXPECT_GT(differ, 100) << "stochastic, not nearest";
+  EXPECT_LT(differ, 4000);
 }
 
 // ---------------------------------------------------------------- SGD
