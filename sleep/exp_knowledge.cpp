@@ -19,10 +19,12 @@
 // (dream.selection = false), sleep-no-imitation (consolidation.ks.alpha = 1: distillation
 // only), sleep-no-semantic-reward (consolidation.ks.imitation.gamma = 0: r = r_abs), and
 // sleep-no-expansion (consolidation.expansion = false: θ_new only, no slot, no seeding).
-// Consolidation acts only in the cpt setting: a single passage is one episode, whose sleep is
-// the learner's first and only records the anchor (sleep/wake.h, "since_last_sleep"). So the
-// rows named in `cpt_only` skip the single-passage setting (their numbers there would repeat
-// the "sleep" row's; the table shows —); names of rows that are not in `rows` are ignored. "Without random expert" needs an MoE level: the
+// The base model is pretrained, so the sleep rows anchor at the start ("sleep":
+// {"anchor_at_start": true}): a single passage is one episode, and its sleep consolidates the
+// base's fast level (what it knew before the passage) into a slot. Without it the first sleep
+// only records the anchor and consolidation would act in the cpt setting alone. Rows named in
+// `cpt_only` skip the single-passage setting (the table shows —); names of rows that are not
+// in `rows` are ignored. "Without random expert" needs an MoE level: the
 // tiny model is dense (the row would equal "sleep"); the gpu config makes the fast level an
 // MoE and has the row.
 #include <fmt/format.h>
@@ -56,7 +58,8 @@ json tiny_config() {
              {"label": "sleep-no-semantic-reward", "method": "sleep",
               "config": {"consolidation": {"ks": {"imitation": {"gamma": 0.0}}}}},
              {"label": "sleep-no-expansion", "method": "sleep", "config": {"consolidation": {"expansion": false}}}],
-    "cpt_only": ["sleep-no-imitation", "sleep-no-semantic-reward", "sleep-no-expansion"],
+    "cpt_only": [],
+    "sleep": {"anchor_at_start": true},
     "seeds": [0, 1, 2],
     "num_pretrain_entities": 150,
     "num_eval_entities": 6,

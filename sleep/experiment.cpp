@@ -339,6 +339,7 @@ std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const json& cf
     m = {{"wake_steps", cfg.at("steps")}, {"batch_size", cfg.at("batch_size")}, {"wake", {{"lr", cfg.at("lr")}}},
          {"seed", seed},                  {"dream", dream}};
     if (cfg.contains("consolidation")) m["consolidation"] = cfg.at("consolidation");
+    if (cfg.contains("sleep")) m.merge_patch(cfg.at("sleep"));  // e.g. {"anchor_at_start": true}
   }
   m.merge_patch(row.config);
   return make_method(row.method, m);

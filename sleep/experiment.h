@@ -111,7 +111,8 @@ struct ExperimentRow {
 std::vector<ExperimentRow> parse_experiment_rows(const nlohmann::json& cfg, const std::string& experiment,
                                                  bool allow_model_patch = false);
 // The row's method with the experiment's shared budget (cfg's steps, lr, batch_size, and its
-// consolidation / dream objects where present) under the row's own config patch.
+// consolidation / dream objects where present; for sleep rows, cfg's "sleep" patch over the
+// sleep method config where present) under the row's own config patch.
 std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const nlohmann::json& cfg, uint64_t seed);
 // [bos] ++ tok.encode(text)
 std::vector<TokenId> encode_with_bos(const nn::Tokenizer& tok, const std::string& text);

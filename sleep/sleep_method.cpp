@@ -26,7 +26,7 @@ void to_json(json& j, const SleepMethodConfig& c) {
            {"wake", c.wake},                     {"consolidate", c.consolidate},
            {"consolidation", c.consolidation},   {"dreaming", c.dreaming},
            {"dream", c.dream},                   {"sleep_prompts", c.sleep_prompts},
-           {"seed", c.seed}};
+           {"anchor_at_start", c.anchor_at_start}, {"seed", c.seed}};
 }
 
 void from_json(const json& j, SleepMethodConfig& c) {
@@ -40,6 +40,7 @@ void from_json(const json& j, SleepMethodConfig& c) {
   c.dreaming = m.at("dreaming").get<bool>();
   c.dream = m.at("dream").get<DreamConfig>();
   c.sleep_prompts = m.at("sleep_prompts").get<std::vector<std::vector<TokenId>>>();
+  c.anchor_at_start = m.at("anchor_at_start").get<bool>();
   c.seed = m.at("seed").get<uint64_t>();
   c.validate();
 }
@@ -53,6 +54,7 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
     ConsolidationConfig cc = cfg_.consolidation;  // sampling stops where the task's answers stop
     if (cc.ks.stop_tokens.empty()) cc.ks.stop_tokens = ep.stop_tokens;
     learner_ = std::make_unique<WakeLearner>(model, cfg_.wake, cc);
+    if (cfg_.anchor_at_start && cfg_.wake.sleep_teacher == "since_last_sleep") learner_->sleep();  // records the anchor
   }
   SOMNUS_CHECK(model_ == &model, "sleep method: one SleepMethod follows one model; got a different model");
   ++episodes_;

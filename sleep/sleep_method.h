@@ -36,6 +36,11 @@ struct SleepMethodConfig {
   bool dreaming = true;      // only where the episode has a scorer and a context
   DreamConfig dream;
   std::vector<std::vector<TokenId>> sleep_prompts;  // empty: the episode's train_prefix, else {0}
+  // With wake.sleep_teacher = "since_last_sleep": true records the anchor before the first
+  // wake, so the first sleep already consolidates what the fast level knew before it (right
+  // for a pretrained model); false [default]: the first sleep only records the anchor (a
+  // model trained from nothing has no earlier knowledge worth a slot).
+  bool anchor_at_start = false;
   uint64_t seed = 0;
 
   void validate() const;

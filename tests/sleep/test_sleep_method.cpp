@@ -94,6 +94,24 @@ TEST(SleepMethod, FullWakeSleepDreamCycle) {
   EXPECT_LT(s, 60.0);  // issue 6: the cycle fits a test (generous: a sanity bound, not a benchmark)
 }
 
+// anchor_at_start: the anchor is the model as given, so the first episode's sleep already grows
+// and seeds a slot (for a pretrained model, what it knew before the episode).
+TEST(SleepMethod, AnchorAtStartConsolidatesInTheFirstEpisode) {
+  Generator gen(1);
+  nn::Transformer model(tiny(), gen);
+  register_sleep_method();
+  SleepMethodConfig c = small_config();
+  c.anchor_at_start = true;
+  c.dreaming = false;
+  auto method = make_method("sleep", nlohmann::json(c));
+  method->learn(model, episode());
+  const nlohmann::json& m = method->last_metrics();
+  EXPECT_FALSE(m["consolidation"]["skipped"].get<bool>());
+  EXPECT_GT(m["consolidation"]["jsd_before"].get<double>(), 0.0);
+  EXPECT_EQ(model.level(0, 1).active_slots().size(), 1u);
+  EXPECT_TRUE(nlohmann::json(c).get<SleepMethodConfig>().anchor_at_start);
+}
+
 TEST(SleepMethod, ConfigErrors) {
   register_sleep_method();
   somnus::testing::expect_error([] { (void)make_method("sleep", {{"wake_stepz", 3}}); }, {"unknown key 'wake_stepz'"});
