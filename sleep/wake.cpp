@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <utility>
 
@@ -160,6 +161,13 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
                             log.periods_applied.end());
   log.grad_norm = cfg_.grad_clip > 0.0 ? clip_grad_norm(due, cfg_.grad_clip) : grad_norm(due);
 
+  if (!std::isfinite(log.loss) || !std::isfinite(log.grad_norm)) {
+    log.skipped_non_finite = true;
+    opt_->zero_grad_all();
+    opt_->step();  // applies nothing (no gradients); keeps the schedule aligned
+    if (sender_due) ++sender_applications_;
+    return log;
+  }
   NamedTensors sender_old;
   if (consolidate) sender_old = consolidator_.snapshot_sender();
   opt_->step();  // θ_new of every due group, the sender's included

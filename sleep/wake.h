@@ -76,6 +76,10 @@ struct WakeStepLog {
   double loss = 0;       // cross-entropy
   double grad_norm = 0;  // of the groups that applied
   std::vector<int64_t> periods_applied;
+  // The loss or the gradient norm was NaN/Inf: the gradients were discarded (the step count
+  // still advances, so the slow levels' windows stay aligned; a partial window is lost) and
+  // no scheduled consolidation ran. A NaN never reaches the weights.
+  bool skipped_non_finite = false;
   std::optional<ConsolidationReport> consolidation;
 };
 

@@ -228,8 +228,10 @@ void run_sleep(const SleepArgs& a) {
           randint(0, static_cast<int64_t>(ctx_rows.size()), {std::min<int64_t>(cfg.batch_size, static_cast<int64_t>(ctx_rows.size()))}, gen)
               .to_vector();
       for (double i : idx) pick.push_back(ctx_rows[static_cast<size_t>(i)]);
-      wake_loss.push_back(learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size)).loss);
+      const sleep::WakeStepLog log = learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size));
+      wake_loss.push_back(log.loss);
       const int64_t k = s + 1;
+      if (log.skipped_non_finite) fmt::print("  wake step {}: non-finite loss or gradient norm, step skipped\n", k);
       if (k < W && ((a.checkpoint_every > 0 && k % a.checkpoint_every == 0) || (a.stop_at > 0 && k == a.stop_at)) &&
           save_progress(k))
         return;

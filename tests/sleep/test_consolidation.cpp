@@ -588,3 +588,34 @@ TEST(Wake, ReadStreamAppliesEachLevelAtItsPeriod) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// A NaN/Inf loss or gradient norm while awake is skipped: the weights are left as they were
+// and never become NaN (an exploding learning rate makes the loss non-finite after a step).
+TEST(Wake, NonFiniteStepsAreSkipped) {
+  auto m = make_model();
+  WakeConfig w;
+  w.lr = 1e30;
+  w.grad_clip = 0.0;
+  WakeLearner learner(*m, w, ks_config(1));
+  int skipped = 0;
+  for (int64_t k = 1; k <= 4; ++k) {
+    NamedTensors before;
+    for (const auto& [name, t] : m->state_dict()) before.emplace_back(name, t.clone());
+    const WakeStepLog log = learner.train_step(repeat_batch(4, 16, k));
+    if (!log.skipped_non_finite) continue;
+    ++skipped;
+    EXPECT_FALSE(std::isfinite(log.loss) && std::isfinite(log.grad_norm));
+    const NamedTensors after = m->state_dict();
+    for (size_t i = 0; i < after.size(); ++i)
+      EXPECT_TRUE(nn::testing::bitwise_equal(before[i].second, after[i].second)) << after[i].first;
+  }
+  EXPECT_GT(skipped, 0) << "lr = 1e30 must blow the loss up";
+  for (const auto& [name, t] : m->state_dict())
+    for (double v : t.to(DType::f64).to_vector()) ASSERT_FALSE(std::isnan(v)) << name;
+}
+
+}  // namespace
+}  // namespace somnus::sleep
