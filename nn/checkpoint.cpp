@@ -284,7 +284,11 @@ std::string resolve_checkpoint(const std::string& path) {
 
 // ---------------------------------------------------------------- load
 
-CheckpointManifest verify_checkpoint(const std::string& dir) {
+namespace {
+
+// The manifest of `dir`, validated (format, version, step, entry shapes); with `verify`, every
+// listed file is also checked against its size and XXH64; otherwise only `only` (when given).
+CheckpointManifest read_manifest(const std::string& dir, bool verify, const std::string& only = "") {
   const std::string mpath = join(dir, kManifest);
   SOMNUS_CHECK(fs::exists(mpath), "checkpoint: '{}' is incomplete or not a checkpoint: {} is missing", dir,
                kManifest);
@@ -308,13 +312,15 @@ CheckpointManifest verify_checkpoint(const std::string& dir) {
                  "checkpoint: {}: entry must be {{\"bytes\": uint, \"xxh64\": hex}}", what);
     const uint64_t bytes = entry.at("bytes").get<uint64_t>();
     const uint64_t hash = parse_hex64(entry.at("xxh64"), what);
-    const std::string path = join(dir, name);
-    SOMNUS_CHECK(fs::exists(path), "checkpoint: '{}': {} is missing", dir, name);
-    const std::string data = read_file(path);
-    SOMNUS_CHECK(data.size() == bytes, "checkpoint: '{}': {} has {} bytes, the manifest says {} (truncated?)", dir,
-                 name, data.size(), bytes);
-    SOMNUS_CHECK(xxh64(data.data(), data.size()) == hash,
-                 "checkpoint: '{}': {} does not match its checksum (corrupt)", dir, name);
+    if (verify || name == only) {
+      const std::string path = join(dir, name);
+      SOMNUS_CHECK(fs::exists(path), "checkpoint: '{}': {} is missing", dir, name);
+      const std::string data = read_file(path);
+      SOMNUS_CHECK(data.size() == bytes, "checkpoint: '{}': {} has {} bytes, the manifest says {} (truncated?)", dir,
+                   name, data.size(), bytes);
+      SOMNUS_CHECK(xxh64(data.data(), data.size()) == hash,
+                   "checkpoint: '{}': {} does not match its checksum (corrupt)", dir, name);
+    }
     out.files[name] = {bytes, hash};
   }
   for (const char* required : {kModelFile, kModelConfigFile, kTrainStateFile}) {
@@ -322,6 +328,10 @@ CheckpointManifest verify_checkpoint(const std::string& dir) {
   }
   return out;
 }
+
+}  // namespace
+
+CheckpointManifest verify_checkpoint(const std::string& dir) { return read_manifest(dir, /*verify=*/true); }
 
 bool checkpoint_has_file(const std::string& dir, const std::string& name) {
   return fs::exists(join(dir, name)) && fs::exists(join(dir, kManifest));
@@ -333,7 +343,8 @@ std::string read_checkpoint_file(const std::string& dir, const std::string& name
 }
 
 NamedTensors read_checkpoint_tensors(const std::string& dir, const std::string& name) {
-  const CheckpointManifest manifest = verify_checkpoint(dir);
+  // This file against the manifest; the rest was verified when the checkpoint was loaded.
+  const CheckpointManifest manifest = read_manifest(dir, /*verify=*/false, name);
   SOMNUS_CHECK(manifest.files.count(name) != 0, "checkpoint: '{}' lists no {}", dir, name);
   try {
     return load_safetensors(join(dir, name)).tensors;

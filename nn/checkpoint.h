@@ -99,7 +99,8 @@ Generator generator_from_json(const nlohmann::json& j, const std::string& what);
 nlohmann::json read_checkpoint_json(const std::string& dir, const std::string& name);
 std::string read_checkpoint_file(const std::string& dir, const std::string& name);
 bool checkpoint_has_file(const std::string& dir, const std::string& name);
-// The tensors of an extra_tensors file (CPU, sorted by name), checked against the manifest.
+// The tensors of an extra_tensors file (CPU, sorted by name); that file is checked against the
+// manifest (size, XXH64), the others are not re-read.
 NamedTensors read_checkpoint_tensors(const std::string& dir, const std::string& name);
 
 // Strict restore into existing objects (built from the same configs): verifies the checkpoint,

@@ -9,6 +9,7 @@
 #include "kernels/ops.h"
 #include "tensor/dispatch.h"
 #include "tensor/format.h"
+#include "tensor/random.h"
 
 namespace somnus {
 
@@ -530,10 +531,7 @@ void AdamW::update_group(const std::vector<UpdateArgs>& updates) {
 uint64_t AdamW::rounding_seed() const {
   // One Philox key per optimiser step (the kernel counts elements across a call's list);
   // restored with the step count, so a resumed run rounds as an uninterrupted one.
-  uint64_t z = options_.rounding_seed ^ (static_cast<uint64_t>(step_count()) * 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
+  return splitmix64_mix(options_.rounding_seed ^ (static_cast<uint64_t>(step_count()) * 0x9E3779B97F4A7C15ULL));
 }
 
 void AdamW::update(const UpdateArgs& a) {

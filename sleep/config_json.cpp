@@ -1,6 +1,9 @@
 // Strict config JSON (see config_json.h).
 #include "sleep/config_json.h"
 
+#include <climits>
+#include <cstdint>
+
 #include "tensor/format.h"
 
 namespace somnus::sleep {
@@ -42,6 +45,17 @@ nlohmann::json merge_config(const nlohmann::json& in, const nlohmann::json& defa
   for (auto it = in.begin(); it != in.end(); ++it) {
     const auto& d = defaults.at(it.key());
     out[it.key()] = (d.is_object() && !d.empty()) ? merge_config(*it, d, where + "." + it.key()) : *it;
+  }
+  return out;
+}
+
+std::vector<nn::TokenId> token_ids_from_json(const nlohmann::json& v, const std::string& where, const std::string& key) {
+  SOMNUS_CHECK(v.is_array(), "{}: '{}' must be a list of token ids, got {}", where, key, v.dump());
+  std::vector<nn::TokenId> out;
+  for (const nlohmann::json& t : v) {
+    SOMNUS_CHECK(t.is_number_integer() && t.get<int64_t>() >= 0 && t.get<int64_t>() <= INT32_MAX,
+                 "{}: '{}' must be a list of token ids, got {}", where, key, v.dump());
+    out.push_back(static_cast<nn::TokenId>(t.get<int64_t>()));
   }
   return out;
 }

@@ -5,6 +5,9 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "nn/tokenizer.h"
 
 namespace somnus::sleep {
 
@@ -20,5 +23,9 @@ nlohmann::json merge_config(const nlohmann::json& in, const nlohmann::json& defa
 // `--set a.b.c=value`: sets j["a"]["b"]["c"], creating objects on the way; the value is
 // parsed as JSON when it is JSON (3, 0.5, true, [0,1], {"k": 1}) and taken as a string otherwise.
 void set_config_key(nlohmann::json& j, const std::string& dotted_key, const std::string& value);
+
+// A list of token ids (non-negative integers that fit a TokenId), e.g. stop tokens; throws
+// "<where>: '<key>' must be a list of token ids, got <value>".
+std::vector<nn::TokenId> token_ids_from_json(const nlohmann::json& v, const std::string& where, const std::string& key);
 
 }  // namespace somnus::sleep

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <climits>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -75,12 +74,7 @@ void from_json(const json& j, SeedingConfig& c) {
   c.sample_tokens = m.at("sample_tokens").get<int64_t>();
   c.sample_temperature = m.at("sample_temperature").get<double>();
   c.sample_top_k = m.at("sample_top_k").get<int64_t>();
-  const json& stops = m.at("stop_tokens");
-  SOMNUS_CHECK(stops.is_array() && std::all_of(stops.begin(), stops.end(), [](const json& t) {
-                 return t.is_number_integer() && t.get<int64_t>() >= 0 && t.get<int64_t>() <= INT32_MAX;
-               }),
-               "seeding config: 'stop_tokens' must be a list of token ids, got {}", stops.dump());
-  c.stop_tokens = stops.get<std::vector<TokenId>>();
+  c.stop_tokens = token_ids_from_json(m.at("stop_tokens"), "seeding config", "stop_tokens");
   c.steps = m.at("steps").get<int64_t>();
   c.batch_size = m.at("batch_size").get<int64_t>();
   c.lr = m.at("lr").get<double>();

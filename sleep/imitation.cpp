@@ -8,6 +8,7 @@
 #include "autograd/grad_mode.h"
 #include "nn/generate.h"
 #include "sleep/baselines/json_fields.h"
+#include "sleep/config_json.h"
 #include "tensor/format.h"
 #include "tensor/random.h"
 
@@ -22,10 +23,7 @@ const char* kWhere = "imitation config";
 // splitmix64 finaliser: independent seeds for (cfg.seed, round, purpose).
 uint64_t mix_seed(uint64_t seed, uint64_t round, uint64_t purpose) {
   uint64_t z = seed ^ (round * 0x9E3779B97F4A7C15ULL) ^ (purpose * 0xD1B54A32D192ED03ULL);
-  z += 0x9E3779B97F4A7C15ULL;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
+  return splitmix64_mix(z + 0x9E3779B97F4A7C15ULL);
 }
 
 }  // namespace
@@ -116,15 +114,7 @@ void from_json(const json& j, ImitationConfig& out) {
   detail::read_field(j, "temperature", c.temperature, kWhere);
   detail::read_field(j, "top_k", c.top_k, kWhere);
   detail::read_field(j, "max_completion_tokens", c.max_completion_tokens, kWhere);
-  if (auto it = j.find("stop_tokens"); it != j.end()) {
-    SOMNUS_CHECK(it->is_array(), "{}: 'stop_tokens' must be an array of token ids, got {}", kWhere, it->dump());
-    c.stop_tokens.clear();
-    for (const json& t : *it) {
-      SOMNUS_CHECK(t.is_number_integer() && t.get<int64_t>() >= 0 && t.get<int64_t>() <= INT32_MAX,
-                   "{}: 'stop_tokens' must hold token ids, got {}", kWhere, t.dump());
-      c.stop_tokens.push_back(static_cast<TokenId>(t.get<int64_t>()));
-    }
-  }
+  if (j.contains("stop_tokens")) c.stop_tokens = token_ids_from_json(j.at("stop_tokens"), kWhere, "stop_tokens");
   detail::read_field(j, "rollout_batch_size", c.rollout_batch_size, kWhere);
   detail::read_field(j, "seed", c.seed, kWhere);
   c.validate();

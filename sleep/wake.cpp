@@ -201,26 +201,23 @@ void WakeLearner::load_state(const LearnerState& s) {
   SOMNUS_CHECK(!prompts.empty(), "WakeLearner::load_state: no sleep prompts");
   // The anchor must have a snapshot's layout (a snapshot is small: the sender level alone).
   const NamedTensors like = s.anchor.empty() ? NamedTensors{} : consolidator_.snapshot_sender();
-  if (!s.anchor.empty()) {
-    SOMNUS_CHECK(like.size() == s.anchor.size(), "WakeLearner::load_state: the anchor has {} tensors, the sender {}",
-                 s.anchor.size(), like.size());
-    for (const auto& [name, t] : like) {
-      const auto it = std::find_if(s.anchor.begin(), s.anchor.end(), [&](const auto& e) { return e.first == name; });
-      SOMNUS_CHECK(it != s.anchor.end(), "WakeLearner::load_state: the anchor lacks '{}'", name);
-      SOMNUS_CHECK(it->second.shape() == t.shape() && it->second.dtype() == t.dtype(),
-                   "WakeLearner::load_state: anchor '{}' is {} {}, the sender's {} {}", name,
-                   shape_str(it->second.shape()), dtype_name(it->second.dtype()), shape_str(t.shape()),
-                   dtype_name(t.dtype()));
-    }
+  std::map<std::string, Tensor> given(s.anchor.begin(), s.anchor.end());
+  SOMNUS_CHECK(s.anchor.empty() || like.size() == s.anchor.size(),
+               "WakeLearner::load_state: the anchor has {} tensors, the sender {}", s.anchor.size(), like.size());
+  NamedTensors anchor;  // in the sender's order, on the model's device
+  for (const auto& [name, t] : like) {
+    const auto it = given.find(name);
+    SOMNUS_CHECK(it != given.end(), "WakeLearner::load_state: the anchor lacks '{}'", name);
+    SOMNUS_CHECK(it->second.shape() == t.shape() && it->second.dtype() == t.dtype(),
+                 "WakeLearner::load_state: anchor '{}' is {} {}, the sender's {} {}", name,
+                 shape_str(it->second.shape()), dtype_name(it->second.dtype()), shape_str(t.shape()),
+                 dtype_name(t.dtype()));
+    anchor.emplace_back(name, it->second.to(t.device()).contiguous());
   }
   consolidator_.load_state(j.at("consolidator"));  // checks its own JSON before changing anything
   sender_applications_ = applications;
   prompts_ = std::move(prompts);
-  sender_anchor_.clear();
-  for (const auto& [name, t] : like) {  // the anchor in the sender's order, on the model's device
-    const auto it = std::find_if(s.anchor.begin(), s.anchor.end(), [&](const auto& e) { return e.first == name; });
-    sender_anchor_.emplace_back(name, it->second.to(t.device()).contiguous());
-  }
+  sender_anchor_ = std::move(anchor);
 }
 
 ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {

@@ -20,6 +20,13 @@ struct Generator {
   }
 };
 
+// The splitmix64 finaliser: a well-mixed 64-bit value from any input (deriving seeds).
+inline uint64_t splitmix64_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
 // The process-wide default generator (seed 0 until manual_seed).
 Generator& default_generator();
 void manual_seed(uint64_t seed);

@@ -131,22 +131,21 @@ void run_sleep(const SleepArgs& a) {
   const std::vector<sleep::TrainSequence> held_rows = sleep::text_rows(held, block);
   const std::vector<sleep::TrainSequence> ctx_rows = sleep::text_rows(context, block);
   std::vector<sleep::TrainSequence> old_rows;
+  const std::string old_bytes = a.old_data.empty() ? "" : read_file(a.old_data);
   if (!a.old_data.empty()) {
-    const std::vector<TokenId> old = tok.encode(read_file(a.old_data));
+    const std::vector<TokenId> old = tok.encode(old_bytes);
     old_rows = sleep::text_rows(std::vector<TokenId>(old.begin(), old.begin() + std::min<size_t>(old.size(), 16 * block)), block);
   }
   auto nll = [&](const std::vector<sleep::TrainSequence>& rows) {
     return rows.empty() ? std::nan("") : -sleep::mean_logprob(*model, rows);
   };
   // What the progress checkpoints must agree on to be continued: the inputs by content (the
-  // model's weights, config and tokenizer by the --ckpt manifest's checksums) and the config.
-  const nn::CheckpointManifest source = nn::verify_checkpoint(dir);
-  json source_files = json::object();
-  for (const auto& [file, size_hash] : source.files) source_files[file] = fmt::format("{:016x}", size_hash.second);
+  // model's weights, config and tokenizer by the checksums of the --ckpt manifest, which
+  // load_transformer verified) and the config.
   auto hash_of = [](const std::string& bytes) { return fmt::format("{:016x}", xxh64(bytes.data(), bytes.size())); };
-  const json identity = {{"ckpt_files", source_files},
+  const json identity = {{"ckpt_files", nn::read_checkpoint_json(dir, "MANIFEST.json").at("files")},
                          {"data_xxh64", hash_of(doc_bytes)},
-                         {"old_data_xxh64", a.old_data.empty() ? "" : hash_of(read_file(a.old_data))},
+                         {"old_data_xxh64", a.old_data.empty() ? "" : hash_of(old_bytes)},
                          {"config", json(cfg)}};
 
   json metrics;

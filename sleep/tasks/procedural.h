@@ -37,10 +37,7 @@ inline uint64_t derive_seed(uint64_t seed, std::string_view tag) {
     h ^= static_cast<uint8_t>(c);
     h *= 1099511628211ull;
   }
-  uint64_t z = seed ^ (h + 0x9E3779B97F4A7C15ull + (seed << 6) + (seed >> 2));
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return splitmix64_mix(seed ^ (h + 0x9E3779B97F4A7C15ull + (seed << 6) + (seed >> 2)));
 }
 
 class TaskRng {

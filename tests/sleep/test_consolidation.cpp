@@ -515,7 +515,7 @@ TEST(Consolidation, TeacherSamplingStopsAtStopTokens) {
   expect_error([] { (void)nlohmann::json{{"stop_tokens", {1, "eos"}}}.get<SeedingConfig>(); }, {"'stop_tokens'"});
   auto m = make_model();
   ConsolidationConfig c = ks_config(1);
-  c.ks.stop_tokens = {m->config().vocab_size};
+  c.ks.stop_tokens = {static_cast<TokenId>(m->config().vocab_size)};
   expect_error([&] { Consolidator x(*m, c); }, {"stop token 24 is outside the vocabulary"});
 }
 
