@@ -1,28 +1,96 @@
 #!/usr/bin/env bash
 # One call on a GPU machine verifies the CUDA backend: configure with SOMNUS_CUDA=ON, build,
-# run every CUDA test (ctest -L cuda, no skips allowed), then every CUDA benchmark, and print
-# one summary table. Usage: tools/gpu_check.sh [build-dir]   (default build-gpu)
+# run every CUDA test (no skips allowed), then every CUDA benchmark and the PyTorch attention
+# reference, compute-sanitizer over the CUDA tests, and print one summary table.
+#
+#   tools/gpu_check.sh [build-dir]          (default build-gpu) build there, then check
+#   tools/gpu_check.sh --prebuilt DIR       run what tools/gpu_pack.sh packed into DIR (bin/,
+#                                           lib/; or DIR.tar.xz) on another machine: nothing is
+#                                           compiled here
+#
+# Logs go to $OUT (or <build-dir>/gpu_check). Exits non-zero on any failure.
+# SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
+# this many seconds, so that the whole check ends within 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-build_dir="${1:-build-gpu}"
-out="${OUT:-$build_dir/gpu_check}"
-mkdir -p "$out"
+deadline="${SOMNUS_GPU_CHECK_DEADLINE_S:-540}"
+status=0
+if [ "${1:-}" = --prebuilt ]; then
+  prebuilt="${2:?--prebuilt needs the folder (or .tar.xz) tools/gpu_pack.sh wrote}"
+  if [[ "$prebuilt" == *.tar.xz ]]; then
+    mkdir -p /tmp/somnus_prebuilt && tar xJf "$prebuilt" -C /tmp/somnus_prebuilt || exit 1
+    prebuilt="/tmp/somnus_prebuilt/$(basename "$prebuilt" .tar.xz)"
+  fi
+  out="${OUT:-$prebuilt/gpu_check}"
+  mkdir -p "$out"
+  test_bins=$(ls "$prebuilt"/bin/*_test_cuda_* 2>/dev/null)
+  bench_bins=$(ls "$prebuilt"/bin/bench_*cuda* 2>/dev/null)
+  # The packed libraries first; the CUDA libraries (cuBLASLt) from this machine's toolkit.
+  export LD_LIBRARY_PATH="$prebuilt/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  missing=$(ldd $test_bins $bench_bins 2>/dev/null | awk '/not found/ {print $1}' | sort -u)
+  for lib in $missing; do  # e.g. a pip-installed cuBLAS: look for it where Python keeps it
+    found=$(timeout 60 find /usr /opt /lib /root -name "$lib" 2>/dev/null | head -1)
+    [ -n "$found" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")" && echo "gpu_check: $lib from $found"
+  done
+  missing=$(ldd $test_bins $bench_bins 2>/dev/null | awk '/not found/ {print $1}' | sort -u)
+  [ -z "$missing" ] || { echo "gpu_check: shared libraries not found: $missing"; exit 1; }
+  ldd "$(echo $test_bins | cut -d' ' -f1)" > "$out/ldd.txt" 2>&1
+else
+  build_dir="${1:-build-gpu}"
+  out="${OUT:-$build_dir/gpu_check}"
+  mkdir -p "$out"
+fi
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || {
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt" || {
   echo "gpu_check: no GPU visible (nvidia-smi failed)"; exit 1; }
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
 
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-  > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-cmake --build "$build_dir" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error' -A3 "$out/build.log" | head -60; exit 1; }
-
-status=0
-ctest --test-dir "$build_dir" -L cuda --output-on-failure --timeout 120 -j 1 > "$out/ctest_cuda.log" 2>&1 || status=1
-tail -5 "$out/ctest_cuda.log"
-if grep -q "Skipped" "$out/ctest_cuda.log"; then
-  echo "gpu_check: some CUDA tests skipped on a GPU machine:"; grep -i "skipped" "$out/ctest_cuda.log" | head; status=1
+if [ -z "${prebuilt:-}" ]; then
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+    -DSOMNUS_BUILD_BENCH=ON > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+  cmake --build "$build_dir" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error' -A3 "$out/build.log" | head -60; exit 1; }
+  test_bins=$(ls "$build_dir"/tests/*_test_cuda_* 2>/dev/null | grep -v '\[')
+  bench_bins=$(ls "$build_dir"/bench/bench_*cuda* 2>/dev/null)
 fi
-grep -E "\(Failed\)|\*\*\*Failed" "$out/ctest_cuda.log" | head -40
+
+# ---- CUDA tests: every binary, each under a time limit; a skipped test fails the check (this
+# is a GPU machine). Run directly with GoogleTest so that a packed (--prebuilt) set runs too.
+failed_bins=""
+for bin in $test_bins; do
+  name=$(basename "$bin")
+  timeout 180 "$bin" --gtest_color=no > "$out/test_$name.log" 2>&1
+  rc=$?
+  passed=$(grep -c '^\[       OK \]' "$out/test_$name.log")
+  skipped=$(grep -c '^\[  SKIPPED \]' "$out/test_$name.log")
+  failed=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_$name.log" | grep -vc ' listed below')
+  printf 'gpu_check: %-34s rc %-3s passed %-3s failed %-3s skipped %s\n' "$name" "$rc" "$passed" "$failed" "$skipped"
+  if [ "$rc" -ne 0 ] || [ "$skipped" -ne 0 ]; then
+    status=1; failed_bins="$failed_bins $bin"
+    [ "$rc" -eq 124 ] && echo "  timed out after 180 s; last lines:" && tail -3 "$out/test_$name.log"
+    grep -E '^\[  FAILED  \] [A-Za-z]|Failure$|SKIPPED|terminate|what\(\)|error' "$out/test_$name.log" | grep -v ' listed below' | head -12 | sed 's/^/  /'
+  fi
+done
+
+for b in $bench_bins; do
+  [ -x "$b" ] || continue
+  # Each binary gets a time budget so that the whole check stays within ~10 minutes.
+  timeout "${SOMNUS_BENCH_BUDGET_S:-150}" "$b" --benchmark_format=json --benchmark_out="$out/$(basename "$b").json" \
+    --benchmark_out_format=json --benchmark_min_time="${SOMNUS_BENCH_MIN_TIME:-0.2}" \
+    --benchmark_filter="${SOMNUS_BENCH_FILTER:-.}" > "$out/$(basename "$b").txt" 2>&1
+  rc=$?
+  if [ $rc -eq 124 ]; then echo "gpu_check: $(basename "$b") ran past its budget (partial JSON kept)"; status=1;
+  elif [ $rc -ne 0 ]; then echo "gpu_check: $(basename "$b") failed (exit $rc)"; status=1; fi
+done
+
+# ---- attention (issue 4 §1): PyTorch SDPA (flash backend) at bench_kernels_cuda's attention
+# shapes; its JSON joins the table below (torch_sdpa_* rows beside attention_* rows).
+if python3 -c 'import torch' 2>/dev/null; then
+  timeout 120 python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
+    echo "gpu_check: bench/reference/attention.py failed:"; tail -5 "$out/torch_attention.txt"; status=1; }
+else
+  echo "gpu_check: python3 has no torch: the PyTorch attention reference was not run"
+fi
+# ---- end attention
 
 # ---- compute-sanitizer (issue 8 §7): memcheck over every CUDA test binary, racecheck over
 # the kernels that use shared memory (attention, fused norms/AdamW, losses, sampling,
@@ -56,55 +124,54 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
         status=1
       fi
     }
-    for bin in "$build_dir"/tests/*_test_cuda_*; do
-      [ -x "$bin" ] || continue
+    # Binaries whose tests failed first: their reports say most about the failure.
+    for bin in $failed_bins $(for b in $test_bins; do case " $failed_bins " in *" $b "*) ;; *) echo "$b" ;; esac; done); do
+      [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, memcheck of $(basename "$bin") and later not run"; break; }
       run_sanitizer memcheck "$bin" "*$skip_filter"
     done
-    for bin in "$build_dir"/tests/kernels_test_cuda_attention "$build_dir"/tests/kernels_test_cuda_fused \
-               "$build_dir"/tests/kernels_test_cuda_losses "$build_dir"/tests/kernels_test_cuda_ops; do
-      [ -x "$bin" ] || continue
+    for bin in $test_bins; do
+      case "$(basename "$bin")" in kernels_test_cuda_attention|kernels_test_cuda_fused|kernels_test_cuda_losses|kernels_test_cuda_ops) ;; *) continue ;; esac
+      [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, racecheck of $(basename "$bin") and later not run"; break; }
       run_sanitizer racecheck "$bin" "$race_filter$skip_filter"
     done
   fi
 fi
 # ---- end compute-sanitizer
 
-for b in "$build_dir"/bench/bench_*cuda*; do
-  [ -x "$b" ] || continue
-  # Each binary gets a time budget so that the whole check stays within ~10 minutes.
-  timeout "${SOMNUS_BENCH_BUDGET_S:-150}" "$b" --benchmark_format=json --benchmark_out="$out/$(basename "$b").json" \
-    --benchmark_out_format=json --benchmark_min_time=0.2 > "$out/$(basename "$b").txt" 2>&1
-  rc=$?
-  if [ $rc -eq 124 ]; then echo "gpu_check: $(basename "$b") ran past its budget (partial JSON kept)"; status=1;
-  elif [ $rc -ne 0 ]; then echo "gpu_check: $(basename "$b") failed (exit $rc)"; status=1; fi
-done
-
-# ---- attention (issue 4 §1): PyTorch SDPA (flash backend) at bench_kernels_cuda's attention
-# shapes; its JSON joins the table below (torch_sdpa_* rows beside attention_* rows).
-if python3 -c 'import torch' 2>/dev/null; then
-  timeout 120 python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
-    echo "gpu_check: bench/reference/attention.py failed:"; tail -5 "$out/torch_attention.txt"; status=1; }
-else
-  echo "gpu_check: python3 has no torch: the PyTorch attention reference was not run"
-fi
-# ---- end attention
-
 python3 - "$out" <<'PY'
-import glob, json, os, sys
+# One table: every benchmark row; ratio = speedup_vs_unfused (fused kernels), vs_memcpy
+# (bandwidth-bound kernels, fraction of the copy bandwidth) or, for attention, our TFLOP/s over
+# PyTorch SDPA's at the same shape (torch_sdpa_* rows).
+import glob, json, os, re, sys
 out = sys.argv[1]
-print(f"\n| benchmark | time (us) | TFLOP/s | GB/s |\n|---|---|---|---|")
+rows, torch = [], {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     try:
         data = json.load(open(f))
     except Exception as e:
-        print(f"| {os.path.basename(f)} | unreadable: {e} | | |"); continue
+        rows.append((os.path.basename(f), f"unreadable: {e}", "", "", "")); continue
     for b in data.get("benchmarks", []):
+        name = b["name"].replace("/manual_time", "")
         if b.get("error_occurred"):
-            print(f"| {b['name']} | error: {b.get('error_message')} | | |"); continue
+            rows.append((name, "error: " + str(b.get("error_message")), "", "", "")); continue
         t = b["real_time"] * {"ns": 1e-3, "us": 1, "ms": 1e3, "s": 1e6}[b["time_unit"]]
-        fl = b.get("FLOP/s", 0) / 1e12
-        by = b.get("bytes/s", 0) / 1e9
-        print(f"| {b['name']} | {t:.1f} | {fl:.2f} | {by:.1f} |")
+        fl, by = b.get("FLOP/s", 0) / 1e12, b.get("bytes/s", 0) / 1e9
+        if name.startswith("torch_sdpa_"):
+            torch[name[len("torch_sdpa_"):]] = fl
+        ratio = ""
+        for k, lab in (("speedup_vs_unfused", "x unfused"), ("vs_memcpy", "of copy BW"), ("speedup_vs_sort", "x sort")):
+            if k in b:
+                ratio = f"{b[k]:.2f} {lab}"
+        if "peak_MB" in b:
+            ratio = (ratio + ", " if ratio else "") + f"peak {b['peak_MB']:.0f} MB"
+        rows.append((name, f"{t:.1f}", f"{fl:.1f}" if fl else "", f"{by:.0f}" if by else "", ratio))
+print("\n| benchmark | time (us) | TFLOP/s | GB/s | ratio | vs torch SDPA |\n|---|---|---|---|---|---|")
+for name, t, fl, by, ratio in rows:
+    m = re.match(r"attention_(fwd_bwd|fwd|bwd)/(.*)", name)
+    vs = ""
+    if m and fl and torch.get(f"{m.group(1)}/{m.group(2)}"):
+        vs = f"{float(fl) / torch[m.group(1) + '/' + m.group(2)]:.2f}"
+    print(f"| {name} | {t} | {fl} | {by} | {ratio} | {vs} |")
 PY
 echo "gpu_check: logs in $out; status $status"
 exit $status
