@@ -34,81 +34,14 @@
 #include <cstdint>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace somnus::kernels::cuda {
 
 namespace {
 
-// ---------------------------------------------------------------- helpers
-
-struct AttnDims {
-  int B, Hq, Hkv, T, S, g;
-  int causal;
-  int q_offset;
-  float scale;
-  // Keys [0, visible(i)) are visible from query row i.
-  __device__ __forceinline__ int visible(int i) const {
-    if (!causal) return S;
-    const int v = q_offset + i + 1;
-    return v < 0 ? 0 : (v < S ? v : S);
-  }
-};
-
-AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double scale, int64_t q_offset) {
-  const int64_t lim = int64_t(1) << 30;
-  // (b, h) pairs go on grid.y, which holds at most 65535 blocks.
-  if (q.size(2) >= lim || k.size(2) >= lim || q_offset >= lim || q.size(0) * q.size(1) > 65535) {
-    throw_error("attention (CUDA): sizes beyond the kernels' limits (T, S < 2^30, B·Hq <= 65535): q " +
-                shape_str(q.shape()) + " k " +
-                shape_str(k.shape()));
-  }
-  AttnDims d;
-  d.B = static_cast<int>(q.size(0));
-  d.Hq = static_cast<int>(q.size(1));
-  d.Hkv = static_cast<int>(k.size(1));
-  d.T = static_cast<int>(q.size(2));
-  d.S = static_cast<int>(k.size(2));
-  d.g = d.Hq / d.Hkv;
-  d.causal = causal ? 1 : 0;
-  d.q_offset = static_cast<int>(q_offset);
-  d.scale = static_cast<float>(scale);
-  return d;
-}
-
-template <class T>
-__device__ __forceinline__ float to_f(T x) {
-  return static_cast<float>(x);
-}
-
-// The value a bf16 kernel feeds to an mma (the CPU twin's mma_round).
-template <class T>
-__device__ __forceinline__ float mma_round(float x) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return __bfloat162float(__float2bfloat16_rn(x));
-  } else {
-    return x;
-  }
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
-  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-}
-
-// D = A·B + C, m16n8k16, bf16 inputs, f32 accumulators (in place).
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
+using namespace attn;
 
 // ---------------------------------------------------------------- bf16 forward, tensor cores
 
@@ -273,111 +206,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
   }
 }
 
-// ---------------------------------------------------------------- SIMT forward / decode splits
-
-constexpr int kRowWarps = 4;
-constexpr int kSimtBc = 32;
-
-// grid (ceil(Tq / warps), B·Hq, n_split), blockDim = 32·warps (warps = min(4, Tq): a decode
-// step with one query runs one-warp blocks, so no warp idles); a warp per query row; keys
-// [split·chunk, +chunk).
-// partial: write f32 (o_s, lse_s) to o_part (B·Hq, n_split, Tq, D), lse_part (B·Hq, n_split, Tq)
-// (o_s normalised by its own l; lse_s = −inf and o_s = 0 for a split the row cannot see);
-// otherwise o (T) and lse directly.
-template <class T, int D>
-__global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __restrict__ q, const T* __restrict__ k,
-                                                               const T* __restrict__ v, T* __restrict__ o,
-                                                               float* __restrict__ lse, float* __restrict__ o_part,
-                                                               float* __restrict__ lse_part, int chunk, AttnDims d) {
-  constexpr int E = D / 32;
-  __shared__ float Ks[kSimtBc][D];
-  __shared__ float Vs[kSimtBc][D];
-  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq, sp = blockIdx.z, n_split = gridDim.z;
-  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const int i = static_cast<int>(blockIdx.x) * warps + warp;
-  const int k_lo = sp * chunk, k_hi = min(d.S, k_lo + chunk);
-  const int last = min((static_cast<int>(blockIdx.x) + 1) * warps, d.T) - 1;
-  const int k_end = min(k_hi, d.visible(last));
-  const int my_end = i < d.T ? min(k_hi, d.visible(i)) : k_lo;
-
-  float qv[E], acc[E];
-  const T* qr = q + (static_cast<int64_t>(bh) * d.T + (i < d.T ? i : 0)) * D;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    qv[e] = to_f(qr[lane + 32 * e]) * d.scale;
-    acc[e] = 0.f;
-  }
-  float m = -INFINITY, l = 0.f;
-  for (int j0 = k_lo; j0 < k_end; j0 += kSimtBc) {
-    __syncthreads();
-    for (int c = threadIdx.x; c < kSimtBc * D; c += blockDim.x) {
-      const int r = c / D, x = c % D, j = j0 + r;
-      Ks[r][x] = j < k_end ? to_f(k[(kvh * d.S + j) * D + x]) : 0.f;
-      Vs[r][x] = j < k_end ? to_f(v[(kvh * d.S + j) * D + x]) : 0.f;
-    }
-    __syncthreads();
-    const int n = min(kSimtBc, my_end - j0);  // warp-uniform
-    for (int r = 0; r < n; ++r) {
-      float s = 0.f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) s += qv[e] * Ks[r][lane + 32 * e];
-      s = warp_allreduce_sum(s);
-      const float m_new = fmaxf(m, s);
-      const float alpha = __expf(m - m_new), p = __expf(s - m_new);
-      l = l * alpha + p;
-      const float pv = mma_round<T>(p);
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = acc[e] * alpha + pv * Vs[r][lane + 32 * e];
-      m = m_new;
-    }
-  }
-  if (i >= d.T) return;
-  const float inv = l > 0.f ? 1.f / l : 0.f;
-  if (o_part != nullptr) {
-    const int64_t idx = (static_cast<int64_t>(bh) * n_split + sp) * d.T + i;
-#pragma unroll
-    for (int e = 0; e < E; ++e) o_part[idx * D + lane + 32 * e] = acc[e] * inv;
-    if (lane == 0) lse_part[idx] = l > 0.f ? m + logf(l) : -INFINITY;
-  } else {
-    const int64_t row = static_cast<int64_t>(bh) * d.T + i;
-#pragma unroll
-    for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e] * inv);
-    if (lane == 0) lse[row] = m + logf(l);
-  }
-}
-
-// A warp per (b, h, query row): combines the n_split partials.
-template <class T, int D>
-__global__ void attn_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part, T* __restrict__ o,
-                             float* __restrict__ lse, int64_t rows, int Tq, int n_split) {
-  constexpr int E = D / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  if (row >= rows) return;
-  const int64_t bh = row / Tq, i = row % Tq;
-  float mx = -INFINITY;
-  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, lse_part[(bh * n_split + s) * Tq + i]);
-  float sum = 0.f;
-  for (int s = 0; s < n_split; ++s) sum += __expf(lse_part[(bh * n_split + s) * Tq + i] - mx);
-  const float lse_row = mx + logf(sum);
-  float acc[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
-  for (int s = 0; s < n_split; ++s) {
-    const int64_t idx = (bh * n_split + s) * Tq + i;
-    const float w = __expf(lse_part[idx] - lse_row);
-    if (w > 0.f) {
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] += w * o_part[idx * D + lane + 32 * e];
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
-  if (lane == 0) lse[row] = lse_row;
-}
-
 // ---------------------------------------------------------------- backward (SIMT)
 
 // Δ = rowsum(dO ∘ O): a warp per row.
@@ -534,37 +362,9 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 
 // ---------------------------------------------------------------- dispatch
 
-template <class F>
-void visit_head_dim(int64_t D, const char* op, F&& f) {
-  switch (D) {
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    default: throw_error(std::string(op) + ": the CUDA kernels take head dim 64 or 128, got " + std::to_string(D));
-  }
-}
-
-template <class F>
-void visit_attn_dtype(DType dt, const char* op, F&& f) {
-  switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::bf16: return f(bf16{});
-    default: throw_error(std::string(op) + ": the CUDA kernels take f32 or bf16, got " + dtype_name(dt));
-  }
-}
-
-template <class T, int D>
-void launch_rows(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
-                 const Tensor& o, const Tensor& lse, float* o_part, float* lse_part) {
-  const int warps = std::min(kRowWarps, d.T);
-  const dim3 grid((d.T + warps - 1) / warps, d.B * d.Hq, n_split);
-  attn_rows_simt<T, D><<<grid, warps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(),
-                                                o.defined() ? o.data<T>() : nullptr,
-                                                lse.defined() ? lse.data<float>() : nullptr, o_part, lse_part, chunk,
-                                                d);
-  CUDA_CHECK_LAUNCH();
-}
-
 }  // namespace
+
+using namespace attn;
 
 void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
                    const Tensor& o, const Tensor& lse) {
@@ -586,28 +386,6 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causa
       } else {
         launch_rows<T, D>(q, k, v, d, 1, d.S, o, lse, nullptr, nullptr);
       }
-    });
-  });
-}
-
-void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
-                      int64_t num_splits, const Tensor& o, const Tensor& lse) {
-  set_device(q);
-  const AttnDims d = dims_of(q, k, causal, scale, q_offset);
-  const int chunk = static_cast<int>((d.S + num_splits - 1) / num_splits);
-  const int n_split = (d.S + chunk - 1) / chunk;
-  if (n_split > 65535) throw_error("attention_decode (CUDA): too many splits: " + std::to_string(n_split));
-  const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
-  Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
-  Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
-  visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
-    using T = decltype(tag);
-    visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(), lse_part.data<float>());
-      attn_combine<T, D><<<grid_for(rows, 4), 128>>>(o_part.data<float>(), lse_part.data<float>(), o.data<T>(),
-                                                     lse.data<float>(), rows, d.T, n_split);
-      CUDA_CHECK_LAUNCH();
     });
   });
 }
