@@ -105,9 +105,11 @@ double median_seconds(const std::function<void()>& fn, int reps = 9) {
   return t[t.size() / 2];
 }
 
-// Bytes/s of a device-to-device copy moving `traffic` bytes (half read, half written).
+// Bytes/s of a device-to-device copy moving `traffic` bytes (half read, half written): a copy
+// of traffic / 2 bytes, i.e. traffic / 8 f32 elements. (Until 2026-11-26 this copied
+// traffic / 2 elements, 4× the bytes it counted, so vs_memcpy read 4× too high.)
 double memcpy_bytes_per_second(int64_t traffic) {
-  const Tensor src = Tensor::zeros({std::max<int64_t>(1, traffic / 2)}, DType::f32, gpu());
+  const Tensor src = Tensor::zeros({std::max<int64_t>(1, traffic / 8)}, DType::f32, gpu());
   const double s = median_seconds([&] { benchmark::DoNotOptimize(src.clone()); });
   return static_cast<double>(traffic) / s;
 }
@@ -420,6 +422,7 @@ void register_attention() {
     }
   }
   RegisterBenchmark("attention_decode/bf16/B8_Hq32_Hkv8_D128", BM_attention_decode)
+      ->Arg(1024)
       ->Arg(4096)
       ->Arg(32768)
       ->ArgName("S")

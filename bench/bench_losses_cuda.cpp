@@ -7,8 +7,12 @@
 //   unfused the autograd composition: matmul + log_softmax + the formula, then backward
 //   peak_MB cuda_allocator() peak above the live bytes before the iteration (reset_peak()).
 //   sampling: unfiltered temperature sampling (no sort) vs the same rows with top_p = 0.9999,
-//   which sorts every row (the sort-everything baseline); B = 64, V = 128256.
+//   which sorts every row (the sort-everything baseline); B = 64, V = 128256. top-k (50, 1000)
+//   with top_p = 0.9 through the radix-select prefilter vs the same draw through the full
+//   sort (SOMNUS_SAMPLING_PREFILTER=0).
 #include <benchmark/benchmark.h>
+
+#include <cstdlib>
 
 #include <algorithm>
 #include <vector>
@@ -167,6 +171,28 @@ void sample_bench(benchmark::State& st, double top_p) {
 }
 void BM_sample_fused_cuda(benchmark::State& st) { sample_bench(st, 1.0); }
 void BM_sample_sort_all_cuda(benchmark::State& st) { sample_bench(st, 0.9999); }
+// top-k (arg) with the radix-select prefilter (issue 5 §4), and the same draw through the full
+// sort of every row (SOMNUS_SAMPLING_PREFILTER=0): the sort-everything baseline.
+void topk_bench(benchmark::State& st, bool prefilter) {
+  if (!cuda_available()) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  Generator g(3);
+  Tensor logits = randn({64, kV}, g, DType::f32, Device::cuda(0), 0.0, 3.0);
+  SamplingOptions o;
+  o.top_k = st.range(0);
+  o.top_p = 0.9;
+  if (!prefilter) setenv("SOMNUS_SAMPLING_PREFILTER", "0", 1);
+  for (auto _ : st) {
+    ++o.step;
+    benchmark::DoNotOptimize(kernels::sample_tokens(logits, o).tokens.to_vector());
+  }
+  unsetenv("SOMNUS_SAMPLING_PREFILTER");
+  st.counters["bytes/s"] = benchmark::Counter(64.0 * kV * 4, benchmark::Counter::kIsIterationInvariantRate);
+}
+void BM_sample_topk_topp_prefilter_cuda(benchmark::State& st) { topk_bench(st, true); }
+void BM_sample_topk_topp_sort_all_cuda(benchmark::State& st) { topk_bench(st, false); }
 
 }  // namespace
 
@@ -179,5 +205,7 @@ BENCHMARK(BM_ppo_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ppo_fused_vocab_chunks_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_sample_sort_all_cuda)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_sample_fused_cuda)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_sample_topk_topp_sort_all_cuda)->Arg(50)->Arg(1000)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_sample_topk_topp_prefilter_cuda)->Arg(50)->Arg(1000)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();

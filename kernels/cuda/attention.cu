@@ -32,6 +32,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/backend.h"
 #include "kernels/cuda/attention_common.cuh"
@@ -42,6 +44,13 @@ namespace somnus::kernels::cuda {
 namespace {
 
 using namespace attn;
+
+// The environment switches that select a previous kernel version (SOMNUS_ATTN_FWD=v1,
+// SOMNUS_ATTN_BWD=simt): kept so a regression on a GPU can be bisected without a rebuild.
+bool env_equals(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e != nullptr && std::strcmp(e, value) == 0;
+}
 
 // ---------------------------------------------------------------- bf16 forward, tensor cores
 
@@ -67,7 +76,31 @@ __device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, 
   }
 }
 
-template <int D>
+// ldmatrix.x4 (optionally .trans) from shared memory: lane l gives the address of row l % 8 of
+// matrix l / 8; register i receives this thread's fragment of matrix i (without .trans
+// element (row lane/4, cols 2·(lane%4) + {0,1}); with .trans (rows 2·(lane%4) + {0,1}, col
+// lane/4)). Rows must be 16-byte aligned.
+template <bool kTrans>
+__device__ __forceinline__ void fwd_ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  }
+}
+
+// kLdsm (the default since 2026-11-26): Q's A fragments loaded once into registers, K's and
+// V's B fragments with ldmatrix (V's transposed by ldmatrix.trans) instead of 32-bit and
+// 16-bit shared loads — the v1 kernel (kLdsm = false, SOMNUS_ATTN_FWD=v1) issued two 16-bit
+// loads per V register, 4 per mma, and measured 61–125 TFLOP/s on an H100.
+template <int D, bool kLdsm>
 __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* __restrict__ q,
                                                              const uint16_t* __restrict__ k,
                                                              const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
@@ -90,6 +123,20 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
 
   // This thread's two rows (within the block): wr and wr + 8.
   const int wr = warp * 16 + gr;
+  // ldmatrix addressing: this lane gives row `lrow` of matrix `lmat`.
+  const int lmat = lane >> 3, lrow = lane & 7;
+  uint32_t qf[kLdsm ? D / 16 : 1][4];
+  if constexpr (kLdsm) {
+    __syncthreads();  // Qs is loaded
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int c = kk * 16 + 2 * tq;
+      qf[kk][0] = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c);
+      qf[kk][1] = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c);
+      qf[kk][2] = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c + 8);
+    }
+  }
   const int row0 = q0 + wr, row1 = row0 + 8;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   float oacc[D / 8][4];
@@ -107,18 +154,32 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
     float s[kMmaBc / 8][4];
 #pragma unroll
     for (int nt = 0; nt < kMmaBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    if constexpr (kLdsm) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const int c = kk * 16 + 2 * tq;
-      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c);
-      const uint32_t a1 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c);
-      const uint32_t a2 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c + 8);
-      const uint32_t a3 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c + 8);
+      for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int nt = 0; nt < kMmaBc / 8; ++nt) {
-        const uint16_t* kr = Ks + (nt * 8 + gr) * LD + c;
-        mma_bf16(s[nt], a0, a1, a2, a3, *reinterpret_cast<const uint32_t*>(kr),
-                 *reinterpret_cast<const uint32_t*>(kr + 8));
+        for (int nt = 0; nt < kMmaBc / 8; nt += 2) {
+          // Matrices: (keys nt·8.., d kk·16..), (.., d + 8), (keys (nt+1)·8.., d), (.., d + 8).
+          uint32_t kb[4];
+          fwd_ldsm_x4<false>(kb, Ks + ((nt + (lmat >> 1)) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
+          mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
+          mma_bf16(s[nt + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int c = kk * 16 + 2 * tq;
+        const uint32_t a0 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c);
+        const uint32_t a1 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c);
+        const uint32_t a2 = *reinterpret_cast<const uint32_t*>(Qs + wr * LD + c + 8);
+        const uint32_t a3 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c + 8);
+#pragma unroll
+        for (int nt = 0; nt < kMmaBc / 8; ++nt) {
+          const uint16_t* kr = Ks + (nt * 8 + gr) * LD + c;
+          mma_bf16(s[nt], a0, a1, a2, a3, *reinterpret_cast<const uint32_t*>(kr),
+                   *reinterpret_cast<const uint32_t*>(kr + 8));
+        }
       }
     }
 
@@ -169,13 +230,25 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
       const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
       const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const int kr = kk * 16 + 2 * tq;  // key rows of V for b0 (and + 8 for b1)
+      if constexpr (kLdsm) {
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const int col = n * 8 + gr;
-        const uint32_t b0 = pack_u16(Vs[kr * LD + col], Vs[(kr + 1) * LD + col]);
-        const uint32_t b1 = pack_u16(Vs[(kr + 8) * LD + col], Vs[(kr + 9) * LD + col]);
-        mma_bf16(oacc[n], a0, a1, a2, a3, b0, b1);
+        for (int n = 0; n < D / 8; n += 2) {
+          // Transposed matrices: (keys kk·16.., d n·8..), (keys + 8, d n·8..), (keys, d (n+1)·8..),
+          // (keys + 8, d (n+1)·8..): b0, b1 of n-tile n, then of n + 1.
+          uint32_t vb[4];
+          fwd_ldsm_x4<true>(vb, Vs + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + (n + (lmat >> 1)) * 8);
+          mma_bf16(oacc[n], a0, a1, a2, a3, vb[0], vb[1]);
+          mma_bf16(oacc[n + 1], a0, a1, a2, a3, vb[2], vb[3]);
+        }
+      } else {
+        const int kr = kk * 16 + 2 * tq;  // key rows of V for b0 (and + 8 for b1)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const int col = n * 8 + gr;
+          const uint32_t b0 = pack_u16(Vs[kr * LD + col], Vs[(kr + 1) * LD + col]);
+          const uint32_t b1 = pack_u16(Vs[(kr + 8) * LD + col], Vs[(kr + 9) * LD + col]);
+          mma_bf16(oacc[n], a0, a1, a2, a3, b0, b1);
+        }
       }
     }
   }
@@ -376,13 +449,20 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causa
       constexpr int D = decltype(dim)::value;
       if constexpr (std::is_same_v<T, bf16>) {
         constexpr int smem = mma_smem_bytes<D>();
-        CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid((d.T + kMmaBr - 1) / kMmaBr, d.B * d.Hq);
-        attn_fwd_mma<D><<<grid, kMmaWarps * 32, smem>>>(
-            reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(k.data_ptr()),
-            reinterpret_cast<const uint16_t*>(v.data_ptr()), reinterpret_cast<uint16_t*>(o.data_ptr()),
-            lse.data<float>(), d);
-        CUDA_CHECK_LAUNCH();
+        auto launch = [&](auto kernel) {
+          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+          kernel<<<grid, kMmaWarps * 32, smem>>>(
+              reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(k.data_ptr()),
+              reinterpret_cast<const uint16_t*>(v.data_ptr()), reinterpret_cast<uint16_t*>(o.data_ptr()),
+              lse.data<float>(), d);
+          CUDA_CHECK_LAUNCH();
+        };
+        if (env_equals("SOMNUS_ATTN_FWD", "v1")) {
+          launch(attn_fwd_mma<D, false>);
+        } else {
+          launch(attn_fwd_mma<D, true>);
+        }
       } else {
         launch_rows<T, D>(q, k, v, d, 1, d.S, o, lse, nullptr, nullptr);
       }
