@@ -10,7 +10,11 @@
 #
 # Logs go to $OUT (or <build-dir>/gpu_check). Exits non-zero on any failure.
 # SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
-# this many seconds, so that the whole check ends within 10 minutes.
+# this many seconds, so that the whole check ends within 10 minutes. For short, targeted runs:
+# SOMNUS_BENCH_FILTER (a --benchmark_filter regex), SOMNUS_BENCH_MIN_TIME (default 0.2 s),
+# SOMNUS_BENCH_BUDGET_S (per binary, default 150), SOMNUS_SANITIZER_ONLY (a regex over test
+# binary names), SOMNUS_SANITIZER_BUDGET_S (per binary, default 60),
+# SOMNUS_SKIP_COMPUTE_SANITIZER=1, SOMNUS_SKIP_TORCH=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 deadline="${SOMNUS_GPU_CHECK_DEADLINE_S:-540}"
@@ -84,7 +88,9 @@ done
 
 # ---- attention (issue 4 §1): PyTorch SDPA (flash backend) at bench_kernels_cuda's attention
 # shapes; its JSON joins the table below (torch_sdpa_* rows beside attention_* rows).
-if python3 -c 'import torch' 2>/dev/null; then
+if [ "${SOMNUS_SKIP_TORCH:-0}" = 1 ]; then
+  echo "gpu_check: SOMNUS_SKIP_TORCH=1: the PyTorch attention reference was not run"
+elif python3 -c 'import torch' 2>/dev/null; then
   timeout 120 python3 bench/reference/attention.py --json "$out/torch_attention.json" > "$out/torch_attention.txt" 2>&1 || {
     echo "gpu_check: bench/reference/attention.py failed:"; tail -5 "$out/torch_attention.txt"; status=1; }
 else
@@ -106,8 +112,9 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     echo "gpu_check: compute-sanitizer not found (CUDA toolkit's bin/): memcheck/racecheck not run"; status=1
   else
     budget="${SOMNUS_SANITIZER_BUDGET_S:-60}"
+    only="${SOMNUS_SANITIZER_ONLY:-}"  # e.g. "attention|sampling": only binaries whose name matches
     skip_filter='-*OutOfMemory*:*BadInput*:*Unsupported*:CudaProfiler.*'
-    race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling.*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
+    race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
     run_sanitizer() {  # tool binary gtest-filter
       local tool="$1" bin="$2" filter="$3" log rc
       log="$out/csan_${tool}_$(basename "$bin").log"
@@ -127,10 +134,14 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     # Binaries whose tests failed first: their reports say most about the failure.
     for bin in $failed_bins $(for b in $test_bins; do case " $failed_bins " in *" $b "*) ;; *) echo "$b" ;; esac; done); do
       [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, memcheck of $(basename "$bin") and later not run"; break; }
+      # The profiler's tests are all timing tests (filtered out): nothing would be left to run.
+      [ "$(basename "$bin")" = kernels_test_cuda_profiler ] && continue
+      [ -n "$only" ] && ! [[ "$(basename "$bin")" =~ $only ]] && continue
       run_sanitizer memcheck "$bin" "*$skip_filter"
     done
     for bin in $test_bins; do
-      case "$(basename "$bin")" in kernels_test_cuda_attention|kernels_test_cuda_fused|kernels_test_cuda_losses|kernels_test_cuda_ops) ;; *) continue ;; esac
+      case "$(basename "$bin")" in kernels_test_cuda_attention|kernels_test_cuda_fused|kernels_test_cuda_losses|kernels_test_cuda_sampling|kernels_test_cuda_ops) ;; *) continue ;; esac
+      [ -n "$only" ] && ! [[ "$(basename "$bin")" =~ $only ]] && continue
       [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, racecheck of $(basename "$bin") and later not run"; break; }
       run_sanitizer racecheck "$bin" "$race_filter$skip_filter"
     done
