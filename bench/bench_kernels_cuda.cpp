@@ -16,6 +16,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -394,6 +395,20 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
   }
 }
 
+// The forward's earlier kernel versions (SOMNUS_ATTN_FWD = v1: plain shared loads; v2:
+// ldmatrix, no cp.async pipeline) at T = 4096, beside the default in the rows above: the
+// variant ladder of the forward.
+void BM_attention_fwd_version(benchmark::State& state, const char* version, bool causal) {
+  if (skip_without_cuda(state)) return;
+  const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
+  setenv("SOMNUS_ATTN_FWD", version, 1);
+  const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(attention_fwd(a.q, a.k, a.v, causal).o.data_ptr()); });
+  unsetenv("SOMNUS_ATTN_FWD");
+  (void)mean;
+  const double f = 4.0 * a.B * a.H * static_cast<double>(a.T) * a.T * a.D * (causal ? 0.5 : 1.0);
+  state.counters["FLOP/s"] = Counter(f, Counter::kIsIterationInvariantRate);
+}
+
 // Split-K decode: 1 query token per sequence against a cache of S keys, B = 8, Hq = 32,
 // Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
 // the device-to-device copy bandwidth of the same traffic.
@@ -419,6 +434,17 @@ void register_attention() {
         for (int64_t T : {512, 1024, 2048, 4096, 8192}) b->Args({T, D});
       }
       b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    }
+  }
+  for (const char* version : {"v1", "v2"}) {
+    for (bool causal : {true, false}) {
+      RegisterBenchmark((std::string("attention_fwd_") + version + (causal ? "/causal" : "/full") + "/bf16").c_str(),
+                        BM_attention_fwd_version, version, causal)
+          ->Args({4096, 64})
+          ->Args({4096, 128})
+          ->ArgNames({"T", "D"})
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
     }
   }
   RegisterBenchmark("attention_decode/bf16/B8_Hq32_Hkv8_D128", BM_attention_decode)

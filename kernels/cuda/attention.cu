@@ -59,8 +59,8 @@ constexpr int kMmaBr = 16 * kMmaWarps;  // 64 query rows per block
 constexpr int kMmaBc = 64;              // keys per tile
 
 template <int D>
-constexpr int mma_smem_bytes() {
-  return 3 * kMmaBr * (D + 8) * 2;
+constexpr int mma_smem_bytes(bool pipe = false) {
+  return (pipe ? 5 : 3) * kMmaBr * (D + 8) * 2;
 }
 
 // rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
@@ -73,6 +73,29 @@ __device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, 
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < valid) v = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
     *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = v;
+  }
+}
+
+// cp.async of 16 bytes global → shared, zero-filled when !valid (src-size 0: nothing is read;
+// `g` must still be a mapped address, so callers pass the tile's base for invalid rows).
+__device__ __forceinline__ void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(sm));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// load_tile_bf16 through cp.async (asynchronous; rows at and past `valid` zero-filled).
+template <int D>
+__device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
   }
 }
 
@@ -100,7 +123,10 @@ __device__ __forceinline__ void fwd_ldsm_x4(uint32_t (&r)[4], const uint16_t* p)
 // V's B fragments with ldmatrix (V's transposed by ldmatrix.trans) instead of 32-bit and
 // 16-bit shared loads — the v1 kernel (kLdsm = false, SOMNUS_ATTN_FWD=v1) issued two 16-bit
 // loads per V register, 4 per mma, and measured 61–125 TFLOP/s on an H100.
-template <int D, bool kLdsm>
+// kPipe (needs kLdsm; the default): K and V tiles double-buffered with cp.async, tile j + 1
+// in flight while tile j is computed (shared memory 5 · 64 · (D + 8) · 2 bytes: 87 KiB at
+// D = 128). SOMNUS_ATTN_FWD=v2 runs kLdsm without kPipe.
+template <int D, bool kLdsm, bool kPipe>
 __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* __restrict__ q,
                                                              const uint16_t* __restrict__ k,
                                                              const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
@@ -144,11 +170,38 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
   for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
 
   const int k_end = d.visible(min(q0 + kMmaBr, d.T) - 1);  // the block's last row sees the most
-  for (int j0 = 0; j0 < k_end; j0 += kMmaBc) {
-    __syncthreads();  // the previous tile is no longer read (and Qs is loaded on the first pass)
-    load_tile_bf16<D>(Ks, kh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
-    load_tile_bf16<D>(Vs, vh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
-    __syncthreads();
+  if constexpr (kPipe) {
+    if (k_end > 0) {
+      issue_tile_bf16<D>(Ks, kh, kMmaBc, k_end);
+      issue_tile_bf16<D>(Vs, vh, kMmaBc, k_end);
+    }
+    cp_async_commit();
+  }
+  for (int j0 = 0, t = 0; j0 < k_end; j0 += kMmaBc, ++t) {
+    uint16_t* Kt = Ks;
+    uint16_t* Vt = Vs;
+    if constexpr (kPipe) {
+      // Buffers alternate: tile t in buffer t & 1. The next tile goes into the other buffer,
+      // which every thread finished reading at the end of iteration t − 1.
+      Kt = Ks + (t & 1) * 2 * kMmaBc * LD;
+      Vt = Kt + kMmaBc * LD;
+      if (j0 + kMmaBc < k_end) {
+        uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kMmaBc * LD;
+        issue_tile_bf16<D>(Kn, kh + static_cast<int64_t>(j0 + kMmaBc) * D, kMmaBc, k_end - j0 - kMmaBc);
+        issue_tile_bf16<D>(Kn + kMmaBc * LD, vh + static_cast<int64_t>(j0 + kMmaBc) * D, kMmaBc,
+                           k_end - j0 - kMmaBc);
+        cp_async_commit();
+        cp_async_wait<1>();  // tile t has landed (this thread's copies)
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();  // ... and every thread's
+    } else {
+      __syncthreads();  // the previous tile is no longer read (and Qs is loaded on the first pass)
+      load_tile_bf16<D>(Ks, kh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
+      load_tile_bf16<D>(Vs, vh + static_cast<int64_t>(j0) * D, kMmaBc, k_end - j0);
+      __syncthreads();
+    }
 
     // S = Q Kᵀ: 16 × 64 per warp, 8 n-tiles of 8 keys.
     float s[kMmaBc / 8][4];
@@ -161,7 +214,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
         for (int nt = 0; nt < kMmaBc / 8; nt += 2) {
           // Matrices: (keys nt·8.., d kk·16..), (.., d + 8), (keys (nt+1)·8.., d), (.., d + 8).
           uint32_t kb[4];
-          fwd_ldsm_x4<false>(kb, Ks + ((nt + (lmat >> 1)) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
+          fwd_ldsm_x4<false>(kb, Kt + ((nt + (lmat >> 1)) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
           mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
           mma_bf16(s[nt + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
         }
@@ -176,7 +229,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
         const uint32_t a3 = *reinterpret_cast<const uint32_t*>(Qs + (wr + 8) * LD + c + 8);
 #pragma unroll
         for (int nt = 0; nt < kMmaBc / 8; ++nt) {
-          const uint16_t* kr = Ks + (nt * 8 + gr) * LD + c;
+          const uint16_t* kr = Kt + (nt * 8 + gr) * LD + c;
           mma_bf16(s[nt], a0, a1, a2, a3, *reinterpret_cast<const uint32_t*>(kr),
                    *reinterpret_cast<const uint32_t*>(kr + 8));
         }
@@ -236,7 +289,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
           // Transposed matrices: (keys kk·16.., d n·8..), (keys + 8, d n·8..), (keys, d (n+1)·8..),
           // (keys + 8, d (n+1)·8..): b0, b1 of n-tile n, then of n + 1.
           uint32_t vb[4];
-          fwd_ldsm_x4<true>(vb, Vs + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + (n + (lmat >> 1)) * 8);
+          fwd_ldsm_x4<true>(vb, Vt + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + (n + (lmat >> 1)) * 8);
           mma_bf16(oacc[n], a0, a1, a2, a3, vb[0], vb[1]);
           mma_bf16(oacc[n + 1], a0, a1, a2, a3, vb[2], vb[3]);
         }
@@ -245,12 +298,13 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
           const int col = n * 8 + gr;
-          const uint32_t b0 = pack_u16(Vs[kr * LD + col], Vs[(kr + 1) * LD + col]);
-          const uint32_t b1 = pack_u16(Vs[(kr + 8) * LD + col], Vs[(kr + 9) * LD + col]);
+          const uint32_t b0 = pack_u16(Vt[kr * LD + col], Vt[(kr + 1) * LD + col]);
+          const uint32_t b1 = pack_u16(Vt[(kr + 8) * LD + col], Vt[(kr + 9) * LD + col]);
           mma_bf16(oacc[n], a0, a1, a2, a3, b0, b1);
         }
       }
     }
+    if constexpr (kPipe) __syncthreads();  // buffer t & 1 is free for tile t + 2
   }
 
   // Finish: sum l over the quad, normalise, store.
@@ -448,9 +502,8 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causa
     visit_head_dim(q.size(3), "attention_fwd", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       if constexpr (std::is_same_v<T, bf16>) {
-        constexpr int smem = mma_smem_bytes<D>();
         const dim3 grid((d.T + kMmaBr - 1) / kMmaBr, d.B * d.Hq);
-        auto launch = [&](auto kernel) {
+        auto launch = [&](auto kernel, int smem) {
           CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
           kernel<<<grid, kMmaWarps * 32, smem>>>(
               reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(k.data_ptr()),
@@ -459,9 +512,11 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causa
           CUDA_CHECK_LAUNCH();
         };
         if (env_equals("SOMNUS_ATTN_FWD", "v1")) {
-          launch(attn_fwd_mma<D, false>);
+          launch(attn_fwd_mma<D, false, false>, mma_smem_bytes<D>());
+        } else if (env_equals("SOMNUS_ATTN_FWD", "v2")) {
+          launch(attn_fwd_mma<D, true, false>, mma_smem_bytes<D>());
         } else {
-          launch(attn_fwd_mma<D, true>);
+          launch(attn_fwd_mma<D, true, true>, mma_smem_bytes<D>(true));
         }
       } else {
         launch_rows<T, D>(q, k, v, d, 1, d.S, o, lse, nullptr, nullptr);
