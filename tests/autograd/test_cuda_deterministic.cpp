@@ -34,7 +34,7 @@ constexpr const char* kNoCuda = "no CUDA device visible: the deterministic-mode 
 std::vector<std::string> train_twice(const TransformerConfig& cfg, Device device) {
   Generator init(11);
   Transformer model(cfg, init, DType::f32, device);
-  AdamW opt({ParamGroup{.params = model.parameters(true), .lr = 1e-2}});
+  AdamW opt({ParamGroup{.params = model.parameters(true), .lr = 1e-2, .name = "all"}});
   Generator data(5);
   const int64_t B = 3, T = cfg.block_size;
   std::vector<std::string> out;
