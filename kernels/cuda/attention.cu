@@ -1,5 +1,7 @@
-// Fused attention on CUDA: FlashAttention-2 forward, backward and split-K decode. The CPU
-// twin (kernels/cpu/attention.cpp) runs the same algorithm; its header gives the math.
+// Fused attention on CUDA: the FlashAttention-2 forward and the SIMT backward, and the
+// backward's dispatch. The CPU twin (kernels/cpu/attention.cpp) runs the same algorithm; its
+// header gives the math. Split-K decode: attention_decode.cu; the tensor-core backward:
+// attention_bwd.cu; shared helpers: attention_common.cuh.
 //
 // Shapes: q, o (B, Hq, T, D); k, v (B, Hkv, S, D), query head h reads kv head h / (Hq/Hkv);
 // lse (B, Hq, T) f32. D ∈ {64, 128} (template parameter). Causal: query i sees keys
@@ -14,19 +16,23 @@
 //                   rounded to bf16 and fed straight from the S accumulators as the A operand
 //                   of O += P V (the FA2 register trick: the C layout of two n-tiles is the A
 //                   layout of one k-step). Causal blocks stop at the last key their last row
-//                   sees. Shared memory: 3 · 64 · (D + 8) · 2 bytes (52 KiB at D = 128).
-//   attn_rows_simt  SIMT forward, one warp per query row (lanes own D/32 columns), key tiles
-//                   of 32 staged in shared memory as f32; used for f32 inputs and for the
-//                   split-K decode (grid.z = splits, writing f32 partials (o_s, lse_s)).
-//   attn_combine    the decode combine: lse = log Σ e^lse_s, o = Σ e^(lse_s − lse) o_s.
-//   Backward (SIMT, f32 and bf16): attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row);
-//   attn_bwd_dkdv (a warp per key, 8 keys per block, all warps walk the same query rows
-//   so that each row's dQ contribution is first summed over the block's 8 keys in shared
+//                   sees. Versions (SOMNUS_ATTN_FWD; all give bitwise the same result):
+//                     v1   fragments from plain 32/16-bit shared loads, tiles loaded
+//                          synchronously (3 · 64 · (D + 8) · 2 bytes of shared memory);
+//                     v2   Q fragments kept in registers, K and V fragments by ldmatrix
+//                          (.trans for V);
+//                     default: v2 + K/V tiles double-buffered with cp.async (5 tiles of
+//                          shared memory, 87 KiB at D = 128).
+//   attn_rows_simt  (attention_common.cuh) SIMT forward, one warp per query row; f32 inputs.
+//   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
+//   tensor-core kernels of attention_bwd.cu, or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
+//   kernels: attn_bwd_dkdv (a warp per key, 8 keys per block, all warps walk the same query
+//   rows so that each row's dQ contribution is first summed over the block's 8 keys in shared
 //   memory and then added with D f32 atomics); the deterministic mode instead runs
 //   attn_bwd_dq (a warp per query row, keys in a fixed order; no atomics anywhere).
 //
-// FLOPs: forward 4·B·Hq·T·S·D (≈ half when causal); backward 2.5× that. The backward is
-// not yet on tensor cores (see bench/RESULTS.md): correctness first, the mma backward next.
+// FLOPs: forward 4·B·Hq·T·S·D (≈ half when causal); backward 2.5× that. H100 figures per
+// version: bench/RESULTS.md.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -543,6 +549,17 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
       constexpr int D = decltype(dim)::value;
       attn_bwd_delta<T, D><<<grid_for(rows, 4), 128>>>(o.data<T>(), dout.data<T>(), delta.data<float>(), rows);
       CUDA_CHECK_LAUNCH();
+      if constexpr (std::is_same_v<T, bf16>) {
+        // bf16: the tensor-core kernels (attention_bwd.cu) unless SOMNUS_ATTN_BWD=simt.
+        if (!env_equals("SOMNUS_ATTN_BWD", "simt")) {
+          attention_bwd_mma(q, k, v, dout, lse, delta, d, deterministic ? nullptr : dq_acc.data<float>(), dq, dk, dv);
+          if (!deterministic) {
+            cast_from_f32<T><<<grid_for(q.numel(), 256), 256>>>(dq_acc.data<float>(), dq.data<T>(), q.numel());
+            CUDA_CHECK_LAUNCH();
+          }
+          return;
+        }
+      }
       const dim3 kv_grid((d.S + kKeyWarps - 1) / kKeyWarps, d.B * d.Hkv);
       attn_bwd_dkdv<T, D><<<kv_grid, kKeyWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), dout.data<T>(),
                                                       lse.data<float>(), delta.data<float>(), dk.data<T>(),
