@@ -5,13 +5,36 @@
 // (stored in the storage dtype; the stats use the rounded h), accumulating Σh (layer) or Σh²
 // (rms); pass 2 (layer) the two-pass Σ(h − mean)²; pass 3 writes y. Passes 2–3 re-read the
 // row from L1/L2, so DRAM traffic is one read of x (+r) and one write of y (+h).
-// Backward: one block per chunk of kNormRowsPerChunk rows. Per row, a block reduction of
-// Σg and Σg∘x̂, then dh; each thread owns a fixed set of columns, so it accumulates dw/db
-// for the chunk into row `chunk` of the (chunks, C) partials without atomics (deterministic);
-// ops.cpp sums the partials over chunks.
+// Backward (v2, default): one block of kThreads per chunk of kNormRowsPerChunk rows (the
+// (chunks, C) partial contract of backend.h). Thread t owns the 16-byte vectors t, t + kThreads,
+// ..., t + (NV − 1)·kThreads of every row (NV ≤ 4, a template parameter: C ≤ 8192 for bf16,
+// ≤ 4096 for f32/f64, ≤ 1024 on the scalar path). Per row it loads its dy, h, dh_in vectors
+// once into registers (w, C values shared by all rows, comes from L1/L2), forms Σg and Σg∘x̂
+// (g = dy∘w) with one block reduction of the pair, and writes dh from the registers: one DRAM
+// read of dy, h, dh_in and one write of dh per element. Short rows (at most kThreads / 2
+// vectors) split the block into G = 2, 4 or 8 groups that take every G-th row of the chunk, so
+// that most threads work (G = 8: a warp per row, shuffles only). dw/db accumulate in
+// thread-private shared memory (a thread owns its columns: no atomics, deterministic) and are
+// written once per chunk (G > 1: the groups' sums added in group order). Shared memory rather
+// than registers: NV·V f32 accumulators each for dw and db would double the registers, and at
+// ≤ 64 registers 4 blocks of 256 threads fit an SM, so the 512 chunks of a 16384-row batch are
+// one wave on 132 SMs with ~96 KiB of loads in flight per SM.
+// Bytes per element (bf16, with dh_in): 3 · 2 read + 2 written = 8; the f32 partials add
+// 4 / 32 per parameter written here and the same read by ops.cpp's sum over chunks: ~2% for
+// RMSNorm (dw), ~4% for LayerNorm (dw, db). Predicted on an H100 (copy 2926 GB/s), 16384×4096
+// bf16 with dh_in (512 MiB counted): the kernel near 90% of copy (~2.6 TB/s, ~200 µs) plus
+// ~10 µs per parameter for the (512, 4096) f32 partial sum and cast, so ≈ 2.4–2.5 TB/s
+// counted for RMSNorm and ≈ 2.3–2.4 TB/s for LayerNorm (80–85% of copy; v1: 645 and 345
+// GB/s). f32 (NV = 4, 96 registers, 2 blocks per SM, two waves) similarly ≈ 2.3–2.5 TB/s.
+// Backward v1 (SOMNUS_NORM_BWD=v1, and the fallback for wider rows): per row, two passes over
+// dy and h (the second from L1/L2), a block reduction each of Σg and Σg∘x̂, and a
+// read-modify-write of the chunk's (C,) partial row in global memory per row.
 // Loads and stores are 16-byte vectors (8 bf16, 4 f32, 2 f64) when C is a multiple of the
 // vector width and the pointers are aligned; otherwise scalar. Reductions: warp shuffles,
 // then one shared-memory step across the block's warps.
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
 
@@ -31,6 +54,27 @@ __device__ __forceinline__ C block_allreduce_sum(C v, C* smem) {
   __syncthreads();
   C t = lane < nwarps ? smem[lane] : C(0);
   return warp_allreduce_sum(t);
+}
+
+// Sums two values over each group of kThreads / G consecutive threads (G = 1: the block; G =
+// kThreads / 32: each warp), every thread of the group getting both. Called by all threads of
+// the block. `smem` holds 2 · kThreads / 32.
+template <int G, class C>
+__device__ __forceinline__ void group_allreduce_sum2(C& a, C& b, C* smem) {
+  a = warp_allreduce_sum(a);
+  b = warp_allreduce_sum(b);
+  constexpr int kWarps = kThreads / 32, kGroupWarps = kWarps / G;
+  if constexpr (kGroupWarps > 1) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, first = warp - warp % kGroupWarps;
+    __syncthreads();  // smem may still be read from the previous reduction
+    if (lane == 0) {
+      smem[warp] = a;
+      smem[kWarps + warp] = b;
+    }
+    __syncthreads();
+    a = warp_allreduce_sum(lane < kGroupWarps ? smem[first + lane] : C(0));
+    b = warp_allreduce_sum(lane < kGroupWarps ? smem[kWarps + first + lane] : C(0));
+  }
 }
 
 template <class T, int V>
@@ -177,6 +221,131 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Register-resident backward (v2, see the header). The block's G groups of kTPG = kThreads / G
+// threads each take every G-th row of the chunk (G > 1 for short rows, so that most threads
+// work); NV: vectors of V elements per thread per row. Dynamic shared memory: NV · V · kThreads
+// compute-type accumulators for dw, as many again for db when db_part is set; element (i, j)
+// of thread t at [(i · V + j) · kThreads + t] (consecutive threads, consecutive words: no bank
+// conflicts), private to the thread until the chunk's end sums the G groups in order.
+template <class T, int V, int NV, int G>
+__global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
+    norm_backward_reg_kernel(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
+                             const T* __restrict__ h, const T* __restrict__ w, const compute_t<T>* __restrict__ mean,
+                             const compute_t<T>* __restrict__ rstd, T* __restrict__ dh,
+                             compute_t<T>* __restrict__ dw_part, compute_t<T>* __restrict__ db_part, int64_t rows,
+                             int64_t n, int64_t chunks) {
+  using C = compute_t<T>;
+  constexpr int kTPG = kThreads / G;
+  extern __shared__ __align__(16) unsigned char norm_bwd_smem[];
+  __shared__ C red[2 * (kThreads / 32)];
+  C* acc_w = reinterpret_cast<C*>(norm_bwd_smem);
+  C* acc_b = acc_w + NV * V * kThreads;  // used only when db_part != nullptr
+  const int t = threadIdx.x, grp = G == 1 ? 0 : t / kTPG, lt = G == 1 ? t : t % kTPG;
+  const int64_t nv = n / V;
+  const C inv_n = C(1) / static_cast<C>(n);
+  bool own[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) own[i] = static_cast<int64_t>(i) * kTPG + lt < nv;
+  for (int64_t k = blockIdx.x; k < chunks; k += gridDim.x) {
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        acc_w[(i * V + j) * kThreads + t] = C(0);
+        if (db_part != nullptr) acc_b[(i * V + j) * kThreads + t] = C(0);
+      }
+    }
+    const int64_t r0 = k * kNormRowsPerChunk, r_end = min(rows, r0 + kNormRowsPerChunk);
+    for (int64_t rb = r0; rb < r_end; rb += G) {  // the same trip count for every group
+      const int64_t r = rb + grp;
+      const bool live = G == 1 || r < r_end;  // a group past the chunk's end still joins the reduction
+      const T* gr = dy + r * n;
+      const T* hr = h + r * n;
+      const T* di = dh_in != nullptr ? dh_in + r * n : nullptr;
+      Vec<T, V> gv[NV], hv[NV], dv[NV];
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (live && own[i]) {
+          const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
+          gv[i] = load_vec<V>(gr, vi);
+          hv[i] = load_vec<V>(hr, vi);
+          if (di != nullptr) dv[i] = load_vec<V>(di, vi);
+        }
+      }
+      const C mu = live && layer ? mean[r] : C(0), rs = live ? rstd[r] : C(0);
+      C sg = 0, sgx = 0;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (live && own[i]) {
+          const Vec<T, V> wv = load_vec<V>(w, static_cast<int64_t>(i) * kTPG + lt);
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const C g = static_cast<C>(gv[i].v[j]) * static_cast<C>(wv.v[j]);
+            sg += g;
+            sgx += g * (static_cast<C>(hv[i].v[j]) - mu) * rs;
+          }
+        }
+      }
+      group_allreduce_sum2<G>(sg, sgx, red);
+      const C mg = layer ? sg * inv_n : C(0), mgx = sgx * inv_n;
+      T* dr = dh + r * n;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (live && own[i]) {
+          const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
+          const Vec<T, V> wv = load_vec<V>(w, vi);  // (C,): L1/L2-resident, not held across the reduction
+          Vec<T, V> o;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const C gy = static_cast<C>(gv[i].v[j]);
+            const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
+            C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
+            if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
+            o.v[j] = static_cast<T>(d);
+            acc_w[(i * V + j) * kThreads + t] += gy * xh;
+            if (db_part != nullptr) acc_b[(i * V + j) * kThreads + t] += gy;
+          }
+          store_vec<V>(dr, vi, o);
+        }
+      }
+    }
+    // The chunk's partial row, written once.
+    C* dw = dw_part + k * n;
+    C* db = db_part != nullptr ? db_part + k * n : nullptr;
+    if constexpr (G == 1) {  // the thread's own columns
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (own[i]) {
+          const int64_t c0 = (static_cast<int64_t>(i) * kThreads + t) * V;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            dw[c0 + j] = acc_w[(i * V + j) * kThreads + t];
+            if (db != nullptr) db[c0 + j] = acc_b[(i * V + j) * kThreads + t];
+          }
+        }
+      }
+    } else {  // column c = vi · V + j with vi = i · kTPG + l: the G groups' sums in group order
+      __syncthreads();  // every group's accumulators are complete
+      for (int64_t c = t; c < n; c += kThreads) {
+        const int64_t vi = c / V;
+        const int j = static_cast<int>(c % V), i = static_cast<int>(vi / kTPG), l = static_cast<int>(vi % kTPG);
+        const int base = (i * V + j) * kThreads + l;
+        C sw = acc_w[base];
+#pragma unroll
+        for (int q = 1; q < G; ++q) sw += acc_w[base + q * kTPG];
+        dw[c] = sw;
+        if (db != nullptr) {
+          C sb = acc_b[base];
+#pragma unroll
+          for (int q = 1; q < G; ++q) sb += acc_b[base + q * kTPG];
+          db[c] = sb;
+        }
+      }
+      __syncthreads();  // the next chunk zeroes the accumulators read above
+    }
+  }
+}
+
 // 16-byte vectors when every row start is aligned, else scalar.
 template <class T, class F>
 void with_vec(int64_t n, std::initializer_list<const void*> ptrs, F&& f) {
@@ -193,6 +362,13 @@ void with_vec(int64_t n, std::initializer_list<const void*> ptrs, F&& f) {
 template <class T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
+}
+
+// SOMNUS_NORM_BWD=v1 selects the previous backward kernel (read on every call, so that tests
+// can switch it).
+bool use_norm_bwd_v1() {
+  const char* e = std::getenv("SOMNUS_NORM_BWD");
+  return e != nullptr && std::strcmp(e, "v1") == 0;
 }
 
 }  // namespace
@@ -235,11 +411,38 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
     T* dp = static_cast<T*>(dh_out.data_ptr());
     C* dwp = static_cast<C*>(dw_partial.data_ptr());
     C* dbp = db_partial.defined() ? static_cast<C*>(db_partial.data_ptr()) : nullptr;
+    const bool v1 = use_norm_bwd_v1();
     with_vec<T>(n, {gp, dip, hp, wp, dp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
-      norm_backward_kernel<T, V><<<grid_for(chunks, 1), kThreads>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows,
-                                                                     n, chunks);
-      CUDA_CHECK_LAUNCH();
+      const int64_t nv = n / V, per_thread = (nv + kThreads - 1) / kThreads;  // vectors per thread per row
+      auto reg = [&](auto nvc, auto gc) {
+        constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
+        const auto kernel = norm_backward_reg_kernel<T, V, NV, G>;
+        const size_t smem = (dbp != nullptr ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C);
+        if (smem > 48 * 1024) {
+          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        }
+        kernel<<<grid_for(chunks, 1), kThreads, smem>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows, n, chunks);
+        CUDA_CHECK_LAUNCH();
+      };
+      using One = std::integral_constant<int, 1>;
+      if (!v1 && nv <= kThreads / 8) {  // short rows: 8 rows at once, a warp each
+        reg(One{}, std::integral_constant<int, 8>{});
+      } else if (!v1 && nv <= kThreads / 4) {
+        reg(One{}, std::integral_constant<int, 4>{});
+      } else if (!v1 && nv <= kThreads / 2) {
+        reg(One{}, std::integral_constant<int, 2>{});
+      } else if (!v1 && per_thread <= 1) {
+        reg(One{}, One{});
+      } else if (!v1 && per_thread <= 2) {
+        reg(std::integral_constant<int, 2>{}, One{});
+      } else if (!v1 && per_thread <= 4) {
+        reg(std::integral_constant<int, 4>{}, One{});
+      } else {
+        norm_backward_kernel<T, V><<<grid_for(chunks, 1), kThreads>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp,
+                                                                       rows, n, chunks);
+        CUDA_CHECK_LAUNCH();
+      }
     });
   });
 }

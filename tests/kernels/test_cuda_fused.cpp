@@ -4,11 +4,13 @@
 // CPU and copied, outputs poisoned first (the caching allocator is primed with 0xFF blocks,
 // NaN in every float dtype) so that unwritten elements fail; odd sizes (unaligned rows take
 // the scalar path, multiples of 8 the 16-byte vector path), row counts across the 32-row
-// dweight chunks, head dims 64 and 128, f32/f64/bf16.
+// dweight chunks, head dims 64 and 128, f32/f64/bf16. The norm backward runs twice: the default
+// kernel and SOMNUS_NORM_BWD=v1 (the previous one, kept selectable as a fallback).
 //
 // Without a CUDA device every test calls GTEST_SKIP() with a message (ctest label `cuda`).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -45,17 +47,31 @@ void expect_close(const Tensor& g, const Tensor& c, DType dt, const std::string&
 
 constexpr DType kFloat[] = {DType::f32, DType::f64, DType::bf16};
 
-}  // namespace
+// Sets SOMNUS_NORM_BWD (kernels/cuda/norm.cu reads it on every call) for one scope.
+class NormBwdEnv {
+ public:
+  explicit NormBwdEnv(const char* value) { ::setenv("SOMNUS_NORM_BWD", value, 1); }
+  ~NormBwdEnv() { ::unsetenv("SOMNUS_NORM_BWD"); }
+  NormBwdEnv(const NormBwdEnv&) = delete;
+  NormBwdEnv& operator=(const NormBwdEnv&) = delete;
+};
 
-TEST(CudaFused, NormsMatchCpu) {
-  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+// Forward and backward against the CPU twin. The backward shapes cover both kernels of
+// kernels/cuda/norm.cu: v2 (the row in registers, NV ≤ 4 vectors per thread) takes C = 3..1001
+// on the scalar path and 96/1024/2056/8192 vectorised: G = 8 row groups per block (C = 3; 96 in
+// bf16/f32), 4 (C = 33; 96 in f64), 2 (1024 in bf16), 1 with NV = 1, 2, 4 and partly owned
+// vector slots; it falls back to v1 for wider rows (C = 4100 in every dtype, 8192 in f32/f64,
+// 2056 in f64). Row counts 1, 7, 69, 37, 66, 5: a last chunk shorter than 32 rows, groups past
+// its end.
+void norms_match_cpu(const std::string& label) {
   Generator gen(1);
   for (DType dt : kFloat) {
-    for (const Shape& s : std::vector<Shape>{{1, 3}, {7, 33}, {69, 96}, {2, 3, 257}, {40, 1024}, {5, 4100}}) {
+    for (const Shape& s : std::vector<Shape>{{1, 3}, {7, 33}, {69, 96}, {2, 3, 257}, {9, 1001}, {40, 1024},
+                                             {37, 2056}, {5, 4100}, {66, 8192}}) {
       for (bool layer : {false, true}) {
         for (bool res : {false, true}) {
           const std::string what = case_name(s, dt, Layout::contiguous) + (layer ? " layer" : " rms") +
-                                   (res ? " residual" : "");
+                                   (res ? " residual" : "") + " " + label;
           const int64_t C = s.back();
           Tensor x = randn(s, gen, dt, Device::cpu(), 0.5, 1.0), r = res ? randn(s, gen, dt) : Tensor();
           Tensor w = randn({C}, gen, dt, Device::cpu(), 1.0, 0.3), b = layer ? randn({C}, gen, dt) : Tensor();
@@ -80,6 +96,20 @@ TEST(CudaFused, NormsMatchCpu) {
       }
     }
   }
+}
+
+}  // namespace
+
+TEST(CudaFused, NormsMatchCpu) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  NormBwdEnv env("");  // the default backward (v2)
+  norms_match_cpu("bwd v2");
+}
+
+TEST(CudaFused, NormsMatchCpuBackwardV1) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  NormBwdEnv env("v1");
+  norms_match_cpu("bwd v1");
 }
 
 TEST(CudaFused, SwigluMatchesCpu) {
