@@ -1,8 +1,9 @@
 // CUDA fused lm-head losses and the GPU sampler vs their baselines, in the same binary/run
 // (run by tools/gpu_check.sh). Shapes of issue 5: BT = 8192, H = 4096, V = 128256; inputs
-// bf16 (the current CUDA loss kernels compute in f32 and convert bf16 inputs to f32 copies
-// first — that copy of W, 2 GB, is counted in the peak). Without a device every benchmark
-// calls SkipWithError("no CUDA device").
+// bf16 (the CUDA loss kernels take bf16 GEMM operands with f32 logits chunks; the previous
+// path, SOMNUS_LOSS_CUDA=f32, copies h and W to f32 first — 2 GB for W, counted in its peak —
+// and runs as the extra row kl_fused_f32path). Without a device every benchmark calls
+// SkipWithError("no CUDA device").
 //   fused   kernels::linear_* (loss + dh + dW in one chunked pass)
 //   unfused the autograd composition: matmul + log_softmax + the formula, then backward
 //   peak_MB cuda_allocator() peak above the live bytes before the iteration (reset_peak()).
@@ -112,6 +113,12 @@ void BM_kl_unfused_cuda(benchmark::State& st) {
     return l.item();
   });
 }
+// The same through the previous f32-copy path (SOMNUS_LOSS_CUDA=f32): the old baseline.
+void BM_kl_fused_f32path_cuda(benchmark::State& st) {
+  setenv("SOMNUS_LOSS_CUDA", "f32", 1);
+  BM_kl_fused_cuda(st);
+  unsetenv("SOMNUS_LOSS_CUDA");
+}
 void BM_ppo_fused_cuda(benchmark::State& st) {
   run(st, kGemm3, [](Inputs& in) {
     LinearPPOOptions o;
@@ -124,8 +131,8 @@ void BM_ppo_fused_cuda(benchmark::State& st) {
   });
 }
 // Two-level chunking (rows × vocab chunks of 16384, online logsumexp; the logits recomputed
-// for the gradient: 8·N·V·H FLOPs): 256 rows per GEMM instead of 32 at V = 128256, the
-// same ≤ 16 MB chunk.
+// for the gradient: 8·N·V·H FLOPs). Default path: R = 4096 rows of (R, 16384) f32 = 256 MB
+// per chunk (the whole-vocab run has R = 512); the f32 path: 256 rows instead of 32, ≤ 16 MB.
 void BM_ppo_fused_vocab_chunks_cuda(benchmark::State& st) {
   run(st, kGemm3 + 2.0 * kN * kV * kH, [](Inputs& in) {
     LinearPPOOptions o;
@@ -200,6 +207,7 @@ BENCHMARK(BM_ce_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ce_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_kl_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_kl_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_kl_fused_f32path_cuda)->Iterations(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ppo_unfused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ppo_fused_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ppo_fused_vocab_chunks_cuda)->Unit(benchmark::kMillisecond)->UseRealTime();

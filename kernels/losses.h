@@ -13,8 +13,9 @@
 //   that sum by `num_valid` when it is > 0 (the caller's global valid-token count, so that
 //   gradient accumulation over micro-batches is exact), else by the local valid count.
 //   dh has h's shape, dW has W's shape; both f32 (f64 for f64 inputs, used by gradcheck).
-//   bf16 (and, on CUDA, f64) inputs are cast to f32 once (a full copy of h and W); the CUDA
-//   kernels compute in f32 (kernels/cuda/losses.cu, compile-checked only so far).
+//   On CPU bf16 inputs are cast to f32 once (a full copy of h and W). On CUDA bf16 h and W go
+//   to the chunk GEMMs as they are (f32 logits chunks, gradient chunks rounded to bf16; f64 is
+//   cast to f32; SOMNUS_LOSS_CUDA=f32 selects the older f32-copy path; kernels/cuda/losses.cu).
 //   The autograd node keeps dh + dW (not the logits) between forward and backward.
 // The CPU twin (kernels/cpu/losses.cpp) and the CUDA kernels run the same chunking.
 #pragma once

@@ -76,8 +76,12 @@ void check_same_device(const Tensor& t, const Tensor& ref, const char* op) {
 }
 
 #ifdef SOMNUS_WITH_CUDA
-// CUDA inputs: f32 contiguous copies (bf16/f64 are converted) with h flattened to (N, H).
-Tensor f32_rows(const Tensor& t) { return t.to(DType::f32).contiguous().view({-1, t.size(-1)}); }
+// CUDA inputs: contiguous, h flattened to (N, H). bf16 and f32 go as they are (bf16 GEMM
+// operands, no f32 copy; kernels/cuda/losses.cu); other dtypes (f64) are converted to f32.
+Tensor cuda_mat(const Tensor& t) {
+  return (t.dtype() == DType::bf16 || t.dtype() == DType::f32 ? t : t.to(DType::f32)).contiguous();
+}
+Tensor cuda_rows(const Tensor& t) { return cuda_mat(t).view({-1, t.size(-1)}); }
 Tensor i64_flat(const Tensor& t) { return t.to(DType::i64).contiguous().view({-1}); }
 #endif
 
@@ -549,7 +553,7 @@ LinearLossResult linear_cross_entropy(const Tensor& h, const Tensor& W, const Te
   if (opt.reduction == LossReduction::mean) denom = opt.num_valid > 0 ? opt.num_valid : std::max<double>(valid, 1.0);
   if (h.device().is_cuda()) {
 #ifdef SOMNUS_WITH_CUDA
-    LinearLossResult res = cuda::linear_cross_entropy_cuda(f32_rows(h), W.to(DType::f32).contiguous(),
+    LinearLossResult res = cuda::linear_cross_entropy_cuda(cuda_rows(h), cuda_mat(W),
                                                            i64_flat(targets).to(h.device()), opt, denom);
     if (res.dh.defined()) res.dh = res.dh.view(h.shape());
     res.num_valid = valid;
@@ -605,8 +609,8 @@ LinearLossResult linear_jsd(const Tensor& h_s, const Tensor& W_s, const Tensor& 
     std::vector<double> mf(mask.begin(), mask.end());
     const Tensor mk = mask.empty() ? Tensor() : Tensor::from_vector(mf, {N}, DType::f32, h_s.device());
     const Tensor tg = tgt.empty() ? Tensor() : i64_flat(opt.targets).to(h_s.device());
-    LinearLossResult res = cuda::linear_jsd_cuda(f32_rows(h_s), W_s.to(DType::f32).contiguous(), f32_rows(h_t),
-                                                 W_t.to(DType::f32).contiguous(), mk, tg, opt, denom);
+    LinearLossResult res = cuda::linear_jsd_cuda(cuda_rows(h_s), cuda_mat(W_s), cuda_rows(h_t),
+                                                 cuda_mat(W_t), mk, tg, opt, denom);
     if (res.dh.defined()) res.dh = res.dh.view(h_s.shape());
     res.num_valid = valid;
     return res;
@@ -683,7 +687,7 @@ LinearPPOResult linear_ppo_loss(const Tensor& h, const Tensor& W, const Tensor& 
       side[n * 5 + 3] = wt[n];
       side[n * 5 + 4] = m[n] != 0.0 ? 1.0 : 0.0;
     }
-    LinearPPOResult res = cuda::linear_ppo_loss_cuda(f32_rows(h), W.to(DType::f32).contiguous(),
+    LinearPPOResult res = cuda::linear_ppo_loss_cuda(cuda_rows(h), cuda_mat(W),
                                                      i64_flat(actions).to(h.device()),
                                                      Tensor::from_vector(side, {N, 5}, DType::f32, h.device()),
                                                      !ref_lp.empty(), opt);

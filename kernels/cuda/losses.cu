@@ -1,31 +1,59 @@
-// CUDA fused chunked lm-head losses (kernels/losses.h): the same row chunking as the CPU twin
-// (kernels/cpu/losses.cpp), f32 compute.
+// CUDA fused chunked lm-head losses (kernels/losses.h): the CPU twin's chunking
+// (kernels/cpu/losses.cpp) with GEMM operands in the input dtype.
 //
-// Per row chunk of R tokens (R = clamp(2^22 / V, 1, N), one (R, V) f32 chunk of logits):
-//   u = h[rows] Wᵀ                 cuBLASLt (the backend matmul), (R, H) x (H, V)
-//   one block of 256 threads per row: max / logsumexp with cub::BlockReduce, the loss of the
-//   row into row_loss[n], and d loss / d u written over u in place (the logits chunk becomes
-//   the gradient chunk, so nothing else of size R·V is allocated)
-//   dh[rows] = G W                 cuBLASLt
-//   dW      += Gᵀ h[rows]          cuBLASLt per vocab piece into a ≤ 16 MB scratch, then an add (f32)
-// JSD runs the teacher GEMM into a second chunk. PPO runs the CPU twin's two-level chunking:
-// rows × vocab chunks of Vc columns (Vc = opt.chunking.vocab_chunk, default V; rows per
-// chunk = clamp(2^22 / Vc, 1, N), so one chunk is ≤ 16 MB however large V is):
-//   pass 1, per vocab chunk: u = h[rows] W[v0:v0+Vc]ᵀ (cuBLASLt), then a block per row folds
-//     the chunk into the row's online state (m, Σe^(z−m), Σe^(z−m)·z, z[action]), z = u/τ;
-//   a thread per row: lse = m + log Σe, logp, the clipped surrogate + k3, metrics, and the
-//     coefficient of d loss / d u;
-//   pass 2, per vocab chunk (the logits recomputed unless there is only one chunk, which
-//     pass 1 left untouched): G = coef·([v = a] − p_v)/τ in place, dh[rows] += G W[v0:v0+Vc]
-//     (through a (rows, H) scratch after the first chunk), dW[v0:v0+Vc] += Gᵀ h[rows].
+// Two paths, chosen per call:
+//   default ("lp"): h and W go to cuBLASLt as they are (bf16, or f32), f32 accumulation and an
+//     f32 logits chunk (matmul_f32_out in kernels/cuda/matmul.cu: CUDA_R_16BF A/B, CUDA_R_32F
+//     C/D, CUBLAS_COMPUTE_32F); no f32 copy of h or W is made.
+//   SOMNUS_LOSS_CUDA=f32: the previous path, kept as the verified fallback: bf16 h and W are
+//     first copied to f32 (2 GB for W at V = 128256, H = 4096), chunks of 2^22 / V rows, dW
+//     accumulated through ≤ 16 MB scratch pieces plus an add kernel.
+//
+// The default path, per row chunk of R tokens:
+//   u = h[rows] Wᵀ                  (R, V) f32, cuBLASLt, bf16 operands
+//   one block of 256 threads per row: an online max / Σ e^(z − max) in one read of the row, the
+//   row's loss into row_loss[n], and d loss / d u into the gradient chunk G, in the input
+//   dtype: for bf16 inputs G is a separate (R, V) bf16 buffer (the gradient is ROUNDED TO
+//   BF16 before the dh and dW GEMMs, as a bf16 autograd graph would round d logits: ≤ 2^-8
+//   relative per element, ~1.6e-3 RMS, so ~2e-3 in ‖dh‖ and ‖dW‖); for f32 inputs G
+//   overwrites u in place
+//   dh[rows]  = G W                 cuBLASLt, f32 out (PPO vocab chunks: += through beta = 1)
+//   dW       += Gᵀ h[rows]          cuBLASLt straight into the f32 dW, beta = 1 (the first row
+//                                   chunk writes with beta = 0, so dW needs no zero fill)
+// R: opt.chunking.rows_per_chunk when forced; else the most rows whose f32 (R, V) logits fit
+// 256 MB (SOMNUS_LOSS_CUDA_CHUNK_MB overrides), rounded down to a multiple of 128 (a GEMM tile),
+// at least 128 rows, at most N: R = 512 at V = 128256. PPO chunks the vocab (Vc = opt.chunking
+// .vocab_chunk, default V) and takes R from Vc the same way. Chunk rows are padded to a
+// multiple of 8 elements so every row of u and G starts 16-byte aligned whatever V is.
+// JSD's rows kernel does the β = 0 loss and gradient in one more read of the rows (β ≠ 0: two,
+// the gradient needs the row's loss or Σ p·(…) first).
+//
+// Cost of the default path (N tokens, H hidden, V vocab; KL = JSD with β = 0, no hard labels):
+//   FLOPs: 2·N·V·H per GEMM: CE / PPO 6·N·V·H (logits, dh, dW); KL 8·N·V·H (+ the teacher's
+//     logits); PPO with several vocab chunks 8·N·V·H (logits recomputed for the gradient).
+//   bytes: each row chunk writes u (4·R·V per logits GEMM), the rows kernel reads u (KL: u and
+//     the teacher's, twice each) and writes G (2·R·V), the dh GEMM reads G and W (2·V·H), the
+//     dW GEMM reads G and h[rows] and reads + writes the f32 dW (8·V·H): per chunk
+//     ≈ 8·V·H + (4·#logits + 4·#reads + 2·3)·R·V bytes.
+//   KL at N = 8192, H = 4096, V = 128256 (bf16, R = 512, 16 chunks), predicted on an H100:
+//     GEMMs 8·N·V·H = 34.4 TFLOP at ~600 TFLOP/s (our cuBLASLt bf16 path: 635 at 8192³)
+//       ≈ 57 ms, except that each dW GEMM (K = R = 512) is memory bound: 8·V·H = 4.2 GB at
+//       ~2.9 TB/s ≈ 1.45 ms instead of 0.9 ms of FLOPs → +9 ms over 16 chunks;
+//     rows kernels: 4 reads of 263 MB + 1 write of 131 MB per chunk ≈ 19 GB ≈ 6.5 ms;
+//     logits writes 2 × 263 MB per chunk ≈ 8.4 GB ≈ 3 ms;
+//     total ≈ 75 ms fwd + bwd (the unfused autograd composition: 114 ms, the old path: 2.13 s).
+//   Memory of the pass (KL): dW f32 V·H·4 = 2.0 GiB, dh f32 N·H·4 = 128 MiB, u and the
+//     teacher's (R, V) f32 = 2 × 250 MiB, G bf16 125 MiB: ≈ 2.7 GiB at the default budget;
+//     SOMNUS_LOSS_CUDA_CHUNK_MB=128 (R = 256) gives ≈ 2.4 GiB for ~+20 ms (32 memory-bound dW
+//     GEMMs instead of 16). The autograd node's backward (autograd/losses.cpp: g · dW, then the
+//     engine's cast to W's bf16) allocates another f32 dW and a bf16 one on top of this.
 // The loss is the sum of row_loss (N,) reduced on the device; PPO's metrics come back in one
-// small (N, 4) copy.
-// Cost: as the CPU twin: 6·N·V·H GEMM FLOPs (8·N·V·H for JSD, and for PPO with several vocab
-// chunks), ~3 reads + 1 write of each logit chunk in the row kernels.
-// Not verified on a GPU yet (compile-checked for sm_80/sm_90 only).
+// small (N, 4) copy. Not verified on a GPU yet (compile-checked for sm_90 only).
 #include <cub/block/block_reduce.cuh>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -33,6 +61,9 @@
 #include "kernels/losses.h"
 
 namespace somnus::kernels::cuda {
+
+// kernels/cuda/matmul.cu: out (M, N) f32 [+]= a (M, K) @ b (K, N), a and b bf16 or f32.
+void matmul_f32_out(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate);
 
 namespace {
 
@@ -170,10 +201,11 @@ __global__ void jsd_rows_kernel(float* us, float* ut, int64_t V, const float* ma
 // PPO pass 1: folds one vocab chunk u (rows, vn), columns [v0, v0 + vn), into each row's
 // online state st (N, 4): m = max z, s = Σ e^(z − m), t = Σ e^(z − m)·z, z[action]; z = u/τ.
 // u is only read (with a single vocab chunk, pass 2 reuses it).
-__global__ void ppo_stats_kernel(const float* u, int64_t vn, int64_t v0, const int64_t* act, float inv_tau, bool first,
-                                 float* st) {
+// Rows of u are ld floats apart (the f32 path: ld = vn).
+__global__ void ppo_stats_kernel(const float* u, int64_t ld, int64_t vn, int64_t v0, const int64_t* act, float inv_tau,
+                                 bool first, float* st) {
   const int64_t i = blockIdx.x;
-  const float* z = u + i * vn;
+  const float* z = u + i * ld;
   float* r = st + i * 4;
   float mc = -INFINITY;
   for (int64_t v = threadIdx.x; v < vn; v += kThreads) mc = fmaxf(mc, z[v] * inv_tau);
@@ -326,11 +358,402 @@ Tensor sum_rows(const Tensor& row_loss, double scale) {
   return binary(Binary::mul, s, Tensor::scalar(scale, DType::f32, row_loss.device()));
 }
 
-}  // namespace
+
+// PPO's metrics, summed on the host (N·4 floats) over the valid tokens.
+void sum_ppo_metrics(const Tensor& metrics, const Tensor& side, int64_t N, LinearPPOResult& res) {
+  const std::vector<double> mv = metrics.to_vector();
+  const std::vector<double> sv = side.to_vector();
+  double nv = 0, lo = 0, hi = 0, kl = 0, ent = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (sv[n * 5 + 4] == 0.0) continue;
+    nv += 1;
+    lo += mv[n * 4];
+    hi += mv[n * 4 + 1];
+    kl += mv[n * 4 + 2];
+    ent += mv[n * 4 + 3];
+  }
+  nv = std::max(nv, 1.0);
+  res.clip_low_fraction = lo / nv;
+  res.clip_high_fraction = hi / nv;
+  res.mean_kl = kl / nv;
+  res.entropy = ent / nv;
+}
+
+// ---------------------------------------------------------------- default path: row kernels
+//
+// Rows of the f32 logits chunk u are ld floats apart, rows of the gradient chunk g ldg
+// elements apart; g may alias u (f32 inputs: TG = float, ldg = ld). Each element of g is
+// written by the thread that last reads the same element of u, and everything any thread
+// reads at another index (u[y]) is read before the first __syncthreads, so the aliasing is
+// safe. The streaming loops are unrolled 4× so each thread has several loads in flight (the
+// rows kernels are bound by reading the f32 chunk: R = 512 rows are only ~4 blocks per SM).
+
+// One more element x into a thread's online (max m, Σ e^(x − m) = s).
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * __expf(m - x) + 1.0f;  // m = −inf at the first element: s = 0·0 + 1
+    m = x;
+  } else {
+    s += __expf(x - m);
+  }
+}
+
+// logsumexp over the block from every thread's online (m, s); threads without elements have
+// m = −inf, s = 0 and contribute nothing.
+__device__ float block_lse(float m, float s) {
+  const float M = block_all(m, MaxOp{});
+  const float part = m == -INFINITY ? 0.0f : s * __expf(m - M);
+  const float S = block_all(part, SumOp{});
+  return M + logf(S);
+}
+
+template <class TG>
+__global__ void ce_rows_lp_kernel(const float* u, int64_t ld, TG* g, int64_t ldg, int64_t V, const int64_t* tgt,
+                                  int64_t ignore, float inv_tau, float eps, float zl, float c, bool grad,
+                                  float* row_loss) {
+  const int64_t i = blockIdx.x;
+  const float* z = u + i * ld;
+  TG* gr = g + i * ldg;
+  const int64_t y = tgt[i];
+  if (y == ignore) {
+    if (grad) {
+      for (int64_t v = threadIdx.x; v < V; v += kThreads) gr[v] = TG(0.0f);
+    }
+    if (threadIdx.x == 0) row_loss[i] = 0.0f;
+    return;
+  }
+  const float zy = z[y] * inv_tau;  // before any thread can overwrite it (g aliasing u)
+  float m = -INFINITY, s = 0.0f, sz = 0.0f;
+#pragma unroll 4
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    const float zz = z[v] * inv_tau;
+    online_add(m, s, zz);
+    sz += zz;
+  }
+  const float lse = block_lse(m, s);
+  if (eps != 0.0f) sz = block_all(sz, SumOp{});
+  if (threadIdx.x == 0) {
+    row_loss[i] = (1.0f - eps) * (lse - zy) + eps * (lse - sz / static_cast<float>(V)) + zl * lse * lse;
+  }
+  if (!grad) return;
+  const float pm = 1.0f + 2.0f * zl * lse, off = eps / static_cast<float>(V), cy = c * (1.0f - eps);
+#pragma unroll 4
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    float gv = c * (__expf(z[v] * inv_tau - lse) * pm - off);
+    if (v == y) gv -= cy;
+    gr[v] = TG(gv);
+  }
+}
+
+// Generalized JSD_β per row; us = student chunk, ut = teacher chunk (both rows ld apart), g
+// the student's gradient (may alias us).
+template <class TG>
+__global__ void jsd_rows_lp_kernel(const float* us, const float* ut, int64_t ld, TG* g, int64_t ldg, int64_t V,
+                                   const float* mask, const int64_t* tgt, int64_t ignore, float beta, float tau,
+                                   float hard_w, float scale, bool grad, float* row_loss) {
+  const int64_t i = blockIdx.x;
+  const float* s = us + i * ld;
+  const float* t = ut + i * ld;
+  TG* gr = g + i * ldg;
+  if (mask != nullptr && mask[i] == 0.0f) {
+    if (grad) {
+      for (int64_t v = threadIdx.x; v < V; v += kThreads) gr[v] = TG(0.0f);
+    }
+    if (threadIdx.x == 0) row_loss[i] = 0.0f;
+    return;
+  }
+  const float inv_tau = 1.0f / tau;
+  const int64_t y = tgt != nullptr ? tgt[i] : ignore;
+  const bool hard = hard_w != 0.0f && y != ignore;
+  const float uy = hard ? s[y] : 0.0f;  // before any thread can overwrite it
+  float ms = -INFINITY, ss = 0.0f, mt = -INFINITY, st = 0.0f, mr = -INFINITY, sr = 0.0f;
+#pragma unroll 4
+  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+    const float sv = s[v];
+    online_add(ms, ss, sv * inv_tau);
+    online_add(mt, st, t[v] * inv_tau);
+    if (hard) online_add(mr, sr, sv);
+  }
+  const float lse_s = block_lse(ms, ss), lse_t = block_lse(mt, st);
+  const float lse_raw = hard ? block_lse(mr, sr) : 0.0f;  // `hard` is uniform over the block
+  const float l1b = beta < 1.0f ? log1pf(-beta) : 0.0f, lb = beta > 0.0f ? logf(beta) : 0.0f;
+  const float c = scale * inv_tau, w = hard_w * scale;
+  float loss = 0.0f, dot = 0.0f;
+  if (beta == 0.0f) {
+    // Forward KL: the gradient c·(p_S − p_T) needs no row total, so loss and gradient share a pass.
+#pragma unroll 4
+    for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+      const float sv = s[v];
+      const float lps = sv * inv_tau - lse_s, lpt = t[v] * inv_tau - lse_t, pt = __expf(lpt);
+      loss += pt * (lpt - lps);
+      if (grad) {
+        float gv = c * (__expf(lps) - pt);
+        if (hard) gv += w * (__expf(sv - lse_raw) - (v == y ? 1.0f : 0.0f));
+        gr[v] = TG(gv);
+      }
+    }
+    loss = block_all(loss, SumOp{});
+  } else {
+#pragma unroll 4
+    for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+      const float lps = s[v] * inv_tau - lse_s, lpt = t[v] * inv_tau - lse_t;
+      if (beta == 1.0f) {
+        loss += __expf(lps) * (lps - lpt);
+      } else {
+        const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
+        const float lm = hi + log1pf(__expf(lo - hi));
+        const float ps = __expf(lps);
+        loss += beta * __expf(lpt) * (lpt - lm) + (1.0f - beta) * ps * (lps - lm);
+        dot += ps * (1.0f - beta) * (lps - lm);
+      }
+    }
+    loss = block_all(loss, SumOp{});
+    if (beta != 1.0f) dot = block_all(dot, SumOp{});
+    if (grad) {
+#pragma unroll 4
+      for (int64_t v = threadIdx.x; v < V; v += kThreads) {
+        const float sv = s[v];
+        const float lps = sv * inv_tau - lse_s, lpt = t[v] * inv_tau - lse_t, ps = __expf(lps);
+        float gv;
+        if (beta == 1.0f) {
+          gv = c * ps * (lps - lpt - loss);
+        } else {
+          const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
+          const float lm = hi + log1pf(__expf(lo - hi));
+          gv = c * ps * ((1.0f - beta) * (lps - lm) - dot);
+        }
+        if (hard) gv += w * (__expf(sv - lse_raw) - (v == y ? 1.0f : 0.0f));
+        gr[v] = TG(gv);
+      }
+    }
+  }
+  if (threadIdx.x == 0) row_loss[i] = loss + (hard ? hard_w * (lse_raw - uy) : 0.0f);
+}
+
+// PPO pass 2 on one vocab chunk u (rows, vn; rows ld apart) of raw logits, columns
+// [v0, v0 + vn): g = coef·([v = a] − p_v)/τ (g may alias u).
+template <class TG>
+__global__ void ppo_grad_lp_kernel(const float* u, int64_t ld, TG* g, int64_t ldg, int64_t vn, int64_t v0,
+                                   const int64_t* act, const float* cl, float inv_tau) {
+  const int64_t i = blockIdx.x;
+  const float* z = u + i * ld;
+  TG* gr = g + i * ldg;
+  const float cf = cl[i * 2] * inv_tau, lse = cl[i * 2 + 1];
+  const int64_t a = act[i] - v0;  // the action's column in this chunk (maybe outside it)
+#pragma unroll 4
+  for (int64_t v = threadIdx.x; v < vn; v += kThreads) {
+    float gv = -cf * __expf(z[v] * inv_tau - lse);
+    if (v == a) gv += cf;
+    gr[v] = TG(gv);
+  }
+}
+
+// ---------------------------------------------------------------- default path: drivers
+
+// The f32 path's inputs: f32 contiguous (a full copy of a bf16 tensor).
+Tensor as_f32(const Tensor& t) { return t.dtype() == DType::f32 ? t : t.to(DType::f32).contiguous(); }
+
+bool f32_path_selected() {
+  const char* e = std::getenv("SOMNUS_LOSS_CUDA");
+  return e != nullptr && std::strcmp(e, "f32") == 0;
+}
+
+// Bytes of one f32 logits chunk: 256 MB, or SOMNUS_LOSS_CUDA_CHUNK_MB.
+int64_t chunk_budget_bytes() {
+  const char* e = std::getenv("SOMNUS_LOSS_CUDA_CHUNK_MB");
+  const long mb = e != nullptr ? std::strtol(e, nullptr, 10) : 0;
+  return (mb > 0 ? static_cast<int64_t>(mb) : int64_t{256}) << 20;
+}
+
+// Rows per chunk of the default path (see the header).
+int64_t rows_for_budget(int64_t N, int64_t V, int64_t forced) {
+  const int64_t n = std::max<int64_t>(N, 1);
+  if (forced > 0) return std::min(forced, n);
+  const int64_t fit = chunk_budget_bytes() / (4 * std::max<int64_t>(V, 1));
+  return std::min(std::max<int64_t>(128, fit / 128 * 128), n);
+}
+
+int64_t padded(int64_t v) { return (v + 7) / 8 * 8; }
+
+// A (rows, vn) view of a flat chunk buffer with rows ld apart.
+Tensor rows_view(const Tensor& buf, int64_t rows, int64_t vn, int64_t ld) {
+  return buf.slice(0, 0, rows * ld).view({rows, ld}).slice(1, 0, vn);
+}
+
+// u (rows, vn) f32 = h[r0:r0+rows] W[v0:v0+vn]ᵀ.
+void logits_lp(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, int64_t v0, int64_t vn, const Tensor& u) {
+  matmul_f32_out(h.slice(0, r0, r0 + rows), W.slice(0, v0, v0 + vn).transpose(0, 1), u, false);
+}
+
+// For one gradient chunk G (rows, vn) of vocab columns [v0, v0 + vn), in h's dtype:
+//   dh[r0:r0+rows] = G W[v0:v0+vn]  (+= when dh_add),
+//   dW[v0:v0+vn]  += Gᵀ h[rows]     (= when !dW_add); Gᵀ is a transposed view (op T), not a copy.
+void grads_lp(const Tensor& h, const Tensor& W, int64_t r0, int64_t rows, const Tensor& G, int64_t v0, int64_t vn,
+              const Tensor& dh, bool dh_add, const Tensor& dW, bool dW_add) {
+  matmul_f32_out(G, W.slice(0, v0, v0 + vn), dh.slice(0, r0, r0 + rows), dh_add);
+  if (dW.defined()) matmul_f32_out(G.transpose(0, 1), h.slice(0, r0, r0 + rows), dW.slice(0, v0, v0 + vn), dW_add);
+}
+
+// The gradient chunk buffer: u itself for f32 inputs, a bf16 buffer of u's layout for bf16.
+Tensor grad_buffer(const Tensor& u_buf, DType dt) {
+  return dt == DType::f32 ? u_buf : Tensor::empty({u_buf.numel()}, dt, u_buf.device());
+}
+
+// Calls f(TG{}) with TG the gradient chunk's element type.
+template <class F>
+void visit_grad_type(DType dt, F&& f) {
+  if (dt == DType::bf16) {
+    f(bf16{});
+  } else {
+    f(float{});
+  }
+}
+
+// (N, H) f32 dh and, when wanted, the (V, H) f32 dW (zero filled only when no chunk writes it).
+void alloc_grads(bool grad, bool want_dW, int64_t N, int64_t H, int64_t V, const Device& dev, Tensor& dh,
+                 Tensor& dW) {
+  if (!grad) return;
+  dh = Tensor::empty({N, H}, DType::f32, dev);
+  if (want_dW) dW = N > 0 ? Tensor::empty({V, H}, DType::f32, dev) : Tensor::zeros({V, H}, DType::f32, dev);
+}
+
+LinearLossResult ce_lp_path(const Tensor& h, const Tensor& W, const Tensor& targets,
+                            const LinearCrossEntropyOptions& opt, double denom) {
+  const int64_t N = h.size(0), H = h.size(1), V = W.size(0);
+  const Device dev = h.device();
+  const DType dt = h.dtype();
+  const int64_t R = rows_for_budget(N, V, opt.chunking.rows_per_chunk), ld = padded(V);
+  const Tensor u_buf = Tensor::empty({R * ld}, DType::f32, dev);
+  const Tensor g_buf = opt.compute_grad ? grad_buffer(u_buf, dt) : Tensor();
+  const Tensor row_loss = Tensor::empty({N}, DType::f32, dev);
+  LinearLossResult res;
+  Tensor dh, dW;
+  alloc_grads(opt.compute_grad, opt.compute_dW, N, H, V, dev, dh, dW);
+  const double scale = 1.0 / denom;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    const Tensor u = rows_view(u_buf, rows, V, ld);
+    logits_lp(h, W, r0, rows, 0, V, u);
+    visit_grad_type(dt, [&](auto tag) {
+      using TG = decltype(tag);
+      ce_rows_lp_kernel<TG><<<static_cast<unsigned>(rows), kThreads>>>(
+          static_cast<const float*>(u_buf.data_ptr()), ld,
+          opt.compute_grad ? static_cast<TG*>(g_buf.data_ptr()) : nullptr, ld, V,
+          static_cast<const int64_t*>(targets.data_ptr()) + r0, opt.ignore_index,
+          static_cast<float>(1.0 / opt.temperature), static_cast<float>(opt.label_smoothing),
+          static_cast<float>(opt.z_loss), static_cast<float>(scale / opt.temperature), opt.compute_grad,
+          static_cast<float*>(row_loss.data_ptr()) + r0);
+      CUDA_CHECK_LAUNCH();
+    });
+    if (opt.compute_grad) grads_lp(h, W, r0, rows, rows_view(g_buf, rows, V, ld), 0, V, dh, false, dW, r0 > 0);
+  }
+  res.loss = sum_rows(row_loss, scale);
+  res.dh = dh;
+  res.dW = dW;
+  return res;
+}
+
+LinearLossResult jsd_lp_path(const Tensor& hs, const Tensor& Ws, const Tensor& ht, const Tensor& Wt,
+                             const Tensor& mask, const Tensor& targets, const LinearJSDOptions& opt, double denom) {
+  const int64_t N = hs.size(0), H = hs.size(1), V = Ws.size(0);
+  const Device dev = hs.device();
+  const DType dt = hs.dtype();
+  const int64_t R = rows_for_budget(N, V, opt.chunking.rows_per_chunk), ld = padded(V);
+  const Tensor us_buf = Tensor::empty({R * ld}, DType::f32, dev), ut_buf = Tensor::empty({R * ld}, DType::f32, dev);
+  const Tensor g_buf = opt.compute_grad ? grad_buffer(us_buf, dt) : Tensor();
+  const Tensor row_loss = Tensor::empty({N}, DType::f32, dev);
+  LinearLossResult res;
+  Tensor dh, dW;
+  alloc_grads(opt.compute_grad, opt.compute_dW, N, H, V, dev, dh, dW);
+  const double scale = 1.0 / denom;
+  const float* mp = mask.defined() ? static_cast<const float*>(mask.data_ptr()) : nullptr;
+  const int64_t* tp = targets.defined() ? static_cast<const int64_t*>(targets.data_ptr()) : nullptr;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    logits_lp(hs, Ws, r0, rows, 0, V, rows_view(us_buf, rows, V, ld));
+    logits_lp(ht, Wt, r0, rows, 0, V, rows_view(ut_buf, rows, V, ld));
+    visit_grad_type(dt, [&](auto tag) {
+      using TG = decltype(tag);
+      jsd_rows_lp_kernel<TG><<<static_cast<unsigned>(rows), kThreads>>>(
+          static_cast<const float*>(us_buf.data_ptr()), static_cast<const float*>(ut_buf.data_ptr()), ld,
+          opt.compute_grad ? static_cast<TG*>(g_buf.data_ptr()) : nullptr, ld, V, mp ? mp + r0 : nullptr,
+          tp ? tp + r0 : nullptr, opt.ignore_index, static_cast<float>(opt.beta), static_cast<float>(opt.temperature),
+          static_cast<float>(opt.hard_label_weight), static_cast<float>(scale), opt.compute_grad,
+          static_cast<float*>(row_loss.data_ptr()) + r0);
+      CUDA_CHECK_LAUNCH();
+    });
+    if (opt.compute_grad) grads_lp(hs, Ws, r0, rows, rows_view(g_buf, rows, V, ld), 0, V, dh, false, dW, r0 > 0);
+  }
+  res.loss = sum_rows(row_loss, scale);
+  res.dh = dh;
+  res.dW = dW;
+  return res;
+}
+
+LinearPPOResult ppo_lp_path(const Tensor& h, const Tensor& W, const Tensor& actions, const Tensor& side, bool has_ref,
+                            const LinearPPOOptions& opt) {
+  const int64_t N = h.size(0), H = h.size(1), V = W.size(0);
+  const Device dev = h.device();
+  const DType dt = h.dtype();
+  const int64_t Vc = opt.chunking.vocab_chunk > 0 ? std::min(opt.chunking.vocab_chunk, V) : V;
+  const int64_t R = rows_for_budget(N, Vc, opt.chunking.rows_per_chunk), ld = padded(Vc);
+  const int64_t n_vchunks = (V + Vc - 1) / Vc;
+  const Tensor u_buf = Tensor::empty({R * ld}, DType::f32, dev);
+  const Tensor g_buf = opt.compute_grad ? grad_buffer(u_buf, dt) : Tensor();
+  const Tensor row_loss = Tensor::empty({N}, DType::f32, dev), logp = Tensor::empty({N}, DType::f32, dev);
+  const Tensor metrics = Tensor::empty({N, 4}, DType::f32, dev);
+  const Tensor state = Tensor::empty({N, 4}, DType::f32, dev), cl = Tensor::empty({N, 2}, DType::f32, dev);
+  LinearPPOResult res;
+  Tensor dh, dW;
+  alloc_grads(opt.compute_grad, opt.compute_dW, N, H, V, dev, dh, dW);
+  const float inv_tau = static_cast<float>(1.0 / opt.temperature);
+  const int64_t* ap = static_cast<const int64_t*>(actions.data_ptr());
+  float* stp = static_cast<float*>(state.data_ptr());
+  const float* clp = static_cast<const float*>(cl.data_ptr());
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    // Pass 1: the online logsumexp over the vocab chunks; a chunk's rows are padded(vn) apart.
+    for (int64_t c = 0; c < n_vchunks; ++c) {
+      const int64_t v0 = c * Vc, vn = std::min(Vc, V - v0), ldu = padded(vn);
+      logits_lp(h, W, r0, rows, v0, vn, rows_view(u_buf, rows, vn, ldu));
+      ppo_stats_kernel<<<static_cast<unsigned>(rows), kThreads>>>(static_cast<const float*>(u_buf.data_ptr()), ldu,
+                                                                   vn, v0, ap + r0, inv_tau, c == 0, stp + r0 * 4);
+      CUDA_CHECK_LAUNCH();
+    }
+    ppo_token_kernel<<<static_cast<unsigned>((rows + 127) / 128), 128>>>(
+        stp + r0 * 4, rows, static_cast<const float*>(side.data_ptr()) + r0 * 5, static_cast<float>(opt.eps_low),
+        static_cast<float>(opt.eps_high), static_cast<float>(opt.kl_beta), has_ref,
+        static_cast<float*>(row_loss.data_ptr()) + r0, static_cast<float*>(logp.data_ptr()) + r0,
+        static_cast<float*>(metrics.data_ptr()) + r0 * 4, static_cast<float*>(cl.data_ptr()) + r0 * 2);
+    CUDA_CHECK_LAUNCH();
+    if (!opt.compute_grad) continue;
+    // Pass 2: the gradient chunk by chunk (one chunk: pass 1's logits are still in place).
+    for (int64_t c = 0; c < n_vchunks; ++c) {
+      const int64_t v0 = c * Vc, vn = std::min(Vc, V - v0), ldu = padded(vn);
+      if (n_vchunks > 1) logits_lp(h, W, r0, rows, v0, vn, rows_view(u_buf, rows, vn, ldu));
+      visit_grad_type(dt, [&](auto tag) {
+        using TG = decltype(tag);
+        ppo_grad_lp_kernel<TG><<<static_cast<unsigned>(rows), kThreads>>>(
+            static_cast<const float*>(u_buf.data_ptr()), ldu, static_cast<TG*>(g_buf.data_ptr()), ldu, vn, v0,
+            ap + r0, clp + r0 * 2, inv_tau);
+        CUDA_CHECK_LAUNCH();
+      });
+      grads_lp(h, W, r0, rows, rows_view(g_buf, rows, vn, ldu), v0, vn, dh, c > 0, dW, r0 > 0);
+    }
+  }
+  res.loss = sum_rows(row_loss, 1.0);
+  res.logp = logp;
+  res.dh = dh;
+  res.dW = dW;
+  sum_ppo_metrics(metrics, side, N, res);
+  return res;
+}
+
+// ---------------------------------------------------------------- the f32 path (SOMNUS_LOSS_CUDA=f32)
 
 // h (N, H), W (V, H) f32 contiguous on the device; targets i64 (N,) on the device.
-LinearLossResult linear_cross_entropy_cuda(const Tensor& h, const Tensor& W, const Tensor& targets,
-                                           const LinearCrossEntropyOptions& opt, double denom) {
+LinearLossResult ce_f32_path(const Tensor& h, const Tensor& W, const Tensor& targets,
+                             const LinearCrossEntropyOptions& opt, double denom) {
   const int64_t N = h.size(0), H = h.size(1), V = W.size(0);
   const Device dev = h.device();
   const int64_t R = rows_per_chunk(N, V, opt.chunking.rows_per_chunk);
@@ -362,8 +785,8 @@ LinearLossResult linear_cross_entropy_cuda(const Tensor& h, const Tensor& W, con
   return res;
 }
 
-LinearLossResult linear_jsd_cuda(const Tensor& hs, const Tensor& Ws, const Tensor& ht, const Tensor& Wt,
-                                 const Tensor& mask, const Tensor& targets, const LinearJSDOptions& opt, double denom) {
+LinearLossResult jsd_f32_path(const Tensor& hs, const Tensor& Ws, const Tensor& ht, const Tensor& Wt,
+                              const Tensor& mask, const Tensor& targets, const LinearJSDOptions& opt, double denom) {
   const int64_t N = hs.size(0), H = hs.size(1), V = Ws.size(0);
   const Device dev = hs.device();
   const int64_t R = rows_per_chunk(N, V, opt.chunking.rows_per_chunk);
@@ -400,8 +823,8 @@ LinearLossResult linear_jsd_cuda(const Tensor& hs, const Tensor& Ws, const Tenso
 }
 
 // side (N, 5) f32 on the device: old_logp, ref_logp, advantage, weight, mask.
-LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Tensor& actions, const Tensor& side,
-                                     bool has_ref, const LinearPPOOptions& opt) {
+LinearPPOResult ppo_f32_path(const Tensor& h, const Tensor& W, const Tensor& actions, const Tensor& side, bool has_ref,
+                             const LinearPPOOptions& opt) {
   const int64_t N = h.size(0), H = h.size(1), V = W.size(0);
   const Device dev = h.device();
   // Rows × vocab chunks, as the CPU twin: R rows of Vc columns per chunk.
@@ -433,7 +856,7 @@ LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Ten
       const int64_t v0 = c * Vc, vn = std::min(Vc, V - v0);
       const Tensor u = u_of(vn);
       logits_vocab_chunk(h, W, r0, rows, v0, vn, u);
-      ppo_stats_kernel<<<static_cast<unsigned>(rows), kThreads>>>(static_cast<const float*>(u.data_ptr()), vn, v0,
+      ppo_stats_kernel<<<static_cast<unsigned>(rows), kThreads>>>(static_cast<const float*>(u.data_ptr()), vn, vn, v0,
                                                                    ap + r0, inv_tau, c == 0, stp + r0 * 4);
       CUDA_CHECK_LAUNCH();
     }
@@ -459,24 +882,35 @@ LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Ten
   res.logp = logp;
   res.dh = dh;
   res.dW = dW;
-  // metrics: summed on the host (N·4 floats).
-  const std::vector<double> mv = metrics.to_vector();
-  const std::vector<double> sv = side.to_vector();
-  double nv = 0, lo = 0, hi = 0, kl = 0, ent = 0;
-  for (int64_t n = 0; n < N; ++n) {
-    if (sv[n * 5 + 4] == 0.0) continue;
-    nv += 1;
-    lo += mv[n * 4];
-    hi += mv[n * 4 + 1];
-    kl += mv[n * 4 + 2];
-    ent += mv[n * 4 + 3];
-  }
-  nv = std::max(nv, 1.0);
-  res.clip_low_fraction = lo / nv;
-  res.clip_high_fraction = hi / nv;
-  res.mean_kl = kl / nv;
-  res.entropy = ent / nv;
+  sum_ppo_metrics(metrics, side, N, res);
   return res;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- entry points
+
+// h (N, H), W (V, H) contiguous on the device, both bf16 or both f32 (kernels/cpu/losses.cpp
+// casts other dtypes to f32); targets i64 (N,) on the device. dh and dW come back in f32.
+LinearLossResult linear_cross_entropy_cuda(const Tensor& h, const Tensor& W, const Tensor& targets,
+                                           const LinearCrossEntropyOptions& opt, double denom) {
+  if (f32_path_selected()) return ce_f32_path(as_f32(h), as_f32(W), targets, opt, denom);
+  return ce_lp_path(h, W, targets, opt, denom);
+}
+
+LinearLossResult linear_jsd_cuda(const Tensor& hs, const Tensor& Ws, const Tensor& ht, const Tensor& Wt,
+                                 const Tensor& mask, const Tensor& targets, const LinearJSDOptions& opt, double denom) {
+  if (f32_path_selected()) {
+    return jsd_f32_path(as_f32(hs), as_f32(Ws), as_f32(ht), as_f32(Wt), mask, targets, opt, denom);
+  }
+  return jsd_lp_path(hs, Ws, ht, Wt, mask, targets, opt, denom);
+}
+
+// side (N, 5) f32 on the device: old_logp, ref_logp, advantage, weight, mask.
+LinearPPOResult linear_ppo_loss_cuda(const Tensor& h, const Tensor& W, const Tensor& actions, const Tensor& side,
+                                     bool has_ref, const LinearPPOOptions& opt) {
+  if (f32_path_selected()) return ppo_f32_path(as_f32(h), as_f32(W), actions, side, has_ref, opt);
+  return ppo_lp_path(h, W, actions, side, has_ref, opt);
 }
 
 }  // namespace somnus::kernels::cuda

@@ -31,6 +31,9 @@
 // b2's is one small reduction of g.
 //
 // Cost: 2·Bt·M·N·K FLOPs; bytes (Bt·M·K + Bb·K·N + Bt·M·N)·sizeof(T) (+ Bt·M·N for pre_gelu).
+// matmul_f32_out (for the fused lm-head losses, kernels/cuda/losses.cu): bf16 (or f32) a and b,
+// an f32 D (CUDA_R_16BF A/B, CUDA_R_32F C/D, CUBLAS_COMPUTE_32F: a combination cuBLASLt lists),
+// and optionally beta = 1 with C = D, so a chunk's dW += Gᵀ h accumulates in place.
 // Handles and 32 MiB workspaces are cached per device; heuristic results are cached per
 // problem (shape, strides, dtype, epilogue, pointer alignment), so a repeated matmul costs
 // only descriptor set-up and the launch.
@@ -174,6 +177,8 @@ struct Gemm {
   const void* bias = nullptr;
   void* aux = nullptr;
   int64_t aux_ld = 0, aux_stride = 0;
+  bool f32_out = false;     // D (and C) in f32 whatever the input dtype (matmul_f32_out)
+  bool accumulate = false;  // beta = 1: D = A·B + D (matmul_f32_out)
 };
 
 cudaDataType_t cuda_type(DType d) {
@@ -195,7 +200,7 @@ int64_t alignment_class(const void* p) {
 
 // Heuristic results, cached by everything the heuristic looks at.
 struct AlgoKey {
-  std::array<int64_t, 27> f{};
+  std::array<int64_t, 29> f{};
   bool operator==(const AlgoKey& o) const { return f == o.f; }
 };
 struct AlgoKeyHash {
@@ -229,6 +234,7 @@ AlgoKey make_key(int device, const Gemm& g, int compute) {
   put(alignment_class(g.a_ptr)), put(alignment_class(g.b_ptr)), put(alignment_class(g.d_ptr));
   put(alignment_class(g.bias)), put(alignment_class(g.aux));
   put(static_cast<int64_t>(g.k));
+  put(g.f32_out ? 1 : 0), put(g.accumulate ? 1 : 0);
   return k;
 }
 
@@ -280,7 +286,7 @@ bool run_gemm(int device, const Gemm& g) {
   MatrixLayout la, lb, ld;
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la.h, dt, g.A.rows, g.A.cols, g.A.ld));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb.h, dt, g.B.rows, g.B.cols, g.B.ld));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld.h, dt, g.m, g.n, g.ldd));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld.h, g.f32_out ? CUDA_R_32F : dt, g.m, g.n, g.ldd));
   set_layout_batch(la, g.batch, g.stride_a);
   set_layout_batch(lb, g.batch, g.stride_b);
   set_layout_batch(ld, g.batch, g.stride_d);
@@ -334,8 +340,8 @@ bool run_gemm(int device, const Gemm& g) {
     cache->emplace(key, algo);
   }
   if (algo.supported) {
-    const float alpha_f = 1.0f, beta_f = 0.0f;
-    const double alpha_d = 1.0, beta_d = 0.0;
+    const float alpha_f = 1.0f, beta_f = g.accumulate ? 1.0f : 0.0f;
+    const double alpha_d = 1.0, beta_d = g.accumulate ? 1.0 : 0.0;
     const void* alpha = g.dtype == DType::f64 ? static_cast<const void*>(&alpha_d) : &alpha_f;
     const void* beta = g.dtype == DType::f64 ? static_cast<const void*>(&beta_d) : &beta_f;
     CUBLAS_CHECK(cublasLtMatmul(ctx.handle, desc.h, alpha, g.a_ptr, la.h, g.b_ptr, lb.h, beta, g.d_ptr, ld.h, g.d_ptr,
@@ -502,6 +508,57 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, con
   p.d_ptr = out.data_ptr();
   run_gemm_or_throw(device, p);
   if (has_bias || gelu) launch_bias_gelu(out, bias, want_pre ? pre_gelu : Tensor(), gelu, out, N);
+}
+
+// ---------------------------------------------------------------- f32 output (fused losses)
+
+// out (M, N) f32 [+]= a (M, K) @ b (K, N); a, b 2-D, both bf16 or both f32, views with a unit
+// stride on either dim (a transposed view goes in as op T, not copied); out row-major with a
+// unit column stride and any row stride ≥ N (padded rows keep every row 16-byte aligned).
+void matmul_f32_out(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
+  if (a.dim() != 2 || b.dim() != 2 || out.dim() != 2 || a.size(1) != b.size(0) || out.size(0) != a.size(0) ||
+      out.size(1) != b.size(1)) {
+    throw_error("matmul_f32_out: shapes must be a (M, K), b (K, N), out (M, N)");
+  }
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const int64_t ldd = M > 1 ? out.stride(0) : N;  // rows of out may be padded (ld ≥ N)
+  if (a.dtype() != b.dtype() || (a.dtype() != DType::bf16 && a.dtype() != DType::f32) || out.dtype() != DType::f32 ||
+      (N > 1 && out.stride(1) != 1) || ldd < N) {
+    throw_error("matmul_f32_out: a and b must both be bf16 or both f32, out f32 with unit column stride");
+  }
+  set_device(out);
+  const int device = out.device().index;
+  if (out.numel() == 0) return;
+  if (K == 0) {
+    if (!accumulate) out.fill_(0.0);
+    return;
+  }
+  Tensor a_use = a, b_use = b;
+  std::optional<Operand> a_op = transposed_operand(M, K, a.stride(0), a.stride(1));
+  if (!a_op) {
+    a_use = a.contiguous();
+    a_op = transposed_operand(M, K, a_use.stride(0), a_use.stride(1));
+  }
+  std::optional<Operand> b_op = transposed_operand(K, N, b.stride(0), b.stride(1));
+  if (!b_op) {
+    b_use = b.contiguous();
+    b_op = transposed_operand(K, N, b_use.stride(0), b_use.stride(1));
+  }
+  if (!a_op || !b_op) throw_error("matmul_f32_out: internal error: contiguous operand not describable");
+  Gemm g;
+  g.dtype = a.dtype();
+  g.A = *b_op;
+  g.B = *a_op;
+  g.a_ptr = b_use.data_ptr();
+  g.b_ptr = a_use.data_ptr();
+  g.d_ptr = out.data_ptr();
+  g.m = static_cast<uint64_t>(N);
+  g.n = static_cast<uint64_t>(M);
+  g.k = static_cast<uint64_t>(K);
+  g.ldd = ldd;
+  g.f32_out = true;
+  g.accumulate = accumulate;
+  run_gemm_or_throw(device, g);
 }
 
 // ---------------------------------------------------------------- DGELU/BGRAD epilogue
