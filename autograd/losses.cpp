@@ -11,16 +11,29 @@ namespace somnus {
 namespace {
 
 // Records `loss` as a function of (h, W) with precomputed gradients dh, dW.
+// Memory: dW is (V, H) f32 — 2.1 GB at V = 128256, H = 4096 — so the rule avoids a second
+// buffer of that size where it can: when the incoming gradient is exactly 1 (the usual
+// loss.backward(); one scalar read back to check) and the parameter has another dtype (bf16),
+// it returns the cast of dW straight away (the engine would cast g · dW anyway) instead of
+// g · dW in f32 and then the cast. Otherwise g · dW in a new buffer, as before (a tensor
+// aliasing the saved one could be accumulated into itself by a retain_graph rerun).
 Tensor record_fused(const char* name, const Tensor& h, const Tensor& W, Tensor loss, const Tensor& dh,
                     const Tensor& dW) {
   if (!dh.defined()) return loss;
   // dW is undefined when W needs no gradient (a frozen lm head).
   const Tensor dh_saved = dh.detach(), dW_saved = dW.defined() ? dW.detach() : Tensor();
-  return autograd::record(name, {h, W}, std::move(loss), [dh = dh_saved, dW = dW_saved](const autograd::TensorList& g) {
-    const Tensor s = g[0].dtype() == dh.dtype() ? g[0] : kernels::cast(g[0], dh.dtype());
-    return autograd::TensorList{kernels::binary(kernels::Binary::mul, dh, s),
-                                dW.defined() ? kernels::binary(kernels::Binary::mul, dW, s) : Tensor()};
-  });
+  const DType h_dtype = h.dtype(), W_dtype = W.dtype();
+  return autograd::record(name, {h, W}, std::move(loss),
+                          [dh = dh_saved, dW = dW_saved, h_dtype, W_dtype](const autograd::TensorList& g) {
+                            const Tensor s = g[0].dtype() == dh.dtype() ? g[0] : kernels::cast(g[0], dh.dtype());
+                            const bool unit = s.item() == 1.0;
+                            const auto scaled = [&](const Tensor& d, DType param_dtype) {
+                              if (unit && param_dtype != d.dtype()) return kernels::cast(d, param_dtype);
+                              return kernels::binary(kernels::Binary::mul, d, s);
+                            };
+                            return autograd::TensorList{scaled(dh, h_dtype),
+                                                        dW.defined() ? scaled(dW, W_dtype) : Tensor()};
+                          });
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "autograd/gradcheck.h"
 #include "autograd/losses.h"
 #include "kernels/losses.h"
+#include "kernels/ops.h"
 #include "tensor/allocator.h"
 #include "tensor/random.h"
 #include "tensor/format.h"
@@ -214,6 +215,29 @@ TEST(LinearCrossEntropy, FrozenHeadSkipsDW) {
   EXPECT_FALSE(W.grad().defined());
   EXPECT_TRUE(Wt.grad().defined());
   EXPECT_LT(rel_err(h1.grad(), h2.grad().to_vector()), 1e-7);
+}
+
+// The autograd node scales the precomputed gradients by the incoming gradient g, and for a
+// bf16 parameter with g = 1 hands out the cast of dW directly (no f32 g · dW buffer): both
+// must give what the kernel computed — exactly the cast for g = 1, and g · dW otherwise.
+TEST(LinearCrossEntropy, AutogradScalesByUpstreamGradientAndCastsForBf16) {
+  Generator g(15);
+  const int64_t N = 12, H = 32, V = 70;
+  const Tensor h0 = randn({N, H}, g, DType::bf16), W0 = randn({V, H}, g, DType::bf16, Device::cpu(), 0.0, 0.1);
+  std::vector<int64_t> y(N);
+  for (int64_t n = 0; n < N; ++n) y[n] = (n * 5) % V;
+  const LinearLossResult k = kernels::linear_cross_entropy(h0, W0, ids(y), LinearCrossEntropyOptions{});
+  for (double up : {1.0, 2.5}) {
+    Tensor h = leaf(h0.clone()), W = leaf(W0.clone());
+    backward(linear_cross_entropy(h, W, ids(y)), Tensor::scalar(up, DType::f32));
+    ASSERT_EQ(W.grad().dtype(), DType::bf16);
+    const Tensor want_dW = kernels::cast(kernels::binary(kernels::Binary::mul, k.dW, Tensor::scalar(up, k.dW.dtype())),
+                                         DType::bf16);
+    const Tensor want_dh = kernels::cast(kernels::binary(kernels::Binary::mul, k.dh, Tensor::scalar(up, k.dh.dtype())),
+                                         DType::bf16);
+    EXPECT_EQ(W.grad().to_vector(), want_dW.to_vector()) << "upstream " << up;
+    EXPECT_EQ(h.grad().to_vector(), want_dh.to_vector()) << "upstream " << up;
+  }
 }
 
 // ---------------------------------------------------------------- JSD
