@@ -1,15 +1,18 @@
 // Fused attention on CUDA (kernels/cuda/attention.cu) against its CPU twin and the f64
 // explicit-P reference (attention_reference.h): forward o and lse (the bf16 tensor-core
-// kernel and the f32 SIMT kernel), backward dq, dk, dv with atomic and deterministic dQ,
-// and split-K decode; T not a multiple of the 64-row tile, T = 1, S ≠ T with an offset,
-// D ∈ {64, 128}, GQA ratios 1, 4, 8, causal and not. The backend is called directly with
-// outputs filled with NaN first, so an element a kernel forgets to write fails the bound.
-// The deterministic backward must be bitwise repeatable.
+// kernel and the f32 SIMT kernel), backward dq, dk, dv with atomic and deterministic dQ
+// (bf16: the tensor-core kernels of attention_bwd.cu, their v2 and v1 and the SIMT fallback,
+// chosen by SOMNUS_ATTN_BWD), and split-K decode; T not a multiple of the 64-row tile, T = 1, S ≠ T
+// with an offset, D ∈ {64, 128}, GQA ratios 1, 4, 8, causal and not. The backend is called
+// directly with outputs filled with NaN first, so an element a kernel forgets to write fails
+// the bound. The deterministic backward must be bitwise repeatable (and the tensor-core
+// backward's two versions, which feed the same mma sequence, bitwise equal).
 //
 // Without a CUDA device every test calls GTEST_SKIP() with a message (ctest label `cuda`).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/backend.h"
@@ -64,6 +67,19 @@ double twin_error(const Tensor& a, const Tensor& twin, const std::vector<double>
 
 Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu()); }
 
+// The backward paths for bf16: the tensor-core kernels (attention_bwd.cu, default), their
+// earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either) and the
+// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback). f32 always runs SIMT, on every setting.
+const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt"};
+
+void set_bwd_path(const std::string& path) {
+  if (path == "mma") {
+    unsetenv("SOMNUS_ATTN_BWD");
+  } else {
+    setenv("SOMNUS_ATTN_BWD", path.c_str(), 1);
+  }
+}
+
 struct CudaRun {
   Tensor o, lse, dq, dk, dv;
 };
@@ -85,27 +101,31 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
   for (DType dt : {DType::bf16, DType::f32}) {
     uint64_t seed = 500;
     for (const AttnCase& c : kCases) {
-      for (bool det : {false, true}) {
-        SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ"));
-        Generator gen(seed++);
-        const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
-        const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
-        const CudaRun g = run_cuda(q, k, v, dout, c, det);
-        const AttentionOutput cf = attention_fwd(q, k, v, c.causal, 0.0, c.q_offset);
-        const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
-        const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
-        const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 2e-2 : 2e-5;
-        EXPECT_LT(rel_or_abs_error(g.o, cf.o.to_vector()), tf);
-        EXPECT_LT(rel_or_abs_error(g.lse, cf.lse.to_vector()), 1e-5);
-        EXPECT_LT(rel_or_abs_error(g.o, ref.o), tf);
-        EXPECT_LT(rel_or_abs_error(g.lse, ref.lse), 1e-5);
-        EXPECT_LT(twin_error(g.dq, cb.dq, ref.dq), tb);
-        EXPECT_LT(twin_error(g.dk, cb.dk, ref.dk), tb);
-        EXPECT_LT(twin_error(g.dv, cb.dv, ref.dv), tb);
-        EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), tb);
-        EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), tb);
-        EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), tb);
+      Generator gen(seed++);
+      const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
+      const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
+      const AttentionOutput cf = attention_fwd(q, k, v, c.causal, 0.0, c.q_offset);
+      const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
+      const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
+      const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 2e-2 : 2e-5;
+      for (const char* path : kBwdPaths) {
+        set_bwd_path(path);
+        for (bool det : {false, true}) {
+          SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + path);
+          const CudaRun g = run_cuda(q, k, v, dout, c, det);
+          EXPECT_LT(rel_or_abs_error(g.o, cf.o.to_vector()), tf);
+          EXPECT_LT(rel_or_abs_error(g.lse, cf.lse.to_vector()), 1e-5);
+          EXPECT_LT(rel_or_abs_error(g.o, ref.o), tf);
+          EXPECT_LT(rel_or_abs_error(g.lse, ref.lse), 1e-5);
+          EXPECT_LT(twin_error(g.dq, cb.dq, ref.dq), tb);
+          EXPECT_LT(twin_error(g.dk, cb.dk, ref.dk), tb);
+          EXPECT_LT(twin_error(g.dv, cb.dv, ref.dv), tb);
+          EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), tb);
+          EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), tb);
+          EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), tb);
+        }
       }
+      set_bwd_path("mma");
     }
   }
 }
@@ -117,37 +137,69 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
     Generator gen(42);
     const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
     const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
-    const CudaRun a = run_cuda(q, k, v, dout, c, true), b = run_cuda(q, k, v, dout, c, true);
-    EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector()) << dtype_name(dt);
-    EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector()) << dtype_name(dt);
-    EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector()) << dtype_name(dt);
+    std::vector<CudaRun> runs;
+    for (const char* path : kBwdPaths) {
+      set_bwd_path(path);
+      const CudaRun a = run_cuda(q, k, v, dout, c, true), b = run_cuda(q, k, v, dout, c, true);
+      EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector()) << dtype_name(dt) << " bwd " << path;
+      EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector()) << dtype_name(dt) << " bwd " << path;
+      EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector()) << dtype_name(dt) << " bwd " << path;
+      runs.push_back(a);
+    }
+    set_bwd_path("mma");
+    // kBwdPaths[0..2]: the tensor-core backward's versions feed the same values to the same
+    // mma sequence (bf16; f32 runs SIMT on every setting, so it holds trivially).
+    for (size_t i = 1; i < 3; ++i) {
+      EXPECT_EQ(runs[0].dq.to_vector(), runs[i].dq.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
+      EXPECT_EQ(runs[0].dk.to_vector(), runs[i].dk.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
+      EXPECT_EQ(runs[0].dv.to_vector(), runs[i].dv.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
+    }
   }
 }
 
+// Both decode kernels: the GQA block kernel (default; rows = g·T <= 8) and the SIMT row
+// kernel (SOMNUS_ATTN_DECODE=simt, and rows > 8 on either setting).
 TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
-  for (DType dt : {DType::bf16, DType::f32}) {
-    for (int64_t D : {64, 128}) {
-      for (int64_t Tq : {1, 3}) {
-        for (int64_t splits : {1, 5, 64}) {
-          const AttnCase c{2, 8, 1, Tq, 1000, D, true, 1000 - Tq};
-          SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {}", splits));
-          Generator gen(7 + D + Tq);
+  //                     B  Hq Hkv  T    S   D  causal offset (D set below)
+  const AttnCase decode_cases[] = {
+      {2, 8, 1, 1, 1000, 0, true, 999},  // g = 8, T = 1: rows 8
+      {2, 8, 1, 3, 1000, 0, true, 997},  // rows 24 > 8: the SIMT kernel on both settings
+      {2, 8, 2, 2, 1000, 0, true, 998},  // g = 4, T = 2: rows 8
+      {1, 4, 2, 2, 333, 0, true, 100},   // S off the key step; keys past 102 unseen (whole splits)
+      {1, 4, 4, 1, 77, 0, false, 0},     // g = 1, not causal
+  };
+  for (const char* path : {"gqa", "simt"}) {
+    if (std::string(path) == "simt") {
+      setenv("SOMNUS_ATTN_DECODE", "simt", 1);
+    } else {
+      unsetenv("SOMNUS_ATTN_DECODE");
+    }
+    for (DType dt : {DType::bf16, DType::f32}) {
+      for (int64_t D : {64, 128}) {
+        for (AttnCase c : decode_cases) {
+          c.D = D;
+          Generator gen(7 + D + c.T + c.S);
           const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
           const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
           const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-          Tensor o = nan_like(q.shape(), dt), lse = nan_like({c.B, c.Hq, c.T}, DType::f32);
-          cuda::attention_decode(q.to(gpu()), k.to(gpu()), v.to(gpu()), true, scale, c.q_offset, splits, o, lse);
-          const AttentionOutput cpu = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
-          const AttnRef ref = attention_reference(q, k, v, Tensor(), true, scale, c.q_offset);
-          const double tf = dt == DType::bf16 ? 1e-2 : 1e-5;
-          EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), cpu.o.to_vector()), tf);
-          EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), ref.o), tf);
-          EXPECT_LT(rel_or_abs_error(lse.to(Device::cpu()), ref.lse), 1e-5);
+          const AttnRef ref = attention_reference(q, k, v, Tensor(), c.causal, scale, c.q_offset);
+          for (int64_t splits : {1, 5, 64}) {
+            SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {} {}", splits, path));
+            Tensor o = nan_like(q.shape(), dt), lse = nan_like({c.B, c.Hq, c.T}, DType::f32);
+            cuda::attention_decode(q.to(gpu()), k.to(gpu()), v.to(gpu()), c.causal, scale, c.q_offset, splits, o,
+                                   lse);
+            const AttentionOutput cpu = attention_decode(q, k, v, c.causal, 0.0, c.q_offset, splits);
+            const double tf = dt == DType::bf16 ? 1e-2 : 1e-5;
+            EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), cpu.o.to_vector()), tf);
+            EXPECT_LT(rel_or_abs_error(o.to(Device::cpu()), ref.o), tf);
+            EXPECT_LT(rel_or_abs_error(lse.to(Device::cpu()), ref.lse), 1e-5);
+          }
         }
       }
     }
   }
+  unsetenv("SOMNUS_ATTN_DECODE");
 }
 
 TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
@@ -159,6 +211,36 @@ TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
   EXPECT_EQ(out.lse.dtype(), DType::f32);
   const Tensor q48 = randn({1, 2, 10, 48}, gen, DType::f32, gpu());
   EXPECT_THROW(attention_fwd(q48, q48, q48, true), Error);
+}
+
+// The bf16 forward's kernel versions (SOMNUS_ATTN_FWD: v1 = plain shared loads, v2 = ldmatrix,
+// default = ldmatrix + cp.async double buffering) feed the same values to the same mma
+// sequence, so they must agree bit for bit; v1 is the version checked against the f64
+// reference on an H100 first (2026-11-26), and the default is checked against it above.
+TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  uint64_t seed = 900;
+  for (const AttnCase& c : kCases) {
+    SCOPED_TRACE(case_name(c, DType::bf16));
+    Generator gen(seed++);
+    const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16).to(gpu());
+    const Tensor k = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
+    const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+    std::vector<std::vector<double>> o, lse;
+    for (const char* version : {"v1", "v2", ""}) {
+      if (*version != '\0') setenv("SOMNUS_ATTN_FWD", version, 1);
+      Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
+      cuda::attention_fwd(q, k, v, c.causal, scale, c.q_offset, ov, lv);
+      unsetenv("SOMNUS_ATTN_FWD");
+      o.push_back(ov.to(Device::cpu()).to_vector());
+      lse.push_back(lv.to(Device::cpu()).to_vector());
+    }
+    for (size_t i = 1; i < o.size(); ++i) {
+      EXPECT_TRUE(o[i] == o[0]) << "o of version " << i << " differs from v1";
+      EXPECT_TRUE(lse[i] == lse[0]) << "lse of version " << i << " differs from v1";
+    }
+  }
 }
 
 }  // namespace
