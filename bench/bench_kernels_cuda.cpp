@@ -409,6 +409,21 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
   state.counters["FLOP/s"] = Counter(f, Counter::kIsIterationInvariantRate);
 }
 
+// The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
+// cp.async prefetch; simt: the first, SIMT kernels) at T = 4096, beside the default above.
+void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
+  if (skip_without_cuda(state)) return;
+  const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
+  const AttentionOutput fwd = attention_fwd(a.q, a.k, a.v, causal);
+  setenv("SOMNUS_ATTN_BWD", version, 1);
+  timed_loop(state, [&] {
+    benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, fwd.o, fwd.lse, a.dout, causal).dq.data_ptr());
+  });
+  unsetenv("SOMNUS_ATTN_BWD");
+  const double f = 4.0 * a.B * a.H * static_cast<double>(a.T) * a.T * a.D * (causal ? 0.5 : 1.0);
+  state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
+}
+
 // Split-K decode: 1 query token per sequence against a cache of S keys, B = 8, Hq = 32,
 // Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
 // the device-to-device copy bandwidth of the same traffic.
@@ -446,6 +461,15 @@ void register_attention() {
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     }
+  }
+  for (const char* version : {"v1", "v2", "simt"}) {
+    RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
+                      version, true)
+        ->Args({4096, 64})
+        ->Args({4096, 128})
+        ->ArgNames({"T", "D"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
   }
   RegisterBenchmark("attention_decode/bf16/B8_Hq32_Hkv8_D128", BM_attention_decode)
       ->Arg(1024)

@@ -104,7 +104,8 @@ fi
 # of memory, bad input) and the profiler's timing tests are filtered out. Each binary gets a
 # time budget (SOMNUS_SANITIZER_BUDGET_S, default 60 s) so the whole check stays near 10
 # minutes; an error report or a binary past its budget fails the check.
-# SOMNUS_SKIP_COMPUTE_SANITIZER=1 skips this section.
+# SOMNUS_SKIP_COMPUTE_SANITIZER=1 skips this section. The tests run with SOMNUS_TEST_QUICK=1
+# (tests that loop over kernel versions check the default version only).
 if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
   csan="$(command -v compute-sanitizer || true)"
   [ -z "$csan" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && csan=/usr/local/cuda/bin/compute-sanitizer
@@ -118,7 +119,7 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     run_sanitizer() {  # tool binary gtest-filter
       local tool="$1" bin="$2" filter="$3" log rc
       log="$out/csan_${tool}_$(basename "$bin").log"
-      timeout "$budget" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
+      SOMNUS_TEST_QUICK=1 timeout "$budget" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
         "$bin" --gtest_filter="$filter" --gtest_brief=1 > "$log" 2>&1
       rc=$?
       if [ $rc -eq 0 ]; then

@@ -4,7 +4,7 @@
 //   1. stats kernel, one block per row: max, argmax (lowest index on ties), logsumexp (for the
 //      policy log-prob). Greedy rows stop here.
 //   2. unfiltered (top_k = 0, top_p = 1): one block per row walks the vocabulary in tiles of
-//      256 with cub::BlockScan over w = exp((x − m)/τ) and a running carry, and picks the
+//      kThreads with cub::BlockScan over w = exp((x − m)/τ) and a running carry, and picks the
 //      first token whose inclusive mass reaches u·Σw (two passes: Σw, then the scan). No sort.
 //   3. filtered: cub::DeviceSegmentedRadixSort::SortPairsDescending of (logit, index) per row
 //      (radix sort is stable, so ties keep the lower index first), then one block per row
@@ -16,7 +16,7 @@
 //      finds the bucket that holds the k-th largest, refines it with a second 4096-bucket
 //      histogram of the next 12 bits (over that bucket's logits only), and writes every logit
 //      whose top 24 key bits are at or above the boundary — the top k plus the rest of the
-//      boundary bucket — in index order (a block scan per tile of 256) to a (B, cap) buffer,
+//      boundary bucket — in index order (a block scan per tile of kThreads) to a (B, cap) buffer,
 //      cap = k + kPrefilterSlack. The segmented sort then runs over the candidates only
 //      (segment ends = the counts). A superset of the top k sorted by (logit desc, index asc)
 //      starts with exactly the top k, so the pick is the same as after the full sort. If a row
@@ -46,7 +46,12 @@ namespace somnus::kernels::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+// Threads per row block. One block per row (B is often below the SM count), so the block is
+// as wide as it can be: every per-row pass is latency bound at B = 64 (H100, 2026-11-26: 256
+// threads gave 417 µs for unfiltered sampling of 64 × 128256 logits). 512, not 1024: at 1024
+// threads (64 registers) pick_kernel and topk_select_kernel spill 340 and 252 bytes.
+constexpr int kThreads = 512;
+constexpr int kUnroll = 4;  // loads in flight per thread in the whole-row passes
 // The top-k prefilter: used for 0 < top_k <= kPrefilterMaxK (and top_k < V); each row keeps
 // at most top_k + kPrefilterSlack candidates (else the batch falls back to the full sort).
 constexpr int64_t kPrefilterMaxK = 4096;
@@ -73,7 +78,7 @@ struct SumF {
 };
 
 // Per row: max, argmax, lse; `bad` = 1 when the row has a NaN or no finite logit.
-__global__ void row_stats_kernel(const float* x, int64_t V, float* row_max, int64_t* row_arg, float* row_lse,
+__global__ void __launch_bounds__(kThreads) row_stats_kernel(const float* x, int64_t V, float* row_max, int64_t* row_arg, float* row_lse,
                                  int* bad) {
   using BR = cub::BlockReduce<ArgMax, kThreads>;
   __shared__ typename BR::TempStorage tmp;
@@ -85,10 +90,17 @@ __global__ void row_stats_kernel(const float* x, int64_t V, float* row_max, int6
   if (threadIdx.x == 0) has_nan = 0;
   __syncthreads();
   ArgMax a{-INFINITY, V};
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
-    const float xv = r[v];
-    if (isnan(xv)) has_nan = 1;
-    if (xv > a.v) a = ArgMax{xv, v};
+  // kUnroll loads in flight per thread; each thread still visits its indices in increasing
+  // order, so the first index of a tie wins within the thread (and ArgMaxOp across threads).
+  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
+    float xs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (isnan(xs[u])) has_nan = 1;
+      if (xs[u] > a.v) a = ArgMax{xs[u], v0 + u * kThreads};
+    }
   }
   const ArgMax red = BR(tmp).Reduce(a, ArgMaxOp{});
   if (threadIdx.x == 0) best = red;
@@ -96,7 +108,13 @@ __global__ void row_stats_kernel(const float* x, int64_t V, float* row_max, int6
   const float m = best.v;
   float s = 0.0f;
   if (isfinite(m)) {
-    for (int64_t v = threadIdx.x; v < V; v += kThreads) s += __expf(r[v] - m);
+    for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
+      float xs[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) s += __expf(xs[u] - m);
+    }
   }
   const float total = BlockReduceF(tmp_f).Reduce(s, SumF{});
   if (threadIdx.x == 0) {
@@ -203,16 +221,30 @@ __global__ void __launch_bounds__(kThreads) topk_select_kernel(const float* x, i
   // Level 1: the top 12 key bits.
   for (int i = threadIdx.x; i < kHistBins; i += kThreads) hist[i] = 0;
   __syncthreads();
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) atomicAdd(&hist[order_key_f32(r[v]) >> 20], 1u);
+  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
+    float xs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * kThreads < V) atomicAdd(&hist[order_key_f32(xs[u]) >> 20], 1u);
+    }
+  }
   __syncthreads();
   find_boundary_bucket(hist, k, &b1, &above1);
   const uint32_t top = static_cast<uint32_t>(b1);
   // Level 2: the next 12 bits, over the boundary bucket's logits.
   for (int i = threadIdx.x; i < kHistBins; i += kThreads) hist[i] = 0;
   __syncthreads();
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
-    const uint32_t key = order_key_f32(r[v]);
-    if ((key >> 20) == top) atomicAdd(&hist[(key >> 8) & (kHistBins - 1)], 1u);
+  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
+    float xs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t key = order_key_f32(xs[u]);
+      if (v0 + u * kThreads < V && (key >> 20) == top) atomicAdd(&hist[(key >> 8) & (kHistBins - 1)], 1u);
+    }
   }
   __syncthreads();
   find_boundary_bucket(hist, k - above1, &b2, &above2);
@@ -248,7 +280,7 @@ __global__ void candidate_segments_kernel(const int* count, int64_t B, int64_t c
 
 // One block per row. sorted_keys/sorted_idx are undefined (nullptr) for the unfiltered path; their rows are `stride` apart (V, or the
 // prefilter's cap).
-__global__ void pick_kernel(const float* x, int64_t V, const float* sorted_keys, const int* sorted_idx, int64_t stride,
+__global__ void __launch_bounds__(kThreads) pick_kernel(const float* x, int64_t V, const float* sorted_keys, const int* sorted_idx, int64_t stride,
                             int64_t top_k,
                             double top_p, float inv_t, uint64_t seed, uint64_t step, uint64_t stream_offset,
                             const float* row_max, const float* row_lse, int64_t* tokens, float* logprobs,

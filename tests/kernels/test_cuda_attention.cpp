@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/ops.h"
@@ -72,6 +73,14 @@ Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu(
 // SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback). f32 always runs SIMT, on every setting.
 const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt"};
 
+// SOMNUS_TEST_QUICK=1 (tools/gpu_check.sh sets it under compute-sanitizer, where every launch
+// is far slower): MatchesCpuTwinAndReference runs the default backward only.
+std::vector<const char*> bwd_paths() {
+  const char* q = std::getenv("SOMNUS_TEST_QUICK");
+  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0]};
+  return std::vector<const char*>(std::begin(kBwdPaths), std::end(kBwdPaths));
+}
+
 void set_bwd_path(const std::string& path) {
   if (path == "mma") {
     unsetenv("SOMNUS_ATTN_BWD");
@@ -108,7 +117,7 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
       const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
       const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
       const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 2e-2 : 2e-5;
-      for (const char* path : kBwdPaths) {
+      for (const char* path : bwd_paths()) {
         set_bwd_path(path);
         for (bool det : {false, true}) {
           SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + path);
