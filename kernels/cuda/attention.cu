@@ -145,7 +145,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
 
   const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
   const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
-  const int q0 = static_cast<int>(blockIdx.x) * kMmaBr;
+  // The default version takes the query tiles in reverse: under a causal mask the last tiles
+  // see the most keys, and starting them first leaves the short ones for the tail of the grid.
+  const int qt = kPipe && d.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int q0 = qt * kMmaBr;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
   const uint16_t* qh = q + (static_cast<int64_t>(bh) * d.T) * D;
   const uint16_t* kh = k + kvh * d.S * D;
