@@ -21,8 +21,11 @@
 //   dW       += Gᵀ h[rows]          cuBLASLt straight into the f32 dW, beta = 1 (the first row
 //                                   chunk writes with beta = 0, so dW needs no zero fill)
 // R: opt.chunking.rows_per_chunk when forced; else the most rows whose f32 (R, V) logits fit
-// 256 MB (SOMNUS_LOSS_CUDA_CHUNK_MB overrides), rounded down to a multiple of 128 (a GEMM tile),
-// at least 128 rows, at most N: R = 512 at V = 128256. PPO chunks the vocab (Vc = opt.chunking
+// 512 MB (SOMNUS_LOSS_CUDA_CHUNK_MB overrides), rounded down to a multiple of 128 (a GEMM tile),
+// at least 128 rows, at most N: R = 1024 at V = 128256. (512 MB rather than the first 256 MB:
+// measured on an H100, 2026-11-26, fused KL at the shape below took 84.3 ms at 256 MB and
+// 71.2 ms at 512 MB — half as many passes of the memory-bound dW GEMM — for a peak of 3.39
+// instead of 3.20 GB; the unfused composition took 115.4 ms.) PPO chunks the vocab (Vc = opt.chunking
 // .vocab_chunk, default V) and takes R from Vc the same way. Chunk rows are padded to a
 // multiple of 8 elements so every row of u and G starts 16-byte aligned whatever V is.
 // JSD's rows kernel does the β = 0 loss and gradient in one more read of the rows (β ≠ 0: two,
@@ -35,20 +38,25 @@
 //     the teacher's, twice each) and writes G (2·R·V), the dh GEMM reads G and W (2·V·H), the
 //     dW GEMM reads G and h[rows] and reads + writes the f32 dW (8·V·H): per chunk
 //     ≈ 8·V·H + (4·#logits + 4·#reads + 2·3)·R·V bytes.
-//   KL at N = 8192, H = 4096, V = 128256 (bf16, R = 512, 16 chunks), predicted on an H100:
+//   KL at N = 8192, H = 4096, V = 128256 (bf16, R = 512, 16 chunks: the first default),
+//   predicted on an H100 before it ran:
 //     GEMMs 8·N·V·H = 34.4 TFLOP at ~600 TFLOP/s (our cuBLASLt bf16 path: 635 at 8192³)
 //       ≈ 57 ms, except that each dW GEMM (K = R = 512) is memory bound: 8·V·H = 4.2 GB at
 //       ~2.9 TB/s ≈ 1.45 ms instead of 0.9 ms of FLOPs → +9 ms over 16 chunks;
 //     rows kernels: 4 reads of 263 MB + 1 write of 131 MB per chunk ≈ 19 GB ≈ 6.5 ms;
 //     logits writes 2 × 263 MB per chunk ≈ 8.4 GB ≈ 3 ms;
 //     total ≈ 75 ms fwd + bwd (the unfused autograd composition: 114 ms, the old path: 2.13 s).
+//     Measured (H100, 2026-11-26): 84.3 ms — the 16 dW passes cost more than predicted; with
+//     R = 1024 (8 passes, the default now) 71.2 ms.
 //   Memory of the pass (KL): dW f32 V·H·4 = 2.0 GiB, dh f32 N·H·4 = 128 MiB, u and the
-//     teacher's (R, V) f32 = 2 × 250 MiB, G bf16 125 MiB: ≈ 2.7 GiB at the default budget;
-//     SOMNUS_LOSS_CUDA_CHUNK_MB=128 (R = 256) gives ≈ 2.4 GiB for ~+20 ms (32 memory-bound dW
-//     GEMMs instead of 16). The autograd node's backward (autograd/losses.cpp: g · dW, then the
-//     engine's cast to W's bf16) allocates another f32 dW and a bf16 one on top of this.
+//     teacher's (R, V) f32 = 2 × 250 MiB, G bf16 125 MiB: ≈ 2.7 GiB at R = 512 (+0.6 GiB at
+//     R = 1024); SOMNUS_LOSS_CUDA_CHUNK_MB=128 (R = 256) gives ≈ 2.4 GiB for more time (32
+//     memory-bound dW GEMMs instead of 8). The autograd node's backward (autograd/losses.cpp)
+//     hands out the cast of dW to W's bf16 (1 GiB) while the f32 dW still lives: measured peak
+//     of forward + backward 3.20 GB (R = 512) / 3.39 GB (R = 1024) — above the issue's 2.5 GB,
+//     which an f32 dW (2.1 GB) plus its bf16 cast cannot meet.
 // The loss is the sum of row_loss (N,) reduced on the device; PPO's metrics come back in one
-// small (N, 4) copy. Not verified on a GPU yet (compile-checked for sm_90 only).
+// small (N, 4) copy. Verified on an H100 (tests/kernels/test_cuda_losses.cpp, 2026-11-26).
 #include <cub/block/block_reduce.cuh>
 
 #include <algorithm>
@@ -558,11 +566,11 @@ bool f32_path_selected() {
   return e != nullptr && std::strcmp(e, "f32") == 0;
 }
 
-// Bytes of one f32 logits chunk: 256 MB, or SOMNUS_LOSS_CUDA_CHUNK_MB.
+// Bytes of one f32 logits chunk: 512 MB, or SOMNUS_LOSS_CUDA_CHUNK_MB.
 int64_t chunk_budget_bytes() {
   const char* e = std::getenv("SOMNUS_LOSS_CUDA_CHUNK_MB");
   const long mb = e != nullptr ? std::strtol(e, nullptr, 10) : 0;
-  return (mb > 0 ? static_cast<int64_t>(mb) : int64_t{256}) << 20;
+  return (mb > 0 ? static_cast<int64_t>(mb) : int64_t{512}) << 20;
 }
 
 // Rows per chunk of the default path (see the header).
