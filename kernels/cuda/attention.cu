@@ -71,62 +71,6 @@ constexpr int mma_smem_bytes(bool pipe = false) {
   return (pipe ? 5 : 3) * kMmaBr * (D + 8) * 2;
 }
 
-// rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
-// at and past `valid` (a zero V row times p = 0 stays 0; garbage could be NaN).
-template <int D>
-__device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, x = (c % kChunks) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < valid) v = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
-    *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = v;
-  }
-}
-
-// cp.async of 16 bytes global → shared, zero-filled when !valid (src-size 0: nothing is read;
-// `g` must still be a mapped address, so callers pass the tile's base for invalid rows).
-__device__ __forceinline__ void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(sm));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// load_tile_bf16 through cp.async (asynchronous; rows at and past `valid` zero-filled).
-template <int D>
-__device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, x = (c % kChunks) * 8;
-    const bool ok = r < valid;
-    cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
-  }
-}
-
-// ldmatrix.x4 (optionally .trans) from shared memory: lane l gives the address of row l % 8 of
-// matrix l / 8; register i receives this thread's fragment of matrix i (without .trans
-// element (row lane/4, cols 2·(lane%4) + {0,1}); with .trans (rows 2·(lane%4) + {0,1}, col
-// lane/4)). Rows must be 16-byte aligned.
-template <bool kTrans>
-__device__ __forceinline__ void fwd_ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  if constexpr (kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-  }
-}
-
 // kLdsm (the default since 2026-11-26): Q's A fragments loaded once into registers, K's and
 // V's B fragments with ldmatrix (V's transposed by ldmatrix.trans) instead of 32-bit and
 // 16-bit shared loads — the v1 kernel (kLdsm = false, SOMNUS_ATTN_FWD=v1) issued two 16-bit
@@ -225,7 +169,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
         for (int nt = 0; nt < kMmaBc / 8; nt += 2) {
           // Matrices: (keys nt·8.., d kk·16..), (.., d + 8), (keys (nt+1)·8.., d), (.., d + 8).
           uint32_t kb[4];
-          fwd_ldsm_x4<false>(kb, Kt + ((nt + (lmat >> 1)) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
+          ldsm_x4<false>(kb, Kt + ((nt + (lmat >> 1)) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
           mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[0], kb[1]);
           mma_bf16(s[nt + 1], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], kb[2], kb[3]);
         }
@@ -300,7 +244,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
           // Transposed matrices: (keys kk·16.., d n·8..), (keys + 8, d n·8..), (keys, d (n+1)·8..),
           // (keys + 8, d (n+1)·8..): b0, b1 of n-tile n, then of n + 1.
           uint32_t vb[4];
-          fwd_ldsm_x4<true>(vb, Vt + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + (n + (lmat >> 1)) * 8);
+          ldsm_x4<true>(vb, Vt + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + (n + (lmat >> 1)) * 8);
           mma_bf16(oacc[n], a0, a1, a2, a3, vb[0], vb[1]);
           mma_bf16(oacc[n + 1], a0, a1, a2, a3, vb[2], vb[3]);
         }

@@ -72,26 +72,6 @@ namespace {
 
 using namespace attn;
 
-// ldmatrix.x4 (kTrans: .trans) from shared memory: lane l gives the address of row l % 8 of
-// 8×8 matrix l / 8 (16-byte aligned); register i receives this thread's part of matrix i:
-// without .trans (row lane/4, cols 2·(lane%4) + {0, 1}), with .trans (rows 2·(lane%4) + {0, 1},
-// col lane/4), the lower index in the low half.
-template <bool kTrans>
-__device__ __forceinline__ void bwd_ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  if constexpr (kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-  }
-}
-
 // p[0] += a, p[1] += b atomically (p 8-byte aligned): one vector atomic on sm_90, two scalar
 // ones before.
 __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
@@ -101,18 +81,6 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
   atomicAdd(p, a);
   atomicAdd(p + 1, b);
 #endif
-}
-
-// cp.async of 16 bytes global → shared, zero-filled when !valid (src-size 0: nothing is read,
-// but `g` must still be a mapped address: callers pass the tile's base for invalid rows).
-__device__ __forceinline__ void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(sm));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 constexpr int kBwdWarps = 4;
@@ -128,30 +96,6 @@ constexpr int dkdv_smem_bytes(bool pipe) {
 template <int D>
 constexpr int dq_smem_bytes() {
   return 4 * kBwdTile * (D + 8) * 2;
-}
-
-// rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
-// at and past `valid` (so masked products stay finite).
-template <int D>
-__device__ __forceinline__ void load_rows_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, x = (c % kChunks) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < valid) val = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
-    *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = val;
-  }
-}
-
-// load_rows_bf16 through cp.async (asynchronous: the caller commits and waits).
-template <int D>
-__device__ __forceinline__ void issue_rows_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, x = (c % kChunks) * 8;
-    const bool ok = r < valid;
-    cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
-  }
 }
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -174,7 +118,7 @@ __device__ __forceinline__ void mma_abt(float (&acc)[8][4], const uint16_t* a, i
 #pragma unroll
       for (int nt = 0; nt < 8; nt += 2) {
         uint32_t bf[4];
-        bwd_ldsm_x4<false>(bf, bt + (nt * 8 + (lmat >> 1) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
+        ldsm_x4<false>(bf, bt + (nt * 8 + (lmat >> 1) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
         mma_bf16(acc[nt], a0, a1, a2, a3, bf[0], bf[1]);
         mma_bf16(acc[nt + 1], a0, a1, a2, a3, bf[2], bf[3]);
       }
@@ -196,7 +140,7 @@ __device__ __forceinline__ void load_b_pair(uint32_t (&bf)[4], const uint16_t* b
   constexpr int LD = D + 8;
   if constexpr (kLdsm) {
     const int lane = threadIdx.x % 32, lmat = lane >> 3, lrow = lane & 7;
-    bwd_ldsm_x4<true>(bf, b + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + n * 8 + (lmat >> 1) * 8);
+    ldsm_x4<true>(bf, b + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + n * 8 + (lmat >> 1) * 8);
   } else {
     const int kr = kk * 16 + 2 * tq;
 #pragma unroll
@@ -260,8 +204,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
   const int key0 = j0 + kr, key1 = key0 + 8;
   const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
 
-  load_rows_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
-  load_rows_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
+  load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
+  load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
 
   float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -279,12 +223,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
     const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
     uint16_t* Qd = QGb + buf * 2 * kBwdTile * LD;
     if (async) {
-      issue_rows_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
-      issue_rows_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
+      issue_tile_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
+      issue_tile_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
       cp_async_commit();
     } else {
-      load_rows_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
-      load_rows_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
+      load_tile_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
+      load_tile_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
     }
     for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
       const bool ok = i0 + r < d.T;
@@ -439,8 +383,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
   const int64_t q_base = static_cast<int64_t>(bh) * d.T;
 
-  load_rows_bf16<D>(Qs, q + (q_base + q0) * D, kBwdTile, d.T - q0);
-  load_rows_bf16<D>(Gs, dout + (q_base + q0) * D, kBwdTile, d.T - q0);
+  load_tile_bf16<D>(Qs, q + (q_base + q0) * D, kBwdTile, d.T - q0);
+  load_tile_bf16<D>(Gs, dout + (q_base + q0) * D, kBwdTile, d.T - q0);
 
   const int wr = warp * 16 + gr;  // this thread's rows wr, wr + 8 (within the tile)
   const int row0 = q0 + wr, row1 = row0 + 8;
@@ -456,8 +400,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   const int k_end = d.visible(min(q0 + kBwdTile, d.T) - 1);  // the block's last row sees the most
   for (int j0 = 0; j0 < k_end; j0 += kBwdTile) {
     __syncthreads();  // the previous key tile is no longer read (and Qs, Gs are loaded first)
-    load_rows_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
-    load_rows_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+    load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+    load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
     __syncthreads();
 
     // S = Q Kᵀ and dP = dO Vᵀ: 16 rows × 64 keys per warp.

@@ -87,6 +87,65 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// ---------------------------------------------------------------- tiles and fragments
+// (used by the forward in attention.cu and the backward in attention_bwd.cu)
+
+// rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
+// at and past `valid` (masked products stay finite: a zero V row times p = 0 stays 0, garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < valid) val = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
+    *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = val;
+  }
+}
+
+// cp.async of 16 bytes global → shared, zero-filled when !valid (src-size 0: nothing is read,
+// but `g` must still be a mapped address: callers pass the tile's base for invalid rows).
+__device__ __forceinline__ void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(sm));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// load_tile_bf16 through cp.async (asynchronous: the caller commits and waits).
+template <int D>
+__device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
+  }
+}
+
+// ldmatrix.x4 (kTrans: .trans) from shared memory: lane l gives the address of row l % 8 of
+// 8×8 matrix l / 8 (16-byte aligned); register i receives this thread's part of matrix i:
+// without .trans (row lane/4, cols 2·(lane%4) + {0, 1}), with .trans (rows 2·(lane%4) + {0, 1},
+// col lane/4), the lower index in the low half.
+template <bool kTrans>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  }
+}
+
 // ---------------------------------------------------------------- SIMT forward / decode splits
 
 constexpr int kRowWarps = 4;
