@@ -10,7 +10,8 @@
 #
 # Logs go to $OUT (or <build-dir>/gpu_check). Exits non-zero on any failure.
 # SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
-# this many seconds, so that the whole check ends within 10 minutes. For short, targeted runs:
+# this many seconds, so that the whole check ends within 10 minutes (a run cut short by it
+# fails: what was not checked is named NOT RUN). For short, targeted runs:
 # SOMNUS_BENCH_FILTER (a --benchmark_filter regex), SOMNUS_BENCH_MIN_TIME (default 0.2 s),
 # SOMNUS_BENCH_BUDGET_S (per binary, default 150), SOMNUS_SANITIZER_ONLY (a regex over test
 # binary names), SOMNUS_SANITIZER_BUDGET_S (per binary, default 60),
@@ -22,13 +23,14 @@ status=0
 if [ "${1:-}" = --prebuilt ]; then
   prebuilt="${2:?--prebuilt needs the folder (or .tar.xz) tools/gpu_pack.sh wrote}"
   if [[ "$prebuilt" == *.tar.xz ]]; then
-    mkdir -p /tmp/somnus_prebuilt && tar xJf "$prebuilt" -C /tmp/somnus_prebuilt || exit 1
+    rm -rf /tmp/somnus_prebuilt && mkdir -p /tmp/somnus_prebuilt && tar xJf "$prebuilt" -C /tmp/somnus_prebuilt || exit 1
     prebuilt="/tmp/somnus_prebuilt/$(basename "$prebuilt" .tar.xz)"
   fi
   out="${OUT:-$prebuilt/gpu_check}"
   mkdir -p "$out"
   test_bins=$(ls "$prebuilt"/bin/*_test_cuda_* 2>/dev/null)
   bench_bins=$(ls "$prebuilt"/bin/bench_*cuda* 2>/dev/null)
+  [ -n "$test_bins" ] || { echo "gpu_check: no CUDA test binaries in $prebuilt/bin"; exit 1; }
   # The packed libraries first; the CUDA libraries (cuBLASLt) from this machine's toolkit.
   export LD_LIBRARY_PATH="$prebuilt/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   missing=$(ldd $test_bins $bench_bins 2>/dev/null | awk '/not found/ {print $1}' | sort -u)
@@ -55,6 +57,7 @@ if [ -z "${prebuilt:-}" ]; then
   cmake --build "$build_dir" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error' -A3 "$out/build.log" | head -60; exit 1; }
   test_bins=$(ls "$build_dir"/tests/*_test_cuda_* 2>/dev/null | grep -v '\[')
   bench_bins=$(ls "$build_dir"/bench/bench_*cuda* 2>/dev/null)
+  [ -n "$test_bins" ] || { echo "gpu_check: no CUDA test binaries in $build_dir/tests"; exit 1; }
 fi
 
 # ---- CUDA tests: every binary, each under a time limit; a skipped test fails the check (this
@@ -123,7 +126,7 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
       local tool="$1" bin="$2" filter="$3" log rc limit="$budget"
       [ "$tool" = racecheck ] && limit="$race_budget"
       log="$out/csan_${tool}_$(basename "$bin").log"
-      SOMNUS_TEST_QUICK=1 timeout "$limit" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
+      SOMNUS_TEST_QUICK=1 timeout -k 15 "$limit" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
         "$bin" --gtest_filter="$filter" --gtest_brief=1 > "$log" 2>&1
       rc=$?
       if [ $rc -eq 0 ]; then
@@ -138,7 +141,7 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     }
     # Binaries whose tests failed first: their reports say most about the failure.
     for bin in $failed_bins $(for b in $test_bins; do case " $failed_bins " in *" $b "*) ;; *) echo "$b" ;; esac; done); do
-      [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, memcheck of $(basename "$bin") and later not run"; break; }
+      [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, memcheck of $(basename "$bin") and later NOT RUN"; status=1; break; }
       # The profiler's tests are all timing tests (filtered out): nothing would be left to run.
       [ "$(basename "$bin")" = kernels_test_cuda_profiler ] && continue
       [ -n "$only" ] && ! [[ "$(basename "$bin")" =~ $only ]] && continue
@@ -147,7 +150,7 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     for bin in $test_bins; do
       case "$(basename "$bin")" in kernels_test_cuda_attention|kernels_test_cuda_fused|kernels_test_cuda_losses|kernels_test_cuda_sampling|kernels_test_cuda_ops) ;; *) continue ;; esac
       [ -n "$only" ] && ! [[ "$(basename "$bin")" =~ $only ]] && continue
-      [ "$SECONDS" -lt "$deadline" ] || { echo "gpu_check: deadline reached, racecheck of $(basename "$bin") and later not run"; break; }
+      [ "$SECONDS" -lt "$deadline" ] || { status=1; echo "gpu_check: deadline reached, racecheck of $(basename "$bin") and later NOT RUN"; break; }
       run_sanitizer racecheck "$bin" "$race_filter$skip_filter"
     done
   fi
@@ -162,6 +165,8 @@ import glob, json, os, re, sys
 out = sys.argv[1]
 rows, torch = [], {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
+    if os.path.getsize(f) == 0:  # a binary whose benchmarks the filter left out writes nothing
+        continue
     try:
         data = json.load(open(f))
     except Exception as e:

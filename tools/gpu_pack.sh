@@ -20,7 +20,7 @@ arch="${SOMNUS_CUDA_ARCH:-90}"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
   -DSOMNUS_NATIVE=OFF -DSOMNUS_BUILD_BENCH=ON > /tmp/somnus_gpu_pack.configure.log 2>&1 ||
   { tail -30 /tmp/somnus_gpu_pack.configure.log; exit 1; }
-targets=$(cmake --build "$build_dir" --target help | grep -oE '\S+_test_cuda_\S+|bench_\S*cuda\S*' | sort -u)
+targets=$(cmake --build "$build_dir" --target help | { grep -oE '\S+_test_cuda_\S+|bench_\S*cuda\S*' || true; } | sort -u)
 [ -n "$targets" ] || { echo "gpu_pack: no CUDA targets (is SOMNUS_CUDA on?)"; exit 1; }
 # shellcheck disable=SC2086
 cmake --build "$build_dir" -j "$(nproc)" --target $targets
@@ -42,5 +42,5 @@ ldd "$pack"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
 done
 # One solid archive: the binaries share most of their bytes (the static somnus libraries and
 # their CUDA fatbins), so xz takes ~190 MB to ~13 MB, under the 64 MiB a device call carries.
-tar cf - "$pack" | xz -9 -T1 > "$pack.tar.xz"
+tar cf - -C "$(dirname "$pack")" "$(basename "$pack")" | xz -9 -T1 > "$pack.tar.xz"
 echo "gpu_pack: $(ls "$pack/bin" | wc -l) binaries, $(ls "$pack/lib" | wc -l) libraries, $(du -sh "$pack" | cut -f1) in $pack, $(du -sh "$pack.tar.xz" | cut -f1) in $pack.tar.xz"

@@ -448,9 +448,11 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 
 using namespace attn;
 
-void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
-                   const Tensor& o, const Tensor& lse) {
-  set_device(q);
+void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal, double scale,
+                   int64_t q_offset, const Tensor& o, const Tensor& lse) {
+  set_device(q_in);
+  const Tensor q = aligned16(q_in), k = aligned16(k_in), v = aligned16(v_in);
+  check_aligned16(o, "attention_fwd", "o");
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
   visit_attn_dtype(q.dtype(), "attention_fwd", [&](auto tag) {
     using T = decltype(tag);
@@ -480,10 +482,14 @@ void attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causa
   });
 }
 
-void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
-                   const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic, const Tensor& dq,
-                   const Tensor& dk, const Tensor& dv) {
-  set_device(q);
+void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& o, const Tensor& lse,
+                   const Tensor& dout_in, bool causal, double scale, int64_t q_offset, bool deterministic,
+                   const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  set_device(q_in);
+  const Tensor q = aligned16(q_in), k = aligned16(k_in), v = aligned16(v_in), dout = aligned16(dout_in);
+  check_aligned16(dq, "attention_bwd", "dq");
+  check_aligned16(dk, "attention_bwd", "dk");
+  check_aligned16(dv, "attention_bwd", "dv");
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
   const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
   Tensor delta = Tensor::empty({rows}, DType::f32, q.device());
@@ -496,7 +502,9 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     using T = decltype(tag);
     visit_head_dim(q.size(3), "attention_bwd", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      attn_bwd_delta<T, D><<<grid_for(rows, 4), 128>>>(o.data<T>(), dout.data<T>(), delta.data<float>(), rows);
+      // A warp per row and no grid-stride loop: one block per 4 rows (grid_for caps the grid).
+      attn_bwd_delta<T, D><<<static_cast<unsigned>((rows + 3) / 4), 128>>>(o.data<T>(), dout.data<T>(),
+                                                                          delta.data<float>(), rows);
       CUDA_CHECK_LAUNCH();
       if constexpr (std::is_same_v<T, bf16>) {
         // bf16: the tensor-core kernels (attention_bwd.cu) unless SOMNUS_ATTN_BWD=simt.

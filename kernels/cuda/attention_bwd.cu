@@ -490,9 +490,12 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
         CUDA_CHECK_LAUNCH();
       }
     };
+    // The default's prefetch buffers need 112 KiB at D = 128: more than sm_86/sm_89 allow a
+    // block (99 KiB); there the version without them (v2) runs.
+    const bool pipe_fits = dkdv_smem_bytes<D>(true) <= max_dynamic_smem_bytes();
     if (v1) {
       launch(std::false_type{}, std::false_type{});
-    } else if (v2) {
+    } else if (v2 || !pipe_fits) {
       launch(std::true_type{}, std::false_type{});
     } else {
       launch(std::true_type{}, std::true_type{});

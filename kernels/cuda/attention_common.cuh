@@ -87,6 +87,29 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// ---------------------------------------------------------------- device limits, alignment
+
+// The most dynamic shared memory a block may opt into on the current device (227 KB on
+// sm_90, 163 KB on sm_80, 99 KB on sm_86/sm_89): a kernel version that needs more is not
+// launched there (attention_bwd.cu falls back to its version without the prefetch buffers).
+inline int max_dynamic_smem_bytes() {
+  int dev = 0, bytes = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
+// The tensor-core kernels read q, k, v, dO with 16-byte vector loads. ops.cpp passes
+// contiguous tensors, but a contiguous view may start at an offset that is not a multiple of
+// 16 bytes: such an input is copied (a fresh allocation is aligned); an output the caller
+// allocated must be aligned already.
+inline Tensor aligned16(const Tensor& t) { return aligned_to(t.data_ptr(), 16) ? t : t.clone(); }
+inline void check_aligned16(const Tensor& t, const char* op, const char* name) {
+  if (!aligned_to(t.data_ptr(), 16)) {
+    throw_error(std::string(op) + " (CUDA): output " + name + " must start on a 16-byte boundary");
+  }
+}
+
 // ---------------------------------------------------------------- tiles and fragments
 // (used by the forward in attention.cu and the backward in attention_bwd.cu)
 

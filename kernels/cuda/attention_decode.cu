@@ -271,8 +271,9 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
         launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(),
                           lse_part.data<float>());
       }
-      attn_combine<T, D><<<grid_for(rows, 4), 128>>>(o_part.data<float>(), lse_part.data<float>(), o.data<T>(),
-                                                     lse.data<float>(), rows, d.T, n_split);
+      // A warp per row, no grid-stride loop: one block per 4 rows (grid_for caps the grid).
+      attn_combine<T, D><<<static_cast<unsigned>((rows + 3) / 4), 128>>>(
+          o_part.data<float>(), lse_part.data<float>(), o.data<T>(), lse.data<float>(), rows, d.T, n_split);
       CUDA_CHECK_LAUNCH();
     });
   });

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -339,6 +340,10 @@ __global__ void iota_rows_kernel(int* idx, int64_t B, int64_t V) {
 SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
   const int64_t B = logits.size(0), V = logits.size(1);
   const Device dev = logits.device();
+  if (B == 0) {  // nothing to sample (a zero-block launch would be an invalid configuration)
+    return SampledTokens{Tensor::empty({0}, DType::i64, dev), Tensor::empty({0}, DType::f32, dev),
+                         Tensor::empty({0}, DType::f32, dev)};
+  }
   const Tensor x = logits.dtype() == DType::f32 ? logits.contiguous() : cast(logits, DType::f32).contiguous();
   const float* xp = static_cast<const float*>(x.data_ptr());
   Tensor rmax = Tensor::empty({B}, DType::f32, dev), rlse = Tensor::empty({B}, DType::f32, dev);
@@ -387,7 +392,8 @@ SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
   // SOMNUS_SAMPLING_PREFILTER=0 forces the full sort (tests compare the two paths).
   const char* pre_env = std::getenv("SOMNUS_SAMPLING_PREFILTER");
   const bool prefilter = pre_env == nullptr || std::string(pre_env) != "0";
-  if (prefilter && opt.top_k > 0 && opt.top_k < V && opt.top_k <= kPrefilterMaxK) {
+  if (prefilter && opt.top_k > 0 && opt.top_k < V && opt.top_k <= kPrefilterMaxK &&
+      B * std::min(V, opt.top_k + kPrefilterSlack) <= std::numeric_limits<int>::max()) {
     const int64_t cap = std::min(V, opt.top_k + kPrefilterSlack);
     keys_in = Tensor::empty({B, cap}, DType::f32, dev);
     keys_out = Tensor::empty({B, cap}, DType::f32, dev);
@@ -412,6 +418,11 @@ SampledTokens sample_tokens(const Tensor& logits, const SamplingOptions& opt) {
     }
   }
   if (sk == nullptr && (opt.top_k > 0 || opt.top_p < 1.0)) {  // the full sort of every row
+    // CUB's segmented sort takes 32-bit item counts and offsets.
+    if (B * V > std::numeric_limits<int>::max()) {
+      throw_error("sample_tokens (CUDA): top-p or a large top-k over " + std::to_string(B) + " rows of " +
+                  std::to_string(V) + " logits sorts more than 2^31 - 1 items; sample fewer rows at a time");
+    }
     keys_out = Tensor::empty({B, V}, DType::f32, dev);
     idx_in = Tensor::empty({B, V}, DType::i32, dev);
     idx_out = Tensor::empty({B, V}, DType::i32, dev);
