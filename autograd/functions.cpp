@@ -481,10 +481,12 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (!grad && q.dim() == 4 && k.dim() == 4 && q.size(2) <= 4 && k.size(2) >= 1024) {
     return kernels::attention_decode(q, k, v, causal, scale, q_offset).o;
   }
-  // Contiguous once here, so the backward does not copy the (often transposed) heads again.
+  // Without a gradient the inputs go as they are (a KV cache's prefix is read in place on the
+  // CPU: kernels/ops.cpp). With one, contiguous once here, so that the backward does not copy
+  // the (often transposed) heads again.
+  if (!grad) return kernels::attention_fwd(q, k, v, causal, scale, q_offset).o;
   const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   kernels::AttentionOutput out = kernels::attention_fwd(qc, kc, vc, causal, scale, q_offset);
-  if (!grad) return out.o;
   const bool det = deterministic || autograd::is_deterministic() || !q.device().is_cuda();
   return record("scaled_dot_product_attention", {q, k, v}, out.o,
                 [q = qc.detach(), k = kc.detach(), v = vc.detach(), o = out.o.detach(), lse = out.lse, causal, scale,

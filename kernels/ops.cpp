@@ -727,6 +727,14 @@ AttnShape check_attention(const char* op, const Tensor& q, const Tensor& k, cons
 
 DType lse_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
+// K or V for the attention forward / decode: the CPU kernels index heads by stride, so a
+// (B, Hkv, S, D) view with contiguous rows (a KV cache's prefix) goes in place; anything else,
+// and everything on CUDA (whose kernels take contiguous tensors), is made contiguous.
+Tensor kv_operand(const Tensor& t) {
+  const bool rows_contiguous = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) >= 0 && t.stride(1) >= 0;
+  return !t.device().is_cuda() && rows_contiguous ? t : t.contiguous();
+}
+
 }  // namespace
 
 AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
@@ -736,7 +744,7 @@ AttentionOutput attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v,
   AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
                       Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
   if (out.o.numel() > 0) {
-    SOMNUS_DISPATCH(q.device(), attention_fwd, q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, q_offset,
+    SOMNUS_DISPATCH(q.device(), attention_fwd, q.contiguous(), kv_operand(k), kv_operand(v), causal, scale, q_offset,
                     out.o, out.lse);
   }
   return out;
@@ -782,7 +790,7 @@ AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const T
   AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
                       Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
   if (out.o.numel() > 0) {
-    SOMNUS_DISPATCH(q.device(), attention_decode, q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), causal,
+    SOMNUS_DISPATCH(q.device(), attention_decode, q.contiguous(), kv_operand(k_cache), kv_operand(v_cache), causal,
                     scale, q_offset, num_splits, out.o, out.lse);
   }
   return out;

@@ -82,6 +82,13 @@ Dims dims_of(const Tensor& q, const Tensor& k, bool causal, int64_t q_offset) {
   return d;
 }
 
+// Element offset of head (b, hk) of k or v (B, Hkv, S, D). The forward and decode take K/V
+// whose rows are contiguous (stride(3) = 1, stride(2) = D) but whose heads may be further
+// apart — a KV cache's prefix, a (B, Hkv, len, D) view of (B, Hkv, capacity, D) buffers —
+// so that a generation step reads the cache in place instead of copying it (kernels/ops.cpp).
+// For a contiguous tensor this is (b·Hkv + hk)·S·D.
+inline int64_t kv_head_offset(const Tensor& t, int64_t b, int64_t hk) { return b * t.stride(0) + hk * t.stride(1); }
+
 // Value as the tensor-core kernel would feed it to an mma: rounded to bf16 for bf16 inputs.
 template <class T, class C>
 inline C mma_round(C x) {
@@ -319,9 +326,9 @@ void fwd_typed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, d
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t qt = task % n_qt, bh = task / n_qt, b = bh / d.Hq, h = bh % d.Hq;
-      const int64_t kvh = b * d.Hkv + h / d.g;
       const int64_t i0 = qt * kBr, rows = std::min(kBr, d.T - i0);
-      st.run(d, qp + bh * d.T * D, kp + kvh * d.S * D, vp + kvh * d.S * D, i0, rows, 0, d.S, static_cast<C>(scale));
+      st.run(d, qp + bh * d.T * D, kp + kv_head_offset(k, b, h / d.g), vp + kv_head_offset(v, b, h / d.g), i0, rows,
+             0, d.S, static_cast<C>(scale));
       for (int64_t r = 0; r < rows; ++r) {
         const C inv = C(1) / st.l[r];  // l >= 1: every row sees a key (q_offset >= 0)
         T* orow = op + (bh * d.T + i0 + r) * D;
@@ -548,12 +555,11 @@ void decode_typed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < BH * n_split; ++task) {
       const int64_t sp = task % n_split, bh = task / n_split, b = bh / d.Hq, h = bh % d.Hq;
-      const int64_t kvh = b * d.Hkv + h / d.g;
       const int64_t k_lo = sp * chunk, k_hi = std::min(d.S, k_lo + chunk);
       for (int64_t i0 = 0; i0 < Tq; i0 += kBr) {
         const int64_t rows = std::min(kBr, Tq - i0);
-        st.run(d, qp + bh * Tq * D, kp + kvh * d.S * D, vp + kvh * d.S * D, i0, rows, k_lo, k_hi,
-               static_cast<C>(scale));
+        st.run(d, qp + bh * Tq * D, kp + kv_head_offset(k, b, h / d.g), vp + kv_head_offset(v, b, h / d.g), i0, rows,
+               k_lo, k_hi, static_cast<C>(scale));
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t idx = (bh * n_split + sp) * Tq + i0 + r;
           const bool seen = st.l[r] > C(0);

@@ -96,6 +96,31 @@ TEST(Attention, ExplicitScaleAndStridedInputs) {
   EXPECT_LT(rel_or_abs_error(out.lse, ref.lse), 1e-5);
 }
 
+// A KV cache hands the attention a (B, Hkv, len, D) prefix of (B, Hkv, capacity, D) buffers:
+// rows contiguous, heads `capacity` rows apart. The CPU forward and decode read it in place
+// (kernels/ops.cpp kv_operand) and must give bit for bit what the contiguous copy gives.
+TEST(Attention, KvCachePrefixViewsReadInPlace) {
+  Generator g(31);
+  const int64_t B = 2, Hq = 4, Hkv = 2, D = 16, cap = 1300;
+  const Tensor kbuf = randn({B, Hkv, cap, D}, g), vbuf = randn({B, Hkv, cap, D}, g);
+  for (int64_t S : {1, 37, 1100}) {
+    const Tensor k = kbuf.slice(2, 0, S), v = vbuf.slice(2, 0, S);
+    ASSERT_FALSE(k.is_contiguous());
+    const Tensor kc = k.contiguous(), vc = v.contiguous();
+    for (int64_t T : {1, 3}) {
+      if (T > S) continue;
+      const Tensor q = randn({B, Hq, T, D}, g);
+      const AttentionOutput a = attention_fwd(q, k, v, true, 0.0, S - T), b = attention_fwd(q, kc, vc, true, 0.0, S - T);
+      EXPECT_EQ(a.o.to_vector(), b.o.to_vector()) << "fwd S " << S << " T " << T;
+      EXPECT_EQ(a.lse.to_vector(), b.lse.to_vector()) << "fwd S " << S << " T " << T;
+      const AttentionOutput c = attention_decode(q, k, v, true, 0.0, S - T, 4);
+      const AttentionOutput e = attention_decode(q, kc, vc, true, 0.0, S - T, 4);
+      EXPECT_EQ(c.o.to_vector(), e.o.to_vector()) << "decode S " << S << " T " << T;
+      EXPECT_LT(rel_or_abs_error(c.o, b.o.to_vector()), 1e-5) << "decode vs fwd S " << S;
+    }
+  }
+}
+
 TEST(Attention, DeterministicBackwardIsBitwiseRepeatable) {
   // Key-tile chunks with per-chunk dQ accumulators (B·Hkv = 2: 4 chunks of one tile;
   // B·Hkv = 4: 4 chunks over 5 tiles, cut by work) and one chunk per group (B·Hkv = 16).
