@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -56,6 +58,22 @@ inline double rel_or_abs_error(const std::vector<double>& a, const std::vector<d
 }
 inline double rel_or_abs_error(const Tensor& a, const std::vector<double>& b) {
   return rel_or_abs_error(a.to_vector(), b);
+}
+
+// Runs body(value) once per value of the environment variable `name` (nullptr: unset), then
+// leaves it unset: the kernels' version switches (SOMNUS_LOSS_CUDA, SOMNUS_ATTN_BWD, ...).
+template <class F>
+void for_each_env(const char* name, std::initializer_list<const char*> values, F&& body) {
+  for (const char* v : values) {
+    SCOPED_TRACE(std::string(name) + "=" + (v != nullptr ? v : "(unset)"));
+    if (v != nullptr) {
+      setenv(name, v, 1);
+    } else {
+      unsetenv(name);
+    }
+    body(v);
+  }
+  unsetenv(name);
 }
 
 // The raw bytes of a tensor in its own dtype (copied to a contiguous CPU tensor first), for

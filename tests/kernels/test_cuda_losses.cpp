@@ -19,6 +19,7 @@
 #include "kernels/sampling.h"
 #include "tensor/allocator.h"
 #include "tensor/random.h"
+#include "tests/testing.h"
 
 namespace somnus {
 namespace {
@@ -42,16 +43,7 @@ Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda(0)) : t; }
 // Runs body(f32_path) once per CUDA loss path: the default, then SOMNUS_LOSS_CUDA=f32.
 template <class F>
 void for_each_path(F&& body) {
-  for (const bool f32_path : {false, true}) {
-    SCOPED_TRACE(f32_path ? "SOMNUS_LOSS_CUDA=f32" : "default CUDA loss path");
-    if (f32_path) {
-      setenv("SOMNUS_LOSS_CUDA", "f32", 1);
-    } else {
-      unsetenv("SOMNUS_LOSS_CUDA");
-    }
-    body(f32_path);
-  }
-  unsetenv("SOMNUS_LOSS_CUDA");
+  somnus::testing::for_each_env("SOMNUS_LOSS_CUDA", {nullptr, "f32"}, [&](const char* v) { body(v != nullptr); });
 }
 
 // dh / dW tolerance: bf16 gradient chunks on the default path (see the header).

@@ -33,16 +33,7 @@ Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda(0)) : t; }
 // Runs body(f32_path) once per CUDA loss path: the default, then SOMNUS_LOSS_CUDA=f32.
 template <class F>
 void for_each_path(F&& body) {
-  for (const bool f32_path : {false, true}) {
-    SCOPED_TRACE(f32_path ? "SOMNUS_LOSS_CUDA=f32" : "default CUDA loss path");
-    if (f32_path) {
-      setenv("SOMNUS_LOSS_CUDA", "f32", 1);
-    } else {
-      unsetenv("SOMNUS_LOSS_CUDA");
-    }
-    body(f32_path);
-  }
-  unsetenv("SOMNUS_LOSS_CUDA");
+  somnus::testing::for_each_env("SOMNUS_LOSS_CUDA", {nullptr, "f32"}, [&](const char* v) { body(v != nullptr); });
 }
 
 }  // namespace
