@@ -36,6 +36,9 @@ void WakeConfig::validate(const nn::TransformerConfig& model) const {
                "{}: 'sleep_teacher' must be \"since_last_sleep\" or \"pending\", got \"{}\"", w, sleep_teacher);
   SOMNUS_CHECK(train == "all" || train == "sender", "{}: 'train' must be \"all\" or \"sender\", got \"{}\"", w, train);
   SOMNUS_CHECK(train_all_steps >= 0, "{}: 'train_all_steps' must be >= 0, got {}", w, train_all_steps);
+  SOMNUS_CHECK(spike_zscore >= 0.0 && std::isfinite(spike_zscore), "{}: 'spike_zscore' must be >= 0 (0: off), got {}", w,
+               spike_zscore);
+  SOMNUS_CHECK(spike_window >= 2, "{}: 'spike_window' must be >= 2, got {}", w, spike_window);
   for (int64_t l : ttt_levels) {
     SOMNUS_CHECK(l >= 0 && l < static_cast<int64_t>(model.levels.size()),
                  "{}: 'ttt_levels' entry {} out of range [0, {})", w, l, model.levels.size());
@@ -55,7 +58,9 @@ void to_json(json& j, const WakeConfig& c) {
            {"ttt_levels", c.ttt_levels},
            {"sleep_teacher", c.sleep_teacher},
            {"train", c.train},
-           {"train_all_steps", c.train_all_steps}};
+           {"train_all_steps", c.train_all_steps},
+           {"spike_zscore", c.spike_zscore},
+           {"spike_window", c.spike_window}};
 }
 
 void from_json(const json& j, WakeConfig& c) {
@@ -73,11 +78,14 @@ void from_json(const json& j, WakeConfig& c) {
   c.sleep_teacher = m.at("sleep_teacher").get<std::string>();
   c.train = m.at("train").get<std::string>();
   c.train_all_steps = m.at("train_all_steps").get<int64_t>();
+  c.spike_zscore = m.at("spike_zscore").get<double>();
+  c.spike_window = m.at("spike_window").get<int64_t>();
 }
 
 WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation)
     : model_(model), cfg_(std::move(wake)), consolidator_(model, std::move(consolidation)) {
   cfg_.validate(model_.config());
+  guard_ = nn::TrainStepGuard(cfg_.spike_window, cfg_.spike_zscore);
   AdamWOptions o;
   o.beta1 = cfg_.beta1;
   o.beta2 = cfg_.beta2;
@@ -161,8 +169,10 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
                             log.periods_applied.end());
   log.grad_norm = cfg_.grad_clip > 0.0 ? clip_grad_norm(due, cfg_.grad_clip) : grad_norm(due);
 
-  if (!std::isfinite(log.loss) || !std::isfinite(log.grad_norm)) {
-    log.skipped_non_finite = true;
+  const nn::StepVerdict verdict = guard_.judge(log.loss, log.grad_norm);
+  if (verdict != nn::StepVerdict::ok) {
+    log.skipped_non_finite = verdict == nn::StepVerdict::non_finite;
+    log.skipped_spike = verdict == nn::StepVerdict::spike;
     opt_->zero_grad_all();
     opt_->step();  // applies nothing (no gradients); keeps the schedule aligned
     if (sender_due) ++sender_applications_;
@@ -183,18 +193,24 @@ LearnerState WakeLearner::state() const {
   LearnerState s;
   s.scalars = {{"sender_applications", sender_applications_},
                {"prompts", prompts_},
-               {"consolidator", consolidator_.state()}};
+               {"consolidator", consolidator_.state()},
+               {"guard", guard_.to_json()}};
   s.anchor = sender_anchor_;
   return s;
 }
 
 void WakeLearner::load_state(const LearnerState& s) {
   const json& j = s.scalars;
-  SOMNUS_CHECK(j.is_object() && j.size() == 3 && j.contains("sender_applications") && j.contains("prompts") &&
-                   j.contains("consolidator") && j.at("sender_applications").is_number_integer() &&
-                   j.at("prompts").is_array(),
-               "WakeLearner::load_state: expected {{\"sender_applications\", \"prompts\", \"consolidator\"}}, got {}",
+  // "guard" (the loss-spike guard's window) since 2026-11-26; a state without it loads with a
+  // fresh guard.
+  SOMNUS_CHECK(j.is_object() && (j.size() == 3 || (j.size() == 4 && j.contains("guard"))) &&
+                   j.contains("sender_applications") && j.contains("prompts") && j.contains("consolidator") &&
+                   j.at("sender_applications").is_number_integer() && j.at("prompts").is_array(),
+               "WakeLearner::load_state: expected {{\"sender_applications\", \"prompts\", \"consolidator\"[, "
+               "\"guard\"]}}, got {}",
                j.dump());
+  nn::TrainStepGuard guard(cfg_.spike_window, cfg_.spike_zscore);
+  if (j.contains("guard")) guard.load_json(j.at("guard"));
   const auto applications = j.at("sender_applications").get<int64_t>();
   SOMNUS_CHECK(applications >= 0, "WakeLearner::load_state: negative sender_applications {}", applications);
   auto prompts = j.at("prompts").get<std::vector<std::vector<TokenId>>>();
@@ -215,6 +231,7 @@ void WakeLearner::load_state(const LearnerState& s) {
     anchor.emplace_back(name, it->second.to(t.device()).contiguous());
   }
   consolidator_.load_state(j.at("consolidator"));  // checks its own JSON before changing anything
+  guard_ = guard;
   sender_applications_ = applications;
   prompts_ = std::move(prompts);
   sender_anchor_ = std::move(anchor);

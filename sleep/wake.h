@@ -36,6 +36,7 @@
 
 #include "nn/data.h"
 #include "nn/optim.h"
+#include "nn/train_guard.h"
 #include "nn/transformer.h"
 #include "sleep/consolidation.h"
 
@@ -65,6 +66,11 @@ struct WakeConfig {
   // alone can carry new tasks).
   std::string train = "all";
   int64_t train_all_steps = 0;
+  // Loss-spike guard (nn/train_guard.h, as `somnus train`'s): a step whose loss lies more than
+  // spike_zscore standard deviations above the mean of the last spike_window accepted losses
+  // is skipped like a non-finite one (0 = off, the default).
+  double spike_zscore = 0.0;
+  int64_t spike_window = 100;
 
   void validate(const nn::TransformerConfig& model) const;
 };
@@ -80,6 +86,8 @@ struct WakeStepLog {
   // still advances, so the slow levels' windows stay aligned; a partial window is lost) and
   // no scheduled consolidation ran. A NaN never reaches the weights.
   bool skipped_non_finite = false;
+  // The loss was a spike (WakeConfig::spike_zscore): skipped the same way.
+  bool skipped_spike = false;
   std::optional<ConsolidationReport> consolidation;
 };
 
@@ -130,6 +138,7 @@ class WakeLearner {
   Consolidator consolidator_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<AdamW> ttt_opt_;
+  nn::TrainStepGuard guard_;  // non-finite and (spike_zscore > 0) spike steps
   std::vector<std::vector<TokenId>> prompts_{{0}};
   int64_t sender_applications_ = 0;
   NamedTensors sender_anchor_;  // the sender at the last sleep ("since_last_sleep")

@@ -231,6 +231,7 @@ void run_sleep(const SleepArgs& a) {
       wake_loss.push_back(log.loss);
       const int64_t k = s + 1;
       if (log.skipped_non_finite) fmt::print("  wake step {}: non-finite loss or gradient norm, step skipped\n", k);
+      if (log.skipped_spike) fmt::print("  wake step {}: loss spike ({:.4f}), step skipped\n", k, log.loss);
       if (k < W && ((a.checkpoint_every > 0 && k % a.checkpoint_every == 0) || (a.stop_at > 0 && k == a.stop_at)) &&
           save_progress(k))
         return;

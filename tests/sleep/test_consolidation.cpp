@@ -617,5 +617,38 @@ TEST(Wake, NonFiniteStepsAreSkipped) {
     for (double v : t.to(DType::f64).to_vector()) ASSERT_FALSE(std::isnan(v)) << name;
 }
 
+// With spike_zscore set, a step whose loss jumps far above the recent window is skipped like a
+// non-finite one (weights untouched), and the guard's window is part of the learner's state.
+TEST(Wake, LossSpikesAreSkipped) {
+  auto m = make_model();
+  WakeConfig w;
+  w.lr = 3e-2;
+  w.spike_zscore = 3.0;
+  w.spike_window = 4;
+  WakeLearner learner(*m, w, ks_config(1));
+  // 24 steps of the +1 rule: the loss falls smoothly from 3.2 to 0.12, never a spike.
+  for (int64_t k = 1; k <= 24; ++k) EXPECT_FALSE(learner.train_step(repeat_batch(4, 16, k)).skipped_spike) << k;
+  // The same inputs with the opposite rule (next = previous − 1): the loss jumps.
+  nn::Batch spike = repeat_batch(4, 16, 1);
+  std::vector<double> in = spike.input.to_vector(), tg(in.size());
+  for (size_t i = 0; i < in.size(); ++i) tg[i] = static_cast<double>((static_cast<int64_t>(in[i]) + 6) % 8 + 1);
+  spike.target = Tensor::from_vector(tg, spike.target.shape(), DType::i64);
+  NamedTensors before;
+  for (const auto& [name, t] : m->state_dict()) before.emplace_back(name, t.clone());
+  const WakeStepLog log = learner.train_step(spike);
+  EXPECT_TRUE(log.skipped_spike) << "loss " << log.loss;
+  EXPECT_FALSE(log.skipped_non_finite);
+  const NamedTensors after = m->state_dict();
+  for (size_t i = 0; i < after.size(); ++i)
+    EXPECT_TRUE(nn::testing::bitwise_equal(before[i].second, after[i].second)) << after[i].first;
+  const LearnerState st = learner.state();
+  ASSERT_TRUE(st.scalars.contains("guard"));
+  EXPECT_EQ(st.scalars.at("guard").at("skipped").get<int64_t>(), 1);
+  auto m2 = make_model();
+  WakeLearner other(*m2, w, ks_config(1));
+  other.load_state(st);
+  EXPECT_EQ(other.state().scalars.at("guard"), st.scalars.at("guard"));
+}
+
 }  // namespace
 }  // namespace somnus::sleep
