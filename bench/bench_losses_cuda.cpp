@@ -180,7 +180,9 @@ void BM_ppo_unfused_cuda(benchmark::State& st) {
   });
 }
 
-void sample_bench(benchmark::State& st, double top_p) {
+// 64 rows of V logits sampled at temperature 1 with top_k, top_p; prefilter = false runs the
+// same draw through the full sort of every row (SOMNUS_SAMPLING_PREFILTER=0).
+void sample_bench(benchmark::State& st, int64_t top_k, double top_p, bool prefilter = true) {
   if (!cuda_available()) {
     st.SkipWithError("no CUDA device");
     return;
@@ -188,27 +190,8 @@ void sample_bench(benchmark::State& st, double top_p) {
   Generator g(3);
   Tensor logits = randn({64, kV}, g, DType::f32, Device::cuda(0), 0.0, 3.0);
   SamplingOptions o;
+  o.top_k = top_k;
   o.top_p = top_p;
-  for (auto _ : st) {
-    ++o.step;
-    benchmark::DoNotOptimize(kernels::sample_tokens(logits, o).tokens.to_vector());
-  }
-  st.counters["bytes/s"] = benchmark::Counter(64.0 * kV * 4, benchmark::Counter::kIsIterationInvariantRate);
-}
-void BM_sample_fused_cuda(benchmark::State& st) { sample_bench(st, 1.0); }
-void BM_sample_sort_all_cuda(benchmark::State& st) { sample_bench(st, 0.9999); }
-// top-k (arg) with the radix-select prefilter (issue 5 §4), and the same draw through the full
-// sort of every row (SOMNUS_SAMPLING_PREFILTER=0): the sort-everything baseline.
-void topk_bench(benchmark::State& st, bool prefilter) {
-  if (!cuda_available()) {
-    st.SkipWithError("no CUDA device");
-    return;
-  }
-  Generator g(3);
-  Tensor logits = randn({64, kV}, g, DType::f32, Device::cuda(0), 0.0, 3.0);
-  SamplingOptions o;
-  o.top_k = st.range(0);
-  o.top_p = 0.9;
   if (!prefilter) setenv("SOMNUS_SAMPLING_PREFILTER", "0", 1);
   for (auto _ : st) {
     ++o.step;
@@ -217,8 +200,12 @@ void topk_bench(benchmark::State& st, bool prefilter) {
   unsetenv("SOMNUS_SAMPLING_PREFILTER");
   st.counters["bytes/s"] = benchmark::Counter(64.0 * kV * 4, benchmark::Counter::kIsIterationInvariantRate);
 }
-void BM_sample_topk_topp_prefilter_cuda(benchmark::State& st) { topk_bench(st, true); }
-void BM_sample_topk_topp_sort_all_cuda(benchmark::State& st) { topk_bench(st, false); }
+void BM_sample_fused_cuda(benchmark::State& st) { sample_bench(st, 0, 1.0); }
+void BM_sample_sort_all_cuda(benchmark::State& st) { sample_bench(st, 0, 0.9999); }
+// top-k (arg) with the radix-select prefilter (issue 5 §4), and the same draw through the full
+// sort of every row: the sort-everything baseline.
+void BM_sample_topk_topp_prefilter_cuda(benchmark::State& st) { sample_bench(st, st.range(0), 0.9); }
+void BM_sample_topk_topp_sort_all_cuda(benchmark::State& st) { sample_bench(st, st.range(0), 0.9, false); }
 
 }  // namespace
 

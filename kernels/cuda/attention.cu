@@ -1,7 +1,7 @@
-// Fused attention on CUDA: the FlashAttention-2 forward and the SIMT backward, and the
-// backward's dispatch. The CPU twin (kernels/cpu/attention.cpp) runs the same algorithm; its
-// header gives the math. Split-K decode: attention_decode.cu; the tensor-core backward:
-// attention_bwd.cu; shared helpers: attention_common.cuh.
+// Fused attention on CUDA, one file per op family as the CPU twin (kernels/cpu/attention.cpp),
+// which runs the same algorithms and whose header gives the math. Sections: helpers (problem
+// dimensions, mma.sync / ldmatrix / cp.async wrappers, the SIMT row kernel); the forward and
+// the SIMT backward; the tensor-core backward; split-K decode; the public entry points.
 //
 // Shapes: q, o (B, Hq, T, D); k, v (B, Hkv, S, D), query head h reads kv head h / (Hq/Hkv);
 // lse (B, Hq, T) f32. D ∈ {64, 128} (template parameter). Causal: query i sees keys
@@ -23,9 +23,9 @@
 //                          (.trans for V);
 //                     default: v2 + K/V tiles double-buffered with cp.async (5 tiles of
 //                          shared memory, 87 KiB at D = 128).
-//   attn_rows_simt  (attention_common.cuh) SIMT forward, one warp per query row; f32 inputs.
+//   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
-//   tensor-core kernels of attention_bwd.cu, or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
+//   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
 //   kernels: attn_bwd_dkdv (a warp per key, 8 keys per block, all warps walk the same query
 //   rows so that each row's dQ contribution is first summed over the block's 8 keys in shared
 //   memory and then added with D f32 atomics); the deterministic mode instead runs
@@ -42,19 +42,279 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
 
 #include "kernels/backend.h"
-#include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace somnus::kernels::cuda {
 
 namespace {
 
-using namespace attn;
+// ---------------------------------------------------------------- helpers
 
-// The environment switches that select a previous kernel version (SOMNUS_ATTN_FWD=v1,
-// SOMNUS_ATTN_BWD=simt): kept so a regression on a GPU can be bisected without a rebuild.
+struct AttnDims {
+  int B, Hq, Hkv, T, S, g;
+  int causal;
+  int q_offset;
+  float scale;
+  // Keys [0, visible(i)) are visible from query row i.
+  __device__ __forceinline__ int visible(int i) const {
+    if (!causal) return S;
+    const int v = q_offset + i + 1;
+    return v < 0 ? 0 : (v < S ? v : S);
+  }
+};
+
+inline AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double scale, int64_t q_offset) {
+  const int64_t lim = int64_t(1) << 30;
+  // (b, h) pairs go on grid.y, which holds at most 65535 blocks.
+  if (q.size(2) >= lim || k.size(2) >= lim || q_offset >= lim || q.size(0) * q.size(1) > 65535) {
+    throw_error("attention (CUDA): sizes beyond the kernels' limits (T, S < 2^30, B·Hq <= 65535): q " +
+                shape_str(q.shape()) + " k " +
+                shape_str(k.shape()));
+  }
+  AttnDims d;
+  d.B = static_cast<int>(q.size(0));
+  d.Hq = static_cast<int>(q.size(1));
+  d.Hkv = static_cast<int>(k.size(1));
+  d.T = static_cast<int>(q.size(2));
+  d.S = static_cast<int>(k.size(2));
+  d.g = d.Hq / d.Hkv;
+  d.causal = causal ? 1 : 0;
+  d.q_offset = static_cast<int>(q_offset);
+  d.scale = static_cast<float>(scale);
+  return d;
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(T x) {
+  return static_cast<float>(x);
+}
+
+// The value a bf16 kernel feeds to an mma (the CPU twin's mma_round).
+template <class T>
+__device__ __forceinline__ float mma_round(float x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return __bfloat162float(__float2bfloat16_rn(x));
+  } else {
+    return x;
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
+  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+}
+
+// D = A·B + C, m16n8k16, bf16 inputs, f32 accumulators (in place).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---------------------------------------------------------------- device limits, alignment
+
+// The most dynamic shared memory a block may opt into on the current device (227 KB on
+// sm_90, 163 KB on sm_80, 99 KB on sm_86/sm_89): a kernel version that needs more is not
+// launched there (the tensor-core backward falls back to its version without the prefetch
+// buffers).
+inline int max_dynamic_smem_bytes() {
+  int dev = 0, bytes = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
+// The tensor-core kernels read q, k, v, dO with 16-byte vector loads. ops.cpp passes
+// contiguous tensors, but a contiguous view may start at an offset that is not a multiple of
+// 16 bytes: such an input is copied (a fresh allocation is aligned); an output the caller
+// allocated must be aligned already.
+inline Tensor aligned16(const Tensor& t) { return aligned_to(t.data_ptr(), 16) ? t : t.clone(); }
+inline void check_aligned16(const Tensor& t, const char* op, const char* name) {
+  if (!aligned_to(t.data_ptr(), 16)) {
+    throw_error(std::string(op) + " (CUDA): output " + name + " must start on a 16-byte boundary");
+  }
+}
+
+// ---------------------------------------------------------------- tiles and fragments
+// (used by the forward and the tensor-core backward)
+
+// rows × D bf16 from global (row-major) into shared memory with row stride D + 8, zero rows
+// at and past `valid` (masked products stay finite: a zero V row times p = 0 stays 0, garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void load_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r < valid) val = *reinterpret_cast<const uint4*>(g + static_cast<int64_t>(r) * D + x);
+    *reinterpret_cast<uint4*>(sm + r * (D + 8) + x) = val;
+  }
+}
+
+// cp.async of 16 bytes global → shared, zero-filled when !valid (src-size 0: nothing is read,
+// but `g` must still be a mapped address: callers pass the tile's base for invalid rows).
+__device__ __forceinline__ void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(sm));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// load_tile_bf16 through cp.async (asynchronous: the caller commits and waits).
+template <int D>
+__device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
+  }
+}
+
+// ldmatrix.x4 (kTrans: .trans) from shared memory: lane l gives the address of row l % 8 of
+// 8×8 matrix l / 8 (16-byte aligned); register i receives this thread's part of matrix i:
+// without .trans (row lane/4, cols 2·(lane%4) + {0, 1}), with .trans (rows 2·(lane%4) + {0, 1},
+// col lane/4), the lower index in the low half.
+template <bool kTrans>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+  }
+}
+
+// ---------------------------------------------------------------- SIMT forward / decode splits
+
+constexpr int kRowWarps = 4;
+constexpr int kSimtBc = 32;
+
+// grid (ceil(Tq / warps), B·Hq, n_split), blockDim = 32·warps (warps = min(4, Tq): a decode
+// step with one query runs one-warp blocks, so no warp idles); a warp per query row; keys
+// [split·chunk, +chunk).
+// partial: write f32 (o_s, lse_s) to o_part (B·Hq, n_split, Tq, D), lse_part (B·Hq, n_split, Tq)
+// (o_s normalised by its own l; lse_s = −inf and o_s = 0 for a split the row cannot see);
+// otherwise o (T) and lse directly.
+template <class T, int D>
+__global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __restrict__ q, const T* __restrict__ k,
+                                                               const T* __restrict__ v, T* __restrict__ o,
+                                                               float* __restrict__ lse, float* __restrict__ o_part,
+                                                               float* __restrict__ lse_part, int chunk, AttnDims d) {
+  constexpr int E = D / 32;
+  __shared__ float Ks[kSimtBc][D];
+  __shared__ float Vs[kSimtBc][D];
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq, sp = blockIdx.z, n_split = gridDim.z;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const int i = static_cast<int>(blockIdx.x) * warps + warp;
+  const int k_lo = sp * chunk, k_hi = min(d.S, k_lo + chunk);
+  const int last = min((static_cast<int>(blockIdx.x) + 1) * warps, d.T) - 1;
+  const int k_end = min(k_hi, d.visible(last));
+  const int my_end = i < d.T ? min(k_hi, d.visible(i)) : k_lo;
+
+  float qv[E], acc[E];
+  const T* qr = q + (static_cast<int64_t>(bh) * d.T + (i < d.T ? i : 0)) * D;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    qv[e] = to_f(qr[lane + 32 * e]) * d.scale;
+    acc[e] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  for (int j0 = k_lo; j0 < k_end; j0 += kSimtBc) {
+    __syncthreads();
+    for (int c = threadIdx.x; c < kSimtBc * D; c += blockDim.x) {
+      const int r = c / D, x = c % D, j = j0 + r;
+      Ks[r][x] = j < k_end ? to_f(k[(kvh * d.S + j) * D + x]) : 0.f;
+      Vs[r][x] = j < k_end ? to_f(v[(kvh * d.S + j) * D + x]) : 0.f;
+    }
+    __syncthreads();
+    const int n = min(kSimtBc, my_end - j0);  // warp-uniform
+    for (int r = 0; r < n; ++r) {
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) s += qv[e] * Ks[r][lane + 32 * e];
+      s = warp_allreduce_sum(s);
+      const float m_new = fmaxf(m, s);
+      const float alpha = __expf(m - m_new), p = __expf(s - m_new);
+      l = l * alpha + p;
+      const float pv = mma_round<T>(p);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = acc[e] * alpha + pv * Vs[r][lane + 32 * e];
+      m = m_new;
+    }
+  }
+  if (i >= d.T) return;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  if (o_part != nullptr) {
+    const int64_t idx = (static_cast<int64_t>(bh) * n_split + sp) * d.T + i;
+#pragma unroll
+    for (int e = 0; e < E; ++e) o_part[idx * D + lane + 32 * e] = acc[e] * inv;
+    if (lane == 0) lse_part[idx] = l > 0.f ? m + logf(l) : -INFINITY;
+  } else {
+    const int64_t row = static_cast<int64_t>(bh) * d.T + i;
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e] * inv);
+    if (lane == 0) lse[row] = m + logf(l);
+  }
+}
+
+template <class F>
+inline void visit_head_dim(int64_t D, const char* op, F&& f) {
+  switch (D) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: throw_error(std::string(op) + ": the CUDA kernels take head dim 64 or 128, got " + std::to_string(D));
+  }
+}
+
+template <class F>
+inline void visit_attn_dtype(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(float{});
+    case DType::bf16: return f(bf16{});
+    default: throw_error(std::string(op) + ": the CUDA kernels take f32 or bf16, got " + dtype_name(dt));
+  }
+}
+
+template <class T, int D>
+inline void launch_rows(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
+                        const Tensor& o, const Tensor& lse, float* o_part, float* lse_part) {
+  const int warps = std::min(kRowWarps, d.T);
+  const dim3 grid((d.T + warps - 1) / warps, d.B * d.Hq, n_split);
+  attn_rows_simt<T, D><<<grid, warps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(),
+                                                o.defined() ? o.data<T>() : nullptr,
+                                                lse.defined() ? lse.data<float>() : nullptr, o_part, lse_part, chunk,
+                                                d);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ================================================================ forward, SIMT backward
+
+// The environment switches that select a previous kernel version (SOMNUS_ATTN_FWD=v1|v2,
+// SOMNUS_ATTN_BWD=v2|v1|simt, SOMNUS_ATTN_DECODE=simt), read at every call so that tests can
+// switch: kept so a regression on a GPU can be bisected without a rebuild.
 bool env_equals(const char* name, const char* value) {
   const char* e = std::getenv(name);
   return e != nullptr && std::strcmp(e, value) == 0;
@@ -442,11 +702,730 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
   SOMNUS_GRID_STRIDE(i, n) { y[i] = static_cast<T>(x[i]); }
 }
 
-// ---------------------------------------------------------------- dispatch
+// ================================================================ tensor-core backward
+//
+// The attention backward on tensor cores (mma.sync.m16n8k16, bf16 -> f32), D ∈ {64, 128}:
+// FlashAttention-2's backward. The entry point attention_bwd computes Δ = rowsum(dO ∘ O)
+// first and then calls attention_bwd_mma for bf16 inputs (unless SOMNUS_ATTN_BWD=simt selects the SIMT kernels);
+// in the atomic mode it casts the f32 dQ accumulator to bf16 afterwards.
+//
+// Math (per query head, p = exp(scale·q·k − lse), lse of the scaled scores):
+//   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − Δ),  dK = scale · dSᵀ Q,  dQ = scale · dS K.
+// P and dS are rounded to bf16 where they feed an mma (the CPU twin's mma_round); dS is
+// formed from the f32 P.
+//
+// Kernels (4 warps, shared-memory rows padded by 8 elements against bank conflicts; the
+// fragment layouts are attn_fwd_mma's: A from row-major rows r / r + 8, columns c / c + 8
+// (32-bit shared loads, or the C fragments of a previous product); B by ldmatrix.x4, two
+// n-tiles at a time, from the rows of the operand's transpose (S, dP) or transposed by
+// .trans from the operand's rows (dV, dK, dQ); C rows gr / gr + 8, columns 2·tq, 2·tq + 1).
+// The dK/dV kernel prefetches the next (Q, dO) tile with cp.async while it computes one.
+// SOMNUS_ATTN_BWD=v2 drops the prefetch, v1 also ldmatrix (B as 32-bit pairs, or two 16-bit
+// loads per register; the first version), simt selects the SIMT kernels (above):
+//   attn_bwd_dkdv_mma  grid (S / 64, B·Hkv): a block owns 64 keys of one kv head (16 per
+//                      warp), K_j, V_j in shared memory and dK_j, dV_j in f32 registers. It
+//                      loops over the g query heads of the GQA group and the 64-row query tiles
+//                      that see its first key (causal: rows i with q_offset + i >= j0), each:
+//                      Sᵀ = K Qᵀ, Pᵀ (masked: rows >= T, keys past visible(i)), dV += Pᵀ dO
+//                      (Pᵀ from the S accumulators as the A operand), dPᵀ = V dOᵀ, dSᵀ,
+//                      dK += dSᵀ Q; in the atomic mode dS goes to shared memory (query-major)
+//                      and dQ_i += dS K_j (64 × D, 16 query rows per warp) is added to the f32
+//                      accumulator with atomics. Each dK, dV row is written once (bf16), also
+//                      the zero rows of keys no query sees.
+//   attn_bwd_dq_mma    deterministic mode: grid (T / 64, B·Hq), 16 query rows per warp; key
+//                      tiles in a fixed order, recomputing S = Q Kᵀ, dP = dO Vᵀ, dS and
+//                      dQ += dS K in registers, then written as bf16. No atomics anywhere.
+// Shared memory: dkdv 6 · 64 · (D + 8) · 2 + 64 · 72 · 2 + 1024 bytes (112 KiB at D = 128,
+// two blocks a SM; 65.5 KiB at D = 64; without the prefetch 77.5 / 45.5 KiB); dq
+// 4 · 64 · (D + 8) · 2 (68 KiB / 36 KiB).
+//
+// Cost: FLOPs (the convention of the benchmarks) 10·B·Hq·T·S·D (five GEMMs of 2·T·S·D), about
+// half of it causal. Executed: the atomic mode does exactly those five; the deterministic mode
+// 14·B·Hq·T·S·D (S and dP are recomputed by the dQ pass). Minimum bytes: read q, k, v, dO
+// (bf16) and lse, Δ (f32), write dq, dk, dv (bf16): 2·(3·B·Hq·T·D + 4·B·Hkv·S·D) + 8·B·Hq·T,
+// plus 8·B·Hq·T·D for the f32 dQ accumulator's zero fill, reads and cast in the atomic mode.
+// At B·Hq = B·Hkv = 32, T = S = 4096, D = 128, causal: 0.34 TFLOP against 0.24 GB (+0.13 GB
+// atomic): ~1400 FLOP/byte, compute bound (the atomic dQ's L2 traffic, 4·D bytes per query
+// row and key tile, ~2.2 GB here, is served by L2 atomics, not HBM).
+// Predicted: 60–120 TFLOP/s on an H100 (the forward's mma.sync v1 kernel ran 61–125; only
+// two blocks of four warps fit an SM at D = 128 (255 registers a thread), the A fragments of
+// K, V (dkdv) and Q, dO (dq) are reloaded for every tile, and the atomic dQ adds 64·D f32
+// atomics (as float2 on sm_90) per (query tile, key tile): latency and shared-load bound, not
+// at the tensor-core peak; v1 lower, ~40–80).
+// Measured (H100, 2026-11-26, B·T = 16k, H·D = 2048): default 64–110 TFLOP/s at D = 64 and
+// 79–159 at D = 128 (causal T = 4096: 105 / 138; v2 87 / 108, v1 106 / 101; the SIMT kernels
+// 4.7 / 6.5): 0.44–0.80× of PyTorch SDPA's flash backward at the same shapes.
+//
+// Checked without a GPU (2026-11-26) by a host emulation of all three versions (128 threads a
+// block, mma.sync / ldmatrix from the PTX fragment layouts, cp.async completing at the wait)
+// against an f64 reference on the test's cases; the same emulation reproduces the forward.
+
+// p[0] += a, p[1] += b atomically (p 8-byte aligned): one vector atomic on sm_90, two scalar
+// ones before.
+__device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
+
+constexpr int kBwdWarps = 4;
+constexpr int kBwdTile = 16 * kBwdWarps;  // 64 keys per dK/dV block, 64 query rows per tile
+constexpr int kDsLd = kBwdTile + 8;       // row stride of the dS tile (query-major)
+
+// K, V, then 1 or 2 (kPipe) buffers of (Q, dO) tiles, the dS tile, 1 or 2 buffers of lse, Δ.
+template <int D>
+constexpr int dkdv_smem_bytes(bool pipe) {
+  return (pipe ? 6 : 4) * kBwdTile * (D + 8) * 2 + kBwdTile * kDsLd * 2 + (pipe ? 4 : 2) * kBwdTile * 4;
+}
+
+template <int D>
+constexpr int dq_smem_bytes() {
+  return 4 * kBwdTile * (D + 8) * 2;
+}
+
+__device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// acc[nt] (16 × 8 each, nt < 8) += A Bᵀ over D: A rows ra, ra + 8 of `a` (row-major, stride
+// D + 8), B = the 64 rows of `bt` (row-major, the transpose of the B operand). kLdsm: the B
+// fragments of two n-tiles by one ldmatrix.x4 (matrices (n-tile, k-half) = (0,0), (0,1),
+// (1,0), (1,1)) instead of 32-bit loads.
+template <int D, bool kLdsm>
+__device__ __forceinline__ void mma_abt(float (&acc)[8][4], const uint16_t* a, int ra, const uint16_t* bt, int gr,
+                                        int tq) {
+  constexpr int LD = D + 8;
+  const int lane = threadIdx.x % 32, lmat = lane >> 3, lrow = lane & 7;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int c = kk * 16 + 2 * tq;
+    const uint32_t a0 = ld32(a + ra * LD + c), a1 = ld32(a + (ra + 8) * LD + c);
+    const uint32_t a2 = ld32(a + ra * LD + c + 8), a3 = ld32(a + (ra + 8) * LD + c + 8);
+    if constexpr (kLdsm) {
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2) {
+        uint32_t bf[4];
+        ldsm_x4<false>(bf, bt + (nt * 8 + (lmat >> 1) * 8 + lrow) * LD + kk * 16 + (lmat & 1) * 8);
+        mma_bf16(acc[nt], a0, a1, a2, a3, bf[0], bf[1]);
+        mma_bf16(acc[nt + 1], a0, a1, a2, a3, bf[2], bf[3]);
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const uint16_t* br = bt + (nt * 8 + gr) * LD + c;
+        mma_bf16(acc[nt], a0, a1, a2, a3, ld32(br), ld32(br + 8));
+      }
+    }
+  }
+}
+
+// The B fragments (b0, b1) of n-tiles n and n + 1 for k-step kk of B = rows × D of `b`
+// (row-major, stride D + 8): kLdsm: one ldmatrix.x4.trans (matrices (k-half, n-tile) = (0,0),
+// (1,0), (0,1), (1,1)); otherwise two 16-bit loads per register.
+template <int D, bool kLdsm>
+__device__ __forceinline__ void load_b_pair(uint32_t (&bf)[4], const uint16_t* b, int kk, int n, int gr, int tq) {
+  constexpr int LD = D + 8;
+  if constexpr (kLdsm) {
+    const int lane = threadIdx.x % 32, lmat = lane >> 3, lrow = lane & 7;
+    ldsm_x4<true>(bf, b + (kk * 16 + (lmat & 1) * 8 + lrow) * LD + n * 8 + (lmat >> 1) * 8);
+  } else {
+    const int kr = kk * 16 + 2 * tq;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = (n + h) * 8 + gr;
+      bf[2 * h] = pack_u16(b[kr * LD + col], b[(kr + 1) * LD + col]);
+      bf[2 * h + 1] = pack_u16(b[(kr + 8) * LD + col], b[(kr + 9) * LD + col]);
+    }
+  }
+}
+
+// acc[n] (16 × 8 each, n < D/8) += X B: X (16 × 64) from the C fragments x[nt] of a previous
+// product (rounded to bf16: the C layout of n-tiles 2kk, 2kk + 1 is the A layout of k-step
+// kk), B = 64 rows × D of `b` (row-major, stride D + 8), see load_b_pair.
+template <int D, bool kLdsm>
+__device__ __forceinline__ void mma_cb(float (&acc)[D / 8][4], const float (&x)[8][4], const uint16_t* b, int gr,
+                                       int tq) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t a0 = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+    const uint32_t a1 = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+    const uint32_t a2 = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    const uint32_t a3 = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+      uint32_t bf[4];
+      load_b_pair<D, kLdsm>(bf, b, kk, n, gr, tq);
+      mma_bf16(acc[n], a0, a1, a2, a3, bf[0], bf[1]);
+      mma_bf16(acc[n + 1], a0, a1, a2, a3, bf[2], bf[3]);
+    }
+  }
+}
+
+__device__ __forceinline__ uint16_t bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+
+// ---------------------------------------------------------------- dK, dV (and atomic dQ)
+
+// Registers: D = 128 needs ~255 a thread (the f32 dK, dV accumulators, 2 · 64, besides Sᵀ and
+// dPᵀ, 2 · 32), so two blocks a SM; D = 64 ~200 (a bound of 170 for three blocks spills).
+// The block's work is a sequence of `total` query tiles (it = hg · n_i + tile), so kPipe
+// (cp.async double buffering of Q, dO, with lse, Δ) prefetches across the GQA heads too.
+template <int D, bool kLdsm, bool kPipe>
+__global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
+    const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+    uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, float* __restrict__ dq_acc, AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int LD = D + 8;
+  constexpr int kBufs = kPipe ? 2 : 1;
+  uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* Vs = Ks + kBwdTile * LD;
+  uint16_t* QGb = Vs + kBwdTile * LD;           // kBufs × (Q tile, dO tile)
+  uint16_t* Ss = QGb + kBufs * 2 * kBwdTile * LD;  // dS, [query][key], stride kDsLd
+  float* lse_b = reinterpret_cast<float*>(Ss + kBwdTile * kDsLd);  // kBufs × 64
+  float* del_b = lse_b + kBufs * kBwdTile;                            // kBufs × 64
+
+  const int bkv = blockIdx.y, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
+  const int j0 = static_cast<int>(blockIdx.x) * kBwdTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int kr = warp * 16 + gr;  // this thread's key rows kr, kr + 8 (within the tile)
+  const int key0 = j0 + kr, key1 = key0 + 8;
+  const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
+
+  load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
+  load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
+
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+  }
+
+  const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;  // the first row that sees key j0
+  const int n_i = i_first < d.T ? (d.T - i_first + kBwdTile - 1) / kBwdTile : 0;  // tiles a head
+  const int total = d.g * n_i;
+  // Q, dO (async or not), lse and Δ (plain loads) of tile `it` into buffer `buf`.
+  const auto stage = [&](int it, int buf, bool async) {
+    const int i0 = i_first + (it % n_i) * kBwdTile;
+    const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
+    uint16_t* Qd = QGb + buf * 2 * kBwdTile * LD;
+    if (async) {
+      issue_tile_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
+      issue_tile_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
+      cp_async_commit();
+    } else {
+      load_tile_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
+      load_tile_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
+    }
+    for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
+      const bool ok = i0 + r < d.T;
+      lse_b[buf * kBwdTile + r] = ok ? lse[row + r] : 0.f;
+      del_b[buf * kBwdTile + r] = ok ? delta[row + r] : 0.f;
+    }
+  };
+  if (kPipe && total > 0) stage(0, 0, true);
+  for (int it = 0; it < total; ++it) {
+    const int buf = kPipe ? (it & 1) : 0;
+    const int i0 = i_first + (it % n_i) * kBwdTile;
+    const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i;
+    if constexpr (kPipe) {
+      // Tile it + 1 goes into the other buffer, read last by tile it − 1 (done: the barrier
+      // at the end of the loop); then wait for tile it's own copies.
+      if (it + 1 < total) {
+        stage(it + 1, buf ^ 1, true);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();  // tile it (every thread's copies and lse, Δ stores) is visible
+    } else {
+      __syncthreads();  // the previous tile's Q, dO, dS, lse, Δ are no longer read
+      stage(it, 0, false);
+      __syncthreads();
+    }
+    {
+      const uint16_t* Qs = QGb + buf * 2 * kBwdTile * LD;
+      const uint16_t* Gs = Qs + kBwdTile * LD;  // dO
+      const float* lse_s = lse_b + buf * kBwdTile;
+      const float* del_s = del_b + buf * kBwdTile;
+
+      // Sᵀ = K Qᵀ: 16 keys × 64 queries per warp. s[nt][0..1]: key kr, queries nt·8 + 2tq (+1);
+      // s[nt][2..3]: key kr + 8.
+      float s[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      mma_abt<D, kLdsm>(s, Ks, kr, Qs, gr, tq);
+
+      // Pᵀ, masked to 0 (rows past T, keys the row does not see, keys past S).
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
+          const int key = e < 2 ? key0 : key1;
+          const bool ok = row < d.T && key < d.visible(row);
+          s[nt][e] = ok ? __expf(d.scale * s[nt][e] - lse_s[qi]) : 0.f;
+        }
+      }
+
+      // dV += Pᵀ dO.
+      mma_cb<D, kLdsm>(dva, s, Gs, gr, tq);
+
+      // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − Δ) in place.
+      float dp[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
+      mma_abt<D, kLdsm>(dp, Vs, kr, Gs, gr, tq);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
+      }
+
+      // dK += dSᵀ Q (scaled at the end).
+      mma_cb<D, kLdsm>(dka, dp, Qs, gr, tq);
+
+      if (dq_acc != nullptr) {  // block-uniform
+        // dS (query-major) to shared memory, then dQ_i += scale · dS K_j: 16 query rows per warp.
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = nt * 8 + 2 * tq + (e & 1);
+            Ss[qi * kDsLd + kr + (e < 2 ? 0 : 8)] = bf16_bits(dp[nt][e]);
+          }
+        }
+        __syncthreads();
+        const int qr = warp * 16 + gr;  // this thread's query rows qr, qr + 8 (within the tile)
+        uint32_t a[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const int c = kk * 16 + 2 * tq;
+          a[kk][0] = ld32(Ss + qr * kDsLd + c);
+          a[kk][1] = ld32(Ss + (qr + 8) * kDsLd + c);
+          a[kk][2] = ld32(Ss + qr * kDsLd + c + 8);
+          a[kk][3] = ld32(Ss + (qr + 8) * kDsLd + c + 8);
+        }
+        const int row0 = i0 + qr, row1 = row0 + 8;
+        float* dq0 = dq_acc + (bh * d.T + row0) * D;
+        float* dq1 = dq0 + 8 * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+          float acc[2][4] = {};
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            uint32_t bf[4];
+            load_b_pair<D, kLdsm>(bf, Ks, kk, n, gr, tq);
+            mma_bf16(acc[0], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[0], bf[1]);
+            mma_bf16(acc[1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[2], bf[3]);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int col = (n + h) * 8 + 2 * tq;
+            if (row0 < d.T) atomic_add2(dq0 + col, d.scale * acc[h][0], d.scale * acc[h][1]);
+            if (row1 < d.T) atomic_add2(dq1 + col, d.scale * acc[h][2], d.scale * acc[h][3]);
+          }
+        }
+      }
+    }
+    if constexpr (kPipe) __syncthreads();  // buffer buf and Ss are no longer read
+  }
+
+  // Every key of the tile below S is written, zero where no query sees it.
+  uint16_t* dkh = dk + kv_base;
+  uint16_t* dvh = dv + kv_base;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (key0 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key0) * D + col) =
+          pack_bf16(d.scale * dka[n][0], d.scale * dka[n][1]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key0) * D + col) = pack_bf16(dva[n][0], dva[n][1]);
+    }
+    if (key1 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key1) * D + col) =
+          pack_bf16(d.scale * dka[n][2], d.scale * dka[n][3]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key1) * D + col) = pack_bf16(dva[n][2], dva[n][3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- deterministic dQ
+
+template <int D, bool kLdsm>
+__global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
+    const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
+    const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+    uint16_t* __restrict__ dq, AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int LD = D + 8;
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* Gs = Qs + kBwdTile * LD;  // dO
+  uint16_t* Ks = Gs + kBwdTile * LD;
+  uint16_t* Vs = Ks + kBwdTile * LD;
+
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int64_t kv_base = (static_cast<int64_t>(b) * d.Hkv + h / d.g) * d.S * D;
+  const int q0 = static_cast<int>(blockIdx.x) * kBwdTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int64_t q_base = static_cast<int64_t>(bh) * d.T;
+
+  load_tile_bf16<D>(Qs, q + (q_base + q0) * D, kBwdTile, d.T - q0);
+  load_tile_bf16<D>(Gs, dout + (q_base + q0) * D, kBwdTile, d.T - q0);
+
+  const int wr = warp * 16 + gr;  // this thread's rows wr, wr + 8 (within the tile)
+  const int row0 = q0 + wr, row1 = row0 + 8;
+  const bool ok0 = row0 < d.T, ok1 = row1 < d.T;
+  const float lse0 = ok0 ? lse[q_base + row0] : 0.f, lse1 = ok1 ? lse[q_base + row1] : 0.f;
+  const float del0 = ok0 ? delta[q_base + row0] : 0.f, del1 = ok1 ? delta[q_base + row1] : 0.f;
+  const int vis0 = ok0 ? d.visible(row0) : 0, vis1 = ok1 ? d.visible(row1) : 0;
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+  const int k_end = d.visible(min(q0 + kBwdTile, d.T) - 1);  // the block's last row sees the most
+  for (int j0 = 0; j0 < k_end; j0 += kBwdTile) {
+    __syncthreads();  // the previous key tile is no longer read (and Qs, Gs are loaded first)
+    load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+    load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+    __syncthreads();
+
+    // S = Q Kᵀ and dP = dO Vᵀ: 16 rows × 64 keys per warp.
+    float s[8][4], dp[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+    }
+    mma_abt<D, kLdsm>(s, Qs, wr, Ks, gr, tq);
+    mma_abt<D, kLdsm>(dp, Gs, wr, Vs, gr, tq);
+
+    // dS = P ∘ (dP − Δ), P masked to 0; in place of s.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+        const bool hi = e >= 2;
+        const float p = col < (hi ? vis1 : vis0) ? __expf(d.scale * s[nt][e] - (hi ? lse1 : lse0)) : 0.f;
+        s[nt][e] = p * (dp[nt][e] - (hi ? del1 : del0));
+      }
+    }
+
+    // dQ += dS K.
+    mma_cb<D, kLdsm>(acc, s, Ks, gr, tq);
+  }
+
+  uint16_t* dqh = dq + q_base * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (ok0) {
+      *reinterpret_cast<uint32_t*>(dqh + static_cast<int64_t>(row0) * D + col) =
+          pack_bf16(d.scale * acc[n][0], d.scale * acc[n][1]);
+    }
+    if (ok1) {
+      *reinterpret_cast<uint32_t*>(dqh + static_cast<int64_t>(row1) * D + col) =
+          pack_bf16(d.scale * acc[n][2], d.scale * acc[n][3]);
+    }
+  }
+}
+
+// The tensor-core backward: bf16, D ∈ {64, 128}. dq_acc: f32 (B·Hq·T·D) zero-filled
+// accumulator for the atomic dQ, or null in deterministic mode (dQ then written by a separate
+// pass). delta = rowsum(dO ∘ O) (B·Hq·T) already computed.
+void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, const Tensor& lse,
+                       const Tensor& delta, const AttnDims& d, float* dq_acc, const Tensor& dq, const Tensor& dk,
+                       const Tensor& dv) {
+  if (q.dtype() != DType::bf16 || k.dtype() != DType::bf16 || v.dtype() != DType::bf16 ||
+      dout.dtype() != DType::bf16) {
+    throw_error(std::string("attention_bwd_mma: the tensor-core backward takes bf16, got ") + dtype_name(q.dtype()));
+  }
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
+  const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
+  const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr());
+  const auto* gp = reinterpret_cast<const uint16_t*>(dout.data_ptr());
+  // SOMNUS_ATTN_BWD=v2: ldmatrix without the cp.async prefetch; v1: plain shared loads for
+  // the B fragments instead of ldmatrix (kept to bisect a regression on a GPU without a
+  // rebuild; all three feed the same values to the same mma sequence).
+  const bool v1 = env_equals("SOMNUS_ATTN_BWD", "v1");
+  const bool v2 = env_equals("SOMNUS_ATTN_BWD", "v2");
+  visit_head_dim(q.size(3), "attention_bwd_mma", [&](auto dim) {
+    constexpr int D = decltype(dim)::value;
+    const auto launch = [&](auto ldsm_tag, auto pipe_tag) {
+      constexpr bool kLdsm = decltype(ldsm_tag)::value, kPipe = decltype(pipe_tag)::value;
+      if (d.S > 0) {
+        constexpr int smem = dkdv_smem_bytes<D>(kPipe);
+        const auto kernel = attn_bwd_dkdv_mma<D, kLdsm, kPipe>;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((d.S + kBwdTile - 1) / kBwdTile, d.B * d.Hkv);
+        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                               reinterpret_cast<uint16_t*>(dk.data_ptr()),
+                                               reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
+        CUDA_CHECK_LAUNCH();
+      }
+      if (dq_acc == nullptr && d.T > 0) {
+        constexpr int smem = dq_smem_bytes<D>();
+        const auto kernel = attn_bwd_dq_mma<D, kLdsm>;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
+        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                               reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
+        CUDA_CHECK_LAUNCH();
+      }
+    };
+    // The default's prefetch buffers need 112 KiB at D = 128: more than sm_86/sm_89 allow a
+    // block (99 KiB); there the version without them (v2) runs.
+    const bool pipe_fits = dkdv_smem_bytes<D>(true) <= max_dynamic_smem_bytes();
+    if (v1) {
+      launch(std::false_type{}, std::false_type{});
+    } else if (v2 || !pipe_fits) {
+      launch(std::true_type{}, std::false_type{});
+    } else {
+      launch(std::true_type{}, std::true_type{});
+    }
+  });
+}
+
+// ================================================================ split-K decode
+//
+// Split-K flash-decoding on CUDA (kernels/ops.h attention_decode): a few query rows against
+// a long KV cache. The S keys are cut into n_split chunks; each chunk gives a partial
+// (o_s, lse_s) in f32, then attn_combine merges them: lse = log Σ e^lse_s,
+// o = Σ e^(lse_s − lse) o_s. The CPU twin is kernels/cpu/attention.cpp.
+//
+// Kernel attn_decode_gqa (default): one block per (b, kv head, split) runs ALL g = Hq/Hkv
+// query heads × T query rows of that kv head (rows = g·T ≤ 8), so each K/V byte is read from
+// HBM exactly once (the SIMT row kernel re-read it g times, one warp per query head).
+// Decode is bandwidth-bound: at T = 1 each key costs 2·D·sizeof(T) bytes and ~4·g·D FLOPs.
+// Layout: a lane holds V = 16/sizeof(T) elements of a key row (one 16-byte load: 8 bf16 or
+// 4 f32), LPK = D/V lanes cover a row, so a warp covers KPW = 32/LPK consecutive keys
+// (bf16 D=128: 16 lanes, 2 keys = 512 contiguous bytes per load instruction) and the 4 warps
+// of a block cover 4·KPW consecutive keys; U such sub-steps (U = 4, or 2 at 8 rows to stay
+// within registers) are loaded before any is used, so each thread has 2·U 16-byte loads in
+// flight. The q rows (pre-scaled, f32) and the accumulators of this thread's V columns stay
+// in registers. q·k is reduced over the LPK lanes of a key with xor shuffles (every lane
+// ends with the same sum), then one online-softmax update per row per U keys
+// (m, l, acc: U + 1 exps instead of 2U). Each lane group keeps its own state; at the end of
+// the split the 4·KPW states go to shared memory and are merged per (row, column). A key
+// beyond the row's visible(i) (causal / q_offset) or beyond the split gets s = −inf.
+// Numerics as the twin: f32 accumulation, p rounded to bf16 before p·v for bf16 inputs, l
+// summed from the unrounded p.
+// Bytes: 2·B·Hkv·S·D·sizeof(T) (K and V once) + the partials, B·Hq·T·n_split·(D + 1)·4
+// written and read back by attn_combine (bench shape B8 Hq32 Hkv8 D128 bf16, S = 4096,
+// 16 splits: 134 MB of K/V vs 2.1 MB of partials, ×2). Resources (ptxas, sm_90, bf16 D=128):
+// R = 4 (the bench's g = 4): 161 registers, 16.6 KB smem → 3 blocks (12 warps) per SM, up to
+// 48 KB of loads in flight per SM; R = 8: 241 registers, U = 2 → 2 blocks per SM; no spills.
+// Issue cost ~600 instructions per warp per 4 KB at R = 4 (≈ 6 TB/s ceiling), so HBM bounds
+// it. Prediction on an H100 (3.35 TB/s HBM, memcpy 2.9 TB/s read+write): ~2.3–2.6 TB/s at
+// S = 32768 (4096 blocks); lower at S = 4096 (1024 blocks, 2.6 waves; 54 µs of traffic plus
+// two launches and the partials: ~1.8–2.2 TB/s) and S = 1024. Measured (H100, 2026-11-26;
+// bytes of K and V over the time): 2217 GB/s at S = 32768, 1509 at S = 4096, 1245 at S = 1024
+// (the SIMT row kernel: 47–52 GB/s); the device-to-device copy ran at 2826–2926 GB/s.
+// Rows > 8 (long speculative / prefill-like T), misaligned pointers, or
+// SOMNUS_ATTN_DECODE=simt take the SIMT row kernel (attn_rows_simt, helpers section),
+// grid.z = splits, with the same partials and combine.
+
+constexpr int kDecWarps = 4;
+constexpr int kDecMaxRows = 8;
+
+// grid (n_split, B·Hkv), blockDim 32·kDecWarps. R ≥ g·T rows (padding rows see no key).
+// Writes o_part (B·Hq, n_split, T, D) normalised by its own l and lse_part (B·Hq, n_split, T)
+// (o_s = 0, lse_s = −inf for a split the row cannot see), the layout of attn_rows_simt.
+// (minBlocksPerSM = 1 stated explicitly: without it ptxas capped the R = 2 bf16 variant at
+// 96 registers and spilled.)
+template <class T, int D, int R>
+__global__ void __launch_bounds__(kDecWarps * 32, 1)
+    attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                    float* __restrict__ o_part, float* __restrict__ lse_part, int chunk, AttnDims d) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
+  constexpr int LPK = D / V;                           // lanes per key row
+  constexpr int KPW = 32 / LPK;                        // keys per warp per sub-step
+  constexpr int NSUB = kDecWarps * KPW;                // lane groups = keys per block sub-step
+  constexpr int U = R >= 8 ? 2 : 4;                    // sub-steps loaded before use
+  static_assert(D % V == 0 && LPK <= 32 && 32 % LPK == 0, "head dim / vector width");
+  __shared__ float sm_acc[NSUB][R][D];
+  __shared__ float sm_m[NSUB][R];
+  __shared__ float sm_l[NSUB][R];
+
+  const int sp = blockIdx.x, n_split = static_cast<int>(gridDim.x);
+  const int bk = blockIdx.y;  // b·Hkv + kv head
+  const int b = bk / d.Hkv, hk = bk % d.Hkv;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int grp = lane / LPK, c = lane % LPK;
+  const int sub = warp * KPW + grp;  // this lane group's key within a block sub-step
+  const int rows = d.g * d.T;
+  const int k_lo = sp * chunk, k_hi = min(d.S, k_lo + chunk);
+
+  float qv[R][V], acc[R][V], m[R], l[R];
+  int vis[R];  // keys [k_lo, vis[r]) of this split are visible from row r
+  int k_end = k_lo;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const bool live = r < rows;
+    const int t = live ? r % d.T : 0;
+    const int h = hk * d.g + (live ? r / d.T : 0);
+    vis[r] = live ? max(k_lo, min(k_hi, d.visible(t))) : k_lo;
+    k_end = max(k_end, vis[r]);
+    const Vec<T, V> qx = load_vec<V>(q + ((static_cast<int64_t>(b) * d.Hq + h) * d.T + t) * D + c * V, 0);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      qv[r][e] = live ? to_f(qx.v[e]) * d.scale : 0.f;
+      acc[r][e] = 0.f;
+    }
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+  }
+
+  const int64_t kv_base = static_cast<int64_t>(bk) * d.S * D + c * V;
+  const T* kp = k + kv_base;
+  const T* vp = v + kv_base;
+  // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
+  for (int j0 = k_lo; j0 < k_end; j0 += U * NSUB) {
+    Vec<T, V> kx[U], vx[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * NSUB + sub;
+      if (j < k_end) {
+        kx[u] = load_vec<V>(kp + static_cast<int64_t>(j) * D, 0);
+        vx[u] = load_vec<V>(vp + static_cast<int64_t>(j) * D, 0);
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          kx[u].v[e] = static_cast<T>(0.f);
+          vx[u].v[e] = static_cast<T>(0.f);
+        }
+      }
+    }
+    float s[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * NSUB + sub;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float x = 0.f;
+#pragma unroll
+        for (int e = 0; e < V; ++e) x += qv[r][e] * to_f(kx[u].v[e]);
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        s[u][r] = j < vis[r] ? x : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][r]);
+      const float mu = mx == -INFINITY ? 0.f : mx;  // nothing seen yet: every p is e^(−inf) = 0
+      const float alpha = __expf(m[r] - mu);
+      l[r] *= alpha;
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[r][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float p = __expf(s[u][r] - mu);
+        l[r] += p;
+        const float pv = mma_round<T>(p);
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[r][e] += pv * to_f(vx[u].v[e]);
+      }
+      m[r] = mx;
+    }
+  }
+
+  // Merge the NSUB lane-group states of the block per (row, column).
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) sm_acc[sub][r][c * V + e] = acc[r][e];
+    if (c == 0) {
+      sm_m[sub][r] = m[r];
+      sm_l[sub][r] = l[r];
+    }
+  }
+  __syncthreads();
+  for (int idx = static_cast<int>(threadIdx.x); idx < rows * D; idx += static_cast<int>(blockDim.x)) {
+    const int r = idx / D, x = idx % D;
+    const int t = r % d.T, h = hk * d.g + r / d.T;
+    const int64_t pidx = ((static_cast<int64_t>(b) * d.Hq + h) * n_split + sp) * d.T + t;
+    float M = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < NSUB; ++u) M = fmaxf(M, sm_m[u][r]);
+    if (M == -INFINITY) {  // the row sees no key of this split: weight 0 in the combine
+      o_part[pidx * D + x] = 0.f;
+      if (x == 0) lse_part[pidx] = -INFINITY;
+      continue;
+    }
+    float L = 0.f, A = 0.f;
+#pragma unroll
+    for (int u = 0; u < NSUB; ++u) {
+      const float w = __expf(sm_m[u][r] - M);
+      L += sm_l[u][r] * w;
+      A += sm_acc[u][r][x] * w;
+    }
+    o_part[pidx * D + x] = A / L;  // L >= 1: the state holding M has p = 1 for its max key
+    if (x == 0) lse_part[pidx] = M + logf(L);
+  }
+}
+
+template <class T, int D>
+void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
+                       float* o_part, float* lse_part) {
+  const dim3 grid(n_split, d.B * d.Hkv);
+  auto go = [&](auto rows_tag) {
+    constexpr int R = decltype(rows_tag)::value;
+    attn_decode_gqa<T, D, R><<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
+                                                        chunk, d);
+  };
+  const int rows = d.g * d.T;
+  if (rows <= 1) {
+    go(std::integral_constant<int, 1>{});
+  } else if (rows <= 2) {
+    go(std::integral_constant<int, 2>{});
+  } else if (rows <= 4) {
+    go(std::integral_constant<int, 4>{});
+  } else {
+    go(std::integral_constant<int, kDecMaxRows>{});
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+// A warp per (b, h, query row): combines the n_split partials.
+template <class T, int D>
+__global__ void attn_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part, T* __restrict__ o,
+                             float* __restrict__ lse, int64_t rows, int Tq, int n_split) {
+  constexpr int E = D / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t bh = row / Tq, i = row % Tq;
+  float mx = -INFINITY;
+  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, lse_part[(bh * n_split + s) * Tq + i]);
+  float sum = 0.f;
+  for (int s = 0; s < n_split; ++s) sum += __expf(lse_part[(bh * n_split + s) * Tq + i] - mx);
+  const float lse_row = mx + logf(sum);
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  // No branch on w, so the unrolled loads of several splits are in flight at once (one
+  // split at a time made this loop latency-bound: 64 splits ≈ 64 L2 round trips). An unseen
+  // split has o_s = 0 and w = 0.
+#pragma unroll 4
+  for (int s = 0; s < n_split; ++s) {
+    const int64_t idx = (bh * n_split + s) * Tq + i;
+    const float ls = lse_part[idx];
+    const float w = ls == -INFINITY ? 0.f : __expf(ls - lse_row);
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] += w * o_part[idx * D + lane + 32 * e];
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
+  if (lane == 0) lse[row] = lse_row;
+}
 
 }  // namespace
-
-using namespace attn;
 
 void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal, double scale,
                    int64_t q_offset, const Tensor& o, const Tensor& lse) {
@@ -507,7 +1486,7 @@ void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, c
                                                                           delta.data<float>(), rows);
       CUDA_CHECK_LAUNCH();
       if constexpr (std::is_same_v<T, bf16>) {
-        // bf16: the tensor-core kernels (attention_bwd.cu) unless SOMNUS_ATTN_BWD=simt.
+        // bf16: the tensor-core kernels unless SOMNUS_ATTN_BWD=simt.
         if (!env_equals("SOMNUS_ATTN_BWD", "simt")) {
           attention_bwd_mma(q, k, v, dout, lse, delta, d, deterministic ? nullptr : dq_acc.data<float>(), dq, dk, dv);
           if (!deterministic) {
@@ -529,6 +1508,36 @@ void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, c
       } else {
         cast_from_f32<T><<<grid_for(q.numel(), 256), 256>>>(dq_acc.data<float>(), dq.data<T>(), q.numel());
       }
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, int64_t q_offset,
+                      int64_t num_splits, const Tensor& o, const Tensor& lse) {
+  set_device(q);
+  const AttnDims d = dims_of(q, k, causal, scale, q_offset);
+  const int chunk = static_cast<int>((d.S + num_splits - 1) / num_splits);
+  const int n_split = (d.S + chunk - 1) / chunk;
+  if (n_split > 65535) throw_error("attention_decode (CUDA): too many splits: " + std::to_string(n_split));
+  const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
+  Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
+  Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
+  visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
+    using T = decltype(tag);
+    visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      const bool aligned = aligned_to(q.data<T>(), 16) && aligned_to(k.data<T>(), 16) && aligned_to(v.data<T>(), 16);
+      const bool gqa = static_cast<int64_t>(d.g) * d.T <= kDecMaxRows && aligned;
+      if (gqa && !env_equals("SOMNUS_ATTN_DECODE", "simt")) {
+        launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>());
+      } else {
+        launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(),
+                          lse_part.data<float>());
+      }
+      // A warp per row, no grid-stride loop: one block per 4 rows (grid_for caps the grid).
+      attn_combine<T, D><<<static_cast<unsigned>((rows + 3) / 4), 128>>>(
+          o_part.data<float>(), lse_part.data<float>(), o.data<T>(), lse.data<float>(), rows, d.T, n_split);
       CUDA_CHECK_LAUNCH();
     });
   });

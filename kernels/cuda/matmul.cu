@@ -162,6 +162,19 @@ std::optional<Operand> transposed_operand(int64_t R, int64_t C, int64_t sr, int6
   return std::nullopt;
 }
 
+// The cuBLAS view of the (R × C) matrix of t over its dims (dr, dc): t itself when a leading
+// dim describes it, else a contiguous copy, which `use` keeps alive for the call.
+Operand operand_of(const Tensor& t, int64_t R, int64_t C, int dr, int dc, Tensor& use, const char* op) {
+  use = t;
+  std::optional<Operand> o = transposed_operand(R, C, t.stride(dr), t.stride(dc));
+  if (!o) {
+    use = t.contiguous();
+    o = transposed_operand(R, C, use.stride(dr), use.stride(dc));
+  }
+  if (!o) throw_error(std::string(op) + ": internal error: contiguous operand not describable");
+  return *o;
+}
+
 // ---------------------------------------------------------------- one cuBLASLt call
 
 struct Gemm {
@@ -415,25 +428,16 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, con
   }
 
   // Operands as cuBLAS sees them; copy only views no leading dim can describe.
-  Tensor a_use = a, b_use = b;
-  std::optional<Operand> a_op = transposed_operand(M, K, a.stride(1), a.stride(2));
-  if (!a_op) {
-    a_use = a.contiguous();
-    a_op = transposed_operand(M, K, a_use.stride(1), a_use.stride(2));
-  }
-  std::optional<Operand> b_op = transposed_operand(K, N, b.stride(1), b.stride(2));
-  if (!b_op) {
-    b_use = b.contiguous();
-    b_op = transposed_operand(K, N, b_use.stride(1), b_use.stride(2));
-  }
-  if (!a_op || !b_op) throw_error("matmul: internal error: contiguous operand not describable");
+  Tensor a_use, b_use;
+  const Operand a_op = operand_of(a, M, K, 1, 2, a_use, "matmul");
+  const Operand b_op = operand_of(b, K, N, 1, 2, b_use, "matmul");
   const int64_t esize = dtype_size(out.dtype());
   const int64_t sab = a_use.stride(0), sbb = b_use.stride(0);
 
   Gemm g;
   g.dtype = out.dtype();
-  g.A = *b_op;
-  g.B = *a_op;
+  g.A = b_op;
+  g.B = a_op;
   g.a_ptr = b_use.data_ptr();
   g.b_ptr = a_use.data_ptr();
   g.m = static_cast<uint64_t>(N);
@@ -444,7 +448,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, con
   enum class Mode { single, batched, loop } mode = Mode::single;
   const int64_t a_row_stride = M > 1 ? a_use.stride(1) : sab;
   const bool a_rows_stack =
-      a_op->op == CUBLAS_OP_N && a_row_stride >= std::max<int64_t>(K, 1) && (M == 1 || sab == M * a_row_stride);
+      a_op.op == CUBLAS_OP_N && a_row_stride >= std::max<int64_t>(K, 1) && (M == 1 || sab == M * a_row_stride);
   if (Bt == 1) {
     g.n = static_cast<uint64_t>(M);
   } else if (Bb == 1 && a_rows_stack) {  // shared b, stacked rows: one (Bt·M, K) @ (K, N)
@@ -533,22 +537,13 @@ void matmul_f32_out(const Tensor& a, const Tensor& b, const Tensor& out, bool ac
     if (!accumulate) out.fill_(0.0);
     return;
   }
-  Tensor a_use = a, b_use = b;
-  std::optional<Operand> a_op = transposed_operand(M, K, a.stride(0), a.stride(1));
-  if (!a_op) {
-    a_use = a.contiguous();
-    a_op = transposed_operand(M, K, a_use.stride(0), a_use.stride(1));
-  }
-  std::optional<Operand> b_op = transposed_operand(K, N, b.stride(0), b.stride(1));
-  if (!b_op) {
-    b_use = b.contiguous();
-    b_op = transposed_operand(K, N, b_use.stride(0), b_use.stride(1));
-  }
-  if (!a_op || !b_op) throw_error("matmul_f32_out: internal error: contiguous operand not describable");
+  Tensor a_use, b_use;
+  const Operand a_op = operand_of(a, M, K, 0, 1, a_use, "matmul_f32_out");
+  const Operand b_op = operand_of(b, K, N, 0, 1, b_use, "matmul_f32_out");
   Gemm g;
   g.dtype = a.dtype();
-  g.A = *b_op;
-  g.B = *a_op;
+  g.A = b_op;
+  g.B = a_op;
   g.a_ptr = b_use.data_ptr();
   g.b_ptr = a_use.data_ptr();
   g.d_ptr = out.data_ptr();

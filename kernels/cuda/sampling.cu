@@ -78,6 +78,21 @@ struct SumF {
   __device__ float operator()(float a, float b) const { return a + b; }
 };
 
+// Calls f(x, v) for each logit x = r[v] of a row of V, this thread's indices (threadIdx.x,
+// + kThreads, ...) in increasing order, with kUnroll loads in flight before any is used.
+template <class F>
+__device__ __forceinline__ void for_each_in_row(const float* r, int64_t V, F&& f) {
+  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
+    float xs[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (v0 + u * kThreads < V) f(xs[u], v0 + u * kThreads);
+    }
+  }
+}
+
 // Per row: max, argmax, lse; `bad` = 1 when the row has a NaN or no finite logit.
 __global__ void __launch_bounds__(kThreads) row_stats_kernel(const float* x, int64_t V, float* row_max, int64_t* row_arg, float* row_lse,
                                  int* bad) {
@@ -91,31 +106,19 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const float* x, int
   if (threadIdx.x == 0) has_nan = 0;
   __syncthreads();
   ArgMax a{-INFINITY, V};
-  // kUnroll loads in flight per thread; each thread still visits its indices in increasing
-  // order, so the first index of a tie wins within the thread (and ArgMaxOp across threads).
-  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
-    float xs[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : -INFINITY;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (isnan(xs[u])) has_nan = 1;
-      if (xs[u] > a.v) a = ArgMax{xs[u], v0 + u * kThreads};
-    }
-  }
+  // Each thread visits its indices in increasing order, so the first index of a tie wins
+  // within the thread (and ArgMaxOp across threads).
+  for_each_in_row(r, V, [&](float xv, int64_t v) {
+    if (isnan(xv)) has_nan = 1;
+    if (xv > a.v) a = ArgMax{xv, v};
+  });
   const ArgMax red = BR(tmp).Reduce(a, ArgMaxOp{});
   if (threadIdx.x == 0) best = red;
   __syncthreads();
   const float m = best.v;
   float s = 0.0f;
   if (isfinite(m)) {
-    for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
-      float xs[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : -INFINITY;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) s += __expf(xs[u] - m);
-    }
+    for_each_in_row(r, V, [&](float xv, int64_t) { s += __expf(xv - m); });
   }
   const float total = BlockReduceF(tmp_f).Reduce(s, SumF{});
   if (threadIdx.x == 0) {
@@ -222,31 +225,17 @@ __global__ void __launch_bounds__(kThreads) topk_select_kernel(const float* x, i
   // Level 1: the top 12 key bits.
   for (int i = threadIdx.x; i < kHistBins; i += kThreads) hist[i] = 0;
   __syncthreads();
-  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
-    float xs[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : 0.0f;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (v0 + u * kThreads < V) atomicAdd(&hist[order_key_f32(xs[u]) >> 20], 1u);
-    }
-  }
+  for_each_in_row(r, V, [&](float xv, int64_t) { atomicAdd(&hist[order_key_f32(xv) >> 20], 1u); });
   __syncthreads();
   find_boundary_bucket(hist, k, &b1, &above1);
   const uint32_t top = static_cast<uint32_t>(b1);
   // Level 2: the next 12 bits, over the boundary bucket's logits.
   for (int i = threadIdx.x; i < kHistBins; i += kThreads) hist[i] = 0;
   __syncthreads();
-  for (int64_t v0 = threadIdx.x; v0 < V; v0 += kUnroll * kThreads) {
-    float xs[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) xs[u] = v0 + u * kThreads < V ? r[v0 + u * kThreads] : 0.0f;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t key = order_key_f32(xs[u]);
-      if (v0 + u * kThreads < V && (key >> 20) == top) atomicAdd(&hist[(key >> 8) & (kHistBins - 1)], 1u);
-    }
-  }
+  for_each_in_row(r, V, [&](float xv, int64_t) {
+    const uint32_t key = order_key_f32(xv);
+    if ((key >> 20) == top) atomicAdd(&hist[(key >> 8) & (kHistBins - 1)], 1u);
+  });
   __syncthreads();
   find_boundary_bucket(hist, k - above1, &b2, &above2);
   const uint32_t prefix = (top << kHistBits) | static_cast<uint32_t>(b2);  // the boundary's top 24 bits

@@ -1,7 +1,7 @@
 // Fused attention on CUDA (kernels/cuda/attention.cu) against its CPU twin and the f64
 // explicit-P reference (attention_reference.h): forward o and lse (the bf16 tensor-core
 // kernel and the f32 SIMT kernel), backward dq, dk, dv with atomic and deterministic dQ
-// (bf16: the tensor-core kernels of attention_bwd.cu, their v2 and v1 and the SIMT fallback,
+// (bf16: the tensor-core kernels, their v2 and v1 and the SIMT fallback,
 // chosen by SOMNUS_ATTN_BWD), and split-K decode; T not a multiple of the 64-row tile, T = 1, S ≠ T
 // with an offset, D ∈ {64, 128}, GQA ratios 1, 4, 8, causal and not. The backend is called
 // directly with outputs filled with NaN first, so an element a kernel forgets to write fails
@@ -68,7 +68,7 @@ double twin_error(const Tensor& a, const Tensor& twin, const std::vector<double>
 
 Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu()); }
 
-// The backward paths for bf16: the tensor-core kernels (attention_bwd.cu, default), their
+// The backward paths for bf16: the tensor-core kernels (default), their
 // earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either) and the
 // SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback). f32 always runs SIMT, on every setting.
 const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt"};
