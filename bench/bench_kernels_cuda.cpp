@@ -395,9 +395,10 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
   }
 }
 
-// The forward's earlier kernel versions (SOMNUS_ATTN_FWD = v1: plain shared loads; v2:
-// ldmatrix, no cp.async pipeline) at T = 4096, beside the default in the rows above: the
-// variant ladder of the forward.
+// The forward's kernel versions other than the default (SOMNUS_ATTN_FWD = v1: plain shared
+// loads; v2: ldmatrix, no cp.async pipeline; v3: 128-row blocks, base-2 softmax, opt-in until
+// a GPU run has measured it) at T = 4096, beside the default in the rows above: the variant
+// ladder of the forward.
 void BM_attention_fwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
@@ -451,7 +452,7 @@ void register_attention() {
       b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2"}) {
+  for (const char* version : {"v1", "v2", "v3"}) {
     for (bool causal : {true, false}) {
       RegisterBenchmark((std::string("attention_fwd_") + version + (causal ? "/causal" : "/full") + "/bf16").c_str(),
                         BM_attention_fwd_version, version, causal)

@@ -22,7 +22,10 @@
 //                     v2   Q fragments kept in registers, K and V fragments by ldmatrix
 //                          (.trans for V);
 //                     default: v2 + K/V tiles double-buffered with cp.async (5 tiles of
-//                          shared memory, 87 KiB at D = 128).
+//                          shared memory, 87 KiB at D = 128);
+//                     v3   (opt-in, not yet run on a GPU: attn_fwd_v3, its own section) 8 warps
+//                          = 128 rows per block, Q by ldmatrix, base-2 softmax with the scale
+//                          folded in, masks only where needed; not bitwise the others.
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -189,9 +192,9 @@ __device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g,
 // 8×8 matrix l / 8 (16-byte aligned); register i receives this thread's part of matrix i:
 // without .trans (row lane/4, cols 2·(lane%4) + {0, 1}), with .trans (rows 2·(lane%4) + {0, 1},
 // col lane/4), the lower index in the low half.
+// (ldsm_x4_at: the same from a 32-bit shared-space address.)
 template <bool kTrans>
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+__device__ __forceinline__ void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
   if constexpr (kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -203,6 +206,10 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
                  : "r"(a)
                  : "memory");
   }
+}
+template <bool kTrans>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+  ldsm_x4_at<kTrans>(r, static_cast<uint32_t>(__cvta_generic_to_shared(p)));
 }
 
 // ---------------------------------------------------------------- SIMT forward / decode splits
@@ -545,6 +552,224 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
   if (tq == 0) {
     if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] + logf(l[0]);
     if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] + logf(l[1]);
+  }
+}
+
+// ---------------------------------------------------------------- bf16 forward v3 (opt-in)
+
+// attn_fwd_v3 (SOMNUS_ATTN_FWD=v3; written 2026-11-26 on a machine without a GPU, so opt-in
+// until a GPU run has checked it — tools/gpu_check.sh tests it and benches it beside the
+// default). What it changes against the default version, each aimed at the default's
+// measured 188 TFLOP/s (H100, causal, D = 128, T = 4k) against the ~350 of FA2:
+//   - 8 warps = 128 query rows per block (16 per warp, as before): a K/V tile staged in
+//     shared memory feeds twice the rows, halving the global → shared traffic and the
+//     cp.async instructions per FLOP;
+//   - Q's A fragments by ldmatrix from shared memory at every k-step instead of 32 registers
+//     per thread, so that with __launch_bounds__(256, 2) two blocks (16 warps) fit on an SM
+//     (the default: 182 registers × 128 threads and 87 KiB → 2 blocks of 4 warps). Shared
+//     memory 128 + 4 · 64 rows of (D + 8) bf16: 102 KiB at D = 128, 2 blocks per sm_90 SM;
+//   - softmax in base 2 with the scale folded in: p = 2^(s·c − m·c), c = scale · log2 e, one
+//     FFMA + ex2 per element instead of FMUL (scale), FADD, FMUL (log2 e) and ex2; the row max
+//     is taken of the unscaled s (needs scale > 0: other scales take the default version);
+//   - the mask only on tiles that cross a row's visible range (the causal diagonal, the
+//     key tail), decided per warp; tiles past every row of the warp are skipped by that warp
+//     (a causal 128-row block's first warp stops 112 keys earlier than its last).
+// Numerics: f32 scores and accumulators, P rounded to bf16 for P V, as the default; the
+// results differ from it by the ex2 rounding (tested against the CPU twin and the f64
+// reference, not bitwise).
+// Issue count per warp per 16 × 64 tile at D = 128 (prediction): 128 mma, 8 + 32 + 32
+// ldmatrix, ~32 · 4 softmax instructions + 64 rescales ≈ 430 issue slots against ~560 in
+// the default; with 16 warps per SM instead of 8 the softmax of one warp overlaps the mma of
+// another. Expected: 250–330 TFLOP/s at causal D = 128 T = 4k (not measured yet).
+constexpr int kV3Warps = 8;
+constexpr int kV3Br = 16 * kV3Warps;  // 128 query rows per block
+constexpr int kV3Bc = 64;             // keys per tile
+
+template <int D>
+constexpr int v3_smem_bytes() {
+  return (kV3Br + 4 * kV3Bc) * (D + 8) * 2;  // Q, then 2 buffers of (K tile, V tile)
+}
+
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* __restrict__ q,
+                                                               const uint16_t* __restrict__ k,
+                                                               const uint16_t* __restrict__ v,
+                                                               uint16_t* __restrict__ o, float* __restrict__ lse,
+                                                               AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int LD = D + 8;
+  constexpr int kTile = kV3Bc * LD;
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);
+  uint16_t* Ks = Qs + kV3Br * LD;  // buffer t: K at Ks + 2t·kTile, V at Ks + (2t + 1)·kTile
+
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  // Causal: the last query tiles (the most keys) first, as the default version.
+  const int qt = d.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int q0 = qt * kV3Br;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int lmat = lane >> 3, lrow = lane & 7;  // ldmatrix: this lane gives row lrow of matrix lmat
+  const uint16_t* qh = q + static_cast<int64_t>(bh) * d.T * D;
+  const uint16_t* kh = k + kvh * d.S * D;
+  const uint16_t* vh = v + kvh * d.S * D;
+
+  // Q and the first K/V tile: cp.async group 0.
+  const int k_end = d.visible(min(q0 + kV3Br, d.T) - 1);  // the block's last row sees the most
+  issue_tile_bf16<D>(Qs, qh + static_cast<int64_t>(q0) * D, kV3Br, d.T - q0);
+  if (k_end > 0) {
+    issue_tile_bf16<D>(Ks, kh, kV3Bc, k_end);
+    issue_tile_bf16<D>(Ks + kTile, vh, kV3Bc, k_end);
+  }
+  cp_async_commit();
+
+  // This warp's rows w0 .. w0 + 15; this thread's two: row0 and row1 = row0 + 8.
+  const int w0 = q0 + warp * 16;
+  const int row0 = w0 + gr, row1 = row0 + 8;
+  const bool w_live = w0 < d.T;
+  const int w_end = w_live ? d.visible(min(w0 + 15, d.T - 1)) : 0;  // keys [0, w_end) seen by some row
+  const int w_all = w_live ? d.visible(w0) : 0;                     // keys [0, w_all) seen by every row
+  const float c2 = d.scale * 1.4426950408889634f;                   // scale · log2 e
+  // ldmatrix addresses as 32-bit shared-space byte addresses (fewer registers than generic
+  // pointers: the D = 128 kernel is at the 128-register cap). Q's A fragments: matrices rows
+  // +0 / +8 of the warp, columns +0 / +8 of the k-step; K's B fragments: keys +0 / +8 of the
+  // n-tile pair, columns +0 / +8; V's (transposed): keys +0 / +8 of the k-step, columns +0 / +8.
+  const uint32_t q_frag = static_cast<uint32_t>(__cvta_generic_to_shared(Qs)) +
+                          2u * ((warp * 16 + (lmat & 1) * 8 + lrow) * LD + (lmat >> 1) * 8);
+  const uint32_t k_lane = 2u * (((lmat >> 1) * 8 + lrow) * LD + (lmat & 1) * 8);
+  const uint32_t v_lane = 2u * (((lmat & 1) * 8 + lrow) * LD + (lmat >> 1) * 8);
+  const uint32_t kv_base = static_cast<uint32_t>(__cvta_generic_to_shared(Ks));
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // m: the row max of the unscaled s
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+
+  for (int j0 = 0, t = 0; j0 < k_end; j0 += kV3Bc, ++t) {
+    const uint32_t Kt = kv_base + (t & 1) * (4u * kTile) + k_lane;        // this lane's K address
+    const uint32_t Vt = kv_base + (t & 1) * (4u * kTile) + 2u * kTile + v_lane;  // ... and V's
+    if (j0 + kV3Bc < k_end) {
+      // The other buffer was last read in iteration t − 1, which ended with a barrier.
+      uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
+      issue_tile_bf16<D>(Kn, kh + static_cast<int64_t>(j0 + kV3Bc) * D, kV3Bc, k_end - j0 - kV3Bc);
+      issue_tile_bf16<D>(Kn + kTile, vh + static_cast<int64_t>(j0 + kV3Bc) * D, kV3Bc, k_end - j0 - kV3Bc);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile t (and Q) landed: this thread's copies
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // ... and every thread's
+
+    if (j0 < w_end) {  // warp-uniform: a warp none of whose rows sees this tile skips it
+      // S = Q Kᵀ: 16 × 64 per warp, 8 n-tiles of 8 keys.
+      float s[kV3Bc / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kV3Bc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa[4];
+        ldsm_x4_at<false>(qa, q_frag + 2u * (kk * 16));
+#pragma unroll
+        for (int nt = 0; nt < kV3Bc / 8; nt += 2) {
+          // Matrices: (keys nt·8.., d kk·16..), (.., d + 8), (keys (nt+1)·8.., d), (.., d + 8).
+          uint32_t kb[4];
+          ldsm_x4_at<false>(kb, Kt + 2u * (nt * 8 * LD + kk * 16));
+          mma_bf16(s[nt], qa[0], qa[1], qa[2], qa[3], kb[0], kb[1]);
+          mma_bf16(s[nt + 1], qa[0], qa[1], qa[2], qa[3], kb[2], kb[3]);
+        }
+      }
+      // Mask only where some row of the warp does not see the whole tile.
+      if (j0 + kV3Bc > w_all) {
+        const int vis0 = d.visible(row0), vis1 = d.visible(row1);
+#pragma unroll
+        for (int nt = 0; nt < kV3Bc / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+            if (col >= (e < 2 ? vis0 : vis1)) s[nt][e] = -INFINITY;
+          }
+        }
+      }
+      // Online softmax in base 2. s[nt][0..1] belong to row0, s[nt][2..3] to row1.
+      float mt[2] = {m[0], m[1]};
+#pragma unroll
+      for (int nt = 0; nt < kV3Bc / 8; ++nt) {
+        mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
+        mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
+      }
+      float ms[2], alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+        ms[r] = mt[r] == -INFINITY ? 0.f : mt[r] * c2;  // nothing visible yet: p = 0, not NaN
+        alpha[r] = ex2_approx(fmaf(m[r], c2, -ms[r]));  // m = −inf: 0
+        m[r] = mt[r];
+        l[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int nt = 0; nt < kV3Bc / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
+          l[e >> 1] += s[nt][e];  // this thread's columns; the quad is summed at the end
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        oacc[n][0] *= alpha[0];
+        oacc[n][1] *= alpha[0];
+        oacc[n][2] *= alpha[1];
+        oacc[n][3] *= alpha[1];
+      }
+      // O += P V: 4 k-steps of 16 keys; P's A fragments come from the S accumulators.
+#pragma unroll
+      for (int kk = 0; kk < kV3Bc / 16; ++kk) {
+        const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+        const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+        const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+          uint32_t vb[4];
+          ldsm_x4_at<true>(vb, Vt + 2u * (kk * 16 * LD + n * 8));
+          mma_bf16(oacc[n], a0, a1, a2, a3, vb[0], vb[1]);
+          mma_bf16(oacc[n + 1], a0, a1, a2, a3, vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // buffer t & 1 is free for tile t + 2
+  }
+  cp_async_wait<0>();  // a block that saw no key still has Q's group in flight
+
+  // Finish: sum l over the quad, normalise, store; lse in natural log: m·scale + ln l.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+  uint16_t* oh = o + static_cast<int64_t>(bh) * d.T * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (row0 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row0) * D + col) =
+          pack_bf16(oacc[n][0] * inv0, oacc[n][1] * inv0);
+    }
+    if (row1 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row1) * D + col) =
+          pack_bf16(oacc[n][2] * inv1, oacc[n][3] * inv1);
+    }
+  }
+  if (tq == 0) {
+    if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] * d.scale + logf(l[0]);
+    if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] * d.scale + logf(l[1]);
   }
 }
 
@@ -1438,16 +1663,20 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
     visit_head_dim(q.size(3), "attention_fwd", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       if constexpr (std::is_same_v<T, bf16>) {
-        const dim3 grid((d.T + kMmaBr - 1) / kMmaBr, d.B * d.Hq);
-        auto launch = [&](auto kernel, int smem) {
+        auto launch = [&](auto kernel, int smem, int rows_per_block = kMmaBr) {
+          const dim3 grid((d.T + rows_per_block - 1) / rows_per_block, d.B * d.Hq);
           CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-          kernel<<<grid, kMmaWarps * 32, smem>>>(
+          kernel<<<grid, rows_per_block / 16 * 32, smem>>>(
               reinterpret_cast<const uint16_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(k.data_ptr()),
               reinterpret_cast<const uint16_t*>(v.data_ptr()), reinterpret_cast<uint16_t*>(o.data_ptr()),
               lse.data<float>(), d);
           CUDA_CHECK_LAUNCH();
         };
-        if (env_equals("SOMNUS_ATTN_FWD", "v1")) {
+        // v3 (opt-in until checked on a GPU) needs scale > 0 (its row max is of the unscaled
+        // scores) and 102 KiB of shared memory at D = 128 (sm_86/89 allow 99): else the default.
+        if (env_equals("SOMNUS_ATTN_FWD", "v3") && d.scale > 0.f && v3_smem_bytes<D>() <= max_dynamic_smem_bytes()) {
+          launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);
+        } else if (env_equals("SOMNUS_ATTN_FWD", "v1")) {
           launch(attn_fwd_mma<D, false, false>, mma_smem_bytes<D>());
         } else if (env_equals("SOMNUS_ATTN_FWD", "v2")) {
           launch(attn_fwd_mma<D, true, false>, mma_smem_bytes<D>());

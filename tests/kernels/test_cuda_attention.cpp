@@ -252,4 +252,80 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
   }
 }
 
+// The v3 forward (SOMNUS_ATTN_FWD=v3: 128-row blocks, softmax in base 2, masks only on the
+// tiles that need them) computes ex2 instead of exp, so it is not bitwise the default: its o
+// and lse are held to the CPU twin and the f64 reference, and the backward run on its o and
+// lse must give the reference gradients (a wrong lse would show there). The cases add blocks
+// with a partly and a wholly empty warp (T = 150, 300), a warp whose rows see no key at all
+// (q_offset = -20: rows 0..19 see nothing, o = 0, lse = -inf like the default), and a negative
+// scale, which v3 hands to the default version.
+TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  std::vector<AttnCase> cases(std::begin(kCases), std::end(kCases));
+  //                B  Hq Hkv  T    S    D   causal offset
+  cases.push_back({1, 4, 2, 150, 150, 128, true, 0});
+  cases.push_back({2, 4, 1, 300, 300, 64, true, 0});
+  cases.push_back({1, 2, 2, 130, 257, 128, false, 0});
+  uint64_t seed = 1300;
+  somnus::testing::for_each_env("SOMNUS_ATTN_FWD", {"v3"}, [&](const char*) {
+    for (const AttnCase& c : cases) {
+      SCOPED_TRACE(case_name(c, DType::bf16));
+      Generator gen(seed++);
+      const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16), k = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16);
+      const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16), dout = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16);
+      const AttentionOutput cf = attention_fwd(q, k, v, c.causal, 0.0, c.q_offset);
+      const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
+      const CudaRun g = run_cuda(q, k, v, dout, c, true);
+      EXPECT_LT(rel_or_abs_error(g.o, cf.o.to_vector()), 1e-2);
+      EXPECT_LT(rel_or_abs_error(g.lse, cf.lse.to_vector()), 1e-5);
+      EXPECT_LT(rel_or_abs_error(g.o, ref.o), 1e-2);
+      EXPECT_LT(rel_or_abs_error(g.lse, ref.lse), 1e-5);
+      EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), 2e-2);
+      EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), 2e-2);
+      EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), 2e-2);
+    }
+    // Rows that see no key: o = 0 and lse = -inf, as the default version gives.
+    {
+      const AttnCase c{1, 2, 1, 150, 100, 64, true, -20};
+      Generator gen(seed++);
+      const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16).to(gpu());
+      const Tensor k = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
+      const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
+      const double scale = 0.125;
+      std::vector<std::vector<double>> o, lse;
+      for (const char* version : {"v3", ""}) {
+        setenv("SOMNUS_ATTN_FWD", version, 1);
+        Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
+        cuda::attention_fwd(q, k, v, c.causal, scale, c.q_offset, ov, lv);
+        o.push_back(ov.to(Device::cpu()).to_vector());
+        lse.push_back(lv.to(Device::cpu()).to_vector());
+      }
+      EXPECT_LT(rel_or_abs_error(o[0], o[1]), 1e-2);
+      for (int64_t hq = 0; hq < c.Hq; ++hq) {
+        for (int64_t i = 0; i < c.T; ++i) {
+          const double a = lse[0][hq * c.T + i], b = lse[1][hq * c.T + i];
+          if (i < 20) {
+            EXPECT_TRUE(std::isinf(a) && a < 0) << "row " << i << " lse " << a;
+            for (int64_t x = 0; x < c.D; ++x) EXPECT_EQ(o[0][(hq * c.T + i) * c.D + x], 0.0) << "row " << i;
+          } else {
+            EXPECT_NEAR(a, b, 1e-4 * (1.0 + std::abs(b))) << "row " << i;
+          }
+        }
+      }
+    }
+    // A negative scale: v3 hands it to the default version, which must be exact against f64.
+    {
+      const AttnCase c{1, 2, 2, 70, 70, 64, true, 0};
+      Generator gen(seed++);
+      const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16), k = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16);
+      const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16);
+      const AttnRef ref = attention_reference(q, k, v, Tensor(), c.causal, -0.125, c.q_offset);
+      Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
+      cuda::attention_fwd(q.to(gpu()), k.to(gpu()), v.to(gpu()), c.causal, -0.125, c.q_offset, ov, lv);
+      EXPECT_LT(rel_or_abs_error(ov.to(Device::cpu()), ref.o), 1e-2);
+      EXPECT_LT(rel_or_abs_error(lv.to(Device::cpu()), ref.lse), 1e-5);
+    }
+  });
+}
+
 }  // namespace
