@@ -427,15 +427,18 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
 
 // Split-K decode: 1 query token per sequence against a cache of S keys, B = 8, Hq = 32,
 // Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
-// the device-to-device copy bandwidth of the same traffic.
-void BM_attention_decode(benchmark::State& state) {
+// the device-to-device copy bandwidth of the same traffic. `s256`: the split count of the
+// rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
+// (kernels/decode_splits.h), so the two are compared in one run.
+void BM_attention_decode(benchmark::State& state, bool s256) {
   if (skip_without_cuda(state)) return;
   const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
+  const int64_t splits = s256 ? std::clamp<int64_t>(S / 256, 1, 64) : 0;
   Generator g(5);
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
   const double mean = timed_loop(state, [&] {
-    benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1).o.data_ptr());
+    benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });
   report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
 }
@@ -472,13 +475,16 @@ void register_attention() {
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
-  RegisterBenchmark("attention_decode/bf16/B8_Hq32_Hkv8_D128", BM_attention_decode)
-      ->Arg(1024)
-      ->Arg(4096)
-      ->Arg(32768)
-      ->ArgName("S")
-      ->UseManualTime()
-      ->Unit(benchmark::kMicrosecond);
+  for (bool s256 : {false, true}) {
+    RegisterBenchmark(s256 ? "attention_decode_s256/bf16/B8_Hq32_Hkv8_D128" : "attention_decode/bf16/B8_Hq32_Hkv8_D128",
+                      BM_attention_decode, s256)
+        ->Arg(1024)
+        ->Arg(4096)
+        ->Arg(32768)
+        ->ArgName("S")
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
 }
 // ---------------------------------------------------------------- end attention
 

@@ -93,7 +93,7 @@ SOMNUS_FUSED_BACKEND_DECLS
   void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,         \
                      const Tensor& dout, bool causal, double scale, int64_t q_offset, bool deterministic,            \
                      const Tensor& dq, const Tensor& dk, const Tensor& dv);                                         \
-  /* split-K decode: num_splits >= 1 KV splits, then a combine */                                                  \
+  /* split-K decode: num_splits KV splits (<= 0: the backend's choice), then a combine */                          \
   void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,              \
                         int64_t q_offset, int64_t num_splits, const Tensor& o, const Tensor& lse);
 

@@ -784,8 +784,8 @@ AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const T
                                  double scale, int64_t q_offset, int64_t num_splits) {
   SOMNUS_PROFILE_OP("attention_decode", {&q, &k_cache, &v_cache}, [&] { return attention_flops(q, k_cache, false); });
   const AttnShape s = check_attention("attention_decode", q, k_cache, v_cache, causal, scale, q_offset);
-  // Enough splits to fill the machine for a handful of (b, h) pairs; chunks of >= 256 keys.
-  if (num_splits <= 0) num_splits = std::clamp<int64_t>(s.S / 256, 1, 64);
+  // num_splits <= 0 goes through: each backend chooses its own (CPU: chunks of >= 256 keys;
+  // CUDA: by the wave efficiency on the device, kernels/decode_splits.h).
   num_splits = std::min(num_splits, s.S);
   AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
                       Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};

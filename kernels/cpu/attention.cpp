@@ -541,6 +541,10 @@ void decode_typed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
   using C = compute_t<T>;
   const Dims d = dims_of(q, k, causal, q_offset);
   const int64_t D = d.D, BH = d.B * d.Hq, Tq = d.T;
+  // The backend's choice (num_splits <= 0): chunks of >= 256 keys, at most 64 of them — enough
+  // tasks for the cores at a handful of (b, h) pairs.
+  if (num_splits <= 0) num_splits = std::clamp<int64_t>(d.S / 256, 1, 64);
+  num_splits = std::min(num_splits, std::max<int64_t>(d.S, 1));
   const int64_t chunk = (d.S + num_splits - 1) / num_splits;
   const int64_t n_split = (d.S + chunk - 1) / chunk;
   // Partials: o_part (B·Hq, n_split, Tq, D) normalised by its own l; lse_part (B·Hq, n_split, Tq).

@@ -50,6 +50,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/decode_splits.h"
 
 namespace somnus::kernels::cuda {
 
@@ -1595,26 +1596,55 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
   }
 }
 
+// f(std::integral_constant<int, R>) with the R the GQA decode kernel takes for `rows` rows.
+template <class F>
+void with_decode_rows(int rows, F&& f) {
+  if (rows <= 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if (rows <= 2) {
+    f(std::integral_constant<int, 2>{});
+  } else if (rows <= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else {
+    f(std::integral_constant<int, kDecMaxRows>{});
+  }
+}
+
 template <class T, int D>
 void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
                        float* o_part, float* lse_part) {
   const dim3 grid(n_split, d.B * d.Hkv);
-  auto go = [&](auto rows_tag) {
+  with_decode_rows(d.g * d.T, [&](auto rows_tag) {
     constexpr int R = decltype(rows_tag)::value;
     attn_decode_gqa<T, D, R><<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
                                                         chunk, d);
-  };
-  const int rows = d.g * d.T;
-  if (rows <= 1) {
-    go(std::integral_constant<int, 1>{});
-  } else if (rows <= 2) {
-    go(std::integral_constant<int, 2>{});
-  } else if (rows <= 4) {
-    go(std::integral_constant<int, 4>{});
-  } else {
-    go(std::integral_constant<int, kDecMaxRows>{});
-  }
+  });
   CUDA_CHECK_LAUNCH();
+}
+
+// The number of splits when the caller leaves it to the backend: the wave-efficiency rule of
+// kernels/decode_splits.h over this device's slots (SMs × resident blocks of the kernel that
+// will run). Not yet measured on a GPU (written 2026-11-26 after the H100 runs): it gives
+// 6 splits at B 8, Hkv 8, S 1024 or 4096 on an H100 (396 slots of the R = 4 kernel: one
+// wave of 384 blocks) where S / 256 gave 4 and 16.
+template <class T, int D>
+int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
+  int dev = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int64_t blocks = 0;
+  if (gqa) {
+    with_decode_rows(d.g * d.T, [&](auto rows_tag) {
+      constexpr int R = decltype(rows_tag)::value;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attn_decode_gqa<T, D, R>, kDecWarps * 32, 0));
+    });
+    blocks = static_cast<int64_t>(d.B) * d.Hkv;
+  } else {
+    const int warps = std::min(kRowWarps, d.T);
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attn_rows_simt<T, D>, warps * 32, 0));
+    blocks = static_cast<int64_t>((d.T + warps - 1) / warps) * d.B * d.Hq;
+  }
+  return decode_splits_for_waves(blocks, static_cast<int64_t>(sms) * std::max(per_sm, 1), d.S);
 }
 
 // A warp per (b, h, query row): combines the n_split partials.
@@ -1746,19 +1776,21 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
                       int64_t num_splits, const Tensor& o, const Tensor& lse) {
   set_device(q);
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
-  const int chunk = static_cast<int>((d.S + num_splits - 1) / num_splits);
-  const int n_split = (d.S + chunk - 1) / chunk;
-  if (n_split > 65535) throw_error("attention_decode (CUDA): too many splits: " + std::to_string(n_split));
   const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
-  Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
-  Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
   visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
     using T = decltype(tag);
     visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       const bool aligned = aligned_to(q.data<T>(), 16) && aligned_to(k.data<T>(), 16) && aligned_to(v.data<T>(), 16);
-      const bool gqa = static_cast<int64_t>(d.g) * d.T <= kDecMaxRows && aligned;
-      if (gqa && !env_equals("SOMNUS_ATTN_DECODE", "simt")) {
+      const bool gqa = static_cast<int64_t>(d.g) * d.T <= kDecMaxRows && aligned &&
+                       !env_equals("SOMNUS_ATTN_DECODE", "simt");
+      const int64_t splits = std::min<int64_t>(num_splits > 0 ? num_splits : auto_decode_splits<T, D>(d, gqa), d.S);
+      const int chunk = static_cast<int>((d.S + splits - 1) / splits);
+      const int n_split = (d.S + chunk - 1) / chunk;
+      if (n_split > 65535) throw_error("attention_decode (CUDA): too many splits: " + std::to_string(n_split));
+      Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
+      Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
+      if (gqa) {
         launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>());
       } else {
         launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(),

@@ -13,6 +13,7 @@
 
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
+#include "kernels/decode_splits.h"
 #include "kernels/ops.h"
 #include "nn/attention.h"
 #include "tests/kernels/attention_reference.h"
@@ -193,6 +194,36 @@ TEST(Attention, DecodeMatchesForward) {
   const Inputs in = make_inputs(c, DType::f32, 3);
   const AttnRef exact = attention_reference(in.q, in.k, in.v, Tensor(), false, 0.125, 0);
   EXPECT_LT(rel_or_abs_error(attention_decode(in.q, in.k, in.v, false, 0.0, 0, 4).o, exact.o), 1e-5);
+}
+
+// The CUDA backend's choice of decode splits (kernels/decode_splits.h): the wave efficiency
+// of blocks_per_split·n blocks on `slots` slots, the smallest n within 0.85 of the best.
+TEST(Attention, DecodeSplitHeuristicFillsWaves) {
+  // H100, GQA decode kernel at R = 4: 132 SMs × 3 blocks; B 8 × Hkv 8 = 64 blocks per split.
+  // n = 6: 384 of 396 slots (0.97 of a wave); n = 5: 320 (0.81 < 0.85 · 0.97).
+  EXPECT_EQ(decode_splits_for_waves(64, 396, 4096), 6);
+  EXPECT_EQ(decode_splits_for_waves(64, 396, 1024), 6);
+  EXPECT_EQ(decode_splits_for_waves(64, 396, 32768), 6);
+  // A short cache caps the splits at S / 64 keys: S = 200 gives at most 3.
+  EXPECT_EQ(decode_splits_for_waves(64, 396, 200), 3);
+  EXPECT_EQ(decode_splits_for_waves(64, 396, 10), 1);
+  // Enough blocks already (>= 80% of a wave): one split.
+  EXPECT_EQ(decode_splits_for_waves(320, 396, 4096), 1);
+  // Two blocks per split on 396 slots: more splits always fill more; the smallest n with
+  // 2n >= 0.85 · 2 · 15 under the cap S / 64 = 15 is 13.
+  EXPECT_EQ(decode_splits_for_waves(2, 396, 1000), 13);
+  // Degenerate inputs give one split, never 0.
+  EXPECT_EQ(decode_splits_for_waves(0, 396, 1000), 1);
+  EXPECT_EQ(decode_splits_for_waves(64, 0, 1000), 1);
+  // Every answer is within [1, max_splits] and never below 0.85 of the best efficiency.
+  for (int64_t blocks : {1, 7, 64, 100, 250}) {
+    for (int64_t S : {64, 1000, 4096, 100000}) {
+      const int64_t n = decode_splits_for_waves(blocks, 396, S);
+      EXPECT_GE(n, 1);
+      EXPECT_LE(n, 128);
+      EXPECT_LE(n, std::max<int64_t>(S / 64, 1));
+    }
+  }
 }
 
 // Without grad, a few queries against a long cache take the decode kernel in the wrapper.
