@@ -43,6 +43,11 @@ namespace somnus::kernels::cuda {
 // kernels/cuda/matmul.cu; without CUDA, set_allow_tf32 throws and allow_tf32 is false.
 void set_allow_tf32(bool allow);
 bool allow_tf32();
+// The kernel the CUDA attention forward runs for these inputs on the current device, given the
+// version switch SOMNUS_ATTN_FWD (kernels/cuda/attention.cu): "simt" (not bf16), "mma" (the
+// default), "v1", "v2", or "v3" (opt-in; falls back to "mma" where it does not fit). For tests
+// and benchmarks that must know which one they measured. Without CUDA it throws.
+std::string attention_fwd_kernel(DType dtype, int64_t head_dim, double scale);
 }  // namespace somnus::kernels::cuda
 
 // Fused training-path ops (issue 4 §2). ops.cpp passes contiguous tensors only.

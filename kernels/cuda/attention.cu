@@ -617,15 +617,14 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
   const int lmat = lane >> 3, lrow = lane & 7;  // ldmatrix: this lane gives row lrow of matrix lmat
   const uint16_t* qh = q + static_cast<int64_t>(bh) * d.T * D;
-  const uint16_t* kh = k + kvh * d.S * D;
-  const uint16_t* vh = v + kvh * d.S * D;
+  const int64_t kv_off = kvh * d.S * D;  // k + kv_off, v + kv_off: one offset live, not two pointers
 
   // Q and the first K/V tile: cp.async group 0.
   const int k_end = d.visible(min(q0 + kV3Br, d.T) - 1);  // the block's last row sees the most
   issue_tile_bf16<D>(Qs, qh + static_cast<int64_t>(q0) * D, kV3Br, d.T - q0);
   if (k_end > 0) {
-    issue_tile_bf16<D>(Ks, kh, kV3Bc, k_end);
-    issue_tile_bf16<D>(Ks + kTile, vh, kV3Bc, k_end);
+    issue_tile_bf16<D>(Ks, k + kv_off, kV3Bc, k_end);
+    issue_tile_bf16<D>(Ks + kTile, v + kv_off, kV3Bc, k_end);
   }
   cp_async_commit();
 
@@ -657,8 +656,9 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
     if (j0 + kV3Bc < k_end) {
       // The other buffer was last read in iteration t − 1, which ended with a barrier.
       uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
-      issue_tile_bf16<D>(Kn, kh + static_cast<int64_t>(j0 + kV3Bc) * D, kV3Bc, k_end - j0 - kV3Bc);
-      issue_tile_bf16<D>(Kn + kTile, vh + static_cast<int64_t>(j0 + kV3Bc) * D, kV3Bc, k_end - j0 - kV3Bc);
+      const int64_t next = kv_off + static_cast<int64_t>(j0 + kV3Bc) * D;
+      issue_tile_bf16<D>(Kn, k + next, kV3Bc, k_end - j0 - kV3Bc);
+      issue_tile_bf16<D>(Kn + kTile, v + next, kV3Bc, k_end - j0 - kV3Bc);
       cp_async_commit();
       cp_async_wait<1>();  // tile t (and Q) landed: this thread's copies
     } else {
@@ -772,6 +772,30 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
     if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] * d.scale + logf(l[0]);
     if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] * d.scale + logf(l[1]);
   }
+}
+
+// Whether two v3 blocks can be resident on an SM of the current device (the kernel is built for
+// that: 128 registers a thread at __launch_bounds__(256, 2)); asks for the largest shared-memory
+// carveout first, so the occupancy query sees it.
+template <int D>
+bool v3_fits() {
+  if (v3_smem_bytes<D>() > max_dynamic_smem_bytes()) return false;
+  CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_v3<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v3_smem_bytes<D>()));
+  CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_v3<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+  int blocks = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_v3<D>, kV3Warps * 32, v3_smem_bytes<D>()));
+  return blocks >= 2;
+}
+
+// The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
+// "v3" (asked for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
+template <int D>
+const char* fwd_version(float scale) {
+  if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
+  if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
+  if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
+  return "mma";
 }
 
 // ---------------------------------------------------------------- backward (SIMT)
@@ -1703,12 +1727,14 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
           CUDA_CHECK_LAUNCH();
         };
         // v3 (opt-in until checked on a GPU) needs scale > 0 (its row max is of the unscaled
-        // scores) and 102 KiB of shared memory at D = 128 (sm_86/89 allow 99): else the default.
-        if (env_equals("SOMNUS_ATTN_FWD", "v3") && d.scale > 0.f && v3_smem_bytes<D>() <= max_dynamic_smem_bytes()) {
+        // scores) and two resident blocks per SM (102 KiB of shared memory each at D = 128:
+        // sm_90 yes; sm_80 and sm_86/89 no), else the default runs.
+        const std::string version = fwd_version<D>(d.scale);
+        if (version == "v3") {
           launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);
-        } else if (env_equals("SOMNUS_ATTN_FWD", "v1")) {
+        } else if (version == "v1") {
           launch(attn_fwd_mma<D, false, false>, mma_smem_bytes<D>());
-        } else if (env_equals("SOMNUS_ATTN_FWD", "v2")) {
+        } else if (version == "v2") {
           launch(attn_fwd_mma<D, true, false>, mma_smem_bytes<D>());
         } else {
           launch(attn_fwd_mma<D, true, true>, mma_smem_bytes<D>(true));
@@ -1718,6 +1744,15 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
       }
     });
   });
+}
+
+std::string attention_fwd_kernel(DType dtype, int64_t head_dim, double scale) {
+  if (dtype != DType::bf16) return "simt";
+  std::string version;
+  visit_head_dim(head_dim, "attention_fwd_kernel", [&](auto dim) {
+    version = fwd_version<decltype(dim)::value>(static_cast<float>(scale));
+  });
+  return version;
 }
 
 void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& o, const Tensor& lse,

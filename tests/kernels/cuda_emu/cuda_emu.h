@@ -1,0 +1,195 @@
+// A host emulation of the CUDA primitives our tensor-core kernels are written against, so that
+// the kernels' own source runs on a machine without a GPU (tests/kernels/cuda_emu/run.sh pulls
+// the kernels out of kernels/cuda/*.cu with extract.py and compiles them after this header).
+// It checks the things a GPU-less build cannot: fragment layouts, shared-memory addressing,
+// barriers, the cp.async group accounting, masks and tails. It does not check timing, register
+// pressure, bank conflicts, or anything the inline PTX itself gets wrong beyond its documented
+// semantics.
+//
+// Model: a block is blockDim.x std::threads (one per CUDA thread) run to completion before the
+// next block; __syncthreads is a std::barrier over the block, and every warp-collective
+// (mma.sync, ldmatrix, shfl) is a barrier over its 32 threads, so a collective a lane skips
+// deadlocks (as on the GPU it would be undefined). Semantics emulated, from the PTX ISA:
+//   mma_bf16       mma.sync.m16n8k16.row.col f32.bf16.bf16.f32: A a0 (row gr, cols 2tq..+1),
+//                  a1 (gr + 8), a2 (cols + 8), a3 (both); B b0 (k 2tq..+1, n gr), b1 (k + 8);
+//                  C c0, c1 (gr, 2tq..+1), c2, c3 (gr + 8). Products summed in f32 over k.
+//   ldsm_x4_at     ldmatrix.x4(.trans): lane l gives the address of row l % 8 of matrix l / 8;
+//                  register i gets matrix i at (row lane / 4, cols 2·(lane % 4)..+1), or with
+//                  .trans (rows 2·(lane % 4)..+1, col lane / 4). Misaligned → abort.
+//   cp_async16     queued per thread; commit closes a group; wait<N> lands all but the newest N
+//                  groups — so reading a tile before its wait reads the garbage the block's
+//                  shared memory starts with (0xff bytes: bf16 NaN).
+//   shared memory  bounds-checked on every ldmatrix and cp.async.
+//   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
+// Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
+// it has run are listed in run.sh.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+#include <algorithm>
+#include <memory>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __align__(x)
+using std::max;
+using std::min;
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local Dim3 threadIdx;
+Dim3 blockIdx, blockDim, gridDim;
+unsigned char* g_smem;
+static uint16_t f2bf(float x) {
+  uint32_t u; std::memcpy(&u, &x, 4);
+  if (std::isnan(x)) return 0x7fc0;
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+static float bf2f(uint16_t h) { uint32_t u = static_cast<uint32_t>(h) << 16; float x; std::memcpy(&x, &u, 4); return x; }
+struct AttnDims {
+  int B, Hq, Hkv, T, S, g;
+  int causal;
+  int q_offset;
+  float scale;
+  int visible(int i) const {
+    if (!causal) return S;
+    const int v = q_offset + i + 1;
+    return v < 0 ? 0 : (v < S ? v : S);
+  }
+};
+struct uint4 { uint32_t x, y, z, w; };
+inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return {a, b, c, d}; }
+inline float __expf(float x) { return std::exp(x); }
+inline float ex2_approx(float x) { return std::exp2(x); }
+inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
+inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
+constexpr int kMaxWarps = 8;
+std::barrier<>* g_block_bar;
+struct Warp { std::barrier<>* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; float shfl[32]; };
+Warp* g_warps;
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  const int lane = threadIdx.x % 32;
+  Warp& w = g_warps[threadIdx.x / 32];
+  w.a[lane][0] = a0; w.a[lane][1] = a1; w.a[lane][2] = a2; w.a[lane][3] = a3;
+  w.b[lane][0] = b0; w.b[lane][1] = b1;
+  w.bar->arrive_and_wait();
+  float A[16][16], Bm[16][8];
+  auto lo = [](uint32_t r) { return bf2f(static_cast<uint16_t>(r & 0xffff)); };
+  auto hi = [](uint32_t r) { return bf2f(static_cast<uint16_t>(r >> 16)); };
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    A[g][2 * t] = lo(w.a[l][0]); A[g][2 * t + 1] = hi(w.a[l][0]);
+    A[g + 8][2 * t] = lo(w.a[l][1]); A[g + 8][2 * t + 1] = hi(w.a[l][1]);
+    A[g][2 * t + 8] = lo(w.a[l][2]); A[g][2 * t + 9] = hi(w.a[l][2]);
+    A[g + 8][2 * t + 8] = lo(w.a[l][3]); A[g + 8][2 * t + 9] = hi(w.a[l][3]);
+    Bm[2 * t][g] = lo(w.b[l][0]); Bm[2 * t + 1][g] = hi(w.b[l][0]);
+    Bm[2 * t + 8][g] = lo(w.b[l][1]); Bm[2 * t + 9][g] = hi(w.b[l][1]);
+  }
+  w.bar->arrive_and_wait();
+  const int gr = lane >> 2, tq = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    const int r = gr + (e >= 2 ? 8 : 0), col = 2 * tq + (e & 1);
+    float s = 0.f;
+    for (int kk = 0; kk < 16; ++kk) s += A[r][kk] * Bm[kk][col];
+    c[e] += s;
+  }
+}
+inline float __shfl_xor_sync(unsigned, float v, int m) {
+  Warp& w = g_warps[threadIdx.x / 32];
+  const int l = threadIdx.x % 32;
+  w.shfl[l] = v;
+  w.bar->arrive_and_wait();
+  const float r = w.shfl[l ^ m];
+  w.bar->arrive_and_wait();
+  return r;
+}
+// cp.async: copies land when a wait retires their group (so a missing wait reads garbage).
+struct PendingCopy { uint16_t* sm; const uint16_t* g; bool valid; };
+thread_local std::vector<PendingCopy> t_open;
+thread_local std::vector<std::vector<PendingCopy>> t_groups;
+size_t g_smem_bytes;
+inline void check_smem(const void* p, size_t n) {
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  if (c < g_smem || c + n > g_smem + g_smem_bytes) { std::printf("shared access out of bounds\n"); std::abort(); }
+}
+inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
+  if (reinterpret_cast<uintptr_t>(sm) % 16) { std::printf("cp.async misaligned\n"); std::abort(); }
+  check_smem(sm, 16);
+  t_open.push_back({sm, g, valid});
+}
+inline void cp_async_commit() { t_groups.push_back(std::move(t_open)); t_open.clear(); }
+template <int N> inline void cp_async_wait() {
+  while (static_cast<int>(t_groups.size()) > N) {
+    for (auto& c : t_groups.front()) { if (c.valid) std::memcpy(c.sm, c.g, 16); else std::memset(c.sm, 0, 16); }
+    t_groups.erase(t_groups.begin());
+  }
+}
+inline uint32_t __cvta_generic_to_shared(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - g_smem);
+}
+template <bool kTrans>
+inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(g_smem + a);
+  const int lane = threadIdx.x % 32;
+  Warp& w = g_warps[threadIdx.x / 32];
+  if (a % 16 != 0) { std::printf("ldmatrix misaligned\n"); std::abort(); }
+  check_smem(p, 16);
+  w.ldsm[lane] = p;
+  w.bar->arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo, hi;
+    if (!kTrans) {
+      const uint16_t* row = w.ldsm[i * 8 + lane / 4];
+      lo = row[2 * (lane % 4)]; hi = row[2 * (lane % 4) + 1];
+    } else {
+      lo = w.ldsm[i * 8 + 2 * (lane % 4)][lane / 4];
+      hi = w.ldsm[i * 8 + 2 * (lane % 4) + 1][lane / 4];
+    }
+    r[i] = pack_u16(lo, hi);
+  }
+  w.bar->arrive_and_wait();
+}
+template <bool kTrans>
+inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
+
+// Runs body() as a grid (gx, gy) of blocks of `threads` threads with `smem` bytes of dynamic
+// shared memory (filled with 0xff garbage at the start of each block), block after block.
+template <class F>
+void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body) {
+  std::vector<unsigned char> smv(smem + 16);
+  unsigned char* smd = smv.data() + (16 - reinterpret_cast<uintptr_t>(smv.data()) % 16) % 16;
+  blockDim.x = threads; gridDim.x = gx; gridDim.y = gy;
+  g_smem_bytes = smem;
+  for (unsigned y = 0; y < gy; ++y)
+    for (unsigned x = 0; x < gx; ++x) {
+      blockIdx.x = x; blockIdx.y = y;
+      std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
+      g_smem = smd;
+      std::barrier<> bb(threads);
+      g_block_bar = &bb;
+      const int nw = threads / 32;
+      Warp warps[kMaxWarps];
+      std::vector<std::unique_ptr<std::barrier<>>> wb;
+      for (int w = 0; w < nw; ++w) { wb.emplace_back(new std::barrier<>(32)); warps[w].bar = wb.back().get(); }
+      g_warps = warps;
+      std::vector<std::thread> th;
+      for (int t = 0; t < threads; ++t) {
+        th.emplace_back([&, t] {
+          threadIdx.x = t;
+          t_open.clear();
+          t_groups.clear();
+          body();
+        });
+      }
+      for (auto& t : th) t.join();
+    }
+}
