@@ -21,6 +21,7 @@
 //                  shared memory starts with (0xff bytes: bf16 NaN).
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
+//   atomicAdd      f32, under one mutex (the order of adds is the threads' schedule).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
@@ -69,6 +70,15 @@ struct uint4 { uint32_t x, y, z, w; };
 inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return {a, b, c, d}; }
 inline float __expf(float x) { return std::exp(x); }
 inline float ex2_approx(float x) { return std::exp2(x); }
+inline uint16_t __float2bfloat16_rn(float x) { return f2bf(x); }  // bf16 as its bits here
+inline uint16_t __bfloat16_as_ushort(uint16_t x) { return x; }
+std::mutex g_atomic;
+inline float atomicAdd(float* p, float v) {
+  std::lock_guard<std::mutex> lock(g_atomic);
+  const float old = *p;
+  *p += v;
+  return old;
+}
 inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
 inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
 constexpr int kMaxWarps = 8;

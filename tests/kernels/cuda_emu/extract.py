@@ -1,7 +1,8 @@
-# Pulls the kernels that tests/kernels/cuda_emu/attention_fwd.cpp runs out of
+# Pulls the kernels that tests/kernels/cuda_emu/attention_{fwd,bwd}.cpp run out of
 # kernels/cuda/attention.cu, minus what cuda_emu.h replaces (inline-PTX wrappers, the extern
-# __shared__ declaration): the tile loaders, the v3 forward section and the default forward.
-# Usage: extract.py <attention.cu> <out.inc>. Fails loudly when a name it looks for is gone.
+# __shared__ declaration): the tile loaders and the forward or the tensor-core backward.
+# Usage: extract.py <attention.cu> <out.inc> fwd|bwd. Fails loudly when a name it looks for is
+# gone.
 import re
 import sys
 
@@ -27,12 +28,22 @@ def section(first, end_marker):
     return src[src.index(first):src.index(end_marker)]
 
 
-parts = [
+tiles = [
     function("__device__ __forceinline__ void load_tile_bf16"),
     function("__device__ __forceinline__ void issue_tile_bf16"),
-    section("constexpr int kMmaWarps", "// ---------------------------------------------------------------- bf16 forward v3"),
-    section("constexpr int kV3Warps", "// Whether two v3 blocks can be resident"),
 ]
+bundles = {
+    # the default forward (attn_fwd_mma) and v3 (attn_fwd_v3)
+    "fwd": tiles + [
+        section("constexpr int kMmaWarps", "// ---------------------------------------------------------------- bf16 forward v3"),
+        section("constexpr int kV3Warps", "// Whether two v3 blocks can be resident"),
+    ],
+    # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma and their helpers
+    "bwd": tiles + [
+        section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward: bf16, D ∈ {64, 128}."),
+    ],
+}
+parts = bundles[sys.argv[3]]
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
 text = text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "unsigned char* smem_raw = g_smem;")
