@@ -411,7 +411,8 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
 }
 
 // The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
-// cp.async prefetch; simt: the first, SIMT kernels) at T = 4096, beside the default above.
+// cp.async prefetch; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
+// ldmatrix A fragments, opt-in until measured) at T = 4096, beside the default above.
 void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
@@ -423,6 +424,23 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   unsetenv("SOMNUS_ATTN_BWD");
   const double f = 4.0 * a.B * a.H * static_cast<double>(a.T) * a.T * a.D * (causal ? 0.5 : 1.0);
   state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
+}
+
+// Forward + backward with both v3 versions (SOMNUS_ATTN_FWD=v3, SOMNUS_ATTN_BWD=v3), the
+// issue's headline shape family: the number to compare with attention_fwd_bwd above.
+void BM_attention_fwd_bwd_v3(benchmark::State& state, bool causal) {
+  if (skip_without_cuda(state)) return;
+  const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
+  setenv("SOMNUS_ATTN_FWD", "v3", 1);
+  setenv("SOMNUS_ATTN_BWD", "v3", 1);
+  timed_loop(state, [&] {
+    const AttentionOutput o = attention_fwd(a.q, a.k, a.v, causal);
+    benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, o.o, o.lse, a.dout, causal).dq.data_ptr());
+  });
+  unsetenv("SOMNUS_ATTN_FWD");
+  unsetenv("SOMNUS_ATTN_BWD");
+  const double f = 4.0 * a.B * a.H * static_cast<double>(a.T) * a.T * a.D * (causal ? 0.5 : 1.0);
+  state.counters["FLOP/s"] = Counter(3.5 * f, Counter::kIsIterationInvariantRate);
 }
 
 // Split-K decode: 1 query token per sequence against a cache of S keys, B = 8, Hq = 32,
@@ -466,9 +484,18 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "simt"}) {
+  for (const char* version : {"v1", "v2", "simt", "v3"}) {
     RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
                       version, true)
+        ->Args({4096, 64})
+        ->Args({4096, 128})
+        ->ArgNames({"T", "D"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  for (bool causal : {true, false}) {
+    RegisterBenchmark(causal ? "attention_fwd_bwd_v3/causal/bf16" : "attention_fwd_bwd_v3/full/bf16",
+                      BM_attention_fwd_bwd_v3, causal)
         ->Args({4096, 64})
         ->Args({4096, 128})
         ->ArgNames({"T", "D"})

@@ -38,6 +38,7 @@ void attention_decode(const Tensor&, const Tensor&, const Tensor&, bool, double,
   no_cuda("attention_decode");
 }
 std::string attention_fwd_kernel(DType, int64_t, double) { no_cuda("attention_fwd_kernel"); }
+std::string attention_bwd_kernel(DType, int64_t, double) { no_cuda("attention_bwd_kernel"); }
 // end attention
 
 void set_allow_tf32(bool) { no_cuda("set_allow_tf32"); }

@@ -116,6 +116,14 @@ __device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
   return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
 }
 
+// 2^x by the SFU (ex2.approx.ftz: ~2 ulp; -inf gives 0): the v3 kernels' softmax runs in base 2.
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+constexpr float kLog2e = 1.4426950408889634f;
+
 // D = A·B + C, m16n8k16, bf16 inputs, f32 accumulators (in place).
 __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -591,12 +599,6 @@ constexpr int v3_smem_bytes() {
   return (kV3Br + 4 * kV3Bc) * (D + 8) * 2;  // Q, then 2 buffers of (K tile, V tile)
 }
 
-__device__ __forceinline__ float ex2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <int D>
 __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* __restrict__ q,
                                                                const uint16_t* __restrict__ k,
@@ -634,7 +636,7 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
   const bool w_live = w0 < d.T;
   const int w_end = w_live ? d.visible(min(w0 + 15, d.T - 1)) : 0;  // keys [0, w_end) seen by some row
   const int w_all = w_live ? d.visible(w0) : 0;                     // keys [0, w_all) seen by every row
-  const float c2 = d.scale * 1.4426950408889634f;                   // scale · log2 e
+  const float c2 = d.scale * kLog2e;                                // scale · log2 e
   // ldmatrix addresses as 32-bit shared-space byte addresses (fewer registers than generic
   // pointers: the D = 128 kernel is at the 128-register cap). Q's A fragments: matrices rows
   // +0 / +8 of the warp, columns +0 / +8 of the k-step; K's B fragments: keys +0 / +8 of the
@@ -1032,8 +1034,8 @@ constexpr int dkdv_smem_bytes(bool pipe) {
 }
 
 template <int D>
-constexpr int dq_smem_bytes() {
-  return 4 * kBwdTile * (D + 8) * 2;
+constexpr int dq_smem_bytes(bool v3 = false) {
+  return (v3 ? 6 : 4) * kBwdTile * (D + 8) * 2;  // Q, dO, 1 or 2 (v3) buffers of (K, V)
 }
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -1041,8 +1043,10 @@ __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpre
 // acc[nt] (16 × 8 each, nt < 8) += A Bᵀ over D: A rows ra, ra + 8 of `a` (row-major, stride
 // D + 8), B = the 64 rows of `bt` (row-major, the transpose of the B operand). kLdsm: the B
 // fragments of two n-tiles by one ldmatrix.x4 (matrices (n-tile, k-half) = (0,0), (0,1),
-// (1,0), (1,1)) instead of 32-bit loads.
-template <int D, bool kLdsm>
+// (1,0), (1,1)) instead of 32-bit loads. kLdsmA (the v3 backward): A's fragment by one
+// ldmatrix.x4 too (matrices rows +0 / +8 of the warp's 16, columns +0 / +8: a0..a3) instead of
+// four 32-bit loads.
+template <int D, bool kLdsm, bool kLdsmA = false>
 __device__ __forceinline__ void mma_abt(float (&acc)[8][4], const uint16_t* a, int ra, const uint16_t* bt, int gr,
                                         int tq) {
   constexpr int LD = D + 8;
@@ -1050,8 +1054,20 @@ __device__ __forceinline__ void mma_abt(float (&acc)[8][4], const uint16_t* a, i
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const int c = kk * 16 + 2 * tq;
-    const uint32_t a0 = ld32(a + ra * LD + c), a1 = ld32(a + (ra + 8) * LD + c);
-    const uint32_t a2 = ld32(a + ra * LD + c + 8), a3 = ld32(a + (ra + 8) * LD + c + 8);
+    uint32_t a0, a1, a2, a3;
+    if constexpr (kLdsmA) {
+      uint32_t af[4];
+      ldsm_x4<false>(af, a + (ra - gr + (lmat & 1) * 8 + lrow) * LD + kk * 16 + (lmat >> 1) * 8);
+      a0 = af[0];
+      a1 = af[1];
+      a2 = af[2];
+      a3 = af[3];
+    } else {
+      a0 = ld32(a + ra * LD + c);
+      a1 = ld32(a + (ra + 8) * LD + c);
+      a2 = ld32(a + ra * LD + c + 8);
+      a3 = ld32(a + (ra + 8) * LD + c + 8);
+    }
     if constexpr (kLdsm) {
 #pragma unroll
       for (int nt = 0; nt < 8; nt += 2) {
@@ -1120,7 +1136,7 @@ __device__ __forceinline__ uint16_t bf16_bits(float x) { return __bfloat16_as_us
 // dPᵀ, 2 · 32), so two blocks a SM; D = 64 ~200 (a bound of 170 for three blocks spills).
 // The block's work is a sequence of `total` query tiles (it = hg · n_i + tile), so kPipe
 // (cp.async double buffering of Q, dO, with lse, Δ) prefetches across the GQA heads too.
-template <int D, bool kLdsm, bool kPipe>
+template <int D, bool kLdsm, bool kPipe, bool kV3 = false>
 __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -1170,10 +1186,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
     }
     for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
       const bool ok = i0 + r < d.T;
-      lse_b[buf * kBwdTile + r] = ok ? lse[row + r] : 0.f;
+      // v3 keeps lse in base 2 (lse · log2 e), so that p = 2^(s · scale · log2 e − lse₂).
+      lse_b[buf * kBwdTile + r] = ok ? (kV3 ? lse[row + r] * kLog2e : lse[row + r]) : 0.f;
       del_b[buf * kBwdTile + r] = ok ? delta[row + r] : 0.f;
     }
   };
+  const float c2 = d.scale * kLog2e;
   if (kPipe && total > 0) stage(0, 0, true);
   for (int it = 0; it < total; ++it) {
     const int buf = kPipe ? (it & 1) : 0;
@@ -1205,17 +1223,31 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
       float s[8][4];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      mma_abt<D, kLdsm>(s, Ks, kr, Qs, gr, tq);
+      mma_abt<D, kLdsm, kV3>(s, Ks, kr, Qs, gr, tq);
 
-      // Pᵀ, masked to 0 (rows past T, keys the row does not see, keys past S).
+      // Pᵀ, masked to 0 (rows past T, keys the row does not see, keys past S). v3: in base 2,
+      // and without the per-element mask where every row of the tile sees every key of the
+      // block (block-uniform: rows i0.. all < T and key j0 + 63 < visible(i0)).
+      if (kV3 && i0 + kBwdTile <= d.T && j0 + kBwdTile <= d.visible(i0)) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
-          const int key = e < 2 ? key0 : key1;
-          const bool ok = row < d.T && key < d.visible(row);
-          s[nt][e] = ok ? __expf(d.scale * s[nt][e] - lse_s[qi]) : 0.f;
+          for (int e = 0; e < 4; ++e) s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -lse_s[nt * 8 + 2 * tq + (e & 1)]));
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
+            const int key = e < 2 ? key0 : key1;
+            const bool ok = row < d.T && key < d.visible(row);
+            if constexpr (kV3) {
+              s[nt][e] = ok ? ex2_approx(fmaf(s[nt][e], c2, -lse_s[qi])) : 0.f;
+            } else {
+              s[nt][e] = ok ? __expf(d.scale * s[nt][e] - lse_s[qi]) : 0.f;
+            }
+          }
         }
       }
 
@@ -1226,7 +1258,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
       float dp[8][4];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-      mma_abt<D, kLdsm>(dp, Vs, kr, Gs, gr, tq);
+      mma_abt<D, kLdsm, kV3>(dp, Vs, kr, Gs, gr, tq);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -1237,25 +1269,43 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
       mma_cb<D, kLdsm>(dka, dp, Qs, gr, tq);
 
       if (dq_acc != nullptr) {  // block-uniform
-        // dS (query-major) to shared memory, then dQ_i += scale · dS K_j: 16 query rows per warp.
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qi = nt * 8 + 2 * tq + (e & 1);
-            Ss[qi * kDsLd + kr + (e < 2 ? 0 : 8)] = bf16_bits(dp[nt][e]);
-          }
-        }
-        __syncthreads();
+        // dS to shared memory, then dQ_i += scale · dS K_j: 16 query rows per warp. The default
+        // stores dS query-major, one 16-bit store per element, and reads the A fragments with
+        // 32-bit loads; v3 stores dSᵀ key-major as it lies in the accumulators (two adjacent
+        // queries of one key: one 32-bit store) and reads the A fragments of dS back with
+        // ldmatrix.trans (matrices keys +0 / +8 × queries +0 / +8 of the warp: a0, a1, a2, a3).
         const int qr = warp * 16 + gr;  // this thread's query rows qr, qr + 8 (within the tile)
         uint32_t a[4][4];
+        if constexpr (kV3) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const int c = kk * 16 + 2 * tq;
-          a[kk][0] = ld32(Ss + qr * kDsLd + c);
-          a[kk][1] = ld32(Ss + (qr + 8) * kDsLd + c);
-          a[kk][2] = ld32(Ss + qr * kDsLd + c + 8);
-          a[kk][3] = ld32(Ss + (qr + 8) * kDsLd + c + 8);
+          for (int nt = 0; nt < 8; ++nt) {
+            *reinterpret_cast<uint32_t*>(Ss + kr * kDsLd + nt * 8 + 2 * tq) = pack_bf16(dp[nt][0], dp[nt][1]);
+            *reinterpret_cast<uint32_t*>(Ss + (kr + 8) * kDsLd + nt * 8 + 2 * tq) = pack_bf16(dp[nt][2], dp[nt][3]);
+          }
+          __syncthreads();
+          const int lmat = lane >> 3, lrow = lane & 7;
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            ldsm_x4<true>(a[kk], Ss + (kk * 16 + (lmat >> 1) * 8 + lrow) * kDsLd + warp * 16 + (lmat & 1) * 8);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int qi = nt * 8 + 2 * tq + (e & 1);
+              Ss[qi * kDsLd + kr + (e < 2 ? 0 : 8)] = bf16_bits(dp[nt][e]);
+            }
+          }
+          __syncthreads();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            const int c = kk * 16 + 2 * tq;
+            a[kk][0] = ld32(Ss + qr * kDsLd + c);
+            a[kk][1] = ld32(Ss + (qr + 8) * kDsLd + c);
+            a[kk][2] = ld32(Ss + qr * kDsLd + c + 8);
+            a[kk][3] = ld32(Ss + (qr + 8) * kDsLd + c + 8);
+          }
         }
         const int row0 = i0 + qr, row1 = row0 + 8;
         float* dq0 = dq_acc + (bh * d.T + row0) * D;
@@ -1303,17 +1353,20 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
 
 // ---------------------------------------------------------------- deterministic dQ
 
-template <int D, bool kLdsm>
+// kV3 (SOMNUS_ATTN_BWD=v3): K, V tiles double-buffered with cp.async (the default loads them
+// synchronously between two barriers), A fragments of Q and dO by ldmatrix, p in base 2, and
+// the per-element mask only on tiles some row does not see whole.
+template <int D, bool kLdsm, bool kV3 = false>
 __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
     uint16_t* __restrict__ dq, AttnDims d) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int LD = D + 8;
+  constexpr int kTile = kBwdTile * LD;
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);
-  uint16_t* Gs = Qs + kBwdTile * LD;  // dO
-  uint16_t* Ks = Gs + kBwdTile * LD;
-  uint16_t* Vs = Ks + kBwdTile * LD;
+  uint16_t* Gs = Qs + kTile;  // dO
+  uint16_t* KVb = Gs + kTile;  // 1 or 2 (kV3) buffers of (K tile, V tile)
 
   const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
   const int64_t kv_base = (static_cast<int64_t>(b) * d.Hkv + h / d.g) * d.S * D;
@@ -1327,7 +1380,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   const int wr = warp * 16 + gr;  // this thread's rows wr, wr + 8 (within the tile)
   const int row0 = q0 + wr, row1 = row0 + 8;
   const bool ok0 = row0 < d.T, ok1 = row1 < d.T;
-  const float lse0 = ok0 ? lse[q_base + row0] : 0.f, lse1 = ok1 ? lse[q_base + row1] : 0.f;
+  // (v3: lse in base 2, lse · log2 e.)
+  const float lse0 = ok0 ? (kV3 ? kLog2e : 1.f) * lse[q_base + row0] : 0.f;
+  const float lse1 = ok1 ? (kV3 ? kLog2e : 1.f) * lse[q_base + row1] : 0.f;
+  const float c2 = d.scale * kLog2e;
   const float del0 = ok0 ? delta[q_base + row0] : 0.f, del1 = ok1 ? delta[q_base + row1] : 0.f;
   const int vis0 = ok0 ? d.visible(row0) : 0, vis1 = ok1 ? d.visible(row1) : 0;
 
@@ -1336,11 +1392,37 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
   const int k_end = d.visible(min(q0 + kBwdTile, d.T) - 1);  // the block's last row sees the most
-  for (int j0 = 0; j0 < k_end; j0 += kBwdTile) {
-    __syncthreads();  // the previous key tile is no longer read (and Qs, Gs are loaded first)
-    load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
-    load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
-    __syncthreads();
+  // The rows of the tile all see keys [0, k_full) (and all rows are < T, or none is full).
+  const int k_full = q0 + kBwdTile <= d.T ? d.visible(q0) : 0;
+  if constexpr (kV3) {
+    if (k_end > 0) {
+      issue_tile_bf16<D>(KVb, k + kv_base, kBwdTile, k_end);
+      issue_tile_bf16<D>(KVb + kTile, v + kv_base, kBwdTile, k_end);
+    }
+    cp_async_commit();
+  }
+  for (int j0 = 0, t = 0; j0 < k_end; j0 += kBwdTile, ++t) {
+    const uint16_t* Ks = KVb + (kV3 ? (t & 1) * 2 * kTile : 0);
+    const uint16_t* Vs = Ks + kTile;
+    if constexpr (kV3) {
+      // The other buffer was last read in iteration t − 1, which ended with a barrier.
+      if (j0 + kBwdTile < k_end) {
+        uint16_t* Kn = KVb + ((t + 1) & 1) * 2 * kTile;
+        const int64_t next = kv_base + static_cast<int64_t>(j0 + kBwdTile) * D;
+        issue_tile_bf16<D>(Kn, k + next, kBwdTile, k_end - j0 - kBwdTile);
+        issue_tile_bf16<D>(Kn + kTile, v + next, kBwdTile, k_end - j0 - kBwdTile);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();  // tile t is in (every thread's copies), and Qs, Gs on the first pass
+    } else {
+      __syncthreads();  // the previous key tile is no longer read (and Qs, Gs are loaded first)
+      load_tile_bf16<D>(KVb, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+      load_tile_bf16<D>(KVb + kTile, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, k_end - j0);
+      __syncthreads();
+    }
 
     // S = Q Kᵀ and dP = dO Vᵀ: 16 rows × 64 keys per warp.
     float s[8][4], dp[8][4];
@@ -1349,24 +1431,42 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
     }
-    mma_abt<D, kLdsm>(s, Qs, wr, Ks, gr, tq);
-    mma_abt<D, kLdsm>(dp, Gs, wr, Vs, gr, tq);
+    mma_abt<D, kLdsm, kV3>(s, Qs, wr, Ks, gr, tq);
+    mma_abt<D, kLdsm, kV3>(dp, Gs, wr, Vs, gr, tq);
 
     // dS = P ∘ (dP − Δ), P masked to 0; in place of s.
+    if (kV3 && j0 + kBwdTile <= k_full) {  // block-uniform: every row sees the whole tile
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = j0 + nt * 8 + 2 * tq + (e & 1);
-        const bool hi = e >= 2;
-        const float p = col < (hi ? vis1 : vis0) ? __expf(d.scale * s[nt][e] - (hi ? lse1 : lse0)) : 0.f;
-        s[nt][e] = p * (dp[nt][e] - (hi ? del1 : del0));
+        for (int e = 0; e < 4; ++e) {
+          const bool hi = e >= 2;
+          s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -(hi ? lse1 : lse0))) * (dp[nt][e] - (hi ? del1 : del0));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+          const bool hi = e >= 2;
+          if constexpr (kV3) {
+            const float p = col < (hi ? vis1 : vis0) ? ex2_approx(fmaf(s[nt][e], c2, -(hi ? lse1 : lse0))) : 0.f;
+            s[nt][e] = p * (dp[nt][e] - (hi ? del1 : del0));
+          } else {
+            const float p = col < (hi ? vis1 : vis0) ? __expf(d.scale * s[nt][e] - (hi ? lse1 : lse0)) : 0.f;
+            s[nt][e] = p * (dp[nt][e] - (hi ? del1 : del0));
+          }
+        }
       }
     }
 
     // dQ += dS K.
     mma_cb<D, kLdsm>(acc, s, Ks, gr, tq);
+    if constexpr (kV3) __syncthreads();  // buffer t & 1 is free for tile t + 2
   }
+  if constexpr (kV3) cp_async_wait<0>();  // a block whose rows see no key still has its group
 
   uint16_t* dqh = dq + q_base * D;
 #pragma unroll
@@ -1381,6 +1481,23 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
           pack_bf16(d.scale * acc[n][2], d.scale * acc[n][3]);
     }
   }
+}
+
+// The tensor-core backward version for SOMNUS_ATTN_BWD, the scale and the device: "v1", "v2",
+// "v3" or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
+// than sm_86/sm_89 allow a block (99 KiB): there v2 runs (also for v3, which builds on them).
+// SOMNUS_ATTN_BWD=v3 (opt-in: written 2026-11-26 without a GPU, checked under the host
+// emulation of tests/kernels/cuda_emu): the default plus base-2 p with the mask only on tiles
+// that need it, A fragments by ldmatrix, dSᵀ stored key-major with 32-bit stores and read by
+// ldmatrix.trans, and a cp.async-pipelined deterministic dQ; not bitwise the others. Needs
+// scale > 0 (else the default).
+template <int D>
+const char* bwd_mma_version(float scale) {
+  if (env_equals("SOMNUS_ATTN_BWD", "v1")) return "v1";
+  const int smem = max_dynamic_smem_bytes();
+  if (env_equals("SOMNUS_ATTN_BWD", "v2") || dkdv_smem_bytes<D>(true) > smem) return "v2";
+  if (env_equals("SOMNUS_ATTN_BWD", "v3") && scale > 0.f && dq_smem_bytes<D>(true) <= smem) return "v3";
+  return "mma";
 }
 
 // The tensor-core backward: bf16, D ∈ {64, 128}. dq_acc: f32 (B·Hq·T·D) zero-filled
@@ -1400,15 +1517,15 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
   // SOMNUS_ATTN_BWD=v2: ldmatrix without the cp.async prefetch; v1: plain shared loads for
   // the B fragments instead of ldmatrix (kept to bisect a regression on a GPU without a
   // rebuild; all three feed the same values to the same mma sequence).
-  const bool v1 = env_equals("SOMNUS_ATTN_BWD", "v1");
-  const bool v2 = env_equals("SOMNUS_ATTN_BWD", "v2");
   visit_head_dim(q.size(3), "attention_bwd_mma", [&](auto dim) {
     constexpr int D = decltype(dim)::value;
-    const auto launch = [&](auto ldsm_tag, auto pipe_tag) {
+    const std::string version = bwd_mma_version<D>(d.scale);
+    const auto launch = [&](auto ldsm_tag, auto pipe_tag, auto v3_tag) {
       constexpr bool kLdsm = decltype(ldsm_tag)::value, kPipe = decltype(pipe_tag)::value;
+      constexpr bool kV3 = decltype(v3_tag)::value;
       if (d.S > 0) {
         constexpr int smem = dkdv_smem_bytes<D>(kPipe);
-        const auto kernel = attn_bwd_dkdv_mma<D, kLdsm, kPipe>;
+        const auto kernel = attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3>;
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid((d.S + kBwdTile - 1) / kBwdTile, d.B * d.Hkv);
         kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
@@ -1417,8 +1534,8 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
         CUDA_CHECK_LAUNCH();
       }
       if (dq_acc == nullptr && d.T > 0) {
-        constexpr int smem = dq_smem_bytes<D>();
-        const auto kernel = attn_bwd_dq_mma<D, kLdsm>;
+        constexpr int smem = dq_smem_bytes<D>(kV3);
+        const auto kernel = attn_bwd_dq_mma<D, kLdsm, kV3>;
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
         kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
@@ -1426,15 +1543,14 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
         CUDA_CHECK_LAUNCH();
       }
     };
-    // The default's prefetch buffers need 112 KiB at D = 128: more than sm_86/sm_89 allow a
-    // block (99 KiB); there the version without them (v2) runs.
-    const bool pipe_fits = dkdv_smem_bytes<D>(true) <= max_dynamic_smem_bytes();
-    if (v1) {
-      launch(std::false_type{}, std::false_type{});
-    } else if (v2 || !pipe_fits) {
-      launch(std::true_type{}, std::false_type{});
+    if (version == "v1") {
+      launch(std::false_type{}, std::false_type{}, std::false_type{});
+    } else if (version == "v2") {
+      launch(std::true_type{}, std::false_type{}, std::false_type{});
+    } else if (version == "v3") {
+      launch(std::true_type{}, std::true_type{}, std::true_type{});
     } else {
-      launch(std::true_type{}, std::true_type{});
+      launch(std::true_type{}, std::true_type{}, std::false_type{});
     }
   });
 }
@@ -1744,6 +1860,15 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
       }
     });
   });
+}
+
+std::string attention_bwd_kernel(DType dtype, int64_t head_dim, double scale) {
+  if (dtype != DType::bf16 || env_equals("SOMNUS_ATTN_BWD", "simt")) return "simt";
+  std::string version;
+  visit_head_dim(head_dim, "attention_bwd_kernel", [&](auto dim) {
+    version = bwd_mma_version<decltype(dim)::value>(static_cast<float>(scale));
+  });
+  return version;
 }
 
 std::string attention_fwd_kernel(DType dtype, int64_t head_dim, double scale) {

@@ -70,15 +70,16 @@ double twin_error(const Tensor& a, const Tensor& twin, const std::vector<double>
 Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu()); }
 
 // The backward paths for bf16: the tensor-core kernels (default), their
-// earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either) and the
-// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback). f32 always runs SIMT, on every setting.
-const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt"};
+// earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either), the
+// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback) and v3 (opt-in: base-2 p, so not bitwise
+// the first three; kept last). f32 always runs SIMT, on every setting.
+const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3"};
 
 // SOMNUS_TEST_QUICK=1 (tools/gpu_check.sh sets it under compute-sanitizer, where every launch
-// is far slower): MatchesCpuTwinAndReference runs the default backward only.
+// is far slower): MatchesCpuTwinAndReference runs the default backward and v3 (new) only.
 std::vector<const char*> bwd_paths() {
   const char* q = std::getenv("SOMNUS_TEST_QUICK");
-  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0]};
+  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4]};  // default, v3
   return std::vector<const char*>(std::begin(kBwdPaths), std::end(kBwdPaths));
 }
 
@@ -163,6 +164,16 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
       EXPECT_EQ(runs[0].dq.to_vector(), runs[i].dq.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
       EXPECT_EQ(runs[0].dk.to_vector(), runs[i].dk.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
       EXPECT_EQ(runs[0].dv.to_vector(), runs[i].dv.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
+    }
+    // v3 (kBwdPaths[4]) computes p in base 2: where the device runs it, its dQ is not the
+    // default's bit for bit (else the switch silently ran the default).
+    if (dt == DType::bf16 && cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "mma") {
+      setenv("SOMNUS_ATTN_BWD", "v3", 1);
+      const bool v3_runs = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "v3";
+      unsetenv("SOMNUS_ATTN_BWD");
+      if (v3_runs) {
+        EXPECT_NE(runs[0].dq.to_vector(), runs[4].dq.to_vector()) << "SOMNUS_ATTN_BWD=v3 ran the default";
+      }
     }
   }
 }

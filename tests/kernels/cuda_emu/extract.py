@@ -29,6 +29,7 @@ def section(first, end_marker):
 
 
 tiles = [
+    re.search(r"constexpr float kLog2e = [^;]*;", src).group(0),
     function("__device__ __forceinline__ void load_tile_bf16"),
     function("__device__ __forceinline__ void issue_tile_bf16"),
 ]
@@ -40,7 +41,7 @@ bundles = {
     ],
     # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma and their helpers
     "bwd": tiles + [
-        section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward: bf16, D ∈ {64, 128}."),
+        section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward version for SOMNUS_ATTN_BWD"),
     ],
 }
 parts = bundles[sys.argv[3]]
