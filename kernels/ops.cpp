@@ -728,11 +728,18 @@ AttnShape check_attention(const char* op, const Tensor& q, const Tensor& k, cons
 DType lse_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
 // K or V for the attention forward / decode: the CPU kernels index heads by stride, so a
-// (B, Hkv, S, D) view with contiguous rows (a KV cache's prefix) goes in place; anything else,
-// and everything on CUDA (whose kernels take contiguous tensors), is made contiguous.
-Tensor kv_operand(const Tensor& t) {
-  const bool rows_contiguous = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) >= 0 && t.stride(1) >= 0;
-  return !t.device().is_cuda() && rows_contiguous ? t : t.contiguous();
+// (B, Hkv, S, D) view with contiguous rows (a KV cache's prefix) goes in place; anything else
+// is made contiguous. On CUDA only the decode kernels take strides (the forward's tensor-core
+// kernel wants contiguous K, V), and they want K and V with the same strides: kv_pair_operands.
+bool rows_contiguous(const Tensor& t) {
+  return t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) >= 0 && t.stride(1) >= 0;
+}
+Tensor kv_operand(const Tensor& t) { return !t.device().is_cuda() && rows_contiguous(t) ? t : t.contiguous(); }
+std::pair<Tensor, Tensor> kv_pair_operands(const Tensor& k, const Tensor& v) {
+  if (!k.device().is_cuda()) return {kv_operand(k), kv_operand(v)};
+  const bool in_place = rows_contiguous(k) && rows_contiguous(v) && k.stride(0) == v.stride(0) &&
+                        k.stride(1) == v.stride(1);
+  return in_place ? std::pair{k, v} : std::pair{k.contiguous(), v.contiguous()};
 }
 
 }  // namespace
@@ -790,8 +797,9 @@ AttentionOutput attention_decode(const Tensor& q, const Tensor& k_cache, const T
   AttentionOutput out{Tensor::empty({s.B, s.Hq, s.T, s.D}, q.dtype(), q.device()),
                       Tensor::empty({s.B, s.Hq, s.T}, lse_dtype(q.dtype()), q.device())};
   if (out.o.numel() > 0) {
-    SOMNUS_DISPATCH(q.device(), attention_decode, q.contiguous(), kv_operand(k_cache), kv_operand(v_cache), causal,
-                    scale, q_offset, num_splits, out.o, out.lse);
+    const auto [k, v] = kv_pair_operands(k_cache, v_cache);
+    SOMNUS_DISPATCH(q.device(), attention_decode, q.contiguous(), k, v, causal, scale, q_offset, num_splits, out.o,
+                    out.lse);
   }
   return out;
 }

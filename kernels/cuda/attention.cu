@@ -63,6 +63,10 @@ struct AttnDims {
   int causal;
   int q_offset;
   float scale;
+  // Element strides of K and V (the same for both) over batch and kv head; a head's S rows are
+  // D apart. Only the SIMT row kernel and the GQA decode kernel read them (so that a decode
+  // step reads a KV cache's prefix in place); the others take contiguous K, V.
+  int64_t kv_sb, kv_sh;
   // Keys [0, visible(i)) are visible from query row i.
   __device__ __forceinline__ int visible(int i) const {
     if (!causal) return S;
@@ -89,6 +93,13 @@ inline AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double sc
   d.causal = causal ? 1 : 0;
   d.q_offset = static_cast<int>(q_offset);
   d.scale = static_cast<float>(scale);
+  // (V's strides must be K's: attention_decode checks; the other entry points take contiguous
+  // tensors of one shape.)
+  if (k.stride(2) != k.size(3) || k.stride(3) != 1 || k.stride(0) < 0 || k.stride(1) < 0) {
+    throw_error("attention (CUDA): k needs rows of D contiguous elements, got k " + shape_str(k.shape()));
+  }
+  d.kv_sb = k.stride(0);
+  d.kv_sh = k.stride(1);
   return d;
 }
 
@@ -241,7 +252,8 @@ __global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __rest
   __shared__ float Ks[kSimtBc][D];
   __shared__ float Vs[kSimtBc][D];
   const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq, sp = blockIdx.z, n_split = gridDim.z;
-  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const T* kh = k + b * d.kv_sb + (h / d.g) * d.kv_sh;  // this head's S rows (strided cache views too)
+  const T* vh = v + b * d.kv_sb + (h / d.g) * d.kv_sh;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warps = static_cast<int>(blockDim.x / 32);
   const int i = static_cast<int>(blockIdx.x) * warps + warp;
@@ -262,8 +274,8 @@ __global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __rest
     __syncthreads();
     for (int c = threadIdx.x; c < kSimtBc * D; c += blockDim.x) {
       const int r = c / D, x = c % D, j = j0 + r;
-      Ks[r][x] = j < k_end ? to_f(k[(kvh * d.S + j) * D + x]) : 0.f;
-      Vs[r][x] = j < k_end ? to_f(v[(kvh * d.S + j) * D + x]) : 0.f;
+      Ks[r][x] = j < k_end ? to_f(kh[static_cast<int64_t>(j) * D + x]) : 0.f;
+      Vs[r][x] = j < k_end ? to_f(vh[static_cast<int64_t>(j) * D + x]) : 0.f;
     }
     __syncthreads();
     const int n = min(kSimtBc, my_end - j0);  // warp-uniform
@@ -1645,7 +1657,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     l[r] = 0.f;
   }
 
-  const int64_t kv_base = static_cast<int64_t>(bk) * d.S * D + c * V;
+  const int64_t kv_base = b * d.kv_sb + hk * d.kv_sh + c * V;  // strided cache views too
   const T* kp = k + kv_base;
   const T* vp = v + kv_base;
   // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
@@ -1936,12 +1948,18 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
                       int64_t num_splits, const Tensor& o, const Tensor& lse) {
   set_device(q);
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
+  if (v.stride(0) != d.kv_sb || v.stride(1) != d.kv_sh || v.stride(2) != v.size(3) || v.stride(3) != 1) {
+    throw_error("attention_decode (CUDA): v must be laid out as k (rows of D contiguous elements, the same batch "
+                "and head strides): k " + shape_str(k.shape()) + " v " + shape_str(v.shape()));
+  }
   const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
   visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
     using T = decltype(tag);
     visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      const bool aligned = aligned_to(q.data<T>(), 16) && aligned_to(k.data<T>(), 16) && aligned_to(v.data<T>(), 16);
+      const bool aligned = aligned_to(q.data<T>(), 16) && aligned_to(k.data<T>(), 16) && aligned_to(v.data<T>(), 16) &&
+                           (d.kv_sb * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                           (d.kv_sh * static_cast<int64_t>(sizeof(T))) % 16 == 0;
       const bool gqa = static_cast<int64_t>(d.g) * d.T <= kDecMaxRows && aligned &&
                        !env_equals("SOMNUS_ATTN_DECODE", "simt");
       const int64_t splits = std::min<int64_t>(num_splits > 0 ? num_splits : auto_decode_splits<T, D>(d, gqa), d.S);

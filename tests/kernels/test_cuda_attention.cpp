@@ -223,6 +223,45 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   unsetenv("SOMNUS_ATTN_DECODE");
 }
 
+// A KV cache hands the decode a (B, Hkv, len, D) prefix of (B, Hkv, capacity, D) buffers. The
+// CUDA decode kernels (GQA and SIMT) read it in place through the batch / head strides
+// (kernels/ops.cpp kv_pair_operands; before 2026-11-26 it was copied every step) and must give
+// bit for bit what the contiguous copy gives; the slots past len hold NaN, so a key read past
+// the prefix shows. Checked under the host emulation (tests/kernels/cuda_emu) before any GPU ran it.
+TEST(CudaAttention, DecodeReadsKvCachePrefixInPlace) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  for (DType dt : {DType::bf16, DType::f32}) {
+    Generator g(41);
+    const int64_t B = 2, Hq = 8, Hkv = 2, D = 128, cap = 700;
+    Tensor kbuf = randn({B, Hkv, cap, D}, g, dt), vbuf = randn({B, Hkv, cap, D}, g, dt);
+    kbuf.slice(2, 600, cap).fill_(NAN);
+    vbuf.slice(2, 600, cap).fill_(NAN);
+    kbuf = kbuf.to(gpu());
+    vbuf = vbuf.to(gpu());
+    for (int64_t S : {1, 37, 600}) {
+      const Tensor k = kbuf.slice(2, 0, S), v = vbuf.slice(2, 0, S);
+      ASSERT_FALSE(k.is_contiguous());
+      const Tensor kc = k.contiguous(), vc = v.contiguous();
+      for (int64_t T : {1, 3}) {  // rows g·T = 4, 12: the GQA kernel, then the SIMT one
+        if (T > S) continue;
+        SCOPED_TRACE(fmt::format("{} S {} T {}", dtype_name(dt), S, T));
+        const Tensor q = randn({B, Hq, T, D}, g, dt, gpu());
+        for (const char* path : {"gqa", "simt"}) {
+          if (std::string(path) == "simt") setenv("SOMNUS_ATTN_DECODE", "simt", 1);
+          const AttentionOutput a = attention_decode(q, k, v, true, 0.0, S - T, 5);
+          const AttentionOutput b = attention_decode(q, kc, vc, true, 0.0, S - T, 5);
+          unsetenv("SOMNUS_ATTN_DECODE");
+          EXPECT_EQ(a.o.to(Device::cpu()).to_vector(), b.o.to(Device::cpu()).to_vector()) << path;
+          EXPECT_EQ(a.lse.to(Device::cpu()).to_vector(), b.lse.to(Device::cpu()).to_vector()) << path;
+          const AttnRef ref = attention_reference(q.to(Device::cpu()), kc.to(Device::cpu()), vc.to(Device::cpu()),
+                                                  Tensor(), true, 1.0 / std::sqrt(double(D)), S - T);
+          EXPECT_LT(rel_or_abs_error(a.o.to(Device::cpu()), ref.o), dt == DType::bf16 ? 1e-2 : 1e-5) << path;
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator gen(3);

@@ -36,6 +36,8 @@
 #include <vector>
 #include <algorithm>
 #include <memory>
+
+#include "tensor/dtype.h"
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -44,7 +46,9 @@
 #define __align__(x)
 using std::max;
 using std::min;
-struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+struct Dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
 thread_local Dim3 threadIdx;
 Dim3 blockIdx, blockDim, gridDim;
 unsigned char* g_smem;
@@ -55,22 +59,13 @@ static uint16_t f2bf(float x) {
   return static_cast<uint16_t>(u >> 16);
 }
 static float bf2f(uint16_t h) { uint32_t u = static_cast<uint32_t>(h) << 16; float x; std::memcpy(&x, &u, 4); return x; }
-struct AttnDims {
-  int B, Hq, Hkv, T, S, g;
-  int causal;
-  int q_offset;
-  float scale;
-  int visible(int i) const {
-    if (!causal) return S;
-    const int v = q_offset + i + 1;
-    return v < 0 ? 0 : (v < S ? v : S);
-  }
-};
 struct uint4 { uint32_t x, y, z, w; };
 inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return {a, b, c, d}; }
 inline float __expf(float x) { return std::exp(x); }
 inline float ex2_approx(float x) { return std::exp2(x); }
 inline uint16_t __float2bfloat16_rn(float x) { return f2bf(x); }  // bf16 as its bits here
+inline float __bfloat162float(uint16_t x) { return bf2f(x); }
+using somnus::bf16;  // the engine's storage type (tensor/dtype.h), as the kernels' bf16
 inline uint16_t __bfloat16_as_ushort(uint16_t x) { return x; }
 std::mutex g_atomic;
 inline float atomicAdd(float* p, float v) {
@@ -171,35 +166,48 @@ inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
 template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
 
-// Runs body() as a grid (gx, gy) of blocks of `threads` threads with `smem` bytes of dynamic
-// shared memory (filled with 0xff garbage at the start of each block), block after block.
+// Runs body() as a grid (gx, gy, gz) of blocks of `threads` threads with `smem` bytes of
+// dynamic shared memory (filled with 0xff garbage at the start of each block), block after
+// block. A kernel's static __shared__ arrays become function statics (extract.py), which is
+// right as long as blocks run one at a time.
 template <class F>
-void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body) {
+void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1) {
   std::vector<unsigned char> smv(smem + 16);
   unsigned char* smd = smv.data() + (16 - reinterpret_cast<uintptr_t>(smv.data()) % 16) % 16;
-  blockDim.x = threads; gridDim.x = gx; gridDim.y = gy;
+  blockDim.x = threads;
+  gridDim.x = gx;
+  gridDim.y = gy;
+  gridDim.z = gz;
   g_smem_bytes = smem;
-  for (unsigned y = 0; y < gy; ++y)
-    for (unsigned x = 0; x < gx; ++x) {
-      blockIdx.x = x; blockIdx.y = y;
-      std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
-      g_smem = smd;
-      std::barrier<> bb(threads);
-      g_block_bar = &bb;
-      const int nw = threads / 32;
-      Warp warps[kMaxWarps];
-      std::vector<std::unique_ptr<std::barrier<>>> wb;
-      for (int w = 0; w < nw; ++w) { wb.emplace_back(new std::barrier<>(32)); warps[w].bar = wb.back().get(); }
-      g_warps = warps;
-      std::vector<std::thread> th;
-      for (int t = 0; t < threads; ++t) {
-        th.emplace_back([&, t] {
-          threadIdx.x = t;
-          t_open.clear();
-          t_groups.clear();
-          body();
-        });
+  for (unsigned z = 0; z < gz; ++z) {
+    for (unsigned y = 0; y < gy; ++y) {
+      for (unsigned x = 0; x < gx; ++x) {
+        blockIdx.x = x;
+        blockIdx.y = y;
+        blockIdx.z = z;
+        std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
+        g_smem = smd;
+        std::barrier<> bb(threads);
+        g_block_bar = &bb;
+        const int nw = (threads + 31) / 32;
+        Warp warps[kMaxWarps];
+        std::vector<std::unique_ptr<std::barrier<>>> wb;
+        for (int w = 0; w < nw; ++w) {
+          wb.emplace_back(new std::barrier<>(std::min(32, threads - 32 * w)));
+          warps[w].bar = wb.back().get();
+        }
+        g_warps = warps;
+        std::vector<std::thread> th;
+        for (int t = 0; t < threads; ++t) {
+          th.emplace_back([&, t] {
+            threadIdx.x = t;
+            t_open.clear();
+            t_groups.clear();
+            body();
+          });
+        }
+        for (auto& t : th) t.join();
       }
-      for (auto& t : th) t.join();
     }
+  }
 }

@@ -3,9 +3,10 @@
 # nvcc needed): extracts the kernels with extract.py, compiles a driver with the host C++
 # compiler, runs it. Drivers: attention_fwd.cpp (the bf16 forward: attn_fwd_v3 and the default
 # attn_fwd_mma<D, true, true>), attention_bwd.cpp (the tensor-core backward: attn_bwd_dkdv_mma
-# with atomic dQ and attn_bwd_dq_mma). ctest runs them as kernels.cuda_emu_attention_{fwd,bwd}
-# (label `emu`, not under the sanitizers); by hand:
-#   tests/kernels/cuda_emu/run.sh [work dir] [fwd|bwd ...]   (~10 s to compile, 20–60 s to run)
+# with atomic dQ and attn_bwd_dq_mma, default and v3), attention_decode.cpp (split-K decode:
+# attn_decode_gqa, attn_rows_simt, attn_combine, on strided KV-cache views). ctest runs them as
+# kernels.cuda_emu_attention_{fwd,bwd,decode} (label `emu`, not under the sanitizers); by hand:
+#   tests/kernels/cuda_emu/run.sh [work dir] [fwd|bwd|decode ...]   (~10 s to compile, 20–60 s to run)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -14,11 +15,11 @@ cxx="${CXX:-c++}"
 mkdir -p "$work"
 # usage: run.sh [work dir] [fwd|bwd ...] (default: all drivers)
 parts=("${@:2}")
-[ ${#parts[@]} -gt 0 ] || parts=(fwd bwd)
+[ ${#parts[@]} -gt 0 ] || parts=(fwd bwd decode)
 status=0
 for part in "${parts[@]}"; do
   python3 "$here/extract.py" "$root/kernels/cuda/attention.cu" "$work/attention_$part.inc" "$part"
-  "$cxx" -std=c++20 -O2 -fno-strict-aliasing -pthread -I"$here" -I"$work" "$here/attention_$part.cpp" \
+  "$cxx" -std=c++20 -O2 -fno-strict-aliasing -pthread -I"$here" -I"$work" -I"$root" "$here/attention_$part.cpp" \
     -o "$work/attention_${part}_emu"
   "$work/attention_${part}_emu" || status=1
 done
