@@ -108,7 +108,8 @@ fi
 # time budget (SOMNUS_SANITIZER_BUDGET_S, default 60 s) so the whole check stays near 10
 # minutes; an error report or a binary past its budget fails the check.
 # SOMNUS_SKIP_COMPUTE_SANITIZER=1 skips this section. The tests run with SOMNUS_TEST_QUICK=1
-# (tests that loop over kernel versions check the default version only).
+# (tests that loop over kernel versions check the default version, and the opt-in v3 attention
+# kernels, which no GPU has run yet, only).
 if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
   csan="$(command -v compute-sanitizer || true)"
   [ -z "$csan" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && csan=/usr/local/cuda/bin/compute-sanitizer

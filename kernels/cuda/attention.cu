@@ -5,7 +5,13 @@
 //
 // Shapes: q, o (B, Hq, T, D); k, v (B, Hkv, S, D), query head h reads kv head h / (Hq/Hkv);
 // lse (B, Hq, T) f32. D ∈ {64, 128} (template parameter). Causal: query i sees keys
-// j <= q_offset + i. All tensors contiguous (ops.cpp makes them so).
+// j <= q_offset + i. All tensors contiguous (ops.cpp makes them so), except K and V of the
+// decode: a KV cache's (B, Hkv, S, D) prefix view, read through its batch and head strides.
+//
+// Kernels written without a GPU are opt-in (v3 of the forward and the backward) until a GPU run
+// has measured them; every kernel here also runs on the CPU under the host emulation of
+// tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles), which checks layouts,
+// barriers, masks and tails against f64 — not speed.
 //
 // Kernels:
 //   attn_fwd_mma    bf16 forward on tensor cores (mma.sync.m16n8k16 bf16 -> f32). A block is
@@ -999,6 +1005,9 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 //   attn_bwd_dq_mma    deterministic mode: grid (T / 64, B·Hq), 16 query rows per warp; key
 //                      tiles in a fixed order, recomputing S = Q Kᵀ, dP = dO Vᵀ, dS and
 //                      dQ += dS K in registers, then written as bf16. No atomics anywhere.
+// SOMNUS_ATTN_BWD=v3 (kV3, opt-in; see bwd_mma_version) changes both kernels: p in base 2, the
+// mask only on tiles some row does not see whole, ldmatrix A fragments, dSᵀ key-major, and the
+// dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 104 KiB at D = 128).
 // Shared memory: dkdv 6 · 64 · (D + 8) · 2 + 64 · 72 · 2 + 1024 bytes (112 KiB at D = 128,
 // two blocks a SM; 65.5 KiB at D = 64; without the prefetch 77.5 / 45.5 KiB); dq
 // 4 · 64 · (D + 8) · 2 (68 KiB / 36 KiB).
@@ -1602,9 +1611,12 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // two launches and the partials: ~1.8–2.2 TB/s) and S = 1024. Measured (H100, 2026-11-26;
 // bytes of K and V over the time): 2217 GB/s at S = 32768, 1509 at S = 4096, 1245 at S = 1024
 // (the SIMT row kernel: 47–52 GB/s); the device-to-device copy ran at 2826–2926 GB/s.
-// Rows > 8 (long speculative / prefill-like T), misaligned pointers, or
+// Rows > 8 (long speculative / prefill-like T), misaligned pointers or strides, or
 // SOMNUS_ATTN_DECODE=simt take the SIMT row kernel (attn_rows_simt, helpers section),
-// grid.z = splits, with the same partials and combine.
+// grid.z = splits, with the same partials and combine. Both read K and V through
+// AttnDims::kv_sb / kv_sh, so a KV cache's prefix is read in place (since 2026-11-26, checked
+// under the host emulation; before, ops.cpp copied it every step). Splits: the caller's, or
+// (num_splits <= 0) auto_decode_splits below.
 
 constexpr int kDecWarps = 4;
 constexpr int kDecMaxRows = 8;
