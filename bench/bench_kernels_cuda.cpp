@@ -412,7 +412,8 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
 
 // The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
 // cp.async prefetch; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
-// ldmatrix A fragments, opt-in until measured) at T = 4096, beside the default above.
+// ldmatrix A fragments; v4: v3 with 8-warp, 128-key dK/dV blocks; both opt-in until measured)
+// at T = 4096, beside the default above.
 void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
@@ -426,13 +427,13 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
 }
 
-// Forward + backward with both v3 versions (SOMNUS_ATTN_FWD=v3, SOMNUS_ATTN_BWD=v3), the
-// issue's headline shape family: the number to compare with attention_fwd_bwd above.
-void BM_attention_fwd_bwd_v3(benchmark::State& state, bool causal) {
+// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=v3, SOMNUS_ATTN_BWD=bwd: v3 or
+// v4), the headline shape family: the numbers to compare with attention_fwd_bwd above.
+void BM_attention_fwd_bwd_new(benchmark::State& state, const char* bwd, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
   setenv("SOMNUS_ATTN_FWD", "v3", 1);
-  setenv("SOMNUS_ATTN_BWD", "v3", 1);
+  setenv("SOMNUS_ATTN_BWD", bwd, 1);
   timed_loop(state, [&] {
     const AttentionOutput o = attention_fwd(a.q, a.k, a.v, causal);
     benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, o.o, o.lse, a.dout, causal).dq.data_ptr());
@@ -484,7 +485,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "simt", "v3"}) {
+  for (const char* version : {"v1", "v2", "simt", "v3", "v4"}) {
     RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
                       version, true)
         ->Args({4096, 64})
@@ -493,14 +494,16 @@ void register_attention() {
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
-  for (bool causal : {true, false}) {
-    RegisterBenchmark(causal ? "attention_fwd_bwd_v3/causal/bf16" : "attention_fwd_bwd_v3/full/bf16",
-                      BM_attention_fwd_bwd_v3, causal)
-        ->Args({4096, 64})
-        ->Args({4096, 128})
-        ->ArgNames({"T", "D"})
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
+  for (const char* bwd : {"v3", "v4"}) {
+    for (bool causal : {true, false}) {
+      RegisterBenchmark((std::string("attention_fwd_bwd_") + bwd + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),
+                        BM_attention_fwd_bwd_new, bwd, causal)
+          ->Args({4096, 64})
+          ->Args({4096, 128})
+          ->ArgNames({"T", "D"})
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
   }
   for (bool s256 : {false, true}) {
     RegisterBenchmark(s256 ? "attention_decode_s256/bf16/B8_Hq32_Hkv8_D128" : "attention_decode/bf16/B8_Hq32_Hkv8_D128",

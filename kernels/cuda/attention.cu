@@ -8,8 +8,8 @@
 // j <= q_offset + i. All tensors contiguous (ops.cpp makes them so), except K and V of the
 // decode: a KV cache's (B, Hkv, S, D) prefix view, read through its batch and head strides.
 //
-// Kernels written without a GPU are opt-in (v3 of the forward and the backward) until a GPU run
-// has measured them; every kernel here also runs on the CPU under the host emulation of
+// Kernels written without a GPU are opt-in (v3 of the forward, v3 and v4 of the backward) until
+// a GPU run has measured them; every kernel here also runs on the CPU under the host emulation of
 // tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles), which checks layouts,
 // barriers, masks and tails against f64 — not speed.
 //
@@ -69,10 +69,6 @@ struct AttnDims {
   int causal;
   int q_offset;
   float scale;
-  // Element strides of K and V (the same for both) over batch and kv head; a head's S rows are
-  // D apart. Only the SIMT row kernel and the GQA decode kernel read them (so that a decode
-  // step reads a KV cache's prefix in place); the others take contiguous K, V.
-  int64_t kv_sb, kv_sh;
   // Keys [0, visible(i)) are visible from query row i.
   __device__ __forceinline__ int visible(int i) const {
     if (!causal) return S;
@@ -99,15 +95,18 @@ inline AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double sc
   d.causal = causal ? 1 : 0;
   d.q_offset = static_cast<int>(q_offset);
   d.scale = static_cast<float>(scale);
-  // (V's strides must be K's: attention_decode checks; the other entry points take contiguous
-  // tensors of one shape.)
-  if (k.stride(2) != k.size(3) || k.stride(3) != 1 || k.stride(0) < 0 || k.stride(1) < 0) {
-    throw_error("attention (CUDA): k needs rows of D contiguous elements, got k " + shape_str(k.shape()));
-  }
-  d.kv_sb = k.stride(0);
-  d.kv_sh = k.stride(1);
   return d;
 }
+
+// Element strides of K and V (the same for both) over batch and kv head; a head's S rows are D
+// apart. Only the SIMT row kernel and the GQA decode kernel take them (so that a decode step
+// reads a KV cache's prefix in place); the other kernels take contiguous K, V. A separate
+// kernel argument, not part of AttnDims: growing AttnDims changed the register allocation of
+// the GPU-measured backward kernels (ptxas: a spill where there was none).
+struct KvStrides {
+  int64_t sb, sh;
+};
+inline KvStrides kv_strides(const Tensor& k) { return {k.stride(0), k.stride(1)}; }
 
 template <class T>
 __device__ __forceinline__ float to_f(T x) {
@@ -253,13 +252,14 @@ template <class T, int D>
 __global__ void __launch_bounds__(kRowWarps * 32) attn_rows_simt(const T* __restrict__ q, const T* __restrict__ k,
                                                                const T* __restrict__ v, T* __restrict__ o,
                                                                float* __restrict__ lse, float* __restrict__ o_part,
-                                                               float* __restrict__ lse_part, int chunk, AttnDims d) {
+                                                               float* __restrict__ lse_part, int chunk, AttnDims d,
+                                                               KvStrides kvs) {
   constexpr int E = D / 32;
   __shared__ float Ks[kSimtBc][D];
   __shared__ float Vs[kSimtBc][D];
   const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq, sp = blockIdx.z, n_split = gridDim.z;
-  const T* kh = k + b * d.kv_sb + (h / d.g) * d.kv_sh;  // this head's S rows (strided cache views too)
-  const T* vh = v + b * d.kv_sb + (h / d.g) * d.kv_sh;
+  const T* kh = k + b * kvs.sb + (h / d.g) * kvs.sh;  // this head's S rows (strided cache views too)
+  const T* vh = v + b * kvs.sb + (h / d.g) * kvs.sh;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warps = static_cast<int>(blockDim.x / 32);
   const int i = static_cast<int>(blockIdx.x) * warps + warp;
@@ -340,7 +340,7 @@ inline void launch_rows(const Tensor& q, const Tensor& k, const Tensor& v, const
   attn_rows_simt<T, D><<<grid, warps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(),
                                                 o.defined() ? o.data<T>() : nullptr,
                                                 lse.defined() ? lse.data<float>() : nullptr, o_part, lse_part, chunk,
-                                                d);
+                                                d, kv_strides(k));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1007,7 +1007,8 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 //                      dQ += dS K in registers, then written as bf16. No atomics anywhere.
 // SOMNUS_ATTN_BWD=v3 (kV3, opt-in; see bwd_mma_version) changes both kernels: p in base 2, the
 // mask only on tiles some row does not see whole, ldmatrix A fragments, dSᵀ key-major, and the
-// dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 104 KiB at D = 128).
+// dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 104 KiB at D = 128);
+// SOMNUS_ATTN_BWD=v4 also gives the dK/dV kernel 8 warps = 128 keys a block (kWarps).
 // Shared memory: dkdv 6 · 64 · (D + 8) · 2 + 64 · 72 · 2 + 1024 bytes (112 KiB at D = 128,
 // two blocks a SM; 65.5 KiB at D = 64; without the prefetch 77.5 / 45.5 KiB); dq
 // 4 · 64 · (D + 8) · 2 (68 KiB / 36 KiB).
@@ -1048,10 +1049,12 @@ constexpr int kBwdWarps = 4;
 constexpr int kBwdTile = 16 * kBwdWarps;  // 64 keys per dK/dV block, 64 query rows per tile
 constexpr int kDsLd = kBwdTile + 8;       // row stride of the dS tile (query-major)
 
-// K, V, then 1 or 2 (kPipe) buffers of (Q, dO) tiles, the dS tile, 1 or 2 buffers of lse, Δ.
+// K, V (`keys` rows each), then 1 or 2 (kPipe) buffers of (Q, dO) tiles, the dS tile (`keys`
+// rows: key-major in v3/v4; 64 rows query-major before), 1 or 2 buffers of lse, Δ.
 template <int D>
-constexpr int dkdv_smem_bytes(bool pipe) {
-  return (pipe ? 6 : 4) * kBwdTile * (D + 8) * 2 + kBwdTile * kDsLd * 2 + (pipe ? 4 : 2) * kBwdTile * 4;
+constexpr int dkdv_smem_bytes(bool pipe, int keys = kBwdTile) {
+  return 2 * keys * (D + 8) * 2 + (pipe ? 4 : 2) * kBwdTile * (D + 8) * 2 + keys * kDsLd * 2 +
+         (pipe ? 4 : 2) * kBwdTile * 4;
 }
 
 template <int D>
@@ -1157,30 +1160,35 @@ __device__ __forceinline__ uint16_t bf16_bits(float x) { return __bfloat16_as_us
 // dPᵀ, 2 · 32), so two blocks a SM; D = 64 ~200 (a bound of 170 for three blocks spills).
 // The block's work is a sequence of `total` query tiles (it = hg · n_i + tile), so kPipe
 // (cp.async double buffering of Q, dO, with lse, Δ) prefetches across the GQA heads too.
-template <int D, bool kLdsm, bool kPipe, bool kV3 = false>
-__global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
+// kWarps (v4: 8, needs kV3): warps per block = 16·kWarps keys per block, so each (Q, dO) tile
+// and each dQ atomic serves twice the keys; the dQ product is split over the warps as 4 groups
+// of 16 query rows × kWarps / 4 groups of D columns.
+template <int D, bool kLdsm, bool kPipe, bool kV3 = false, int kWarps = kBwdWarps>
+__global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
     const uint16_t* __restrict__ q, const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
     const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
     uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, float* __restrict__ dq_acc, AttnDims d) {
+  static_assert(kWarps == kBwdWarps || (kWarps == 8 && kV3), "8-warp blocks build on v3");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int LD = D + 8;
   constexpr int kBufs = kPipe ? 2 : 1;
+  constexpr int kKeys = 16 * kWarps;  // keys per block
   uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);
-  uint16_t* Vs = Ks + kBwdTile * LD;
-  uint16_t* QGb = Vs + kBwdTile * LD;           // kBufs × (Q tile, dO tile)
-  uint16_t* Ss = QGb + kBufs * 2 * kBwdTile * LD;  // dS, [query][key], stride kDsLd
-  float* lse_b = reinterpret_cast<float*>(Ss + kBwdTile * kDsLd);  // kBufs × 64
-  float* del_b = lse_b + kBufs * kBwdTile;                            // kBufs × 64
+  uint16_t* Vs = Ks + kKeys * LD;
+  uint16_t* QGb = Vs + kKeys * LD;                 // kBufs × (Q tile, dO tile)
+  uint16_t* Ss = QGb + kBufs * 2 * kBwdTile * LD;  // dS: [query][key] (default) or [key][query] (v3)
+  float* lse_b = reinterpret_cast<float*>(Ss + kKeys * kDsLd);  // kBufs × 64
+  float* del_b = lse_b + kBufs * kBwdTile;                         // kBufs × 64
 
   const int bkv = blockIdx.y, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
-  const int j0 = static_cast<int>(blockIdx.x) * kBwdTile;
+  const int j0 = static_cast<int>(blockIdx.x) * kKeys;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
   const int kr = warp * 16 + gr;  // this thread's key rows kr, kr + 8 (within the tile)
   const int key0 = j0 + kr, key1 = key0 + 8;
   const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
 
-  load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
-  load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kBwdTile, d.S - j0);
+  load_tile_bf16<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kKeys, d.S - j0);
+  load_tile_bf16<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kKeys, d.S - j0);
 
   float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -1249,7 +1257,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
       // Pᵀ, masked to 0 (rows past T, keys the row does not see, keys past S). v3: in base 2,
       // and without the per-element mask where every row of the tile sees every key of the
       // block (block-uniform: rows i0.. all < T and key j0 + 63 < visible(i0)).
-      if (kV3 && i0 + kBwdTile <= d.T && j0 + kBwdTile <= d.visible(i0)) {
+      if (kV3 && i0 + kBwdTile <= d.T && j0 + kKeys <= d.visible(i0)) {
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -1295,8 +1303,11 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
         // 32-bit loads; v3 stores dSᵀ key-major as it lies in the accumulators (two adjacent
         // queries of one key: one 32-bit store) and reads the A fragments of dS back with
         // ldmatrix.trans (matrices keys +0 / +8 × queries +0 / +8 of the warp: a0, a1, a2, a3).
-        const int qr = warp * 16 + gr;  // this thread's query rows qr, qr + 8 (within the tile)
-        uint32_t a[4][4];
+        // The dQ product's split: query rows qw·16.. (4 groups), n-tiles [n_lo, n_lo + kNGroup).
+        constexpr int kNGroup = D / 8 / (kWarps / 4);
+        const int qw = kWarps == 4 ? warp : warp % 4, n_lo = kWarps == 4 ? 0 : (warp / 4) * kNGroup;
+        const int qr = qw * 16 + gr;  // this thread's query rows qr, qr + 8 (within the tile)
+        uint32_t a[kKeys / 16][4];
         if constexpr (kV3) {
 #pragma unroll
           for (int nt = 0; nt < 8; ++nt) {
@@ -1306,8 +1317,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
           __syncthreads();
           const int lmat = lane >> 3, lrow = lane & 7;
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk) {
-            ldsm_x4<true>(a[kk], Ss + (kk * 16 + (lmat >> 1) * 8 + lrow) * kDsLd + warp * 16 + (lmat & 1) * 8);
+          for (int kk = 0; kk < kKeys / 16; ++kk) {
+            ldsm_x4<true>(a[kk], Ss + (kk * 16 + (lmat >> 1) * 8 + lrow) * kDsLd + qw * 16 + (lmat & 1) * 8);
           }
         } else {
 #pragma unroll
@@ -1332,10 +1343,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dkdv_mma(
         float* dq0 = dq_acc + (bh * d.T + row0) * D;
         float* dq1 = dq0 + 8 * D;
 #pragma unroll
-        for (int n = 0; n < D / 8; n += 2) {
+        for (int n = n_lo; n < n_lo + kNGroup; n += 2) {
           float acc[2][4] = {};
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk) {
+          for (int kk = 0; kk < kKeys / 16; ++kk) {
             uint32_t bf[4];
             load_b_pair<D, kLdsm>(bf, Ks, kk, n, gr, tq);
             mma_bf16(acc[0], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[0], bf[1]);
@@ -1511,13 +1522,21 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
 // emulation of tests/kernels/cuda_emu): the default plus base-2 p with the mask only on tiles
 // that need it, A fragments by ldmatrix, dSᵀ stored key-major with 32-bit stores and read by
 // ldmatrix.trans, and a cp.async-pipelined deterministic dQ; not bitwise the others. Needs
-// scale > 0 (else the default).
+// scale > 0 (else the default). SOMNUS_ATTN_BWD=v4: v3 with 8-warp dK/dV blocks of 128 keys
+// (FA2's block shape at D = 128): each staged (Q, dO) tile and each f32 dQ atomic serves twice
+// the keys — the atomic dQ traffic to L2 (64 queries × D floats per tile and block: ~1.9 TB/s
+// at 300 TFLOP/s with 64-key blocks) halves. 155 KiB of shared memory at D = 128: one block
+// (8 warps) per SM, as many warps as v3's two 4-warp blocks. Falls back to v3 where it does
+// not fit.
 template <int D>
 const char* bwd_mma_version(float scale) {
   if (env_equals("SOMNUS_ATTN_BWD", "v1")) return "v1";
   const int smem = max_dynamic_smem_bytes();
   if (env_equals("SOMNUS_ATTN_BWD", "v2") || dkdv_smem_bytes<D>(true) > smem) return "v2";
-  if (env_equals("SOMNUS_ATTN_BWD", "v3") && scale > 0.f && dq_smem_bytes<D>(true) <= smem) return "v3";
+  const bool v4 = env_equals("SOMNUS_ATTN_BWD", "v4");
+  if ((v4 || env_equals("SOMNUS_ATTN_BWD", "v3")) && scale > 0.f && dq_smem_bytes<D>(true) <= smem) {
+    return v4 && dkdv_smem_bytes<D>(true, 128) <= smem ? "v4" : "v3";
+  }
   return "mma";
 }
 
@@ -1541,15 +1560,16 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
   visit_head_dim(q.size(3), "attention_bwd_mma", [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     const std::string version = bwd_mma_version<D>(d.scale);
-    const auto launch = [&](auto ldsm_tag, auto pipe_tag, auto v3_tag) {
+    const auto launch = [&](auto ldsm_tag, auto pipe_tag, auto v3_tag, auto warps_tag) {
       constexpr bool kLdsm = decltype(ldsm_tag)::value, kPipe = decltype(pipe_tag)::value;
       constexpr bool kV3 = decltype(v3_tag)::value;
+      constexpr int kWarps = decltype(warps_tag)::value, kKeys = 16 * kWarps;
       if (d.S > 0) {
-        constexpr int smem = dkdv_smem_bytes<D>(kPipe);
-        const auto kernel = attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3>;
+        constexpr int smem = dkdv_smem_bytes<D>(kPipe, kKeys);
+        const auto kernel = attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3, kWarps>;
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        const dim3 grid((d.S + kBwdTile - 1) / kBwdTile, d.B * d.Hkv);
-        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+        const dim3 grid((d.S + kKeys - 1) / kKeys, d.B * d.Hkv);
+        kernel<<<grid, kWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
                                                reinterpret_cast<uint16_t*>(dk.data_ptr()),
                                                reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
         CUDA_CHECK_LAUNCH();
@@ -1564,14 +1584,17 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
         CUDA_CHECK_LAUNCH();
       }
     };
+    using Four = std::integral_constant<int, kBwdWarps>;
     if (version == "v1") {
-      launch(std::false_type{}, std::false_type{}, std::false_type{});
+      launch(std::false_type{}, std::false_type{}, std::false_type{}, Four{});
     } else if (version == "v2") {
-      launch(std::true_type{}, std::false_type{}, std::false_type{});
+      launch(std::true_type{}, std::false_type{}, std::false_type{}, Four{});
     } else if (version == "v3") {
-      launch(std::true_type{}, std::true_type{}, std::true_type{});
+      launch(std::true_type{}, std::true_type{}, std::true_type{}, Four{});
+    } else if (version == "v4") {
+      launch(std::true_type{}, std::true_type{}, std::true_type{}, std::integral_constant<int, 8>{});
     } else {
-      launch(std::true_type{}, std::true_type{}, std::false_type{});
+      launch(std::true_type{}, std::true_type{}, std::false_type{}, Four{});
     }
   });
 }
@@ -1614,7 +1637,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // Rows > 8 (long speculative / prefill-like T), misaligned pointers or strides, or
 // SOMNUS_ATTN_DECODE=simt take the SIMT row kernel (attn_rows_simt, helpers section),
 // grid.z = splits, with the same partials and combine. Both read K and V through
-// AttnDims::kv_sb / kv_sh, so a KV cache's prefix is read in place (since 2026-11-26, checked
+// KvStrides, so a KV cache's prefix is read in place (since 2026-11-26, checked
 // under the host emulation; before, ops.cpp copied it every step). Splits: the caller's, or
 // (num_splits <= 0) auto_decode_splits below.
 
@@ -1629,7 +1652,8 @@ constexpr int kDecMaxRows = 8;
 template <class T, int D, int R>
 __global__ void __launch_bounds__(kDecWarps * 32, 1)
     attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                    float* __restrict__ o_part, float* __restrict__ lse_part, int chunk, AttnDims d) {
+                    float* __restrict__ o_part, float* __restrict__ lse_part, int chunk, AttnDims d,
+                    KvStrides kvs) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
   constexpr int LPK = D / V;                           // lanes per key row
   constexpr int KPW = 32 / LPK;                        // keys per warp per sub-step
@@ -1669,7 +1693,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     l[r] = 0.f;
   }
 
-  const int64_t kv_base = b * d.kv_sb + hk * d.kv_sh + c * V;  // strided cache views too
+  const int64_t kv_base = b * kvs.sb + hk * kvs.sh + c * V;  // strided cache views too
   const T* kp = k + kv_base;
   const T* vp = v + kv_base;
   // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
@@ -1781,7 +1805,7 @@ void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const 
   with_decode_rows(d.g * d.T, [&](auto rows_tag) {
     constexpr int R = decltype(rows_tag)::value;
     attn_decode_gqa<T, D, R><<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
-                                                        chunk, d);
+                                                        chunk, d, kv_strides(k));
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -1960,9 +1984,11 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
                       int64_t num_splits, const Tensor& o, const Tensor& lse) {
   set_device(q);
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
-  if (v.stride(0) != d.kv_sb || v.stride(1) != d.kv_sh || v.stride(2) != v.size(3) || v.stride(3) != 1) {
-    throw_error("attention_decode (CUDA): v must be laid out as k (rows of D contiguous elements, the same batch "
-                "and head strides): k " + shape_str(k.shape()) + " v " + shape_str(v.shape()));
+  const KvStrides kvs = kv_strides(k);
+  if (k.stride(2) != k.size(3) || k.stride(3) != 1 || kvs.sb < 0 || kvs.sh < 0 || v.stride(0) != kvs.sb ||
+      v.stride(1) != kvs.sh || v.stride(2) != v.size(3) || v.stride(3) != 1) {
+    throw_error("attention_decode (CUDA): k and v need rows of D contiguous elements and the same batch and head "
+                "strides: k " + shape_str(k.shape()) + " v " + shape_str(v.shape()));
   }
   const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
   visit_attn_dtype(q.dtype(), "attention_decode", [&](auto tag) {
@@ -1970,8 +1996,8 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
     visit_head_dim(q.size(3), "attention_decode", [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       const bool aligned = aligned_to(q.data<T>(), 16) && aligned_to(k.data<T>(), 16) && aligned_to(v.data<T>(), 16) &&
-                           (d.kv_sb * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
-                           (d.kv_sh * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+                           (kvs.sb * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                           (kvs.sh * static_cast<int64_t>(sizeof(T))) % 16 == 0;
       const bool gqa = static_cast<int64_t>(d.g) * d.T <= kDecMaxRows && aligned &&
                        !env_equals("SOMNUS_ATTN_DECODE", "simt");
       const int64_t splits = std::min<int64_t>(num_splits > 0 ? num_splits : auto_decode_splits<T, D>(d, gqa), d.S);

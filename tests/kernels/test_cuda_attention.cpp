@@ -71,15 +71,16 @@ Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu(
 
 // The backward paths for bf16: the tensor-core kernels (default), their
 // earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either), the
-// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback) and v3 (opt-in: base-2 p, so not bitwise
-// the first three; kept last). f32 always runs SIMT, on every setting.
-const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3"};
+// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback), v3 and v4 (opt-in: base-2 p, so not
+// bitwise the first three; v4 = v3 with 8-warp, 128-key dK/dV blocks; kept last). f32 always
+// runs SIMT, on every setting.
+const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3", "v4"};
 
 // SOMNUS_TEST_QUICK=1 (tools/gpu_check.sh sets it under compute-sanitizer, where every launch
-// is far slower): MatchesCpuTwinAndReference runs the default backward and v3 (new) only.
+// is far slower): MatchesCpuTwinAndReference runs the default backward, v3 and v4 (new) only.
 std::vector<const char*> bwd_paths() {
   const char* q = std::getenv("SOMNUS_TEST_QUICK");
-  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4]};  // default, v3
+  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4], kBwdPaths[5]};  // default, v3, v4
   return std::vector<const char*>(std::begin(kBwdPaths), std::end(kBwdPaths));
 }
 
@@ -165,14 +166,16 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
       EXPECT_EQ(runs[0].dk.to_vector(), runs[i].dk.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
       EXPECT_EQ(runs[0].dv.to_vector(), runs[i].dv.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
     }
-    // v3 (kBwdPaths[4]) computes p in base 2: where the device runs it, its dQ is not the
-    // default's bit for bit (else the switch silently ran the default).
+    // v3 and v4 (kBwdPaths[4], [5]) compute p in base 2: where the device runs them, their dQ
+    // is not the default's bit for bit (else the switch silently ran the default).
     if (dt == DType::bf16 && cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "mma") {
-      setenv("SOMNUS_ATTN_BWD", "v3", 1);
-      const bool v3_runs = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "v3";
-      unsetenv("SOMNUS_ATTN_BWD");
-      if (v3_runs) {
-        EXPECT_NE(runs[0].dq.to_vector(), runs[4].dq.to_vector()) << "SOMNUS_ATTN_BWD=v3 ran the default";
+      for (size_t i : {4, 5}) {
+        setenv("SOMNUS_ATTN_BWD", kBwdPaths[i], 1);
+        const bool runs_it = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == kBwdPaths[i];
+        unsetenv("SOMNUS_ATTN_BWD");
+        if (runs_it) {
+          EXPECT_NE(runs[0].dq.to_vector(), runs[i].dq.to_vector()) << "SOMNUS_ATTN_BWD=" << kBwdPaths[i] << " ran the default";
+        }
       }
     }
   }

@@ -1,5 +1,6 @@
 // Runs the tensor-core attention backward of kernels/cuda/attention.cu (attn_bwd_dkdv_mma with
-// the atomic dQ, and attn_bwd_dq_mma, the deterministic dQ; the default and v3) under the host emulation
+// the atomic dQ, and attn_bwd_dq_mma, the deterministic dQ; the default, v3 and v4's 8-warp
+// dK/dV blocks) under the host emulation
 // (cuda_emu.h) on the shapes of tests/kernels/test_cuda_attention.cpp, against an f64
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
 // lse and Δ come from the reference (the forward is attention_fwd.cpp's business).
@@ -15,7 +16,7 @@ struct Case {
   int q_offset;
 };
 
-template <int D, bool kLdsm, bool kPipe, bool kV3>
+template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps>
 int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   const AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
                    static_cast<float>(1.0 / std::sqrt(double(D)))};
@@ -72,8 +73,9 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   const std::vector<float> lsef(lse.begin(), lse.end()), deltaf(delta.begin(), delta.end());
   std::vector<uint16_t> gdq(nq, 0x7fc0), gdk(nk, 0x7fc0), gdv(nk, 0x7fc0);  // NaN: unwritten shows
   std::vector<float> acc(nq, 0.f);
-  launch((c.S + kBwdTile - 1) / kBwdTile, c.B * c.Hkv, kBwdWarps * 32, dkdv_smem_bytes<D>(kPipe), [&] {
-    attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(),
+  constexpr int kKeys = 16 * kWarps;
+  launch((c.S + kKeys - 1) / kKeys, c.B * c.Hkv, kWarps * 32, dkdv_smem_bytes<D>(kPipe, kKeys), [&] {
+    attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3, kWarps>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(),
                                        gdk.data(), gdv.data(), det ? nullptr : acc.data(), d);
   });
   if (det) {
@@ -102,30 +104,36 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
 }
 
 // The cases of test_cuda_attention.cpp's kCases (B reduced to 1 where it only repeats).
-template <bool kLdsm, bool kPipe, bool kV3>
+// v4 (kWarps = 8) runs the atomic mode only: its deterministic dQ is v3's kernel.
+template <bool kLdsm, bool kPipe, bool kV3, int kWarps>
 int all_cases(const char* label) {
   int fails = 0;
   uint32_t seed = 1;
   for (bool det : {false, true}) {
-    fails += run_case<64, kLdsm, kPipe, kV3>({2, 2, 2, 64, 64, true, 0}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3>({1, 4, 1, 77, 77, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3>({1, 8, 1, 33, 33, false, 0}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3>({1, 2, 2, 1, 1, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3>({1, 4, 1, 1, 130, true, 129}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3>({1, 4, 4, 5, 131, true, 126}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3>({1, 2, 1, 19, 70, true, 3}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3>({1, 2, 2, 70, 45, false, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3>({1, 2, 1, 200, 333, true, 133}, det, seed++, label);
-    // Tiles with and without the mask in one block (v3 skips it on whole tiles), T = S = 200.
-    fails += run_case<64, kLdsm, kPipe, kV3>({1, 2, 1, 200, 200, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
+    if (det && kWarps != kBwdWarps) break;
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({2, 2, 2, 64, 64, true, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 4, 1, 77, 77, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 8, 1, 33, 33, false, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 2, 1, 1, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 4, 1, 1, 130, true, 129}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 4, 4, 5, 131, true, 126}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 19, 70, true, 3}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 2, 70, 45, false, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 200, 333, true, 133}, det, seed++, label);
+    // Tiles with and without the mask in one block (v3 skips it on whole tiles), T = S = 200;
+    // more than one 128-key block (v4) and a partial one.
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 200, 200, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
   }
   return fails;
 }
 
-int main(int argc, char** argv) {  // argument "v3": that version only
-  const bool only_v3 = argc > 1 && std::string(argv[1]) == "v3";
-  const int fails = (only_v3 ? 0 : all_cases<true, true, false>("default")) + all_cases<true, true, true>("v3");
+int main(int argc, char** argv) {  // argument "v3" or "v4": that version only
+  const std::string only = argc > 1 ? argv[1] : "";
+  int fails = 0;
+  if (only.empty()) fails += all_cases<true, true, false, 4>("default");
+  if (only.empty() || only == "v3") fails += all_cases<true, true, true, 4>("v3");
+  if (only.empty() || only == "v4") fails += all_cases<true, true, true, 8>("v4");
   std::printf("%d failures\n", fails);
   return fails;
 }

@@ -29,8 +29,7 @@ template <class T, int D>
 int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
   AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
              static_cast<float>(1.0 / std::sqrt(double(D)))};
-  d.kv_sh = static_cast<int64_t>(c.cap) * D;
-  d.kv_sb = static_cast<int64_t>(c.Hkv) * d.kv_sh;
+  const KvStrides kvs{static_cast<int64_t>(c.Hkv) * c.cap * D, static_cast<int64_t>(c.cap) * D};
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   std::vector<T> q(size_t(c.B) * c.Hq * c.T * D), k(size_t(c.B) * c.Hkv * c.cap * D), v(k.size());
@@ -49,7 +48,7 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
     auto go = [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
       launch(n_split, c.B * c.Hkv, kDecWarps * 32, 0, [&] {
-        attn_decode_gqa<T, D, R>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d);
+        attn_decode_gqa<T, D, R>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
       });
     };
     if (r <= 1) {
@@ -64,7 +63,8 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
   } else {
     const int warps = std::min(kRowWarps, c.T);
     launch((c.T + warps - 1) / warps, c.B * c.Hq, warps * 32, 0, [&] {
-      attn_rows_simt<T, D>(q.data(), k.data(), v.data(), nullptr, nullptr, o_part.data(), lse_part.data(), chunk, d);
+      attn_rows_simt<T, D>(q.data(), k.data(), v.data(), nullptr, nullptr, o_part.data(), lse_part.data(), chunk, d,
+                           kvs);
     }, n_split);
   }
   launch(static_cast<unsigned>((rows + 3) / 4), 1, 128, 0, [&] {

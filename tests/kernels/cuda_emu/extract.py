@@ -44,6 +44,7 @@ bundles = {
     ],
     # split-K decode: the GQA block kernel, the SIMT row kernel, the combine
     "decode": tiles + [
+        re.search(r"struct KvStrides \{.*?\n\};", src, flags=re.S).group(0),
         section("// V elements of T in one aligned load/store", "template <int V, class T>\n__device__ __forceinline__ void store_vec", common),
         function("__device__ __forceinline__ C warp_allreduce_sum", common),
         function("__device__ __forceinline__ float to_f"),
