@@ -356,6 +356,40 @@ bool env_equals(const char* name, const char* value) {
 
 // ---------------------------------------------------------------- bf16 forward, tensor cores
 
+// The forwards' epilogue: l summed over the quad of lanes that share a row, this thread's O
+// rows row0 and row0 + 8 normalised and stored as bf16 (rows < T), lse = m + ln l (m: the row
+// max in natural-log units) by the quad's first lane.
+template <int D>
+__device__ __forceinline__ void store_fwd_rows(uint16_t* __restrict__ o, float* __restrict__ lse, int bh,
+                                               const AttnDims& d, int row0, int tq, const float (&oacc)[D / 8][4],
+                                               float (&l)[2], const float (&m)[2]) {
+  const int row1 = row0 + 8;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+  uint16_t* oh = o + static_cast<int64_t>(bh) * d.T * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (row0 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row0) * D + col) =
+          pack_bf16(oacc[n][0] * inv0, oacc[n][1] * inv0);
+    }
+    if (row1 < d.T) {
+      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row1) * D + col) =
+          pack_bf16(oacc[n][2] * inv1, oacc[n][3] * inv1);
+    }
+  }
+  if (tq == 0) {
+    if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] + logf(l[0]);
+    if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] + logf(l[1]);
+  }
+}
+
+
 constexpr int kMmaWarps = 4;
 constexpr int kMmaBr = 16 * kMmaWarps;  // 64 query rows per block
 constexpr int kMmaBc = 64;              // keys per tile
@@ -556,30 +590,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
     if constexpr (kPipe) __syncthreads();  // buffer t & 1 is free for tile t + 2
   }
 
-  // Finish: sum l over the quad, normalise, store.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
-  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-  uint16_t* oh = o + static_cast<int64_t>(bh) * d.T * D;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * tq;
-    if (row0 < d.T) {
-      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row0) * D + col) =
-          pack_bf16(oacc[n][0] * inv0, oacc[n][1] * inv0);
-    }
-    if (row1 < d.T) {
-      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row1) * D + col) =
-          pack_bf16(oacc[n][2] * inv1, oacc[n][3] * inv1);
-    }
-  }
-  if (tq == 0) {
-    if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] + logf(l[0]);
-    if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] + logf(l[1]);
-  }
+  store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m);
 }
 
 // ---------------------------------------------------------------- bf16 forward v3 (opt-in)
@@ -768,30 +779,8 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
   }
   cp_async_wait<0>();  // a block that saw no key still has Q's group in flight
 
-  // Finish: sum l over the quad, normalise, store; lse in natural log: m·scale + ln l.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
-  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-  uint16_t* oh = o + static_cast<int64_t>(bh) * d.T * D;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * tq;
-    if (row0 < d.T) {
-      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row0) * D + col) =
-          pack_bf16(oacc[n][0] * inv0, oacc[n][1] * inv0);
-    }
-    if (row1 < d.T) {
-      *reinterpret_cast<uint32_t*>(oh + static_cast<int64_t>(row1) * D + col) =
-          pack_bf16(oacc[n][2] * inv1, oacc[n][3] * inv1);
-    }
-  }
-  if (tq == 0) {
-    if (row0 < d.T) lse[static_cast<int64_t>(bh) * d.T + row0] = m[0] * d.scale + logf(l[0]);
-    if (row1 < d.T) lse[static_cast<int64_t>(bh) * d.T + row1] = m[1] * d.scale + logf(l[1]);
-  }
+  const float m_nat[2] = {m[0] * d.scale, m[1] * d.scale};  // lse in natural log: m·scale + ln l
+  store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
 }
 
 // Whether two v3 blocks can be resident on an SM of the current device (the kernel is built for

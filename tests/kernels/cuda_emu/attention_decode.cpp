@@ -44,22 +44,12 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
   std::vector<float> o_part(rows * n_split * D, NAN), lse_part(rows * n_split, NAN), lse(rows, NAN);
   std::vector<T> o(rows * D, from_f<T>(NAN));
   if (gqa) {
-    const int r = d.g * c.T;
-    auto go = [&](auto rows_tag) {
+    with_decode_rows(d.g * c.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
       launch(n_split, c.B * c.Hkv, kDecWarps * 32, 0, [&] {
         attn_decode_gqa<T, D, R>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
       });
-    };
-    if (r <= 1) {
-      go(std::integral_constant<int, 1>{});
-    } else if (r <= 2) {
-      go(std::integral_constant<int, 2>{});
-    } else if (r <= 4) {
-      go(std::integral_constant<int, 4>{});
-    } else {
-      go(std::integral_constant<int, kDecMaxRows>{});
-    }
+    });
   } else {
     const int warps = std::min(kRowWarps, c.T);
     launch((c.T + warps - 1) / warps, c.B * c.Hq, warps * 32, 0, [&] {

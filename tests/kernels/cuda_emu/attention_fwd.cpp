@@ -60,7 +60,7 @@ int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scal
               ok ? "ok  " : "FAIL", D, B, Hq, Hkv, T, S, causal ? "causal" : "full", off, scale, e3, lerr, e2, lerr2, d32, bad);
   return ok ? 0 : 1;
 }
-int main(int argc, char** argv) {
+int main() {
   int f = 0;
   const float s64 = 0.125f, s128 = static_cast<float>(1.0 / std::sqrt(128.0));
   f += fcase<64>(2, 2, 2, 64, 64, true, 0, s64, 1);

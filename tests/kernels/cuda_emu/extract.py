@@ -39,7 +39,7 @@ tiles = [
 bundles = {
     # the default forward (attn_fwd_mma) and v3 (attn_fwd_v3)
     "fwd": tiles + [
-        section("constexpr int kMmaWarps", "// ---------------------------------------------------------------- bf16 forward v3"),
+        section("// The forwards' epilogue", "// ---------------------------------------------------------------- bf16 forward v3"),
         section("constexpr int kV3Warps", "// Whether two v3 blocks can be resident"),
     ],
     # split-K decode: the GQA block kernel, the SIMT row kernel, the combine
@@ -50,7 +50,7 @@ bundles = {
         function("__device__ __forceinline__ float to_f"),
         function("__device__ __forceinline__ float mma_round"),
         section("constexpr int kRowWarps", "template <class F>\ninline void visit_head_dim"),
-        section("constexpr int kDecWarps", "// f(std::integral_constant<int, R>) with the R"),
+        section("constexpr int kDecWarps", "template <class T, int D>\nvoid launch_decode_gqa"),
         function("__global__ void attn_combine"),
     ],
     # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma and their helpers
