@@ -16,9 +16,11 @@
 //   ldsm_x4_at     ldmatrix.x4(.trans): lane l gives the address of row l % 8 of matrix l / 8;
 //                  register i gets matrix i at (row lane / 4, cols 2·(lane % 4)..+1), or with
 //                  .trans (rows 2·(lane % 4)..+1, col lane / 4). Misaligned → abort.
-//   cp_async16     queued per thread; commit closes a group; wait<N> lands all but the newest N
-//                  groups — so reading a tile before its wait reads the garbage the block's
-//                  shared memory starts with (0xff bytes: bf16 NaN).
+//   cp_async16     lands either at once or when a wait retires its group (commit closes a
+//                  group; wait<N> lands all but the newest N), by a per-thread coin: reading a
+//                  tile before its wait can read the garbage the block's shared memory starts
+//                  with (0xff bytes: bf16 NaN), and issuing into a buffer before the barrier
+//                  that frees it can overwrite data a slower warp still reads.
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
 //   atomicAdd      f32, under one mutex (the order of adds is the threads' schedule).
@@ -126,9 +128,22 @@ inline void check_smem(const void* p, size_t n) {
   const unsigned char* c = static_cast<const unsigned char*>(p);
   if (c < g_smem || c + n > g_smem + g_smem_bytes) { std::printf("shared access out of bounds\n"); std::abort(); }
 }
+// Where in [issue, wait] a copy lands: at the issue or at the wait, by a per-thread coin with a
+// fixed seed (reset per block in launch), so one run exercises both a read before the data is
+// there (a missing wait) and a write under a reader (an issue before the barrier that frees the
+// buffer).
+thread_local uint64_t t_coin = 0;
+inline bool land_now() {
+  t_coin = t_coin * 6364136223846793005ull + 1442695040888963407ull;
+  return (t_coin >> 33) & 1;
+}
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   if (reinterpret_cast<uintptr_t>(sm) % 16) { std::printf("cp.async misaligned\n"); std::abort(); }
   check_smem(sm, 16);
+  if (land_now()) {
+    if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
+    return;
+  }
   t_open.push_back({sm, g, valid});
 }
 inline void cp_async_commit() { t_groups.push_back(std::move(t_open)); t_open.clear(); }
@@ -201,6 +216,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         for (int t = 0; t < threads; ++t) {
           th.emplace_back([&, t] {
             threadIdx.x = t;
+            t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
             t_open.clear();
             t_groups.clear();
             body();
