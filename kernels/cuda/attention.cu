@@ -48,6 +48,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -103,10 +104,19 @@ inline AttnDims dims_of(const Tensor& q, const Tensor& k, bool causal, double sc
 // reads a KV cache's prefix in place); the other kernels take contiguous K, V. A separate
 // kernel argument, not part of AttnDims: growing AttnDims changed the register allocation of
 // the GPU-measured backward kernels (ptxas: a spill where there was none).
+// The stride of a size-1 dimension is never used (and a view may carry any value there, as
+// is_contiguous() ignores it), so it reads as 0.
 struct KvStrides {
   int64_t sb, sh;
 };
-inline KvStrides kv_strides(const Tensor& k) { return {k.stride(0), k.stride(1)}; }
+inline KvStrides kv_strides(const Tensor& k) {
+  return {k.size(0) == 1 ? 0 : k.stride(0), k.size(1) == 1 ? 0 : k.stride(1)};
+}
+// Rows of D contiguous elements (a single row: any stride), non-negative batch / head strides.
+inline bool kv_rows_ok(const Tensor& t) {
+  const KvStrides s = kv_strides(t);
+  return t.stride(3) == 1 && (t.size(2) == 1 || t.stride(2) == t.size(3)) && s.sb >= 0 && s.sh >= 0;
+}
 
 template <class T>
 __device__ __forceinline__ float to_f(T x) {
@@ -996,8 +1006,9 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 //                      dQ += dS K in registers, then written as bf16. No atomics anywhere.
 // SOMNUS_ATTN_BWD=v3 (kV3, opt-in; see bwd_mma_version) changes both kernels: p in base 2, the
 // mask only on tiles some row does not see whole, ldmatrix A fragments, dSᵀ key-major, and the
-// dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 104 KiB at D = 128);
-// SOMNUS_ATTN_BWD=v4 also gives the dK/dV kernel 8 warps = 128 keys a block (kWarps).
+// dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 102 KiB at D = 128);
+// SOMNUS_ATTN_BWD=v4 also gives the dK/dV kernel 8 warps = 128 keys a block (kWarps; 155 KiB
+// of shared memory at D = 128, 90 KiB at D = 64).
 // Shared memory: dkdv 6 · 64 · (D + 8) · 2 + 64 · 72 · 2 + 1024 bytes (112 KiB at D = 128,
 // two blocks a SM; 65.5 KiB at D = 64; without the prefetch 77.5 / 45.5 KiB); dq
 // 4 · 64 · (D + 8) · 2 (68 KiB / 36 KiB).
@@ -1395,6 +1406,15 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
   const int64_t q_base = static_cast<int64_t>(bh) * d.T;
 
+  if constexpr (kV3) {
+    // The first K/V tile in flight (cp.async group 0) while Q and dO load synchronously.
+    const int k_end0 = d.visible(min(q0 + kBwdTile, d.T) - 1);
+    if (k_end0 > 0) {
+      issue_tile_bf16<D>(KVb, k + kv_base, kBwdTile, k_end0);
+      issue_tile_bf16<D>(KVb + kTile, v + kv_base, kBwdTile, k_end0);
+    }
+    cp_async_commit();
+  }
   load_tile_bf16<D>(Qs, q + (q_base + q0) * D, kBwdTile, d.T - q0);
   load_tile_bf16<D>(Gs, dout + (q_base + q0) * D, kBwdTile, d.T - q0);
 
@@ -1415,13 +1435,6 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   const int k_end = d.visible(min(q0 + kBwdTile, d.T) - 1);  // the block's last row sees the most
   // The rows of the tile all see keys [0, k_full) (and all rows are < T, or none is full).
   const int k_full = q0 + kBwdTile <= d.T ? d.visible(q0) : 0;
-  if constexpr (kV3) {
-    if (k_end > 0) {
-      issue_tile_bf16<D>(KVb, k + kv_base, kBwdTile, k_end);
-      issue_tile_bf16<D>(KVb + kTile, v + kv_base, kBwdTile, k_end);
-    }
-    cp_async_commit();
-  }
   for (int j0 = 0, t = 0; j0 < k_end; j0 += kBwdTile, ++t) {
     const uint16_t* Ks = KVb + (kV3 ? (t & 1) * 2 * kTile : 0);
     const uint16_t* Vs = Ks + kTile;
@@ -1804,24 +1817,39 @@ void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // will run). Not yet measured on a GPU (written 2026-11-26 after the H100 runs): it gives
 // 6 splits at B 8, Hkv 8, S 1024 or 4096 on an H100 (396 slots of the R = 4 kernel: one
 // wave of 384 blocks) where S / 256 gave 4 and 16.
+// Slots (SMs × resident blocks of Kernel at `threads` threads) of the current device, asked
+// once per kernel, block size and device (a decode runs per layer per token).
+template <auto Kernel>
+int64_t decode_slots(int threads) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int64_t> cache[kMaxDevices][kRowWarps + 1] = {};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const int slot = threads / 32 <= kRowWarps ? threads / 32 : 0;
+  if (dev < kMaxDevices && cache[dev][slot].load() > 0) return cache[dev][slot].load();
+  int sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(per_sm, 1);
+  if (dev < kMaxDevices) cache[dev][slot].store(slots);
+  return slots;
+}
+
 template <class T, int D>
 int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
-  int dev = 0, sms = 0, per_sm = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  int64_t blocks = 0;
+  int64_t blocks = 0, slots = 0;
   if (gqa) {
     with_decode_rows(d.g * d.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
-      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attn_decode_gqa<T, D, R>, kDecWarps * 32, 0));
+      slots = decode_slots<attn_decode_gqa<T, D, R>>(kDecWarps * 32);
     });
     blocks = static_cast<int64_t>(d.B) * d.Hkv;
   } else {
     const int warps = std::min(kRowWarps, d.T);
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attn_rows_simt<T, D>, warps * 32, 0));
+    slots = decode_slots<attn_rows_simt<T, D>>(warps * 32);
     blocks = static_cast<int64_t>((d.T + warps - 1) / warps) * d.B * d.Hq;
   }
-  return decode_splits_for_waves(blocks, static_cast<int64_t>(sms) * std::max(per_sm, 1), d.S);
+  return decode_splits_for_waves(blocks, slots, d.S);
 }
 
 // A warp per (b, h, query row): combines the n_split partials.
@@ -1973,9 +2001,8 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
                       int64_t num_splits, const Tensor& o, const Tensor& lse) {
   set_device(q);
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
-  const KvStrides kvs = kv_strides(k);
-  if (k.stride(2) != k.size(3) || k.stride(3) != 1 || kvs.sb < 0 || kvs.sh < 0 || v.stride(0) != kvs.sb ||
-      v.stride(1) != kvs.sh || v.stride(2) != v.size(3) || v.stride(3) != 1) {
+  const KvStrides kvs = kv_strides(k), vs = kv_strides(v);
+  if (!kv_rows_ok(k) || !kv_rows_ok(v) || vs.sb != kvs.sb || vs.sh != kvs.sh) {
     throw_error("attention_decode (CUDA): k and v need rows of D contiguous elements and the same batch and head "
                 "strides: k " + shape_str(k.shape()) + " v " + shape_str(v.shape()));
   }

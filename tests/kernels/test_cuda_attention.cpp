@@ -265,6 +265,29 @@ TEST(CudaAttention, DecodeReadsKvCachePrefixInPlace) {
   }
 }
 
+// Odd strides on size-1 dimensions only — a (B, Hkv, 1, D) view of a transposed (B, 1, Hkv, D)
+// projection; B = Hkv = 1 caches of different capacities — are read as they are (the kernels
+// never use those strides; the review of 2026-11-27 found the first version rejecting them).
+TEST(CudaAttention, DecodeIgnoresStridesOfSizeOneDims) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator g(43);
+  for (DType dt : {DType::bf16, DType::f32}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Tensor k1 = randn({2, 1, 4, 64}, g, dt, gpu()).transpose(1, 2);  // (2, 4, 1, 64)
+    const Tensor v1 = randn({2, 1, 4, 64}, g, dt, gpu()).transpose(1, 2);
+    const Tensor q1 = randn({2, 8, 1, 64}, g, dt, gpu());
+    const AttentionOutput a = attention_decode(q1, k1, v1, true, 0.0, 0, 0);
+    const AttentionOutput b = attention_decode(q1, k1.clone(), v1.clone(), true, 0.0, 0, 0);
+    EXPECT_EQ(a.o.to(Device::cpu()).to_vector(), b.o.to(Device::cpu()).to_vector());
+    const Tensor k2 = randn({1, 1, 300, 128}, g, dt, gpu()).slice(2, 0, 100);
+    const Tensor v2 = randn({1, 1, 500, 128}, g, dt, gpu()).slice(2, 0, 100);
+    const Tensor q2 = randn({1, 4, 1, 128}, g, dt, gpu());
+    const AttentionOutput c = attention_decode(q2, k2, v2, true, 0.0, 99, 3);
+    const AttentionOutput e = attention_decode(q2, k2.contiguous(), v2.contiguous(), true, 0.0, 99, 3);
+    EXPECT_EQ(c.o.to(Device::cpu()).to_vector(), e.o.to(Device::cpu()).to_vector());
+  }
+}
+
 TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator gen(3);

@@ -124,6 +124,8 @@ int all_cases(const char* label) {
     // more than one 128-key block (v4) and a partial one.
     fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 200, 200, true, 0}, det, seed++, label);
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
+    // Not causal, T a multiple of 64, S not a multiple of the key block (masked key tails only).
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 128, 200, false, 0}, det, seed++, label);
   }
   return fails;
 }

@@ -138,7 +138,10 @@ inline bool land_now() {
   return (t_coin >> 33) & 1;
 }
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
-  if (reinterpret_cast<uintptr_t>(sm) % 16) { std::printf("cp.async misaligned\n"); std::abort(); }
+  if (reinterpret_cast<uintptr_t>(sm) % 16 || (valid && reinterpret_cast<uintptr_t>(g) % 16)) {
+    std::printf("cp.async misaligned\n");
+    std::abort();
+  }
   check_smem(sm, 16);
   if (land_now()) {
     if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
@@ -181,14 +184,30 @@ inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
 template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
 
+// A kernel's static __shared__ arrays (extract.py turns them into function statics and calls
+// emu_shared on each): recorded here so that launch fills them with 0xff garbage before every
+// block after the first, as the GPU gives a block uninitialised shared memory.
+std::mutex g_statics_mu;
+std::vector<std::pair<void*, size_t>> g_statics;
+inline void emu_shared(void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_statics_mu);
+  for (const auto& e : g_statics) {
+    if (e.first == p) return;
+  }
+  g_statics.emplace_back(p, bytes);
+}
+
 // Runs body() as a grid (gx, gy, gz) of blocks of `threads` threads with `smem` bytes of
 // dynamic shared memory (filled with 0xff garbage at the start of each block), block after
 // block. A kernel's static __shared__ arrays become function statics (extract.py), which is
 // right as long as blocks run one at a time.
 template <class F>
 void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1) {
-  std::vector<unsigned char> smv(smem + 16);
-  unsigned char* smd = smv.data() + (16 - reinterpret_cast<uintptr_t>(smv.data()) % 16) % 16;
+  // Exactly `smem` bytes, 16-byte aligned: ASan reports a shared access past the end.
+  const auto free_aligned = [](unsigned char* p) { ::operator delete[](p, std::align_val_t(16)); };
+  std::unique_ptr<unsigned char[], decltype(free_aligned)> smv(
+      static_cast<unsigned char*>(::operator new[](std::max(smem, 1), std::align_val_t(16))), free_aligned);
+  unsigned char* smd = smv.get();
   blockDim.x = threads;
   gridDim.x = gx;
   gridDim.y = gy;
@@ -201,6 +220,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         blockIdx.y = y;
         blockIdx.z = z;
         std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
+        for (const auto& e : g_statics) std::memset(e.first, 0xff, e.second);
         g_smem = smd;
         std::barrier<> bb(threads);
         g_block_bar = &bb;
