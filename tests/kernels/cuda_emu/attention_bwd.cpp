@@ -18,6 +18,7 @@ struct Case {
 
 template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps>
 int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
+  if (!emu_selected(seed)) return 0;
   const AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
                    static_cast<float>(1.0 / std::sqrt(double(D)))};
   std::mt19937 rng(seed);

@@ -27,6 +27,7 @@ struct Case {
 
 template <class T, int D>
 int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
+  if (!emu_selected(seed)) return 0;
   AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
              static_cast<float>(1.0 / std::sqrt(double(D)))};
   const KvStrides kvs{static_cast<int64_t>(c.Hkv) * c.cap * D, static_cast<int64_t>(c.cap) * D};

@@ -9,6 +9,7 @@
 
 template <int D>
 int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scale, uint32_t seed) {
+  if (!emu_selected(seed)) return 0;
   AttnDims d{B, Hq, Hkv, T, S, Hq / Hkv, causal ? 1 : 0, off, scale};
   std::mt19937 rng(seed); std::normal_distribution<float> nd;
   auto gen = [&](size_t n) { std::vector<uint16_t> x(n); for (auto& e : x) e = f2bf(nd(rng)); return x; };

@@ -37,7 +37,9 @@
 #include <thread>
 #include <vector>
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "tensor/dtype.h"
 #define __global__
@@ -133,9 +135,16 @@ inline void check_smem(const void* p, size_t n) {
 // there (a missing wait) and a write under a reader (an issue before the barrier that frees the
 // buffer).
 thread_local uint64_t t_coin = 0;
+// Built with CUDA_EMU_EAGER_COPIES (run.sh's thread-sanitizer mode) every copy lands at its
+// issue: a write by the issuing thread that ThreadSanitizer orders against every other thread's
+// reads only through the barriers, so a missing __syncthreads is reported whatever the schedule.
 inline bool land_now() {
+#ifdef CUDA_EMU_EAGER_COPIES
+  return true;
+#else
   t_coin = t_coin * 6364136223846793005ull + 1442695040888963407ull;
   return (t_coin >> 33) & 1;
+#endif
 }
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   if (reinterpret_cast<uintptr_t>(sm) % 16 || (valid && reinterpret_cast<uintptr_t>(g) % 16)) {
@@ -183,6 +192,15 @@ inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
 }
 template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
+
+// CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;
+// see the driver's case list), for the slow thread-sanitizer mode; unset: every case.
+inline bool emu_selected(uint32_t seed) {
+  const char* only = std::getenv("CUDA_EMU_ONLY");
+  if (only == nullptr || *only == '\0') return true;
+  const std::string list = std::string(",") + only + ",";
+  return list.find("," + std::to_string(seed) + ",") != std::string::npos;
+}
 
 // A kernel's static __shared__ arrays (extract.py turns them into function statics and calls
 // emu_shared on each): recorded here so that launch fills them with 0xff garbage before every

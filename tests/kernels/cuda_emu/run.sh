@@ -18,12 +18,15 @@ parts=("${@:2}")
 [ ${#parts[@]} -gt 0 ] || parts=(fwd bwd decode)
 # Under AddressSanitizer + UBSan by default (CUDA_EMU_SANITIZE=0: -O2 without), so that a
 # kernel's read past a global tensor (a tail it does not mask) is an error, not just a wrong
-# number; about 1.7x the time.
-if [ "${CUDA_EMU_SANITIZE:-1}" = 1 ]; then
-  opt="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-else
-  opt="-O2"
-fi
+# number; about 1.7x the time. CUDA_EMU_SANITIZE=thread: ThreadSanitizer with every cp.async
+# landing at its issue, a deterministic check for a missing barrier (any shared-memory access
+# pair of two warps not ordered by a __syncthreads is reported); minutes per case, so pick
+# cases, e.g. CUDA_EMU_ONLY=9,10 CUDA_EMU_SANITIZE=thread tests/kernels/cuda_emu/run.sh /tmp/w bwd.
+case "${CUDA_EMU_SANITIZE:-1}" in
+  1) opt="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" ;;
+  thread) opt="-O1 -g -fsanitize=thread -DCUDA_EMU_EAGER_COPIES" ;;
+  *) opt="-O2" ;;
+esac
 status=0
 for part in "${parts[@]}"; do
   python3 "$here/extract.py" "$root/kernels/cuda/attention.cu" "$work/attention_$part.inc" "$part"
