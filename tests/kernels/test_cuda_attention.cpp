@@ -108,11 +108,21 @@ CudaRun run_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
           r.dv.to(Device::cpu())};
 }
 
+// Under SOMNUS_TEST_QUICK the opt-in paths (v3, v4) run bf16 only (f32 is SIMT on every
+// setting) on three cases — masked tails with GQA 4, keys no query sees, several tiles both
+// ways with GQA 8 — so that the compute-sanitizer runs stay within their budget.
+bool quick_subset(const std::string& path, DType dt, size_t case_index) {
+  const char* q = std::getenv("SOMNUS_TEST_QUICK");
+  if (q == nullptr || std::string(q) != "1" || path == "mma") return true;
+  return dt == DType::bf16 && (case_index == 1 || case_index == 6 || case_index == 8);
+}
+
 TEST(CudaAttention, MatchesCpuTwinAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   for (DType dt : {DType::bf16, DType::f32}) {
     uint64_t seed = 500;
-    for (const AttnCase& c : kCases) {
+    for (size_t ci = 0; ci < std::size(kCases); ++ci) {
+      const AttnCase& c = kCases[ci];
       Generator gen(seed++);
       const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
       const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, dt), dout = randn({c.B, c.Hq, c.T, c.D}, gen, dt);
@@ -121,6 +131,7 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
       const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
       const double tf = dt == DType::bf16 ? 1e-2 : 1e-5, tb = dt == DType::bf16 ? 2e-2 : 2e-5;
       for (const char* path : bwd_paths()) {
+        if (!quick_subset(path, dt, ci)) continue;
         set_bwd_path(path);
         for (bool det : {false, true}) {
           SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + path);
