@@ -731,19 +731,18 @@ DType lse_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 // (B, Hkv, S, D) view with contiguous rows (a KV cache's prefix) goes in place; anything else
 // is made contiguous. On CUDA only the decode kernels take strides (the forward's tensor-core
 // kernel wants contiguous K, V), and they want K and V with the same strides: kv_pair_operands.
+// The stride of a size-1 dimension is never used (and contiguous() keeps a view whose only odd
+// strides are there, as is_contiguous() ignores them), so it reads as 0.
+int64_t used_stride(const Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }
 bool rows_contiguous(const Tensor& t) {
-  return t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) >= 0 && t.stride(1) >= 0;
+  return (t.size(3) == 1 || t.stride(3) == 1) && (t.size(2) == 1 || t.stride(2) == t.size(3)) &&
+         used_stride(t, 0) >= 0 && used_stride(t, 1) >= 0;
 }
 Tensor kv_operand(const Tensor& t) { return !t.device().is_cuda() && rows_contiguous(t) ? t : t.contiguous(); }
-// (CUDA: the strides of size-1 dimensions do not count — they are never used, and contiguous()
-// keeps a view whose only odd strides are there, as is_contiguous() ignores them.)
 std::pair<Tensor, Tensor> kv_pair_operands(const Tensor& k, const Tensor& v) {
   if (!k.device().is_cuda()) return {kv_operand(k), kv_operand(v)};
-  const auto used = [](const Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); };
-  const auto rows_ok = [&](const Tensor& t) {
-    return t.stride(3) == 1 && (t.size(2) == 1 || t.stride(2) == t.size(3)) && used(t, 0) >= 0 && used(t, 1) >= 0;
-  };
-  const bool in_place = rows_ok(k) && rows_ok(v) && used(k, 0) == used(v, 0) && used(k, 1) == used(v, 1);
+  const bool in_place = rows_contiguous(k) && rows_contiguous(v) && used_stride(k, 0) == used_stride(v, 0) &&
+                        used_stride(k, 1) == used_stride(v, 1);
   return in_place ? std::pair{k, v} : std::pair{k.contiguous(), v.contiguous()};
 }
 

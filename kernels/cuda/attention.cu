@@ -160,6 +160,30 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// P's A fragment for k-step kk of P V from the S accumulators x (C fragments of n-tiles 2kk and
+// 2kk + 1, rounded to bf16): the FA2 register trick — the C layout of two n-tiles is the A
+// layout of one k-step.
+__device__ __forceinline__ void p_frag(const float (&x)[8][4], int kk, uint32_t& a0, uint32_t& a1, uint32_t& a2,
+                                       uint32_t& a3) {
+  a0 = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
+  a1 = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
+  a2 = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+  a3 = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+}
+
+// O's rows gr (c0, c1) and gr + 8 (c2, c3) scaled by alpha[0], alpha[1] (the online softmax's
+// rescale when a row's max grows).
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (&oacc)[D / 8][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    oacc[n][0] *= alpha[0];
+    oacc[n][1] *= alpha[0];
+    oacc[n][2] *= alpha[1];
+    oacc[n][3] *= alpha[1];
+  }
+}
+
 // ---------------------------------------------------------------- device limits, alignment
 
 // The most dynamic shared memory a block may opt into on the current device (227 KB on
@@ -561,21 +585,13 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
         l[e >> 1] += s[nt][e];  // this thread's columns; the quad is summed at the end
       }
     }
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      oacc[n][0] *= alpha[0];
-      oacc[n][1] *= alpha[0];
-      oacc[n][2] *= alpha[1];
-      oacc[n][3] *= alpha[1];
-    }
+    rescale_rows<D>(oacc, alpha);
 
     // O += P V: 4 k-steps of 16 keys; P's A fragments come from the S accumulators.
 #pragma unroll
     for (int kk = 0; kk < kMmaBc / 16; ++kk) {
-      const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      uint32_t a0, a1, a2, a3;
+      p_frag(s, kk, a0, a1, a2, a3);
       if constexpr (kLdsm) {
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
@@ -762,20 +778,12 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
           l[e >> 1] += s[nt][e];  // this thread's columns; the quad is summed at the end
         }
       }
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        oacc[n][0] *= alpha[0];
-        oacc[n][1] *= alpha[0];
-        oacc[n][2] *= alpha[1];
-        oacc[n][3] *= alpha[1];
-      }
+      rescale_rows<D>(oacc, alpha);
       // O += P V: 4 k-steps of 16 keys; P's A fragments come from the S accumulators.
 #pragma unroll
       for (int kk = 0; kk < kV3Bc / 16; ++kk) {
-        const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-        const uint32_t a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-        const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        uint32_t a0, a1, a2, a3;
+        p_frag(s, kk, a0, a1, a2, a3);
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
           uint32_t vb[4];
@@ -1138,10 +1146,8 @@ __device__ __forceinline__ void mma_cb(float (&acc)[D / 8][4], const float (&x)[
                                        int tq) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    const uint32_t a0 = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
-    const uint32_t a1 = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
-    const uint32_t a2 = pack_bf16(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    const uint32_t a3 = pack_bf16(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    uint32_t a0, a1, a2, a3;
+    p_frag(x, kk, a0, a1, a2, a3);
 #pragma unroll
     for (int n = 0; n < D / 8; n += 2) {
       uint32_t bf[4];

@@ -87,6 +87,13 @@ struct SumOp {
 };
 
 // Reduce v over the block and broadcast the result to every thread.
+// log m of the JSD mixture m = (1 − β)·p_s + β·p_t from the log-probabilities, stable:
+// log(e^(lps + l1b) + e^(lpt + lb)) with l1b = log(1 − β), lb = log β.
+__device__ __forceinline__ float mixture_log(float lps, float lpt, float l1b, float lb) {
+  const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
+  return hi + log1pf(__expf(lo - hi));
+}
+
 template <class Op>
 __device__ float block_all(float v, Op op) {
   __shared__ typename BlockReduce::TempStorage tmp;
@@ -175,8 +182,7 @@ __global__ void jsd_rows_kernel(float* us, float* ut, int64_t V, const float* ma
     } else if (beta == 1.0f) {
       loss += __expf(lps) * (lps - lpt);
     } else {
-      const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
-      const float lm = hi + log1pf(__expf(lo - hi));
+      const float lm = mixture_log(lps, lpt, l1b, lb);
       const float ps = __expf(lps);
       loss += beta * __expf(lpt) * (lpt - lm) + (1.0f - beta) * ps * (lps - lm);
       dot += ps * (1.0f - beta) * (lps - lm);
@@ -195,8 +201,7 @@ __global__ void jsd_rows_kernel(float* us, float* ut, int64_t V, const float* ma
     } else if (beta == 1.0f) {
       g = c * ps * (lps - lpt - loss);
     } else {
-      const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
-      const float lm = hi + log1pf(__expf(lo - hi));
+      const float lm = mixture_log(lps, lpt, l1b, lb);
       g = c * ps * ((1.0f - beta) * (lps - lm) - dot);
     }
     if (hard) g += w * __expf(s[v] - lse_raw);
@@ -508,8 +513,7 @@ __global__ void jsd_rows_lp_kernel(const float* us, const float* ut, int64_t ld,
       if (beta == 1.0f) {
         loss += __expf(lps) * (lps - lpt);
       } else {
-        const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
-        const float lm = hi + log1pf(__expf(lo - hi));
+        const float lm = mixture_log(lps, lpt, l1b, lb);
         const float ps = __expf(lps);
         loss += beta * __expf(lpt) * (lpt - lm) + (1.0f - beta) * ps * (lps - lm);
         dot += ps * (1.0f - beta) * (lps - lm);
@@ -526,8 +530,7 @@ __global__ void jsd_rows_lp_kernel(const float* us, const float* ut, int64_t ld,
         if (beta == 1.0f) {
           gv = c * ps * (lps - lpt - loss);
         } else {
-          const float a = lps + l1b, b = lpt + lb, hi = fmaxf(a, b), lo = fminf(a, b);
-          const float lm = hi + log1pf(__expf(lo - hi));
+          const float lm = mixture_log(lps, lpt, l1b, lb);
           gv = c * ps * ((1.0f - beta) * (lps - lm) - dot);
         }
         if (hard) gv += w * (__expf(sv - lse_raw) - (v == y ? 1.0f : 0.0f));

@@ -33,6 +33,7 @@ def section(first, end_marker, src=src):
 tiles = [
     re.search(r"struct AttnDims \{.*?\n\};", src, flags=re.S).group(0),
     re.search(r"constexpr float kLog2e = [^;]*;", src).group(0),
+    section("// P's A fragment for k-step kk", "// ---------------------------------------------------------------- device limits"),
     function("__device__ __forceinline__ void load_tile_bf16"),
     function("__device__ __forceinline__ void issue_tile_bf16"),
 ]
