@@ -6,7 +6,7 @@
 // pressure, bank conflicts, or anything the inline PTX itself gets wrong beyond its documented
 // semantics.
 //
-// Model: a block is blockDim.x std::threads (one per CUDA thread) run to completion before the
+// Model: a block is blockDim.x·blockDim.y std::threads (one per CUDA thread) run to completion before the
 // next block; __syncthreads is a std::barrier over the block, and every warp-collective
 // (mma.sync, ldmatrix, shfl) is a barrier over its 32 threads, so a collective a lane skips
 // deadlocks (as on the GPU it would be undefined). Semantics emulated, from the PTX ISA:
@@ -54,6 +54,7 @@ struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 thread_local Dim3 threadIdx;
+thread_local int t_lin;  // the thread's linear index in its block (x fastest): its warp is t_lin / 32
 Dim3 blockIdx, blockDim, gridDim;
 unsigned char* g_smem;
 static uint16_t f2bf(float x) {
@@ -80,14 +81,14 @@ inline float atomicAdd(float* p, float v) {
 }
 inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
 inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
-constexpr int kMaxWarps = 8;
+constexpr int kMaxWarps = 32;
 std::barrier<>* g_block_bar;
-struct Warp { std::barrier<>* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; float shfl[32]; };
+struct Warp { std::barrier<>* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; uint64_t shfl[32]; };
 Warp* g_warps;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 inline void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  const int lane = threadIdx.x % 32;
-  Warp& w = g_warps[threadIdx.x / 32];
+  const int lane = t_lin % 32;
+  Warp& w = g_warps[t_lin / 32];
   w.a[lane][0] = a0; w.a[lane][1] = a1; w.a[lane][2] = a2; w.a[lane][3] = a3;
   w.b[lane][0] = b0; w.b[lane][1] = b1;
   w.bar->arrive_and_wait();
@@ -112,15 +113,21 @@ inline void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint3
     c[e] += s;
   }
 }
-inline float __shfl_xor_sync(unsigned, float v, int m) {
-  Warp& w = g_warps[threadIdx.x / 32];
-  const int l = threadIdx.x % 32;
-  w.shfl[l] = v;
+// Any 4- or 8-byte value (float, double, int, ...), through the warp's exchange slots.
+template <class V>
+inline V __shfl_xor_sync(unsigned, V v, int m) {
+  static_assert(sizeof(V) <= 8);
+  Warp& w = g_warps[t_lin / 32];
+  const int l = t_lin % 32;
+  std::memcpy(&w.shfl[l], &v, sizeof(V));
   w.bar->arrive_and_wait();
-  const float r = w.shfl[l ^ m];
+  V r;
+  std::memcpy(&r, &w.shfl[l ^ m], sizeof(V));
   w.bar->arrive_and_wait();
   return r;
 }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 // cp.async: copies land when a wait retires their group (so a missing wait reads garbage).
 struct PendingCopy { uint16_t* sm; const uint16_t* g; bool valid; };
 thread_local std::vector<PendingCopy> t_open;
@@ -171,8 +178,8 @@ inline uint32_t __cvta_generic_to_shared(const void* p) {
 template <bool kTrans>
 inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
   const uint16_t* p = reinterpret_cast<const uint16_t*>(g_smem + a);
-  const int lane = threadIdx.x % 32;
-  Warp& w = g_warps[threadIdx.x / 32];
+  const int lane = t_lin % 32;
+  Warp& w = g_warps[t_lin / 32];
   if (a % 16 != 0) { std::printf("ldmatrix misaligned\n"); std::abort(); }
   check_smem(p, 16);
   w.ldsm[lane] = p;
@@ -219,14 +226,19 @@ inline void emu_shared(void* p, size_t bytes) {
 // dynamic shared memory (filled with 0xff garbage at the start of each block), block after
 // block. A kernel's static __shared__ arrays become function statics (extract.py), which is
 // right as long as blocks run one at a time.
+// `threads` may be a 2-D block (launch2d): threadIdx.x = t % bx, threadIdx.y = t / bx.
 template <class F>
-void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1) {
+void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1, int bx = 0) {
+  if (bx == 0) bx = threads;
   // Exactly `smem` bytes, 16-byte aligned: ASan reports a shared access past the end.
   const auto free_aligned = [](unsigned char* p) { ::operator delete[](p, std::align_val_t(16)); };
   std::unique_ptr<unsigned char[], decltype(free_aligned)> smv(
       static_cast<unsigned char*>(::operator new[](std::max(smem, 1), std::align_val_t(16))), free_aligned);
   unsigned char* smd = smv.get();
-  blockDim.x = threads;
+  if (threads > 32 * kMaxWarps || threads % bx != 0) { std::printf("launch: bad block\n"); std::abort(); }
+  blockDim.x = bx;
+  blockDim.y = threads / bx;
+  blockDim.z = 1;
   gridDim.x = gx;
   gridDim.y = gy;
   gridDim.z = gz;
@@ -253,7 +265,10 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         std::vector<std::thread> th;
         for (int t = 0; t < threads; ++t) {
           th.emplace_back([&, t] {
-            threadIdx.x = t;
+            threadIdx.x = t % bx;
+            threadIdx.y = t / bx;
+            threadIdx.z = 0;
+            t_lin = t;
             t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
             t_open.clear();
             t_groups.clear();
@@ -264,4 +279,8 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
       }
     }
   }
+}
+template <class F>
+void launch2d(unsigned gx, unsigned gy, int bx, int by, int smem, F&& body) {
+  launch(gx, gy, bx * by, smem, std::forward<F>(body), 1, bx);
 }
