@@ -393,6 +393,7 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
     };
     state.counters["speedup_vs_unfused"] = median_seconds(unfused, 3) / mean;
   }
+  unsetenv("SOMNUS_NORM_FWD");
 }
 
 // The forward's kernel versions other than the default (SOMNUS_ATTN_FWD = v1: plain shared
@@ -524,8 +525,10 @@ void register_attention() {
 // benchmark (report_bandwidth). Norm forward is also timed against the unfused composition.
 // (B·T, C) = (16384, 4096): 128 MiB per bf16 tensor.
 
-void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual) {
+// `version`: SOMNUS_NORM_FWD for the run ("" = the default register kernel, "v1" = the previous).
+void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual, const char* version) {
   if (skip_without_cuda(state)) return;
+  setenv("SOMNUS_NORM_FWD", version, 1);
   const int64_t rows = 16384, C = 4096;
   Generator g(6);
   const Tensor x = randn({rows, C}, g, dtype, gpu()), r = randn({rows, C}, g, dtype, gpu());
@@ -546,6 +549,7 @@ void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual
     };
     state.counters["speedup_vs_unfused"] = median_seconds(unfused, 3) / mean;
   }
+  unsetenv("SOMNUS_NORM_FWD");
 }
 
 void BM_norm_bwd(benchmark::State& state, DType dtype, bool layer) {
@@ -617,7 +621,13 @@ void register_fused() {
         RegisterBenchmark(((layer ? "layer_norm_fwd" : "rms_norm_fwd") + std::string(res ? "_residual/" : "/") + d +
                            "/16384x4096")
                               .c_str(),
-                          BM_norm_fwd, dt, layer, res)
+                          BM_norm_fwd, dt, layer, res, "")
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+        RegisterBenchmark(((layer ? "layer_norm_fwd_v1" : "rms_norm_fwd_v1") + std::string(res ? "_residual/" : "/") +
+                           d + "/16384x4096")
+                              .c_str(),
+                          BM_norm_fwd, dt, layer, res, "v1")
             ->UseManualTime()
             ->Unit(benchmark::kMicrosecond);
       }

@@ -1,7 +1,24 @@
 // CUDA RMSNorm and LayerNorm over the last dim, with a fused residual add, and their backward.
 // The twin of kernels/cpu/norm.cpp: the same passes and formulas (see there).
 //
-// Forward: one block of kThreads per row (grid-stride over rows). Pass 1 forms h = x + r
+// Forward (v2, default): the row in registers, like the backward below: thread t of a group owns
+// the 16-byte vectors t, t + kThreads, ... of its row (NV ≤ 4 per thread: C ≤ 8192 for bf16,
+// ≤ 4096 for f32/f64; short rows put G = 2, 4 or 8 rows in a block), loads all of them (x, and r
+// when fused) before its first arithmetic, forms h = x + r (stored in the storage dtype; the
+// stats use the rounded h), Σh (layer) or Σh² (rms), a block reduction, for LayerNorm the
+// two-pass Σ(h − mean)² from the registers and a second reduction, and writes y from the
+// registers. DRAM traffic per element: one read of x (+ r), one write of y (+ h); nothing is
+// re-read. With G = 1 every sum is formed in v1's order: the results are bitwise v1's.
+// Why (H100, 2026-11-26, 16384×4096): v1 reached 0.89 (RMS) / 0.78 (Layer) of copy in bf16 and
+// 0.77 / 0.73 in f32 without the residual, but 0.88–0.99 with it: v1 loads one vector per thread
+// at a time in a runtime loop and re-reads the row for each further pass, so with 2 bytes moved
+// per element (vs 4 with the residual) the serial load → reduce → re-read → write chain of a
+// row is not hidden. v2 has a whole row in flight per block (8 KiB bf16, 16 KiB f32; 8 blocks
+// of 256 threads per SM at ≤ 64 registers: 64–128 KiB of loads per SM). Predicted (not yet
+// measured): the forwards without residual at 0.88–0.95 of copy, like the fused ones (which
+// should not lose: same bytes, fewer instructions).
+// Forward v1 (SOMNUS_NORM_FWD=v1, and the fallback for wider rows): one block of kThreads per
+// row (grid-stride over rows). Pass 1 forms h = x + r
 // (stored in the storage dtype; the stats use the rounded h), accumulating Σh (layer) or Σh²
 // (rms); pass 2 (layer) the two-pass Σ(h − mean)²; pass 3 writes y. Passes 2–3 re-read the
 // row from L1/L2, so DRAM traffic is one read of x (+r) and one write of y (+h).
@@ -48,16 +65,27 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Sum over the block; every thread gets the result. `smem` holds kThreads / 32 values.
+// Sums a value over each group of kThreads / G consecutive threads (G = 1: the block; G =
+// kThreads / 32: each warp), every thread of the group getting it. Called by all threads of the
+// block. `smem` holds kThreads / 32 values.
+template <int G, class C>
+__device__ __forceinline__ C group_allreduce_sum(C a, C* smem) {
+  a = warp_allreduce_sum(a);
+  constexpr int kWarps = kThreads / 32, kGroupWarps = kWarps / G;
+  if constexpr (kGroupWarps > 1) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, first = warp - warp % kGroupWarps;
+    __syncthreads();  // smem may still be read from the previous reduction
+    if (lane == 0) smem[warp] = a;
+    __syncthreads();
+    a = warp_allreduce_sum(lane < kGroupWarps ? smem[first + lane] : C(0));
+  }
+  return a;
+}
+
+// Sum over the block (of kThreads threads); every thread gets the result.
 template <class C>
 __device__ __forceinline__ C block_allreduce_sum(C v, C* smem) {
-  v = warp_allreduce_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  __syncthreads();  // smem may still be read from the previous reduction
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  C t = lane < nwarps ? smem[lane] : C(0);
-  return warp_allreduce_sum(t);
+  return group_allreduce_sum<1>(v, smem);
 }
 
 // Sums two values over each group of kThreads / G consecutive threads (G = 1: the block; G =
@@ -159,6 +187,129 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       store_vec<V>(yr, vi, o);
+    }
+  }
+}
+
+// Register-resident forward (v2, the default; see the header). The block's G groups of
+// kTPG = kThreads / G threads each take every G-th row; thread lt of a group owns the vectors
+// lt, lt + kTPG, ..., lt + (NV − 1)·kTPG of its row (the order v1's loop visits them), loads
+// them all at once (x, and r when fused), and computes the statistics and y from registers.
+// With G = 1 every sum is formed in v1's order, so y, h, mean and rstd are bitwise v1's.
+template <class T, int V, int NV, int G>
+__global__ void __launch_bounds__(kThreads)
+    norm_forward_reg_kernel(bool layer, const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
+                            const T* __restrict__ b, compute_t<T> eps, T* __restrict__ y, T* __restrict__ h,
+                            compute_t<T>* __restrict__ mean, compute_t<T>* __restrict__ rstd, int64_t rows,
+                            int64_t n) {
+  using C = compute_t<T>;
+  constexpr int kTPG = kThreads / G;
+  __shared__ C red[kThreads / 32];
+  const int t = threadIdx.x, grp = G == 1 ? 0 : t / kTPG, lt = G == 1 ? t : t % kTPG;
+  const int64_t nv = n / V;
+  const C inv_n = C(1) / static_cast<C>(n);
+  bool own[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) own[i] = static_cast<int64_t>(i) * kTPG + lt < nv;
+  // Every group of the block runs the same number of iterations (the reductions are block-wide
+  // barriers when G < 8); a group past the last row computes nothing and writes nothing.
+  for (int64_t rb = static_cast<int64_t>(blockIdx.x) * G; rb < rows; rb += static_cast<int64_t>(gridDim.x) * G) {
+    const int64_t r = rb + grp;
+    const bool live = G == 1 || r < rows;
+    Vec<T, V> hv[NV];
+    if (live) {
+      const T* xr = x + r * n;
+      if (res != nullptr) {
+        const T* rr = res + r * n;
+        Vec<T, V> rv[NV];
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+          if (own[i]) {
+            const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
+            hv[i] = load_vec<V>(xr, vi);
+            rv[i] = load_vec<V>(rr, vi);
+          }
+        }
+        T* hr = h + r * n;
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+          if (own[i]) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              hv[i].v[k] = static_cast<T>(static_cast<C>(hv[i].v[k]) + static_cast<C>(rv[i].v[k]));
+            }
+            store_vec<V>(hr, static_cast<int64_t>(i) * kTPG + lt, hv[i]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+          if (own[i]) hv[i] = load_vec<V>(xr, static_cast<int64_t>(i) * kTPG + lt);
+        }
+      }
+    }
+    C s1 = 0;
+    if (live) {
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (own[i]) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            const C v = static_cast<C>(hv[i].v[k]);
+            s1 += layer ? v : v * v;
+          }
+        }
+      }
+    }
+    s1 = group_allreduce_sum<G>(s1, red);
+    C mu = 0, rs;
+    if (layer) {
+      mu = s1 * inv_n;
+      C s2 = 0;
+      if (live) {
+#pragma unroll
+        for (int i = 0; i < NV; ++i) {
+          if (own[i]) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              const C d = static_cast<C>(hv[i].v[k]) - mu;
+              s2 += d * d;
+            }
+          }
+        }
+      }
+      s2 = group_allreduce_sum<G>(s2, red);
+      rs = C(1) / m_sqrt(s2 * inv_n + eps);
+    } else {
+      rs = C(1) / m_sqrt(s1 * inv_n + eps);
+    }
+    if (!live) continue;
+    if (lt == 0) {
+      rstd[r] = rs;
+      if (layer) mean[r] = mu;
+    }
+    T* yr = y + r * n;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      if (own[i]) {
+        const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
+        const Vec<T, V> wv = load_vec<V>(w, vi);
+        Vec<T, V> o;
+        if (b != nullptr) {
+          const Vec<T, V> bv = load_vec<V>(b, vi);
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            o.v[k] = static_cast<T>((static_cast<C>(hv[i].v[k]) - mu) * rs * static_cast<C>(wv.v[k]) +
+                                    static_cast<C>(bv.v[k]));
+          }
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            o.v[k] = static_cast<T>((static_cast<C>(hv[i].v[k]) - mu) * rs * static_cast<C>(wv.v[k]));
+          }
+        }
+        store_vec<V>(yr, vi, o);
+      }
     }
   }
 }
@@ -368,11 +519,37 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-// SOMNUS_NORM_BWD=v1 selects the previous backward kernel (read on every call, so that tests
-// can switch it).
-bool use_norm_bwd_v1() {
-  const char* e = std::getenv("SOMNUS_NORM_BWD");
+// SOMNUS_NORM_FWD=v1 / SOMNUS_NORM_BWD=v1 select the previous forward / backward kernel (read
+// on every call, so that tests and benchmarks can switch them).
+bool env_is_v1(const char* name) {
+  const char* e = std::getenv(name);
   return e != nullptr && std::strcmp(e, "v1") == 0;
+}
+
+// The register kernels' shape for rows of nv vectors: calls f(NV, G) with NV vectors per thread
+// and G row groups per block, or returns false when a row needs more than 4 vectors per thread
+// (the caller falls back to v1). Short rows (at most kThreads / 2 vectors) take G = 2, 4 or 8
+// rows at once (G = 8: a warp per row) so that most threads work.
+template <class F>
+bool with_reg_shape(int64_t nv, F&& f) {
+  using One = std::integral_constant<int, 1>;
+  const int64_t per_thread = (nv + kThreads - 1) / kThreads;
+  if (nv <= kThreads / 8) {
+    f(One{}, std::integral_constant<int, 8>{});
+  } else if (nv <= kThreads / 4) {
+    f(One{}, std::integral_constant<int, 4>{});
+  } else if (nv <= kThreads / 2) {
+    f(One{}, std::integral_constant<int, 2>{});
+  } else if (per_thread <= 1) {
+    f(One{}, One{});
+  } else if (per_thread <= 2) {
+    f(std::integral_constant<int, 2>{}, One{});
+  } else if (per_thread <= 4) {
+    f(std::integral_constant<int, 4>{}, One{});
+  } else {
+    return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -390,11 +567,20 @@ void norm_forward(bool layer, const Tensor& x, const Tensor& residual, const Ten
     T* hp = h.defined() ? static_cast<T*>(h.data_ptr()) : nullptr;
     C* mp = mean.defined() ? static_cast<C*>(mean.data_ptr()) : nullptr;
     C* sp = static_cast<C*>(rstd.data_ptr());
+    const bool v1 = env_is_v1("SOMNUS_NORM_FWD");
     with_vec<T>(n, {xp, rp, wp, bp, yp, hp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
-      norm_forward_kernel<T, V><<<grid_for(rows, 1), kThreads>>>(layer, xp, rp, wp, bp, static_cast<C>(eps), yp, hp,
-                                                                  mp, sp, rows, n);
-      CUDA_CHECK_LAUNCH();
+      const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
+        constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
+        norm_forward_reg_kernel<T, V, NV, G><<<grid_for((rows + G - 1) / G, 1), kThreads>>>(
+            layer, xp, rp, wp, bp, static_cast<C>(eps), yp, hp, mp, sp, rows, n);
+        CUDA_CHECK_LAUNCH();
+      });
+      if (!reg) {
+        norm_forward_kernel<T, V><<<grid_for(rows, 1), kThreads>>>(layer, xp, rp, wp, bp, static_cast<C>(eps), yp, hp,
+                                                                    mp, sp, rows, n);
+        CUDA_CHECK_LAUNCH();
+      }
     });
   });
 }
@@ -415,11 +601,10 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
     T* dp = static_cast<T*>(dh_out.data_ptr());
     C* dwp = static_cast<C*>(dw_partial.data_ptr());
     C* dbp = db_partial.defined() ? static_cast<C*>(db_partial.data_ptr()) : nullptr;
-    const bool v1 = use_norm_bwd_v1();
+    const bool v1 = env_is_v1("SOMNUS_NORM_BWD");
     with_vec<T>(n, {gp, dip, hp, wp, dp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
-      const int64_t nv = n / V, per_thread = (nv + kThreads - 1) / kThreads;  // vectors per thread per row
-      auto reg = [&](auto nvc, auto gc) {
+      const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
         constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
         const auto kernel = norm_backward_reg_kernel<T, V, NV, G>;
         const size_t smem = (dbp != nullptr ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C);
@@ -428,21 +613,8 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
         }
         kernel<<<grid_for(chunks, 1), kThreads, smem>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows, n, chunks);
         CUDA_CHECK_LAUNCH();
-      };
-      using One = std::integral_constant<int, 1>;
-      if (!v1 && nv <= kThreads / 8) {  // short rows: 8 rows at once, a warp each
-        reg(One{}, std::integral_constant<int, 8>{});
-      } else if (!v1 && nv <= kThreads / 4) {
-        reg(One{}, std::integral_constant<int, 4>{});
-      } else if (!v1 && nv <= kThreads / 2) {
-        reg(One{}, std::integral_constant<int, 2>{});
-      } else if (!v1 && per_thread <= 1) {
-        reg(One{}, One{});
-      } else if (!v1 && per_thread <= 2) {
-        reg(std::integral_constant<int, 2>{}, One{});
-      } else if (!v1 && per_thread <= 4) {
-        reg(std::integral_constant<int, 4>{}, One{});
-      } else {
+      });
+      if (!reg) {
         norm_backward_kernel<T, V><<<grid_for(chunks, 1), kThreads>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp,
                                                                        rows, n, chunks);
         CUDA_CHECK_LAUNCH();

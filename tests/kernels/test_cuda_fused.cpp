@@ -47,13 +47,17 @@ void expect_close(const Tensor& g, const Tensor& c, DType dt, const std::string&
 
 constexpr DType kFloat[] = {DType::f32, DType::f64, DType::bf16};
 
-// Sets SOMNUS_NORM_BWD (kernels/cuda/norm.cu reads it on every call) for one scope.
-class NormBwdEnv {
+// Sets a kernel-version variable (SOMNUS_NORM_FWD, SOMNUS_NORM_BWD: kernels/cuda/norm.cu reads
+// them on every call) for one scope.
+class ScopedEnv {
  public:
-  explicit NormBwdEnv(const char* value) { ::setenv("SOMNUS_NORM_BWD", value, 1); }
-  ~NormBwdEnv() { ::unsetenv("SOMNUS_NORM_BWD"); }
-  NormBwdEnv(const NormBwdEnv&) = delete;
-  NormBwdEnv& operator=(const NormBwdEnv&) = delete;
+  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
 };
 
 // Forward and backward against the CPU twin. The backward shapes cover both kernels of
@@ -102,14 +106,53 @@ void norms_match_cpu(const std::string& label) {
 
 TEST(CudaFused, NormsMatchCpu) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
-  NormBwdEnv env("");  // the default backward (v2)
-  norms_match_cpu("bwd v2");
+  ScopedEnv fwd("SOMNUS_NORM_FWD", ""), bwd("SOMNUS_NORM_BWD", "");  // the defaults (v2)
+  norms_match_cpu("fwd v2 bwd v2");
 }
 
 TEST(CudaFused, NormsMatchCpuBackwardV1) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
-  NormBwdEnv env("v1");
-  norms_match_cpu("bwd v1");
+  ScopedEnv fwd("SOMNUS_NORM_FWD", "v1"), bwd("SOMNUS_NORM_BWD", "v1");  // the previous kernels
+  norms_match_cpu("fwd v1 bwd v1");
+}
+
+// Where a block holds one row (G = 1: rows of more than 128 16-byte vectors, up to 4 per
+// thread), the register forward forms every sum in v1's order: y, h, mean and rstd must be
+// bitwise v1's (tests/kernels/cuda_emu/norm.cpp checks the same under the host emulation).
+TEST(CudaFused, NormForwardV2BitwiseV1OneRowPerBlock) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator gen(11);
+  auto bytes = [](const Tensor& t) {
+    const Tensor c = t.to(Device::cpu());
+    const auto* p = static_cast<const unsigned char*>(c.data_ptr());
+    return std::vector<unsigned char>(p, p + c.numel() * dtype_size(c.dtype()));
+  };
+  for (DType dt : kFloat) {
+    for (const Shape& s : std::vector<Shape>{{9, 4096}, {3, 2056}, {4, 333}}) {
+      for (bool layer : {false, true}) {
+        for (bool res : {false, true}) {
+          const std::string what = case_name(s, dt, Layout::contiguous) + (layer ? " layer" : " rms") +
+                                   (res ? " residual" : "");
+          const int64_t C = s.back();
+          const Tensor x = on_gpu(randn(s, gen, dt, Device::cpu(), 0.5, 1.0)), r = res ? on_gpu(randn(s, gen, dt)) : Tensor();
+          const Tensor w = on_gpu(randn({C}, gen, dt, Device::cpu(), 1.0, 0.3)), b = layer ? on_gpu(randn({C}, gen, dt)) : Tensor();
+          auto run = [&](const char* version) {
+            ScopedEnv env("SOMNUS_NORM_FWD", version);
+            return layer ? kernels::layer_norm(x, r, w, b, 1e-5) : kernels::rms_norm(x, r, w, 1e-5);
+          };
+          const kernels::NormResult v2 = run(""), v1 = run("v1");
+          EXPECT_EQ(bytes(v2.y), bytes(v1.y)) << what << " y";
+          EXPECT_EQ(bytes(v2.rstd), bytes(v1.rstd)) << what << " rstd";
+          if (res) {
+            EXPECT_EQ(bytes(v2.h), bytes(v1.h)) << what << " h";
+          }
+          if (layer) {
+            EXPECT_EQ(bytes(v2.mean), bytes(v1.mean)) << what << " mean";
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaFused, SwigluMatchesCpu) {

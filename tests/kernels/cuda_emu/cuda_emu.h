@@ -50,6 +50,8 @@
 #define __align__(x)
 using std::max;
 using std::min;
+using std::isinf;  // CUDA has them unqualified
+using std::isnan;
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };

@@ -60,7 +60,9 @@ def attention_tiles():
 def norm_bundle():
     # the forwards (v1 norm_forward_kernel, v2 norm_forward_reg_kernel) and the register
     # backward, with their block reductions
-    return common_helpers + [section("constexpr int kThreads", "// 16-byte vectors when every row start is aligned")]
+    # plus the host-side choice of vector width and register shape, which the driver calls
+    return common_helpers + [section("constexpr int kThreads", "// 16-byte vectors when every row start is aligned"),
+                             function("void with_vec"), function("bool with_reg_shape")]
 
 
 bundles = {
@@ -89,7 +91,7 @@ bundles["norm"] = norm_bundle
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
-text = text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "unsigned char* smem_raw = g_smem;")
+text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = g_smem;", text)
 # Static shared arrays become function statics (blocks run one at a time), registered so that
 # launch poisons them per block.
 text = re.sub(r"(?m)^(\s*)__shared__ (.+?) (\w+)((?:\[[^\]]+\])+);",
