@@ -591,6 +591,14 @@ void BM_rope(benchmark::State& state, DType dtype) {
   report_bandwidth(state, mean, 2 * x.numel() * bytes_of(dtype));
 }
 
+// The previous RoPE kernel (SOMNUS_ROPE=v1: a thread per pair, 64-bit index math per pair)
+// beside the default v2 rows above.
+void BM_rope_v1(benchmark::State& state, DType dtype) {
+  setenv("SOMNUS_ROPE", "v1", 1);
+  BM_rope(state, dtype);
+  unsetenv("SOMNUS_ROPE");
+}
+
 // 100 tensors, 1M…~2M f32 each (154M parameters): 28 B/param, +2 with the bf16 copy.
 void BM_adamw(benchmark::State& state, bool bf16_copy, bool stochastic) {
   if (skip_without_cuda(state)) return;
@@ -642,6 +650,9 @@ void register_fused() {
           ->Unit(benchmark::kMicrosecond);
     }
     RegisterBenchmark(("rope/" + d + "/16x32x1024x128").c_str(), BM_rope, dt)->UseManualTime()->Unit(benchmark::kMicrosecond);
+    RegisterBenchmark(("rope_v1/" + d + "/16x32x1024x128").c_str(), BM_rope_v1, dt)
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
   }
   RegisterBenchmark("adamw/f32/100_tensors_154M", BM_adamw, false, false)->UseManualTime()->Unit(benchmark::kMicrosecond);
   RegisterBenchmark("adamw/f32_master+bf16/100_tensors_154M", BM_adamw, true, false)

@@ -174,21 +174,42 @@ TEST(CudaFused, SwigluMatchesCpu) {
   }
 }
 
+// RoPE against the CPU twin, both kernels of kernels/cuda/rope.cu: v2 (the default; 16-byte
+// vectors where D/2 is a multiple of 16 / sizeof(T) and the tensors are aligned, else scalar;
+// 4 heads per thread, H = 3 and 5 leave a partial chunk) and SOMNUS_ROPE=v1. D 6 (scalar), 48,
+// 64, 128; T 37 and 1; x one element off alignment (scalar path). v2 must also be bitwise v1:
+// the same per-element expression, contracted to the same FMAs in the sm_90 SASS (2026-11-27).
 TEST(CudaFused, RopeMatchesCpu) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator gen(3);
   for (DType dt : kFloat) {
-    for (int64_t D : {6, 64, 128}) {
-      for (bool per_batch : {false, true}) {
-        const int64_t B = 2, H = 3, T = 37, P = 50;
-        const std::string what = case_name({B, H, T, D}, dt, Layout::contiguous) + (per_batch ? " (B, T) pos" : "");
-        Tensor x = randn({B, H, T, D}, gen, dt), c = randn({P, D / 2}, gen, dt), s = randn({P, D / 2}, gen, dt);
+    for (int64_t D : {6, 48, 64, 128}) {
+      for (int variant = 0; variant < 3; ++variant) {  // pos (T,); pos (B, T); misaligned x, T = 1
+        const bool per_batch = variant == 1, shifted = variant == 2;
+        const int64_t B = 2, H = D == 48 ? 5 : 3, T = shifted ? 1 : 37, P = 50, n = B * H * T * D;
+        const std::string what = case_name({B, H, T, D}, dt, Layout::contiguous) + (per_batch ? " (B, T) pos" : "") +
+                                 (shifted ? " x misaligned" : "");
+        const Tensor flat = randn({n + 1}, gen, dt);
+        Tensor c = randn({P, D / 2}, gen, dt), s = randn({P, D / 2}, gen, dt);
         Tensor pos = per_batch ? randint(0, P, {B, T}, gen, DType::i64) : randint(0, P, {T}, gen, DType::i32);
+        const Tensor x = flat.slice(0, shifted ? 1 : 0, shifted ? n + 1 : n).view({B, H, T, D});
+        const Tensor xg = on_gpu(flat).slice(0, shifted ? 1 : 0, shifted ? n + 1 : n).view({B, H, T, D});
         for (bool inv : {false, true}) {
           Tensor cy = kernels::rope(x, c, s, pos, inv);
-          poison_next(x.nbytes());
-          expect_close(kernels::rope(on_gpu(x), on_gpu(c), on_gpu(s), on_gpu(pos), inv), cy, dt,
-                       what + (inv ? " inverse" : ""));
+          auto run = [&](const char* version) {
+            ::setenv("SOMNUS_ROPE", version, 1);
+            poison_next(x.nbytes());
+            Tensor y = kernels::rope(xg, on_gpu(c), on_gpu(s), on_gpu(pos), inv);
+            ::unsetenv("SOMNUS_ROPE");
+            return y;
+          };
+          const Tensor v2 = run(""), v1 = run("v1");
+          expect_close(v2, cy, dt, what + (inv ? " inverse" : "") + " v2");
+          expect_close(v1, cy, dt, what + (inv ? " inverse" : "") + " v1");
+          const std::vector<double> a = v2.to_vector(), b = v1.to_vector();
+          int64_t differ = 0;
+          for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+          EXPECT_EQ(differ, 0) << what << (inv ? " inverse" : "") << ": elements where v2 is not bitwise v1";
         }
       }
     }

@@ -88,6 +88,8 @@ bundles = {
     ],
 }
 bundles["norm"] = norm_bundle
+bundles["rope"] = lambda: common_helpers + [section("constexpr int kThreads", "// ------------------------------------------------"
+                                                            "---------------- end rope kernels")]  # v1 and v2
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
