@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -397,13 +398,23 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
 }
 
 // The forward's kernel versions other than the default (SOMNUS_ATTN_FWD = v1: plain shared
-// loads; v2: ldmatrix, no cp.async pipeline; v3: 128-row blocks, base-2 softmax, opt-in until
-// a GPU run has measured it) at T = 4096, beside the default in the rows above: the variant
-// ladder of the forward.
+// loads; v2: ldmatrix, no cp.async pipeline; v3: 128-row blocks, base-2 softmax; wgmma: v3 on
+// Hopper's warpgroup MMA; v3 and wgmma opt-in until a GPU run has measured them) at T = 4096,
+// beside the default in the rows above: the variant ladder of the forward.
 void BM_attention_fwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
   setenv("SOMNUS_ATTN_FWD", version, 1);
+#ifdef SOMNUS_WITH_CUDA
+  // An opt-in version the device cannot run (v3: two resident blocks; wgmma: sm_90a) would
+  // time the default under the version's name.
+  const std::string runs = kernels::cuda::attention_fwd_kernel(DType::bf16, a.D, 1.0 / std::sqrt(double(a.D)));
+  if (runs != version) {
+    unsetenv("SOMNUS_ATTN_FWD");
+    state.SkipWithError(("SOMNUS_ATTN_FWD=" + std::string(version) + " runs " + runs + " on this device").c_str());
+    return;
+  }
+#endif
   const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(attention_fwd(a.q, a.k, a.v, causal).o.data_ptr()); });
   unsetenv("SOMNUS_ATTN_FWD");
   (void)mean;
@@ -428,12 +439,13 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
 }
 
-// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=v3, SOMNUS_ATTN_BWD=bwd: v3 or
-// v4), the headline shape family: the numbers to compare with attention_fwd_bwd above.
-void BM_attention_fwd_bwd_new(benchmark::State& state, const char* bwd, bool causal) {
+// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=fwd: v3 or wgmma,
+// SOMNUS_ATTN_BWD=bwd: v3 or v4), the headline shape family: the numbers to compare
+// with attention_fwd_bwd above.
+void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const char* bwd, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
-  setenv("SOMNUS_ATTN_FWD", "v3", 1);
+  setenv("SOMNUS_ATTN_FWD", fwd, 1);
   setenv("SOMNUS_ATTN_BWD", bwd, 1);
   timed_loop(state, [&] {
     const AttentionOutput o = attention_fwd(a.q, a.k, a.v, causal);
@@ -475,7 +487,7 @@ void register_attention() {
       b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "v3"}) {
+  for (const char* version : {"v1", "v2", "v3", "wgmma"}) {
     for (bool causal : {true, false}) {
       RegisterBenchmark((std::string("attention_fwd_") + version + (causal ? "/causal" : "/full") + "/bf16").c_str(),
                         BM_attention_fwd_version, version, causal)
@@ -495,10 +507,12 @@ void register_attention() {
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
-  for (const char* bwd : {"v3", "v4"}) {
+  // Names: attention_fwd_bwd_<bwd> with the v3 forward (as before), _wgmma_<bwd> with the Hopper one.
+  for (const auto& [fwd, bwd] : {std::pair{"v3", "v3"}, std::pair{"v3", "v4"}, std::pair{"wgmma", "v4"}}) {
     for (bool causal : {true, false}) {
-      RegisterBenchmark((std::string("attention_fwd_bwd_") + bwd + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),
-                        BM_attention_fwd_bwd_new, bwd, causal)
+      const std::string label = std::string(fwd) == "v3" ? bwd : std::string(fwd) + "_" + bwd;
+      RegisterBenchmark((std::string("attention_fwd_bwd_") + label + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),
+                        BM_attention_fwd_bwd_new, fwd, bwd, causal)
           ->Args({4096, 64})
           ->Args({4096, 128})
           ->ArgNames({"T", "D"})

@@ -50,6 +50,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt" || {
   echo "gpu_check: no GPU visible (nvidia-smi failed)"; exit 1; }
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
+[ "$arch" = 90 ] && arch=90a  # Hopper: build its arch-specific instructions too (wgmma)
 
 if [ -z "${prebuilt:-}" ]; then
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \

@@ -9,13 +9,13 @@
 #   tools/gpu_pack.sh [build-dir] [pack-dir]     (defaults build-gpu, .gpu)
 #
 # Host code is built without -march=native (the GPU machine's CPU differs from this one); CUDA
-# code for SOMNUS_CUDA_ARCH (default 90: H100/H200). The CUDA libraries themselves (cudart is
+# code for SOMNUS_CUDA_ARCH (default 90a: H100/H200, with wgmma). The CUDA libraries themselves (cudart is
 # static; cuBLAS/cuBLASLt) are left out: they come from the GPU machine's toolkit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir="${1:-build-gpu}"
 pack="${2:-.gpu}"
-arch="${SOMNUS_CUDA_ARCH:-90}"
+arch="${SOMNUS_CUDA_ARCH:-90a}"
 
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DSOMNUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
   -DSOMNUS_NATIVE=OFF -DSOMNUS_BUILD_BENCH=ON > /tmp/somnus_gpu_pack.configure.log 2>&1 ||

@@ -8,10 +8,11 @@
 // j <= q_offset + i. All tensors contiguous (ops.cpp makes them so), except K and V of the
 // decode: a KV cache's (B, Hkv, S, D) prefix view, read through its batch and head strides.
 //
-// Kernels written without a GPU are opt-in (v3 of the forward, v3 and v4 of the backward) until
-// a GPU run has measured them; every kernel here also runs on the CPU under the host emulation of
-// tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles), which checks layouts,
-// barriers, masks and tails against f64 — not speed.
+// Kernels written without a GPU are opt-in (v3 and wgmma of the forward, v3 and v4 of the
+// backward) until a GPU run has measured them; every kernel here also runs on the CPU under the
+// host emulation of tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles, wgmma with
+// its descriptors and swizzle), which checks layouts, barriers, masks and tails against f64 —
+// not speed.
 //
 // Kernels:
 //   attn_fwd_mma    bf16 forward on tensor cores (mma.sync.m16n8k16 bf16 -> f32). A block is
@@ -32,6 +33,9 @@
 //                     v3   (opt-in, not yet run on a GPU: attn_fwd_v3, its own section) 8 warps
 //                          = 128 rows per block, Q by ldmatrix, base-2 softmax with the scale
 //                          folded in, masks only where needed; not bitwise the others.
+//                     wgmma (opt-in, not yet run on a GPU: attn_fwd_wg, its own section) v3 on
+//                          Hopper's warpgroup MMA (sm_90a): Q Kᵀ and P V by wgmma.mma_async
+//                          from 128-byte-swizzled shared tiles, P from registers.
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -270,6 +274,78 @@ template <bool kTrans>
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
   ldsm_x4_at<kTrans>(r, static_cast<uint32_t>(__cvta_generic_to_shared(p)));
 }
+
+// ---------------------------------------------------------------- Hopper wgmma (sm_90a)
+// Warpgroup MMA (wgmma.mma_async, PTX ISA 8.0), used by the opt-in Hopper forward
+// (attn_fwd_wg). A warpgroup is 4 consecutive warps (128 threads); one instruction computes a
+// 64 × N tile with K = 16, warp w of the group owning rows 16w..16w + 15 in mma.sync's m16n8
+// accumulator layout per 8 columns: d[j][e] is (row 16w + lane/4 + 8·(e ≥ 2), column
+// 8j + 2·(lane % 4) + (e & 1)), so the v3 softmax and p_frag apply unchanged. A taken from
+// registers (the RS form) has mma.sync's A layout, per warp for its 16 rows.
+// The shared-memory operands are given by matrix descriptors (wg_desc, with the tile layout
+// they describe). These wrappers are built only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL: CMake's
+// "90a"); for other targets they trap, and attention_fwd never selects the kernel there
+// (wgmma_built asks the device code). Ordering rules followed by the kernel: shared memory
+// written by cp.async (the generic proxy) is made visible to wgmma (the async proxy) by
+// fence_proxy_async before the barrier; wgmma_fence before a batch whose registers
+// (accumulators, A fragments) ordinary instructions wrote; commit + wait before the
+// accumulators are read, and before the operands' shared memory is overwritten.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SOMNUS_WGMMA(...) asm volatile(__VA_ARGS__)
+#else
+#define SOMNUS_WGMMA(...) __trap()
+#endif
+__device__ __forceinline__ void wgmma_fence() { SOMNUS_WGMMA("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { SOMNUS_WGMMA("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  SOMNUS_WGMMA("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { SOMNUS_WGMMA("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving reads or writes of an accumulator across the asynchronous
+// region (between the issue and the wait it is the tensor core's).
+template <int N>
+__device__ __forceinline__ void wg_fence_operands(float (&d)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+  }
+}
+#define SOMNUS_WG_ACC8(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define SOMNUS_WG_ACC64(d)                                                                                   \
+  SOMNUS_WG_ACC8(d, 0), SOMNUS_WG_ACC8(d, 1), SOMNUS_WG_ACC8(d, 2), SOMNUS_WG_ACC8(d, 3), SOMNUS_WG_ACC8(d, 4), \
+      SOMNUS_WG_ACC8(d, 5), SOMNUS_WG_ACC8(d, 6), SOMNUS_WG_ACC8(d, 7)
+#define SOMNUS_WG_ACC128(d)                                                                                       \
+  SOMNUS_WG_ACC64(d), SOMNUS_WG_ACC8(d, 8), SOMNUS_WG_ACC8(d, 9), SOMNUS_WG_ACC8(d, 10), SOMNUS_WG_ACC8(d, 11),     \
+      SOMNUS_WG_ACC8(d, 12), SOMNUS_WG_ACC8(d, 13), SOMNUS_WG_ACC8(d, 14), SOMNUS_WG_ACC8(d, 15)
+// d (64 × 64 per warpgroup) = A B, + d when acc != 0; A (64 × 16) and B (16 × 64) in shared
+// memory, both K-major (imm-trans-a = imm-trans-b = 0).
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
+  SOMNUS_WGMMA(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : SOMNUS_WG_ACC64(d)
+      : "l"(da), "l"(db), "r"(acc));
+}
+// d (64 × N per warpgroup, N = 64 or 128) += A B; A (64 × 16) from registers, B (16 × N) in
+// shared memory, MN-major (imm-trans-b = 1).
+template <int N>
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) {
+  static_assert(N == 64 || N == 128);
+  if constexpr (N == 64) {
+    SOMNUS_WGMMA(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+        : SOMNUS_WG_ACC64(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+  } else {
+    SOMNUS_WGMMA(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+        : SOMNUS_WG_ACC128(d)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+  }
+}
+#undef SOMNUS_WGMMA
 
 // ---------------------------------------------------------------- SIMT forward / decode splits
 
@@ -815,10 +891,233 @@ bool v3_fits() {
   return blocks >= 2;
 }
 
+// ---------------------------------------------------------------- bf16 forward on Hopper wgmma (opt-in)
+
+// attn_fwd_wg (SOMNUS_ATTN_FWD=wgmma; written 2026-11-27 without a GPU: opt-in until a GPU run
+// has checked it; runs only where the device code was built for sm_90a). The v3 forward with
+// its two matrix products on Hopper's warpgroup MMA instead of mma.sync:
+//   - a block is 2 warpgroups (8 warps, 128 query rows; each warpgroup 64 rows) and K/V tiles
+//     of 64 keys, double-buffered with cp.async as in v3;
+//   - tiles are stored in the 128-byte-swizzled layout wgmma reads (issue_tile_sw128): Q, K
+//     and V in panels of 64 columns (D = 128: two panels), row r's 16-byte chunk c at
+//     r·128 + ((c ^ (r % 8))·16) from a 1024-byte aligned panel;
+//   - S = Q Kᵀ: D/16 wgmma.m64n64k16 per warpgroup, both operands from shared memory
+//     (K-major descriptors: Q's rows and K's keys 8 to a 1024-byte group, the k-step 32 bytes
+//     into the row); no Q or K fragments in registers, no ldmatrix;
+//   - O += P V: 4 wgmma.m64nDk16 per tile, P from registers (p_frag: the accumulator layout is
+//     mma.sync's), V from shared memory read transposed (MN-major descriptor: 64 d-columns a
+//     128-byte row, 8 keys to a 1024-byte group, panels LBO = 64·128 bytes apart);
+//   - the softmax, masks and epilogue are v3's (base 2, masks only on tiles crossing a warp's
+//     visible range); a warpgroup skips only tiles none of its 64 rows sees (wgmma is a
+//     warpgroup instruction), a warp's fully masked rows add p = 0.
+// Each product is issued, committed and waited for before its result is used (no overlap
+// of the softmax with the next tile's Q Kᵀ inside a warpgroup yet: the other warpgroup and the
+// other resident block fill the tensor cores meanwhile). Numerics as v3 (f32 accumulators,
+// P rounded to bf16). Expected (prediction, not measured): above v3, 300–400 TFLOP/s at causal
+// D = 128, T = 4k on an H100, the tensor-core rate per SM being twice mma.sync's.
+constexpr int kWgWarps = 8;
+constexpr int kWgBr = 16 * kWgWarps;  // 128 query rows per block, 64 per warpgroup
+constexpr int kWgBc = 64;             // keys per tile
+constexpr uint32_t kSwRow = 128;      // bytes per row of a 64-column panel
+
+template <int D>
+constexpr int wg_smem_bytes() {
+  return (kWgBr + 4 * kWgBc) * D * 2 + 1024;  // Q, 2 × (K tile, V tile); + slack to align to 1024
+}
+
+// The 64-bit shared-memory matrix descriptor of wgmma: start address, leading and stride byte
+// offsets (each in 16-byte units, 14 bits), swizzle mode 1 (128-byte) in bits 62–63, base
+// offset 0 (every panel starts 1024-byte aligned; a k-step's 32-byte advance inside the row
+// is part of the start address, the swizzle being applied to the final address bits).
+__device__ __forceinline__ uint64_t wg_desc(uint32_t start, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((start >> 4) & 0x3FFFu) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3FFFu) << 32) | (uint64_t{1} << 62);
+}
+
+// rows × D bf16 from global (row-major) into the swizzled panels at `sm` (1024-byte aligned in
+// the shared space): column chunk x (8 bf16) of row r to panel x / 8 at sm + (x / 8)·rows·64
+// elements, row r·64, chunk (x % 8) ^ (r % 8). Rows at and past `valid` are zero-filled.
+template <int D>
+__device__ __forceinline__ void issue_tile_sw128(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = c % kChunks;
+    const bool ok = r < valid;
+    cp_async16(sm + (x >> 3) * rows * 64 + r * 64 + (((x & 7) ^ (r & 7)) << 3), ok ? g + static_cast<int64_t>(r) * D + x * 8 : g,
+               ok);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* __restrict__ q,
+                                                               const uint16_t* __restrict__ k,
+                                                               const uint16_t* __restrict__ v,
+                                                               uint16_t* __restrict__ o, float* __restrict__ lse,
+                                                               AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kTile = kWgBc * D;  // elements of one K or V tile
+  // The swizzle is a function of the shared address bits 4–9: panels start 1024-byte aligned.
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw + (((raw + 1023u) & ~1023u) - raw));
+  uint16_t* Ks = Qs + kWgBr * D;  // buffer t: K at Ks + 2t·kTile, V at Ks + (2t + 1)·kTile
+
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int64_t kvh = static_cast<int64_t>(b) * d.Hkv + h / d.g;
+  const int qt = d.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int q0 = qt * kWgBr;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int wg = warp / 4;  // this warp's warpgroup: rows q0 + 64·wg ..
+  const uint16_t* qh = q + static_cast<int64_t>(bh) * d.T * D;
+  const int64_t kv_off = kvh * d.S * D;
+
+  const int k_end = d.visible(min(q0 + kWgBr, d.T) - 1);
+  issue_tile_sw128<D>(Qs, qh + static_cast<int64_t>(q0) * D, kWgBr, d.T - q0);
+  if (k_end > 0) {
+    issue_tile_sw128<D>(Ks, k + kv_off, kWgBc, k_end);
+    issue_tile_sw128<D>(Ks + kTile, v + kv_off, kWgBc, k_end);
+  }
+  cp_async_commit();
+
+  const int w0 = q0 + warp * 16;  // this warp's rows w0 .. w0 + 15 (as v3)
+  const int row0 = w0 + gr, row1 = row0 + 8;
+  const int w_all = w0 < d.T ? d.visible(w0) : 0;  // keys [0, w_all) seen by every row of the warp
+  const int g0 = q0 + wg * 64;
+  const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;  // keys seen by some row of the warpgroup
+  const float c2 = d.scale * kLog2e;
+  // Descriptor bases: this warpgroup's 64 rows of Q (panel p at + p·kWgBr·128), the K and V
+  // tiles of buffer 0 (panel p at + p·kWgBc·128; buffer t at + t·4·kTile bytes).
+  const uint32_t q_desc0 = static_cast<uint32_t>(__cvta_generic_to_shared(Qs)) + wg * 64 * kSwRow;
+  const uint32_t kv_base = static_cast<uint32_t>(__cvta_generic_to_shared(Ks));
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+
+  for (int j0 = 0, t = 0; j0 < k_end; j0 += kWgBc, ++t) {
+    const uint32_t Kt = kv_base + (t & 1) * (4u * kTile), Vt = Kt + 2u * kTile;
+    if (j0 + kWgBc < k_end) {
+      uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
+      const int64_t next = kv_off + static_cast<int64_t>(j0 + kWgBc) * D;
+      issue_tile_sw128<D>(Kn, k + next, kWgBc, k_end - j0 - kWgBc);
+      issue_tile_sw128<D>(Kn + kTile, v + next, kWgBc, k_end - j0 - kWgBc);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();  // this thread's cp.async writes, visible to wgmma after the barrier
+    __syncthreads();
+
+    if (j0 < g_end) {  // warpgroup-uniform
+      // S = Q Kᵀ: 64 × 64 per warpgroup, D/16 k-steps (4 per 64-column panel).
+      float s[kWgBc / 8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t step = (kk & 3) * 32u;  // 32 bytes per k-step inside a panel row
+        const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
+        const uint64_t db = wg_desc(Kt + (kk >> 2) * (kWgBc * kSwRow) + step, 16, 8 * kSwRow);
+        wgmma_ss_n64(s, da, db, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wg_fence_operands(s);
+      if (j0 + kWgBc > w_all) {
+        const int vis0 = d.visible(row0), vis1 = d.visible(row1);
+#pragma unroll
+        for (int nt = 0; nt < kWgBc / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+            if (col >= (e < 2 ? vis0 : vis1)) s[nt][e] = -INFINITY;
+          }
+        }
+      }
+      float mt[2] = {m[0], m[1]};
+#pragma unroll
+      for (int nt = 0; nt < kWgBc / 8; ++nt) {
+        mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
+        mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
+      }
+      float ms[2], alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+        ms[r] = mt[r] == -INFINITY ? 0.f : mt[r] * c2;
+        alpha[r] = ex2_approx(fmaf(m[r], c2, -ms[r]));
+        m[r] = mt[r];
+        l[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int nt = 0; nt < kWgBc / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
+          l[e >> 1] += s[nt][e];
+        }
+      }
+      rescale_rows<D>(oacc, alpha);
+      // O += P V: 4 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each).
+      uint32_t pa[kWgBc / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kWgBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kWgBc / 16; ++kk) {
+        wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kWgBc * kSwRow, 8 * kSwRow));
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wg_fence_operands(oacc);
+    }
+    __syncthreads();  // buffer t & 1 is free for tile t + 2 (this block's wgmmas on it are done)
+  }
+  cp_async_wait<0>();
+
+  const float m_nat[2] = {m[0] * d.scale, m[1] * d.scale};
+  store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
+}
+
+// Whether the device code was built with wgmma (sm_90a) for the current device: a one-time
+// probe per device (a build for sm_90 alone, or sm_80 code, answers no).
+__global__ void wgmma_probe(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+bool wgmma_built() {
+  static std::atomic<int> cache[64];  // per device: 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) return false;
+  if (cache[dev].load() == 0) {
+    Tensor flag = Tensor::zeros({1}, DType::i32, Device::cuda(dev));
+    wgmma_probe<<<1, 1>>>(static_cast<int*>(flag.data_ptr()));
+    CUDA_CHECK_LAUNCH();
+    cache[dev].store(flag.item() != 0.0 ? 2 : 1);
+  }
+  return cache[dev].load() == 2;
+}
+
+template <int D>
+bool wg_fits() {
+  if (wg_smem_bytes<D>() > max_dynamic_smem_bytes()) return false;
+  CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D>()));
+  int blocks = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D>, kWgWarps * 32, wg_smem_bytes<D>()));
+  return blocks >= 1;
+}
+
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
-// "v3" (asked for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
+// "wgmma" (asked for, scale > 0, built for sm_90a and wg_fits), "v3" (asked for, scale > 0 and
+// v3_fits), "v1", "v2", or "mma" (the default).
 template <int D>
 const char* fwd_version(float scale) {
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma") && scale > 0.f && wgmma_built() && wg_fits<D>()) return "wgmma";
   if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
   if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
   if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
@@ -1917,7 +2216,9 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
         // scores) and two resident blocks per SM (102 KiB of shared memory each at D = 128:
         // sm_90 yes; sm_80 and sm_86/89 no), else the default runs.
         const std::string version = fwd_version<D>(d.scale);
-        if (version == "v3") {
+        if (version == "wgmma") {
+          launch(attn_fwd_wg<D>, wg_smem_bytes<D>(), kWgBr);
+        } else if (version == "v3") {
           launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);
         } else if (version == "v1") {
           launch(attn_fwd_mma<D, false, false>, mma_smem_bytes<D>());

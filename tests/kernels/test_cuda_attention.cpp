@@ -350,8 +350,10 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
-  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+// An opt-in forward version (SOMNUS_ATTN_FWD=v3 or wgmma) against the CPU twin and f64, on the
+// shared cases plus its own; rows that see no key; a negative scale (handed to the default).
+// Cases the device cannot run the version on are noted and skipped.
+void forward_version_matches(const char* version, uint64_t seed) {
   const char* quick_env = std::getenv("SOMNUS_TEST_QUICK");
   const bool quick = quick_env != nullptr && std::string(quick_env) == "1";
   std::vector<AttnCase> cases;
@@ -360,15 +362,15 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
   cases.push_back({1, 4, 2, 150, 150, 128, true, 0});
   cases.push_back({2, 4, 1, 300, 300, 64, true, 0});
   cases.push_back({1, 2, 2, 130, 257, 128, false, 0});
-  uint64_t seed = 1300;
-  somnus::testing::for_each_env("SOMNUS_ATTN_FWD", {"v3"}, [&](const char*) {
+  somnus::testing::for_each_env("SOMNUS_ATTN_FWD", {version}, [&](const char*) {
     for (const AttnCase& c : cases) {
       SCOPED_TRACE(case_name(c, DType::bf16));
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
       const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, c.D, scale);
-      if (kernel != "v3") {
-        std::printf("note: SOMNUS_ATTN_FWD=v3 runs %s on this device at D = %lld (v3 needs two resident blocks per SM)\n",
-                    kernel.c_str(), static_cast<long long>(c.D));
+      if (kernel != version) {
+        std::printf("note: SOMNUS_ATTN_FWD=%s runs %s on this device at D = %lld (v3 needs two resident blocks per "
+                    "SM, wgmma a build for sm_90a)\n",
+                    version, kernel.c_str(), static_cast<long long>(c.D));
         continue;
       }
       Generator gen(seed++);
@@ -391,15 +393,15 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
       EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), 2e-2);
       EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), 2e-2);
       EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), 2e-2);
-      if (c.T * c.Hq * c.B >= 1000) {  // v3 ran: its lse is not bitwise the default's
+      if (c.T * c.Hq * c.B >= 1000) {  // the version ran: its lse is not bitwise the default's
         setenv("SOMNUS_ATTN_FWD", "", 1);
         const CudaRun d = run_cuda(q, k, v, dout, c, true);
-        setenv("SOMNUS_ATTN_FWD", "v3", 1);
-        EXPECT_NE(g.lse.to_vector(), d.lse.to_vector()) << "SOMNUS_ATTN_FWD=v3 gave the default's lse bit for bit";
+        setenv("SOMNUS_ATTN_FWD", version, 1);
+        EXPECT_NE(g.lse.to_vector(), d.lse.to_vector()) << "SOMNUS_ATTN_FWD=" << version << " gave the default's lse bit for bit";
       }
     }
     // Rows that see no key: o = 0 and lse = -inf, as the default version gives.
-    if (cuda::attention_fwd_kernel(DType::bf16, 64, 0.125) == "v3") {
+    if (cuda::attention_fwd_kernel(DType::bf16, 64, 0.125) == version) {
       const AttnCase c{1, 2, 1, 150, 100, 64, true, -20};
       Generator gen(seed++);
       const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, DType::bf16).to(gpu());
@@ -407,8 +409,8 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
       const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
       const double scale = 0.125;
       std::vector<std::vector<double>> o, lse;
-      for (const char* version : {"v3", ""}) {
-        setenv("SOMNUS_ATTN_FWD", version, 1);
+      for (const char* run : {version, ""}) {
+        setenv("SOMNUS_ATTN_FWD", run, 1);
         Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
         cuda::attention_fwd(q, k, v, c.causal, scale, c.q_offset, ov, lv);
         o.push_back(ov.to(Device::cpu()).to_vector());
@@ -426,9 +428,9 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
           }
         }
       }
-      setenv("SOMNUS_ATTN_FWD", "v3", 1);
+      setenv("SOMNUS_ATTN_FWD", version, 1);
     }
-    // A negative scale: v3 hands it to the default version (the selector says so, and the
+    // A negative scale: the version hands it to the default version (the selector says so, and the
     // result is bitwise the default's), which must be right against f64.
     {
       const AttnCase c{1, 2, 2, 70, 70, 64, true, 0};
@@ -438,8 +440,8 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
       const AttnRef ref = attention_reference(q, k, v, Tensor(), c.causal, -0.125, c.q_offset);
       EXPECT_EQ(cuda::attention_fwd_kernel(DType::bf16, 64, -0.125), "mma");
       std::vector<std::vector<double>> o, lse;
-      for (const char* version : {"v3", ""}) {
-        setenv("SOMNUS_ATTN_FWD", version, 1);
+      for (const char* run : {version, ""}) {
+        setenv("SOMNUS_ATTN_FWD", run, 1);
         Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
         cuda::attention_fwd(q.to(gpu()), k.to(gpu()), v.to(gpu()), c.causal, -0.125, c.q_offset, ov, lv);
         o.push_back(ov.to(Device::cpu()).to_vector());
@@ -451,6 +453,22 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
       EXPECT_LT(rel_or_abs_error(lse[0], ref.lse), 1e-5);
     }
   });
+}
+
+TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  forward_version_matches("v3", 1300);
+}
+
+// The Hopper forward (wgmma) needs an sm_90 device and a build for sm_90a (CMake's default
+// architectures "80;90a" include it); elsewhere it is skipped with the reason.
+TEST(CudaAttention, ForwardWgmmaMatchesTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  setenv("SOMNUS_ATTN_FWD", "wgmma", 1);
+  const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
+  unsetenv("SOMNUS_ATTN_FWD");
+  if (kernel != "wgmma") GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
+  forward_version_matches("wgmma", 1400);
 }
 
 }  // namespace

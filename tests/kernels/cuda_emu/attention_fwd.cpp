@@ -1,5 +1,6 @@
-// Runs the bf16 attention forward kernels of kernels/cuda/attention.cu (attn_fwd_v3 and the
-// default attn_fwd_mma<D, true, true>) under the host emulation (cuda_emu.h) on the shapes of
+// Runs the bf16 attention forward kernels of kernels/cuda/attention.cu (attn_fwd_v3, the Hopper
+// attn_fwd_wg on the emulated wgmma, and the default attn_fwd_mma<D, true, true>) under the
+// host emulation (cuda_emu.h) on the shapes of
 // tests/kernels/test_cuda_attention.cpp plus v3's own (blocks with empty warps, rows that see
 // no key, a sharp softmax), against an f64 reference: o (relative L2 < 1e-2), lse (relative
 // < 1e-5), every o row written and finite, o = 0 and lse = -inf where a row sees no key.
@@ -14,15 +15,18 @@ int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scal
   std::mt19937 rng(seed); std::normal_distribution<float> nd;
   auto gen = [&](size_t n) { std::vector<uint16_t> x(n); for (auto& e : x) e = f2bf(nd(rng)); return x; };
   auto q = gen(size_t(B) * Hq * T * D), k = gen(size_t(B) * Hkv * S * D), v = gen(size_t(B) * Hkv * S * D);
-  std::vector<uint16_t> o3(q.size(), 0x7fc0), o2(q.size(), 0x7fc0);
-  std::vector<float> l3(size_t(B) * Hq * T, NAN), l2(l3.size(), NAN);
+  std::vector<uint16_t> o3(q.size(), 0x7fc0), o2(q.size(), 0x7fc0), ow(q.size(), 0x7fc0);
+  std::vector<float> l3(size_t(B) * Hq * T, NAN), l2(l3.size(), NAN), lw(l3.size(), NAN);
   launch((T + kV3Br - 1) / kV3Br, B * Hq, kV3Warps * 32, v3_smem_bytes<D>(), [&] {
     attn_fwd_v3<D>(q.data(), k.data(), v.data(), o3.data(), l3.data(), d);
+  });
+  launch((T + kWgBr - 1) / kWgBr, B * Hq, kWgWarps * 32, wg_smem_bytes<D>(), [&] {
+    attn_fwd_wg<D>(q.data(), k.data(), v.data(), ow.data(), lw.data(), d);
   });
   launch((T + kMmaBr - 1) / kMmaBr, B * Hq, kMmaWarps * 32, mma_smem_bytes<D>(true), [&] {
     attn_fwd_mma<D, true, true>(q.data(), k.data(), v.data(), o2.data(), l2.data(), d);
   });
-  double num = 0, den = 0, lerr = 0, num2 = 0, lerr2 = 0, d32 = 0;
+  double num = 0, den = 0, lerr = 0, num2 = 0, lerr2 = 0, d32 = 0, numw = 0, lerrw = 0;
   int bad = 0;
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < Hq; ++h) {
@@ -32,7 +36,8 @@ int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scal
         const int vis = d.visible(i);
         if (vis == 0) {  // no key: o = 0, lse = -inf
           if (!(std::isinf(l3[row]) && l3[row] < 0)) ++bad;
-          for (int x = 0; x < D; ++x) if (bf2f(o3[row * D + x]) != 0.f) ++bad;
+          if (!(std::isinf(lw[row]) && lw[row] < 0)) ++bad;
+          for (int x = 0; x < D; ++x) if (bf2f(o3[row * D + x]) != 0.f || bf2f(ow[row * D + x]) != 0.f) ++bad;
           continue;
         }
         std::vector<double> s(vis); double m = -INFINITY;
@@ -45,20 +50,22 @@ int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scal
         const double L = m + std::log(l);
         lerr = std::max(lerr, std::fabs(L - l3[row]) / (1 + std::fabs(L)));
         lerr2 = std::max(lerr2, std::fabs(L - l2[row]) / (1 + std::fabs(L)));
+        lerrw = std::isfinite(lw[row]) ? std::max(lerrw, std::fabs(L - lw[row]) / (1 + std::fabs(L))) : 1e9;
         for (int x = 0; x < D; ++x) {
           double t = 0;
           for (int j = 0; j < vis; ++j) t += std::exp(s[j] - L) * bf2f(v[(kvh * S + j) * D + x]);
-          const double a = bf2f(o3[row * D + x]), a2 = bf2f(o2[row * D + x]);
-          if (!std::isfinite(a)) ++bad;
-          num += (a - t) * (a - t); num2 += (a2 - t) * (a2 - t); den += t * t;
+          const double a = bf2f(o3[row * D + x]), a2 = bf2f(o2[row * D + x]), aw = bf2f(ow[row * D + x]);
+          if (!std::isfinite(a) || !std::isfinite(aw)) ++bad;
+          num += (a - t) * (a - t); num2 += (a2 - t) * (a2 - t); numw += (aw - t) * (aw - t); den += t * t;
           d32 = std::max(d32, std::fabs(a - a2));
         }
       }
     }
-  const double e3 = den > 0 ? std::sqrt(num / den) : std::sqrt(num), e2 = den > 0 ? std::sqrt(num2 / den) : std::sqrt(num2);
-  const bool ok = bad == 0 && e3 < 1e-2 && lerr < 1e-5 && e2 < 1e-2 && lerr2 < 1e-5;
-  std::printf("%s D%d B%d Hq%d Hkv%d T%d S%d %s off%d scale %.3g: v3 o rel %.3g lse %.3g | default o rel %.3g lse %.3g | max |v3-default| %.3g bad %d\n",
-              ok ? "ok  " : "FAIL", D, B, Hq, Hkv, T, S, causal ? "causal" : "full", off, scale, e3, lerr, e2, lerr2, d32, bad);
+  auto rel = [&](double n) { return den > 0 ? std::sqrt(n / den) : std::sqrt(n); };
+  const double e3 = rel(num), e2 = rel(num2), ew = rel(numw);
+  const bool ok = bad == 0 && e3 < 1e-2 && lerr < 1e-5 && e2 < 1e-2 && lerr2 < 1e-5 && ew < 1e-2 && lerrw < 1e-5;
+  std::printf("%s D%d B%d Hq%d Hkv%d T%d S%d %s off%d scale %.3g: v3 o rel %.3g lse %.3g | wgmma o rel %.3g lse %.3g | default o rel %.3g lse %.3g | max |v3-default| %.3g bad %d\n",
+              ok ? "ok  " : "FAIL", D, B, Hq, Hkv, T, S, causal ? "causal" : "full", off, scale, e3, lerr, ew, lerrw, e2, lerr2, d32, bad);
   return ok ? 0 : 1;
 }
 int main() {

@@ -174,12 +174,15 @@ template <int N> inline void cp_async_wait() {
     t_groups.erase(t_groups.begin());
   }
 }
+// The shared-space address of the block's shared memory: not 1024-byte aligned on purpose, so a
+// kernel that needs alignment (the 128-byte swizzle of wgmma operands) must establish it.
+constexpr uint32_t kEmuSmemBase = 0x250;
 inline uint32_t __cvta_generic_to_shared(const void* p) {
-  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - g_smem);
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - g_smem) + kEmuSmemBase;
 }
 template <bool kTrans>
 inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
-  const uint16_t* p = reinterpret_cast<const uint16_t*>(g_smem + a);
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(g_smem + (a - kEmuSmemBase));
   const int lane = t_lin % 32;
   Warp& w = g_warps[t_lin / 32];
   if (a % 16 != 0) { std::printf("ldmatrix misaligned\n"); std::abort(); }
@@ -201,6 +204,110 @@ inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
 }
 template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
+
+// ---- wgmma (Hopper warpgroup MMA: the wrappers of kernels/cuda/attention.cu's attn_fwd_wg)
+// Semantics emulated, from the PTX ISA (asynchronous warpgroup-level matrix instructions): a
+// warpgroup is 128 consecutive threads (t_lin / 128); every thread of it must execute the
+// instruction with the same descriptors (else abort; a thread that skips it deadlocks). The
+// product is computed at issue (fence, commit and wait are no-ops: a missing wait is not
+// detected). D layout: warp w of the group owns rows 16w..+15, d[j][e] = (row 16w + lane/4 +
+// 8·(e ≥ 2), column 8j + 2·(lane%4) + (e&1)); A from registers: mma.sync's A layout per warp.
+// Descriptor: start, LBO, SBO in 16-byte units (14 bits each at bits 0, 16, 32), swizzle mode in
+// bits 62–63 — only 1 (128-byte) is emulated, base offset (bits 49–51) 0, other bits 0. With the
+// 128-byte swizzle a byte address a (shared space) is stored at a ^ (((a >> 7) & 7) << 4).
+//   K-major operand (imm-trans 0), element (mn, k) of the 16-wide k-step:
+//     start + (mn / 8)·SBO + (mn % 8)·128 + 2k;
+//   MN-major operand (imm-trans-b 1), element (k, n): start + (n / 64)·LBO + 2·(n % 64) +
+//     (k / 8)·SBO + (k % 8)·128.
+struct WarpGroup {
+  std::barrier<>* bar;
+  uint32_t a[128][4];
+  uint64_t da[128], db[128];
+};
+WarpGroup* g_wgs;
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+template <int N>
+inline void wgmma_wait() {}
+inline void fence_proxy_async() {}
+template <int N>
+inline void wg_fence_operands(float (&)[N][4]) {}
+struct WgDesc {
+  uint32_t start, lbo, sbo;
+};
+inline WgDesc wg_decode(uint64_t d) {
+  const uint64_t known = 0x3FFFull | (0x3FFFull << 16) | (0x3FFFull << 32) | (3ull << 62);
+  if ((d >> 62) != 1 || (d & ~known) != 0) {
+    std::printf("wgmma descriptor 0x%llx: only the 128-byte swizzle, base offset 0 are emulated\n",
+                static_cast<unsigned long long>(d));
+    std::abort();
+  }
+  return {static_cast<uint32_t>(d & 0x3FFF) << 4, static_cast<uint32_t>((d >> 16) & 0x3FFF) << 4,
+          static_cast<uint32_t>((d >> 32) & 0x3FFF) << 4};
+}
+inline float wg_load(uint32_t a) {
+  const uint32_t phys = a ^ (((a >> 7) & 7u) << 4);
+  if (phys < kEmuSmemBase) { std::printf("wgmma operand below shared memory\n"); std::abort(); }
+  const unsigned char* p = g_smem + (phys - kEmuSmemBase);
+  check_smem(p, 2);
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return bf2f(v);
+}
+inline uint32_t wg_kmajor(const WgDesc& w, int mn, int k) { return w.start + (mn / 8) * w.sbo + (mn % 8) * 128 + 2 * k; }
+inline uint32_t wg_mnmajor(const WgDesc& w, int k, int n) {
+  return w.start + (n / 64) * w.lbo + 2 * (n % 64) + (k / 8) * w.sbo + (k % 8) * 128;
+}
+// Publishes this thread's operands, waits for the warpgroup, checks the descriptors agree.
+inline WarpGroup& wg_enter(uint64_t da, uint64_t db) {
+  WarpGroup& g = g_wgs[t_lin / 128];
+  const int t = t_lin % 128;
+  g.da[t] = da;
+  g.db[t] = db;
+  g.bar->arrive_and_wait();
+  if (g.da[t] != g.da[0] || g.db[t] != g.db[0]) {
+    std::printf("wgmma: descriptors differ across the warpgroup\n");
+    std::abort();
+  }
+  return g;
+}
+inline void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
+  WarpGroup& g = wg_enter(da, db);
+  const WgDesc A = wg_decode(da), B = wg_decode(db);
+  const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
+  for (int j = 0; j < 8; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
+      float s = 0.f;
+      for (int k = 0; k < 16; ++k) s += wg_load(wg_kmajor(A, row, k)) * wg_load(wg_kmajor(B, col, k));
+      d[j][e] = (acc != 0 ? d[j][e] : 0.f) + s;
+    }
+  }
+  g.bar->arrive_and_wait();
+}
+template <int N>
+inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) {
+  WarpGroup& g = g_wgs[t_lin / 128];
+  for (int i = 0; i < 4; ++i) g.a[t_lin % 128][i] = a[i];
+  wg_enter(0, db);
+  const WgDesc B = wg_decode(db);
+  // A (row, k): register hi + 2·khi of lane (row % 8)·4 + (k % 8) / 2 of warp row / 16, half k % 2.
+  auto A = [&](int row, int k) {
+    const int w = row / 16, r16 = row % 16, owner = w * 32 + (r16 % 8) * 4 + (k % 8) / 2;
+    const uint32_t reg = g.a[owner][(r16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+    return bf2f(static_cast<uint16_t>(k % 2 ? reg >> 16 : reg & 0xffff));
+  };
+  const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
+  for (int j = 0; j < N / 8; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
+      float s = 0.f;
+      for (int k = 0; k < 16; ++k) s += A(row, k) * wg_load(wg_mnmajor(B, k, col));
+      d[j][e] += s;
+    }
+  }
+  g.bar->arrive_and_wait();
+}
 
 // CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;
 // see the driver's case list), for the slow thread-sanitizer mode; unset: every case.
@@ -264,6 +371,14 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
           warps[w].bar = wb.back().get();
         }
         g_warps = warps;
+        // Warpgroups (wgmma): 128-thread groups when the block has whole ones.
+        std::vector<WarpGroup> wgs(threads % 128 == 0 ? threads / 128 : 0);
+        std::vector<std::unique_ptr<std::barrier<>>> wgb;
+        for (auto& g : wgs) {
+          wgb.emplace_back(new std::barrier<>(128));
+          g.bar = wgb.back().get();
+        }
+        g_wgs = wgs.data();
         std::vector<std::thread> th;
         for (int t = 0; t < threads; ++t) {
           th.emplace_back([&, t] {

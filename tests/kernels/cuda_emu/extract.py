@@ -66,10 +66,11 @@ def norm_bundle():
 
 
 bundles = {
-    # the default forward (attn_fwd_mma) and v3 (attn_fwd_v3)
+    # the default forward (attn_fwd_mma), v3 (attn_fwd_v3) and the Hopper one (attn_fwd_wg)
     "attention_fwd": lambda: attention_tiles() + [
         section("// The forwards' epilogue", "// ---------------------------------------------------------------- bf16 forward v3"),
         section("constexpr int kV3Warps", "// Whether two v3 blocks can be resident"),
+        section("constexpr int kWgWarps", "// Whether the device code was built with wgmma"),
     ],
     # split-K decode: the GQA block kernel, the SIMT row kernel, the combine
     "attention_decode": lambda: attention_tiles() + [
