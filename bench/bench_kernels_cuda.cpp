@@ -424,13 +424,22 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
 
 // The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
 // cp.async prefetch; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
-// ldmatrix A fragments; v4: v3 with 8-warp, 128-key dK/dV blocks; both opt-in until measured)
+// ldmatrix A fragments; v4: v3 with 8-warp, 128-key dK/dV blocks; wgmma: v4's blocks on
+// Hopper's warpgroup MMA; the last three opt-in until measured)
 // at T = 4096, beside the default above.
 void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
   const AttentionOutput fwd = attention_fwd(a.q, a.k, a.v, causal);
   setenv("SOMNUS_ATTN_BWD", version, 1);
+#ifdef SOMNUS_WITH_CUDA
+  const std::string runs = kernels::cuda::attention_bwd_kernel(DType::bf16, a.D, 1.0 / std::sqrt(double(a.D)));
+  if (runs != version) {  // an opt-in version the device cannot run would time another one
+    unsetenv("SOMNUS_ATTN_BWD");
+    state.SkipWithError(("SOMNUS_ATTN_BWD=" + std::string(version) + " runs " + runs + " on this device").c_str());
+    return;
+  }
+#endif
   timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, fwd.o, fwd.lse, a.dout, causal).dq.data_ptr());
   });
@@ -447,6 +456,16 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
   setenv("SOMNUS_ATTN_FWD", fwd, 1);
   setenv("SOMNUS_ATTN_BWD", bwd, 1);
+#ifdef SOMNUS_WITH_CUDA
+  const double sc = 1.0 / std::sqrt(double(a.D));
+  if (kernels::cuda::attention_fwd_kernel(DType::bf16, a.D, sc) != fwd ||
+      kernels::cuda::attention_bwd_kernel(DType::bf16, a.D, sc) != bwd) {
+    unsetenv("SOMNUS_ATTN_FWD");
+    unsetenv("SOMNUS_ATTN_BWD");
+    state.SkipWithError((std::string("forward ") + fwd + " / backward " + bwd + " not runnable on this device").c_str());
+    return;
+  }
+#endif
   timed_loop(state, [&] {
     const AttentionOutput o = attention_fwd(a.q, a.k, a.v, causal);
     benchmark::DoNotOptimize(attention_bwd(a.q, a.k, a.v, o.o, o.lse, a.dout, causal).dq.data_ptr());
@@ -498,7 +517,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "simt", "v3", "v4"}) {
+  for (const char* version : {"v1", "v2", "simt", "v3", "v4", "wgmma"}) {
     RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
                       version, true)
         ->Args({4096, 64})
@@ -508,7 +527,8 @@ void register_attention() {
         ->Unit(benchmark::kMillisecond);
   }
   // Names: attention_fwd_bwd_<bwd> with the v3 forward (as before), _wgmma_<bwd> with the Hopper one.
-  for (const auto& [fwd, bwd] : {std::pair{"v3", "v3"}, std::pair{"v3", "v4"}, std::pair{"wgmma", "v4"}}) {
+  for (const auto& [fwd, bwd] :
+       {std::pair{"v3", "v3"}, std::pair{"v3", "v4"}, std::pair{"wgmma", "v4"}, std::pair{"wgmma", "wgmma"}}) {
     for (bool causal : {true, false}) {
       const std::string label = std::string(fwd) == "v3" ? bwd : std::string(fwd) + "_" + bwd;
       RegisterBenchmark((std::string("attention_fwd_bwd_") + label + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),

@@ -50,7 +50,8 @@ bool allow_tf32();
 // and benchmarks that must know which one they measured. Without CUDA it throws.
 std::string attention_fwd_kernel(DType dtype, int64_t head_dim, double scale);
 // The same for the backward (SOMNUS_ATTN_BWD): "simt", "mma" (the default), "v1", "v2", "v3",
-// "v4" (the opt-in two fall back to v3 / "mma" where they do not fit).
+// "v4", "wgmma" (the opt-in ones fall back to v3 / "mma" where they do not fit; wgmma needs an
+// sm_90 device and a build for sm_90a).
 std::string attention_bwd_kernel(DType dtype, int64_t head_dim, double scale);
 }  // namespace somnus::kernels::cuda
 

@@ -188,6 +188,18 @@ __device__ __forceinline__ void rescale_rows(float (&oacc)[D / 8][4], const floa
   }
 }
 
+// Bytes per row of a 64-column panel of a 128-byte-swizzled tile (wgmma operands).
+constexpr uint32_t kSwRow = 128;
+
+// The 64-bit shared-memory matrix descriptor of wgmma: start address, leading and stride byte
+// offsets (each in 16-byte units, 14 bits), swizzle mode 1 (128-byte) in bits 62–63, base
+// offset 0 (every panel starts 1024-byte aligned; a k-step's 32-byte advance inside the row
+// is part of the start address, the swizzle being applied to the final address bits).
+__device__ __forceinline__ uint64_t wg_desc(uint32_t start, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((start >> 4) & 0x3FFFu) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3FFFu) << 32) | (uint64_t{1} << 62);
+}
+
 // ---------------------------------------------------------------- device limits, alignment
 
 // The most dynamic shared memory a block may opt into on the current device (227 KB on
@@ -248,6 +260,20 @@ __device__ __forceinline__ void issue_tile_bf16(uint16_t* sm, const uint16_t* g,
     const int r = c / kChunks, x = (c % kChunks) * 8;
     const bool ok = r < valid;
     cp_async16(sm + r * (D + 8) + x, ok ? g + static_cast<int64_t>(r) * D + x : g, ok);
+  }
+}
+
+// rows × D bf16 from global (row-major) into the swizzled panels at `sm` (1024-byte aligned in
+// the shared space): column chunk x (8 bf16) of row r to panel x / 8 at sm + (x / 8)·rows·64
+// elements, row r·64, chunk (x % 8) ^ (r % 8). Rows at and past `valid` are zero-filled.
+template <int D>
+__device__ __forceinline__ void issue_tile_sw128(uint16_t* sm, const uint16_t* g, int rows, int valid) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, x = c % kChunks;
+    const bool ok = r < valid;
+    cp_async16(sm + (x >> 3) * rows * 64 + r * 64 + (((x & 7) ^ (r & 7)) << 3), ok ? g + static_cast<int64_t>(r) * D + x * 8 : g,
+               ok);
   }
 }
 
@@ -325,6 +351,16 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint
   SOMNUS_WGMMA(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : SOMNUS_WG_ACC64(d)
+      : "l"(da), "l"(db), "r"(acc));
+}
+// d (64 × 64 per warpgroup) = A B, + d when acc != 0; A (64 × 16) and B (16 × 64) in shared
+// memory, both MN-major (imm-trans-a = imm-trans-b = 1): the backward's dQ = dS K, with dS
+// stored key-major and K read transposed.
+__device__ __forceinline__ void wgmma_ss_n64_tt(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
+  SOMNUS_WGMMA(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
       : SOMNUS_WG_ACC64(d)
       : "l"(da), "l"(db), "r"(acc));
 }
@@ -918,34 +954,10 @@ bool v3_fits() {
 constexpr int kWgWarps = 8;
 constexpr int kWgBr = 16 * kWgWarps;  // 128 query rows per block, 64 per warpgroup
 constexpr int kWgBc = 64;             // keys per tile
-constexpr uint32_t kSwRow = 128;      // bytes per row of a 64-column panel
 
 template <int D>
 constexpr int wg_smem_bytes() {
   return (kWgBr + 4 * kWgBc) * D * 2 + 1024;  // Q, 2 × (K tile, V tile); + slack to align to 1024
-}
-
-// The 64-bit shared-memory matrix descriptor of wgmma: start address, leading and stride byte
-// offsets (each in 16-byte units, 14 bits), swizzle mode 1 (128-byte) in bits 62–63, base
-// offset 0 (every panel starts 1024-byte aligned; a k-step's 32-byte advance inside the row
-// is part of the start address, the swizzle being applied to the final address bits).
-__device__ __forceinline__ uint64_t wg_desc(uint32_t start, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((start >> 4) & 0x3FFFu) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
-         (static_cast<uint64_t>((sbo >> 4) & 0x3FFFu) << 32) | (uint64_t{1} << 62);
-}
-
-// rows × D bf16 from global (row-major) into the swizzled panels at `sm` (1024-byte aligned in
-// the shared space): column chunk x (8 bf16) of row r to panel x / 8 at sm + (x / 8)·rows·64
-// elements, row r·64, chunk (x % 8) ^ (r % 8). Rows at and past `valid` are zero-filled.
-template <int D>
-__device__ __forceinline__ void issue_tile_sw128(uint16_t* sm, const uint16_t* g, int rows, int valid) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, x = c % kChunks;
-    const bool ok = r < valid;
-    cp_async16(sm + (x >> 3) * rows * 64 + r * 64 + (((x & 7) ^ (r & 7)) << 3), ok ? g + static_cast<int64_t>(r) * D + x * 8 : g,
-               ok);
-  }
 }
 
 template <int D>
@@ -1822,8 +1834,246 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   }
 }
 
+// ---------------------------------------------------------------- dK/dV on Hopper wgmma (opt-in)
+
+// attn_bwd_dkdv_wg (SOMNUS_ATTN_BWD=wgmma; written 2026-11-27 without a GPU: opt-in until a GPU
+// run has checked it; sm_90a builds only). v4's block — 128 keys of one kv head, 2 warpgroups
+// of 64 keys, query tiles of 64 rows double-buffered with cp.async, base-2 p, the mask only on
+// tiles some row does not see whole — with the five products on wgmma (FA3's dataflow):
+//   Sᵀ  = K Qᵀ    SS, both K-major (64 keys × 64 queries per warpgroup, D/16 k-steps)
+//   dPᵀ = V dOᵀ   SS, both K-major (issued in the same group as Sᵀ)
+//   dV += Pᵀ dO   RS: Pᵀ from the S accumulators (p_frag), dO read MN-major (4 k-steps)
+//   dK += dSᵀ Q   RS: dSᵀ from registers, Q read MN-major
+//   dQ += dS K    atomic mode: dSᵀ is stored to shared memory (128 keys × 64 queries, one
+//                 swizzled panel) and read back as an M-major A operand, K as an MN-major B
+//                 (wgmma_ss_n64_tt); at D = 128 warpgroup w takes d-columns 64w.. over all 128
+//                 keys, at D = 64 each warpgroup its own 64 keys over all columns; f32 atomics.
+// The tiles in shared memory are 128-byte swizzled panels (issue_tile_sw128; layouts as in the
+// forward): K, V (128 rows), 2 × (Q, dO) (64 rows), dSᵀ. Deterministic mode: this kernel
+// without dQ, then v3's dQ kernel (attn_bwd_dq_mma<D, true, true>).
+// Shared memory: (2·128 + 4·64)·D·2 + 128·64·2 + 1 KiB + lse, Δ: 145 KiB at D = 128 (one block
+// per SM), 81 KiB at D = 64. Registers: the dK, dV accumulators (D/2 each per thread), S and dP
+// (32 each, dead before the RS products), the A fragments of P and dS (16 each), dQ (32).
+// Expected (prediction, not measured): the products at wgmma's rate, the per-element softmax
+// and dS work as v4's: 250–350 TFLOP/s at causal D = 128, T = 4k on an H100 (v4: not measured;
+// the default 138).
+constexpr int kWgBwdKeys = 128;  // keys per block, 64 per warpgroup
+constexpr int kWgBwdRows = 64;   // query rows per tile
+
+template <int D>
+constexpr int wg_bwd_smem_bytes() {
+  // K, V; 2 × (Q, dO); dSᵀ; 2 × (lse, Δ); + slack to align the panels to 1024 bytes
+  return 2 * kWgBwdKeys * D * 2 + 4 * kWgBwdRows * D * 2 + kWgBwdKeys * kWgBwdRows * 2 + 4 * kWgBwdRows * 4 + 1024;
+}
+
+template <int D>
+__global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __restrict__ q,
+                                                          const uint16_t* __restrict__ k,
+                                                          const uint16_t* __restrict__ v,
+                                                          const uint16_t* __restrict__ dout,
+                                                          const float* __restrict__ lse,
+                                                          const float* __restrict__ delta, uint16_t* __restrict__ dk,
+                                                          uint16_t* __restrict__ dv, float* __restrict__ dq_acc,
+                                                          AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kTileQ = kWgBwdRows * D;  // elements of a Q or dO tile
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw + (((raw + 1023u) & ~1023u) - raw));
+  uint16_t* Vs = Ks + kWgBwdKeys * D;
+  uint16_t* QGb = Vs + kWgBwdKeys * D;       // buffer t: Q at QGb + 2t·kTileQ, dO at + kTileQ
+  uint16_t* Ss = QGb + 4 * kTileQ;           // dSᵀ: [key][query], one panel of 128 rows
+  float* lse_b = reinterpret_cast<float*>(Ss + kWgBwdKeys * kWgBwdRows);  // 2 × 64
+  float* del_b = lse_b + 2 * kWgBwdRows;                                   // 2 × 64
+
+  const int bkv = blockIdx.y, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
+  const int j0 = static_cast<int>(blockIdx.x) * kWgBwdKeys;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int wg = warp / 4;
+  const int kr = warp * 16 + gr;  // this thread's key rows kr, kr + 8 (within the block)
+  const int key0 = j0 + kr, key1 = key0 + 8;
+  const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
+
+  issue_tile_sw128<D>(Ks, k + kv_base + static_cast<int64_t>(j0) * D, kWgBwdKeys, d.S - j0);
+  issue_tile_sw128<D>(Vs, v + kv_base + static_cast<int64_t>(j0) * D, kWgBwdKeys, d.S - j0);
+  cp_async_commit();
+
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+  }
+
+  const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;  // the first row that sees key j0
+  const int n_i = i_first < d.T ? (d.T - i_first + kWgBwdRows - 1) / kWgBwdRows : 0;
+  const int total = d.g * n_i;
+  const auto stage = [&](int it, int buf) {
+    const int i0 = i_first + (it % n_i) * kWgBwdRows;
+    const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
+    issue_tile_sw128<D>(QGb + buf * 2 * kTileQ, q + row * D, kWgBwdRows, d.T - i0);
+    issue_tile_sw128<D>(QGb + buf * 2 * kTileQ + kTileQ, dout + row * D, kWgBwdRows, d.T - i0);
+    cp_async_commit();
+    for (int r = threadIdx.x; r < kWgBwdRows; r += blockDim.x) {
+      const bool ok = i0 + r < d.T;
+      lse_b[buf * kWgBwdRows + r] = ok ? lse[row + r] * kLog2e : 0.f;  // base 2, as v3
+      del_b[buf * kWgBwdRows + r] = ok ? delta[row + r] : 0.f;
+    }
+  };
+  const float c2 = d.scale * kLog2e;
+  // Shared-space bases; panel strides: K, V 128 rows, Q, dO 64 rows (of kSwRow bytes).
+  constexpr uint32_t kKPanel = kWgBwdKeys * kSwRow, kQPanel = kWgBwdRows * kSwRow;
+  const uint32_t k_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ks));
+  const uint32_t v_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Vs));
+  const uint32_t qg_sh = static_cast<uint32_t>(__cvta_generic_to_shared(QGb));
+  const uint32_t s_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ss));
+  if (total > 0) stage(0, 0);
+  for (int it = 0; it < total; ++it) {
+    const int buf = it & 1;
+    const int i0 = i_first + (it % n_i) * kWgBwdRows;
+    const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i;
+    if (it + 1 < total) {  // the other buffer was last read in iteration it − 1 (its end barrier)
+      stage(it + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();  // tile it (and K, V), lse, Δ visible to every thread and to wgmma
+    const uint32_t q_sh = qg_sh + buf * 4u * kTileQ, g_sh = q_sh + 2u * kTileQ;  // bytes
+    const float* lse_s = lse_b + buf * kWgBwdRows;
+    const float* del_s = del_b + buf * kWgBwdRows;
+
+    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys (this warpgroup's) × 64 queries each.
+    float s[8][4], dp[8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+      wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+      wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wg_fence_operands(s);
+    wg_fence_operands(dp);
+
+    // Pᵀ (base 2; masked to 0 for rows past T and keys a row does not see), then dSᵀ = Pᵀ ∘
+    // (dPᵀ − Δ) in dp. s[nt][0..1]: key kr, queries nt·8 + 2tq (+1); s[nt][2..3]: key kr + 8.
+    if (i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0)) {  // block-uniform
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -lse_s[nt * 8 + 2 * tq + (e & 1)]));
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
+          const bool ok = row < d.T && (e < 2 ? key0 : key1) < d.visible(row);
+          s[nt][e] = ok ? ex2_approx(fmaf(s[nt][e], c2, -lse_s[qi])) : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
+    }
+    uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+      p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
+    }
+    if (dq_acc != nullptr) {  // block-uniform: dSᵀ to shared memory (row = key, swizzled chunks)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = kr + 8 * h;
+          *reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(Ss) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq) =
+              pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]);
+        }
+      }
+    }
+    // dV += Pᵀ dO, dK += dSᵀ Q: B = the (64 queries × D) tile read MN-major, 16 rows a k-step.
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
+    }
+    wgmma_commit();
+    if (dq_acc != nullptr) {
+      fence_proxy_async();  // this thread's dSᵀ stores, visible to wgmma after the barrier
+      __syncthreads();      // both warpgroups' dSᵀ rows are written
+      // dQ (64 queries × 64 columns per warpgroup) = dS K: A = dSᵀ read M-major (queries
+      // contiguous in a key row), B = K read MN-major (d contiguous in a key row).
+      constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
+      const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;  // first key row
+      const uint32_t k_col = D == 128 ? static_cast<uint32_t>(wg) * kKPanel : 0u;  // d-column panel
+      float dqa[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kSteps; ++kk) {
+        const uint32_t rows = (key_lo + kk * 16) * kSwRow;
+        wgmma_ss_n64_tt(dqa, wg_desc(s_sh + rows, kKPanel, 8 * kSwRow), wg_desc(k_sh + k_col + rows, kKPanel, 8 * kSwRow),
+                        kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wg_fence_operands(dqa);
+      const int c0 = D == 128 ? wg * 64 : 0;
+      const int row0 = i0 + (warp % 4) * 16 + gr, row1 = row0 + 8;
+      float* dq0 = dq_acc + (bh * d.T + row0) * D;
+      float* dq1 = dq0 + 8 * D;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int col = c0 + 8 * j + 2 * tq;
+        if (row0 < d.T) atomic_add2(dq0 + col, d.scale * dqa[j][0], d.scale * dqa[j][1]);
+        if (row1 < d.T) atomic_add2(dq1 + col, d.scale * dqa[j][2], d.scale * dqa[j][3]);
+      }
+    } else {
+      wgmma_wait<0>();
+    }
+    wg_fence_operands(dka);
+    wg_fence_operands(dva);
+    __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read
+  }
+  cp_async_wait<0>();  // a block no query tile reached still has K, V in flight
+
+  // Every key of the block below S is written, zero where no query sees it.
+  uint16_t* dkh = dk + kv_base;
+  uint16_t* dvh = dv + kv_base;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (key0 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key0) * D + col) =
+          pack_bf16(d.scale * dka[n][0], d.scale * dka[n][1]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key0) * D + col) = pack_bf16(dva[n][0], dva[n][1]);
+    }
+    if (key1 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key1) * D + col) =
+          pack_bf16(d.scale * dka[n][2], d.scale * dka[n][3]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key1) * D + col) = pack_bf16(dva[n][2], dva[n][3]);
+    }
+  }
+}
+
 // The tensor-core backward version for SOMNUS_ATTN_BWD, the scale and the device: "v1", "v2",
-// "v3" or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
+// "v3", "v4", "wgmma" (opt-in, section above: sm_90a builds, scale > 0) or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
 // than sm_86/sm_89 allow a block (99 KiB): there v2 runs (also for v3, which builds on them).
 // SOMNUS_ATTN_BWD=v3 (opt-in: written 2026-11-26 without a GPU, checked under the host
 // emulation of tests/kernels/cuda_emu): the default plus base-2 p with the mask only on tiles
@@ -1839,6 +2089,10 @@ template <int D>
 const char* bwd_mma_version(float scale) {
   if (env_equals("SOMNUS_ATTN_BWD", "v1")) return "v1";
   const int smem = max_dynamic_smem_bytes();
+  if (env_equals("SOMNUS_ATTN_BWD", "wgmma") && scale > 0.f && wg_bwd_smem_bytes<D>() <= smem &&
+      dq_smem_bytes<D>(true) <= smem && wgmma_built()) {
+    return "wgmma";
+  }
   if (env_equals("SOMNUS_ATTN_BWD", "v2") || dkdv_smem_bytes<D>(true) > smem) return "v2";
   const bool v4 = env_equals("SOMNUS_ATTN_BWD", "v4");
   if ((v4 || env_equals("SOMNUS_ATTN_BWD", "v3")) && scale > 0.f && dq_smem_bytes<D>(true) <= smem) {
@@ -1892,6 +2146,27 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
       }
     };
     using Four = std::integral_constant<int, kBwdWarps>;
+    if (version == "wgmma") {
+      if (d.S > 0) {
+        constexpr int smem = wg_bwd_smem_bytes<D>();
+        CUDA_CHECK(cudaFuncSetAttribute(attn_bwd_dkdv_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((d.S + kWgBwdKeys - 1) / kWgBwdKeys, d.B * d.Hkv);
+        attn_bwd_dkdv_wg<D><<<grid, 256, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                                 reinterpret_cast<uint16_t*>(dk.data_ptr()),
+                                                 reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
+        CUDA_CHECK_LAUNCH();
+      }
+      if (dq_acc == nullptr && d.T > 0) {  // deterministic dQ: v3's kernel
+        constexpr int smem = dq_smem_bytes<D>(true);
+        const auto kernel = attn_bwd_dq_mma<D, true, true>;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
+        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                               reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
+        CUDA_CHECK_LAUNCH();
+      }
+      return;
+    }
     if (version == "v1") {
       launch(std::false_type{}, std::false_type{}, std::false_type{}, Four{});
     } else if (version == "v2") {

@@ -74,13 +74,15 @@ Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu(
 // SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback), v3 and v4 (opt-in: base-2 p, so not
 // bitwise the first three; v4 = v3 with 8-warp, 128-key dK/dV blocks; kept last). f32 always
 // runs SIMT, on every setting.
-const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3", "v4"};
+// wgmma (the Hopper dK/dV kernel) runs only on sm_90 with a build for sm_90a; elsewhere the
+// setting runs the default and the checks below still hold.
+const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3", "v4", "wgmma"};
 
 // SOMNUS_TEST_QUICK=1 (tools/gpu_check.sh sets it under compute-sanitizer, where every launch
-// is far slower): MatchesCpuTwinAndReference runs the default backward, v3 and v4 (new) only.
+// is far slower): MatchesCpuTwinAndReference runs the default backward, v3, v4 and wgmma (new) only.
 std::vector<const char*> bwd_paths() {
   const char* q = std::getenv("SOMNUS_TEST_QUICK");
-  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4], kBwdPaths[5]};  // default, v3, v4
+  if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4], kBwdPaths[5], kBwdPaths[6]};
   return std::vector<const char*>(std::begin(kBwdPaths), std::end(kBwdPaths));
 }
 
@@ -108,7 +110,7 @@ CudaRun run_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
           r.dv.to(Device::cpu())};
 }
 
-// Under SOMNUS_TEST_QUICK the opt-in paths (v3, v4) run bf16 only (f32 is SIMT on every
+// Under SOMNUS_TEST_QUICK the opt-in paths (v3, v4, wgmma) run bf16 only (f32 is SIMT on every
 // setting) on three cases — masked tails with GQA 4, keys no query sees, several tiles both
 // ways with GQA 8 — so that the compute-sanitizer runs stay within their budget.
 bool quick_subset(const std::string& path, DType dt, size_t case_index) {
@@ -177,10 +179,10 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
       EXPECT_EQ(runs[0].dk.to_vector(), runs[i].dk.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
       EXPECT_EQ(runs[0].dv.to_vector(), runs[i].dv.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
     }
-    // v3 and v4 (kBwdPaths[4], [5]) compute p in base 2: where the device runs them, their dQ
-    // is not the default's bit for bit (else the switch silently ran the default).
+    // v3, v4 and wgmma (kBwdPaths[4..6]) compute p in base 2: where the device runs them, their
+    // dQ is not the default's bit for bit (else the switch silently ran the default).
     if (dt == DType::bf16 && cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "mma") {
-      for (size_t i : {4, 5}) {
+      for (size_t i : {4, 5, 6}) {
         setenv("SOMNUS_ATTN_BWD", kBwdPaths[i], 1);
         const bool runs_it = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == kBwdPaths[i];
         unsetenv("SOMNUS_ATTN_BWD");

@@ -1,6 +1,7 @@
 // Runs the tensor-core attention backward of kernels/cuda/attention.cu (attn_bwd_dkdv_mma with
 // the atomic dQ, and attn_bwd_dq_mma, the deterministic dQ; the default, v3 and v4's 8-warp
-// dK/dV blocks) under the host emulation
+// dK/dV blocks; the Hopper attn_bwd_dkdv_wg on the emulated wgmma, with v3's dQ kernel in the
+// deterministic mode) under the host emulation
 // (cuda_emu.h) on the shapes of tests/kernels/test_cuda_attention.cpp, against an f64
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
 // lse and Δ come from the reference (the forward is attention_fwd.cpp's business).
@@ -16,7 +17,7 @@ struct Case {
   int q_offset;
 };
 
-template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps>
+template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, bool kWg>
 int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   if (!emu_selected(seed)) return 0;
   const AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
@@ -74,11 +75,18 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   const std::vector<float> lsef(lse.begin(), lse.end()), deltaf(delta.begin(), delta.end());
   std::vector<uint16_t> gdq(nq, 0x7fc0), gdk(nk, 0x7fc0), gdv(nk, 0x7fc0);  // NaN: unwritten shows
   std::vector<float> acc(nq, 0.f);
-  constexpr int kKeys = 16 * kWarps;
-  launch((c.S + kKeys - 1) / kKeys, c.B * c.Hkv, kWarps * 32, dkdv_smem_bytes<D>(kPipe, kKeys), [&] {
-    attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3, kWarps>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(),
-                                       gdk.data(), gdv.data(), det ? nullptr : acc.data(), d);
-  });
+  constexpr int kKeys = kWg ? kWgBwdKeys : 16 * kWarps;
+  if constexpr (kWg) {
+    launch((c.S + kKeys - 1) / kKeys, c.B * c.Hkv, 256, wg_bwd_smem_bytes<D>(), [&] {
+      attn_bwd_dkdv_wg<D>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdk.data(), gdv.data(),
+                          det ? nullptr : acc.data(), d);
+    });
+  } else {
+    launch((c.S + kKeys - 1) / kKeys, c.B * c.Hkv, kWarps * 32, dkdv_smem_bytes<D>(kPipe, kKeys), [&] {
+      attn_bwd_dkdv_mma<D, kLdsm, kPipe, kV3, kWarps>(q.data(), k.data(), v.data(), g.data(), lsef.data(),
+                                                      deltaf.data(), gdk.data(), gdv.data(), det ? nullptr : acc.data(), d);
+    });
+  }
   if (det) {
     launch((c.T + kBwdTile - 1) / kBwdTile, c.B * c.Hq, kBwdWarps * 32, dq_smem_bytes<D>(kV3), [&] {
       attn_bwd_dq_mma<D, kLdsm, kV3>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdq.data(), d);
@@ -106,37 +114,38 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
 
 // The cases of test_cuda_attention.cpp's kCases (B reduced to 1 where it only repeats).
 // v4 (kWarps = 8) runs the atomic mode only: its deterministic dQ is v3's kernel.
-template <bool kLdsm, bool kPipe, bool kV3, int kWarps>
+template <bool kLdsm, bool kPipe, bool kV3, int kWarps, bool kWg = false>
 int all_cases(const char* label) {
   int fails = 0;
   uint32_t seed = 1;
   for (bool det : {false, true}) {
-    if (det && kWarps != kBwdWarps) break;
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({2, 2, 2, 64, 64, true, 0}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 4, 1, 77, 77, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 8, 1, 33, 33, false, 0}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 2, 1, 1, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 4, 1, 1, 130, true, 129}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 4, 4, 5, 131, true, 126}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 19, 70, true, 3}, det, seed++, label);
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 2, 70, 45, false, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 200, 333, true, 133}, det, seed++, label);
+    if (det && kWarps != kBwdWarps && !kWg) break;
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({2, 2, 2, 64, 64, true, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 1, 77, 77, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 8, 1, 33, 33, false, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 2, 1, 1, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 1, 1, 130, true, 129}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 4, 5, 131, true, 126}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 19, 70, true, 3}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 2, 70, 45, false, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 200, 333, true, 133}, det, seed++, label);
     // Tiles with and without the mask in one block (v3 skips it on whole tiles), T = S = 200;
     // more than one 128-key block (v4) and a partial one.
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 200, 200, true, 0}, det, seed++, label);
-    fails += run_case<128, kLdsm, kPipe, kV3, kWarps>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 200, 200, true, 0}, det, seed++, label);
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
     // Not causal, T a multiple of 64, S not a multiple of the key block (masked key tails only).
-    fails += run_case<64, kLdsm, kPipe, kV3, kWarps>({1, 2, 1, 128, 200, false, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 128, 200, false, 0}, det, seed++, label);
   }
   return fails;
 }
 
-int main(int argc, char** argv) {  // argument "v3" or "v4": that version only
+int main(int argc, char** argv) {  // argument "v3", "v4" or "wgmma": that version only
   const std::string only = argc > 1 ? argv[1] : "";
   int fails = 0;
   if (only.empty()) fails += all_cases<true, true, false, 4>("default");
   if (only.empty() || only == "v3") fails += all_cases<true, true, true, 4>("v3");
   if (only.empty() || only == "v4") fails += all_cases<true, true, true, 8>("v4");
+  if (only.empty() || only == "wgmma") fails += all_cases<true, true, true, 4, true>("wgmma");
   std::printf("%d failures\n", fails);
   return fails;
 }

@@ -54,6 +54,7 @@ def attention_tiles():
     section("// P's A fragment for k-step kk", "// ---------------------------------------------------------------- device limits"),
     function("__device__ __forceinline__ void load_tile_bf16"),
     function("__device__ __forceinline__ void issue_tile_bf16"),
+    function("__device__ __forceinline__ void issue_tile_sw128"),
     ]
 
 
