@@ -240,6 +240,26 @@ void BM_reduce_sum(benchmark::State& state, DType dtype, int dim) {
   report_bandwidth(state, mean, rows * cols * bytes_of(dtype));
 }
 
+// The previous kernels (SOMNUS_REDUCE=v1) beside the default rows above.
+void BM_reduce_sum_v1(benchmark::State& state, DType dtype, int dim) {
+  setenv("SOMNUS_REDUCE", "v1", 1);
+  BM_reduce_sum(state, dtype, dim);
+  unsetenv("SOMNUS_REDUCE");
+}
+
+// The norm backward's partial sums: (512, 4096) f32 over dim 0 (ops.cpp norm_backward), with
+// the default kernels (version "") or SOMNUS_REDUCE=v1.
+void BM_reduce_sum_norm_partials(benchmark::State& state, const char* version) {
+  if (skip_without_cuda(state)) return;
+  const int64_t rows = 512, cols = 4096;
+  Generator g(7);
+  const Tensor x = randn({rows, cols}, g, DType::f32, gpu());
+  if (*version != '\0') setenv("SOMNUS_REDUCE", version, 1);
+  const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(reduce(Reduce::sum, x, 0)); });
+  unsetenv("SOMNUS_REDUCE");
+  report_bandwidth(state, mean, rows * cols * 4);
+}
+
 void BM_argmax(benchmark::State& state, DType dtype) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = 2048, vocab = 50304;
@@ -303,6 +323,13 @@ void register_all() {
     manual(RegisterBenchmark(("sum_lastdim/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, 1));
     manual(RegisterBenchmark(("sum_dim0/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, 0));
     manual(RegisterBenchmark(("sum_all/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, -2));
+    manual(RegisterBenchmark(("sum_lastdim_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, 1));
+    manual(RegisterBenchmark(("sum_dim0_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, 0));
+    manual(RegisterBenchmark(("sum_all_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, -2));
+    if (d == DType::f32) {
+      manual(RegisterBenchmark("sum_dim0/f32/512x4096", BM_reduce_sum_norm_partials, ""));
+      manual(RegisterBenchmark("sum_dim0_v1/f32/512x4096", BM_reduce_sum_norm_partials, "v1"));
+    }
     manual(RegisterBenchmark(("argmax/" + t + "/2048x50304").c_str(), BM_argmax, d));
     manual(RegisterBenchmark(("embedding/" + t + "/V50304_C768_N8192").c_str(), BM_embedding, d));
     manual(RegisterBenchmark(("embedding_backward_deterministic/" + t).c_str(), BM_embedding_backward, d, true));

@@ -2,21 +2,57 @@
 // counts as the maximum, as in torch). x is viewed as (outer, n, inner) around the reduced
 // dim; out holds outer·inner values, out[o·inner + i].
 //
-// Algorithm, by shape:
+// Algorithm (v2, the default), by shape:
 //   inner == 1, n ≤ 512    one warp per row (cub::WarpReduce), 8 rows per 256-thread block.
-//   inner == 1, n > 512    one 512-thread block per row (cub::BlockReduce). When there are
-//                          few rows (< 128) and long ones (n ≥ 65536, e.g. a full reduce),
-//                          each row is cut into a fixed number of chunks, one block each,
-//                          whose partials a second kernel combines in chunk order.
-//   inner > 1              a 32×16 block per 32 adjacent outputs: threadIdx.x walks the inner
-//                          dim (coalesced), threadIdx.y strides over n, and the 16 partials
-//                          are combined in order through shared memory. The same kernel serves
-//                          inner == 1 when the reduced dim is strided and the outer dim is not
-//                          (a transposed view), so reads stay coalesced.
-// Every summation order is fixed by the shape alone (never by timing or the GPU model), so
-// results are bitwise reproducible. Accumulates in f32 (f64 for f64); the CPU twin uses f64.
-// Cost: numel reads, outer·inner writes, ~1 FLOP per element: memory bound.
+//   inner == 1, n > 512    a 256-thread block per (row, chunk): thread t takes the groups of
+//                          V = 16 / sizeof(T) adjacent elements g = t, t + 256, ... (one 16-byte
+//                          load each where the row is contiguous and aligned, else V scalar
+//                          loads in the same order), 4 groups in flight; a warp butterfly, then
+//                          the 8 warps in order. Rows are cut into chunks when there are few
+//                          (rows < 2048, n ≥ 32768): chunks of ≥ 16384 elements, ~4096 blocks
+//                          in all; a second kernel (one block per row) sums the chunk partials
+//                          in a fixed tree.
+//   inner > 1              a 32×8 block per (tile of 32·V adjacent outputs, segment of the
+//                          reduced dim): threadIdx.x takes V adjacent outputs (one 16-byte load
+//                          per row where the inner dim is one aligned unit-stride run, else
+//                          V = 1), threadIdx.y the rows j ≡ y (mod 8) of the segment, 4 rows in
+//                          flight; the 8 partials are combined in y order through shared memory.
+//                          When there are few tiles (< 1024) the reduced dim is cut into
+//                          segments of ≥ 32 rows (a multiple of 8), ~2048 blocks in all; their
+//                          partials go to a scratch tensor (segs, outputs) and a second kernel
+//                          sums them in segment order, one thread per output. The same kernels
+//                          serve inner == 1 when the reduced dim is strided and the outer dim is
+//                          not (a transposed view), so reads stay coalesced.
+// Every summation order is fixed by the shape (and dtype) alone, never by timing, alignment or
+// the GPU model, so results are bitwise reproducible: the plans (chunks, segments) use the
+// dtype's nominal V, and the scalar fallbacks visit elements in the vector paths' order (a
+// column's order does not depend on V at all). Accumulates in f32 (f64 for f64); the CPU twin
+// uses f64.
+// v1 (SOMNUS_REDUCE=v1, read on every call): the previous kernels, scalar loads: a 512-thread
+// cub::BlockReduce block per row (chunks only for rows < 128, n ≥ 65536, combined by one thread
+// per row), and for inner > 1 one 32×16 block per 32 outputs walking the whole reduced dim.
+//
+// Cost: numel reads, outer·inner writes, ~1 FLOP per element: memory bound. Bytes per bench row
+// (bench/bench_kernels_cuda.cpp, which counts the reads only) and the v2 PREDICTION for an H100
+// (copy 2826–2926 GB/s read+write; not yet measured; v1 measured 2026-11-26):
+//   sum_lastdim 8192² f32   268 MB + 32 KB out; v1 0.89 of copy → predicted 0.95–1.0 (~92–97 us).
+//   sum_dim0    8192² f32   268 MB + 2×1 MB segment partials (32 segs of 256 rows); v1 0.93 → 0.95–1.0.
+//   sum_all     8192² f32   268 MB + 2×16 KB chunk partials (4096 chunks); v1 0.74 → 0.93–0.98.
+//   sum_lastdim 8192² bf16  134 MB; v1 0.60 (scalar 2-byte loads) → 0.90–0.97 (~47–51 us).
+//   sum_dim0    8192² bf16  134 MB + 2×2 MB partials (64 segs of 128 rows); v1 0.77 → 0.90–0.97.
+//   sum_all     8192² bf16  134 MB + 2×16 KB partials; v1 0.52 → 0.88–0.95.
+//   sum_dim0 512×4096 f32   8.4 MB + 2×256 KB partials (16 segs of 32 rows, 512 blocks, every
+//                           load in flight at once) + 16 KB out: ~3 us of traffic plus the
+//                           second launch → predicted 5–7 us (v1: 128 blocks, each thread 32
+//                           dependent-latency loads, estimated 15–20 us). The LayerNorm backward
+//                           sums two such partials (dw, db).
+//   argmax 2048×50304       the same row kernel (no chunks: 2048 rows), 16-byte loads: f32 v1 0.67
+//                           → 0.85–0.95; bf16 v1 0.36 → 0.75–0.9 (compare-and-select per element).
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
@@ -83,7 +119,7 @@ struct ArgmaxReducer {
   __device__ __forceinline__ void store(Out* out, int64_t i, const Acc& a) const { out[i] = a.i; }
 };
 
-// ---------------------------------------------------------------- kernels
+// ---------------------------------------------------------------- kernels (v1)
 
 constexpr int kWarpRowsPerBlock = 8;  // 256 threads
 constexpr int kBlockThreads = 512;
@@ -177,6 +213,251 @@ __global__ void reduce_cols_kernel(const T* x, StridedLayout<1> outer, StridedLa
   }
 }
 
+// ---------------------------------------------------------------- kernels (v2)
+
+constexpr int kRowThreads = 256, kRowUnroll = 4;
+constexpr int kColsY = 8, kColsThreads = 32 * kColsY, kColsUnroll = 4;
+constexpr int kSegUnroll = 8;
+
+// A shuffle of any reducer accumulator (ValueIndex in two).
+template <class A>
+__device__ __forceinline__ A shfl_xor_acc(const A& v, int m) {
+  return __shfl_xor_sync(0xffffffffu, v, m);
+}
+template <class A>
+__device__ __forceinline__ ValueIndex<A> shfl_xor_acc(const ValueIndex<A>& v, int m) {
+  return {__shfl_xor_sync(0xffffffffu, v.v, m), __shfl_xor_sync(0xffffffffu, v.i, m)};
+}
+
+// Reduces a 1-D block's values in a fixed order: a butterfly per warp, then thread 0 folds the
+// warps' results in warp order. The result is valid in thread 0; warp_part (kThreads / 32) may
+// be reused only after a __syncthreads.
+template <int kThreads, class R>
+__device__ __forceinline__ typename R::Acc block_reduce_ordered(typename R::Acc a, const R& r,
+                                                                typename R::Acc* warp_part) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) a = r(a, shfl_xor_acc(a, o));
+  if (threadIdx.x % 32 == 0) warp_part[threadIdx.x / 32] = a;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    a = warp_part[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) a = r(a, warp_part[w]);
+  }
+  return a;
+}
+
+// Group g of a row: its elements g·V … g·V + V − 1 in the compute type, one aligned 16-byte
+// load when kVec (unit stride), else V scalar loads (same values, same order).
+template <int V, bool kVec, class T>
+__device__ __forceinline__ void load_group(const T* base, int64_t g, int64_t sn, compute_t<T> (&v)[V]) {
+  if constexpr (kVec) {
+    const Vec<T, V> q = load_vec<V>(base, g);
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = static_cast<compute_t<T>>(q.v[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = load_c(base + (g * V + e) * sn);
+  }
+}
+
+// One block per (row, chunk) of rows of n elements at stride sn (grid: rows × chunks; no
+// launch bounds: with them ptxas spills on sm_80); chunk is a multiple of V. Thread t folds
+// groups j0 / V + t, + kRowThreads, ... in order (kRowUnroll loads in flight), then the row's
+// last n % V elements (in the chunk that ends the row, one per thread); then
+// block_reduce_ordered. splits == 1: writes the final value, else partial[row · splits + chunk].
+template <class T, class R, int V, bool kVec>
+__global__ void reduce_rows_vec_kernel(const T* x, StridedLayout<1> outer, int64_t sn, int64_t n, int64_t rows,
+                                       int64_t splits, int64_t chunk, R r, typename R::Acc* partial,
+                                       typename R::Out* out) {
+  using Acc = typename R::Acc;
+  using C = compute_t<T>;
+  __shared__ Acc warp_part[kRowThreads / 32];
+  const int64_t s = blockIdx.y;  // the chunk
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t j0 = s * chunk, j1 = min(n, j0 + chunk);
+    int64_t off[1];
+    outer.offsets(row, off);
+    const T* base = x + off[0];
+    const int64_t g1 = j1 / V;  // groups [j0 / V, g1) are whole
+    Acc acc = r.init();
+    int64_t g = j0 / V + threadIdx.x;
+    for (; g + (kRowUnroll - 1) * kRowThreads < g1; g += kRowUnroll * kRowThreads) {
+      C v[kRowUnroll][V];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) load_group<V, kVec>(base, g + u * kRowThreads, sn, v[u]);
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc = r(acc, r.make(v[u][e], (g + u * kRowThreads) * V + e));
+      }
+    }
+    for (; g < g1; g += kRowThreads) {
+      C v[V];
+      load_group<V, kVec>(base, g, sn, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc = r(acc, r.make(v[e], g * V + e));
+    }
+    if (threadIdx.x < j1 - g1 * V) {
+      const int64_t j = g1 * V + threadIdx.x;
+      acc = r(acc, r.make(load_c(base + j * sn), j));
+    }
+    acc = block_reduce_ordered<kRowThreads>(acc, r, warp_part);
+    if (threadIdx.x == 0) {
+      if (splits == 1) {
+        r.store(out, row, acc);
+      } else {
+        partial[row * splits + s] = acc;
+      }
+    }
+    __syncthreads();  // warp_part is reused by the next row
+  }
+}
+
+// Combines each row's chunk partials (rows, splits): thread t folds chunks t, t + kRowThreads,
+// ... in order (kRowUnroll loads in flight), then block_reduce_ordered. One block per row.
+template <class R>
+__global__ void __launch_bounds__(kRowThreads)
+    reduce_chunks_kernel(const typename R::Acc* partial, int64_t rows, int64_t splits, R r, typename R::Out* out) {
+  using Acc = typename R::Acc;
+  __shared__ Acc warp_part[kRowThreads / 32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const Acc* p = partial + row * splits;
+    Acc acc = r.init();
+    int64_t s = threadIdx.x;
+    for (; s + (kRowUnroll - 1) * kRowThreads < splits; s += kRowUnroll * kRowThreads) {
+      Acc v[kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) v[u] = p[s + u * kRowThreads];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) acc = r(acc, v[u]);
+    }
+    for (; s < splits; s += kRowThreads) acc = r(acc, p[s]);
+    acc = block_reduce_ordered<kRowThreads>(acc, r, warp_part);
+    if (threadIdx.x == 0) r.store(out, row, acc);
+    __syncthreads();
+  }
+}
+
+// A (32, kColsY) block per (tile of 32·V adjacent outputs, segment [s·seg_len, +seg_len) of the
+// reduced dim); grid: tiles × segments. Thread (x, y) folds, for its V outputs, rows j0 + y, + kColsY, ... in order
+// (kColsUnroll loads in flight); the kColsY partials of each output are then folded in y order.
+// V > 1 needs the inner dim as one unit-stride run with inner_n, sn and the outer strides
+// multiples of V and x 16-byte aligned; V == 1 takes any inner layout. An output's order is
+// the same for every V. segs == 1: writes out[o·inner_n + i], else partial[s·outputs + o·inner_n + i].
+template <class T, class R, int V>
+__global__ void __launch_bounds__(kColsThreads)
+    reduce_cols_seg_kernel(const T* x, StridedLayout<1> outer, StridedLayout<1> inner, int64_t sn, int64_t n,
+                           int64_t outer_n, int64_t inner_n, int64_t segs, int64_t seg_len, R r,
+                           typename R::Acc* partial, typename R::Out* out) {
+  using Acc = typename R::Acc;
+  using C = compute_t<T>;
+  constexpr int kW = 32 * V;
+  __shared__ Acc part[kColsY][kW];
+  const int64_t tiles = (inner_n + kW - 1) / kW, tiles_all = outer_n * tiles, outputs = outer_n * inner_n;
+  const int64_t s = blockIdx.y;  // the segment (a 2-D grid: with one 64-bit division more, sm_80 spills)
+  for (int64_t t = blockIdx.x; t < tiles_all; t += gridDim.x) {
+    const int64_t o = t / tiles, i0 = (t % tiles) * kW, i = i0 + threadIdx.x * V;
+    const int64_t j1 = min(n, (s + 1) * seg_len);
+    Acc acc[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = r.init();
+    if (i < inner_n) {
+      int64_t oo[1], io[1] = {i};
+      outer.offsets(o, oo);
+      if (V == 1) inner.offsets(i, io);
+      const T* base = x + oo[0] + io[0];
+      int64_t j = s * seg_len + threadIdx.y;
+      for (; j + (kColsUnroll - 1) * kColsY < j1; j += kColsUnroll * kColsY) {
+        Vec<T, V> q[kColsUnroll];
+#pragma unroll
+        for (int u = 0; u < kColsUnroll; ++u) q[u] = load_vec<V>(base + (j + u * kColsY) * sn, 0);
+#pragma unroll
+        for (int u = 0; u < kColsUnroll; ++u) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[e] = r(acc[e], r.make(static_cast<C>(q[u].v[e]), j + u * kColsY));
+        }
+      }
+      for (; j < j1; j += kColsY) {
+        const Vec<T, V> q = load_vec<V>(base + j * sn, 0);
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[e] = r(acc[e], r.make(static_cast<C>(q.v[e]), j));
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) part[threadIdx.y][threadIdx.x * V + e] = acc[e];
+    __syncthreads();
+    for (int c = threadIdx.y * 32 + threadIdx.x; c < kW; c += kColsThreads) {
+      if (i0 + c < inner_n) {
+        Acc a = part[0][c];
+#pragma unroll
+        for (int y = 1; y < kColsY; ++y) a = r(a, part[y][c]);
+        const int64_t k = o * inner_n + i0 + c;
+        if (segs == 1) {
+          r.store(out, k, a);
+        } else {
+          partial[s * outputs + k] = a;
+        }
+      }
+    }
+    __syncthreads();  // part is reused by the next tile
+  }
+}
+
+// Sums the segment partials (segs, outputs) of each output in segment order, one thread per
+// output, kSegUnroll loads in flight.
+template <class R>
+__global__ void reduce_segments_kernel(const typename R::Acc* partial, int64_t outputs, int64_t segs, R r,
+                                       typename R::Out* out) {
+  using Acc = typename R::Acc;
+  SOMNUS_GRID_STRIDE(k, outputs) {
+    Acc acc = partial[k];
+    int64_t s = 1;
+    for (; s + kSegUnroll - 1 < segs; s += kSegUnroll) {
+      Acc v[kSegUnroll];
+#pragma unroll
+      for (int u = 0; u < kSegUnroll; ++u) v[u] = partial[(s + u) * outputs + k];
+#pragma unroll
+      for (int u = 0; u < kSegUnroll; ++u) acc = r(acc, v[u]);
+    }
+    for (; s < segs; ++s) acc = r(acc, partial[s * outputs + k]);
+    r.store(out, k, acc);
+  }
+}
+
+// ---------------------------------------------------------------- split plans (v2)
+// How many parts a reduced dim is cut into (one block's work each, their partials combined in
+// part order by a second kernel) and their length: functions of the shape alone, so that the
+// summation order is too.
+
+struct SplitPlan {
+  int64_t parts, len;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Rows (inner == 1, n > 512): chunks of ≥ 16384 elements, a multiple of 2048 (of kRowThreads·V
+// for every dtype), ~4096 blocks in all; none when the rows alone give 2048 blocks.
+inline SplitPlan plan_row_chunks(int64_t rows, int64_t n) {
+  constexpr int64_t kMinChunk = 16384, kTarget = 4096, kAlign = 2048;
+  if (rows >= kTarget / 2 || n < 2 * kMinChunk) return {1, n};
+  int64_t parts = std::min(ceil_div(n, kMinChunk), ceil_div(kTarget, rows));
+  const int64_t len = ceil_div(ceil_div(n, parts), kAlign) * kAlign;
+  parts = ceil_div(n, len);
+  return {parts, parts == 1 ? n : len};
+}
+
+// Columns (inner > 1), `tiles` = outer_n · ceil(inner_n / (32·V)) for the dtype's nominal V:
+// segments of ≥ 32 rows, a multiple of kColsY, ~2048 blocks in all; none from 1024 tiles up.
+inline SplitPlan plan_col_segments(int64_t tiles, int64_t n) {
+  constexpr int64_t kMinSeg = 32, kTarget = 2048;
+  if (tiles >= kTarget / 2 || n < 2 * kMinSeg) return {1, n};
+  int64_t parts = std::min(ceil_div(kTarget, tiles), ceil_div(n, kMinSeg));
+  const int64_t len = ceil_div(ceil_div(n, parts), kColsY) * kColsY;
+  parts = ceil_div(n, len);
+  return {parts, parts == 1 ? n : len};
+}
+
 // ---------------------------------------------------------------- host side
 
 // x as (outer, n, inner) around `dim`, each side collapsed to as few dims as its strides allow.
@@ -205,23 +486,34 @@ Geometry geometry(const Tensor& x, int64_t dim) {
   return g;
 }
 
-template <class T, class R>
-void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char* name) {
-  using Out = typename R::Out;
-  using Acc = typename R::Acc;
-  Geometry g = geometry(x, dim);
-  if (g.outer_n * g.inner_n == 0) return;
-  const T* xp = static_cast<const T*>(x.data_ptr());
-  Out* op = static_cast<Out*>(out.data_ptr());
+// Scratch for partials from the caching allocator (f64 elements: 8-byte aligned).
+template <class Acc>
+Tensor scratch_for(int64_t count, const Tensor& x) {
+  const int64_t bytes = count * static_cast<int64_t>(sizeof(Acc));
+  return Tensor::empty({(bytes + 7) / 8}, DType::f64, x.device());
+}
 
-  // A strided reduced dim over a unit-stride outer dim (e.g. a transposed view): reduce it as
-  // columns so that neighbouring threads read neighbouring elements.
-  if (g.inner_n == 1 && g.n > 1 && g.sn != 1 && g.outer.shape.size() >= 1 && g.outer.strides[0].back() == 1) {
-    std::swap(g.outer, g.inner);
-    g.inner_n = g.outer_n;
-    g.outer_n = 1;
+// Whether every outer stride is a multiple of v (so that 16-byte alignment carries from x to
+// each row or column start).
+bool outer_multiple_of(const Geometry& g, int64_t v) {
+  for (int64_t s : g.outer.strides[0]) {
+    if (s % v != 0) return false;
   }
+  return true;
+}
 
+template <class T, class R>
+void run_rows_warp(const T* xp, const Geometry& g, R r, typename R::Out* op, const char* name) {
+  const int64_t rows = g.outer_n;
+  reduce_rows_warp_kernel<T, R><<<grid_for(rows, kWarpRowsPerBlock), kWarpRowsPerBlock * 32>>>(
+      xp, g.outer.layout(name), g.sn, g.n, rows, r, op);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The previous kernels (SOMNUS_REDUCE=v1).
+template <class T, class R>
+void run_reduce_v1(const T* xp, const Geometry& g, const Tensor& x, R r, typename R::Out* op, const char* name) {
+  using Acc = typename R::Acc;
   if (g.inner_n > 1) {
     const int64_t tiles = g.outer_n * ((g.inner_n + kColX - 1) / kColX);
     const dim3 block(kColX, kColY);
@@ -233,9 +525,7 @@ void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char
 
   const int64_t rows = g.outer_n;
   if (g.n <= 512) {
-    reduce_rows_warp_kernel<T, R><<<grid_for(rows, kWarpRowsPerBlock), kWarpRowsPerBlock * 32>>>(
-        xp, g.outer.layout(name), g.sn, g.n, rows, r, op);
-    CUDA_CHECK_LAUNCH();
+    run_rows_warp(xp, g, r, op, name);
     return;
   }
 
@@ -253,15 +543,104 @@ void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char
     CUDA_CHECK_LAUNCH();
     return;
   }
-  // Partials live in a scratch tensor from the caching allocator (f64 elements: 8-byte aligned).
-  const int64_t partial_bytes = rows * splits * static_cast<int64_t>(sizeof(Acc));
-  Tensor scratch = Tensor::empty({(partial_bytes + 7) / 8}, DType::f64, x.device());
+  Tensor scratch = scratch_for<Acc>(rows * splits, x);
   Acc* partial = static_cast<Acc*>(scratch.data_ptr());
   reduce_rows_block_kernel<T, R><<<grid_for(rows * splits, 1), kBlockThreads>>>(xp, g.outer.layout(name), g.sn, g.n,
                                                                                 rows, splits, chunk, r, partial, op);
   CUDA_CHECK_LAUNCH();
   reduce_partials_kernel<R><<<grid_for(rows, 128), 128>>>(partial, rows, splits, r, op);
   CUDA_CHECK_LAUNCH();
+}
+
+template <class T, class R>
+void run_reduce_v2(const T* xp, const Geometry& g, const Tensor& x, R r, typename R::Out* op, const char* name) {
+  using Acc = typename R::Acc;
+  constexpr int V = static_cast<int>(16 / sizeof(T));  // the nominal vector width: plans use it
+  const bool aligned = aligned_to(xp, 16) && outer_multiple_of(g, V);
+  if (g.inner_n > 1) {
+    const int64_t outputs = g.outer_n * g.inner_n;
+    const SplitPlan p = plan_col_segments(g.outer_n * ceil_div(g.inner_n, 32 * V), g.n);
+    const bool vec = aligned && g.inner.shape.size() == 1 && g.inner.strides[0][0] == 1 && g.inner_n % V == 0 &&
+                     g.sn % V == 0;
+    Tensor scratch;
+    Acc* partial = nullptr;
+    if (p.parts > 1) {
+      scratch = scratch_for<Acc>(p.parts * outputs, x);
+      partial = static_cast<Acc*>(scratch.data_ptr());
+    }
+    const dim3 block(32, kColsY);
+    if (vec) {
+      // parts ≤ 2048 (grid y)
+      const dim3 blocks(grid_for(g.outer_n * ceil_div(g.inner_n, 32 * V), 1), static_cast<unsigned>(p.parts));
+      reduce_cols_seg_kernel<T, R, V><<<blocks, block>>>(xp, g.outer.layout(name), g.inner.layout(name), g.sn, g.n,
+                                                         g.outer_n, g.inner_n, p.parts, p.len, r, partial, op);
+    } else {
+      const dim3 blocks(grid_for(g.outer_n * ceil_div(g.inner_n, 32), 1), static_cast<unsigned>(p.parts));
+      reduce_cols_seg_kernel<T, R, 1><<<blocks, block>>>(xp, g.outer.layout(name), g.inner.layout(name), g.sn, g.n,
+                                                         g.outer_n, g.inner_n, p.parts, p.len, r, partial, op);
+    }
+    CUDA_CHECK_LAUNCH();
+    if (p.parts > 1) {
+      reduce_segments_kernel<R><<<grid_for(outputs, 256), 256>>>(partial, outputs, p.parts, r, op);
+      CUDA_CHECK_LAUNCH();
+    }
+    return;
+  }
+
+  const int64_t rows = g.outer_n;
+  if (g.n <= 512) {
+    run_rows_warp(xp, g, r, op, name);
+    return;
+  }
+  const SplitPlan p = plan_row_chunks(rows, g.n);
+  Tensor scratch;
+  Acc* partial = nullptr;
+  if (p.parts > 1) {
+    scratch = scratch_for<Acc>(rows * p.parts, x);
+    partial = static_cast<Acc*>(scratch.data_ptr());
+  }
+  const dim3 blocks(grid_for(rows, 1), static_cast<unsigned>(p.parts));  // parts ≤ 4096
+  if (aligned && g.sn == 1) {
+    reduce_rows_vec_kernel<T, R, V, true><<<blocks, kRowThreads>>>(xp, g.outer.layout(name), g.sn, g.n, rows, p.parts,
+                                                                    p.len, r, partial, op);
+  } else {
+    reduce_rows_vec_kernel<T, R, V, false><<<blocks, kRowThreads>>>(xp, g.outer.layout(name), g.sn, g.n, rows,
+                                                                     p.parts, p.len, r, partial, op);
+  }
+  CUDA_CHECK_LAUNCH();
+  if (p.parts > 1) {
+    reduce_chunks_kernel<R><<<grid_for(rows, 1), kRowThreads>>>(partial, rows, p.parts, r, op);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+// SOMNUS_REDUCE=v1 selects the previous kernels (read on every call, so that tests and
+// benchmarks can switch it).
+bool use_reduce_v1() {
+  const char* e = std::getenv("SOMNUS_REDUCE");
+  return e != nullptr && std::strcmp(e, "v1") == 0;
+}
+
+template <class T, class R>
+void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char* name) {
+  using Out = typename R::Out;
+  Geometry g = geometry(x, dim);
+  if (g.outer_n * g.inner_n == 0) return;
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  Out* op = static_cast<Out*>(out.data_ptr());
+
+  // A strided reduced dim over a unit-stride outer dim (e.g. a transposed view): reduce it as
+  // columns so that neighbouring threads read neighbouring elements.
+  if (g.inner_n == 1 && g.n > 1 && g.sn != 1 && g.outer.shape.size() >= 1 && g.outer.strides[0].back() == 1) {
+    std::swap(g.outer, g.inner);
+    g.inner_n = g.outer_n;
+    g.outer_n = 1;
+  }
+  if (use_reduce_v1()) {
+    run_reduce_v1<T>(xp, g, x, r, op, name);
+  } else {
+    run_reduce_v2<T>(xp, g, x, r, op, name);
+  }
 }
 
 }  // namespace

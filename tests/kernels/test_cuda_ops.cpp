@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -262,36 +263,55 @@ TEST(CudaOps, WhereMatchesCpu) {
 
 // ---------------------------------------------------------------- reductions
 
+// SOMNUS_REDUCE for the scope: "v1" (the previous kernels) or "" (the default, v2).
+struct ReduceVersion {
+  explicit ReduceVersion(const char* v) {
+    if (*v != '\0') setenv("SOMNUS_REDUCE", v, 1);
+  }
+  ~ReduceVersion() { unsetenv("SOMNUS_REDUCE"); }
+  ReduceVersion(const ReduceVersion&) = delete;
+  ReduceVersion& operator=(const ReduceVersion&) = delete;
+};
+constexpr const char* kReduceVersions[] = {"", "v1"};
+
 TEST(CudaOps, ReduceMatchesCpu) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   struct Case {
     Shape shape;
     std::vector<int64_t> dims;
   };
-  // Covers: warp per row (n ≤ 512), block per row, chunked long rows (rows < 128, n ≥ 65536),
-  // columns (inner > 1), the transposed-view column path, n = 1.
+  // Covers: warp per row (n ≤ 512), block per row, chunked long rows (v1: rows < 128, n ≥ 65536;
+  // v2: rows < 2048, n ≥ 32768; (2, 100003) with a tail of n % 8), columns (inner > 1), the
+  // transposed-view column path, n = 1; v2's split columns: (512, 4096) over dim 0 (16 segments
+  // of 32 rows, the norm backward's partial sums), (3, 20000, 5) over dim 1 (625 segments, inner
+  // 5: scalar loads), (1000, 300) over dim 0 (32 segments of 32 rows, the last one 8).
   const Case cases[] = {{{1000}, {0}},          {{17, 513}, {0, 1, -1}}, {{3, 70000}, {1, 0}}, {{5, 7, 9}, {0, 1, 2}},
-                        {{64, 2000}, {1}},      {{2, 1, 300}, {1, 2}},   {{4096, 33}, {1, 0}}};
+                        {{64, 2000}, {1}},      {{2, 1, 300}, {1, 2}},   {{4096, 33}, {1, 0}}, {{512, 4096}, {0}},
+                        {{3, 20000, 5}, {1}},   {{1000, 300}, {0}},      {{2, 100003}, {1}}};
   const Reduce ops[] = {Reduce::sum, Reduce::mean, Reduce::max};
   Generator g(106);
-  for (Reduce op : ops) {
-    for (DType dtype : kFloatTypes) {
-      for (const Case& c : cases) {
-        for (Layout layout : kLayouts) {
-          // Sums of positive values: no cancellation, so the relative bound is meaningful.
-          const Pair x = op == Reduce::max ? randn_pair(c.shape, dtype, layout, g)
-                                           : rand_pair(c.shape, dtype, layout, g, 0.5, 1.5);
-          for (int64_t dim : c.dims) {
-            for (bool keepdim : {false, true}) {
-              const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(dim) +
-                                       (keepdim ? " keepdim " : " ") + case_name(c.shape, dtype, layout);
-              const Tensor ref = reduce(op, x.cpu, dim, keepdim);
-              poison_next(ref.shape(), dtype);
-              const Tensor out = reduce(op, x.gpu, dim, keepdim);
-              if (op == Reduce::max) {
-                expect_equal(out, ref, what);  // max is exact
-              } else {
-                expect_close(out, ref, tol_gpu(dtype), what);
+  for (const char* version : kReduceVersions) {
+    const ReduceVersion scoped(version);
+    for (Reduce op : ops) {
+      for (DType dtype : kFloatTypes) {
+        for (const Case& c : cases) {
+          for (Layout layout : kLayouts) {
+            // Sums of positive values: no cancellation, so the relative bound is meaningful.
+            const Pair x = op == Reduce::max ? randn_pair(c.shape, dtype, layout, g)
+                                             : rand_pair(c.shape, dtype, layout, g, 0.5, 1.5);
+            for (int64_t dim : c.dims) {
+              for (bool keepdim : {false, true}) {
+                const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(dim) +
+                                         (keepdim ? " keepdim " : " ") + case_name(c.shape, dtype, layout) + " " +
+                                         (*version ? version : "v2");
+                const Tensor ref = reduce(op, x.cpu, dim, keepdim);
+                poison_next(ref.shape(), dtype);
+                const Tensor out = reduce(op, x.gpu, dim, keepdim);
+                if (op == Reduce::max) {
+                  expect_equal(out, ref, what);  // max is exact
+                } else {
+                  expect_close(out, ref, tol_gpu(dtype), what);
+                }
               }
             }
           }
@@ -304,17 +324,51 @@ TEST(CudaOps, ReduceMatchesCpu) {
 TEST(CudaOps, ReduceAllLongVectorsAndDeterminism) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator g(107);
+  for (const char* version : kReduceVersions) {
+    const ReduceVersion scoped(version);
+    for (DType dtype : kFloatTypes) {
+      for (int64_t n : {int64_t{1}, int64_t{511}, int64_t{513}, int64_t{65536}, int64_t{300001}, int64_t{4000000}}) {
+        const Pair x = rand_pair({n}, dtype, Layout::contiguous, g, 0.5, 1.5);
+        for (Reduce op : {Reduce::sum, Reduce::mean, Reduce::max}) {
+          const std::string what = std::string(reduce_name(op)) + " all n " + std::to_string(n) + " " +
+                                   dtype_name(dtype) + " " + (*version ? version : "v2");
+          const Tensor ref = reduce_all(op, x.cpu);
+          poison_next(ref.shape(), dtype);
+          const Tensor a = reduce_all(op, x.gpu);
+          expect_close(a, ref, tol_gpu(dtype), what);
+          const Tensor b = reduce_all(op, x.gpu);
+          EXPECT_EQ(bytes_of(a), bytes_of(b)) << what << ": two runs differ bitwise";
+        }
+      }
+    }
+  }
+}
+
+// v2's split paths (segments of columns, chunks of rows) give the same bits run to run, and the
+// same bits whether x is 16-byte aligned (vector loads) or one element off (scalar loads): the
+// summation order depends on the shape alone.
+TEST(CudaOps, ReduceSplitPathsAreBitwiseReproducible) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  struct Case {
+    Shape shape;
+    int64_t dim;
+  };
+  const Case cases[] = {{{512, 4096}, 0}, {{3, 20000, 5}, 1}, {{1000, 296}, 0}, {{2, 100003}, 1}, {{1, 1 << 22}, 1}};
+  Generator g(109);
   for (DType dtype : kFloatTypes) {
-    for (int64_t n : {int64_t{1}, int64_t{511}, int64_t{513}, int64_t{65536}, int64_t{300001}, int64_t{4000000}}) {
-      const Pair x = rand_pair({n}, dtype, Layout::contiguous, g, 0.5, 1.5);
+    for (const Case& c : cases) {
+      const int64_t numel = shape_numel(c.shape);
+      // One element more than x: x is the view from element 1 (misaligned), `aligned` a copy.
+      const Tensor buf = rand({numel + 1}, g, dtype, Device::cpu(), 0.5, 1.5).to(gpu());
+      const Tensor off = buf.slice(0, 1, numel + 1).view(c.shape);
+      const Tensor aligned = off.clone();
       for (Reduce op : {Reduce::sum, Reduce::mean, Reduce::max}) {
-        const std::string what = std::string(reduce_name(op)) + " all n " + std::to_string(n) + " " + dtype_name(dtype);
-        const Tensor ref = reduce_all(op, x.cpu);
-        poison_next(ref.shape(), dtype);
-        const Tensor a = reduce_all(op, x.gpu);
-        expect_close(a, ref, tol_gpu(dtype), what);
-        const Tensor b = reduce_all(op, x.gpu);
-        EXPECT_EQ(bytes_of(a), bytes_of(b)) << what << ": two runs differ bitwise";
+        const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(c.dim) + " " +
+                                 case_name(c.shape, dtype, Layout::contiguous);
+        const Tensor a = reduce(op, aligned, c.dim);
+        expect_close(a, reduce(op, aligned.to(Device::cpu()), c.dim), tol_gpu(dtype), what);
+        EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, aligned, c.dim))) << what << ": two runs differ bitwise";
+        EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, off, c.dim))) << what << ": aligned and offset x differ bitwise";
       }
     }
   }
@@ -343,27 +397,34 @@ TEST(CudaOps, ArgmaxMatchesCpuAndTakesTheFirstTie) {
     Shape shape;
     std::vector<int64_t> dims;
   };
-  const Case cases[] = {{{1000}, {0}}, {{17, 513}, {0, 1}}, {{3, 70000}, {1}}, {{5, 7, 9}, {0, 1, 2}}, {{300, 20}, {1, 0}}};
+  const Case cases[] = {{{1000}, {0}},          {{17, 513}, {0, 1}}, {{3, 70000}, {1}},   {{5, 7, 9}, {0, 1, 2}},
+                        {{300, 20}, {1, 0}},    {{512, 4096}, {0}},  {{3, 20000, 5}, {1}}, {{1000, 300}, {0}}};
   Generator g(108);
-  for (DType dtype : kFloatTypes) {
-    for (const Case& c : cases) {
-      for (Layout layout : kLayouts) {
-        const Pair x = randn_pair(c.shape, dtype, layout, g);
-        for (int64_t dim : c.dims) {
-          const std::string what = "argmax dim " + std::to_string(dim) + " " + case_name(c.shape, dtype, layout);
-          const Tensor ref = argmax(x.cpu, dim);
-          poison_next(ref.shape(), DType::i64);
-          expect_equal(argmax(x.gpu, dim), ref, what);
+  for (const char* version : kReduceVersions) {
+    const ReduceVersion scoped(version);
+    for (DType dtype : kFloatTypes) {
+      for (const Case& c : cases) {
+        for (Layout layout : kLayouts) {
+          const Pair x = randn_pair(c.shape, dtype, layout, g);
+          for (int64_t dim : c.dims) {
+            const std::string what = "argmax dim " + std::to_string(dim) + " " + case_name(c.shape, dtype, layout) +
+                                     " " + (*version ? version : "v2");
+            const Tensor ref = argmax(x.cpu, dim);
+            poison_next(ref.shape(), DType::i64);
+            expect_equal(argmax(x.gpu, dim), ref, what);
+          }
         }
       }
     }
-  }
-  // Ties: values drawn from {0, 1, 2, 3} so the max repeats in every row; the first wins —
-  // also across the chunks of a long row (n = 100000).
-  for (int64_t n : {int64_t{7}, int64_t{600}, int64_t{100000}}) {
-    const Tensor ties = randint(0, 4, {3, n}, g, DType::i64).to(DType::f32);
-    expect_equal(argmax(ties.to(gpu()), 1), argmax(ties, 1), "ties n " + std::to_string(n));
-    expect_equal(argmax(ties.to(gpu()), 0), argmax(ties, 0), "ties dim 0 n " + std::to_string(n));
+    // Ties: values drawn from {0, 1, 2, 3} so the max repeats in every row; the first wins —
+    // also across the chunks of a long row (n = 100000) and the segments of a column (n = 5000).
+    for (int64_t n : {int64_t{7}, int64_t{600}, int64_t{5000}, int64_t{100000}}) {
+      const Tensor ties = randint(0, 4, {3, n}, g, DType::i64).to(DType::f32);
+      expect_equal(argmax(ties.to(gpu()), 1), argmax(ties, 1), "ties n " + std::to_string(n) + " " + version);
+      expect_equal(argmax(ties.to(gpu()), 0), argmax(ties, 0), "ties dim 0 n " + std::to_string(n) + " " + version);
+      const Tensor cols = randint(0, 4, {n, 40}, g, DType::i64).to(DType::f32);
+      expect_equal(argmax(cols.to(gpu()), 0), argmax(cols, 0), "ties columns n " + std::to_string(n) + " " + version);
+    }
   }
 }
 

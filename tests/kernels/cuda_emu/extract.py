@@ -92,6 +92,10 @@ bundles = {
 bundles["norm"] = norm_bundle
 bundles["rope"] = lambda: common_helpers + [section("constexpr int kThreads", "// ------------------------------------------------"
                                                             "---------------- end rope kernels")]  # v1 and v2
+bundles["reduce"] = lambda: common_helpers + [  # the reducers, v1's column kernel, all of v2 and its plans
+    section("// init() is the identity", "-- kernels (v1)"),  # (each ends in a bare "// ---" comment)
+    section("constexpr int kWarpRowsPerBlock", "template <class T, class R>\n__global__ void reduce_rows_warp_kernel"),
+    function("__global__ void reduce_cols_kernel"), section("constexpr int kRowThreads", "-- host side")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
