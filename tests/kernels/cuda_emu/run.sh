@@ -2,11 +2,13 @@
 # Runs CUDA kernels' own source on the CPU under the host emulation of cuda_emu.h (no GPU, no
 # nvcc needed): extracts the kernels with extract.py, compiles a driver with the host C++
 # compiler, runs it. Drivers (each <name>.cpp here; its header says what it checks):
-# attention_fwd (the bf16 forward: attn_fwd_v3 and the default attn_fwd_mma<D, true, true>),
+# attention_fwd (the bf16 forward: attn_fwd_v3, the Hopper attn_fwd_wg and the default
+# attn_fwd_mma<D, true, true>),
 # attention_bwd (the tensor-core backward: attn_bwd_dkdv_mma with atomic dQ and
-# attn_bwd_dq_mma, default, v3, v4), attention_decode (split-K decode: attn_decode_gqa,
-# attn_rows_simt, attn_combine, on strided KV-cache views), norm (kernels/cuda/norm.cu) and the
-# others listed by `ls tests/kernels/cuda_emu/*.cpp`. ctest runs each as kernels.cuda_emu_<name>
+# attn_bwd_dq_mma, default, v3, v4; the Hopper attn_bwd_dkdv_wg), attention_decode (split-K decode: attn_decode_gqa,
+# attn_rows_simt, attn_combine, on strided KV-cache views), norm, rope and reduce (the kernels of
+# kernels/cuda/{norm,rope,reduce}.cu: each version against f64 and, where equal by design, bitwise
+# against the previous one); every *.cpp here is a driver. ctest runs each as kernels.cuda_emu_<name>
 # (label `emu`, not under the sanitizers); by hand:
 #   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (~10 s to compile, 20–60 s to run)
 set -euo pipefail
