@@ -338,6 +338,14 @@ __device__ __forceinline__ void wg_fence_operands(float (&d)[N][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
   }
 }
+template <int N>
+__device__ __forceinline__ void wg_fence_operands(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
+  }
+}
 #define SOMNUS_WG_ACC8(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
 #define SOMNUS_WG_ACC64(d)                                                                                   \
   SOMNUS_WG_ACC8(d, 0), SOMNUS_WG_ACC8(d, 1), SOMNUS_WG_ACC8(d, 2), SOMNUS_WG_ACC8(d, 3), SOMNUS_WG_ACC8(d, 4), \
@@ -382,6 +390,9 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t
   }
 }
 #undef SOMNUS_WGMMA
+#undef SOMNUS_WG_ACC8
+#undef SOMNUS_WG_ACC64
+#undef SOMNUS_WG_ACC128
 
 // ---------------------------------------------------------------- SIMT forward / decode splits
 
@@ -1008,18 +1019,18 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
 
   for (int j0 = 0, t = 0; j0 < k_end; j0 += kWgBc, ++t) {
     const uint32_t Kt = kv_base + (t & 1) * (4u * kTile), Vt = Kt + 2u * kTile;
-    if (j0 + kWgBc < k_end) {
+    // Tile t landed (this thread's copies), made visible to wgmma (the async proxy) before the
+    // next tile's copies are issued: the proxy fence then has no copy in flight to wait for.
+    cp_async_wait<0>();
+    fence_proxy_async();
+    if (j0 + kWgBc < k_end) {  // the other buffer was last read in iteration t − 1 (its end barrier)
       uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
       const int64_t next = kv_off + static_cast<int64_t>(j0 + kWgBc) * D;
       issue_tile_sw128<D>(Kn, k + next, kWgBc, k_end - j0 - kWgBc);
       issue_tile_sw128<D>(Kn + kTile, v + next, kWgBc, k_end - j0 - kWgBc);
       cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    fence_proxy_async();  // this thread's cp.async writes, visible to wgmma after the barrier
-    __syncthreads();
+    __syncthreads();  // ... and every thread's
 
     if (j0 < g_end) {  // warpgroup-uniform
       // S = Q Kᵀ: 64 × 64 per warpgroup, D/16 k-steps (4 per 64-column panel).
@@ -1075,6 +1086,8 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
       uint32_t pa[kWgBc / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kWgBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+      wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
+      wg_fence_operands(pa);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kWgBc / 16; ++kk) {
@@ -1115,13 +1128,27 @@ bool wgmma_built() {
   return cache[dev].load() == 2;
 }
 
+// Whether an attn_fwd_wg block fits an SM of the current device (asking for the largest
+// shared-memory carveout first: the kernel is built for two resident blocks); cached per device.
 template <int D>
 bool wg_fits() {
-  if (wg_smem_bytes<D>() > max_dynamic_smem_bytes()) return false;
-  CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D>()));
-  int blocks = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D>, kWgWarps * 32, wg_smem_bytes<D>()));
-  return blocks >= 1;
+  static std::atomic<int> cache[64];  // per device: 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) return false;
+  if (cache[dev].load() == 0) {
+    bool fits = wg_smem_bytes<D>() <= max_dynamic_smem_bytes();
+    if (fits) {
+      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D>()));
+      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                      static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+      int blocks = 0;
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D>, kWgWarps * 32, wg_smem_bytes<D>()));
+      fits = blocks >= 1;
+    }
+    cache[dev].store(fits ? 2 : 1);
+  }
+  return cache[dev].load() == 2;
 }
 
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
@@ -1931,13 +1958,9 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     const int buf = it & 1;
     const int i0 = i_first + (it % n_i) * kWgBwdRows;
     const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i;
-    if (it + 1 < total) {  // the other buffer was last read in iteration it − 1 (its end barrier)
-      stage(it + 1, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
+    cp_async_wait<0>();   // tile it (and K, V): this thread's copies ...
+    fence_proxy_async();  // ... visible to wgmma, before the next tile's copies are in flight
+    if (it + 1 < total) stage(it + 1, buf ^ 1);  // the other buffer was last read in iteration it − 1
     __syncthreads();  // tile it (and K, V), lse, Δ visible to every thread and to wgmma
     const uint32_t q_sh = qg_sh + buf * 4u * kTileQ, g_sh = q_sh + 2u * kTileQ;  // bytes
     const float* lse_s = lse_b + buf * kWgBwdRows;
@@ -2005,6 +2028,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
       }
     }
     // dV += Pᵀ dO, dK += dSᵀ Q: B = the (64 queries × D) tile read MN-major, 16 rows a k-step.
+    wg_fence_operands(pa);  // the A fragments are written before the fence
+    wg_fence_operands(sa);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {

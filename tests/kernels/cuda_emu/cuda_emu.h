@@ -232,6 +232,8 @@ inline void wgmma_wait() {}
 inline void fence_proxy_async() {}
 template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
+template <int N>
+inline void wg_fence_operands(uint32_t (&)[N][4]) {}
 struct WgDesc {
   uint32_t start, lbo, sbo;
 };
