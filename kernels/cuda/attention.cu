@@ -777,6 +777,54 @@ constexpr int v3_smem_bytes() {
   return (kV3Br + 4 * kV3Bc) * (D + 8) * 2;  // Q, then 2 buffers of (K tile, V tile)
 }
 
+// One 64-key tile of the base-2 online softmax (v3 and the wgmma forward), for this thread's
+// rows row0 and row1 = row0 + 8: s holds the warp's unscaled scores (16 × 64, mma.sync's
+// accumulator layout: s[nt][0..1] row0, s[nt][2..3] row1), masked only where some row of the
+// warp does not see the whole tile (j0 + 64 > w_all); m (the row max of the unscaled s) and l
+// (this thread's columns of the row sum; the quad is summed at the end) are updated, s becomes
+// p = 2^(s·c2 − m·c2) with c2 = scale · log2 e, and O is rescaled.
+template <int D>
+__device__ __forceinline__ void softmax_tile_b2(float (&s)[8][4], float (&m)[2], float (&l)[2],
+                                                float (&oacc)[D / 8][4], const AttnDims& d, int j0, int w_all,
+                                                int row0, int row1, int tq, float c2) {
+  if (j0 + 64 > w_all) {
+    const int vis0 = d.visible(row0), vis1 = d.visible(row1);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = j0 + nt * 8 + 2 * tq + (e & 1);
+        if (col >= (e < 2 ? vis0 : vis1)) s[nt][e] = -INFINITY;
+      }
+    }
+  }
+  float mt[2] = {m[0], m[1]};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
+    mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
+  }
+  float ms[2], alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+    mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+    ms[r] = mt[r] == -INFINITY ? 0.f : mt[r] * c2;  // nothing visible yet: p = 0, not NaN
+    alpha[r] = ex2_approx(fmaf(m[r], c2, -ms[r]));  // m = −inf: 0
+    m[r] = mt[r];
+    l[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
+      l[e >> 1] += s[nt][e];
+    }
+  }
+  rescale_rows<D>(oacc, alpha);
+}
+
 template <int D>
 __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* __restrict__ q,
                                                                const uint16_t* __restrict__ k,
@@ -864,44 +912,7 @@ __global__ void __launch_bounds__(kV3Warps * 32, 2) attn_fwd_v3(const uint16_t* 
           mma_bf16(s[nt + 1], qa[0], qa[1], qa[2], qa[3], kb[2], kb[3]);
         }
       }
-      // Mask only where some row of the warp does not see the whole tile.
-      if (j0 + kV3Bc > w_all) {
-        const int vis0 = d.visible(row0), vis1 = d.visible(row1);
-#pragma unroll
-        for (int nt = 0; nt < kV3Bc / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = j0 + nt * 8 + 2 * tq + (e & 1);
-            if (col >= (e < 2 ? vis0 : vis1)) s[nt][e] = -INFINITY;
-          }
-        }
-      }
-      // Online softmax in base 2. s[nt][0..1] belong to row0, s[nt][2..3] to row1.
-      float mt[2] = {m[0], m[1]};
-#pragma unroll
-      for (int nt = 0; nt < kV3Bc / 8; ++nt) {
-        mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
-        mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
-      }
-      float ms[2], alpha[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
-        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
-        ms[r] = mt[r] == -INFINITY ? 0.f : mt[r] * c2;  // nothing visible yet: p = 0, not NaN
-        alpha[r] = ex2_approx(fmaf(m[r], c2, -ms[r]));  // m = −inf: 0
-        m[r] = mt[r];
-        l[r] *= alpha[r];
-      }
-#pragma unroll
-      for (int nt = 0; nt < kV3Bc / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
-          l[e >> 1] += s[nt][e];  // this thread's columns; the quad is summed at the end
-        }
-      }
-      rescale_rows<D>(oacc, alpha);
+      softmax_tile_b2<D>(s, m, l, oacc, d, j0, w_all, row0, row1, tq, c2);
       // O += P V: 4 k-steps of 16 keys; P's A fragments come from the S accumulators.
 #pragma unroll
       for (int kk = 0; kk < kV3Bc / 16; ++kk) {
@@ -1046,42 +1057,7 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
       wgmma_commit();
       wgmma_wait<0>();
       wg_fence_operands(s);
-      if (j0 + kWgBc > w_all) {
-        const int vis0 = d.visible(row0), vis1 = d.visible(row1);
-#pragma unroll
-        for (int nt = 0; nt < kWgBc / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = j0 + nt * 8 + 2 * tq + (e & 1);
-            if (col >= (e < 2 ? vis0 : vis1)) s[nt][e] = -INFINITY;
-          }
-        }
-      }
-      float mt[2] = {m[0], m[1]};
-#pragma unroll
-      for (int nt = 0; nt < kWgBc / 8; ++nt) {
-        mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
-        mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
-      }
-      float ms[2], alpha[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
-        mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
-        ms[r] = mt[r] == -INFINITY ? 0.f : mt[r] * c2;
-        alpha[r] = ex2_approx(fmaf(m[r], c2, -ms[r]));
-        m[r] = mt[r];
-        l[r] *= alpha[r];
-      }
-#pragma unroll
-      for (int nt = 0; nt < kWgBc / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
-          l[e >> 1] += s[nt][e];
-        }
-      }
-      rescale_rows<D>(oacc, alpha);
+      softmax_tile_b2<D>(s, m, l, oacc, d, j0, w_all, row0, row1, tq, c2);  // as v3
       // O += P V: 4 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each).
       uint32_t pa[kWgBc / 16][4];
 #pragma unroll
@@ -1389,6 +1365,28 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
   atomicAdd(p, a);
   atomicAdd(p + 1, b);
 #endif
+}
+
+// The dK/dV kernels' epilogue: this thread's key rows key0 and key1 (< S only) of dK (scaled)
+// and dV, columns 8n + 2·tq (+1), as bf16 pairs; dkh, dvh point at the kv head's (S, D) rows.
+template <int D>
+__device__ __forceinline__ void store_dkdv_rows(uint16_t* dkh, uint16_t* dvh, int key0,
+                                                int key1, const AttnDims& d, int tq, const float (&dka)[D / 8][4],
+                                                const float (&dva)[D / 8][4]) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (key0 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key0) * D + col) =
+          pack_bf16(d.scale * dka[n][0], d.scale * dka[n][1]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key0) * D + col) = pack_bf16(dva[n][0], dva[n][1]);
+    }
+    if (key1 < d.S) {
+      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key1) * D + col) =
+          pack_bf16(d.scale * dka[n][2], d.scale * dka[n][3]);
+      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key1) * D + col) = pack_bf16(dva[n][2], dva[n][3]);
+    }
+  }
 }
 
 constexpr int kBwdWarps = 4;
@@ -1709,22 +1707,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
   }
 
   // Every key of the tile below S is written, zero where no query sees it.
-  uint16_t* dkh = dk + kv_base;
-  uint16_t* dvh = dv + kv_base;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * tq;
-    if (key0 < d.S) {
-      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key0) * D + col) =
-          pack_bf16(d.scale * dka[n][0], d.scale * dka[n][1]);
-      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key0) * D + col) = pack_bf16(dva[n][0], dva[n][1]);
-    }
-    if (key1 < d.S) {
-      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key1) * D + col) =
-          pack_bf16(d.scale * dka[n][2], d.scale * dka[n][3]);
-      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key1) * D + col) = pack_bf16(dva[n][2], dva[n][3]);
-    }
-  }
+  store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);
 }
 
 // ---------------------------------------------------------------- deterministic dQ
@@ -2079,22 +2062,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   cp_async_wait<0>();  // a block no query tile reached still has K, V in flight
 
   // Every key of the block below S is written, zero where no query sees it.
-  uint16_t* dkh = dk + kv_base;
-  uint16_t* dvh = dv + kv_base;
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int col = n * 8 + 2 * tq;
-    if (key0 < d.S) {
-      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key0) * D + col) =
-          pack_bf16(d.scale * dka[n][0], d.scale * dka[n][1]);
-      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key0) * D + col) = pack_bf16(dva[n][0], dva[n][1]);
-    }
-    if (key1 < d.S) {
-      *reinterpret_cast<uint32_t*>(dkh + static_cast<int64_t>(key1) * D + col) =
-          pack_bf16(d.scale * dka[n][2], d.scale * dka[n][3]);
-      *reinterpret_cast<uint32_t*>(dvh + static_cast<int64_t>(key1) * D + col) = pack_bf16(dva[n][2], dva[n][3]);
-    }
-  }
+  store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);
 }
 
 // The tensor-core backward version for SOMNUS_ATTN_BWD, the scale and the device: "v1", "v2",

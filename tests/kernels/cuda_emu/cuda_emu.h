@@ -273,7 +273,10 @@ inline WarpGroup& wg_enter(uint64_t da, uint64_t db) {
   }
   return g;
 }
-inline void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
+// The SS form: A and B from shared memory, each K-major (imm-trans 0) or MN-major (1); A (m, k)
+// MN-major sits at the MN-major address of (k, m).
+template <bool kMnA, bool kMnB>
+inline void wgmma_ss(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
   WarpGroup& g = wg_enter(da, db);
   const WgDesc A = wg_decode(da), B = wg_decode(db);
   const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
@@ -281,28 +284,17 @@ inline void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
       float s = 0.f;
-      for (int k = 0; k < 16; ++k) s += wg_load(wg_kmajor(A, row, k)) * wg_load(wg_kmajor(B, col, k));
+      for (int k = 0; k < 16; ++k) {
+        const float a = wg_load(kMnA ? wg_mnmajor(A, k, row) : wg_kmajor(A, row, k));
+        s += a * wg_load(kMnB ? wg_mnmajor(B, k, col) : wg_kmajor(B, col, k));
+      }
       d[j][e] = (acc != 0 ? d[j][e] : 0.f) + s;
     }
   }
   g.bar->arrive_and_wait();
 }
-// Both operands MN-major (imm-trans-a = imm-trans-b = 1): A (m, k) at the MN-major address of
-// (k, m).
-inline void wgmma_ss_n64_tt(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
-  WarpGroup& g = wg_enter(da, db);
-  const WgDesc A = wg_decode(da), B = wg_decode(db);
-  const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
-  for (int j = 0; j < 8; ++j) {
-    for (int e = 0; e < 4; ++e) {
-      const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
-      float s = 0.f;
-      for (int k = 0; k < 16; ++k) s += wg_load(wg_mnmajor(A, k, row)) * wg_load(wg_mnmajor(B, k, col));
-      d[j][e] = (acc != 0 ? d[j][e] : 0.f) + s;
-    }
-  }
-  g.bar->arrive_and_wait();
-}
+inline void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) { wgmma_ss<false, false>(d, da, db, acc); }
+inline void wgmma_ss_n64_tt(float (&d)[8][4], uint64_t da, uint64_t db, int acc) { wgmma_ss<true, true>(d, da, db, acc); }
 template <int N>
 inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) {
   WarpGroup& g = g_wgs[t_lin / 128];
