@@ -421,7 +421,6 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
     };
     state.counters["speedup_vs_unfused"] = median_seconds(unfused, 3) / mean;
   }
-  unsetenv("SOMNUS_NORM_FWD");
 }
 
 // The forward's kernel versions other than the default (SOMNUS_ATTN_FWD = v1: plain shared

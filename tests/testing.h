@@ -60,6 +60,14 @@ inline double rel_or_abs_error(const Tensor& a, const std::vector<double>& b) {
   return rel_or_abs_error(a.to_vector(), b);
 }
 
+// SOMNUS_TEST_QUICK=1: tools/gpu_check.sh runs the CUDA tests so under compute-sanitizer, where
+// every launch is far slower; tests that loop over kernel versions or very large sizes then
+// check the default version on their smaller cases only.
+inline bool quick_mode() {
+  const char* q = std::getenv("SOMNUS_TEST_QUICK");
+  return q != nullptr && std::string(q) == "1";
+}
+
 // Runs body(value) once per value of the environment variable `name` (nullptr: unset), then
 // leaves it unset: the kernels' version switches (SOMNUS_LOSS_CUDA, SOMNUS_ATTN_BWD, ...).
 template <class F>

@@ -13,10 +13,12 @@
 // 0.77 / 0.73 in f32 without the residual, but 0.88–0.99 with it: v1 loads one vector per thread
 // at a time in a runtime loop and re-reads the row for each further pass, so with 2 bytes moved
 // per element (vs 4 with the residual) the serial load → reduce → re-read → write chain of a
-// row is not hidden. v2 has a whole row in flight per block (8 KiB bf16, 16 KiB f32; 8 blocks
-// of 256 threads per SM at ≤ 64 registers: 64–128 KiB of loads per SM). Predicted (not yet
-// measured): the forwards without residual at 0.88–0.95 of copy, like the fused ones (which
-// should not lose: same bytes, fewer instructions).
+// row is not hidden. v2 has a whole row in flight per block (8 KiB bf16, 16 KiB f32); ptxas
+// sm_90 (reviewbw): bf16 NV = 2 43 registers → 5 blocks of 256 threads per SM, 40 KiB of loads
+// in flight (80 KiB with the residual); f32 NV = 4 56 registers → 4 blocks, 64 KiB; bf16 NV = 4
+// 74 → 3. Predicted (not yet measured): the forwards without residual at 0.88–0.95 of copy,
+// like the fused ones (which should not lose: same bytes, fewer instructions); if the bf16
+// forward without residual stays short, its 40 KiB in flight is the first suspect.
 // Forward v1 (SOMNUS_NORM_FWD=v1, and the fallback for wider rows): one block of kThreads per
 // row (grid-stride over rows). Pass 1 forms h = x + r
 // (stored in the storage dtype; the stats use the rounded h), accumulating Σh (layer) or Σh²
@@ -109,6 +111,12 @@ __device__ __forceinline__ void group_allreduce_sum2(C& a, C& b, C* smem) {
   }
 }
 
+// Note (reviewbw, 2026-11-27): ptxas issues every load here as LDG.CONSTANT (non-coherent),
+// also passes 2–3's re-reads of h, which pass 1 wrote (with or without __restrict__ on h). It
+// passed on the H100 and is benign in practice — each thread re-reads only lines the block
+// finished writing before the barrier, never cached before — but PTX allows .nc only for data
+// read-only during the kernel; v2 does not re-read h. Left as is: v1 is the fallback for rows
+// wider than v2 takes and SOMNUS_NORM_FWD=v1.
 template <class T, int V>
 __global__ void __launch_bounds__(kThreads)
     norm_forward_kernel(bool layer, const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
