@@ -190,7 +190,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         rows.append((name, f"{t:.1f}", f"{fl:.1f}" if fl else "", f"{by:.0f}" if by else "", ratio))
 print("\n| benchmark | time (us) | TFLOP/s | GB/s | ratio | vs torch SDPA |\n|---|---|---|---|---|---|")
 for name, t, fl, by, ratio in rows:
-    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt))?/(.*)", name)
+    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|wgmma)(?:_(?:v\d|wgmma))?)?/(.*)", name)
     vs = ""
     if m and fl and torch.get(f"{m.group(1)}/{m.group(2)}"):
         vs = f"{float(fl) / torch[m.group(1) + '/' + m.group(2)]:.2f}"
