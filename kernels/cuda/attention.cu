@@ -302,16 +302,16 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
 }
 
 // ---------------------------------------------------------------- Hopper wgmma (sm_90a)
-// Warpgroup MMA (wgmma.mma_async, PTX ISA 8.0), used by the opt-in Hopper forward
-// (attn_fwd_wg). A warpgroup is 4 consecutive warps (128 threads); one instruction computes a
+// Warpgroup MMA (wgmma.mma_async, PTX ISA 8.0), used by the opt-in Hopper forward and backward
+// (attn_fwd_wg, attn_bwd_dkdv_wg). A warpgroup is 4 consecutive warps (128 threads); one instruction computes a
 // 64 × N tile with K = 16, warp w of the group owning rows 16w..16w + 15 in mma.sync's m16n8
 // accumulator layout per 8 columns: d[j][e] is (row 16w + lane/4 + 8·(e ≥ 2), column
 // 8j + 2·(lane % 4) + (e & 1)), so the v3 softmax and p_frag apply unchanged. A taken from
 // registers (the RS form) has mma.sync's A layout, per warp for its 16 rows.
 // The shared-memory operands are given by matrix descriptors (wg_desc, with the tile layout
 // they describe). These wrappers are built only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL: CMake's
-// "90a"); for other targets they trap, and attention_fwd never selects the kernel there
-// (wgmma_built asks the device code). Ordering rules followed by the kernel: shared memory
+// "90a"); for other targets they trap, and attention_fwd / attention_bwd never select the
+// kernels there (wgmma_built asks the device code). Ordering rules followed by the kernel: shared memory
 // written by cp.async (the generic proxy) is made visible to wgmma (the async proxy) by
 // fence_proxy_async before the barrier; wgmma_fence before a batch whose registers
 // (accumulators, A fragments) ordinary instructions wrote; commit + wait before the
@@ -1861,8 +1861,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
 // The tiles in shared memory are 128-byte swizzled panels (issue_tile_sw128; layouts as in the
 // forward): K, V (128 rows), 2 × (Q, dO) (64 rows), dSᵀ. Deterministic mode: this kernel
 // without dQ, then v3's dQ kernel (attn_bwd_dq_mma<D, true, true>).
-// Shared memory: (2·128 + 4·64)·D·2 + 128·64·2 + 1 KiB + lse, Δ: 145 KiB at D = 128 (one block
-// per SM), 81 KiB at D = 64. Registers: the dK, dV accumulators (D/2 each per thread), S and dP
+// Shared memory (wg_bwd_smem_bytes): (2·128 + 4·64)·D·2 + 128·64·2 + 1 KiB + lse, Δ: 146 KiB at
+// D = 128 (one block per SM), 82 KiB at D = 64. Registers: the dK, dV accumulators (D/2 each per thread), S and dP
 // (32 each, dead before the RS products), the A fragments of P and dS (16 each), dQ (32).
 // Expected (prediction, not measured): the products at wgmma's rate, the per-element softmax
 // and dS work as v4's: 250–350 TFLOP/s at causal D = 128, T = 4k on an H100 (v4: not measured;
@@ -1917,16 +1917,24 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;  // the first row that sees key j0
   const int n_i = i_first < d.T ? (d.T - i_first + kWgBwdRows - 1) / kWgBwdRows : 0;
   const int total = d.g * n_i;
-  const auto stage = [&](int it, int buf) {
+  // Tile it's Q and dO by cp.async into buffer buf; its lse (base 2, as v3) and Δ for row
+  // threadIdx.x < 64 into registers, stored to shared memory by the caller later (so that their
+  // load latency is not waited for at the next barrier: reviewwg2).
+  const auto stage = [&](int it, int buf, float& lse_r, float& del_r) {
     const int i0 = i_first + (it % n_i) * kWgBwdRows;
     const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
     issue_tile_sw128<D>(QGb + buf * 2 * kTileQ, q + row * D, kWgBwdRows, d.T - i0);
     issue_tile_sw128<D>(QGb + buf * 2 * kTileQ + kTileQ, dout + row * D, kWgBwdRows, d.T - i0);
     cp_async_commit();
-    for (int r = threadIdx.x; r < kWgBwdRows; r += blockDim.x) {
-      const bool ok = i0 + r < d.T;
-      lse_b[buf * kWgBwdRows + r] = ok ? lse[row + r] * kLog2e : 0.f;  // base 2, as v3
-      del_b[buf * kWgBwdRows + r] = ok ? delta[row + r] : 0.f;
+    const int r = threadIdx.x;
+    const bool ok = r < kWgBwdRows && i0 + r < d.T;
+    lse_r = ok ? lse[row + r] * kLog2e : 0.f;
+    del_r = ok ? delta[row + r] : 0.f;
+  };
+  const auto store_stats = [&](int buf, float lse_r, float del_r) {
+    if (threadIdx.x < kWgBwdRows) {
+      lse_b[buf * kWgBwdRows + threadIdx.x] = lse_r;
+      del_b[buf * kWgBwdRows + threadIdx.x] = del_r;
     }
   };
   const float c2 = d.scale * kLog2e;
@@ -1936,14 +1944,19 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   const uint32_t v_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Vs));
   const uint32_t qg_sh = static_cast<uint32_t>(__cvta_generic_to_shared(QGb));
   const uint32_t s_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ss));
-  if (total > 0) stage(0, 0);
+  float lse_next = 0.f, del_next = 0.f;  // the next tile's lse and Δ (thread < 64), until stored
+  if (total > 0) {
+    stage(0, 0, lse_next, del_next);
+    store_stats(0, lse_next, del_next);
+  }
   for (int it = 0; it < total; ++it) {
     const int buf = it & 1;
     const int i0 = i_first + (it % n_i) * kWgBwdRows;
     const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i;
     cp_async_wait<0>();   // tile it (and K, V): this thread's copies ...
     fence_proxy_async();  // ... visible to wgmma, before the next tile's copies are in flight
-    if (it + 1 < total) stage(it + 1, buf ^ 1);  // the other buffer was last read in iteration it − 1
+    // The other buffer was last read in iteration it − 1 (its end barrier).
+    if (it + 1 < total) stage(it + 1, buf ^ 1, lse_next, del_next);
     __syncthreads();  // tile it (and K, V), lse, Δ visible to every thread and to wgmma
     const uint32_t q_sh = qg_sh + buf * 4u * kTileQ, g_sh = q_sh + 2u * kTileQ;  // bytes
     const float* lse_s = lse_b + buf * kWgBwdRows;
@@ -2057,7 +2070,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     }
     wg_fence_operands(dka);
     wg_fence_operands(dva);
-    __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read
+    if (it + 1 < total) store_stats(buf ^ 1, lse_next, del_next);  // read from the next iteration on
+    __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read; buf ^ 1's stats are written
   }
   cp_async_wait<0>();  // a block no query tile reached still has K, V in flight
 

@@ -205,7 +205,8 @@ inline void ldsm_x4_at(uint32_t (&r)[4], uint32_t a) {
 template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
 
-// ---- wgmma (Hopper warpgroup MMA: the wrappers of kernels/cuda/attention.cu's attn_fwd_wg)
+// ---- wgmma (Hopper warpgroup MMA: the wrappers attn_fwd_wg and attn_bwd_dkdv_wg call in
+// kernels/cuda/attention.cu: wgmma_ss_n64, wgmma_ss_n64_tt, wgmma_rs_tb)
 // Semantics emulated, from the PTX ISA (asynchronous warpgroup-level matrix instructions): a
 // warpgroup is 128 consecutive threads (t_lin / 128); every thread of it must execute the
 // instruction with the same descriptors (else abort; a thread that skips it deadlocks). The
@@ -217,8 +218,8 @@ inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r,
 // 128-byte swizzle a byte address a (shared space) is stored at a ^ (((a >> 7) & 7) << 4).
 //   K-major operand (imm-trans 0), element (mn, k) of the 16-wide k-step:
 //     start + (mn / 8)·SBO + (mn % 8)·128 + 2k;
-//   MN-major operand (imm-trans-b 1), element (k, n): start + (n / 64)·LBO + 2·(n % 64) +
-//     (k / 8)·SBO + (k % 8)·128.
+//   MN-major operand (imm-trans-a / imm-trans-b 1), element (k, n) — for A, (k, m): start +
+//     (n / 64)·LBO + 2·(n % 64) + (k / 8)·SBO + (k % 8)·128.
 struct WarpGroup {
   std::barrier<>* bar;
   uint32_t a[128][4];
