@@ -1367,6 +1367,31 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
 #endif
 }
 
+// Pᵀ in base 2 from the Sᵀ accumulators of the backward's base-2 versions (v3, v4, wgmma):
+// s[nt][0..1] key key0, s[nt][2..3] key key1, queries i0 + nt·8 + 2·tq (+1); p = 2^(s·c2 −
+// lse₂[query]), 0 for rows past T and keys a row does not see (keys past S included). `whole`
+// (block-uniform): every row of the tile sees every key of the block, no per-element mask.
+__device__ __forceinline__ void p_tile_b2(float (&s)[8][4], bool whole, const AttnDims& d, int i0, int key0,
+                                          int key1, int tq, float c2, const float* lse_s) {
+  if (whole) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -lse_s[nt * 8 + 2 * tq + (e & 1)]));
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
+        const bool ok = row < d.T && (e < 2 ? key0 : key1) < d.visible(row);
+        s[nt][e] = ok ? ex2_approx(fmaf(s[nt][e], c2, -lse_s[qi])) : 0.f;
+      }
+    }
+  }
+}
+
 // The dK/dV kernels' epilogue: this thread's key rows key0 and key1 (< S only) of dK (scaled)
 // and dV, columns 8n + 2·tq (+1), as bf16 pairs; dkh, dvh point at the kv head's (S, D) rows.
 template <int D>
@@ -1599,12 +1624,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
       // Pᵀ, masked to 0 (rows past T, keys the row does not see, keys past S). v3: in base 2,
       // and without the per-element mask where every row of the tile sees every key of the
       // block (block-uniform: rows i0.. all < T and key j0 + 63 < visible(i0)).
-      if (kV3 && i0 + kBwdTile <= d.T && j0 + kKeys <= d.visible(i0)) {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -lse_s[nt * 8 + 2 * tq + (e & 1)]));
-        }
+      if constexpr (kV3) {
+        p_tile_b2(s, i0 + kBwdTile <= d.T && j0 + kKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
       } else {
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
@@ -1613,11 +1634,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
             const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
             const int key = e < 2 ? key0 : key1;
             const bool ok = row < d.T && key < d.visible(row);
-            if constexpr (kV3) {
-              s[nt][e] = ok ? ex2_approx(fmaf(s[nt][e], c2, -lse_s[qi])) : 0.f;
-            } else {
-              s[nt][e] = ok ? __expf(d.scale * s[nt][e] - lse_s[qi]) : 0.f;
-            }
+            s[nt][e] = ok ? __expf(d.scale * s[nt][e] - lse_s[qi]) : 0.f;
           }
         }
       }
@@ -1984,23 +2001,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 
     // Pᵀ (base 2; masked to 0 for rows past T and keys a row does not see), then dSᵀ = Pᵀ ∘
     // (dPᵀ − Δ) in dp. s[nt][0..1]: key kr, queries nt·8 + 2tq (+1); s[nt][2..3]: key kr + 8.
-    if (i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0)) {  // block-uniform
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -lse_s[nt * 8 + 2 * tq + (e & 1)]));
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = nt * 8 + 2 * tq + (e & 1), row = i0 + qi;
-          const bool ok = row < d.T && (e < 2 ? key0 : key1) < d.visible(row);
-          s[nt][e] = ok ? ex2_approx(fmaf(s[nt][e], c2, -lse_s[qi])) : 0.f;
-        }
-      }
-    }
+    p_tile_b2(s, i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
