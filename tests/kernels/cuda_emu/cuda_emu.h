@@ -41,7 +41,7 @@
 #include <memory>
 #include <string>
 
-#include "tensor/dtype.h"
+#include "tensor/dispatch.h"  // compute_t (and tensor/dtype.h)
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -318,6 +318,19 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
     }
   }
   g.bar->arrive_and_wait();
+}
+
+// For the drivers' reports and references (the drivers link no engine library, so not
+// dtype_name): a storage type's name and a stored value in double (bf16 through float).
+template <class T>
+const char* emu_type_name() {
+  if constexpr (std::is_same_v<T, float>) return "f32";
+  if constexpr (std::is_same_v<T, double>) return "f64";
+  return "bf16";
+}
+template <class T>
+double emu_d(T v) {
+  return static_cast<double>(static_cast<somnus::compute_t<T>>(v));
 }
 
 // CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;

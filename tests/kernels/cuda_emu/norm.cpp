@@ -25,22 +25,11 @@ inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<ui
 namespace {
 
 template <class T>
-const char* tname() {
-  if constexpr (std::is_same_v<T, float>) return "f32";
-  if constexpr (std::is_same_v<T, double>) return "f64";
-  return "bf16";
-}
-
-template <class T>
 std::vector<T> randv(size_t n, std::mt19937& rng, double mean, double sd) {
   std::normal_distribution<double> nd(mean, sd);
   std::vector<T> v(n);
   for (auto& e : v) e = static_cast<T>(nd(rng));
   return v;
-}
-template <class T>
-double d(T v) {
-  return static_cast<double>(static_cast<compute_t<T>>(v));
 }
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
@@ -111,7 +100,7 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
       const size_t e = static_cast<size_t>(i * n + j);
       const T hv = res ? static_cast<T>(static_cast<C>(x[e]) + static_cast<C>(r[e])) : x[e];
       if (res && std::memcmp(&hv, &v2.h[e], sizeof(T)) != 0) ++bad;  // h: exactly x + r, rounded once
-      hd[e] = d(hv);
+      hd[e] = emu_d(hv);
       s1 += layer ? hd[e] : hd[e] * hd[e];
     }
     const double mu = layer ? s1 / n : 0.0;
@@ -129,8 +118,8 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
     if (layer) es = std::max(es, std::fabs(mu - v2.mean[i]) / (1 + std::fabs(mu)));
     for (int64_t j = 0; j < n; ++j) {
       const size_t e = static_cast<size_t>(i * n + j);
-      const double ref = (hd[e] - mu) * rs * d(w[j]) + (layer ? d(b[j]) : 0.0);
-      const double got = d(v2.y[e]);
+      const double ref = (hd[e] - mu) * rs * emu_d(w[j]) + (layer ? emu_d(b[j]) : 0.0);
+      const double got = emu_d(v2.y[e]);
       if (!std::isfinite(got)) ++bad;
       ey = std::max(ey, std::fabs(got - ref) / (1 + std::fabs(ref)));
     }
@@ -170,18 +159,18 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
     double sg = 0, sgx = 0;
     for (int64_t j = 0; j < n; ++j) {
       const size_t e = static_cast<size_t>(i * n + j);
-      const double g = d(dy[e]) * d(w[j]), xh = (d(hsrc[e]) - mean_d[i]) * rs_d[i];
+      const double g = emu_d(dy[e]) * emu_d(w[j]), xh = (emu_d(hsrc[e]) - mean_d[i]) * rs_d[i];
       sg += g;
       sgx += g * xh;
-      dw_ref[j] += d(dy[e]) * xh;
-      db_ref[j] += d(dy[e]);
+      dw_ref[j] += emu_d(dy[e]) * xh;
+      db_ref[j] += emu_d(dy[e]);
     }
     for (int64_t j = 0; j < n; ++j) {
       const size_t e = static_cast<size_t>(i * n + j);
-      const double xh = (d(hsrc[e]) - mean_d[i]) * rs_d[i];
-      double ref = rs_d[i] * (d(dy[e]) * d(w[j]) - (layer ? sg / n : 0.0) - xh * sgx / n);
-      if (res) ref += d(dhin[e]);
-      const double got = d(dh[e]);
+      const double xh = (emu_d(hsrc[e]) - mean_d[i]) * rs_d[i];
+      double ref = rs_d[i] * (emu_d(dy[e]) * emu_d(w[j]) - (layer ? sg / n : 0.0) - xh * sgx / n);
+      if (res) ref += emu_d(dhin[e]);
+      const double got = emu_d(dh[e]);
       if (!std::isfinite(got)) ++bad;
       edh = std::max(edh, std::fabs(got - ref) / (1 + std::fabs(ref)));
     }
@@ -199,7 +188,7 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   const double tol_b = std::is_same_v<T, double> ? 1e-11 : std::is_same_v<T, float> ? 1e-4 : 2e-2;
   const bool ok = bad == 0 && ey < tol && stat_ok && eq && edh < tol_b && edw < (std::is_same_v<T, bf16> ? 1e-4 : tol_b);
   std::printf("%s %-4s %s%s rows %lld n %lld grid %u: v2 (NV %d G %d) y %.3g stats %.3g%s | bwd dh %.3g dw/db %.3g | bad %d\n",
-              ok ? "ok  " : "FAIL", tname<T>(), layer ? "layer" : "rms", res ? "+res" : "", static_cast<long long>(rows),
+              ok ? "ok  " : "FAIL", emu_type_name<T>(), layer ? "layer" : "rms", res ? "+res" : "", static_cast<long long>(rows),
               static_cast<long long>(n), grid, v2.shape_nv, v2.shape_g, ey, es,
               bitwise ? (eq ? " = v1 bitwise" : " != v1 (bitwise expected)") : "", edh, edw, bad);
   return ok ? 0 : 1;

@@ -37,12 +37,6 @@ const char* op_name(Op op) {
   }
 }
 
-template <class T>
-const char* type_name() {
-  if (std::is_same_v<T, bf16>) return "bf16";
-  return sizeof(T) == 4 ? "f32 " : "f64 ";
-}
-
 // A logical (outer, n, inner) tensor in a physical buffer: element (o, j, i) at
 // off + o·so + j·sn + i·si.
 template <class T>
@@ -289,7 +283,7 @@ int run_case(Op op, int64_t outer, int64_t n, int64_t inner, Phys phys, std::vec
       ok = ok && same;
     }
     std::printf("%s %s %s %-6s (%lld, %lld, %lld) %s parts %lld len %lld grid %u: %s %.3g%s\n", ok ? "ok  " : "FAIL",
-                kernel_name(k), type_name<T>(), op_name(op), static_cast<long long>(outer), static_cast<long long>(n),
+                kernel_name(k), emu_type_name<T>(), op_name(op), static_cast<long long>(outer), static_cast<long long>(n),
                 static_cast<long long>(inner),
                 phys == Phys::contiguous   ? "contig "
                 : phys == Phys::misaligned ? "offset1"

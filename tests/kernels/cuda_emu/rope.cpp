@@ -22,18 +22,6 @@ using namespace somnus;
 
 namespace {
 
-template <class T>
-const char* tname() {
-  if constexpr (std::is_same_v<T, float>) return "f32";
-  if constexpr (std::is_same_v<T, double>) return "f64";
-  return "bf16";
-}
-
-template <class T>
-double d(T v) {
-  return static_cast<double>(static_cast<compute_t<T>>(v));
-}
-
 // An exactly sized buffer of n elements (ASan sees an access past its end) starting `shift`
 // elements past a 16-byte boundary (shift > 0: misaligned for the vector path), filled.
 template <class T>
@@ -120,13 +108,13 @@ int run_case(const Shape& s, bool inverse, int shift, uint32_t seed) {
         const int64_t r = (int64_t(b) * s.H + h) * s.T + t;
         const int64_t p = pos[s.per_batch ? size_t(b) * s.T + t : size_t(t)];
         for (int64_t i = 0; i < half; ++i) {
-          const double c = d(cs[p * half + i]), sv = (inverse ? -1.0 : 1.0) * d(sn[p * half + i]);
-          const double a = d(x.p[r * s.D + i]), bb = d(x.p[r * s.D + half + i]);
+          const double c = emu_d(cs[p * half + i]), sv = (inverse ? -1.0 : 1.0) * emu_d(sn[p * half + i]);
+          const double a = emu_d(x.p[r * s.D + i]), bb = emu_d(x.p[r * s.D + half + i]);
           const double ref[2] = {a * c - bb * sv, bb * c + a * sv};
           const double mag[2] = {std::fabs(a * c) + std::fabs(bb * sv), std::fabs(bb * c) + std::fabs(a * sv)};
           const int64_t at[2] = {r * s.D + i, r * s.D + half + i};
           for (int k = 0; k < 2; ++k) {
-            const double got = d(y2.p[at[k]]);
+            const double got = emu_d(y2.p[at[k]]);
             if (!std::isfinite(got)) finite = false;
             const double allowed = 4 * eps_c * mag[k] + eps_store * std::fabs(ref[k]) * (1 + 1e-6) + 1e-300;
             worst = std::max(worst, std::fabs(got - ref[k]) / allowed);
@@ -139,7 +127,7 @@ int run_case(const Shape& s, bool inverse, int shift, uint32_t seed) {
   const bool same_small = std::memcmp(y2.p, y2s.p, n * sizeof(T)) == 0;
   const bool ok = finite && worst <= 1.0 && same_v1 && same_small;
   std::printf("%s %-4s B%d H%d T%d D%d P%d %s%s shift %d: V %d block %dx%d, err/allowed %.3g, v1 %s, small grid %s\n",
-              ok ? "ok  " : "FAIL", tname<T>(), s.B, s.H, s.T, s.D, s.P, s.per_batch ? "pos (B, T)" : "pos (T,)  ",
+              ok ? "ok  " : "FAIL", emu_type_name<T>(), s.B, s.H, s.T, s.D, s.P, s.per_batch ? "pos (B, T)" : "pos (T,)  ",
               inverse ? " inverse" : "        ", shift, used_v, bx, by, worst, same_v1 ? "bitwise" : "DIFFERS",
               same_small ? "bitwise" : "DIFFERS");
   std::fflush(stdout);
