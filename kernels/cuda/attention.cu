@@ -35,7 +35,9 @@
 //                          folded in, masks only where needed; not bitwise the others.
 //                     wgmma (opt-in, not yet run on a GPU: attn_fwd_wg, its own section) v3 on
 //                          Hopper's warpgroup MMA (sm_90a): Q Kᵀ and P V by wgmma.mma_async
-//                          from 128-byte-swizzled shared tiles, P from registers.
+//                          from 128-byte-swizzled shared tiles, P from registers;
+//                     wgmma_pipe (opt-in, same) 128-key tiles, one block per SM, each tile's
+//                          P V on the tensor cores while the next tile's softmax runs.
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -167,7 +169,8 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
 // P's A fragment for k-step kk of P V from the S accumulators x (C fragments of n-tiles 2kk and
 // 2kk + 1, rounded to bf16): the FA2 register trick — the C layout of two n-tiles is the A
 // layout of one k-step.
-__device__ __forceinline__ void p_frag(const float (&x)[8][4], int kk, uint32_t& a0, uint32_t& a1, uint32_t& a2,
+template <int NT>
+__device__ __forceinline__ void p_frag(const float (&x)[NT][4], int kk, uint32_t& a0, uint32_t& a1, uint32_t& a2,
                                        uint32_t& a3) {
   a0 = pack_bf16(x[2 * kk][0], x[2 * kk][1]);
   a1 = pack_bf16(x[2 * kk][2], x[2 * kk][3]);
@@ -371,6 +374,21 @@ __device__ __forceinline__ void wgmma_ss_n64_tt(float (&d)[8][4], uint64_t da, u
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
       : SOMNUS_WG_ACC64(d)
       : "l"(da), "l"(db), "r"(acc));
+}
+// d (64 × N per warpgroup, N = 64 or 128) = A B, + d when acc != 0; A (64 × 16) and B (16 × N)
+// in shared memory, both K-major: the forward's S = Q Kᵀ over N keys.
+template <int N>
+__device__ __forceinline__ void wgmma_ss_k(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc) {
+  static_assert(N == 64 || N == 128);
+  if constexpr (N == 64) {
+    wgmma_ss_n64(d, da, db, acc);
+  } else {
+    SOMNUS_WGMMA(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : SOMNUS_WG_ACC128(d)
+        : "l"(da), "l"(db), "r"(acc));
+  }
 }
 // d (64 × N per warpgroup, N = 64 or 128) += A B; A (64 × 16) from registers, B (16 × N) in
 // shared memory, MN-major (imm-trans-b = 1).
@@ -777,20 +795,22 @@ constexpr int v3_smem_bytes() {
   return (kV3Br + 4 * kV3Bc) * (D + 8) * 2;  // Q, then 2 buffers of (K tile, V tile)
 }
 
-// One 64-key tile of the base-2 online softmax (v3 and the wgmma forward), for this thread's
-// rows row0 and row1 = row0 + 8: s holds the warp's unscaled scores (16 × 64, mma.sync's
+// One tile of 8·NT keys (64; 128 in the pipelined wgmma forward) of the base-2 online softmax
+// (v3 and the wgmma forward), for this thread's
+// rows row0 and row1 = row0 + 8: s holds the warp's unscaled scores (16 × 8·NT, mma.sync's
 // accumulator layout: s[nt][0..1] row0, s[nt][2..3] row1), masked only where some row of the
-// warp does not see the whole tile (j0 + 64 > w_all); m (the row max of the unscaled s) and l
+// warp does not see the whole tile (j0 + 8·NT > w_all); m (the row max of the unscaled s) and l
 // (this thread's columns of the row sum; the quad is summed at the end) are updated, s becomes
-// p = 2^(s·c2 − m·c2) with c2 = scale · log2 e, and O is rescaled.
-template <int D>
-__device__ __forceinline__ void softmax_tile_b2(float (&s)[8][4], float (&m)[2], float (&l)[2],
-                                                float (&oacc)[D / 8][4], const AttnDims& d, int j0, int w_all,
-                                                int row0, int row1, int tq, float c2) {
-  if (j0 + 64 > w_all) {
+// p = 2^(s·c2 − m·c2) with c2 = scale · log2 e, and alpha is the factor O is to be rescaled by
+// (softmax_tile_b2 rescales it; the pipelined wgmma forward later, once O is no longer in flight).
+template <int NT>
+__device__ __forceinline__ void softmax_tile_b2_p(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                  const AttnDims& d, int j0, int w_all, int row0, int row1, int tq,
+                                                  float c2) {
+  if (j0 + 8 * NT > w_all) {
     const int vis0 = d.visible(row0), vis1 = d.visible(row1);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = j0 + nt * 8 + 2 * tq + (e & 1);
@@ -800,11 +820,11 @@ __device__ __forceinline__ void softmax_tile_b2(float (&s)[8][4], float (&m)[2],
   }
   float mt[2] = {m[0], m[1]};
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
     mt[0] = fmaxf(mt[0], fmaxf(s[nt][0], s[nt][1]));
     mt[1] = fmaxf(mt[1], fmaxf(s[nt][2], s[nt][3]));
   }
-  float ms[2], alpha[2];
+  float ms[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
@@ -815,13 +835,20 @@ __device__ __forceinline__ void softmax_tile_b2(float (&s)[8][4], float (&m)[2],
     l[r] *= alpha[r];
   }
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = ex2_approx(fmaf(s[nt][e], c2, -ms[e >> 1]));
       l[e >> 1] += s[nt][e];
     }
   }
+}
+template <int D>
+__device__ __forceinline__ void softmax_tile_b2(float (&s)[8][4], float (&m)[2], float (&l)[2],
+                                                float (&oacc)[D / 8][4], const AttnDims& d, int j0, int w_all,
+                                                int row0, int row1, int tq, float c2) {
+  float alpha[2];
+  softmax_tile_b2_p(s, m, l, alpha, d, j0, w_all, row0, row1, tq, c2);
   rescale_rows<D>(oacc, alpha);
 }
 
@@ -968,28 +995,41 @@ bool v3_fits() {
 //   - the softmax, masks and epilogue are v3's (base 2, masks only on tiles crossing a warp's
 //     visible range); a warpgroup skips only tiles none of its 64 rows sees (wgmma is a
 //     warpgroup instruction), a warp's fully masked rows add p = 0.
-// Each product is issued, committed and waited for before its result is used (no overlap
-// of the softmax with the next tile's Q Kᵀ inside a warpgroup yet: the other warpgroup and the
-// other resident block fill the tensor cores meanwhile). Numerics as v3 (f32 accumulators,
-// P rounded to bf16). Expected (prediction, not measured): above v3, 300–400 TFLOP/s at causal
-// D = 128, T = 4k on an H100, the tensor-core rate per SM being twice mma.sync's.
+// kPipe = false ("wgmma"): each product is issued, committed and waited for before its result
+// is used (the other warpgroup and the other resident block fill the tensor cores meanwhile).
+// Expected (prediction, not measured): above v3, 300–400 TFLOP/s at causal D = 128, T = 4k on
+// an H100, the tensor-core rate per SM being twice mma.sync's.
+// kPipe = true ("wgmma_pipe", 2026-11-27, also without a GPU): 128-key tiles (S = Q Kᵀ as
+// m64n128k16: per k-step 6 KiB of shared operands for 256 kFLOP, where m64n64k16 reads 4 KiB
+// for 128 kFLOP — at the tensor-core peak (~4096 FLOP/clk/SM) the 64-key SS product needs all
+// of the SM's 128 B/clk of shared bandwidth, the 128-key one 96) and FA3's intra-warpgroup
+// overlap: iteration t issues S_t, then O += P_(t−1) V_(t−1), and computes the softmax of S_t
+// while that P V runs; O is rescaled after it retires. P_(t−1) stays in registers (the RS
+// operand in flight), so S (64), P (32) and O (D/2) are live together: 193 / 160 registers at
+// D = 128 / 64 (ptxas, no spill), one block of 8 warps per SM (161 / 81 KiB of shared memory).
+// Expected (prediction, not measured): 350–450 TFLOP/s at causal D = 128, T = 4k on an H100 if
+// the overlap holds; below "wgmma" if two warpgroups per SM cannot hide the softmax.
+// Numerics of both as v3 (f32 accumulators, P rounded to bf16).
 constexpr int kWgWarps = 8;
 constexpr int kWgBr = 16 * kWgWarps;  // 128 query rows per block, 64 per warpgroup
 constexpr int kWgBc = 64;             // keys per tile
+constexpr int kWgPipeBc = 128;        // keys per tile of the pipelined version
+constexpr int wg_keys(bool pipe) { return pipe ? kWgPipeBc : kWgBc; }
 
-template <int D>
+template <int D, bool kPipe = false>
 constexpr int wg_smem_bytes() {
-  return (kWgBr + 4 * kWgBc) * D * 2 + 1024;  // Q, 2 × (K tile, V tile); + slack to align to 1024
+  return (kWgBr + 4 * wg_keys(kPipe)) * D * 2 + 1024;  // Q, 2 × (K tile, V tile); + slack to align to 1024
 }
 
-template <int D>
-__global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* __restrict__ q,
+template <int D, bool kPipe>
+__global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(const uint16_t* __restrict__ q,
                                                                const uint16_t* __restrict__ k,
                                                                const uint16_t* __restrict__ v,
                                                                uint16_t* __restrict__ o, float* __restrict__ lse,
                                                                AttnDims d) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kTile = kWgBc * D;  // elements of one K or V tile
+  constexpr int kBc = wg_keys(kPipe);  // keys per tile
+  constexpr int kTile = kBc * D;  // elements of one K or V tile
   // The swizzle is a function of the shared address bits 4–9: panels start 1024-byte aligned.
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw + (((raw + 1023u) & ~1023u) - raw));
@@ -1007,8 +1047,8 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
   const int k_end = d.visible(min(q0 + kWgBr, d.T) - 1);
   issue_tile_sw128<D>(Qs, qh + static_cast<int64_t>(q0) * D, kWgBr, d.T - q0);
   if (k_end > 0) {
-    issue_tile_sw128<D>(Ks, k + kv_off, kWgBc, k_end);
-    issue_tile_sw128<D>(Ks + kTile, v + kv_off, kWgBc, k_end);
+    issue_tile_sw128<D>(Ks, k + kv_off, kBc, k_end);
+    issue_tile_sw128<D>(Ks + kTile, v + kv_off, kBc, k_end);
   }
   cp_async_commit();
 
@@ -1019,7 +1059,7 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
   const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;  // keys seen by some row of the warpgroup
   const float c2 = d.scale * kLog2e;
   // Descriptor bases: this warpgroup's 64 rows of Q (panel p at + p·kWgBr·128), the K and V
-  // tiles of buffer 0 (panel p at + p·kWgBc·128; buffer t at + t·4·kTile bytes).
+  // tiles of buffer 0 (panel p at + p·kBc·128; buffer t at + t·4·kTile bytes).
   const uint32_t q_desc0 = static_cast<uint32_t>(__cvta_generic_to_shared(Qs)) + wg * 64 * kSwRow;
   const uint32_t kv_base = static_cast<uint32_t>(__cvta_generic_to_shared(Ks));
 
@@ -1028,52 +1068,139 @@ __global__ void __launch_bounds__(kWgWarps * 32, 2) attn_fwd_wg(const uint16_t* 
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
 
-  for (int j0 = 0, t = 0; j0 < k_end; j0 += kWgBc, ++t) {
-    const uint32_t Kt = kv_base + (t & 1) * (4u * kTile), Vt = Kt + 2u * kTile;
-    // Tile t landed (this thread's copies), made visible to wgmma (the async proxy) before the
-    // next tile's copies are issued: the proxy fence then has no copy in flight to wait for.
-    cp_async_wait<0>();
-    fence_proxy_async();
-    if (j0 + kWgBc < k_end) {  // the other buffer was last read in iteration t − 1 (its end barrier)
-      uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
-      const int64_t next = kv_off + static_cast<int64_t>(j0 + kWgBc) * D;
-      issue_tile_sw128<D>(Kn, k + next, kWgBc, k_end - j0 - kWgBc);
-      issue_tile_sw128<D>(Kn + kTile, v + next, kWgBc, k_end - j0 - kWgBc);
-      cp_async_commit();
-    }
-    __syncthreads();  // ... and every thread's
+  if constexpr (!kPipe) {
+    for (int j0 = 0, t = 0; j0 < k_end; j0 += kBc, ++t) {
+      const uint32_t Kt = kv_base + (t & 1) * (4u * kTile), Vt = Kt + 2u * kTile;
+      // Tile t landed (this thread's copies), made visible to wgmma (the async proxy) before the
+      // next tile's copies are issued: the proxy fence then has no copy in flight to wait for.
+      cp_async_wait<0>();
+      fence_proxy_async();
+      if (j0 + kBc < k_end) {  // the other buffer was last read in iteration t − 1 (its end barrier)
+        uint16_t* Kn = Ks + ((t + 1) & 1) * 2 * kTile;
+        const int64_t next = kv_off + static_cast<int64_t>(j0 + kBc) * D;
+        issue_tile_sw128<D>(Kn, k + next, kBc, k_end - j0 - kBc);
+        issue_tile_sw128<D>(Kn + kTile, v + next, kBc, k_end - j0 - kBc);
+        cp_async_commit();
+      }
+      __syncthreads();  // ... and every thread's
 
-    if (j0 < g_end) {  // warpgroup-uniform
-      // S = Q Kᵀ: 64 × 64 per warpgroup, D/16 k-steps (4 per 64-column panel).
-      float s[kWgBc / 8][4];
+      if (j0 < g_end) {  // warpgroup-uniform
+        // S = Q Kᵀ: 64 × 64 per warpgroup, D/16 k-steps (4 per 64-column panel).
+        float s[kBc / 8][4];
+        wgmma_fence();
+  #pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t step = (kk & 3) * 32u;  // 32 bytes per k-step inside a panel row
+          const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
+          const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
+          wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wg_fence_operands(s);
+        softmax_tile_b2<D>(s, m, l, oacc, d, j0, w_all, row0, row1, tq, c2);  // as v3
+        // O += P V: 4 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each).
+        uint32_t pa[kBc / 16][4];
+  #pragma unroll
+        for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+        wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
+        wg_fence_operands(pa);
+        wgmma_fence();
+  #pragma unroll
+        for (int kk = 0; kk < kBc / 16; ++kk) {
+          wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wg_fence_operands(oacc);
+      }
+      __syncthreads();  // buffer t & 1 is free for tile t + 2 (this block's wgmmas on it are done)
+    }
+  } else {
+    // Pipelined (SOMNUS_ATTN_FWD=wgmma_pipe): O += P V of tile t − 1 runs on the tensor cores
+    // while the softmax of tile t runs on the ALUs. K_t is copied one iteration ahead (slot
+    // t & 1), V_t with K_(t+1), so V lags one tile: iteration t issues S_t = Q K_tᵀ, then
+    // O += P_(t−1) V_(t−1), waits for S_t (the PV in flight), computes P_t, waits for the PV,
+    // rescales O. One barrier per iteration (top): after it every warp has retired S_(t−1) and
+    // PV_(t−2), so the slots of K_(t+1) and V_t are free. The block runs n_tiles + 1 tops; this
+    // warpgroup computes in the first n_g + 1 of them (n_g: the tiles some row of it sees), in
+    // peeled loops, so that every wgmma and wait is on a straight path (ptxas serializes wgmma
+    // whose wait is under a branch it cannot prove warpgroup-uniform).
+    const int n_tiles = (k_end + kBc - 1) / kBc;
+    const int n_g = (g_end + kBc - 1) / kBc;  // <= n_tiles
+    const auto top = [&](int t) {
+      cp_async_wait<0>();   // K_t and V_(t−1), this thread's copies ...
+      fence_proxy_async();  // ... visible to wgmma after the barrier
+      __syncthreads();
+      const int j0 = t * kBc;
+      if (t + 1 < n_tiles) {
+        const int64_t next = kv_off + static_cast<int64_t>(j0 + kBc) * D;
+        issue_tile_sw128<D>(Ks + ((t + 1) & 1) * 2 * kTile, k + next, kBc, k_end - j0 - kBc);
+      }
+      if (t >= 1 && t < n_tiles) {  // V_t (V_0 came with Q and K_0)
+        issue_tile_sw128<D>(Ks + (t & 1) * 2 * kTile + kTile, v + kv_off + static_cast<int64_t>(j0) * D, kBc,
+                            k_end - j0);
+      }
+      cp_async_commit();
+    };
+    const auto issue_s = [&](int t, float (&s)[kBc / 8][4]) {
+      const uint32_t Kt = kv_base + (t & 1) * (4u * kTile);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t step = (kk & 3) * 32u;  // 32 bytes per k-step inside a panel row
+        const uint32_t step = (kk & 3) * 32u;
         const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
-        const uint64_t db = wg_desc(Kt + (kk >> 2) * (kWgBc * kSwRow) + step, 16, 8 * kSwRow);
-        wgmma_ss_n64(s, da, db, kk > 0 ? 1 : 0);
+        const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
+        wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      wg_fence_operands(s);
-      softmax_tile_b2<D>(s, m, l, oacc, d, j0, w_all, row0, row1, tq, c2);  // as v3
-      // O += P V: 4 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each).
-      uint32_t pa[kWgBc / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kWgBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+    };
+    uint32_t pa[kBc / 16][4];  // P_(t−1): the A operand of the PV in flight
+    const auto issue_pv = [&](int t) {  // O += P_t V_t
+      const uint32_t Vt = kv_base + (t & 1) * (4u * kTile) + 2u * kTile;
       wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
       wg_fence_operands(pa);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kWgBc / 16; ++kk) {
-        wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kWgBc * kSwRow, 8 * kSwRow));
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
       }
       wgmma_commit();
+    };
+    const auto make_p = [&](float (&s)[kBc / 8][4]) {
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+    };
+    int t = 0;
+    if (n_g > 0) {
+      top(0);  // tile 0: S only (O is zero, no rescale)
+      float s[kBc / 8][4];
+      issue_s(0, s);
+      wgmma_wait<0>();
+      wg_fence_operands(s);
+      float alpha[2];
+      softmax_tile_b2_p(s, m, l, alpha, d, 0, w_all, row0, row1, tq, c2);
+      make_p(s);
+      for (t = 1; t < n_g; ++t) {
+        top(t);
+        issue_s(t, s);
+        issue_pv(t - 1);
+        wgmma_wait<1>();  // S_t (the PV in flight)
+        wg_fence_operands(s);
+        softmax_tile_b2_p(s, m, l, alpha, d, t * kBc, w_all, row0, row1, tq, c2);
+        wgmma_wait<0>();  // PV_(t−1)
+        wg_fence_operands(oacc);
+        wg_fence_operands(pa);
+        rescale_rows<D>(oacc, alpha);
+        make_p(s);
+      }
+      top(n_g);  // the last PV
+      issue_pv(n_g - 1);
       wgmma_wait<0>();
       wg_fence_operands(oacc);
+      t = n_g + 1;
     }
-    __syncthreads();  // buffer t & 1 is free for tile t + 2 (this block's wgmmas on it are done)
+    for (; t <= n_tiles; ++t) top(t);  // the other warpgroup's tiles: copies and barriers
   }
   cp_async_wait<0>();
 
@@ -1104,22 +1231,22 @@ bool wgmma_built() {
   return cache[dev].load() == 2;
 }
 
-// Whether an attn_fwd_wg block fits an SM of the current device (asking for the largest
+// Whether an attn_fwd_wg<D, kPipe> block fits an SM of the current device (asking for the largest
 // shared-memory carveout first: the kernel is built for two resident blocks); cached per device.
-template <int D>
+template <int D, bool kPipe>
 bool wg_fits() {
   static std::atomic<int> cache[64];  // per device: 0 unknown, 1 no, 2 yes
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64) return false;
   if (cache[dev].load() == 0) {
-    bool fits = wg_smem_bytes<D>() <= max_dynamic_smem_bytes();
+    bool fits = wg_smem_bytes<D, kPipe>() <= max_dynamic_smem_bytes();
     if (fits) {
-      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D>()));
-      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D>, cudaFuncAttributePreferredSharedMemoryCarveout,
+      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D, kPipe>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D, kPipe>()));
+      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D, kPipe>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                       static_cast<int>(cudaSharedmemCarveoutMaxShared)));
       int blocks = 0;
-      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D>, kWgWarps * 32, wg_smem_bytes<D>()));
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D, kPipe>, kWgWarps * 32, wg_smem_bytes<D, kPipe>()));
       fits = blocks >= 1;
     }
     cache[dev].store(fits ? 2 : 1);
@@ -1128,11 +1255,14 @@ bool wg_fits() {
 }
 
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
-// "wgmma" (asked for, scale > 0, built for sm_90a and wg_fits), "v3" (asked for, scale > 0 and
-// v3_fits), "v1", "v2", or "mma" (the default).
+// "wgmma" or "wgmma_pipe" (asked for, scale > 0, built for sm_90a and wg_fits), "v3" (asked
+// for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
 template <int D>
 const char* fwd_version(float scale) {
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma") && scale > 0.f && wgmma_built() && wg_fits<D>()) return "wgmma";
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma") && scale > 0.f && wgmma_built() && wg_fits<D, false>()) return "wgmma";
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_pipe") && scale > 0.f && wgmma_built() && wg_fits<D, true>()) {
+    return "wgmma_pipe";
+  }
   if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
   if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
   if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
@@ -1868,7 +1998,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
 // of 64 keys, query tiles of 64 rows double-buffered with cp.async, base-2 p, the mask only on
 // tiles some row does not see whole — with the five products on wgmma (FA3's dataflow):
 //   Sᵀ  = K Qᵀ    SS, both K-major (64 keys × 64 queries per warpgroup, D/16 k-steps)
-//   dPᵀ = V dOᵀ   SS, both K-major (issued in the same group as Sᵀ)
+//   dPᵀ = V dOᵀ   SS, both K-major (committed after Sᵀ as a group of its own: Pᵀ is computed
+//                 and dV issued while it runs; dSᵀ waits for it, dV stays in flight meanwhile)
 //   dV += Pᵀ dO   RS: Pᵀ from the S accumulators (p_frag), dO read MN-major (4 k-steps)
 //   dK += dSᵀ Q   RS: dSᵀ from registers, Q read MN-major
 //   dQ += dS K    atomic mode: dSᵀ is stored to shared memory (128 keys × 64 queries, one
@@ -1979,7 +2110,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     const float* lse_s = lse_b + buf * kWgBwdRows;
     const float* del_s = del_b + buf * kWgBwdRows;
 
-    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys (this warpgroup's) × 64 queries each.
+    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys (this warpgroup's) × 64 queries each, two groups so
+    // that Pᵀ is computed while dPᵀ is still on the tensor cores.
     float s[8][4], dp[8][4];
     wgmma_fence();
 #pragma unroll
@@ -1988,6 +2120,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
       const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
       wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
     }
+    wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
@@ -1995,24 +2128,34 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
       wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<1>();  // Sᵀ (dPᵀ in flight)
     wg_fence_operands(s);
+
+    // Pᵀ (base 2; masked to 0 for rows past T and keys a row does not see), then dV += Pᵀ dO
+    // (B = the 64 queries × D tile of dO read MN-major, 16 rows a k-step) while dPᵀ finishes.
+    // s[nt][0..1]: key kr, queries nt·8 + 2tq (+1); s[nt][2..3]: key kr + 8.
+    p_tile_b2(s, i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
+    uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+    wg_fence_operands(pa);  // the A fragments are written before the fence
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // dPᵀ (dV in flight)
     wg_fence_operands(dp);
 
-    // Pᵀ (base 2; masked to 0 for rows past T and keys a row does not see), then dSᵀ = Pᵀ ∘
-    // (dPᵀ − Δ) in dp. s[nt][0..1]: key kr, queries nt·8 + 2tq (+1); s[nt][2..3]: key kr + 8.
-    p_tile_b2(s, i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
+    // dSᵀ = Pᵀ ∘ (dPᵀ − Δ) in dp, then dK += dSᵀ Q (Q read MN-major).
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
     }
-    uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
-      p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
-    }
+    for (int kk = 0; kk < 4; ++kk) p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
     if (dq_acc != nullptr) {  // block-uniform: dSᵀ to shared memory (row = key, swizzled chunks)
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -2024,14 +2167,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
         }
       }
     }
-    // dV += Pᵀ dO, dK += dSᵀ Q: B = the (64 queries × D) tile read MN-major, 16 rows a k-step.
-    wg_fence_operands(pa);  // the A fragments are written before the fence
     wg_fence_operands(sa);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
-    }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
@@ -2500,7 +2637,9 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
         // sm_90 yes; sm_80 and sm_86/89 no), else the default runs.
         const std::string version = fwd_version<D>(d.scale);
         if (version == "wgmma") {
-          launch(attn_fwd_wg<D>, wg_smem_bytes<D>(), kWgBr);
+          launch(attn_fwd_wg<D, false>, wg_smem_bytes<D>(), kWgBr);
+        } else if (version == "wgmma_pipe") {
+          launch(attn_fwd_wg<D, true>, wg_smem_bytes<D, true>(), kWgBr);
         } else if (version == "v3") {
           launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);
         } else if (version == "v1") {

@@ -400,7 +400,7 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-// An opt-in forward version (SOMNUS_ATTN_FWD=v3 or wgmma) against the CPU twin and f64, on the
+// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma or wgmma_pipe) against the CPU twin and f64, on the
 // shared cases plus its own; rows that see no key; a negative scale (handed to the default).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {
@@ -519,6 +519,19 @@ TEST(CudaAttention, ForwardWgmmaMatchesTwinAndReference) {
   unsetenv("SOMNUS_ATTN_FWD");
   if (kernel != "wgmma") GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
   forward_version_matches("wgmma", 1400);
+}
+
+// The pipelined Hopper forward (SOMNUS_ATTN_FWD=wgmma_pipe: 128-key tiles, P V of one tile in
+// flight during the next tile's softmax); its own test, run by gpu_check in a process of its own.
+TEST(CudaAttention, ForwardWgmmaPipeMatchesTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  setenv("SOMNUS_ATTN_FWD", "wgmma_pipe", 1);
+  const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
+  unsetenv("SOMNUS_ATTN_FWD");
+  if (kernel != "wgmma_pipe") {
+    GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma_pipe runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
+  }
+  forward_version_matches("wgmma_pipe", 1500);
 }
 
 }  // namespace

@@ -40,6 +40,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <limits>
 
 #include "tensor/dispatch.h"  // compute_t (and tensor/dtype.h)
 #define __global__
@@ -59,6 +60,9 @@ thread_local Dim3 threadIdx;
 thread_local int t_lin;  // the thread's linear index in its block (x fastest): its warp is t_lin / 32
 Dim3 blockIdx, blockDim, gridDim;
 unsigned char* g_smem;
+// stdout line-buffered even into a pipe (ctest's log): the emulation reports a fault with a
+// printf line and std::abort, which does not flush.
+inline const int g_stdout_line_buffered = std::setvbuf(stdout, nullptr, _IOLBF, 0);
 static uint16_t f2bf(float x) {
   uint32_t u; std::memcpy(&u, &x, 4);
   if (std::isnan(x)) return 0x7fc0;
@@ -206,12 +210,22 @@ template <bool kTrans>
 inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r, __cvta_generic_to_shared(p)); }
 
 // ---- wgmma (Hopper warpgroup MMA: the wrappers attn_fwd_wg and attn_bwd_dkdv_wg call in
-// kernels/cuda/attention.cu: wgmma_ss_n64, wgmma_ss_n64_tt, wgmma_rs_tb)
+// kernels/cuda/attention.cu: wgmma_ss_n64, wgmma_ss_k (N = 64, 128), wgmma_ss_n64_tt, wgmma_rs_tb)
 // Semantics emulated, from the PTX ISA (asynchronous warpgroup-level matrix instructions): a
 // warpgroup is 128 consecutive threads (t_lin / 128); every thread of it must execute the
-// instruction with the same descriptors (else abort; a thread that skips it deadlocks). The
-// product is computed at issue (fence, commit and wait are no-ops: a missing wait is not
-// detected). D layout: warp w of the group owns rows 16w..+15, d[j][e] = (row 16w + lane/4 +
+// instruction with the same descriptors (else abort; a thread that skips it deadlocks).
+// Asynchrony: the product is computed at the issue (operands as they are then) into a shadow
+// of the thread's accumulator, and the accumulator registers read NaN from the issue until the
+// wgmma_wait that retires the instruction's group (commit closes a group; wait<N> retires all
+// but the newest N) copies the shadow in; a write to them meanwhile is lost. So reading the
+// accumulators before the wait, or rescaling them under an instruction in flight, gives wrong
+// results. Chained instructions on one accumulator (k-steps) accumulate onto the pending
+// shadow. At the retiring wait the warpgroup's shared operands are hashed again and must be
+// unchanged since the issue (a buffer overwritten under an instruction in flight aborts), and
+// the RS form's A registers must be unchanged too (abort). A thread that ends with an
+// instruction not retired aborts. wgmma_fence and the proxy fence are no-ops (a missing fence
+// is not detected).
+// D layout: warp w of the group owns rows 16w..+15, d[j][e] = (row 16w + lane/4 +
 // 8·(e ≥ 2), column 8j + 2·(lane%4) + (e&1)); A from registers: mma.sync's A layout per warp.
 // Descriptor: start, LBO, SBO in 16-byte units (14 bits each at bits 0, 16, 32), swizzle mode in
 // bits 62–63 — only 1 (128-byte) is emulated, base offset (bits 49–51) 0, other bits 0. With the
@@ -227,9 +241,6 @@ struct WarpGroup {
 };
 WarpGroup* g_wgs;
 inline void wgmma_fence() {}
-inline void wgmma_commit() {}
-template <int N>
-inline void wgmma_wait() {}
 inline void fence_proxy_async() {}
 template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
@@ -248,19 +259,6 @@ inline WgDesc wg_decode(uint64_t d) {
   return {static_cast<uint32_t>(d & 0x3FFF) << 4, static_cast<uint32_t>((d >> 16) & 0x3FFF) << 4,
           static_cast<uint32_t>((d >> 32) & 0x3FFF) << 4};
 }
-inline float wg_load(uint32_t a) {
-  const uint32_t phys = a ^ (((a >> 7) & 7u) << 4);
-  if (phys < kEmuSmemBase) { std::printf("wgmma operand below shared memory\n"); std::abort(); }
-  const unsigned char* p = g_smem + (phys - kEmuSmemBase);
-  check_smem(p, 2);
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return bf2f(v);
-}
-inline uint32_t wg_kmajor(const WgDesc& w, int mn, int k) { return w.start + (mn / 8) * w.sbo + (mn % 8) * 128 + 2 * k; }
-inline uint32_t wg_mnmajor(const WgDesc& w, int k, int n) {
-  return w.start + (n / 64) * w.lbo + 2 * (n % 64) + (k / 8) * w.sbo + (k % 8) * 128;
-}
 // Publishes this thread's operands, waits for the warpgroup, checks the descriptors agree.
 inline WarpGroup& wg_enter(uint64_t da, uint64_t db) {
   WarpGroup& g = g_wgs[t_lin / 128];
@@ -274,14 +272,102 @@ inline WarpGroup& wg_enter(uint64_t da, uint64_t db) {
   }
   return g;
 }
+// An instruction in flight, as one thread sees it: its accumulator (n floats at d) and their
+// value at completion; the RS form's A registers (at a, as issued); for the warpgroup's first
+// thread the operands' hash at the issue and what to rehash (descriptors, majors, N).
+struct WgInFlight {
+  float* d;
+  int n;
+  std::vector<float> result;
+  const uint32_t* a;
+  uint32_t a_issued[4];
+  uint64_t hash, da, db;
+  bool mn_a, mn_b, rs;
+  int width;  // N
+};
+thread_local std::vector<WgInFlight> t_wg_open;
+thread_local std::vector<std::vector<WgInFlight>> t_wg_groups;
+// The accumulator's value an instruction issued now starts from: the latest pending result on
+// the same registers, else the registers.
+inline const float* wg_acc_source(const float* d) {
+  for (auto g = t_wg_open.rbegin(); g != t_wg_open.rend(); ++g) if (g->d == d) return g->result.data();
+  for (auto gs = t_wg_groups.rbegin(); gs != t_wg_groups.rend(); ++gs) {
+    for (auto g = gs->rbegin(); g != gs->rend(); ++g) if (g->d == d) return g->result.data();
+  }
+  return d;
+}
+inline uint16_t wg_bits(uint32_t a) {
+  const uint32_t phys = a ^ (((a >> 7) & 7u) << 4);
+  if (phys < kEmuSmemBase) { std::printf("wgmma operand below shared memory\n"); std::abort(); }
+  const unsigned char* p = g_smem + (phys - kEmuSmemBase);
+  check_smem(p, 2);
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline float wg_load(uint32_t a) { return bf2f(wg_bits(a)); }
+inline uint32_t wg_kmajor(const WgDesc& w, int mn, int k) { return w.start + (mn / 8) * w.sbo + (mn % 8) * 128 + 2 * k; }
+inline uint32_t wg_mnmajor(const WgDesc& w, int k, int n) {
+  return w.start + (n / 64) * w.lbo + 2 * (n % 64) + (k / 8) * w.sbo + (k % 8) * 128;
+}
+// FNV-1a over the bits of the shared operands of one instruction (A only in the SS form).
+inline uint64_t wg_hash(const WgInFlight& f) {
+  uint64_t h = 1469598103934665603ull;
+  const auto mix = [&](uint32_t addr) { h = (h ^ wg_bits(addr)) * 1099511628211ull; };
+  const WgDesc A = f.rs ? WgDesc{} : wg_decode(f.da), B = wg_decode(f.db);
+  for (int k = 0; k < 16; ++k) {
+    if (!f.rs) for (int m = 0; m < 64; ++m) mix(f.mn_a ? wg_mnmajor(A, k, m) : wg_kmajor(A, m, k));
+    for (int n = 0; n < f.width; ++n) mix(f.mn_b ? wg_mnmajor(B, k, n) : wg_kmajor(B, n, k));
+  }
+  return h;
+}
+// Called by every thread of the warpgroup inside the issue (before its closing barrier): the
+// result becomes the pending value, the registers read NaN until the retiring wait.
+inline void wg_issue(WgInFlight&& f, const float* result) {
+  if (t_lin % 128 == 0) f.hash = wg_hash(f);
+  f.result.assign(result, result + f.n);
+  for (int i = 0; i < f.n; ++i) f.d[i] = std::numeric_limits<float>::quiet_NaN();
+  t_wg_open.push_back(std::move(f));
+}
+inline void wgmma_commit() {
+  t_wg_groups.push_back(std::move(t_wg_open));
+  t_wg_open.clear();
+}
+template <int N>
+inline void wgmma_wait() {
+  if (static_cast<int>(t_wg_groups.size()) <= N) return;
+  WarpGroup& g = g_wgs[t_lin / 128];
+  g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
+  while (static_cast<int>(t_wg_groups.size()) > N) {
+    for (auto& f : t_wg_groups.front()) {
+      if (t_lin % 128 == 0 && wg_hash(f) != f.hash) {
+        std::printf("wgmma: a shared operand changed between the issue and the wait\n");
+        std::abort();
+      }
+      if (f.rs && std::memcmp(f.a, f.a_issued, sizeof f.a_issued) != 0) {
+        std::printf("wgmma: A registers changed between the issue and the wait\n");
+        std::abort();
+      }
+      std::copy(f.result.begin(), f.result.end(), f.d);
+    }
+    t_wg_groups.erase(t_wg_groups.begin());
+  }
+  // Registers an instruction still in flight writes stay NaN.
+  const auto poison = [](const WgInFlight& f) { std::fill(f.d, f.d + f.n, std::numeric_limits<float>::quiet_NaN()); };
+  for (const auto& f : t_wg_open) poison(f);
+  for (const auto& gs : t_wg_groups) for (const auto& f : gs) poison(f);
+  g.bar->arrive_and_wait();
+}
 // The SS form: A and B from shared memory, each K-major (imm-trans 0) or MN-major (1); A (m, k)
 // MN-major sits at the MN-major address of (k, m).
-template <bool kMnA, bool kMnB>
-inline void wgmma_ss(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
+template <bool kMnA, bool kMnB, int N = 64>
+inline void wgmma_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc) {
   WarpGroup& g = wg_enter(da, db);
   const WgDesc A = wg_decode(da), B = wg_decode(db);
   const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
-  for (int j = 0; j < 8; ++j) {
+  const float* in = wg_acc_source(&d[0][0]);
+  float out[N / 2];
+  for (int j = 0; j < N / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
       float s = 0.f;
@@ -289,13 +375,16 @@ inline void wgmma_ss(float (&d)[8][4], uint64_t da, uint64_t db, int acc) {
         const float a = wg_load(kMnA ? wg_mnmajor(A, k, row) : wg_kmajor(A, row, k));
         s += a * wg_load(kMnB ? wg_mnmajor(B, k, col) : wg_kmajor(B, col, k));
       }
-      d[j][e] = (acc != 0 ? d[j][e] : 0.f) + s;
+      out[4 * j + e] = (acc != 0 ? in[4 * j + e] : 0.f) + s;
     }
   }
+  wg_issue({&d[0][0], N / 2, {}, nullptr, {}, 0, da, db, kMnA, kMnB, false, N}, out);
   g.bar->arrive_and_wait();
 }
 inline void wgmma_ss_n64(float (&d)[8][4], uint64_t da, uint64_t db, int acc) { wgmma_ss<false, false>(d, da, db, acc); }
 inline void wgmma_ss_n64_tt(float (&d)[8][4], uint64_t da, uint64_t db, int acc) { wgmma_ss<true, true>(d, da, db, acc); }
+template <int N>
+inline void wgmma_ss_k(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc) { wgmma_ss<false, false, N>(d, da, db, acc); }
 template <int N>
 inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) {
   WarpGroup& g = g_wgs[t_lin / 128];
@@ -309,14 +398,18 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
     return bf2f(static_cast<uint16_t>(k % 2 ? reg >> 16 : reg & 0xffff));
   };
   const int t = t_lin % 128, w = t / 32, gr = (t % 32) >> 2, tq = t & 3;
+  const float* in = wg_acc_source(&d[0][0]);
+  float out[N / 2];
   for (int j = 0; j < N / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tq + (e & 1);
       float s = 0.f;
       for (int k = 0; k < 16; ++k) s += A(row, k) * wg_load(wg_mnmajor(B, k, col));
-      d[j][e] += s;
+      out[4 * j + e] = in[4 * j + e] + s;
     }
   }
+  WgInFlight f{&d[0][0], N / 2, {}, &a[0], {a[0], a[1], a[2], a[3]}, 0, 0, db, false, true, true, N};
+  wg_issue(std::move(f), out);
   g.bar->arrive_and_wait();
 }
 
@@ -413,7 +506,13 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
             t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
             t_open.clear();
             t_groups.clear();
+            t_wg_open.clear();
+            t_wg_groups.clear();
             body();
+            if (!t_wg_open.empty() || !t_wg_groups.empty()) {
+              std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
+              std::abort();
+            }
           });
         }
         for (auto& t : th) t.join();
