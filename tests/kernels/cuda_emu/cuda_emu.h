@@ -223,8 +223,10 @@ inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r,
 // shadow. At the retiring wait the warpgroup's shared operands are hashed again and must be
 // unchanged since the issue (a buffer overwritten under an instruction in flight aborts), and
 // the RS form's A registers must be unchanged too (abort). A thread that ends with an
-// instruction not retired aborts. wgmma_fence and the proxy fence are no-ops (a missing fence
-// is not detected).
+// instruction not retired aborts. wgmma_fence: an issue needs one since the thread's last
+// wgmma_wait (or the kernel's start), else abort — stricter than the ISA, which asks for the
+// fence only where registers the instruction uses were accessed since, but after a wait our
+// kernels always have touched them. The proxy fence is a no-op (a missing one is not detected).
 // D layout: warp w of the group owns rows 16w..+15, d[j][e] = (row 16w + lane/4 +
 // 8·(e ≥ 2), column 8j + 2·(lane%4) + (e&1)); A from registers: mma.sync's A layout per warp.
 // Descriptor: start, LBO, SBO in 16-byte units (14 bits each at bits 0, 16, 32), swizzle mode in
@@ -240,7 +242,8 @@ struct WarpGroup {
   uint64_t da[128], db[128];
 };
 WarpGroup* g_wgs;
-inline void wgmma_fence() {}
+thread_local bool t_wg_fenced = false;  // a wgmma_fence since the last wait / the start
+inline void wgmma_fence() { t_wg_fenced = true; }
 inline void fence_proxy_async() {}
 template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
@@ -324,6 +327,10 @@ inline uint64_t wg_hash(const WgInFlight& f) {
 // Called by every thread of the warpgroup inside the issue (before its closing barrier): the
 // result becomes the pending value, the registers read NaN until the retiring wait.
 inline void wg_issue(WgInFlight&& f, const float* result) {
+  if (!t_wg_fenced) {
+    std::printf("wgmma: issued without a wgmma_fence since the last wait (or the kernel's start)\n");
+    std::abort();
+  }
   if (t_lin % 128 == 0) f.hash = wg_hash(f);
   f.result.assign(result, result + f.n);
   for (int i = 0; i < f.n; ++i) f.d[i] = std::numeric_limits<float>::quiet_NaN();
@@ -335,6 +342,7 @@ inline void wgmma_commit() {
 }
 template <int N>
 inline void wgmma_wait() {
+  t_wg_fenced = false;
   if (static_cast<int>(t_wg_groups.size()) <= N) return;
   WarpGroup& g = g_wgs[t_lin / 128];
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
@@ -508,6 +516,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
             t_groups.clear();
             t_wg_open.clear();
             t_wg_groups.clear();
+            t_wg_fenced = false;
             body();
             if (!t_wg_open.empty() || !t_wg_groups.empty()) {
               std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
