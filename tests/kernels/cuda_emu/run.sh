@@ -2,8 +2,8 @@
 # Runs CUDA kernels' own source on the CPU under the host emulation of cuda_emu.h (no GPU, no
 # nvcc needed): extracts the kernels with extract.py, compiles a driver with the host C++
 # compiler, runs it. Drivers (each <name>.cpp here; its header says what it checks):
-# attention_fwd (the bf16 forward: attn_fwd_v3, the Hopper attn_fwd_wg and the default
-# attn_fwd_mma<D, true, true>),
+# attention_fwd (the bf16 forward: attn_fwd_v3, the Hopper attn_fwd_wg — synchronous and
+# pipelined — and the default attn_fwd_mma<D, true, true>),
 # attention_bwd (the tensor-core backward: attn_bwd_dkdv_mma with atomic dQ and
 # attn_bwd_dq_mma, default, v3, v4; the Hopper attn_bwd_dkdv_wg), attention_decode (split-K decode: attn_decode_gqa,
 # attn_rows_simt, attn_combine, on strided KV-cache views), norm, rope and reduce (the kernels of
