@@ -1068,9 +1068,40 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
 
+  // The two products on buffer slot t & 1 (K at kv_base + (t & 1)·4·kTile bytes, V 2·kTile
+  // bytes after it), each a commit group of its own:
+  // S = Q Kᵀ: 64 × kBc per warpgroup, D/16 k-steps (4 per 64-column panel, 32 bytes each).
+  const auto issue_s = [&](int t, float (&s)[kBc / 8][4]) {
+    const uint32_t Kt = kv_base + (t & 1) * (4u * kTile);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t step = (kk & 3) * 32u;
+      const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
+      const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
+      wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V: kBc/16 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each), P from pa.
+  uint32_t pa[kBc / 16][4];
+  const auto issue_pv = [&](int t) {
+    const uint32_t Vt = kv_base + (t & 1) * (4u * kTile) + 2u * kTile;
+    wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
+    wg_fence_operands(pa);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
+    }
+    wgmma_commit();
+  };
+  const auto make_p = [&](float (&s)[kBc / 8][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+  };
   if constexpr (!kPipe) {
     for (int j0 = 0, t = 0; j0 < k_end; j0 += kBc, ++t) {
-      const uint32_t Kt = kv_base + (t & 1) * (4u * kTile), Vt = Kt + 2u * kTile;
       // Tile t landed (this thread's copies), made visible to wgmma (the async proxy) before the
       // next tile's copies are issued: the proxy fence then has no copy in flight to wait for.
       cp_async_wait<0>();
@@ -1085,32 +1116,13 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
       __syncthreads();  // ... and every thread's
 
       if (j0 < g_end) {  // warpgroup-uniform
-        // S = Q Kᵀ: 64 × 64 per warpgroup, D/16 k-steps (4 per 64-column panel).
         float s[kBc / 8][4];
-        wgmma_fence();
-  #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          const uint32_t step = (kk & 3) * 32u;  // 32 bytes per k-step inside a panel row
-          const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
-          const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
-          wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
-        }
-        wgmma_commit();
+        issue_s(t, s);
         wgmma_wait<0>();
         wg_fence_operands(s);
         softmax_tile_b2<D>(s, m, l, oacc, d, j0, w_all, row0, row1, tq, c2);  // as v3
-        // O += P V: 4 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each).
-        uint32_t pa[kBc / 16][4];
-  #pragma unroll
-        for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
-        wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
-        wg_fence_operands(pa);
-        wgmma_fence();
-  #pragma unroll
-        for (int kk = 0; kk < kBc / 16; ++kk) {
-          wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
-        }
-        wgmma_commit();
+        make_p(s);
+        issue_pv(t);
         wgmma_wait<0>();
         wg_fence_operands(oacc);
       }
@@ -1142,34 +1154,6 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
                             k_end - j0);
       }
       cp_async_commit();
-    };
-    const auto issue_s = [&](int t, float (&s)[kBc / 8][4]) {
-      const uint32_t Kt = kv_base + (t & 1) * (4u * kTile);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t step = (kk & 3) * 32u;
-        const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
-        const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
-        wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-    };
-    uint32_t pa[kBc / 16][4];  // P_(t−1): the A operand of the PV in flight
-    const auto issue_pv = [&](int t) {  // O += P_t V_t
-      const uint32_t Vt = kv_base + (t & 1) * (4u * kTile) + 2u * kTile;
-      wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
-      wg_fence_operands(pa);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
-      }
-      wgmma_commit();
-    };
-    const auto make_p = [&](float (&s)[kBc / 8][4]) {
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
     };
     int t = 0;
     if (n_g > 0) {
