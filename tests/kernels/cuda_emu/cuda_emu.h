@@ -27,6 +27,7 @@
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -159,6 +160,26 @@ inline bool land_now() {
   return (t_coin >> 33) & 1;
 #endif
 }
+// The async proxy (wgmma reads shared memory through it): a 16-byte chunk a cp.async landed in
+// is "unfenced" (g_unfenced[chunk] = the landing thread + 1) until that thread executes
+// fence_proxy_async; a wgmma operand in an unfenced chunk aborts at the issue (the ISA: writes
+// to shared memory by the generic proxy — cp.async's included — must be fenced with
+// fence.proxy.async before wgmma reads them). Plain stores are not tracked.
+std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
+thread_local std::vector<uint32_t> t_unfenced;  // the chunks this thread landed since its fence
+inline void land16(uint16_t* sm, const uint16_t* g, bool valid) {
+  if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
+  const uint32_t c = static_cast<uint32_t>(reinterpret_cast<unsigned char*>(sm) - g_smem) / 16;
+  g_unfenced[c].store(t_lin + 1, std::memory_order_relaxed);
+  t_unfenced.push_back(c);
+}
+inline void fence_proxy_async() {
+  for (uint32_t c : t_unfenced) {
+    int mine = t_lin + 1;
+    g_unfenced[c].compare_exchange_strong(mine, 0, std::memory_order_relaxed);
+  }
+  t_unfenced.clear();
+}
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   if (reinterpret_cast<uintptr_t>(sm) % 16 || (valid && reinterpret_cast<uintptr_t>(g) % 16)) {
     std::printf("cp.async misaligned\n");
@@ -166,7 +187,7 @@ inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   }
   check_smem(sm, 16);
   if (land_now()) {
-    if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
+    land16(sm, g, valid);
     return;
   }
   t_open.push_back({sm, g, valid});
@@ -174,7 +195,7 @@ inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
 inline void cp_async_commit() { t_groups.push_back(std::move(t_open)); t_open.clear(); }
 template <int N> inline void cp_async_wait() {
   while (static_cast<int>(t_groups.size()) > N) {
-    for (auto& c : t_groups.front()) { if (c.valid) std::memcpy(c.sm, c.g, 16); else std::memset(c.sm, 0, 16); }
+    for (auto& c : t_groups.front()) land16(c.sm, c.g, c.valid);
     t_groups.erase(t_groups.begin());
   }
 }
@@ -215,9 +236,10 @@ inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r,
 // warpgroup is 128 consecutive threads (t_lin / 128); every thread of it must execute the
 // instruction with the same descriptors (else abort; a thread that skips it deadlocks).
 // Asynchrony: the product is computed at the issue (operands as they are then) into a shadow
-// of the thread's accumulator, and the accumulator registers read NaN from the issue until the
+// of the thread's accumulator, and the accumulator registers read garbage (NaN and 1e30) from the issue until the
 // wgmma_wait that retires the instruction's group (commit closes a group; wait<N> retires all
-// but the newest N) copies the shadow in; a write to them meanwhile is lost. So reading the
+// but the newest N) copies the shadow in; a write to them meanwhile aborts there (when it
+// changed the poison: a scaling by 1 passes). So reading the
 // accumulators before the wait, or rescaling them under an instruction in flight, gives wrong
 // results. Chained instructions on one accumulator (k-steps) accumulate onto the pending
 // shadow. At the retiring wait the warpgroup's shared operands are hashed again and must be
@@ -226,7 +248,7 @@ inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r,
 // instruction not retired aborts. wgmma_fence: an issue needs one since the thread's last
 // wgmma_wait (or the kernel's start), else abort — stricter than the ISA, which asks for the
 // fence only where registers the instruction uses were accessed since, but after a wait our
-// kernels always have touched them. The proxy fence is a no-op (a missing one is not detected).
+// kernels always have touched them. fence_proxy_async: see g_unfenced (cp.async writes only).
 // D layout: warp w of the group owns rows 16w..+15, d[j][e] = (row 16w + lane/4 +
 // 8·(e ≥ 2), column 8j + 2·(lane%4) + (e&1)); A from registers: mma.sync's A layout per warp.
 // Descriptor: start, LBO, SBO in 16-byte units (14 bits each at bits 0, 16, 32), swizzle mode in
@@ -244,7 +266,6 @@ struct WarpGroup {
 WarpGroup* g_wgs;
 thread_local bool t_wg_fenced = false;  // a wgmma_fence since the last wait / the start
 inline void wgmma_fence() { t_wg_fenced = true; }
-inline void fence_proxy_async() {}
 template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
 template <int N>
@@ -314,9 +335,18 @@ inline uint32_t wg_mnmajor(const WgDesc& w, int k, int n) {
   return w.start + (n / 64) * w.lbo + 2 * (n % 64) + (k / 8) * w.sbo + (k % 8) * 128;
 }
 // FNV-1a over the bits of the shared operands of one instruction (A only in the SS form).
-inline uint64_t wg_hash(const WgInFlight& f) {
+inline uint64_t wg_hash(const WgInFlight& f, bool at_issue = false) {
   uint64_t h = 1469598103934665603ull;
-  const auto mix = [&](uint32_t addr) { h = (h ^ wg_bits(addr)) * 1099511628211ull; };
+  const auto mix = [&](uint32_t addr) {
+    if (at_issue) {
+      const uint32_t phys = addr ^ (((addr >> 7) & 7u) << 4);
+      if (phys >= kEmuSmemBase && g_unfenced[(phys - kEmuSmemBase) / 16].load(std::memory_order_relaxed) != 0) {
+        std::printf("wgmma: an operand landed by cp.async without a fence.proxy.async since\n");
+        std::abort();
+      }
+    }
+    h = (h ^ wg_bits(addr)) * 1099511628211ull;
+  };
   const WgDesc A = f.rs ? WgDesc{} : wg_decode(f.da), B = wg_decode(f.db);
   for (int k = 0; k < 16; ++k) {
     if (!f.rs) for (int m = 0; m < 64; ++m) mix(f.mn_a ? wg_mnmajor(A, k, m) : wg_kmajor(A, m, k));
@@ -324,16 +354,22 @@ inline uint64_t wg_hash(const WgInFlight& f) {
   }
   return h;
 }
+// An in-flight instruction's accumulators: NaN and 1e30 alternately, so that a read before the
+// wait shows through fmaxf (which drops a NaN) as well as through a product with 0 (which
+// drops a large finite value).
+inline void wg_poison(const WgInFlight& f) {
+  for (int i = 0; i < f.n; ++i) f.d[i] = i % 2 == 0 ? std::numeric_limits<float>::quiet_NaN() : 1e30f;
+}
 // Called by every thread of the warpgroup inside the issue (before its closing barrier): the
-// result becomes the pending value, the registers read NaN until the retiring wait.
+// result becomes the pending value, the registers read garbage until the retiring wait.
 inline void wg_issue(WgInFlight&& f, const float* result) {
   if (!t_wg_fenced) {
     std::printf("wgmma: issued without a wgmma_fence since the last wait (or the kernel's start)\n");
     std::abort();
   }
-  if (t_lin % 128 == 0) f.hash = wg_hash(f);
+  if (t_lin % 128 == 0) f.hash = wg_hash(f, true);
   f.result.assign(result, result + f.n);
-  for (int i = 0; i < f.n; ++i) f.d[i] = std::numeric_limits<float>::quiet_NaN();
+  wg_poison(f);
   t_wg_open.push_back(std::move(f));
 }
 inline void wgmma_commit() {
@@ -346,6 +382,18 @@ inline void wgmma_wait() {
   if (static_cast<int>(t_wg_groups.size()) <= N) return;
   WarpGroup& g = g_wgs[t_lin / 128];
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
+  // A write to the accumulators in flight (e.g. a rescale before the wait) changed the poison's
+  // finite half (alpha·1e30 ≠ 1e30): checked before any retiring result is copied in.
+  for (size_t i = 0; i + N < t_wg_groups.size(); ++i) {
+    for (const auto& f : t_wg_groups[i]) {
+      for (int e = 1; e < f.n; e += 2) {
+        if (f.d[e] != 1e30f) {
+          std::printf("wgmma: accumulators written between the issue and the wait\n");
+          std::abort();
+        }
+      }
+    }
+  }
   while (static_cast<int>(t_wg_groups.size()) > N) {
     for (auto& f : t_wg_groups.front()) {
       if (t_lin % 128 == 0 && wg_hash(f) != f.hash) {
@@ -360,10 +408,9 @@ inline void wgmma_wait() {
     }
     t_wg_groups.erase(t_wg_groups.begin());
   }
-  // Registers an instruction still in flight writes stay NaN.
-  const auto poison = [](const WgInFlight& f) { std::fill(f.d, f.d + f.n, std::numeric_limits<float>::quiet_NaN()); };
-  for (const auto& f : t_wg_open) poison(f);
-  for (const auto& gs : t_wg_groups) for (const auto& f : gs) poison(f);
+  // Registers an instruction still in flight writes stay poisoned.
+  for (const auto& f : t_wg_open) wg_poison(f);
+  for (const auto& gs : t_wg_groups) for (const auto& f : gs) wg_poison(f);
   g.bar->arrive_and_wait();
 }
 // The SS form: A and B from shared memory, each K-major (imm-trans 0) or MN-major (1); A (m, k)
@@ -486,6 +533,8 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
         for (const auto& e : g_statics) std::memset(e.first, 0xff, e.second);
         g_smem = smd;
+        std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
+        g_unfenced = unfenced.get();
         std::barrier<> bb(threads);
         g_block_bar = &bb;
         const int nw = (threads + 31) / 32;
@@ -517,6 +566,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
             t_wg_open.clear();
             t_wg_groups.clear();
             t_wg_fenced = false;
+            t_unfenced.clear();
             body();
             if (!t_wg_open.empty() || !t_wg_groups.empty()) {
               std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
