@@ -1681,7 +1681,17 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
   const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;  // the first row that sees key j0
   const int n_i = i_first < d.T ? (d.T - i_first + kBwdTile - 1) / kBwdTile : 0;  // tiles a head
   const int total = d.g * n_i;
-  // Q, dO (async or not), lse and Δ (plain loads) of tile `it` into buffer `buf`.
+  // Q, dO (async or not), lse and Δ (plain loads) of tile `it` into buffer `buf`. v3/v4 with the
+  // async copies: lse and Δ (thread r < 64: row r) into lse_next / del_next, stored by
+  // store_stats at the end of the iteration, so that the barrier after the copies' issue does
+  // not wait for the loads (as the wgmma backward; reviewwg2).
+  float lse_next = 0.f, del_next = 0.f;
+  const auto store_stats = [&](int buf) {
+    if (threadIdx.x < kBwdTile) {
+      lse_b[buf * kBwdTile + threadIdx.x] = lse_next;
+      del_b[buf * kBwdTile + threadIdx.x] = del_next;
+    }
+  };
   const auto stage = [&](int it, int buf, bool async) {
     const int i0 = i_first + (it % n_i) * kBwdTile;
     const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
@@ -1694,15 +1704,26 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
       load_tile_bf16<D>(Qd, q + row * D, kBwdTile, d.T - i0);
       load_tile_bf16<D>(Qd + kBwdTile * LD, dout + row * D, kBwdTile, d.T - i0);
     }
-    for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
-      const bool ok = i0 + r < d.T;
+    if constexpr (kV3) {  // blockDim.x >= kBwdTile
       // v3 keeps lse in base 2 (lse · log2 e), so that p = 2^(s · scale · log2 e − lse₂).
-      lse_b[buf * kBwdTile + r] = ok ? (kV3 ? lse[row + r] * kLog2e : lse[row + r]) : 0.f;
-      del_b[buf * kBwdTile + r] = ok ? delta[row + r] : 0.f;
+      const int r = threadIdx.x;
+      const bool ok = r < kBwdTile && i0 + r < d.T;
+      lse_next = ok ? lse[row + r] * kLog2e : 0.f;
+      del_next = ok ? delta[row + r] : 0.f;
+      if (!async) store_stats(buf);
+    } else {
+      for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
+        const bool ok = i0 + r < d.T;
+        lse_b[buf * kBwdTile + r] = ok ? lse[row + r] : 0.f;
+        del_b[buf * kBwdTile + r] = ok ? delta[row + r] : 0.f;
+      }
     }
   };
   const float c2 = d.scale * kLog2e;
-  if (kPipe && total > 0) stage(0, 0, true);
+  if (kPipe && total > 0) {
+    stage(0, 0, true);
+    if constexpr (kV3) store_stats(0);  // visible after the loop's first barrier
+  }
   for (int it = 0; it < total; ++it) {
     const int buf = kPipe ? (it & 1) : 0;
     const int i0 = i_first + (it % n_i) * kBwdTile;
@@ -1834,7 +1855,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
         }
       }
     }
-    if constexpr (kPipe) __syncthreads();  // buffer buf and Ss are no longer read
+    if constexpr (kPipe) {
+      // v3: tile it + 1's lse, Δ into the other buffer (read last by tile it − 1).
+      if (kV3 && it + 1 < total) store_stats(buf ^ 1);
+      __syncthreads();  // buffer buf and Ss are no longer read; buf ^ 1's lse, Δ are written
+    }
   }
 
   // Every key of the tile below S is written, zero where no query sees it.
