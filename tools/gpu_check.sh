@@ -67,6 +67,11 @@ fi
 # of their own after the rest, and the pipelined forward's ("WgmmaPipe") in a third: a fault
 # there would leave a sticky CUDA error that fails every later test of the same process.
 failed_bins=""
+# A failing case of the opt-in attention kernels is written here (inputs and the GPU's outputs)
+# for the host emulation's replay: tests/kernels/cuda_emu/run.sh, then
+# <work>/attention_fwd_emu --replay FILE VERSION (or attention_bwd_emu) maps where they differ.
+export SOMNUS_ATTN_DUMP_DIR="$out/attn_dumps"
+mkdir -p "$SOMNUS_ATTN_DUMP_DIR"
 run_tests() {  # binary log-name gtest-filter
   local bin="$1" name="$2" filter="$3" rc passed skipped failed
   timeout 180 "$bin" --gtest_color=no --gtest_filter="$filter" > "$out/test_$name.log" 2>&1

@@ -14,12 +14,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/ops.h"
 #include "tensor/random.h"
+#include "tests/kernels/attention_dump.h"
 #include "tests/kernels/attention_reference.h"
 #include "tests/kernels/reference.h"
 
@@ -111,6 +113,43 @@ CudaRun run_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
           r.dv.to(Device::cpu())};
 }
 
+// SOMNUS_ATTN_DUMP_DIR (gpu_check sets it): a case whose GPU result fails its reference checks
+// is written to <dir>/<tag>_<n>.bin (at most 2 per tag; format: tests/kernels/attention_dump.h)
+// — inputs and the GPU's outputs — for the host emulation's replay (attention_fwd_emu /
+// attention_bwd_emu --replay FILE VERSION, tests/kernels/cuda_emu), which runs the same kernel
+// on the same inputs and maps where the GPU differs (a layout or descriptor misreading shows
+// as a pattern in warps, warpgroups, panels or chunks).
+void dump_failure(const std::string& tag, const AttnCase& c, bool det, const Tensor& q, const Tensor& k,
+                  const Tensor& v, const Tensor& dout, const CudaRun& g, bool failed) {
+  const char* dir = std::getenv("SOMNUS_ATTN_DUMP_DIR");
+  if (!failed || dir == nullptr || *dir == '\0') return;
+  static std::vector<std::pair<std::string, int>> counts;
+  int* n = nullptr;
+  for (auto& [t, cnt] : counts) {
+    if (t == tag) n = &cnt;
+  }
+  if (n == nullptr) n = &counts.emplace_back(tag, 0).second;
+  if (*n >= 2) return;
+  const auto raw = [](const Tensor& t, auto& out) {  // bf16 bits or f32 values
+    const Tensor h = t.to(Device::cpu()).contiguous();
+    out.resize(static_cast<size_t>(h.numel()));
+    std::memcpy(out.data(), h.data_ptr(), static_cast<size_t>(h.nbytes()));
+  };
+  AttnDump x;
+  x.D = static_cast<int>(c.D), x.B = static_cast<int>(c.B), x.Hq = static_cast<int>(c.Hq);
+  x.Hkv = static_cast<int>(c.Hkv), x.T = static_cast<int>(c.T), x.S = static_cast<int>(c.S);
+  x.causal = c.causal ? 1 : 0, x.q_offset = static_cast<int>(c.q_offset), x.det = det ? 1 : 0;
+  x.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.D)));
+  raw(q, x.q), raw(k, x.k), raw(v, x.v), raw(dout, x.g), raw(g.o, x.o), raw(g.lse, x.lse), raw(g.dq, x.dq);
+  raw(g.dk, x.dk), raw(g.dv, x.dv);
+  const std::string path = std::string(dir) + "/" + tag + "_" + std::to_string((*n)++) + ".bin";
+  if (!write_dump(path.c_str(), x)) {
+    ADD_FAILURE() << "cannot write " << path;
+    return;
+  }
+  std::printf("note: failing case written to %s (replay it under tests/kernels/cuda_emu)\n", path.c_str());
+}
+
 // Under SOMNUS_TEST_QUICK the opt-in paths (v3, v4; wgmma in its own test) run bf16 only (f32
 // is SIMT on every setting) on three cases — masked tails with GQA 4, keys no query sees,
 // several tiles both ways with GQA 8 — so that the compute-sanitizer runs stay within budget.
@@ -183,6 +222,9 @@ TEST(CudaAttention, BackwardWgmmaMatchesTwinAndReference) {
     for (bool det : {false, true}) {
       SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd wgmma");
       const CudaRun g = run_cuda(q, k, v, dout, c, det);
+      dump_failure("bwd_wgmma", c, det, q, k, v, dout, g,
+                   !(rel_or_abs_error(g.dq, ref.dq) < 2e-2 && rel_or_abs_error(g.dk, ref.dk) < 2e-2 &&
+                     rel_or_abs_error(g.dv, ref.dv) < 2e-2));
       EXPECT_LT(twin_error(g.dq, cb.dq, ref.dq), 2e-2);
       EXPECT_LT(twin_error(g.dk, cb.dk, ref.dk), 2e-2);
       EXPECT_LT(twin_error(g.dv, cb.dv, ref.dv), 2e-2);
@@ -436,6 +478,8 @@ void forward_version_matches(const char* version, uint64_t seed) {
         continue;
       }
       const CudaRun g = run_cuda(q, k, v, dout, c, true);
+      dump_failure(std::string("fwd_") + version, c, true, q, k, v, dout, g,
+                   !(rel_or_abs_error(g.o, ref.o) < 1e-2 && rel_or_abs_error(g.lse, ref.lse) < 1e-5));
       EXPECT_LT(rel_or_abs_error(g.o, cf.o.to_vector()), 1e-2);
       EXPECT_LT(rel_or_abs_error(g.lse, cf.lse.to_vector()), 1e-5);
       EXPECT_LT(rel_or_abs_error(g.o, ref.o), 1e-2);

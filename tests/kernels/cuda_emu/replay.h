@@ -1,0 +1,51 @@
+// Replay of a failing GPU case: test_cuda_attention.cpp's dump_failure writes, when gpu_check
+// sets SOMNUS_ATTN_DUMP_DIR, the inputs and the GPU's outputs of an opt-in attention kernel's
+// failing case; the forward and backward drivers here, given `--replay FILE [version]`, run
+// the same kernel under the emulation on the same inputs and print where the GPU differs, by
+// position within the block's tiles — a layout or descriptor misreading shows as a pattern
+// (one warp, one warpgroup, one 64-column panel, one 16-byte chunk) that a wrong scale or a
+// race does not. Written 2026-11-27, with no GPU failure to replay yet.
+#pragma once
+#include "tests/kernels/attention_dump.h"
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// Where the GPU's (rows × D) result differs from the emulation's: |gpu − emu| > tol·(1 + |emu|)
+// (or one is not finite), counted by the row's position in its 128-row block (warp = row % 128
+// / 16, warpgroup = row % 128 / 64), the column's 64-wide panel and its 16-byte chunk in the
+// panel; rows are (head, position) with `len` positions a head. Returns the mismatch count.
+template <class T>
+int mismatch_map(const char* name, const std::vector<T>& gpu, const std::vector<T>& emu, int len, int D, double tol) {
+  const auto val = [](T x) {
+    if constexpr (std::is_same_v<T, float>) return static_cast<double>(x);
+    else return static_cast<double>(bf2f(x));
+  };
+  int bad = 0, by_warp[8] = {}, by_wg[2] = {}, by_panel[2] = {}, by_chunk[8] = {};
+  const int cols = D > 0 ? D : 1;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double a = val(gpu[i]), b = val(emu[i]);
+    if (a == b) continue;  // also both −inf (lse of a row that sees no key)
+    if (std::isfinite(a) && std::isfinite(b) && std::fabs(a - b) <= tol * (1 + std::fabs(b))) continue;
+    const int row = static_cast<int>(i / cols) % len, col = static_cast<int>(i % cols);
+    if (bad < 6) {
+      std::printf("  %s[head %zu, pos %d, col %d]: gpu %.5g emulation %.5g\n", name, i / cols / len, row, col, a, b);
+    }
+    ++bad, ++by_warp[row % 128 / 16], ++by_wg[row % 128 / 64], ++by_panel[col / 64 % 2], ++by_chunk[col % 64 / 8];
+  }
+  std::printf("%s: %d of %zu differ (tol %.0e)", name, bad, gpu.size(), tol);
+  if (bad > 0) {
+    std::printf("; by warp (pos %% 128 / 16):");
+    for (int x : by_warp) std::printf(" %d", x);
+    std::printf("; by warpgroup: %d %d", by_wg[0], by_wg[1]);
+    if (D > 1) {
+      std::printf("; by 64-column panel: %d %d; by 16-byte chunk (col %% 64 / 8):", by_panel[0], by_panel[1]);
+      for (int x : by_chunk) std::printf(" %d", x);
+    }
+  }
+  std::printf("\n");
+  return bad;
+}
