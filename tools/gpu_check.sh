@@ -228,6 +228,17 @@ for name, t, fl, by, ratio in rows:
     if m and fl and torch.get(f"{m.group(1)}/{m.group(2)}"):
         vs = f"{float(fl) / torch[m.group(1) + '/' + m.group(2)]:.2f}"
     print(f"| {name} | {t} | {fl} | {by} | {ratio} | {vs} |")
+# The attention versions side by side at the headline shape (T 4096, D 128, bf16):
+# which one to make the default (kernels/cuda/attention.cu: fwd_version / bwd_mma_version).
+ladder = {}
+for name, t, fl, by, ratio in rows:
+    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(\w+?))?/(causal|full)/bf16/T:4096/D:128$", name)
+    if m and fl:
+        ladder.setdefault(f"{m.group(1)} {m.group(3)}", []).append((float(fl), m.group(2) or "default"))
+if ladder:
+    print("\nAttention versions at T 4096, D 128 (TFLOP/s, best first):")
+    for key in sorted(ladder):
+        print(f"  {key:14s} " + ", ".join(f"{v} {f:.0f}" for f, v in sorted(ladder[key], reverse=True)))
 PY
 echo "gpu_check: logs in $out; status $status"
 exit $status
