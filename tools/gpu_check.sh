@@ -8,10 +8,15 @@
 #                                           lib/; or DIR.tar.xz) on another machine: nothing is
 #                                           compiled here
 #
-# Logs go to $OUT (or <build-dir>/gpu_check). Exits non-zero on any failure.
+# Logs go to $OUT (or <build-dir>/gpu_check), the summary table also to summary.md there;
+# failing cases of the opt-in attention kernels to attn_dumps/ (replay: tests/kernels/cuda_emu).
+# Exits non-zero on any failure. The device tool brings back at most 8 files from $OUT, so pack
+# them (bench/RESULTS.md has the command):
+#   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_GPU_CHECK_DEADLINE_S=480 timeout 570 tools/gpu_check.sh \
+#     --prebuilt .gpu.tar.xz; tar czf "$OUT/gpu_check.tgz" -C /tmp/gc .
 # SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
-# this many seconds, so that the whole check ends within 10 minutes (a run cut short by it
-# fails: what was not checked is named NOT RUN). For short, targeted runs:
+# this many seconds, and none runs past it, so that the whole check ends within 10 minutes (a
+# run cut short by it fails: what was not checked is named NOT RUN). For short, targeted runs:
 # SOMNUS_BENCH_FILTER (a --benchmark_filter regex), SOMNUS_BENCH_MIN_TIME (default 0.2 s),
 # SOMNUS_BENCH_BUDGET_S (per binary, default 150), SOMNUS_SANITIZER_ONLY (a regex over test
 # binary names), SOMNUS_SANITIZER_BUDGET_S (per binary, default 60),
@@ -72,9 +77,9 @@ failed_bins=""
 # <work>/attention_fwd_emu --replay FILE VERSION (or attention_bwd_emu) maps where they differ.
 export SOMNUS_ATTN_DUMP_DIR="$out/attn_dumps"
 mkdir -p "$SOMNUS_ATTN_DUMP_DIR"
-run_tests() {  # binary log-name gtest-filter
-  local bin="$1" name="$2" filter="$3" rc passed skipped failed
-  timeout 180 "$bin" --gtest_color=no --gtest_filter="$filter" > "$out/test_$name.log" 2>&1
+run_tests() {  # binary log-name gtest-filter [time-limit-s]
+  local bin="$1" name="$2" filter="$3" limit="${4:-180}" rc passed skipped failed
+  timeout "$limit" "$bin" --gtest_color=no --gtest_filter="$filter" > "$out/test_$name.log" 2>&1
   rc=$?
   passed=$(grep -c '^\[       OK \]' "$out/test_$name.log")
   skipped=$(grep -c '^\[  SKIPPED \]' "$out/test_$name.log")
@@ -83,7 +88,7 @@ run_tests() {  # binary log-name gtest-filter
   if [ "$rc" -ne 0 ] || [ "$skipped" -ne 0 ]; then
     status=1
     case " $failed_bins " in *" $bin "*) ;; *) failed_bins="$failed_bins $bin" ;; esac
-    [ "$rc" -eq 124 ] && echo "  timed out after 180 s; last lines:" && tail -3 "$out/test_$name.log"
+    [ "$rc" -eq 124 ] && echo "  timed out after $limit s; last lines:" && tail -3 "$out/test_$name.log"
     grep -E '^\[  FAILED  \] [A-Za-z]|Failure$|SKIPPED|terminate|what\(\)|error' "$out/test_$name.log" | grep -v ' listed below' | head -12 | sed 's/^/  /'
   fi
 }
@@ -91,10 +96,10 @@ for bin in $test_bins; do
   name=$(basename "$bin")
   run_tests "$bin" "$name" '-*Wgmma*'
   if "$bin" --gtest_list_tests --gtest_filter='*Wgmma*' 2>/dev/null | grep -q '^  '; then
-    run_tests "$bin" "$name.wgmma" '*Wgmma*-*WgmmaPipe*'
+    run_tests "$bin" "$name.wgmma" '*Wgmma*-*WgmmaPipe*' 60  # seconds when they work: a hang costs 60 s, not 180
   fi
   if "$bin" --gtest_list_tests --gtest_filter='*WgmmaPipe*' 2>/dev/null | grep -q '^  '; then
-    run_tests "$bin" "$name.wgmma_pipe" '*WgmmaPipe*'
+    run_tests "$bin" "$name.wgmma_pipe" '*WgmmaPipe*' 60
   fi
 done
 
@@ -157,9 +162,15 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     only="${SOMNUS_SANITIZER_ONLY:-}"  # e.g. "attention|sampling": only binaries whose name matches
     skip_filter='-*OutOfMemory*:*BadInput*:*Unsupported*:CudaProfiler.*'
     race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
+    unset SOMNUS_ATTN_DUMP_DIR  # the tests' own runs wrote the failing cases; these would overwrite them
     run_sanitizer() {  # tool binary gtest-filter
       local tool="$1" bin="$2" filter="$3" log rc limit="$budget"
       [ "$tool" = racecheck ] && limit="$race_budget"
+      # No run past the deadline: the whole check must end within the caller's time limit.
+      [ $((deadline - SECONDS)) -lt "$limit" ] && limit=$((deadline - SECONDS))
+      if [ "$limit" -lt 10 ]; then
+        echo "gpu_check: deadline reached, $tool of $(basename "$bin") NOT RUN"; status=1; return
+      fi
       log="$out/csan_${tool}_$(basename "$bin").log"
       SOMNUS_TEST_QUICK=1 timeout -k 15 "$limit" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
         "$bin" --gtest_filter="$filter" --gtest_brief=1 > "$log" 2>&1
@@ -192,7 +203,7 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
 fi
 # ---- end compute-sanitizer
 
-python3 - "$out" <<'PY'
+python3 - "$out" <<'PY' | tee "$out/summary.md"
 # One table: every benchmark row; ratio = speedup_vs_unfused (fused kernels), vs_memcpy
 # (bandwidth-bound kernels, fraction of the copy bandwidth) or, for attention, our TFLOP/s over
 # PyTorch SDPA's at the same shape (torch_sdpa_* rows).

@@ -1216,7 +1216,8 @@ bool wgmma_built() {
 }
 
 // Whether an attn_fwd_wg<D, kPipe> block fits an SM of the current device (asking for the largest
-// shared-memory carveout first: the kernel is built for two resident blocks); cached per device.
+// shared-memory carveout first: the synchronous kernel is built for two resident blocks, the
+// pipelined one for one); cached per device.
 template <int D, bool kPipe>
 bool wg_fits() {
   static std::atomic<int> cache[64];  // per device: 0 unknown, 1 no, 2 yes
@@ -1650,6 +1651,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
     const uint16_t* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
     uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, float* __restrict__ dq_acc, AttnDims d) {
   static_assert(kWarps == kBwdWarps || (kWarps == 8 && kV3), "8-warp blocks build on v3");
+  static_assert(kWarps * 32 >= kBwdTile, "a thread per row of a tile stages its lse and Δ (v3)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int LD = D + 8;
   constexpr int kBufs = kPipe ? 2 : 1;

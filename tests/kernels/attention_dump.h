@@ -31,7 +31,8 @@ inline bool load_dump(const char* path, AttnDump& x) {
   if (ok) {
     x.D = h[0], x.B = h[1], x.Hq = h[2], x.Hkv = h[3], x.T = h[4], x.S = h[5], x.causal = h[6], x.q_offset = h[7],
     x.det = h[8];
-    ok = (x.D == 64 || x.D == 128) && x.B > 0 && x.Hq > 0 && x.Hkv > 0 && x.Hq % x.Hkv == 0 && x.T > 0 && x.S > 0 &&
+    const auto in = [](int v) { return v > 0 && v <= (1 << 20); };  // bounded before any product
+    ok = (x.D == 64 || x.D == 128) && in(x.B) && in(x.Hq) && in(x.Hkv) && x.Hq % x.Hkv == 0 && in(x.T) && in(x.S) &&
          int64_t(x.B) * x.Hq * x.T * x.D < (int64_t(1) << 31) && int64_t(x.B) * x.Hkv * x.S * x.D < (int64_t(1) << 31);
   }
   if (!ok) {
@@ -46,6 +47,7 @@ inline bool load_dump(const char* path, AttnDump& x) {
   };
   rd(x.q, nq), rd(x.k, nk), rd(x.v, nk), rd(x.g, nq), rd(x.o, nq), rd(x.lse, size_t(x.B) * x.Hq * x.T), rd(x.dq, nq),
       rd(x.dk, nk), rd(x.dv, nk);
+  ok = ok && std::fgetc(f) == EOF;  // nothing after dv: the header's sizes are the file's
   std::fclose(f);
   if (!ok) std::printf("replay: %s is not a complete attention dump\n", path);
   return ok;

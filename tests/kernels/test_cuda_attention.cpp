@@ -114,7 +114,8 @@ CudaRun run_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 }
 
 // SOMNUS_ATTN_DUMP_DIR (gpu_check sets it): a case whose GPU result fails its reference checks
-// is written to <dir>/<tag>_<n>.bin (at most 2 per tag; format: tests/kernels/attention_dump.h)
+// is written to <dir>/<tag>_d<D>_<n>.bin (at most 2 per tag and head dim; format:
+// tests/kernels/attention_dump.h)
 // — inputs and the GPU's outputs — for the host emulation's replay (attention_fwd_emu /
 // attention_bwd_emu --replay FILE VERSION, tests/kernels/cuda_emu), which runs the same kernel
 // on the same inputs and maps where the GPU differs (a layout or descriptor misreading shows
@@ -123,16 +124,22 @@ void dump_failure(const std::string& tag, const AttnCase& c, bool det, const Ten
                   const Tensor& v, const Tensor& dout, const CudaRun& g, bool failed) {
   const char* dir = std::getenv("SOMNUS_ATTN_DUMP_DIR");
   if (!failed || dir == nullptr || *dir == '\0') return;
+  const std::string key = tag + "_d" + std::to_string(c.D);  // a D 128 failure is kept beside a D 64 one
   static std::vector<std::pair<std::string, int>> counts;
   int* n = nullptr;
   for (auto& [t, cnt] : counts) {
-    if (t == tag) n = &cnt;
+    if (t == key) n = &cnt;
   }
-  if (n == nullptr) n = &counts.emplace_back(tag, 0).second;
+  if (n == nullptr) n = &counts.emplace_back(key, 0).second;
   if (*n >= 2) return;
-  const auto raw = [](const Tensor& t, auto& out) {  // bf16 bits or f32 values
+  bool sizes_ok = true;
+  const auto raw = [&](const Tensor& t, auto& out) {  // bf16 bits or f32 values
     const Tensor h = t.to(Device::cpu()).contiguous();
     out.resize(static_cast<size_t>(h.numel()));
+    if (static_cast<size_t>(h.nbytes()) != out.size() * sizeof(out[0])) {
+      sizes_ok = false;  // not the dtype the format has here
+      return;
+    }
     std::memcpy(out.data(), h.data_ptr(), static_cast<size_t>(h.nbytes()));
   };
   AttnDump x;
@@ -142,7 +149,11 @@ void dump_failure(const std::string& tag, const AttnCase& c, bool det, const Ten
   x.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.D)));
   raw(q, x.q), raw(k, x.k), raw(v, x.v), raw(dout, x.g), raw(g.o, x.o), raw(g.lse, x.lse), raw(g.dq, x.dq);
   raw(g.dk, x.dk), raw(g.dv, x.dv);
-  const std::string path = std::string(dir) + "/" + tag + "_" + std::to_string((*n)++) + ".bin";
+  if (!sizes_ok) {
+    ADD_FAILURE() << "dump_failure: a tensor is not bf16 (q, k, v, dout, o, dq, dk, dv) or f32 (lse)";
+    return;
+  }
+  const std::string path = std::string(dir) + "/" + key + "_" + std::to_string((*n)++) + ".bin";
   if (!write_dump(path.c_str(), x)) {
     ADD_FAILURE() << "cannot write " << path;
     return;

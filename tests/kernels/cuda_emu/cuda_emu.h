@@ -164,7 +164,9 @@ inline bool land_now() {
 // is "unfenced" (g_unfenced[chunk] = the landing thread + 1) until that thread executes
 // fence_proxy_async; a wgmma operand in an unfenced chunk aborts at the issue (the ISA: writes
 // to shared memory by the generic proxy — cp.async's included — must be fenced with
-// fence.proxy.async before wgmma reads them). Plain stores are not tracked.
+// fence.proxy.async before wgmma reads them). Plain stores are not tracked. Stricter than the
+// ISA could allow (a fence by another thread after the barrier might also order the writes):
+// the kernels fence in the landing thread, and so does this rule.
 std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
 thread_local std::vector<uint32_t> t_unfenced;  // the chunks this thread landed since its fence
 inline void land16(uint16_t* sm, const uint16_t* g, bool valid) {
@@ -340,6 +342,7 @@ inline uint64_t wg_hash(const WgInFlight& f, bool at_issue = false) {
   const auto mix = [&](uint32_t addr) {
     if (at_issue) {
       const uint32_t phys = addr ^ (((addr >> 7) & 7u) << 4);
+      if (phys >= kEmuSmemBase) check_smem(g_smem + (phys - kEmuSmemBase), 2);  // before the map's index
       if (phys >= kEmuSmemBase && g_unfenced[(phys - kEmuSmemBase) / 16].load(std::memory_order_relaxed) != 0) {
         std::printf("wgmma: an operand landed by cp.async without a fence.proxy.async since\n");
         std::abort();
@@ -382,12 +385,12 @@ inline void wgmma_wait() {
   if (static_cast<int>(t_wg_groups.size()) <= N) return;
   WarpGroup& g = g_wgs[t_lin / 128];
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
-  // A write to the accumulators in flight (e.g. a rescale before the wait) changed the poison's
-  // finite half (alpha·1e30 ≠ 1e30): checked before any retiring result is copied in.
+  // A write to the accumulators in flight (e.g. a rescale before the wait: alpha·1e30 ≠ 1e30;
+  // a constant over a NaN) changed the poison: checked before any retiring result is copied in.
   for (size_t i = 0; i + N < t_wg_groups.size(); ++i) {
     for (const auto& f : t_wg_groups[i]) {
-      for (int e = 1; e < f.n; e += 2) {
-        if (f.d[e] != 1e30f) {
+      for (int e = 0; e < f.n; ++e) {
+        if (e % 2 == 1 ? f.d[e] != 1e30f : !std::isnan(f.d[e])) {
           std::printf("wgmma: accumulators written between the issue and the wait\n");
           std::abort();
         }

@@ -15,9 +15,11 @@
 #include <vector>
 
 // Where the GPU's (rows × D) result differs from the emulation's: |gpu − emu| > tol·(1 + |emu|)
-// (or one is not finite), counted by the row's position in its 128-row block (warp = row % 128
-// / 16, warpgroup = row % 128 / 64), the column's 64-wide panel and its 16-byte chunk in the
-// panel; rows are (head, position) with `len` positions a head. Returns the mismatch count.
+// (or one is not finite), counted by the row's position in a 128-row block (16-row group
+// row % 128 / 16 — a warp's rows in the 128-row / 128-key blocks of v3, v4 and the wgmma
+// kernels; the default kernels' blocks are 64 — and warpgroup row % 128 / 64), the column's
+// 64-wide panel and its 16-byte chunk in the panel; rows are (head, position) with `len`
+// positions a head. Returns the mismatch count.
 template <class T>
 int mismatch_map(const char* name, const std::vector<T>& gpu, const std::vector<T>& emu, int len, int D, double tol) {
   const auto val = [](T x) {
@@ -38,7 +40,7 @@ int mismatch_map(const char* name, const std::vector<T>& gpu, const std::vector<
   }
   std::printf("%s: %d of %zu differ (tol %.0e)", name, bad, gpu.size(), tol);
   if (bad > 0) {
-    std::printf("; by warp (pos %% 128 / 16):");
+    std::printf("; by 16 rows (pos %% 128 / 16; a warp's in 128-row blocks):");
     for (int x : by_warp) std::printf(" %d", x);
     std::printf("; by warpgroup: %d %d", by_wg[0], by_wg[1]);
     if (D > 1) {
