@@ -2022,7 +2022,9 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
 // without dQ, then v3's dQ kernel (attn_bwd_dq_mma<D, true, true>).
 // Shared memory (wg_bwd_smem_bytes): (2·128 + 4·64)·D·2 + 128·64·2 + 1 KiB + lse, Δ: 146 KiB at
 // D = 128 (one block per SM), 82 KiB at D = 64. Registers: the dK, dV accumulators (D/2 each per thread), S and dP
-// (32 each, dead before the RS products), the A fragments of P and dS (16 each), dQ (32).
+// (32 each, dead before the RS products), the A fragments of P and dS (16 each), dQ (32):
+// 251 / 227 registers at D = 128 / 64 (ptxas, no spill). Two block barriers per query tile:
+// after the dSᵀ stores (atomic mode) and at the end, which also publishes the next tile.
 // Expected (prediction, not measured): the products at wgmma's rate, the per-element softmax
 // and dS work as v4's: 250–350 TFLOP/s at causal D = 128, T = 4k on an H100 (v4: not measured;
 // the default 138).
@@ -2104,19 +2106,21 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   const uint32_t qg_sh = static_cast<uint32_t>(__cvta_generic_to_shared(QGb));
   const uint32_t s_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ss));
   float lse_next = 0.f, del_next = 0.f;  // the next tile's lse and Δ (thread < 64), until stored
-  if (total > 0) {
+  // Tile it + 1 is waited for, fenced and its stats stored at the end of iteration it, before
+  // the one barrier that both frees buffer buf and publishes tile it + 1; tile it + 2 is then
+  // issued into buf (its copies in flight for a whole iteration, as before, one barrier less).
+  if (total > 0) {  // block-uniform
     stage(0, 0, lse_next, del_next);
     store_stats(0, lse_next, del_next);
+    cp_async_wait<0>();   // K, V and tile 0: this thread's copies ...
+    fence_proxy_async();  // ... visible to wgmma after the barrier
+    __syncthreads();
+    if (total > 1) stage(1, 1, lse_next, del_next);
   }
   for (int it = 0; it < total; ++it) {
     const int buf = it & 1;
     const int i0 = i_first + (it % n_i) * kWgBwdRows;
     const int64_t bh = static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i;
-    cp_async_wait<0>();   // tile it (and K, V): this thread's copies ...
-    fence_proxy_async();  // ... visible to wgmma, before the next tile's copies are in flight
-    // The other buffer was last read in iteration it − 1 (its end barrier).
-    if (it + 1 < total) stage(it + 1, buf ^ 1, lse_next, del_next);
-    __syncthreads();  // tile it (and K, V), lse, Δ visible to every thread and to wgmma
     const uint32_t q_sh = qg_sh + buf * 4u * kTileQ, g_sh = q_sh + 2u * kTileQ;  // bytes
     const float* lse_s = lse_b + buf * kWgBwdRows;
     const float* del_s = del_b + buf * kWgBwdRows;
@@ -2219,8 +2223,13 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     }
     wg_fence_operands(dka);
     wg_fence_operands(dva);
-    if (it + 1 < total) store_stats(buf ^ 1, lse_next, del_next);  // read from the next iteration on
-    __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read; buf ^ 1's stats are written
+    if (it + 1 < total) {
+      cp_async_wait<0>();   // tile it + 1: this thread's copies ...
+      fence_proxy_async();  // ... visible to wgmma after the barrier
+      store_stats(buf ^ 1, lse_next, del_next);  // buf ^ 1 was read last in iteration it − 1
+    }
+    __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read; tile it + 1 is visible
+    if (it + 2 < total) stage(it + 2, buf, lse_next, del_next);
   }
   cp_async_wait<0>();  // a block no query tile reached still has K, V in flight
 
