@@ -1507,6 +1507,28 @@ __device__ __forceinline__ void p_tile_b2(float (&s)[8][4], bool whole, const At
   }
 }
 
+// A staged query tile's lse (base 2, as the base-2 backward kernels v3, v4 and wgmma use it) and
+// Δ for row i0 + threadIdx.x (threads < kRows; 0 past T): loaded into registers with the tile's
+// copies and stored to shared memory later (buffer buf of kRows floats each), so that a barrier
+// right after the copies' issue does not wait for these loads (reviewwg2).
+template <int kRows>
+struct TileStats {
+  float lse = 0.f, del = 0.f;
+  __device__ __forceinline__ void load(const float* __restrict__ lse_g, const float* __restrict__ delta_g,
+                                       int64_t row, int i0, int T) {
+    const int r = threadIdx.x;
+    const bool ok = r < kRows && i0 + r < T;
+    lse = ok ? lse_g[row + r] * kLog2e : 0.f;
+    del = ok ? delta_g[row + r] : 0.f;
+  }
+  __device__ __forceinline__ void store(float* lse_b, float* del_b, int buf) const {
+    if (threadIdx.x < kRows) {
+      lse_b[buf * kRows + threadIdx.x] = lse;
+      del_b[buf * kRows + threadIdx.x] = del;
+    }
+  }
+};
+
 // The dK/dV kernels' epilogue: this thread's key rows key0 and key1 (< S only) of dK (scaled)
 // and dV, columns 8n + 2·tq (+1), as bf16 pairs; dkh, dvh point at the kv head's (S, D) rows.
 template <int D>
@@ -1684,16 +1706,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
   const int n_i = i_first < d.T ? (d.T - i_first + kBwdTile - 1) / kBwdTile : 0;  // tiles a head
   const int total = d.g * n_i;
   // Q, dO (async or not), lse and Δ (plain loads) of tile `it` into buffer `buf`. v3/v4 with the
-  // async copies: lse and Δ (thread r < 64: row r) into lse_next / del_next, stored by
-  // store_stats at the end of the iteration, so that the barrier after the copies' issue does
-  // not wait for the loads (as the wgmma backward; reviewwg2).
-  float lse_next = 0.f, del_next = 0.f;
-  const auto store_stats = [&](int buf) {
-    if (threadIdx.x < kBwdTile) {
-      lse_b[buf * kBwdTile + threadIdx.x] = lse_next;
-      del_b[buf * kBwdTile + threadIdx.x] = del_next;
-    }
-  };
+  // async copies: lse and Δ into next_stats, stored at the end of the iteration (TileStats).
+  TileStats<kBwdTile> next_stats;
   const auto stage = [&](int it, int buf, bool async) {
     const int i0 = i_first + (it % n_i) * kBwdTile;
     const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
@@ -1708,11 +1722,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
     }
     if constexpr (kV3) {  // blockDim.x >= kBwdTile
       // v3 keeps lse in base 2 (lse · log2 e), so that p = 2^(s · scale · log2 e − lse₂).
-      const int r = threadIdx.x;
-      const bool ok = r < kBwdTile && i0 + r < d.T;
-      lse_next = ok ? lse[row + r] * kLog2e : 0.f;
-      del_next = ok ? delta[row + r] : 0.f;
-      if (!async) store_stats(buf);
+      next_stats.load(lse, delta, row, i0, d.T);
+      if (!async) next_stats.store(lse_b, del_b, buf);
     } else {
       for (int r = threadIdx.x; r < kBwdTile; r += blockDim.x) {
         const bool ok = i0 + r < d.T;
@@ -1724,7 +1735,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
   const float c2 = d.scale * kLog2e;
   if (kPipe && total > 0) {
     stage(0, 0, true);
-    if constexpr (kV3) store_stats(0);  // visible after the loop's first barrier
+    if constexpr (kV3) next_stats.store(lse_b, del_b, 0);  // visible after the loop's first barrier
   }
   for (int it = 0; it < total; ++it) {
     const int buf = kPipe ? (it & 1) : 0;
@@ -1859,7 +1870,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_bwd_dkdv_mma(
     }
     if constexpr (kPipe) {
       // v3: tile it + 1's lse, Δ into the other buffer (read last by tile it − 1).
-      if (kV3 && it + 1 < total) store_stats(buf ^ 1);
+      if (kV3 && it + 1 < total) next_stats.store(lse_b, del_b, buf ^ 1);
       __syncthreads();  // buffer buf and Ss are no longer read; buf ^ 1's lse, Δ are written
     }
   }
@@ -2078,25 +2089,16 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   const int i_first = d.causal ? max(0, j0 - d.q_offset) : 0;  // the first row that sees key j0
   const int n_i = i_first < d.T ? (d.T - i_first + kWgBwdRows - 1) / kWgBwdRows : 0;
   const int total = d.g * n_i;
-  // Tile it's Q and dO by cp.async into buffer buf; its lse (base 2, as v3) and Δ for row
-  // threadIdx.x < 64 into registers, stored to shared memory by the caller later (so that their
-  // load latency is not waited for at the next barrier: reviewwg2).
-  const auto stage = [&](int it, int buf, float& lse_r, float& del_r) {
+  // Tile it's Q and dO by cp.async into buffer buf; its lse and Δ into next_stats, stored to
+  // shared memory by the caller later (TileStats).
+  TileStats<kWgBwdRows> next_stats;
+  const auto stage = [&](int it, int buf) {
     const int i0 = i_first + (it % n_i) * kWgBwdRows;
     const int64_t row = (static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i) * d.T + i0;
     issue_tile_sw128<D>(QGb + buf * 2 * kTileQ, q + row * D, kWgBwdRows, d.T - i0);
     issue_tile_sw128<D>(QGb + buf * 2 * kTileQ + kTileQ, dout + row * D, kWgBwdRows, d.T - i0);
     cp_async_commit();
-    const int r = threadIdx.x;
-    const bool ok = r < kWgBwdRows && i0 + r < d.T;
-    lse_r = ok ? lse[row + r] * kLog2e : 0.f;
-    del_r = ok ? delta[row + r] : 0.f;
-  };
-  const auto store_stats = [&](int buf, float lse_r, float del_r) {
-    if (threadIdx.x < kWgBwdRows) {
-      lse_b[buf * kWgBwdRows + threadIdx.x] = lse_r;
-      del_b[buf * kWgBwdRows + threadIdx.x] = del_r;
-    }
+    next_stats.load(lse, delta, row, i0, d.T);
   };
   const float c2 = d.scale * kLog2e;
   // Shared-space bases; panel strides: K, V 128 rows, Q, dO 64 rows (of kSwRow bytes).
@@ -2105,17 +2107,16 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   const uint32_t v_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Vs));
   const uint32_t qg_sh = static_cast<uint32_t>(__cvta_generic_to_shared(QGb));
   const uint32_t s_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ss));
-  float lse_next = 0.f, del_next = 0.f;  // the next tile's lse and Δ (thread < 64), until stored
   // Tile it + 1 is waited for, fenced and its stats stored at the end of iteration it, before
   // the one barrier that both frees buffer buf and publishes tile it + 1; tile it + 2 is then
   // issued into buf (its copies in flight for a whole iteration, as before, one barrier less).
   if (total > 0) {  // block-uniform
-    stage(0, 0, lse_next, del_next);
-    store_stats(0, lse_next, del_next);
+    stage(0, 0);
+    next_stats.store(lse_b, del_b, 0);
     cp_async_wait<0>();   // K, V and tile 0: this thread's copies ...
     fence_proxy_async();  // ... visible to wgmma after the barrier
     __syncthreads();
-    if (total > 1) stage(1, 1, lse_next, del_next);
+    if (total > 1) stage(1, 1);
   }
   for (int it = 0; it < total; ++it) {
     const int buf = it & 1;
@@ -2226,10 +2227,10 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     if (it + 1 < total) {
       cp_async_wait<0>();   // tile it + 1: this thread's copies ...
       fence_proxy_async();  // ... visible to wgmma after the barrier
-      store_stats(buf ^ 1, lse_next, del_next);  // buf ^ 1 was read last in iteration it − 1
+      next_stats.store(lse_b, del_b, buf ^ 1);  // buf ^ 1 was read last in iteration it − 1
     }
     __syncthreads();  // buffer buf, dSᵀ and lse/Δ of buf are no longer read; tile it + 1 is visible
-    if (it + 2 < total) stage(it + 2, buf, lse_next, del_next);
+    if (it + 2 < total) stage(it + 2, buf);
   }
   cp_async_wait<0>();  // a block no query tile reached still has K, V in flight
 

@@ -6,8 +6,6 @@
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
 // lse and Δ come from the reference (the forward is attention_fwd.cpp's business).
 // Exit status = the number of failing cases.
-#include <unistd.h>
-
 #include <string>
 
 #include "cuda_emu.h"
@@ -153,19 +151,25 @@ int all_cases(const char* label) {
   return fails;
 }
 
-// --replay FILE VERSION (default, v3, v4 or wgmma): the GPU's failing case (test_cuda_attention.cpp's
-// dump_failure) run under the emulation with the same version and dQ mode, lse from the dump
-// (the GPU forward's) and Δ = rowsum(dO ∘ O) from its o; prints where dq, dk, dv differ and
-// returns the number of differing elements (-1: unknown version).
-template <int D>
-int replay_d(const AttnDump& x, const std::string& version) {
-  const AttnDims d{x.B, x.Hq, x.Hkv, x.T, x.S, x.Hq / x.Hkv, x.causal, x.q_offset, x.scale};
+// Δ = rowsum(dO ∘ O) of a dump's rows, from its o (bf16) as the GPU's attn_bwd_delta reads it.
+std::vector<float> dump_delta(const AttnDump& x) {
   std::vector<float> delta(x.lse.size());
   for (size_t r = 0; r < delta.size(); ++r) {
     double s = 0;
-    for (int c = 0; c < D; ++c) s += double(bf2f(x.o[r * D + c])) * bf2f(x.g[r * D + c]);
+    for (int c = 0; c < x.D; ++c) s += double(bf2f(x.o[r * x.D + c])) * bf2f(x.g[r * x.D + c]);
     delta[r] = static_cast<float>(s);
   }
+  return delta;
+}
+
+// --replay FILE VERSION (default, v3, v4 or wgmma): the GPU's failing case (test_cuda_attention.cpp's
+// dump_failure) run under the emulation with the same version and dQ mode, lse from the dump
+// (the GPU forward's) and Δ from its o; prints where dq, dk, dv differ and returns the number
+// of differing elements (-1: unknown version).
+template <int D>
+int replay_d(const AttnDump& x, const std::string& version) {
+  const AttnDims d{x.B, x.Hq, x.Hkv, x.T, x.S, x.Hq / x.Hkv, x.causal, x.q_offset, x.scale};
+  const std::vector<float> delta = dump_delta(x);
   std::vector<uint16_t> dq, dk, dv;
   const bool det = x.det != 0;
   if (version == "default") run_bwd<D, true, true, false, 4, false>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
@@ -179,65 +183,38 @@ int replay_d(const AttnDump& x, const std::string& version) {
   return mismatch_map("dq", x.dq, dq, x.T, D, 2e-2) + mismatch_map("dk", x.dk, dk, x.S, D, 2e-2) +
          mismatch_map("dv", x.dv, dv, x.S, D, 2e-2);
 }
+int replay(const AttnDump& x, const std::string& version) {
+  return x.D == 64 ? replay_d<64>(x, version) : replay_d<128>(x, version);
+}
 
 // The replay's own check (run with the cases; "seed" 99 for CUDA_EMU_ONLY): the wgmma
 // backward's deterministic result on a causal D 64 case stands in for a GPU result, with dv's
-// keys 16..31 (warp 1) shifted by 1 in columns 8..15 (the second 16-byte chunk); written and
-// read back through attention_dump.h, the replay must flag exactly those.
+// keys 16..31 (warp 1) shifted by 1 in columns 8..15 (the second 16-byte chunk); the replay
+// must flag exactly those (replay_selfcheck).
 int replay_selftest() {
   if (!emu_selected(99)) return 0;
   AttnDump x;
   x.D = 64, x.B = 1, x.Hq = 2, x.Hkv = 1, x.T = 70, x.S = 70, x.causal = 1, x.det = 1;
   x.scale = 0.125f;
   std::mt19937 rng(78);
-  std::normal_distribution<float> nd;
   const size_t nq = size_t(x.Hq) * x.T * x.D, nk = size_t(x.Hkv) * x.S * x.D;
-  for (auto* t : {&x.q, &x.g, &x.o}) {
-    t->resize(nq);
-    for (auto& e : *t) e = f2bf(nd(rng));
-  }
-  for (auto* t : {&x.k, &x.v}) {
-    t->resize(nk);
-    for (auto& e : *t) e = f2bf(nd(rng));
-  }
+  randn_bf16(rng, nq, {&x.q, &x.g, &x.o});
+  randn_bf16(rng, nk, {&x.k, &x.v});
+  std::normal_distribution<float> nd;
   x.lse.resize(size_t(x.Hq) * x.T);
   for (auto& e : x.lse) e = 3.f + nd(rng);  // any values: both sides get the same
-  std::vector<float> delta(x.lse.size());
-  for (size_t r = 0; r < delta.size(); ++r) {
-    double s = 0;
-    for (int c = 0; c < x.D; ++c) s += double(bf2f(x.o[r * x.D + c])) * bf2f(x.g[r * x.D + c]);
-    delta[r] = static_cast<float>(s);
-  }
   const AttnDims d{x.B, x.Hq, x.Hkv, x.T, x.S, 2, 1, 0, x.scale};
-  run_bwd<64, true, true, true, 4, true>(x.q, x.k, x.v, x.g, x.lse, delta, true, d, x.dq, x.dk, x.dv);
+  run_bwd<64, true, true, true, 4, true>(x.q, x.k, x.v, x.g, x.lse, dump_delta(x), true, d, x.dq, x.dk, x.dv);
   int shifted = 0;
   for (size_t i = 0; i < nk; ++i) {
     const int pos = static_cast<int>(i / x.D) % x.S, col = static_cast<int>(i % x.D);
     if (pos >= 16 && pos < 32 && col >= 8 && col < 16) x.dv[i] = f2bf(bf2f(x.dv[i]) + 1.f), ++shifted;
   }
-  const std::string path = "/tmp/somnus_emu_replay_bwd_" + std::to_string(::getpid()) + ".bin";
-  const bool written = write_dump(path.c_str(), x);
-  AttnDump y;
-  const int found = written && load_dump(path.c_str(), y) ? replay_d<64>(y, "wgmma") : -1;
-  std::remove(path.c_str());
-  const bool ok = found == shifted;
-  std::printf("%s replay self-check: %d shifted, %d found\n", ok ? "ok  " : "FAIL", shifted, found);
-  return ok ? 0 : 1;
+  return replay_selfcheck(x, shifted, "wgmma", replay);
 }
 
 int main(int argc, char** argv) {  // argument "v3", "v4" or "wgmma": that version only
-  if (argc > 1 && std::string(argv[1]) == "--replay") {
-    AttnDump x;
-    if (argc < 4) {
-      std::printf("usage: %s --replay FILE VERSION\n", argv[0]);
-      return 2;
-    }
-    if (!load_dump(argv[2], x)) return 2;
-    std::printf("replay %s: %s D%d B%d Hq%d Hkv%d T%d S%d %s off%d %s\n", argv[2], argv[3], x.D, x.B, x.Hq, x.Hkv, x.T,
-                x.S, x.causal ? "causal" : "full", x.q_offset, x.det ? "det" : "atomic");
-    const int bad = x.D == 64 ? replay_d<64>(x, argv[3]) : replay_d<128>(x, argv[3]);
-    return bad < 0 ? 2 : bad > 0 ? 1 : 0;
-  }
+  if (argc > 1 && std::string(argv[1]) == "--replay") return replay_main(argc, argv, replay);
   const std::string only = argc > 1 ? argv[1] : "";
   int fails = 0;
   if (only.empty()) fails += all_cases<true, true, false, 4>("default");

@@ -6,8 +6,6 @@
 // no key, a sharp softmax), against an f64 reference: o (relative L2 < 1e-2), lse (relative
 // < 1e-5), every o row written and finite, o = 0 and lse = -inf where a row sees no key.
 // Exit status = the number of failing cases.
-#include <unistd.h>
-
 #include <string>
 
 #include "cuda_emu.h"
@@ -106,10 +104,8 @@ int fcase(int B, int Hq, int Hkv, int T, int S, bool causal, int off, float scal
 }
 // --replay FILE VERSION: the GPU's failing case (test_cuda_attention.cpp's dump_failure) run
 // under the emulation with the same version; prints where o and lse differ (replay.h) and
-// returns the number of differing elements (-1: no such file or version).
-int replay(const char* path, const std::string& version) {
-  AttnDump x;
-  if (!load_dump(path, x)) return -1;
+// returns the number of differing elements (-1: no such version).
+int replay(const AttnDump& x, const std::string& version) {
   int vi = -1;
   for (int i = 0; i < kVersions; ++i) {
     if (version == kVersionNames[i]) vi = i;
@@ -123,26 +119,20 @@ int replay(const char* path, const std::string& version) {
   std::vector<float> lse(x.lse.size(), NAN);
   if (x.D == 64) run_version<64>(vi, x.q, x.k, x.v, o, lse, d);
   else run_version<128>(vi, x.q, x.k, x.v, o, lse, d);
-  std::printf("replay %s: %s D%d B%d Hq%d Hkv%d T%d S%d %s off%d\n", path, version.c_str(), x.D, x.B, x.Hq, x.Hkv, x.T,
-              x.S, x.causal ? "causal" : "full", x.q_offset);
   return mismatch_map("o", x.o, o, x.T, x.D, 2e-2) + mismatch_map("lse", x.lse, lse, x.T, 1, 1e-4);
 }
 
-// The replay's own check (run with the cases; "seed" 99 for CUDA_EMU_ONLY): v3's result on a causal D 128 case stands in
-// for a GPU result, with warp 5's rows (positions 80..95) shifted by 1 in the second 64-column
-// panel; written and read back through attention_dump.h, the replay must flag exactly those.
+// The replay's own check (run with the cases; "seed" 99 for CUDA_EMU_ONLY): v3's result on a
+// causal D 128 case stands in for a GPU result, with warp 5's rows (positions 80..95) shifted
+// by 1 in the second 64-column panel; the replay must flag exactly those (replay_selfcheck).
 int replay_selftest() {
   if (!emu_selected(99)) return 0;
   AttnDump x;
   x.D = 128, x.B = 1, x.Hq = 2, x.Hkv = 2, x.T = 150, x.S = 150, x.causal = 1, x.det = 1;
   x.scale = static_cast<float>(1.0 / std::sqrt(128.0));
   std::mt19937 rng(77);
-  std::normal_distribution<float> nd;
   const size_t n = size_t(x.Hq) * x.T * x.D;
-  for (auto* t : {&x.q, &x.k, &x.v, &x.g}) {
-    t->resize(n);
-    for (auto& e : *t) e = f2bf(nd(rng));
-  }
+  randn_bf16(rng, n, {&x.q, &x.k, &x.v, &x.g});
   x.o.assign(n, 0x7fc0), x.lse.assign(size_t(x.Hq) * x.T, NAN), x.dq.assign(n, 0), x.dk.assign(n, 0), x.dv.assign(n, 0);
   const AttnDims d{x.B, x.Hq, x.Hkv, x.T, x.S, 1, 1, 0, x.scale};
   run_version<128>(0, x.q, x.k, x.v, x.o, x.lse, d);
@@ -151,24 +141,11 @@ int replay_selftest() {
     const int pos = static_cast<int>(i / x.D) % x.T, col = static_cast<int>(i % x.D);
     if (pos >= 80 && pos < 96 && col >= 64) x.o[i] = f2bf(bf2f(x.o[i]) + 1.f), ++shifted;
   }
-  const std::string path = "/tmp/somnus_emu_replay_" + std::to_string(::getpid()) + ".bin";
-  const bool written = write_dump(path.c_str(), x);
-  const int found = written ? replay(path.c_str(), "v3") : -1;
-  std::remove(path.c_str());
-  const bool ok = found == shifted;
-  std::printf("%s replay self-check: %d shifted, %d found\n", ok ? "ok  " : "FAIL", shifted, found);
-  return ok ? 0 : 1;
+  return replay_selfcheck(x, shifted, "v3", replay);
 }
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "--replay") {
-    if (argc < 4) {
-      std::printf("usage: %s --replay FILE VERSION\n", argv[0]);
-      return 2;
-    }
-    const int bad = replay(argv[2], argv[3]);
-    return bad < 0 ? 2 : bad > 0 ? 1 : 0;
-  }
+  if (argc > 1 && std::string(argv[1]) == "--replay") return replay_main(argc, argv, replay);
   int f = 0;
   const float s64 = 0.125f, s128 = static_cast<float>(1.0 / std::sqrt(128.0));
   f += fcase<64>(2, 2, 2, 64, 64, true, 0, s64, 1);

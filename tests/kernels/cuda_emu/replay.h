@@ -6,10 +6,14 @@
 // (one warp, one warpgroup, one 64-column panel, one 16-byte chunk) that a wrong scale or a
 // race does not. Written 2026-11-27, with no GPU failure to replay yet.
 #pragma once
+#include <unistd.h>
+
 #include "tests/kernels/attention_dump.h"
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -50,4 +54,45 @@ int mismatch_map(const char* name, const std::vector<T>& gpu, const std::vector<
   }
   std::printf("\n");
   return bad;
+}
+
+// `--replay FILE VERSION` for a driver: loads the dump, prints its case and calls
+// replay(dump, version) — the driver's: the same kernel under the emulation, returning the
+// number of differing elements, or -1 for a version it does not have. Exit status: 0 none
+// differ, 1 some do, 2 bad arguments or file.
+template <class F>
+int replay_main(int argc, char** argv, F&& replay) {
+  if (argc < 4) {
+    std::printf("usage: %s --replay FILE VERSION\n", argv[0]);
+    return 2;
+  }
+  AttnDump x;
+  if (!load_dump(argv[2], x)) return 2;
+  std::printf("replay %s: %s D%d B%d Hq%d Hkv%d T%d S%d %s off%d %s\n", argv[2], argv[3], x.D, x.B, x.Hq, x.Hkv, x.T,
+              x.S, x.causal ? "causal" : "full", x.q_offset, x.det ? "det" : "atomic");
+  const int bad = replay(x, std::string(argv[3]));
+  return bad < 0 ? 2 : bad > 0 ? 1 : 0;
+}
+
+// n bf16 values from N(0, 1) into each of ts (the self-checks' inputs).
+inline void randn_bf16(std::mt19937& rng, size_t n, std::initializer_list<std::vector<uint16_t>*> ts) {
+  std::normal_distribution<float> nd;
+  for (auto* t : ts) {
+    t->resize(n);
+    for (auto& e : *t) e = f2bf(nd(rng));
+  }
+}
+
+// The drivers' check of the replay itself: x — an emulated run standing in for a GPU result,
+// `shifted` of its elements changed — written and read back through attention_dump.h;
+// replay(loaded, version) must find exactly the changed elements. Returns 1 on failure.
+template <class F>
+int replay_selfcheck(const AttnDump& x, int shifted, const char* version, F&& replay) {
+  const std::string path = "/tmp/somnus_emu_replay_" + std::to_string(::getpid()) + ".bin";
+  AttnDump y;
+  const int found = write_dump(path.c_str(), x) && load_dump(path.c_str(), y) ? replay(y, std::string(version)) : -1;
+  std::remove(path.c_str());
+  const bool ok = found == shifted;
+  std::printf("%s replay self-check: %d shifted, %d found\n", ok ? "ok  " : "FAIL", shifted, found);
+  return ok ? 0 : 1;
 }
