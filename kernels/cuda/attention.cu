@@ -11,7 +11,7 @@
 // Kernels written without a GPU are opt-in (v3 and wgmma of the forward, v3 and v4 of the
 // backward) until a GPU run has measured them; every kernel here also runs on the CPU under the
 // host emulation of tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles, wgmma with
-// its descriptors and swizzle), which checks layouts, barriers, masks and tails against f64 —
+// its descriptors and swizzle, mbarriers and TMA), which checks layouts, barriers, masks and tails against f64 —
 // not speed.
 //
 // Kernels:
@@ -37,7 +37,10 @@
 //                          Hopper's warpgroup MMA (sm_90a): Q Kᵀ and P V by wgmma.mma_async
 //                          from 128-byte-swizzled shared tiles, P from registers;
 //                     wgmma_pipe (opt-in, same) 128-key tiles, one block per SM, each tile's
-//                          P V on the tensor cores while the next tile's softmax runs.
+//                          P V on the tensor cores while the next tile's softmax runs;
+//                     wgmma_ws (opt-in, same: attn_fwd_ws) wgmma_pipe's two consumer
+//                          warpgroups fed by a third, producer warpgroup that loads K and V
+//                          with TMA into mbarrier-guarded rings (FA3's warp specialization).
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -50,6 +53,7 @@
 // B·T = 16k, H·D = 2048, T = 4096, causal, D = 64 / 128): v1 107 / 88 TFLOP/s, v2 125 / 73,
 // default 184 / 188 (0.55–0.88× PyTorch SDPA's flash forward over all shapes); all figures in
 // bench/RESULTS.md.
+#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder is fetched through the runtime)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -406,6 +410,55 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t
         : SOMNUS_WG_ACC128(d)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
   }
+}
+// ---- mbarriers and TMA (the warp-specialized forward, attn_fwd_ws; PTX ISA 8.0, sm_90a here).
+// An mbarrier (8 bytes of shared memory, addressed by its shared-space address) completes a
+// phase when its expected arrivals (mbar_init's count) have arrived and its transaction count
+// (bytes announced by mbar_arrive_expect_tx, counted down by the TMA copies that name it) is
+// back to 0; mbar_wait(bar, parity) returns once the phase of that parity has completed (a
+// fresh barrier is in phase 0: waiting on parity 1 returns at once). tma_load_3d copies a box
+// of a tensor map (host: cuTensorMapEncodeTiled; 3-D, innermost coordinate first) into shared
+// memory through the async proxy, the same proxy wgmma reads through, so no proxy fence is
+// needed between the two; elements outside the tensor read as 0; the bytes of the whole box
+// count towards the barrier's transactions.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  SOMNUS_WGMMA("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the other threads and to the async proxy (then a
+// block barrier).
+__device__ __forceinline__ void mbar_init_fence() { SOMNUS_WGMMA("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  SOMNUS_WGMMA("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  SOMNUS_WGMMA("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    SOMNUS_WGMMA(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  }
+}
+// Hands registers back to / takes them from the SM's pool (per warpgroup, every warp of it
+// executes the same one): the producer warpgroup of attn_fwd_ws needs few, the consumers many.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  SOMNUS_WGMMA("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  SOMNUS_WGMMA("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  SOMNUS_WGMMA(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
 }
 #undef SOMNUS_WGMMA
 #undef SOMNUS_WG_ACC8
@@ -1021,6 +1074,42 @@ constexpr int wg_smem_bytes() {
   return (kWgBr + 4 * wg_keys(kPipe)) * D * 2 + 1024;  // Q, 2 × (K tile, V tile); + slack to align to 1024
 }
 
+// The forward's two products for one warpgroup, each a commit group of its own (shared by
+// attn_fwd_wg and attn_fwd_ws). Tiles in 64-column panels of 128-byte swizzled rows.
+// S = Q Kᵀ (64 × kBc): D/16 k-steps (4 per panel, 32 bytes each); q_desc: the shared address
+// of this warpgroup's first Q row (panels kWgBr·128 bytes apart), k_tile: the K tile's (panels
+// kBc·128 apart).
+template <int D, int kBc>
+__device__ __forceinline__ void wg_issue_qk(float (&s)[kBc / 8][4], uint32_t q_desc, uint32_t k_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t step = (kk & 3) * 32u;
+    const uint64_t da = wg_desc(q_desc + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
+    const uint64_t db = wg_desc(k_tile + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
+    wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
+  }
+  wgmma_commit();
+}
+// O += P V: kBc/16 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each), P from pa (RS),
+// V read transposed (MN-major: panels kBc·128 bytes apart).
+template <int D, int kBc>
+__device__ __forceinline__ void wg_issue_pv(float (&oacc)[D / 8][4], uint32_t (&pa)[kBc / 16][4], uint32_t v_tile) {
+  wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
+  wg_fence_operands(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBc / 16; ++kk) {
+    wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(v_tile + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
+  }
+  wgmma_commit();
+}
+template <int NT>
+__device__ __forceinline__ void wg_make_p(float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+}
+
 template <int D, bool kPipe>
 __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(const uint16_t* __restrict__ q,
                                                                const uint16_t* __restrict__ k,
@@ -1069,37 +1158,13 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
   for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
 
   // The two products on buffer slot t & 1 (K at kv_base + (t & 1)·4·kTile bytes, V 2·kTile
-  // bytes after it), each a commit group of its own:
-  // S = Q Kᵀ: 64 × kBc per warpgroup, D/16 k-steps (4 per 64-column panel, 32 bytes each).
+  // bytes after it), each a commit group of its own (wg_issue_qk, wg_issue_pv).
+  uint32_t pa[kBc / 16][4];  // P of the tile whose P V is issued next, as RS A fragments
   const auto issue_s = [&](int t, float (&s)[kBc / 8][4]) {
-    const uint32_t Kt = kv_base + (t & 1) * (4u * kTile);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t step = (kk & 3) * 32u;
-      const uint64_t da = wg_desc(q_desc0 + (kk >> 2) * (kWgBr * kSwRow) + step, 16, 8 * kSwRow);
-      const uint64_t db = wg_desc(Kt + (kk >> 2) * (kBc * kSwRow) + step, 16, 8 * kSwRow);
-      wgmma_ss_k<kBc>(s, da, db, kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
+    wg_issue_qk<D, kBc>(s, q_desc0, kv_base + (t & 1) * (4u * kTile));
   };
-  // O += P V: kBc/16 k-steps of 16 keys (16 rows of the V tile = 2048 bytes each), P from pa.
-  uint32_t pa[kBc / 16][4];
-  const auto issue_pv = [&](int t) {
-    const uint32_t Vt = kv_base + (t & 1) * (4u * kTile) + 2u * kTile;
-    wg_fence_operands(oacc);  // the rescale and the P fragments are written before the fence
-    wg_fence_operands(pa);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
-      wgmma_rs_tb<D>(oacc, pa[kk], wg_desc(Vt + kk * 16 * kSwRow, kBc * kSwRow, 8 * kSwRow));
-    }
-    wgmma_commit();
-  };
-  const auto make_p = [&](float (&s)[kBc / 8][4]) {
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
-  };
+  const auto issue_pv = [&](int t) { wg_issue_pv<D, kBc>(oacc, pa, kv_base + (t & 1) * (4u * kTile) + 2u * kTile); };
+  const auto make_p = [&](float (&s)[kBc / 8][4]) { wg_make_p(s, pa); };
   if constexpr (!kPipe) {
     for (int j0 = 0, t = 0; j0 < k_end; j0 += kBc, ++t) {
       // Tile t landed (this thread's copies), made visible to wgmma (the async proxy) before the
@@ -1192,6 +1257,169 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
   store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
 }
 
+// attn_fwd_ws (SOMNUS_ATTN_FWD=wgmma_ws; written 2026-11-27 without a GPU, opt-in until a GPU
+// run has checked it): the pipelined forward (attn_fwd_wg<D, true>: 128-key tiles, each tile's
+// P V on the tensor cores while the next tile's softmax runs) with FA3's warp specialization.
+// A block is 12 warps: warps 0–7 are the two consumer warpgroups (64 query rows each, as in
+// attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q once and the K and V tiles into rings
+// of kWsStages slots with TMA (cp.async.bulk.tensor: one instruction per 64-column panel, the
+// 128-byte swizzle done by the copy engine, rows past T or S read as 0). Each slot has a "full"
+// mbarrier (the producer's arrival with the tile's bytes; the copy counts them down) and an
+// "empty" one (the 256 consumer threads arrive once their wgmma reading the slot has retired:
+// K after S = Q Kᵀ, V after O += P V). So the two warpgroups no longer meet at a block barrier
+// per tile, no consumer instruction is spent on copies, and the producer runs up to kWsStages
+// tiles ahead. K and V have rings of their own (S_t needs K_t when P V needs V_(t−1)).
+// Phases: slot s of a ring serves tiles s, s + kWsStages, ...; the n-th use (n = t / kWsStages)
+// waits for its full barrier's phase of parity n & 1, and the producer, before the n-th load
+// (n ≥ 1), for its empty barrier's phase of parity (n − 1) & 1. Every consumer thread waits for
+// every tile of the block, also the tiles no row of its warpgroup sees (arriving at once): the
+// empty barriers count both warpgroups, and no copy may still be landing when the block exits.
+// Registers: 384 threads, one block per SM; the launch gives each 168, then setmaxnreg moves
+// them: the producer warpgroup keeps 24, the consumers take 240 (an SM sub-partition holds one
+// warp of each warpgroup: 24 + 2 · 240 ≤ 512 per lane, its 64 KiB register file); ptxas
+// allocates the consumer code with up to 185 at D = 128 (the pipelined kernel's ~193), no
+// spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and 9 barriers.
+// Expected (prediction, not measured): above wgmma_pipe — the copy issue leaves the consumers'
+// instruction stream and the block barrier goes; FA3 reports ~600 TFLOP/s with this structure
+// plus ping-pong scheduling of the two warpgroups and a 2-stage softmax pipeline, which this
+// kernel does not have.
+constexpr int kWsStages = 2;
+constexpr int kWsThreads = kWgWarps * 32 + 128;  // two consumer warpgroups + the producer warpgroup
+constexpr int kWsBars = 1 + 4 * kWsStages;        // Q full; K full, K empty, V full, V empty per slot
+// Registers per thread after setmaxnreg (the launch gives 168 to each of the 384 threads; an
+// SM sub-partition's 16384 hold one producer and two consumer warps: 32 · (24 + 2 · 240) = 16128).
+constexpr int kWsProducerRegs = 24, kWsConsumerRegs = 240;
+
+template <int D>
+constexpr int ws_smem_bytes() {
+  return (kWgBr + 2 * kWsStages * kWgPipeBc) * D * 2 + 8 * kWsBars + 1024;  // + slack to align to 1024
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_constant__ CUtensorMap tm_q,
+                                                          const __grid_constant__ CUtensorMap tm_k,
+                                                          const __grid_constant__ CUtensorMap tm_v,
+                                                          uint16_t* __restrict__ o, float* __restrict__ lse,
+                                                          AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kBc = kWgPipeBc;
+  constexpr uint32_t kTileBytes = kBc * D * 2;  // one K or V tile
+  constexpr uint32_t kQBytes = kWgBr * D * 2;
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t sq = (raw + 1023u) & ~1023u;  // Q; panels (and tiles) 1024-byte aligned
+  const uint32_t sk = sq + kQBytes, sv = sk + kWsStages * kTileBytes, sbar = sv + kWsStages * kTileBytes;
+  const auto full_k = [&](int t) { return sbar + 8u * (1 + t % kWsStages); };
+  const auto empty_k = [&](int t) { return sbar + 8u * (1 + kWsStages + t % kWsStages); };
+  const auto full_v = [&](int t) { return sbar + 8u * (1 + 2 * kWsStages + t % kWsStages); };
+  const auto empty_v = [&](int t) { return sbar + 8u * (1 + 3 * kWsStages + t % kWsStages); };
+  const auto parity = [](int t) { return static_cast<uint32_t>((t / kWsStages) & 1); };
+  const auto k_slot = [&](int t) { return sk + (t % kWsStages) * kTileBytes; };
+  const auto v_slot = [&](int t) { return sv + (t % kWsStages) * kTileBytes; };
+
+  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
+  const int kvh = b * d.Hkv + h / d.g;
+  const int qt = d.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int q0 = qt * kWgBr;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
+  const int k_end = d.visible(min(q0 + kWgBr, d.T) - 1);
+  const int n_tiles = (k_end + kBc - 1) / kBc;
+
+  if (threadIdx.x == 0) {
+    mbar_init(sbar, 1);
+    for (int s = 0; s < kWsStages; ++s) {
+      mbar_init(full_k(s), 1);
+      mbar_init(empty_k(s), kWgWarps * 32);
+      mbar_init(full_v(s), 1);
+      mbar_init(empty_v(s), kWgWarps * 32);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: from here the roles meet only at mbarriers
+
+  if (warp >= kWgWarps) {  // the producer warpgroup
+    setmaxnreg_dec<kWsProducerRegs>();
+    if (warp == kWgWarps && lane == 0) {
+      mbar_arrive_expect_tx(sbar, kQBytes);
+#pragma unroll
+      for (int p = 0; p < D / 64; ++p) tma_load_3d(sq + p * (kWgBr * kSwRow), &tm_q, 64 * p, q0, bh, sbar);
+      for (int t = 0; t < n_tiles; ++t) {
+        if (t >= kWsStages) mbar_wait(empty_k(t), parity(t) ^ 1u);  // S_(t − kWsStages) retired in both warpgroups
+        mbar_arrive_expect_tx(full_k(t), kTileBytes);
+#pragma unroll
+        for (int p = 0; p < D / 64; ++p) tma_load_3d(k_slot(t) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, kvh, full_k(t));
+        if (t >= kWsStages) mbar_wait(empty_v(t), parity(t) ^ 1u);  // P V of that tile retired
+        mbar_arrive_expect_tx(full_v(t), kTileBytes);
+#pragma unroll
+        for (int p = 0; p < D / 64; ++p) tma_load_3d(v_slot(t) + p * (kBc * kSwRow), &tm_v, 64 * p, t * kBc, kvh, full_v(t));
+      }
+    }
+    return;
+  }
+
+  // The consumers: as attn_fwd_wg<D, true>'s loop, with the slots' barriers in place of the
+  // per-tile block barrier and copies.
+  setmaxnreg_inc<kWsConsumerRegs>();
+  const int wg = warp / 4;
+  const int w0 = q0 + warp * 16;
+  const int row0 = w0 + gr, row1 = row0 + 8;
+  const int w_all = w0 < d.T ? d.visible(w0) : 0;
+  const int g0 = q0 + wg * 64;
+  const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;
+  const int n_g = (g_end + kBc - 1) / kBc;  // <= n_tiles
+  const float c2 = d.scale * kLog2e;
+  const uint32_t q_desc0 = sq + wg * 64 * kSwRow;
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+  uint32_t pa[kBc / 16][4];
+
+  mbar_wait(sbar, 0);  // Q (waited for by every consumer thread: no copy lands after the exit)
+  int t = 0;
+  if (n_g > 0) {
+    float s[kBc / 8][4];
+    float alpha[2];
+    mbar_wait(full_k(0), 0);
+    wg_issue_qk<D, kBc>(s, q_desc0, k_slot(0));
+    wgmma_wait<0>();
+    mbar_arrive(empty_k(0));
+    wg_fence_operands(s);
+    softmax_tile_b2_p(s, m, l, alpha, d, 0, w_all, row0, row1, tq, c2);
+    wg_make_p(s, pa);
+    for (t = 1; t < n_g; ++t) {
+      mbar_wait(full_k(t), parity(t));
+      wg_issue_qk<D, kBc>(s, q_desc0, k_slot(t));
+      mbar_wait(full_v(t - 1), parity(t - 1));
+      wg_issue_pv<D, kBc>(oacc, pa, v_slot(t - 1));
+      wgmma_wait<1>();  // S_t (the P V in flight)
+      mbar_arrive(empty_k(t));
+      wg_fence_operands(s);
+      softmax_tile_b2_p(s, m, l, alpha, d, t * kBc, w_all, row0, row1, tq, c2);
+      wgmma_wait<0>();  // P_(t−1) V_(t−1)
+      mbar_arrive(empty_v(t - 1));
+      wg_fence_operands(oacc);
+      wg_fence_operands(pa);
+      rescale_rows<D>(oacc, alpha);
+      wg_make_p(s, pa);
+    }
+    mbar_wait(full_v(n_g - 1), parity(n_g - 1));  // the last P V
+    wg_issue_pv<D, kBc>(oacc, pa, v_slot(n_g - 1));
+    wgmma_wait<0>();
+    mbar_arrive(empty_v(n_g - 1));
+    wg_fence_operands(oacc);
+  }
+  for (; t < n_tiles; ++t) {  // tiles no row of this warpgroup sees: released at once
+    mbar_wait(full_k(t), parity(t));
+    mbar_arrive(empty_k(t));
+    mbar_wait(full_v(t), parity(t));
+    mbar_arrive(empty_v(t));
+  }
+
+  const float m_nat[2] = {m[0] * d.scale, m[1] * d.scale};
+  store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
+}
+
 // Whether the device code was built with wgmma (sm_90a) for the current device: a one-time
 // probe per device (a build for sm_90 alone, or sm_80 code, answers no).
 __global__ void wgmma_probe(int* out) {
@@ -1215,32 +1443,91 @@ bool wgmma_built() {
   return cache[dev].load() == 2;
 }
 
-// Whether an attn_fwd_wg<D, kPipe> block fits an SM of the current device (asking for the largest
-// shared-memory carveout first: the synchronous kernel is built for two resident blocks, the
-// pipelined one for one); cached per device.
-template <int D, bool kPipe>
-bool wg_fits() {
-  static std::atomic<int> cache[64];  // per device: 0 unknown, 1 no, 2 yes
+// Whether one block of `kernel` (`threads` threads, `smem` bytes of dynamic shared memory) fits
+// an SM of the current device, asking for the largest shared-memory carveout first; cached per
+// device in `cache` (0 unknown, 1 no, 2 yes).
+template <class Kernel>
+bool one_block_fits(Kernel kernel, int threads, int smem, std::atomic<int> (&cache)[64]) {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64) return false;
   if (cache[dev].load() == 0) {
-    bool fits = wg_smem_bytes<D, kPipe>() <= max_dynamic_smem_bytes();
+    bool fits = smem <= max_dynamic_smem_bytes();
     if (fits) {
-      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D, kPipe>, cudaFuncAttributeMaxDynamicSharedMemorySize, wg_smem_bytes<D, kPipe>()));
-      CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_wg<D, kPipe>, cudaFuncAttributePreferredSharedMemoryCarveout,
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                       static_cast<int>(cudaSharedmemCarveoutMaxShared)));
       int blocks = 0;
-      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attn_fwd_wg<D, kPipe>, kWgWarps * 32, wg_smem_bytes<D, kPipe>()));
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
       fits = blocks >= 1;
     }
     cache[dev].store(fits ? 2 : 1);
   }
   return cache[dev].load() == 2;
 }
+// attn_fwd_wg<D, kPipe> (the synchronous kernel is built for two resident blocks, the pipelined
+// one for one) and attn_fwd_ws<D>.
+template <int D, bool kPipe>
+bool wg_fits() {
+  static std::atomic<int> cache[64];
+  return one_block_fits(attn_fwd_wg<D, kPipe>, kWgWarps * 32, wg_smem_bytes<D, kPipe>(), cache);
+}
+template <int D>
+bool ws_fits() {
+  static std::atomic<int> cache[64];
+  return one_block_fits(attn_fwd_ws<D>, kWsThreads, ws_smem_bytes<D>(), cache);
+}
+
+// cuTensorMapEncodeTiled, fetched once through the runtime (the build links no driver library).
+using TensorMapEncode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                     const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                     CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+TensorMapEncode tensor_map_encoder() {
+  static const TensorMapEncode fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || p == nullptr) {
+      throw_error("attention (CUDA): the driver does not provide cuTensorMapEncodeTiled (TMA)");
+    }
+    return reinterpret_cast<TensorMapEncode>(p);
+  }();
+  return fn;
+}
+// The TMA map attn_fwd_ws reads a contiguous (heads, rows, D) bf16 tensor through: 3-D
+// {D, rows, heads} (innermost first; strides in bytes), boxes of 64 columns × box_rows rows × 1
+// head, 128-byte swizzled (the layout issue_tile_sw128 writes), out-of-range elements read as 0.
+CUtensorMap bf16_panel_map(const void* base, int64_t heads, int64_t rows, int D, int box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(heads)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(rows) * D * 2};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t step[3] = {1, 1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims,
+                                          strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    throw_error("attention (CUDA): cuTensorMapEncodeTiled failed (error " + std::to_string(static_cast<int>(r)) +
+                ") for a (" + std::to_string(heads) + ", " + std::to_string(rows) + ", " + std::to_string(D) +
+                ") tensor");
+  }
+  return map;
+}
+// attn_fwd_ws's three maps: Q (B·Hq, T, D) in boxes of a block's kWgBr rows, K and V
+// (B·Hkv, S, D) in tiles of kWgPipeBc keys.
+struct WsMaps {
+  CUtensorMap q, k, v;
+};
+template <int D>
+WsMaps ws_maps(const void* q, const void* k, const void* v, const AttnDims& d) {
+  return {bf16_panel_map(q, int64_t{d.B} * d.Hq, d.T, D, kWgBr), bf16_panel_map(k, int64_t{d.B} * d.Hkv, d.S, D, kWgPipeBc),
+          bf16_panel_map(v, int64_t{d.B} * d.Hkv, d.S, D, kWgPipeBc)};
+}
 
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
-// "wgmma" or "wgmma_pipe" (asked for, scale > 0, built for sm_90a and wg_fits), "v3" (asked
+// "wgmma", "wgmma_pipe" or "wgmma_ws" (asked for, scale > 0, built for sm_90a and the block
+// fits), "v3" (asked
 // for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
 template <int D>
 const char* fwd_version(float scale) {
@@ -1248,6 +1535,7 @@ const char* fwd_version(float scale) {
   if (env_equals("SOMNUS_ATTN_FWD", "wgmma_pipe") && scale > 0.f && wgmma_built() && wg_fits<D, true>()) {
     return "wgmma_pipe";
   }
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_ws") && scale > 0.f && wgmma_built() && ws_fits<D>()) return "wgmma_ws";
   if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
   if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
   if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
@@ -2661,6 +2949,13 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
           launch(attn_fwd_wg<D, false>, wg_smem_bytes<D>(), kWgBr);
         } else if (version == "wgmma_pipe") {
           launch(attn_fwd_wg<D, true>, wg_smem_bytes<D, true>(), kWgBr);
+        } else if (version == "wgmma_ws") {  // its tensors through TMA maps
+          const WsMaps m = ws_maps<D>(q.data_ptr(), k.data_ptr(), v.data_ptr(), d);
+          const dim3 grid((d.T + kWgBr - 1) / kWgBr, d.B * d.Hq);
+          CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_ws<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem_bytes<D>()));
+          attn_fwd_ws<D><<<grid, kWsThreads, ws_smem_bytes<D>()>>>(m.q, m.k, m.v, reinterpret_cast<uint16_t*>(o.data_ptr()),
+                                                                   lse.data<float>(), d);
+          CUDA_CHECK_LAUNCH();
         } else if (version == "v3") {
           launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);
         } else if (version == "v1") {

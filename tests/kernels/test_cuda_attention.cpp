@@ -453,7 +453,7 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma or wgmma_pipe) against the CPU twin and f64, on the
+// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe or wgmma_ws) against the CPU twin and f64, on the
 // shared cases plus its own; rows that see no key; a negative scale (handed to the default).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {
@@ -587,6 +587,20 @@ TEST(CudaAttention, ForwardWgmmaPipeMatchesTwinAndReference) {
     GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma_pipe runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
   }
   forward_version_matches("wgmma_pipe", 1500);
+}
+
+// The warp-specialized Hopper forward (SOMNUS_ATTN_FWD=wgmma_ws: a producer warpgroup loads K and
+// V with TMA into mbarrier-guarded rings, the two consumer warpgroups run wgmma_pipe's loop);
+// also in a process of its own under gpu_check.
+TEST(CudaAttention, ForwardWgmmaWsMatchesTwinAndReference) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  setenv("SOMNUS_ATTN_FWD", "wgmma_ws", 1);
+  const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
+  unsetenv("SOMNUS_ATTN_FWD");
+  if (kernel != "wgmma_ws") {
+    GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma_ws runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
+  }
+  forward_version_matches("wgmma_ws", 1600);
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
 //   atomicAdd      f32, under one mutex (the order of adds is the threads' schedule).
+//   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
@@ -41,7 +42,9 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <chrono>
 #include <limits>
+#include <map>
 
 #include "tensor/dispatch.h"  // compute_t (and tensor/dtype.h)
 #define __global__
@@ -50,6 +53,7 @@
 #define __restrict__
 #define __launch_bounds__(...)
 #define __align__(x)
+#define __grid_constant__
 using std::max;
 using std::min;
 using std::isinf;  // CUDA has them unqualified
@@ -471,6 +475,214 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
   g.bar->arrive_and_wait();
 }
 
+// ---- mbarriers and TMA (attn_fwd_ws: mbar_init, mbar_init_fence, mbar_arrive,
+// mbar_arrive_expect_tx, mbar_wait, tma_load_3d, setmaxnreg_inc/dec; the host's
+// cuTensorMapEncodeTiled through tensor_map_encoder). Semantics emulated, from the PTX ISA
+// (mbarrier, cp.async.bulk.tensor) and the driver API's cuTensorMapEncodeTiled:
+//   mbarrier   8-byte aligned in the block's shared memory, initialised (count) before any other
+//              use (else abort); a phase completes when its pending arrivals reach 0 and its
+//              transaction count is 0, then the next phase starts with `count` pending; an
+//              arrival beyond the count (the phase waiting only for bytes) aborts;
+//              mbar_wait(bar, parity) returns once (completed phases & 1) != parity, so a fresh
+//              barrier passes parity 1 at once and blocks on 0 — the hardware's rule, lagging
+//              two phases behind included (a wait that never completes aborts after 60 s).
+//              The arrival that completes a phase pauses its thread 2 ms (the waiters run first).
+//   TMA        tma_load_3d copies the box at (c0, c1, c2) of a map (dims, byte strides and box as
+//              encoded; coordinates innermost first; elements outside the tensor are 0) densely
+//              into shared memory at dst with the 128-byte swizzle applied to the shared-space
+//              address bits (as wgmma reads them; dst must be 1024-byte aligned: abort), and
+//              counts the whole box's bytes down on the barrier. The copy lands at the issue or
+//              at the first mbar_wait on its barrier by any thread, by the issuing thread's
+//              coin: a consumer that reads a slot without waiting for its barrier reads stale
+//              data (or the 0xff garbage), a producer that refills a slot before its "empty"
+//              barrier lands under a wgmma in flight (the operand hash aborts). Copies through
+//              the async proxy: no fence.proxy.async needed before wgmma reads them. A block
+//              that ends with a copy not landed, or a barrier mid-phase, aborts.
+//   encode     checks what the driver documents (rank 1–5, 16-byte aligned address, strides
+//              multiples of 16, box dims 1–256, box inner bytes a multiple of 16 and, with the
+//              128-byte swizzle, at most 128) and records the map; only bf16, no interleave,
+//              element strides 1 and the 128-byte swizzle are emulated (else abort).
+//   setmaxnreg no-op (register allocation is not modelled).
+enum CUresult { CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1 };
+using cuuint32_t = uint32_t;
+using cuuint64_t = uint64_t;
+enum CUtensorMapDataType { CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9 };
+enum CUtensorMapInterleave { CU_TENSOR_MAP_INTERLEAVE_NONE = 0 };
+enum CUtensorMapSwizzle { CU_TENSOR_MAP_SWIZZLE_NONE = 0, CU_TENSOR_MAP_SWIZZLE_128B = 3 };
+enum CUtensorMapL2promotion { CU_TENSOR_MAP_L2_PROMOTION_NONE = 0, CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3 };
+enum CUtensorMapFloatOOBfill { CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0 };
+struct CUtensorMap {
+  const unsigned char* base = nullptr;
+  uint32_t rank = 0;
+  uint64_t dim[5] = {}, stride[5] = {};  // stride[i]: bytes between consecutive indices of dim i (stride[0] = 2)
+  uint32_t box[5] = {};
+};
+inline CUresult emu_encode_tiled(CUtensorMap* m, CUtensorMapDataType type, cuuint32_t rank, void* base, const cuuint64_t* dims,
+                                 const cuuint64_t* strides, const cuuint32_t* box, const cuuint32_t* step,
+                                 CUtensorMapInterleave il, CUtensorMapSwizzle sw, CUtensorMapL2promotion, CUtensorMapFloatOOBfill) {
+  if (type != CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || il != CU_TENSOR_MAP_INTERLEAVE_NONE || sw != CU_TENSOR_MAP_SWIZZLE_128B) {
+    std::printf("cuTensorMapEncodeTiled: only bf16, no interleave, the 128-byte swizzle are emulated\n");
+    std::abort();
+  }
+  if (rank < 1 || rank > 5 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return CUDA_ERROR_INVALID_VALUE;
+  *m = CUtensorMap{};
+  m->base = static_cast<const unsigned char*>(base);
+  m->rank = rank;
+  m->stride[0] = 2;
+  for (uint32_t i = 0; i < rank; ++i) {
+    if (dims[i] == 0 || dims[i] > (uint64_t{1} << 32) || box[i] == 0 || box[i] > 256 || step[i] != 1) return CUDA_ERROR_INVALID_VALUE;
+    if (i > 0 && (strides[i - 1] % 16 != 0 || strides[i - 1] >= (uint64_t{1} << 40))) return CUDA_ERROR_INVALID_VALUE;
+    m->dim[i] = dims[i];
+    m->box[i] = box[i];
+    if (i > 0) m->stride[i] = strides[i - 1];
+  }
+  if ((box[0] * 2) % 16 != 0 || box[0] * 2 > 128) return CUDA_ERROR_INVALID_VALUE;
+  return CUDA_SUCCESS;
+}
+inline auto tensor_map_encoder() { return &emu_encode_tiled; }
+[[noreturn]] inline void throw_error(const std::string& what) {
+  std::printf("error: %s\n", what.c_str());
+  std::abort();
+}
+struct EmuTma {
+  uint32_t dst;
+  CUtensorMap map;
+  int c[3];
+};
+struct EmuMbar {
+  int count = 0, pending = 0;
+  int64_t tx = 0;
+  uint64_t phase = 0;  // completed phases
+  std::vector<EmuTma> copies;  // issued, not landed
+};
+std::mutex g_mbar_mu;
+std::map<uint32_t, EmuMbar> g_mbars;  // by shared-space address; cleared per block
+inline EmuMbar& mbar_at(uint32_t bar) {  // under g_mbar_mu
+  auto it = g_mbars.find(bar);
+  if (it == g_mbars.end()) {
+    std::printf("mbarrier at 0x%x used before mbar_init\n", bar);
+    std::abort();
+  }
+  return it->second;
+}
+inline void mbar_try_complete(EmuMbar& b) {
+  if (b.pending == 0 && b.tx == 0) {
+    ++b.phase;
+    b.pending = b.count;
+  }
+}
+inline void mbar_init(uint32_t bar, uint32_t count) {
+  if (bar % 8 != 0 || bar < kEmuSmemBase) { std::printf("mbarrier misaligned or outside shared memory\n"); std::abort(); }
+  check_smem(g_smem + (bar - kEmuSmemBase), 8);
+  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  EmuMbar& b = g_mbars[bar];
+  b = EmuMbar{};
+  b.count = b.pending = static_cast<int>(count);
+}
+inline void mbar_init_fence() {}
+// Returns whether this arrival completed the phase.
+inline bool mbar_arrive_locked(EmuMbar& b, uint32_t bar) {
+  if (b.pending == 0) {
+    std::printf("mbarrier at 0x%x: an arrival beyond its count (the phase waits for bytes only)\n", bar);
+    std::abort();
+  }
+  --b.pending;
+  const uint64_t phase = b.phase;
+  mbar_try_complete(b);
+  return b.phase != phase;
+}
+// The arrival that completes a phase then pauses its thread for 2 ms: the waiters (a producer
+// refilling the slot) run meanwhile, as a fast producer could on the GPU, so that a slot released
+// before the wgmma reading it has retired is refilled under it (the operand hash aborts) in most
+// runs instead of by chance.
+inline void mbar_arrive(uint32_t bar) {
+  bool completed = false;
+  {
+    std::lock_guard<std::mutex> lock(g_mbar_mu);
+    completed = mbar_arrive_locked(mbar_at(bar), bar);
+  }
+  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+}
+inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  EmuMbar& b = mbar_at(bar);
+  b.tx += bytes;
+  mbar_arrive_locked(b, bar);
+}
+// Writes the box into shared memory and counts its bytes down on b (under g_mbar_mu).
+inline void tma_land(const EmuTma& c, EmuMbar& b) {
+  const CUtensorMap& m = c.map;
+  uint32_t off = 0;
+  for (uint32_t i2 = 0; i2 < m.box[2]; ++i2) {
+    for (uint32_t i1 = 0; i1 < m.box[1]; ++i1) {
+      for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, off += 2) {
+        const int64_t x[3] = {int64_t{c.c[0]} + i0, int64_t{c.c[1]} + i1, int64_t{c.c[2]} + i2};
+        bool in = true;
+        uint64_t src = 0;
+        for (int a = 0; a < 3; ++a) {
+          in = in && x[a] >= 0 && static_cast<uint64_t>(x[a]) < m.dim[a];
+          src += static_cast<uint64_t>(x[a]) * m.stride[a];
+        }
+        uint16_t v = 0;
+        if (in) std::memcpy(&v, m.base + src, 2);
+        const uint32_t a = c.dst + off, phys = a ^ (((a >> 7) & 7u) << 4);
+        unsigned char* p = g_smem + (phys - kEmuSmemBase);
+        check_smem(p, 2);
+        std::memcpy(p, &v, 2);
+      }
+    }
+  }
+  b.tx -= off;
+  if (b.tx < 0) {
+    std::printf("mbarrier: a TMA copy completed more bytes than announced by mbar_arrive_expect_tx\n");
+    std::abort();
+  }
+  mbar_try_complete(b);
+}
+inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  if (map->rank != 3) { std::printf("tma_load_3d: a map of rank %u\n", map->rank); std::abort(); }
+  if (dst < kEmuSmemBase || (dst % 1024) != 0) {
+    std::printf("tma_load_3d: destination 0x%x not 1024-byte aligned (128-byte swizzle)\n", dst);
+    std::abort();
+  }
+  check_smem(g_smem + (dst - kEmuSmemBase), size_t{map->box[0]} * map->box[1] * map->box[2] * 2);
+  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  EmuMbar& b = mbar_at(bar);
+  EmuTma c{dst, *map, {c0, c1, c2}};
+  if (land_now()) tma_land(c, b);
+  else b.copies.push_back(c);
+}
+inline void mbar_wait(uint32_t bar, uint32_t parity) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(g_mbar_mu);
+      EmuMbar& b = mbar_at(bar);
+      for (const auto& c : b.copies) tma_land(c, b);
+      b.copies.clear();
+      if ((b.phase & 1) != parity) return;
+    }
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
+      std::printf("mbarrier at 0x%x: the phase of parity %u never completed (thread %d)\n", bar, parity, t_lin);
+      std::abort();
+    }
+    std::this_thread::yield();
+  }
+}
+// At a block's end (launch): every copy landed, every barrier between phases.
+inline void mbar_check_block_end() {
+  for (const auto& [bar, b] : g_mbars) {
+    if (!b.copies.empty() || b.tx != 0 || b.pending != b.count) {
+      std::printf("mbarrier at 0x%x: the block ended mid-phase (%d of %d arrivals pending, %lld bytes, %zu copies not landed)\n",
+                  bar, b.pending, b.count, static_cast<long long>(b.tx), b.copies.size());
+      std::abort();
+    }
+  }
+  g_mbars.clear();
+}
+template <int N> inline void setmaxnreg_dec() {}
+template <int N> inline void setmaxnreg_inc() {}
+
 // For the drivers' reports and references (the drivers link no engine library, so not
 // dtype_name): a storage type's name and a stored value in double (bf16 through float).
 template <class T>
@@ -578,6 +790,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
           });
         }
         for (auto& t : th) t.join();
+        mbar_check_block_end();
       }
     }
   }

@@ -67,11 +67,13 @@ def norm_bundle():
 
 
 bundles = {
-    # the default forward (attn_fwd_mma), v3 (attn_fwd_v3) and the Hopper one (attn_fwd_wg)
+    # the default forward (attn_fwd_mma), v3 (attn_fwd_v3) and the Hopper ones (attn_fwd_wg, attn_fwd_ws)
     "attention_fwd": lambda: attention_tiles() + [
         section("// The forwards' epilogue", "// ---------------------------------------------------------------- bf16 forward v3"),
         section("constexpr int kV3Warps", "// Whether two v3 blocks can be resident"),
         section("constexpr int kWgWarps", "// Whether the device code was built with wgmma"),
+        # the host's TMA maps of attn_fwd_ws (cuTensorMapEncodeTiled is cuda_emu.h's)
+        section("CUtensorMap bf16_panel_map(", "// The bf16 forward version attention_fwd runs"),
     ],
     # split-K decode: the GQA block kernel, the SIMT row kernel, the combine
     "attention_decode": lambda: attention_tiles() + [
