@@ -40,7 +40,9 @@
 //                          P V on the tensor cores while the next tile's softmax runs;
 //                     wgmma_ws (opt-in, same: attn_fwd_ws) wgmma_pipe's two consumer
 //                          warpgroups fed by a third, producer warpgroup that loads K and V
-//                          with TMA into mbarrier-guarded rings (FA3's warp specialization).
+//                          with TMA into mbarrier-guarded rings (FA3's warp specialization);
+//                     wgmma_wspp (opt-in, same) wgmma_ws with the consumers taking turns at
+//                          the tensor cores (FA3's ping-pong).
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -442,6 +444,16 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         : "r"(bar), "r"(parity)
         : "memory");
   }
+}
+// Named block barriers (ids 1..15; __syncthreads is 0): bar.sync waits until `threads` threads
+// (a multiple of 32, counted by warps) have arrived at barrier `id`, bar.arrive arrives without
+// waiting. attn_fwd_ws<D, true> passes the tensor cores back and forth between its two consumer
+// warpgroups with them (FA3's ping-pong).
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 // Hands registers back to / takes them from the SM's pool (per warpgroup, every warp of it
 // executes the same one): the producer warpgroup of attn_fwd_ws needs few, the consumers many.
@@ -1283,6 +1295,10 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // instruction stream and the block barrier goes; FA3 reports ~600 TFLOP/s with this structure
 // plus ping-pong scheduling of the two warpgroups and a 2-stage softmax pipeline, which this
 // kernel does not have.
+// kPingPong (SOMNUS_ATTN_FWD=wgmma_wspp): the two consumer warpgroups take turns at issuing
+// their products (named barriers 1 and 2, FA3's ping-pong), so that one's softmax runs while the
+// other's products run, instead of both issuing at once and both waiting on their softmax; both
+// warpgroups then compute every tile of the block (the turns must pair up).
 constexpr int kWsStages = 2;
 constexpr int kWsThreads = kWgWarps * 32 + 128;  // two consumer warpgroups + the producer warpgroup
 constexpr int kWsBars = 1 + 4 * kWsStages;        // Q full; K full, K empty, V full, V empty per slot
@@ -1295,7 +1311,7 @@ constexpr int ws_smem_bytes() {
   return (kWgBr + 2 * kWsStages * kWgPipeBc) * D * 2 + 8 * kWsBars + 1024;  // + slack to align to 1024
 }
 
-template <int D>
+template <int D, bool kPingPong>
 __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_constant__ CUtensorMap tm_q,
                                                           const __grid_constant__ CUtensorMap tm_k,
                                                           const __grid_constant__ CUtensorMap tm_v,
@@ -1365,9 +1381,28 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
   const int w_all = w0 < d.T ? d.visible(w0) : 0;
   const int g0 = q0 + wg * 64;
   const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;
-  const int n_g = (g_end + kBc - 1) / kBc;  // <= n_tiles
+  // The tiles this warpgroup computes: those some row of it sees (<= n_tiles); with ping-pong
+  // all of the block's, so that both warpgroups take the same number of turns (a tile no row
+  // sees adds p = 0: the masks; it happens only in blocks at T's end or with a q_offset).
+  const int n_c = kPingPong ? n_tiles : (g_end + kBc - 1) / kBc;
   const float c2 = d.scale * kLog2e;
   const uint32_t q_desc0 = sq + wg * 64 * kSwRow;
+  // Ping-pong: a warpgroup issues its products (S_t, P_(t−1) V_(t−1)) only in its turn, waiting
+  // at named barrier 1 + wg, and passes the turn to the other's barrier right after issuing, then
+  // runs its softmax while the other's products run. n_c + 1 turns each: warpgroup 1 opens
+  // (passes warpgroup 0 its first turn) and does not pass after its last, so every bar.sync has
+  // exactly one bar.arrive of the other warpgroup's 128 threads.
+  const auto turn_wait = [&] {
+    if constexpr (kPingPong) named_bar_sync(1 + wg, 2 * 128);
+  };
+  const auto turn_pass = [&](bool last) {
+    if constexpr (kPingPong) {
+      if (wg == 0 || !last) named_bar_arrive(2 - wg, 2 * 128);
+    }
+  };
+  if constexpr (kPingPong) {
+    if (wg == 1 && n_c > 0) named_bar_arrive(1, 2 * 128);
+  }
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   float oacc[D / 8][4];
@@ -1377,21 +1412,25 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
 
   mbar_wait(sbar, 0);  // Q (waited for by every consumer thread: no copy lands after the exit)
   int t = 0;
-  if (n_g > 0) {
+  if (n_c > 0) {
     float s[kBc / 8][4];
     float alpha[2];
+    turn_wait();
     mbar_wait(full_k(0), 0);
     wg_issue_qk<D, kBc>(s, q_desc0, k_slot(0));
+    turn_pass(false);
     wgmma_wait<0>();
     mbar_arrive(empty_k(0));
     wg_fence_operands(s);
     softmax_tile_b2_p(s, m, l, alpha, d, 0, w_all, row0, row1, tq, c2);
     wg_make_p(s, pa);
-    for (t = 1; t < n_g; ++t) {
+    for (t = 1; t < n_c; ++t) {
+      turn_wait();
       mbar_wait(full_k(t), parity(t));
       wg_issue_qk<D, kBc>(s, q_desc0, k_slot(t));
       mbar_wait(full_v(t - 1), parity(t - 1));
       wg_issue_pv<D, kBc>(oacc, pa, v_slot(t - 1));
+      turn_pass(false);
       wgmma_wait<1>();  // S_t (the P V in flight)
       mbar_arrive(empty_k(t));
       wg_fence_operands(s);
@@ -1403,13 +1442,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
       rescale_rows<D>(oacc, alpha);
       wg_make_p(s, pa);
     }
-    mbar_wait(full_v(n_g - 1), parity(n_g - 1));  // the last P V
-    wg_issue_pv<D, kBc>(oacc, pa, v_slot(n_g - 1));
+    turn_wait();
+    mbar_wait(full_v(n_c - 1), parity(n_c - 1));  // the last P V
+    wg_issue_pv<D, kBc>(oacc, pa, v_slot(n_c - 1));
+    turn_pass(true);
     wgmma_wait<0>();
-    mbar_arrive(empty_v(n_g - 1));
+    mbar_arrive(empty_v(n_c - 1));
     wg_fence_operands(oacc);
   }
-  for (; t < n_tiles; ++t) {  // tiles no row of this warpgroup sees: released at once
+  for (; t < n_tiles; ++t) {  // tiles no row of this warpgroup sees (no ping-pong): released at once
     mbar_wait(full_k(t), parity(t));
     mbar_arrive(empty_k(t));
     mbar_wait(full_v(t), parity(t));
@@ -1466,16 +1507,16 @@ bool one_block_fits(Kernel kernel, int threads, int smem, std::atomic<int> (&cac
   return cache[dev].load() == 2;
 }
 // attn_fwd_wg<D, kPipe> (the synchronous kernel is built for two resident blocks, the pipelined
-// one for one) and attn_fwd_ws<D>.
+// one for one) and attn_fwd_ws<D, kPingPong>.
 template <int D, bool kPipe>
 bool wg_fits() {
   static std::atomic<int> cache[64];
   return one_block_fits(attn_fwd_wg<D, kPipe>, kWgWarps * 32, wg_smem_bytes<D, kPipe>(), cache);
 }
-template <int D>
+template <int D, bool kPingPong>
 bool ws_fits() {
   static std::atomic<int> cache[64];
-  return one_block_fits(attn_fwd_ws<D>, kWsThreads, ws_smem_bytes<D>(), cache);
+  return one_block_fits(attn_fwd_ws<D, kPingPong>, kWsThreads, ws_smem_bytes<D>(), cache);
 }
 
 // cuTensorMapEncodeTiled, fetched once through the runtime (the build links no driver library).
@@ -1526,8 +1567,8 @@ WsMaps ws_maps(const void* q, const void* k, const void* v, const AttnDims& d) {
 }
 
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
-// "wgmma", "wgmma_pipe" or "wgmma_ws" (asked for, scale > 0, built for sm_90a and the block
-// fits), "v3" (asked
+// "wgmma", "wgmma_pipe", "wgmma_ws" or "wgmma_wspp" (asked for, scale > 0, built for sm_90a and
+// the block fits), "v3" (asked
 // for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
 template <int D>
 const char* fwd_version(float scale) {
@@ -1535,7 +1576,10 @@ const char* fwd_version(float scale) {
   if (env_equals("SOMNUS_ATTN_FWD", "wgmma_pipe") && scale > 0.f && wgmma_built() && wg_fits<D, true>()) {
     return "wgmma_pipe";
   }
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_ws") && scale > 0.f && wgmma_built() && ws_fits<D>()) return "wgmma_ws";
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_ws") && scale > 0.f && wgmma_built() && ws_fits<D, false>()) return "wgmma_ws";
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_wspp") && scale > 0.f && wgmma_built() && ws_fits<D, true>()) {
+    return "wgmma_wspp";
+  }
   if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
   if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
   if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
@@ -2949,12 +2993,13 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
           launch(attn_fwd_wg<D, false>, wg_smem_bytes<D>(), kWgBr);
         } else if (version == "wgmma_pipe") {
           launch(attn_fwd_wg<D, true>, wg_smem_bytes<D, true>(), kWgBr);
-        } else if (version == "wgmma_ws") {  // its tensors through TMA maps
+        } else if (version == "wgmma_ws" || version == "wgmma_wspp") {  // its tensors through TMA maps
           const WsMaps m = ws_maps<D>(q.data_ptr(), k.data_ptr(), v.data_ptr(), d);
           const dim3 grid((d.T + kWgBr - 1) / kWgBr, d.B * d.Hq);
-          CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_ws<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem_bytes<D>()));
-          attn_fwd_ws<D><<<grid, kWsThreads, ws_smem_bytes<D>()>>>(m.q, m.k, m.v, reinterpret_cast<uint16_t*>(o.data_ptr()),
-                                                                   lse.data<float>(), d);
+          const auto kernel = version == "wgmma_ws" ? attn_fwd_ws<D, false> : attn_fwd_ws<D, true>;
+          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem_bytes<D>()));
+          kernel<<<grid, kWsThreads, ws_smem_bytes<D>()>>>(m.q, m.k, m.v, reinterpret_cast<uint16_t*>(o.data_ptr()),
+                                                           lse.data<float>(), d);
           CUDA_CHECK_LAUNCH();
         } else if (version == "v3") {
           launch(attn_fwd_v3<D>, v3_smem_bytes<D>(), kV3Br);

@@ -453,7 +453,7 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe or wgmma_ws) against the CPU twin and f64, on the
+// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws or wgmma_wspp) against the CPU twin and f64, on the
 // shared cases plus its own; rows that see no key; a negative scale (handed to the default).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {
@@ -565,42 +565,42 @@ TEST(CudaAttention, ForwardV3MatchesTwinAndReference) {
   forward_version_matches("v3", 1300);
 }
 
-// The Hopper forward (wgmma) needs an sm_90 device and a build for sm_90a (CMake's default
-// architectures "80;90a" include it); elsewhere it is skipped with the reason.
-TEST(CudaAttention, ForwardWgmmaMatchesTwinAndReference) {
-  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
-  setenv("SOMNUS_ATTN_FWD", "wgmma", 1);
+// The Hopper forwards need an sm_90 device and a build for sm_90a (CMake's default architectures
+// "80;90a" include it); elsewhere they are skipped with the reason this gives ("" where `version`
+// runs).
+std::string hopper_forward_skip_reason(const char* version) {
+  if (!cuda_available()) return kNoCuda;
+  setenv("SOMNUS_ATTN_FWD", version, 1);
   const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
   unsetenv("SOMNUS_ATTN_FWD");
-  if (kernel != "wgmma") GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
+  if (kernel == version) return "";
+  return "SOMNUS_ATTN_FWD=" + std::string(version) + " runs " + kernel + " here (needs sm_90 and a build for sm_90a)";
+}
+
+TEST(CudaAttention, ForwardWgmmaMatchesTwinAndReference) {
+  if (const std::string why = hopper_forward_skip_reason("wgmma"); !why.empty()) GTEST_SKIP() << why;
   forward_version_matches("wgmma", 1400);
 }
 
 // The pipelined Hopper forward (SOMNUS_ATTN_FWD=wgmma_pipe: 128-key tiles, P V of one tile in
 // flight during the next tile's softmax); its own test, run by gpu_check in a process of its own.
 TEST(CudaAttention, ForwardWgmmaPipeMatchesTwinAndReference) {
-  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
-  setenv("SOMNUS_ATTN_FWD", "wgmma_pipe", 1);
-  const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
-  unsetenv("SOMNUS_ATTN_FWD");
-  if (kernel != "wgmma_pipe") {
-    GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma_pipe runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
-  }
+  if (const std::string why = hopper_forward_skip_reason("wgmma_pipe"); !why.empty()) GTEST_SKIP() << why;
   forward_version_matches("wgmma_pipe", 1500);
 }
 
 // The warp-specialized Hopper forward (SOMNUS_ATTN_FWD=wgmma_ws: a producer warpgroup loads K and
-// V with TMA into mbarrier-guarded rings, the two consumer warpgroups run wgmma_pipe's loop);
-// also in a process of its own under gpu_check.
+// V with TMA into mbarrier-guarded rings, the two consumer warpgroups run wgmma_pipe's loop), and
+// the same with the consumers taking turns at the tensor cores (wgmma_wspp); gpu_check runs both
+// in a process of their own ("*WgmmaWs*").
 TEST(CudaAttention, ForwardWgmmaWsMatchesTwinAndReference) {
-  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
-  setenv("SOMNUS_ATTN_FWD", "wgmma_ws", 1);
-  const std::string kernel = cuda::attention_fwd_kernel(DType::bf16, 128, 0.125);
-  unsetenv("SOMNUS_ATTN_FWD");
-  if (kernel != "wgmma_ws") {
-    GTEST_SKIP() << "SOMNUS_ATTN_FWD=wgmma_ws runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
-  }
+  if (const std::string why = hopper_forward_skip_reason("wgmma_ws"); !why.empty()) GTEST_SKIP() << why;
   forward_version_matches("wgmma_ws", 1600);
+}
+
+TEST(CudaAttention, ForwardWgmmaWsPingPongMatchesTwinAndReference) {
+  if (const std::string why = hopper_forward_skip_reason("wgmma_wspp"); !why.empty()) GTEST_SKIP() << why;
+  forward_version_matches("wgmma_wspp", 1700);
 }
 
 }  // namespace

@@ -43,6 +43,7 @@
 #include <memory>
 #include <string>
 #include <chrono>
+#include <condition_variable>
 #include <limits>
 #include <map>
 
@@ -503,6 +504,7 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
 //              128-byte swizzle, at most 128) and records the map; only bf16, no interleave,
 //              element strides 1 and the 128-byte swizzle are emulated (else abort).
 //   setmaxnreg no-op (register allocation is not modelled).
+//   named barriers (bar.sync / bar.arrive id, threads): below.
 enum CUresult { CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1 };
 using cuuint32_t = uint32_t;
 using cuuint64_t = uint64_t;
@@ -680,6 +682,60 @@ inline void mbar_check_block_end() {
   }
   g_mbars.clear();
 }
+// Named barriers (bar.sync / bar.arrive with an id and a thread count): a barrier completes when
+// `threads` threads have arrived (bar.sync ones wait for it, bar.arrive ones do not); the counts of
+// one barrier's arrivals must agree (else abort), and a block that ends with arrivals pending at a
+// named barrier aborts (a turn passed that nobody took: unmatched, it would pair with the wrong
+// turn on the GPU).
+struct EmuNamedBar {
+  int threads = 0, arrived = 0;
+  uint64_t generation = 0;
+};
+std::mutex g_nbar_mu;
+std::condition_variable g_nbar_cv;
+EmuNamedBar g_nbars[16];
+inline uint64_t named_bar_arrive_locked(int id, int threads) {
+  if (id <= 0 || id >= 16 || threads <= 0 || threads % 32 != 0) {
+    std::printf("named barrier %d with %d threads: ids 1..15, a multiple of 32 threads\n", id, threads);
+    std::abort();
+  }
+  EmuNamedBar& b = g_nbars[id];
+  if (b.arrived > 0 && b.threads != threads) {
+    std::printf("named barrier %d: arrivals with %d and %d threads\n", id, b.threads, threads);
+    std::abort();
+  }
+  b.threads = threads;
+  const uint64_t gen = b.generation;
+  if (++b.arrived == threads) {
+    b.arrived = 0;
+    ++b.generation;
+    g_nbar_cv.notify_all();
+  }
+  return gen;
+}
+inline void named_bar_arrive(int id, int threads) {
+  std::lock_guard<std::mutex> lock(g_nbar_mu);
+  named_bar_arrive_locked(id, threads);
+}
+inline void named_bar_sync(int id, int threads) {
+  std::unique_lock<std::mutex> lock(g_nbar_mu);
+  const uint64_t gen = named_bar_arrive_locked(id, threads);
+  if (!g_nbar_cv.wait_for(lock, std::chrono::seconds(60), [&] { return g_nbars[id].generation != gen; })) {
+    std::printf("named barrier %d: %d of %d threads arrived, never completed (thread %d)\n", id, g_nbars[id].arrived,
+                threads, t_lin);
+    std::abort();
+  }
+}
+inline void named_bar_check_block_end() {
+  for (int id = 1; id < 16; ++id) {
+    if (g_nbars[id].arrived != 0) {
+      std::printf("named barrier %d: the block ended with %d of %d threads arrived\n", id, g_nbars[id].arrived,
+                  g_nbars[id].threads);
+      std::abort();
+    }
+    g_nbars[id] = EmuNamedBar{};
+  }
+}
 template <int N> inline void setmaxnreg_dec() {}
 template <int N> inline void setmaxnreg_inc() {}
 
@@ -791,6 +847,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         }
         for (auto& t : th) t.join();
         mbar_check_block_end();
+        named_bar_check_block_end();
       }
     }
   }
