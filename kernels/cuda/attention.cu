@@ -56,6 +56,7 @@
 // default 184 / 188 (0.55–0.88× PyTorch SDPA's flash forward over all shapes); all figures in
 // bench/RESULTS.md.
 #include <cuda.h>  // CUtensorMap and its enums (types only: the encoder is fetched through the runtime)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -1280,7 +1281,11 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // "empty" one (the 256 consumer threads arrive once their wgmma reading the slot has retired:
 // K after S = Q Kᵀ, V after O += P V). So the two warpgroups no longer meet at a block barrier
 // per tile, no consumer instruction is spent on copies, and the producer runs up to kWsStages
-// tiles ahead. K and V have rings of their own (S_t needs K_t when P V needs V_(t−1)).
+// tiles ahead. K and V have rings of their own (S_t needs K_t when P V needs V_(t−1)), and the
+// producer loads K one tile ahead of V (K_(t+1) before V_t, as FA3: K_(t+1) then waits only for
+// S_(t−1), not for P V of tile t − 2). Tiles are whole 128-key boxes: keys in [k_end, S) of the
+// last one are loaded (TMA zero-fills only past S) and weighted by p = 0, so an Inf or NaN
+// stored there would reach O, where wgmma_pipe's copies zero-fill from k_end.
 // Phases: slot s of a ring serves tiles s, s + kWsStages, ...; the n-th use (n = t / kWsStages)
 // waits for its full barrier's phase of parity n & 1, and the producer, before the n-th load
 // (n ≥ 1), for its empty barrier's phase of parity (n − 1) & 1. Every consumer thread waits for
@@ -1305,6 +1310,12 @@ constexpr int kWsBars = 1 + 4 * kWsStages;        // Q full; K full, K empty, V 
 // Registers per thread after setmaxnreg (the launch gives 168 to each of the 384 threads; an
 // SM sub-partition's 16384 hold one producer and two consumer warps: 32 · (24 + 2 · 240) = 16128).
 constexpr int kWsProducerRegs = 24, kWsConsumerRegs = 240;
+// setmaxnreg.inc waits until the pool has the registers: counts beyond what the launch gives
+// (168 per thread: 65536 / 384, rounded down to a multiple of 8) would hang, which no test on
+// the CPU can see.
+static_assert(kWsProducerRegs % 8 == 0 && kWsConsumerRegs % 8 == 0 && kWsProducerRegs >= 24 && kWsConsumerRegs <= 256);
+static_assert(128 * kWsProducerRegs + kWgWarps * 32 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+              "attn_fwd_ws: the warpgroups ask for more registers than the launch gives");
 
 template <int D>
 constexpr int ws_smem_bytes() {
@@ -1358,11 +1369,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
       mbar_arrive_expect_tx(sbar, kQBytes);
 #pragma unroll
       for (int p = 0; p < D / 64; ++p) tma_load_3d(sq + p * (kWgBr * kSwRow), &tm_q, 64 * p, q0, bh, sbar);
-      for (int t = 0; t < n_tiles; ++t) {
+      const auto load_k = [&](int t) {
         if (t >= kWsStages) mbar_wait(empty_k(t), parity(t) ^ 1u);  // S_(t − kWsStages) retired in both warpgroups
         mbar_arrive_expect_tx(full_k(t), kTileBytes);
 #pragma unroll
         for (int p = 0; p < D / 64; ++p) tma_load_3d(k_slot(t) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, kvh, full_k(t));
+      };
+      if (n_tiles > 0) load_k(0);
+      for (int t = 0; t < n_tiles; ++t) {
+        if (t + 1 < n_tiles) load_k(t + 1);  // K one tile ahead of V, as the consumers use them
         if (t >= kWsStages) mbar_wait(empty_v(t), parity(t) ^ 1u);  // P V of that tile retired
         mbar_arrive_expect_tx(full_v(t), kTileBytes);
 #pragma unroll
@@ -1520,9 +1535,7 @@ bool ws_fits() {
 }
 
 // cuTensorMapEncodeTiled, fetched once through the runtime (the build links no driver library).
-using TensorMapEncode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                     const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                     CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+using TensorMapEncode = PFN_cuTensorMapEncodeTiled_v12000;  // the ABI of the version asked for below
 TensorMapEncode tensor_map_encoder() {
   static const TensorMapEncode fn = [] {
     void* p = nullptr;

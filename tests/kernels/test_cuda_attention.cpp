@@ -465,6 +465,7 @@ void forward_version_matches(const char* version, uint64_t seed) {
   cases.push_back({1, 4, 2, 150, 150, 128, true, 0});
   cases.push_back({2, 4, 1, 300, 300, 64, true, 0});
   cases.push_back({1, 2, 2, 130, 257, 128, false, 0});
+  cases.push_back({1, 2, 1, 256, 1024, 128, true, 768});  // 8 tiles of 128 keys: rings of slots wrap
   somnus::testing::for_each_env("SOMNUS_ATTN_FWD", {version}, [&](const char*) {
     for (const AttnCase& c : cases) {
       SCOPED_TRACE(case_name(c, DType::bf16));

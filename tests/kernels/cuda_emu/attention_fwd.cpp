@@ -170,6 +170,11 @@ int main(int argc, char** argv) {
   f += fcase<128>(1, 1, 1, 130, 257, false, 0, s128, 12);
   f += fcase<64>(1, 2, 1, 150, 100, true, -20, s64, 13);
   f += fcase<64>(1, 1, 1, 260, 260, true, 0, 2.0f, 14);  // a large scale: sharp softmax
+  // More than 4 tiles of 128 keys: the TMA rings of wgmma_ws wrap twice (phases >= 2, the
+  // producer's waits on parity 1, each slot reused) — reviewws's cases.
+  f += fcase<64>(1, 1, 1, 130, 700, false, 0, s64, 20);
+  f += fcase<128>(1, 1, 1, 600, 600, true, 0, s128, 21);
+  f += fcase<64>(1, 2, 1, 200, 650, true, 450, s64, 22);
   f += replay_selftest();
   std::printf("%d failures\n", f);
   return f;

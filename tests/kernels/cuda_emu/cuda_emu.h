@@ -327,11 +327,29 @@ inline const float* wg_acc_source(const float* d) {
   }
   return d;
 }
+// Which barrier phase made each 16-byte chunk of shared memory valid (a TMA copy landed in it):
+// (completed phases after which it is valid) << 20 | barrier index; 0: not written by TMA. A
+// thread whose wgmma reads such a chunk must itself have observed that phase (mbar_wait), as
+// the ISA gives the copy's data only to the threads that observe the phase completion.
+std::unique_ptr<std::atomic<uint64_t>[]> g_tma_owner;
+thread_local std::vector<uint64_t> t_seen;  // per barrier index: completed phases this thread observed
+inline void tma_check_observed(uint32_t phys) {
+  if (!g_tma_owner) return;
+  const uint64_t o = g_tma_owner[(phys - kEmuSmemBase) / 16].load(std::memory_order_relaxed);
+  if (o == 0) return;
+  const uint32_t idx = static_cast<uint32_t>(o & 0xFFFFF);
+  const uint64_t ph = o >> 20;
+  if (idx >= t_seen.size() || t_seen[idx] < ph) {
+    std::printf("wgmma: thread %d reads data a TMA copy landed without having waited for its barrier's phase\n", t_lin);
+    std::abort();
+  }
+}
 inline uint16_t wg_bits(uint32_t a) {
   const uint32_t phys = a ^ (((a >> 7) & 7u) << 4);
   if (phys < kEmuSmemBase) { std::printf("wgmma operand below shared memory\n"); std::abort(); }
   const unsigned char* p = g_smem + (phys - kEmuSmemBase);
   check_smem(p, 2);
+  tma_check_observed(phys);
   uint16_t v;
   std::memcpy(&v, p, 2);
   return v;
@@ -497,8 +515,11 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
 //              coin: a consumer that reads a slot without waiting for its barrier reads stale
 //              data (or the 0xff garbage), a producer that refills a slot before its "empty"
 //              barrier lands under a wgmma in flight (the operand hash aborts). Copies through
-//              the async proxy: no fence.proxy.async needed before wgmma reads them. A block
-//              that ends with a copy not landed, or a barrier mid-phase, aborts.
+//              the async proxy: no fence.proxy.async needed before wgmma reads them. A wgmma
+//              operand in a chunk a copy landed in aborts unless the reading thread has itself
+//              waited for the phase that copy completed (the ISA gives the data to the threads
+//              that observe the phase; g_tma_owner). A block that ends with a copy not landed,
+//              or a barrier mid-phase, aborts.
 //   encode     checks what the driver documents (rank 1–5, 16-byte aligned address, strides
 //              multiples of 16, box dims 1–256, box inner bytes a multiple of 16 and, with the
 //              128-byte swizzle, at most 128) and records the map; only bf16, no interleave,
@@ -547,6 +568,7 @@ inline auto tensor_map_encoder() { return &emu_encode_tiled; }
   std::abort();
 }
 struct EmuTma {
+  uint32_t bar;
   uint32_t dst;
   CUtensorMap map;
   int c[3];
@@ -577,6 +599,7 @@ inline void mbar_init(uint32_t bar, uint32_t count) {
   if (bar % 8 != 0 || bar < kEmuSmemBase) { std::printf("mbarrier misaligned or outside shared memory\n"); std::abort(); }
   check_smem(g_smem + (bar - kEmuSmemBase), 8);
   std::lock_guard<std::mutex> lock(g_mbar_mu);
+  if (!g_tma_owner) g_tma_owner.reset(new std::atomic<uint64_t>[g_smem_bytes / 16 + 1]());
   EmuMbar& b = g_mbars[bar];
   b = EmuMbar{};
   b.count = b.pending = static_cast<int>(count);
@@ -631,6 +654,7 @@ inline void tma_land(const EmuTma& c, EmuMbar& b) {
         unsigned char* p = g_smem + (phys - kEmuSmemBase);
         check_smem(p, 2);
         std::memcpy(p, &v, 2);
+        g_tma_owner[(phys - kEmuSmemBase) / 16].store(((b.phase + 1) << 20) | ((c.bar - kEmuSmemBase) / 8), std::memory_order_relaxed);
       }
     }
   }
@@ -650,7 +674,7 @@ inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, in
   check_smem(g_smem + (dst - kEmuSmemBase), size_t{map->box[0]} * map->box[1] * map->box[2] * 2);
   std::lock_guard<std::mutex> lock(g_mbar_mu);
   EmuMbar& b = mbar_at(bar);
-  EmuTma c{dst, *map, {c0, c1, c2}};
+  EmuTma c{bar, dst, *map, {c0, c1, c2}};
   if (land_now()) tma_land(c, b);
   else b.copies.push_back(c);
 }
@@ -662,7 +686,12 @@ inline void mbar_wait(uint32_t bar, uint32_t parity) {
       EmuMbar& b = mbar_at(bar);
       for (const auto& c : b.copies) tma_land(c, b);
       b.copies.clear();
-      if ((b.phase & 1) != parity) return;
+      if ((b.phase & 1) != parity) {
+        const uint32_t idx = (bar - kEmuSmemBase) / 8;
+        if (t_seen.size() <= idx) t_seen.resize(idx + 1, 0);
+        t_seen[idx] = std::max(t_seen[idx], b.phase);
+        return;
+      }
     }
     if (std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
       std::printf("mbarrier at 0x%x: the phase of parity %u never completed (thread %d)\n", bar, parity, t_lin);
@@ -681,6 +710,7 @@ inline void mbar_check_block_end() {
     }
   }
   g_mbars.clear();
+  g_tma_owner.reset();
 }
 // Named barriers (bar.sync / bar.arrive with an id and a thread count): a barrier completes when
 // `threads` threads have arrived (bar.sync ones wait for it, bar.arrive ones do not); the counts of
