@@ -62,8 +62,12 @@ struct TinyRun {
     opt->step();
   }
   CheckpointSave contents() const {
-    return CheckpointSave{.model = model.get(), .model_config = json(model->config()), .optimizer = opt.get(),
-                          .state = TrainState{.step = opt->step_count()}};
+    CheckpointSave save;
+    save.model = model.get();
+    save.model_config = json(model->config());
+    save.optimizer = opt.get();
+    save.state.step = opt->step_count();
+    return save;
   }
 };
 
