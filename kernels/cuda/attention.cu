@@ -1274,8 +1274,9 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // run has checked it): the pipelined forward (attn_fwd_wg<D, true>: 128-key tiles, each tile's
 // P V on the tensor cores while the next tile's softmax runs) with FA3's warp specialization.
 // A block is 12 warps: warps 0–7 are the two consumer warpgroups (64 query rows each, as in
-// attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q once and the K and V tiles into rings
-// of kWsStages slots with TMA (cp.async.bulk.tensor: one instruction per 64-column panel, the
+// attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q once and the K
+// and V tiles into rings of kWsStages slots with TMA (cp.async.bulk.tensor: one instruction per
+// 64-column panel, the
 // 128-byte swizzle done by the copy engine, rows past T or S read as 0). Each slot has a "full"
 // mbarrier (the producer's arrival with the tile's bytes; the copy counts them down) and an
 // "empty" one (the 256 consumer threads arrive once their wgmma reading the slot has retired:
@@ -1292,14 +1293,16 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // every tile of the block, also the tiles no row of its warpgroup sees (arriving at once): the
 // empty barriers count both warpgroups, and no copy may still be landing when the block exits.
 // Registers: 384 threads, one block per SM; the launch gives each 168, then setmaxnreg moves
-// them: the producer warpgroup keeps 24, the consumers take 240 (an SM sub-partition holds one
-// warp of each warpgroup: 24 + 2 · 240 ≤ 512 per lane, its 64 KiB register file); ptxas
+// them: the producer warpgroup gives back all but 24, the consumers take 240 (an SM
+// sub-partition holds one warp of each warpgroup: 24 + 2 · 240 ≤ 512 per lane of its 64 KiB
+// register file); ptxas
 // allocates the consumer code with up to 185 at D = 128 (the pipelined kernel's ~193), no
 // spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and 9 barriers.
 // Expected (prediction, not measured): above wgmma_pipe — the copy issue leaves the consumers'
-// instruction stream and the block barrier goes; FA3 reports ~600 TFLOP/s with this structure
-// plus ping-pong scheduling of the two warpgroups and a 2-stage softmax pipeline, which this
-// kernel does not have.
+// instruction stream and the block barrier goes: 400–500 TFLOP/s at causal D = 128, T = 4k on
+// an H100. With kPingPong this is FA3's forward structure (warp specialization, ping-pong,
+// softmax overlapped with the previous tile's P V), for which FA3 reports ~600 TFLOP/s; FA3
+// also has a persistent tile scheduler and TMA stores of O, which these kernels do not.
 // kPingPong (SOMNUS_ATTN_FWD=wgmma_wspp): the two consumer warpgroups take turns at issuing
 // their products (named barriers 1 and 2, FA3's ping-pong), so that one's softmax runs while the
 // other's products run, instead of both issuing at once and both waiting on their softmax; both
@@ -1373,7 +1376,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
         if (t >= kWsStages) mbar_wait(empty_k(t), parity(t) ^ 1u);  // S_(t − kWsStages) retired in both warpgroups
         mbar_arrive_expect_tx(full_k(t), kTileBytes);
 #pragma unroll
-        for (int p = 0; p < D / 64; ++p) tma_load_3d(k_slot(t) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, kvh, full_k(t));
+        for (int p = 0; p < D / 64; ++p) {
+          tma_load_3d(k_slot(t) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, kvh, full_k(t));
+        }
       };
       if (n_tiles > 0) load_k(0);
       for (int t = 0; t < n_tiles; ++t) {
@@ -1381,7 +1386,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
         if (t >= kWsStages) mbar_wait(empty_v(t), parity(t) ^ 1u);  // P V of that tile retired
         mbar_arrive_expect_tx(full_v(t), kTileBytes);
 #pragma unroll
-        for (int p = 0; p < D / 64; ++p) tma_load_3d(v_slot(t) + p * (kBc * kSwRow), &tm_v, 64 * p, t * kBc, kvh, full_v(t));
+        for (int p = 0; p < D / 64; ++p) {
+          tma_load_3d(v_slot(t) + p * (kBc * kSwRow), &tm_v, 64 * p, t * kBc, kvh, full_v(t));
+        }
       }
     }
     return;
