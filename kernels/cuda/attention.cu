@@ -338,6 +338,10 @@ __device__ __forceinline__ void wgmma_wait() {
   SOMNUS_WGMMA("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void fence_proxy_async() { SOMNUS_WGMMA("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// A plain 32-bit store to shared memory that a wgmma reads later (the backward's dSᵀ): the
+// writing thread must execute fence_proxy_async before the barrier that precedes the read. A
+// helper of its own so that the host emulation sees these stores (it checks that fence).
+__device__ __forceinline__ void st_shared_b32(void* p, uint32_t v) { *static_cast<uint32_t*>(p) = v; }
 // Keeps the compiler from moving reads or writes of an accumulator across the asynchronous
 // region (between the issue and the wait it is the tensor core's).
 template <int N>
@@ -2530,8 +2534,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = kr + 8 * h;
-          *reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(Ss) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq) =
-              pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]);
+          st_shared_b32(reinterpret_cast<unsigned char*>(Ss) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq,
+                        pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
         }
       }
     }

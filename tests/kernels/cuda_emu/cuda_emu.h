@@ -169,7 +169,8 @@ inline bool land_now() {
 // is "unfenced" (g_unfenced[chunk] = the landing thread + 1) until that thread executes
 // fence_proxy_async; a wgmma operand in an unfenced chunk aborts at the issue (the ISA: writes
 // to shared memory by the generic proxy — cp.async's included — must be fenced with
-// fence.proxy.async before wgmma reads them). Plain stores are not tracked. Stricter than the
+// fence.proxy.async before wgmma reads them). Plain stores are tracked where a kernel makes them
+// through st_shared_b32 (the backward's dSᵀ), not otherwise. Stricter than the
 // ISA could allow (a fence by another thread after the barrier might also order the writes):
 // the kernels fence in the landing thread, and so does this rule.
 std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
@@ -186,6 +187,15 @@ inline void fence_proxy_async() {
     g_unfenced[c].compare_exchange_strong(mine, 0, std::memory_order_relaxed);
   }
   t_unfenced.clear();
+}
+// A plain shared store a wgmma reads later (st_shared_b32 in the kernels): unfenced, like a
+// cp.async landing, until the storing thread's fence_proxy_async.
+inline void st_shared_b32(void* p, uint32_t v) {
+  check_smem(p, 4);
+  std::memcpy(p, &v, 4);
+  const uint32_t c = static_cast<uint32_t>(static_cast<unsigned char*>(p) - g_smem) / 16;
+  g_unfenced[c].store(t_lin + 1, std::memory_order_relaxed);
+  t_unfenced.push_back(c);
 }
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   if (reinterpret_cast<uintptr_t>(sm) % 16 || (valid && reinterpret_cast<uintptr_t>(g) % 16)) {
@@ -367,7 +377,7 @@ inline uint64_t wg_hash(const WgInFlight& f, bool at_issue = false) {
       const uint32_t phys = addr ^ (((addr >> 7) & 7u) << 4);
       if (phys >= kEmuSmemBase) check_smem(g_smem + (phys - kEmuSmemBase), 2);  // before the map's index
       if (phys >= kEmuSmemBase && g_unfenced[(phys - kEmuSmemBase) / 16].load(std::memory_order_relaxed) != 0) {
-        std::printf("wgmma: an operand landed by cp.async without a fence.proxy.async since\n");
+        std::printf("wgmma: an operand written by cp.async or st_shared_b32 without a fence.proxy.async since\n");
         std::abort();
       }
     }
