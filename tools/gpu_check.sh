@@ -79,9 +79,10 @@ failed_bins=""
 export SOMNUS_ATTN_DUMP_DIR="$out/attn_dumps"
 mkdir -p "$SOMNUS_ATTN_DUMP_DIR"
 run_tests() {  # binary log-name gtest-filter [time-limit-s]
-  local bin="$1" name="$2" filter="$3" limit="${4:-180}" rc passed skipped failed
+  local bin="$1" name="$2" filter="$3" limit="${4:-180}" rc passed skipped failed t0=$SECONDS
   timeout "$limit" "$bin" --gtest_color=no --gtest_filter="$filter" > "$out/test_$name.log" 2>&1
   rc=$?
+  echo "$name $((SECONDS - t0))" >> "$out/times.txt"  # seconds per process, to size the budgets
   passed=$(grep -c '^\[       OK \]' "$out/test_$name.log")
   skipped=$(grep -c '^\[  SKIPPED \]' "$out/test_$name.log")
   failed=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_$name.log" | grep -vc ' listed below')
@@ -107,11 +108,12 @@ for bin in $test_bins; do
 done
 
 run_bench() {  # binary output-name filter budget-seconds
-  local b="$1" name="$2" filter="$3" budget="$4" rc
+  local b="$1" name="$2" filter="$3" budget="$4" rc t0=$SECONDS
   timeout "$budget" "$b" --benchmark_format=json --benchmark_out="$out/$name.json" \
     --benchmark_out_format=json --benchmark_min_time="${SOMNUS_BENCH_MIN_TIME:-0.2}" \
     --benchmark_filter="$filter" > "$out/$name.txt" 2>&1
   rc=$?
+  echo "bench $name $((SECONDS - t0)) of $budget" >> "$out/times.txt"
   if [ $rc -eq 124 ]; then echo "gpu_check: $name ran past its budget (partial JSON kept)"; status=1;
   elif [ $rc -ne 0 ]; then echo "gpu_check: $name failed (exit $rc)"; status=1; fi
 }
@@ -177,9 +179,11 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
         echo "gpu_check: deadline reached, $tool of $(basename "$bin") NOT RUN"; status=1; return
       fi
       log="$out/csan_${tool}_$(basename "$bin").log"
+      local t0=$SECONDS
       SOMNUS_TEST_QUICK=1 timeout -k 15 "$limit" "$csan" --tool "$tool" --error-exitcode 99 --report-api-errors no --print-limit 20 \
         "$bin" --gtest_filter="$filter" --gtest_brief=1 > "$log" 2>&1
       rc=$?
+      echo "$tool $(basename "$bin") $((SECONDS - t0)) of $limit" >> "$out/times.txt"
       if [ $rc -eq 0 ]; then
         printf 'gpu_check: %-9s %-32s ok (%s)\n' "$tool" "$(basename "$bin")" "$(grep -Eo 'ERROR SUMMARY: [0-9]+ errors?|RACECHECK SUMMARY: [0-9]+ hazards?[^)]*' "$log" | tail -1)"
       elif [ $rc -eq 124 ]; then
@@ -256,5 +260,5 @@ if ladder:
     for key in sorted(ladder):
         print(f"  {key:14s} " + ", ".join(f"{v} {f:.0f}" for f, v in sorted(ladder[key], reverse=True)))
 PY
-echo "gpu_check: logs in $out; status $status"
+echo "gpu_check: logs in $out (seconds per process: times.txt); $SECONDS s in all; status $status"
 exit $status
