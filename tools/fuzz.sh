@@ -60,11 +60,16 @@ fuzz_one() {
 jobs_max="${SOMNUS_FUZZ_JOBS:-$(nproc)}"
 status=0
 printf '%-14s %12s %8s %s\n' target executions exec/s result
-pids=()
+# Each job leaves its exit status in a file: `wait PID` on a job that finished while `jobs` was
+# polling can fail with "not a child of this shell" (bash drops finished jobs it has reported),
+# which made a passing run exit 1 (seen in CI on 2026-11-27).
+rm -f "$build_dir"/fuzz_*.rc
 for t in "${targets[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 0.2; done
-  fuzz_one "$t" &
-  pids+=($!)
+  { rc=0; fuzz_one "$t" || rc=$?; echo "$rc" > "$build_dir/fuzz_$t.rc"; } &
 done
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+wait
+for t in "${targets[@]}"; do
+  [ "$(cat "$build_dir/fuzz_$t.rc" 2>/dev/null)" = 0 ] || { status=1; echo "fuzz: $t did not pass"; }
+done
 exit $status
