@@ -427,7 +427,8 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
 // loads; v2: ldmatrix, no cp.async pipeline; v3: 128-row blocks, base-2 softmax; wgmma: v3 on
 // Hopper's warpgroup MMA; wgmma_pipe: wgmma with 128-key tiles and P V overlapping the next
 // softmax; wgmma_ws: wgmma_pipe's consumers fed by a TMA producer warpgroup; wgmma_wspp: wgmma_ws
-// with ping-pong between the consumers; v3 and the wgmma ones opt-in until a GPU run has measured them) at T = 4096,
+// with ping-pong between the consumers; wgmma_persist: wgmma_wspp on persistent blocks; v3 and
+// the wgmma ones opt-in until a GPU run has measured them) at T = 4096,
 // beside the default in the rows above: the variant ladder of the forward.
 void BM_attention_fwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
@@ -476,7 +477,7 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
 }
 
-// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=fwd: v3, wgmma, wgmma_pipe, wgmma_ws or wgmma_wspp,
+// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=fwd: v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist,
 // SOMNUS_ATTN_BWD=bwd: v3 or v4), the headline shape family: the numbers to compare
 // with attention_fwd_bwd above.
 void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const char* bwd, bool causal) {
@@ -534,7 +535,7 @@ void register_attention() {
       b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp"}) {
+  for (const char* version : {"v1", "v2", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp", "wgmma_persist"}) {
     for (bool causal : {true, false}) {
       RegisterBenchmark((std::string("attention_fwd_") + version + (causal ? "/causal" : "/full") + "/bf16").c_str(),
                         BM_attention_fwd_version, version, causal)
@@ -557,7 +558,8 @@ void register_attention() {
   // Names: attention_fwd_bwd_<bwd> with the v3 forward (as before), _wgmma_<bwd> with the Hopper one.
   for (const auto& [fwd, bwd] :
        {std::pair{"v3", "v3"}, std::pair{"v3", "v4"}, std::pair{"wgmma", "v4"}, std::pair{"wgmma", "wgmma"},
-        std::pair{"wgmma_pipe", "wgmma"}, std::pair{"wgmma_ws", "wgmma"}, std::pair{"wgmma_wspp", "wgmma"}}) {
+        std::pair{"wgmma_pipe", "wgmma"}, std::pair{"wgmma_ws", "wgmma"}, std::pair{"wgmma_wspp", "wgmma"},
+        std::pair{"wgmma_persist", "wgmma"}}) {
     for (bool causal : {true, false}) {
       const std::string label = std::string(fwd) == "v3" ? bwd : std::string(fwd) + "_" + bwd;
       RegisterBenchmark((std::string("attention_fwd_bwd_") + label + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),

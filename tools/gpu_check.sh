@@ -70,8 +70,9 @@ fi
 # is a GPU machine). Run directly with GoogleTest so that a packed (--prebuilt) set runs too.
 # Tests whose names contain "Wgmma" (the Hopper kernels, not yet run on a GPU) run in a process
 # of their own after the rest, the pipelined forward's ("WgmmaPipe") in a third, the
-# warp-specialized ones' ("WgmmaWs*": TMA and mbarriers, with and without ping-pong) in a fourth:
-# a fault there would leave a sticky CUDA error that fails every later test of the same process.
+# warp-specialized ones' ("WgmmaWs*": TMA and mbarriers, with and without ping-pong, persistent)
+# in a fourth: a fault there would leave a sticky CUDA error that fails every later test of the
+# same process.
 failed_bins=""
 # A failing case of the opt-in attention kernels is written here (inputs and the GPU's outputs)
 # for the host emulation's replay: tests/kernels/cuda_emu/run.sh, then
@@ -102,7 +103,7 @@ for bin in $test_bins; do
   fi
   for kind in Pipe Ws; do
     if "$bin" --gtest_list_tests --gtest_filter="*Wgmma$kind*" 2>/dev/null | grep -q '^  '; then
-      run_tests "$bin" "$name.wgmma_$(echo $kind | tr 'A-Z' 'a-z')" "*Wgmma$kind*" 90
+      run_tests "$bin" "$name.wgmma_$(echo $kind | tr 'A-Z' 'a-z')" "*Wgmma$kind*" 120
     fi
   done
 done
@@ -121,7 +122,8 @@ for b in $bench_bins; do
   [ -x "$b" ] || continue
   # Each binary gets a time budget so that the whole check stays within ~10 minutes. Rows with
   # "wgmma" in the name run in a process of their own, after the rest, and the pipelined
-  # forward's ("wgmma_pipe") and the warp-specialized ones' ("wgmma_ws*") in a third and a fourth
+  # forward's ("wgmma_pipe") and the warp-specialized ones' ("wgmma_ws*", "wgmma_persist") in a
+  # third and a fourth
   # (see the tests above).
   if [ -n "${SOMNUS_BENCH_FILTER:-}" ]; then
     run_bench "$b" "$(basename "$b")" "$SOMNUS_BENCH_FILTER" "${SOMNUS_BENCH_BUDGET_S:-150}"
@@ -130,7 +132,7 @@ for b in $bench_bins; do
     if "$b" --benchmark_list_tests --benchmark_filter=wgmma 2>/dev/null | grep -q wgmma; then
       run_bench "$b" "$(basename "$b").wgmma" '^attention_(fwd|bwd|fwd_bwd)_wgmma(_v4|_wgmma)?/' 60
       run_bench "$b" "$(basename "$b").wgmma_pipe" wgmma_pipe 45
-      run_bench "$b" "$(basename "$b").wgmma_ws" wgmma_ws 60
+      run_bench "$b" "$(basename "$b").wgmma_ws" 'wgmma_ws|wgmma_persist' 75
     fi
   fi
 done
@@ -243,7 +245,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         rows.append((name, f"{t:.1f}", f"{fl:.1f}" if fl else "", f"{by:.0f}" if by else "", ratio))
 print("\n| benchmark | time (us) | TFLOP/s | GB/s | ratio | vs torch SDPA |\n|---|---|---|---|---|---|")
 for name, t, fl, by, ratio in rows:
-    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|wgmma_pipe|wgmma_wspp|wgmma_ws|wgmma)(?:_(?:v\d|wgmma))?)?/(.*)", name)
+    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|wgmma_pipe|wgmma_persist|wgmma_wspp|wgmma_ws|wgmma)(?:_(?:v\d|wgmma))?)?/(.*)", name)
     vs = ""
     if m and fl and torch.get(f"{m.group(1)}/{m.group(2)}"):
         vs = f"{float(fl) / torch[m.group(1) + '/' + m.group(2)]:.2f}"

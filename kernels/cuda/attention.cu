@@ -42,7 +42,10 @@
 //                          warpgroups fed by a third, producer warpgroup that loads K and V
 //                          with TMA into mbarrier-guarded rings (FA3's warp specialization);
 //                     wgmma_wspp (opt-in, same) wgmma_ws with the consumers taking turns at
-//                          the tensor cores (FA3's ping-pong).
+//                          the tensor cores (FA3's ping-pong);
+//                     wgmma_persist (opt-in, same) wgmma_wspp on persistent blocks (one per
+//                          SM, longest causal tiles first; the next item's loads overlap the
+//                          last one's end).
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -221,6 +224,17 @@ inline int max_dynamic_smem_bytes() {
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   return bytes;
+}
+
+// The persistent forward's grid: the current device's SM count, or SOMNUS_ATTN_PERSIST_BLOCKS
+// when set (> 0: the tests use a few blocks, so that each runs many items at the tests' sizes).
+inline int persistent_blocks() {
+  const char* e = std::getenv("SOMNUS_ATTN_PERSIST_BLOCKS");
+  if (e != nullptr && std::atoi(e) > 0) return std::atoi(e);
+  int dev = 0, n = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
 }
 
 // The tensor-core kernels read q, k, v, dO with 16-byte vector loads. ops.cpp passes
@@ -1307,13 +1321,19 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // an H100. With kPingPong this is FA3's forward structure (warp specialization, ping-pong,
 // softmax overlapped with the previous tile's P V), for which FA3 reports ~600 TFLOP/s; FA3
 // also has a persistent tile scheduler and TMA stores of O, which these kernels do not.
+// Work items (query tile, (b, h)) are taken longest first: a grid of one block per item
+// (wgmma_ws, wgmma_wspp), or persistent blocks, one per SM (SOMNUS_ATTN_FWD=wgmma_persist, with
+// ping-pong), each running items blockIdx.x, blockIdx.x + gridDim.x, ... with its rings, phases
+// and turns continuing from item to item: the producer loads the next item's Q (once both
+// warpgroups' last S of the item has retired: the Q-empty barrier) and first K/V tiles while the
+// consumers finish and store the last item (FA3's persistent scheduling; static, no atomics).
 // kPingPong (SOMNUS_ATTN_FWD=wgmma_wspp): the two consumer warpgroups take turns at issuing
 // their products (named barriers 1 and 2, FA3's ping-pong), so that one's softmax runs while the
 // other's products run, instead of both issuing at once and both waiting on their softmax; both
 // warpgroups then compute every tile of the block (the turns must pair up).
 constexpr int kWsStages = 2;
 constexpr int kWsThreads = kWgWarps * 32 + 128;  // two consumer warpgroups + the producer warpgroup
-constexpr int kWsBars = 1 + 4 * kWsStages;        // Q full; K full, K empty, V full, V empty per slot
+constexpr int kWsBars = 2 + 4 * kWsStages;        // Q full, Q empty; K full, K empty, V full, V empty per slot
 // Registers per thread after setmaxnreg (the launch gives 168 to each of the 384 threads; an
 // SM sub-partition's 16384 hold one producer and two consumer warps: 32 · (24 + 2 · 240) = 16128).
 constexpr int kWsProducerRegs = 24, kWsConsumerRegs = 240;
@@ -1342,24 +1362,40 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t sq = (raw + 1023u) & ~1023u;  // Q; panels (and tiles) 1024-byte aligned
   const uint32_t sk = sq + kQBytes, sv = sk + kWsStages * kTileBytes, sbar = sv + kWsStages * kTileBytes;
-  const auto full_k = [&](int t) { return sbar + 8u * (1 + t % kWsStages); };
-  const auto empty_k = [&](int t) { return sbar + 8u * (1 + kWsStages + t % kWsStages); };
-  const auto full_v = [&](int t) { return sbar + 8u * (1 + 2 * kWsStages + t % kWsStages); };
-  const auto empty_v = [&](int t) { return sbar + 8u * (1 + 3 * kWsStages + t % kWsStages); };
+  // Barriers: Q full, Q empty, then per ring slot K full, K empty, V full, V empty; t is a
+  // position in the ring (the block's K/V tiles counted over its items).
+  const uint32_t q_full = sbar, q_empty = sbar + 8u;
+  const auto full_k = [&](int t) { return sbar + 8u * (2 + t % kWsStages); };
+  const auto empty_k = [&](int t) { return sbar + 8u * (2 + kWsStages + t % kWsStages); };
+  const auto full_v = [&](int t) { return sbar + 8u * (2 + 2 * kWsStages + t % kWsStages); };
+  const auto empty_v = [&](int t) { return sbar + 8u * (2 + 3 * kWsStages + t % kWsStages); };
   const auto parity = [](int t) { return static_cast<uint32_t>((t / kWsStages) & 1); };
   const auto k_slot = [&](int t) { return sk + (t % kWsStages) * kTileBytes; };
   const auto v_slot = [&](int t) { return sv + (t % kWsStages) * kTileBytes; };
 
-  const int bh = blockIdx.y, b = bh / d.Hq, h = bh % d.Hq;
-  const int kvh = b * d.Hkv + h / d.g;
-  const int qt = d.causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
-  const int q0 = qt * kWgBr;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane >> 2, tq = lane & 3;
-  const int k_end = d.visible(min(q0 + kWgBr, d.T) - 1);
-  const int n_tiles = (k_end + kBc - 1) / kBc;
+  // The block's work items: w = blockIdx.x, blockIdx.x + gridDim.x, ... < n_work, item w being
+  // query tile n_qt − 1 − w / (B·Hq) of (b, h) = w % (B·Hq): the longest causal tiles first. One
+  // item per block when the grid is n_work blocks; persistent blocks (a grid of one block per
+  // SM) run several, their rings and phases continuing from item to item (g: the K/V tiles
+  // the block has gone through, j: its items), and the producer loads the next item's Q and
+  // first tiles while the consumers finish and store the last.
+  const int n_qt = (d.T + kWgBr - 1) / kWgBr, n_bh = d.B * d.Hq, n_work = n_qt * n_bh;
+  struct Item {
+    int bh, kvh, q0, n_tiles;
+  };
+  const auto item = [&](int w) {
+    Item it;
+    it.bh = w % n_bh;
+    it.kvh = (it.bh / d.Hq) * d.Hkv + (it.bh % d.Hq) / d.g;
+    it.q0 = (n_qt - 1 - w / n_bh) * kWgBr;
+    it.n_tiles = (d.visible(min(it.q0 + kWgBr, d.T) - 1) + kBc - 1) / kBc;
+    return it;
+  };
 
   if (threadIdx.x == 0) {
-    mbar_init(sbar, 1);
+    mbar_init(q_full, 1);
+    mbar_init(q_empty, kWgWarps * 32);
     for (int s = 0; s < kWsStages; ++s) {
       mbar_init(full_k(s), 1);
       mbar_init(empty_k(s), kWgWarps * 32);
@@ -1373,26 +1409,35 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
   if (warp >= kWgWarps) {  // the producer warpgroup
     setmaxnreg_dec<kWsProducerRegs>();
     if (warp == kWgWarps && lane == 0) {
-      mbar_arrive_expect_tx(sbar, kQBytes);
+      int g = 0, j = 0;
+      for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++j) {
+        const Item it = item(w);
+        if (j > 0) mbar_wait(q_empty, (j - 1) & 1);  // the last item's Q no longer read
+        mbar_arrive_expect_tx(q_full, kQBytes);
 #pragma unroll
-      for (int p = 0; p < D / 64; ++p) tma_load_3d(sq + p * (kWgBr * kSwRow), &tm_q, 64 * p, q0, bh, sbar);
-      const auto load_k = [&](int t) {
-        if (t >= kWsStages) mbar_wait(empty_k(t), parity(t) ^ 1u);  // S_(t − kWsStages) retired in both warpgroups
-        mbar_arrive_expect_tx(full_k(t), kTileBytes);
+        for (int p = 0; p < D / 64; ++p) tma_load_3d(sq + p * (kWgBr * kSwRow), &tm_q, 64 * p, it.q0, it.bh, q_full);
+        // Ring position r = g + t of the item's tile t.
+        const auto load_k = [&](int t) {
+          const int r = g + t;
+          if (r >= kWsStages) mbar_wait(empty_k(r), parity(r) ^ 1u);  // S of ring tile r − kWsStages retired
+          mbar_arrive_expect_tx(full_k(r), kTileBytes);
 #pragma unroll
-        for (int p = 0; p < D / 64; ++p) {
-          tma_load_3d(k_slot(t) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, kvh, full_k(t));
+          for (int p = 0; p < D / 64; ++p) {
+            tma_load_3d(k_slot(r) + p * (kBc * kSwRow), &tm_k, 64 * p, t * kBc, it.kvh, full_k(r));
+          }
+        };
+        if (it.n_tiles > 0) load_k(0);
+        for (int t = 0; t < it.n_tiles; ++t) {
+          if (t + 1 < it.n_tiles) load_k(t + 1);  // K one tile ahead of V, as the consumers use them
+          const int r = g + t;
+          if (r >= kWsStages) mbar_wait(empty_v(r), parity(r) ^ 1u);  // P V of that ring tile retired
+          mbar_arrive_expect_tx(full_v(r), kTileBytes);
+#pragma unroll
+          for (int p = 0; p < D / 64; ++p) {
+            tma_load_3d(v_slot(r) + p * (kBc * kSwRow), &tm_v, 64 * p, t * kBc, it.kvh, full_v(r));
+          }
         }
-      };
-      if (n_tiles > 0) load_k(0);
-      for (int t = 0; t < n_tiles; ++t) {
-        if (t + 1 < n_tiles) load_k(t + 1);  // K one tile ahead of V, as the consumers use them
-        if (t >= kWsStages) mbar_wait(empty_v(t), parity(t) ^ 1u);  // P V of that tile retired
-        mbar_arrive_expect_tx(full_v(t), kTileBytes);
-#pragma unroll
-        for (int p = 0; p < D / 64; ++p) {
-          tma_load_3d(v_slot(t) + p * (kBc * kSwRow), &tm_v, 64 * p, t * kBc, kvh, full_v(t));
-        }
+        g += it.n_tiles;
       }
     }
     return;
@@ -1402,89 +1447,103 @@ __global__ void __launch_bounds__(kWsThreads, 1) attn_fwd_ws(const __grid_consta
   // per-tile block barrier and copies.
   setmaxnreg_inc<kWsConsumerRegs>();
   const int wg = warp / 4;
-  const int w0 = q0 + warp * 16;
-  const int row0 = w0 + gr, row1 = row0 + 8;
-  const int w_all = w0 < d.T ? d.visible(w0) : 0;
-  const int g0 = q0 + wg * 64;
-  const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;
-  // The tiles this warpgroup computes: those some row of it sees (<= n_tiles); with ping-pong
-  // all of the block's, so that both warpgroups take the same number of turns (a tile no row
-  // sees adds p = 0: the masks; it happens only in blocks at T's end or with a q_offset).
-  const int n_c = kPingPong ? n_tiles : (g_end + kBc - 1) / kBc;
   const float c2 = d.scale * kLog2e;
   const uint32_t q_desc0 = sq + wg * 64 * kSwRow;
   // Ping-pong: a warpgroup issues its products (S_t, P_(t−1) V_(t−1)) only in its turn, waiting
   // at named barrier 1 + wg, and passes the turn to the other's barrier right after issuing, then
-  // runs its softmax while the other's products run. n_c + 1 turns each: warpgroup 1 opens
-  // (passes warpgroup 0 its first turn) and does not pass after its last, so every bar.sync has
-  // exactly one bar.arrive of the other warpgroup's 128 threads.
+  // runs its softmax while the other's products run. Both warpgroups take n_c + 1 turns per item
+  // (n_c equal in both); warpgroup 1 opens (passes warpgroup 0 its first turn) before the
+  // block's first turn and warpgroup 0 takes the pass after warpgroup 1's last turn at the end,
+  // so every bar.sync has exactly one bar.arrive of the other warpgroup's 128 threads.
   const auto turn_wait = [&] {
     if constexpr (kPingPong) named_bar_sync(1 + wg, 2 * 128);
   };
-  const auto turn_pass = [&](bool last) {
-    if constexpr (kPingPong) {
-      if (wg == 0 || !last) named_bar_arrive(2 - wg, 2 * 128);
-    }
+  const auto turn_pass = [&] {
+    if constexpr (kPingPong) named_bar_arrive(2 - wg, 2 * 128);
   };
-  if constexpr (kPingPong) {
-    if (wg == 1 && n_c > 0) named_bar_arrive(1, 2 * 128);
-  }
-
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float oacc[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+  bool opened = false;  // ping-pong: the turns have started (block-uniform)
   uint32_t pa[kBc / 16][4];
-
-  mbar_wait(sbar, 0);  // Q (waited for by every consumer thread: no copy lands after the exit)
-  int t = 0;
-  if (n_c > 0) {
-    float s[kBc / 8][4];
-    float alpha[2];
-    turn_wait();
-    mbar_wait(full_k(0), 0);
-    wg_issue_qk<D, kBc>(s, q_desc0, k_slot(0));
-    turn_pass(false);
-    wgmma_wait<0>();
-    mbar_arrive(empty_k(0));
-    wg_fence_operands(s);
-    softmax_tile_b2_p(s, m, l, alpha, d, 0, w_all, row0, row1, tq, c2);
-    wg_make_p(s, pa);
-    for (t = 1; t < n_c; ++t) {
-      turn_wait();
-      mbar_wait(full_k(t), parity(t));
-      wg_issue_qk<D, kBc>(s, q_desc0, k_slot(t));
-      mbar_wait(full_v(t - 1), parity(t - 1));
-      wg_issue_pv<D, kBc>(oacc, pa, v_slot(t - 1));
-      turn_pass(false);
-      wgmma_wait<1>();  // S_t (the P V in flight)
-      mbar_arrive(empty_k(t));
-      wg_fence_operands(s);
-      softmax_tile_b2_p(s, m, l, alpha, d, t * kBc, w_all, row0, row1, tq, c2);
-      wgmma_wait<0>();  // P_(t−1) V_(t−1)
-      mbar_arrive(empty_v(t - 1));
-      wg_fence_operands(oacc);
-      wg_fence_operands(pa);
-      rescale_rows<D>(oacc, alpha);
-      wg_make_p(s, pa);
+  int g = 0, j = 0;
+  for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++j) {
+    const Item it = item(w);
+    const int w0 = it.q0 + warp * 16;
+    const int row0 = w0 + gr, row1 = row0 + 8;
+    const int w_all = w0 < d.T ? d.visible(w0) : 0;
+    const int g0 = it.q0 + wg * 64;
+    const int g_end = g0 < d.T ? d.visible(min(g0 + 63, d.T - 1)) : 0;
+    // The tiles this warpgroup computes: those some row of it sees (<= n_tiles); with ping-pong
+    // all of the item's, so that both warpgroups take the same number of turns (a tile no row
+    // sees adds p = 0: the masks; it happens only in items at T's end or with a q_offset).
+    const int n_c = kPingPong ? it.n_tiles : (g_end + kBc - 1) / kBc;
+    if constexpr (kPingPong) {
+      if (!opened && n_c > 0) {
+        opened = true;
+        if (wg == 1) named_bar_arrive(1, 2 * 128);
+      }
     }
-    turn_wait();
-    mbar_wait(full_v(n_c - 1), parity(n_c - 1));  // the last P V
-    wg_issue_pv<D, kBc>(oacc, pa, v_slot(n_c - 1));
-    turn_pass(true);
-    wgmma_wait<0>();
-    mbar_arrive(empty_v(n_c - 1));
-    wg_fence_operands(oacc);
-  }
-  for (; t < n_tiles; ++t) {  // tiles no row of this warpgroup sees (no ping-pong): released at once
-    mbar_wait(full_k(t), parity(t));
-    mbar_arrive(empty_k(t));
-    mbar_wait(full_v(t), parity(t));
-    mbar_arrive(empty_v(t));
-  }
 
-  const float m_nat[2] = {m[0] * d.scale, m[1] * d.scale};
-  store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float oacc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
+
+    mbar_wait(q_full, j & 1);  // Q (waited for by every consumer thread: no copy lands after the exit)
+    int t = 0;
+    if (n_c > 0) {
+      float s[kBc / 8][4];
+      float alpha[2];
+      turn_wait();
+      mbar_wait(full_k(g), parity(g));
+      wg_issue_qk<D, kBc>(s, q_desc0, k_slot(g));
+      turn_pass();
+      wgmma_wait<0>();
+      mbar_arrive(empty_k(g));
+      wg_fence_operands(s);
+      softmax_tile_b2_p(s, m, l, alpha, d, 0, w_all, row0, row1, tq, c2);
+      wg_make_p(s, pa);
+      for (t = 1; t < n_c; ++t) {
+        const int r = g + t;
+        turn_wait();
+        mbar_wait(full_k(r), parity(r));
+        wg_issue_qk<D, kBc>(s, q_desc0, k_slot(r));
+        mbar_wait(full_v(r - 1), parity(r - 1));
+        wg_issue_pv<D, kBc>(oacc, pa, v_slot(r - 1));
+        turn_pass();
+        wgmma_wait<1>();  // S_t (the P V in flight)
+        mbar_arrive(empty_k(r));
+        wg_fence_operands(s);
+        softmax_tile_b2_p(s, m, l, alpha, d, t * kBc, w_all, row0, row1, tq, c2);
+        wgmma_wait<0>();  // P_(t−1) V_(t−1)
+        mbar_arrive(empty_v(r - 1));
+        wg_fence_operands(oacc);
+        wg_fence_operands(pa);
+        rescale_rows<D>(oacc, alpha);
+        wg_make_p(s, pa);
+      }
+      const int r = g + n_c - 1;
+      turn_wait();
+      mbar_wait(full_v(r), parity(r));  // the last P V
+      wg_issue_pv<D, kBc>(oacc, pa, v_slot(r));
+      turn_pass();
+      wgmma_wait<0>();
+      mbar_arrive(empty_v(r));
+      wg_fence_operands(oacc);
+    }
+    mbar_arrive(q_empty);  // every S of this item retired (or none issued): Q may be replaced
+    for (; t < it.n_tiles; ++t) {  // tiles no row of this warpgroup sees (no ping-pong): released at once
+      mbar_wait(full_k(g + t), parity(g + t));
+      mbar_arrive(empty_k(g + t));
+      mbar_wait(full_v(g + t), parity(g + t));
+      mbar_arrive(empty_v(g + t));
+    }
+    g += it.n_tiles;
+
+    const float m_nat[2] = {m[0] * d.scale, m[1] * d.scale};
+    store_fwd_rows<D>(o, lse, it.bh, d, row0, tq, oacc, l, m_nat);
+  }
+  if constexpr (kPingPong) {
+    if (opened && wg == 0) named_bar_sync(1, 2 * 128);  // warpgroup 1's pass after its last turn
+  }
 }
 
 // Whether the device code was built with wgmma (sm_90a) for the current device: a one-time
@@ -1591,8 +1650,8 @@ WsMaps ws_maps(const void* q, const void* k, const void* v, const AttnDims& d) {
 }
 
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
-// "wgmma", "wgmma_pipe", "wgmma_ws" or "wgmma_wspp" (asked for, scale > 0, built for sm_90a and
-// the block fits), "v3" (asked
+// "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp" or "wgmma_persist" (asked for, scale > 0,
+// built for sm_90a and the block fits), "v3" (asked
 // for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
 template <int D>
 const char* fwd_version(float scale) {
@@ -1603,6 +1662,9 @@ const char* fwd_version(float scale) {
   if (env_equals("SOMNUS_ATTN_FWD", "wgmma_ws") && scale > 0.f && wgmma_built() && ws_fits<D, false>()) return "wgmma_ws";
   if (env_equals("SOMNUS_ATTN_FWD", "wgmma_wspp") && scale > 0.f && wgmma_built() && ws_fits<D, true>()) {
     return "wgmma_wspp";
+  }
+  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_persist") && scale > 0.f && wgmma_built() && ws_fits<D, true>()) {
+    return "wgmma_persist";
   }
   if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
   if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
@@ -3017,9 +3079,12 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
           launch(attn_fwd_wg<D, false>, wg_smem_bytes<D>(), kWgBr);
         } else if (version == "wgmma_pipe") {
           launch(attn_fwd_wg<D, true>, wg_smem_bytes<D, true>(), kWgBr);
-        } else if (version == "wgmma_ws" || version == "wgmma_wspp") {  // its tensors through TMA maps
+        } else if (version == "wgmma_ws" || version == "wgmma_wspp" || version == "wgmma_persist") {
+          // Tensors through TMA maps; a block per work item (query tile, (b, h)), or with
+          // "wgmma_persist" one block per SM running the items in turn.
           const WsMaps m = ws_maps<D>(q.data_ptr(), k.data_ptr(), v.data_ptr(), d);
-          const dim3 grid((d.T + kWgBr - 1) / kWgBr, d.B * d.Hq);
+          const int64_t n_work = int64_t{(d.T + kWgBr - 1) / kWgBr} * d.B * d.Hq;
+          const dim3 grid(static_cast<unsigned>(version == "wgmma_persist" ? std::min<int64_t>(n_work, persistent_blocks()) : n_work));
           const auto kernel = version == "wgmma_ws" ? attn_fwd_ws<D, false> : attn_fwd_ws<D, true>;
           CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem_bytes<D>()));
           kernel<<<grid, kWsThreads, ws_smem_bytes<D>()>>>(m.q, m.k, m.v, reinterpret_cast<uint16_t*>(o.data_ptr()),

@@ -453,7 +453,7 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws or wgmma_wspp) against the CPU twin and f64, on the
+// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist) against the CPU twin and f64, on the
 // shared cases plus its own; rows that see no key; a negative scale (handed to the default).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {
@@ -602,6 +602,17 @@ TEST(CudaAttention, ForwardWgmmaWsMatchesTwinAndReference) {
 TEST(CudaAttention, ForwardWgmmaWsPingPongMatchesTwinAndReference) {
   if (const std::string why = hopper_forward_skip_reason("wgmma_wspp"); !why.empty()) GTEST_SKIP() << why;
   forward_version_matches("wgmma_wspp", 1700);
+}
+
+// wgmma_wspp on persistent blocks (SOMNUS_ATTN_FWD=wgmma_persist): once with 3 blocks, so that
+// each runs many work items at these sizes (rings, phases and turns carried across items, Q
+// replaced under the Q-empty barrier), once with the default grid (one block per SM).
+TEST(CudaAttention, ForwardWgmmaWsPersistentMatchesTwinAndReference) {
+  if (const std::string why = hopper_forward_skip_reason("wgmma_persist"); !why.empty()) GTEST_SKIP() << why;
+  setenv("SOMNUS_ATTN_PERSIST_BLOCKS", "3", 1);
+  forward_version_matches("wgmma_persist", 1800);
+  unsetenv("SOMNUS_ATTN_PERSIST_BLOCKS");
+  forward_version_matches("wgmma_persist", 1900);
 }
 
 }  // namespace
