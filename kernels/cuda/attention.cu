@@ -1314,8 +1314,9 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // them: the producer warpgroup gives back all but 24, the consumers take 240 (an SM
 // sub-partition holds one warp of each warpgroup: 24 + 2 · 240 ≤ 512 per lane of its 64 KiB
 // register file); ptxas
-// allocates the consumer code with up to 185 at D = 128 (the pipelined kernel's ~193), no
-// spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and 9 barriers.
+// allocates the consumer code with up to 201 (192 with ping-pong) at D = 128, the producer's
+// with 16, no spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and
+// 10 barriers.
 // Expected (prediction, not measured): above wgmma_pipe — the copy issue leaves the consumers'
 // instruction stream and the block barrier goes: 400–500 TFLOP/s at causal D = 128, T = 4k on
 // an H100. With kPingPong this is FA3's forward structure (warp specialization, ping-pong,
