@@ -123,8 +123,7 @@ for b in $bench_bins; do
   # Each binary gets a time budget so that the whole check stays within ~10 minutes. Rows with
   # "wgmma" in the name run in a process of their own, after the rest, and the pipelined
   # forward's ("wgmma_pipe") and the warp-specialized ones' ("wgmma_ws*", "wgmma_persist") in a
-  # third and a fourth
-  # (see the tests above).
+  # third and a fourth (see the tests above).
   if [ -n "${SOMNUS_BENCH_FILTER:-}" ]; then
     run_bench "$b" "$(basename "$b")" "$SOMNUS_BENCH_FILTER" "${SOMNUS_BENCH_BUDGET_S:-150}"
   else

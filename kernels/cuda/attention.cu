@@ -230,7 +230,8 @@ inline int max_dynamic_smem_bytes() {
 // when set (> 0: the tests use a few blocks, so that each runs many items at the tests' sizes).
 inline int persistent_blocks() {
   const char* e = std::getenv("SOMNUS_ATTN_PERSIST_BLOCKS");
-  if (e != nullptr && std::atoi(e) > 0) return std::atoi(e);
+  const int asked = e != nullptr ? std::atoi(e) : 0;
+  if (asked > 0) return asked;
   int dev = 0, n = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
@@ -1292,10 +1293,10 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // run has checked it): the pipelined forward (attn_fwd_wg<D, true>: 128-key tiles, each tile's
 // P V on the tensor cores while the next tile's softmax runs) with FA3's warp specialization.
 // A block is 12 warps: warps 0–7 are the two consumer warpgroups (64 query rows each, as in
-// attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q once and the K
-// and V tiles into rings of kWsStages slots with TMA (cp.async.bulk.tensor: one instruction per
-// 64-column panel, the
-// 128-byte swizzle done by the copy engine, rows past T or S read as 0). Each slot has a "full"
+// attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q and the K and V
+// tiles into rings of kWsStages slots with TMA (cp.async.bulk.tensor: one instruction per
+// 64-column panel, the 128-byte swizzle done by the copy engine, rows past T or S read as 0).
+// Each slot has a "full"
 // mbarrier (the producer's arrival with the tile's bytes; the copy counts them down) and an
 // "empty" one (the 256 consumer threads arrive once their wgmma reading the slot has retired:
 // K after S = Q Kᵀ, V after O += P V). So the two warpgroups no longer meet at a block barrier
@@ -1313,15 +1314,14 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // Registers: 384 threads, one block per SM; the launch gives each 168, then setmaxnreg moves
 // them: the producer warpgroup gives back all but 24, the consumers take 240 (an SM
 // sub-partition holds one warp of each warpgroup: 24 + 2 · 240 ≤ 512 per lane of its 64 KiB
-// register file); ptxas
-// allocates the consumer code with up to 201 (192 with ping-pong) at D = 128, the producer's
-// with 16, no spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and
+// register file); ptxas allocates the consumer code with up to 201 (192 with ping-pong) at
+// D = 128, the producer's with 16, no spill. Shared memory: Q, 2 × kWsStages tiles (160 / 80 KiB at D = 128 / 64) and
 // 10 barriers.
 // Expected (prediction, not measured): above wgmma_pipe — the copy issue leaves the consumers'
 // instruction stream and the block barrier goes: 400–500 TFLOP/s at causal D = 128, T = 4k on
 // an H100. With kPingPong this is FA3's forward structure (warp specialization, ping-pong,
-// softmax overlapped with the previous tile's P V), for which FA3 reports ~600 TFLOP/s; FA3
-// also has a persistent tile scheduler and TMA stores of O, which these kernels do not.
+// softmax overlapped with the previous tile's P V), for which FA3 reports ~600 TFLOP/s (with
+// persistent blocks, as wgmma_persist, and TMA stores of O, which these kernels do not have).
 // Work items (query tile, (b, h)) are taken longest first: a grid of one block per item
 // (wgmma_ws, wgmma_wspp), or persistent blocks, one per SM (SOMNUS_ATTN_FWD=wgmma_persist, with
 // ping-pong), each running items blockIdx.x, blockIdx.x + gridDim.x, ... with its rings, phases
@@ -1331,7 +1331,7 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
 // kPingPong (SOMNUS_ATTN_FWD=wgmma_wspp): the two consumer warpgroups take turns at issuing
 // their products (named barriers 1 and 2, FA3's ping-pong), so that one's softmax runs while the
 // other's products run, instead of both issuing at once and both waiting on their softmax; both
-// warpgroups then compute every tile of the block (the turns must pair up).
+// warpgroups then compute every tile of a work item (the turns must pair up).
 constexpr int kWsStages = 2;
 constexpr int kWsThreads = kWgWarps * 32 + 128;  // two consumer warpgroups + the producer warpgroup
 constexpr int kWsBars = 2 + 4 * kWsStages;        // Q full, Q empty; K full, K empty, V full, V empty per slot
@@ -3085,7 +3085,8 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
           // "wgmma_persist" one block per SM running the items in turn.
           const WsMaps m = ws_maps<D>(q.data_ptr(), k.data_ptr(), v.data_ptr(), d);
           const int64_t n_work = int64_t{(d.T + kWgBr - 1) / kWgBr} * d.B * d.Hq;
-          const dim3 grid(static_cast<unsigned>(version == "wgmma_persist" ? std::min<int64_t>(n_work, persistent_blocks()) : n_work));
+          const int64_t blocks = version == "wgmma_persist" ? std::min<int64_t>(n_work, persistent_blocks()) : n_work;
+          const dim3 grid(static_cast<unsigned>(blocks));
           const auto kernel = version == "wgmma_ws" ? attn_fwd_ws<D, false> : attn_fwd_ws<D, true>;
           CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem_bytes<D>()));
           kernel<<<grid, kWsThreads, ws_smem_bytes<D>()>>>(m.q, m.k, m.v, reinterpret_cast<uint16_t*>(o.data_ptr()),

@@ -175,11 +175,16 @@ inline bool land_now() {
 // the kernels fence in the landing thread, and so does this rule.
 std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
 thread_local std::vector<uint32_t> t_unfenced;  // the chunks this thread landed since its fence
-inline void land16(uint16_t* sm, const uint16_t* g, bool valid) {
-  if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
-  const uint32_t c = static_cast<uint32_t>(reinterpret_cast<unsigned char*>(sm) - g_smem) / 16;
+// The 16-byte chunk at p was written by this thread through the generic proxy: unfenced until
+// its fence_proxy_async.
+inline void mark_unfenced(const void* p) {
+  const uint32_t c = static_cast<uint32_t>(static_cast<const unsigned char*>(p) - g_smem) / 16;
   g_unfenced[c].store(t_lin + 1, std::memory_order_relaxed);
   t_unfenced.push_back(c);
+}
+inline void land16(uint16_t* sm, const uint16_t* g, bool valid) {
+  if (valid) std::memcpy(sm, g, 16); else std::memset(sm, 0, 16);
+  mark_unfenced(sm);
 }
 inline void fence_proxy_async() {
   for (uint32_t c : t_unfenced) {
@@ -193,9 +198,7 @@ inline void fence_proxy_async() {
 inline void st_shared_b32(void* p, uint32_t v) {
   check_smem(p, 4);
   std::memcpy(p, &v, 4);
-  const uint32_t c = static_cast<uint32_t>(static_cast<unsigned char*>(p) - g_smem) / 16;
-  g_unfenced[c].store(t_lin + 1, std::memory_order_relaxed);
-  t_unfenced.push_back(c);
+  mark_unfenced(p);
 }
 inline void cp_async16(uint16_t* sm, const uint16_t* g, bool valid) {
   if (reinterpret_cast<uintptr_t>(sm) % 16 || (valid && reinterpret_cast<uintptr_t>(g) % 16)) {
