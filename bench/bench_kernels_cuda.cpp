@@ -454,7 +454,8 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
 // The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
 // cp.async prefetch; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
 // ldmatrix A fragments; v4: v3 with 8-warp, 128-key dK/dV blocks; wgmma: v4's blocks on
-// Hopper's warpgroup MMA; the last three opt-in until measured)
+// Hopper's warpgroup MMA; wgmma_ws: wgmma warp-specialized, TMA loads, dQ by bulk reductions;
+// the last four opt-in until measured)
 // at T = 4096, beside the default above.
 void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
@@ -478,7 +479,7 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
 }
 
 // Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=fwd: v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist,
-// SOMNUS_ATTN_BWD=bwd: v3 or v4), the headline shape family: the numbers to compare
+// SOMNUS_ATTN_BWD=bwd: v3, v4, wgmma or wgmma_ws), the headline shape family: the numbers to compare
 // with attention_fwd_bwd above.
 void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const char* bwd, bool causal) {
   if (skip_without_cuda(state)) return;
@@ -546,7 +547,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "simt", "v3", "v4", "wgmma"}) {
+  for (const char* version : {"v1", "v2", "simt", "v3", "v4", "wgmma", "wgmma_ws"}) {
     RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
                       version, true)
         ->Args({4096, 64})
@@ -559,7 +560,7 @@ void register_attention() {
   for (const auto& [fwd, bwd] :
        {std::pair{"v3", "v3"}, std::pair{"v3", "v4"}, std::pair{"wgmma", "v4"}, std::pair{"wgmma", "wgmma"},
         std::pair{"wgmma_pipe", "wgmma"}, std::pair{"wgmma_ws", "wgmma"}, std::pair{"wgmma_wspp", "wgmma"},
-        std::pair{"wgmma_persist", "wgmma"}}) {
+        std::pair{"wgmma_persist", "wgmma"}, std::pair{"wgmma_persist", "wgmma_ws"}}) {
     for (bool causal : {true, false}) {
       const std::string label = std::string(fwd) == "v3" ? bwd : std::string(fwd) + "_" + bwd;
       RegisterBenchmark((std::string("attention_fwd_bwd_") + label + (causal ? "/causal/bf16" : "/full/bf16")).c_str(),

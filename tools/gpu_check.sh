@@ -131,7 +131,7 @@ for b in $bench_bins; do
     if "$b" --benchmark_list_tests --benchmark_filter=wgmma 2>/dev/null | grep -q wgmma; then
       run_bench "$b" "$(basename "$b").wgmma" '^attention_(fwd|bwd|fwd_bwd)_wgmma(_v4|_wgmma)?/' 60
       run_bench "$b" "$(basename "$b").wgmma_pipe" wgmma_pipe 45
-      run_bench "$b" "$(basename "$b").wgmma_ws" 'wgmma_ws|wgmma_persist' 75
+      run_bench "$b" "$(basename "$b").wgmma_ws" 'wgmma_ws|wgmma_persist' 90
     fi
   fi
 done
@@ -244,7 +244,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         rows.append((name, f"{t:.1f}", f"{fl:.1f}" if fl else "", f"{by:.0f}" if by else "", ratio))
 print("\n| benchmark | time (us) | TFLOP/s | GB/s | ratio | vs torch SDPA |\n|---|---|---|---|---|---|")
 for name, t, fl, by, ratio in rows:
-    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|wgmma_pipe|wgmma_persist|wgmma_wspp|wgmma_ws|wgmma)(?:_(?:v\d|wgmma))?)?/(.*)", name)
+    m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|wgmma_pipe|wgmma_persist|wgmma_wspp|wgmma_ws|wgmma)(?:_(?:v\d|wgmma_ws|wgmma))?)?/(.*)", name)
     vs = ""
     if m and fl and torch.get(f"{m.group(1)}/{m.group(2)}"):
         vs = f"{float(fl) / torch[m.group(1) + '/' + m.group(2)]:.2f}"

@@ -492,6 +492,30 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
+// ---- bulk reductions (attn_bwd_ws's dQ; PTX ISA 8.0, sm_90). bulk_reduce_add_f32 adds `bytes`
+// bytes of f32 from shared memory (16-byte aligned, a multiple of 16 bytes) to global memory
+// through the async proxy, element-wise atomically at L2 (cp.reduce.async.bulk, bulk-group
+// completion): shared memory written by ordinary stores must be fenced (fence_proxy_async, by
+// each writer, then a barrier) before the issue; bulk_commit closes the thread's open group;
+// bulk_wait_read<N> returns once all but the newest N groups have read their source (it may be
+// rewritten), bulk_wait<N> once they have completed (written the destination).
+__device__ __forceinline__ void st_shared_v4(void* p, float a, float b, float c, float d) {
+  *static_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  SOMNUS_WGMMA("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { SOMNUS_WGMMA("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  SOMNUS_WGMMA("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  SOMNUS_WGMMA("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
 #undef SOMNUS_WGMMA
 #undef SOMNUS_WG_ACC8
 #undef SOMNUS_WG_ACC64
@@ -2657,8 +2681,300 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);
 }
 
+// attn_bwd_ws (SOMNUS_ATTN_BWD=wgmma_ws; written 2026-11-27 without a GPU, opt-in until a GPU
+// run has checked it): the wgmma backward above (attn_bwd_dkdv_wg: 128-key blocks, the five
+// products on wgmma, Pᵀ and dV while dPᵀ is in flight) with FA3's warp specialization and dQ
+// store. A block is 12 warps: warps 0–7 the two consumer warpgroups (64 keys each, the loop of
+// attn_bwd_dkdv_wg), warps 8–11 the producer warpgroup, of which warp 8 works:
+//   - its first thread loads K and V once (TMA, a barrier of their own) and each (Q, dO) tile
+//     into a ring of kBwsStages slots (TMA: one instruction per 64-column panel, the 128-byte
+//     swizzle done by the copy engine, rows past T read as 0);
+//   - its 32 threads store the tile's lse (base 2) and Δ into the slot's stats (0 past T) and
+//     arrive on the slot's "full" barrier (count 32; the first thread's arrival announces the
+//     tile's bytes, which the copies count down);
+//   - before refilling a slot it waits on the slot's "empty" barrier, at which the 256 consumer
+//     threads arrive once their wgmma reading the slot (dV reads dO, dK reads Q) has retired.
+// So the consumers execute no copy, no global load of lse / Δ and no block barrier per tile.
+// dQ (atomic mode): the consumers' dSᵀ goes to one of two buffers (alternating per tile), the
+// two warpgroups meet at named barrier 1 (256 threads: the other warpgroup's dSᵀ rows are
+// written; the barrier of the previous tile proves the buffer's readers of two tiles back done);
+// each warpgroup's 64 × 64 product dQ += dS K (as attn_bwd_dkdv_wg) is scaled and written to a
+// 16 KiB staging region of its own in fragment order (float4 j·128 + thread: conflict-free), and
+// the warpgroup's first thread adds the region to the f32 accumulator with one bulk reduction
+// (cp.reduce.async.bulk .add.f32, done by the copy engine at L2), in place of 4096 per-thread
+// f32 atomics per tile and warpgroup. Before the region is rewritten the thread waits for the
+// reduction's read of it (cp.async.bulk.wait_group.read), then named barrier 2 + wg; after the
+// writes each writer fences the async proxy, named barrier 2 + wg again, then the issue.
+// The accumulator is laid out as the regions (bws_dq_acc_elems: per (b, h) and 64-row query
+// tile, 64·D floats in fragment order; at D = 128 warpgroup w's columns 64w.. are region w, at
+// D = 64 both warpgroups add their keys' share into the same region); dq_from_bws_acc casts it
+// to dQ. So the query tiles of a block start at a multiple of 64: the first is the one holding
+// the first row that sees key j0 (rows before that in it see no key of the block: p = 0).
+// Deterministic mode: this kernel without dQ (no dSᵀ stores, no named barriers), then v3's dQ
+// kernel, as wgmma.
+// Registers: 384 threads, one block per SM; setmaxnreg as attn_fwd_ws (producer 24, consumers
+// 240). Shared memory: K, V, 2 × (Q, dO), 2 × dSᵀ, 2 × 16 KiB staging, stats, 5 barriers:
+// 194 / 130 KiB at D = 128 / 64.
+// Expected (prediction, not measured): the consumers' instruction stream loses the copy issue,
+// the lse / Δ loads, one block barrier per tile and 32 red.global.v2 per thread and tile; FA3
+// reports ~450–500 TFLOP/s for its backward at D = 128 on an H100. Here, with neither FA3's
+// swapped dQ operands nor its larger query tiles: 250–350 TFLOP/s at causal D = 128, T = 4k.
+constexpr int kBwsStages = 2;
+constexpr int kBwsThreads = 384;                 // two consumer warpgroups + the producer warpgroup
+constexpr int kBwsBars = 1 + 2 * kBwsStages;     // K/V full; per ring slot full, empty
+constexpr int kBwsRegion = 64 * 64;              // floats of a warpgroup's dQ staging region
+constexpr int kBwsProducerRegs = 24, kBwsConsumerRegs = 240;
+static_assert(128 * kBwsProducerRegs + 256 * kBwsConsumerRegs <= kBwsThreads * ((65536 / kBwsThreads) & ~7),
+              "attn_bwd_ws: the warpgroups ask for more registers than the launch gives");
+
+template <int D>
+constexpr int bws_smem_bytes() {
+  // K, V; kBwsStages × (Q, dO); 2 × dSᵀ; 2 staging regions; kBwsStages × (lse, Δ); barriers;
+  // + slack to align the panels to 1024 bytes
+  return 2 * kWgBwdKeys * D * 2 + kBwsStages * 2 * kWgBwdRows * D * 2 + 2 * kWgBwdKeys * kWgBwdRows * 2 +
+         2 * kBwsRegion * 4 + kBwsStages * 2 * kWgBwdRows * 4 + 8 * kBwsBars + 1024;
+}
+// Floats of attn_bwd_ws's dQ accumulator: 64·D per (b, h) and 64-row query tile.
+inline int64_t bws_dq_acc_elems(const AttnDims& d, int D) {
+  return int64_t{d.B} * d.Hq * ((d.T + kWgBwdRows - 1) / kWgBwdRows) * kWgBwdRows * D;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_constant__ CUtensorMap tm_q,
+                                                           const __grid_constant__ CUtensorMap tm_k,
+                                                           const __grid_constant__ CUtensorMap tm_v,
+                                                           const __grid_constant__ CUtensorMap tm_g,
+                                                           const float* __restrict__ lse,
+                                                           const float* __restrict__ delta, uint16_t* __restrict__ dk,
+                                                           uint16_t* __restrict__ dv, float* __restrict__ dq_acc,
+                                                           AttnDims d) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr uint32_t kKvBytes = kWgBwdKeys * D * 2;    // K or V
+  constexpr uint32_t kTileBytes = kWgBwdRows * D * 2;  // a Q or dO tile
+  constexpr uint32_t kKPanel = kWgBwdKeys * kSwRow, kQPanel = kWgBwdRows * kSwRow;
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t k_sh = (raw + 1023u) & ~1023u;  // panels 1024-byte aligned (the swizzle's period)
+  const uint32_t v_sh = k_sh + kKvBytes;
+  const uint32_t ring = v_sh + kKvBytes;                           // slot s: Q, then dO
+  const uint32_t ds_sh = ring + kBwsStages * 2 * kTileBytes;       // 2 × dSᵀ (128 keys × 64 queries)
+  const uint32_t dq_sh = ds_sh + 2 * kWgBwdKeys * kSwRow;          // 2 staging regions
+  const uint32_t st_sh = dq_sh + 2 * kBwsRegion * 4;               // per slot: lse (64), Δ (64)
+  const uint32_t sbar = st_sh + kBwsStages * 2 * kWgBwdRows * 4;
+  const auto at = [&](uint32_t a) { return smem_raw + (a - raw); };  // the generic address of a
+  const uint32_t kv_full = sbar;
+  const auto full = [&](int it) { return sbar + 8u * (1 + it % kBwsStages); };
+  const auto empty = [&](int it) { return sbar + 8u * (1 + kBwsStages + it % kBwsStages); };
+  const auto parity = [](int it) { return static_cast<uint32_t>((it / kBwsStages) & 1); };
+  const auto slot = [&](int it) { return ring + static_cast<uint32_t>(it % kBwsStages) * 2u * kTileBytes; };
+  const auto stats = [&](int it) { return reinterpret_cast<float*>(at(st_sh)) + (it % kBwsStages) * 2 * kWgBwdRows; };
+
+  const int bkv = blockIdx.y, b = bkv / d.Hkv, hkv = bkv % d.Hkv;
+  const int j0 = static_cast<int>(blockIdx.x) * kWgBwdKeys;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // The block's query tiles: g heads × n_i tiles of 64 rows from i_first (a multiple of 64).
+  const int i_first = d.causal ? max(0, j0 - d.q_offset) / kWgBwdRows * kWgBwdRows : 0;
+  const int n_i = i_first < d.T ? (d.T - i_first + kWgBwdRows - 1) / kWgBwdRows : 0;
+  const int total = d.g * n_i;
+  const auto tile_i0 = [&](int it) { return i_first + (it % n_i) * kWgBwdRows; };
+  const auto tile_bh = [&](int it) { return static_cast<int64_t>(b) * d.Hq + hkv * d.g + it / n_i; };
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < kBwsStages; ++s) {
+      mbar_init(full(s), 32);
+      mbar_init(empty(s), 256);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier
+
+  if (warp >= 8) {  // the producer warpgroup
+    setmaxnreg_dec<kBwsProducerRegs>();
+    if (warp == 8 && total > 0) {  // block-uniform total
+      if (lane == 0) {
+        mbar_arrive_expect_tx(kv_full, 2 * kKvBytes);
+#pragma unroll
+        for (int p = 0; p < D / 64; ++p) {
+          tma_load_3d(k_sh + p * kKPanel, &tm_k, 64 * p, j0, bkv, kv_full);
+          tma_load_3d(v_sh + p * kKPanel, &tm_v, 64 * p, j0, bkv, kv_full);
+        }
+      }
+      for (int it = 0; it < total; ++it) {
+        if (it >= kBwsStages) mbar_wait(empty(it), parity(it) ^ 1u);  // dV, dK of tile it − kBwsStages retired
+        const int i0 = tile_i0(it);
+        const int64_t bh = tile_bh(it), row = bh * d.T + i0;
+        float* st = stats(it);
+        for (int r = lane; r < kWgBwdRows; r += 32) {
+          const bool ok = i0 + r < d.T;
+          st[r] = ok ? lse[row + r] * kLog2e : 0.f;
+          st[kWgBwdRows + r] = ok ? delta[row + r] : 0.f;
+        }
+        if (lane == 0) {  // its stores above are ordered before its arrival, as the others'
+          mbar_arrive_expect_tx(full(it), 2 * kTileBytes);
+#pragma unroll
+          for (int p = 0; p < D / 64; ++p) {
+            tma_load_3d(slot(it) + p * kQPanel, &tm_q, 64 * p, i0, static_cast<int>(bh), full(it));
+            tma_load_3d(slot(it) + kTileBytes + p * kQPanel, &tm_g, 64 * p, i0, static_cast<int>(bh), full(it));
+          }
+        } else {
+          mbar_arrive(full(it));
+        }
+      }
+    }
+    return;
+  }
+
+  // The consumers: attn_bwd_dkdv_wg's loop on the ring's slots.
+  setmaxnreg_inc<kBwsConsumerRegs>();
+  const int gr = lane >> 2, tq = lane & 3, wg = warp / 4;
+  const int kr = warp * 16 + gr;  // this thread's key rows kr, kr + 8 (within the block)
+  const int key0 = j0 + kr, key1 = key0 + 8;
+  const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
+  const bool atomic = dq_acc != nullptr;
+  const int n_qt = (d.T + kWgBwdRows - 1) / kWgBwdRows;
+  const float c2 = d.scale * kLog2e;
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+  }
+  if (total > 0) mbar_wait(kv_full, 0);
+  for (int it = 0; it < total; ++it) {
+    const int i0 = tile_i0(it);
+    const uint32_t q_sh = slot(it), g_sh = q_sh + kTileBytes;
+    const float* lse_s = stats(it);
+    const float* del_s = lse_s + kWgBwdRows;
+    mbar_wait(full(it), parity(it));
+
+    // Sᵀ = K Qᵀ, dPᵀ = V dOᵀ (two groups), Pᵀ and dV += Pᵀ dO while dPᵀ runs: as attn_bwd_dkdv_wg.
+    float s[8][4], dp[8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+      wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+      wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // Sᵀ (dPᵀ in flight)
+    wg_fence_operands(s);
+    p_tile_b2(s, i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
+    uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
+    wg_fence_operands(pa);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
+    wgmma_commit();
+    wgmma_wait<1>();  // dPᵀ (dV in flight)
+    wg_fence_operands(dp);
+
+    // dSᵀ = Pᵀ ∘ (dPᵀ − Δ), then dK += dSᵀ Q (Q read MN-major).
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
+    const uint32_t s_sh = ds_sh + static_cast<uint32_t>(it & 1) * (kWgBwdKeys * kSwRow);
+    if (atomic) {  // block-uniform: dSᵀ to this tile's buffer (row = key, swizzled chunks)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = kr + 8 * h;
+          st_shared_b32(at(s_sh) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq, pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
+        }
+      }
+    }
+    wg_fence_operands(sa);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
+    wgmma_commit();
+    if (atomic) {
+      fence_proxy_async();        // this thread's dSᵀ stores, visible to wgmma after the barrier
+      named_bar_sync(1, 2 * 128);  // both warpgroups' dSᵀ rows written
+      // dQ (64 queries × 64 columns per warpgroup) = dS K: as attn_bwd_dkdv_wg.
+      constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
+      const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;
+      const uint32_t k_col = D == 128 ? static_cast<uint32_t>(wg) * kKPanel : 0u;
+      float dqa[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kSteps; ++kk) {
+        const uint32_t rows = (key_lo + kk * 16) * kSwRow;
+        wgmma_ss_n64_tt(dqa, wg_desc(s_sh + rows, kKPanel, 8 * kSwRow), wg_desc(k_sh + k_col + rows, kKPanel, 8 * kSwRow),
+                        kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();  // dV and dK retired (dQ in flight): the slot is no longer read
+      mbar_arrive(empty(it));
+      wgmma_wait<0>();
+      wg_fence_operands(dqa);
+      // The staging region: this warpgroup's reduction of the last tile has read it; the writes;
+      // each writer's proxy fence; then its first thread issues the bulk add.
+      const int t = threadIdx.x % 128;
+      const uint32_t region = dq_sh + static_cast<uint32_t>(wg) * (kBwsRegion * 4);
+      if (t == 0) bulk_wait_read<0>();
+      named_bar_sync(2 + wg, 128);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        st_shared_v4(at(region) + (j * 128 + t) * 16, d.scale * dqa[j][0], d.scale * dqa[j][1], d.scale * dqa[j][2],
+                     d.scale * dqa[j][3]);
+      }
+      fence_proxy_async();
+      named_bar_sync(2 + wg, 128);
+      if (t == 0) {
+        const int64_t tile = tile_bh(it) * n_qt + i0 / kWgBwdRows;
+        bulk_reduce_add_f32(dq_acc + tile * kWgBwdRows * D + (D == 128 ? wg * kBwsRegion : 0), region, kBwsRegion * 4);
+        bulk_commit();
+      }
+    } else {
+      wgmma_wait<0>();
+      mbar_arrive(empty(it));
+    }
+    wg_fence_operands(dka);
+    wg_fence_operands(dva);
+  }
+  if (atomic && threadIdx.x % 128 == 0) bulk_wait<0>();  // the last reduction done before the exit
+
+  // Every key of the block below S is written, zero where no query sees it.
+  store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);
+}
+
+// dQ (bf16, (B·Hq, T, D)) from attn_bwd_ws's accumulator: thread f reads float4 f of the
+// accumulator (tile f / (16·D); region, j, thread of the fragment order) and writes its two
+// column pairs, rows r and r + 8 of the tile (rows past T dropped).
+template <int D>
+__global__ void dq_from_bws_acc(const float4* __restrict__ acc, uint16_t* __restrict__ dq, int T, int64_t n4) {
+  const int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (f >= n4) return;
+  const int n_qt = (T + kWgBwdRows - 1) / kWgBwdRows;
+  const int64_t tile = f / (16 * D);
+  const int in_tile = static_cast<int>(f % (16 * D));
+  const int region = in_tile / 1024, j = (in_tile % 1024) / 128, t = in_tile % 128;
+  const int lane = t % 32, row = (t / 32) * 16 + lane / 4, col = region * 64 + 8 * j + 2 * (lane % 4);
+  const int64_t bh = tile / n_qt;
+  const int r0 = static_cast<int>(tile % n_qt) * kWgBwdRows + row;
+  const float4 v = acc[f];
+  if (r0 < T) *reinterpret_cast<uint32_t*>(dq + (bh * T + r0) * D + col) = pack_bf16(v.x, v.y);
+  if (r0 + 8 < T) *reinterpret_cast<uint32_t*>(dq + (bh * T + r0 + 8) * D + col) = pack_bf16(v.z, v.w);
+}
+
 // The tensor-core backward version for SOMNUS_ATTN_BWD, the scale and the device: "v1", "v2",
-// "v3", "v4", "wgmma" (opt-in, section above: sm_90a builds, scale > 0) or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
+// "v3", "v4", "wgmma", "wgmma_ws" (opt-in, sections above: sm_90a builds, scale > 0, the block
+// fits) or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
 // than sm_86/sm_89 allow a block (99 KiB): there v2 runs (also for v3, which builds on them).
 // SOMNUS_ATTN_BWD=v3 (opt-in: written 2026-11-26 without a GPU, checked under the host
 // emulation of tests/kernels/cuda_emu): the default plus base-2 p with the mask only on tiles
@@ -2671,9 +2987,18 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 // (8 warps) per SM, as many warps as v3's two 4-warp blocks. Falls back to v3 where it does
 // not fit.
 template <int D>
+bool bws_fits() {
+  static std::atomic<int> cache[64];
+  return one_block_fits(attn_bwd_ws<D>, kBwsThreads, bws_smem_bytes<D>(), cache);
+}
+template <int D>
 const char* bwd_mma_version(float scale) {
   if (env_equals("SOMNUS_ATTN_BWD", "v1")) return "v1";
   const int smem = max_dynamic_smem_bytes();
+  if (env_equals("SOMNUS_ATTN_BWD", "wgmma_ws") && scale > 0.f && dq_smem_bytes<D>(true) <= smem && wgmma_built() &&
+      bws_fits<D>()) {
+    return "wgmma_ws";
+  }
   if (env_equals("SOMNUS_ATTN_BWD", "wgmma") && scale > 0.f && wg_bwd_smem_bytes<D>() <= smem &&
       dq_smem_bytes<D>(true) <= smem && wgmma_built()) {
     return "wgmma";
@@ -2686,11 +3011,56 @@ const char* bwd_mma_version(float scale) {
   return "mma";
 }
 
-// The tensor-core backward: bf16, D ∈ {64, 128}. dq_acc: f32 (B·Hq·T·D) zero-filled
-// accumulator for the atomic dQ, or null in deterministic mode (dQ then written by a separate
-// pass). delta = rowsum(dO ∘ O) (B·Hq·T) already computed.
+// A zero-filled f32 accumulator of n elements.
+Tensor zeros_f32(int64_t n, Device device) {
+  Tensor t = Tensor::empty({n}, DType::f32, device);
+  CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, n * sizeof(float)));
+  return t;
+}
+
+// SOMNUS_ATTN_BWD=wgmma_ws: attn_bwd_ws (Q, dO, K, V through TMA maps; the atomic dQ into its
+// tiled accumulator, then dq_from_bws_acc), or in deterministic mode attn_bwd_ws without dQ
+// and v3's dQ kernel.
+template <int D>
+void attention_bwd_ws(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp, const uint16_t* gp, const Tensor& lse,
+                      const Tensor& delta, const AttnDims& d, bool deterministic, const Tensor& dq, const Tensor& dk,
+                      const Tensor& dv) {
+  Tensor acc;
+  if (!deterministic) acc = zeros_f32(bws_dq_acc_elems(d, D), dq.device());
+  const int64_t q_heads = int64_t{d.B} * d.Hq, kv_heads = int64_t{d.B} * d.Hkv;
+  const CUtensorMap tq = bf16_panel_map(qp, q_heads, d.T, D, kWgBwdRows);
+  const CUtensorMap tg = bf16_panel_map(gp, q_heads, d.T, D, kWgBwdRows);
+  const CUtensorMap tk = bf16_panel_map(kp, kv_heads, d.S, D, kWgBwdKeys);
+  const CUtensorMap tv = bf16_panel_map(vp, kv_heads, d.S, D, kWgBwdKeys);
+  constexpr int smem = bws_smem_bytes<D>();
+  CUDA_CHECK(cudaFuncSetAttribute(attn_bwd_ws<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid((d.S + kWgBwdKeys - 1) / kWgBwdKeys, d.B * d.Hkv);
+  attn_bwd_ws<D><<<grid, kBwsThreads, smem>>>(tq, tk, tv, tg, lse.data<float>(), delta.data<float>(),
+                                              reinterpret_cast<uint16_t*>(dk.data_ptr()),
+                                              reinterpret_cast<uint16_t*>(dv.data_ptr()),
+                                              deterministic ? nullptr : acc.data<float>(), d);
+  CUDA_CHECK_LAUNCH();
+  if (deterministic) {
+    constexpr int dq_smem = dq_smem_bytes<D>(true);
+    const auto kernel = attn_bwd_dq_mma<D, true, true>;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem));
+    const dim3 q_grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
+    kernel<<<q_grid, kBwdWarps * 32, dq_smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                                reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
+  } else {
+    const int64_t n4 = acc.numel() / 4;
+    dq_from_bws_acc<D><<<static_cast<unsigned>((n4 + 255) / 256), 256>>>(
+        reinterpret_cast<const float4*>(acc.data<float>()), reinterpret_cast<uint16_t*>(dq.data_ptr()), d.T, n4);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+// The tensor-core backward: bf16, D ∈ {64, 128}; delta = rowsum(dO ∘ O) (B·Hq·T) already
+// computed. Atomic mode (deterministic false): dQ is accumulated in f32 (a zero-filled
+// accumulator: B·Hq·T·D, or attn_bwd_ws's tiles) and cast to dq at the end; deterministic
+// mode: dQ written by a separate pass without atomics.
 void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, const Tensor& lse,
-                       const Tensor& delta, const AttnDims& d, float* dq_acc, const Tensor& dq, const Tensor& dk,
+                       const Tensor& delta, const AttnDims& d, bool deterministic, const Tensor& dq, const Tensor& dk,
                        const Tensor& dv) {
   if (q.dtype() != DType::bf16 || k.dtype() != DType::bf16 || v.dtype() != DType::bf16 ||
       dout.dtype() != DType::bf16) {
@@ -2706,6 +3076,18 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
   visit_head_dim(q.size(3), "attention_bwd_mma", [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     const std::string version = bwd_mma_version<D>(d.scale);
+    if (version == "wgmma_ws") {
+      attention_bwd_ws<D>(qp, kp, vp, gp, lse, delta, d, deterministic, dq, dk, dv);
+      return;
+    }
+    Tensor acc;  // the atomic dQ's accumulator
+    if (!deterministic) acc = zeros_f32(q.numel(), q.device());
+    float* dq_acc = deterministic ? nullptr : acc.data<float>();
+    const auto cast_dq = [&] {
+      if (deterministic) return;
+      cast_from_f32<bf16><<<grid_for(q.numel(), 256), 256>>>(dq_acc, dq.data<bf16>(), q.numel());
+      CUDA_CHECK_LAUNCH();
+    };
     const auto launch = [&](auto ldsm_tag, auto pipe_tag, auto v3_tag, auto warps_tag) {
       constexpr bool kLdsm = decltype(ldsm_tag)::value, kPipe = decltype(pipe_tag)::value;
       constexpr bool kV3 = decltype(v3_tag)::value;
@@ -2750,6 +3132,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
                                                reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
         CUDA_CHECK_LAUNCH();
       }
+      cast_dq();
       return;
     }
     if (version == "v1") {
@@ -2763,6 +3146,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
     } else {
       launch(std::true_type{}, std::true_type{}, std::false_type{}, Four{});
     }
+    cast_dq();
   });
 }
 
@@ -3137,11 +3521,6 @@ void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, c
   const AttnDims d = dims_of(q, k, causal, scale, q_offset);
   const int64_t rows = static_cast<int64_t>(d.B) * d.Hq * d.T;
   Tensor delta = Tensor::empty({rows}, DType::f32, q.device());
-  Tensor dq_acc;
-  if (!deterministic) {
-    dq_acc = Tensor::empty({q.numel()}, DType::f32, q.device());
-    CUDA_CHECK(cudaMemsetAsync(dq_acc.data_ptr(), 0, q.numel() * sizeof(float)));
-  }
   visit_attn_dtype(q.dtype(), "attention_bwd", [&](auto tag) {
     using T = decltype(tag);
     visit_head_dim(q.size(3), "attention_bwd", [&](auto dim) {
@@ -3153,14 +3532,12 @@ void attention_bwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, c
       if constexpr (std::is_same_v<T, bf16>) {
         // bf16: the tensor-core kernels unless SOMNUS_ATTN_BWD=simt.
         if (!env_equals("SOMNUS_ATTN_BWD", "simt")) {
-          attention_bwd_mma(q, k, v, dout, lse, delta, d, deterministic ? nullptr : dq_acc.data<float>(), dq, dk, dv);
-          if (!deterministic) {
-            cast_from_f32<T><<<grid_for(q.numel(), 256), 256>>>(dq_acc.data<float>(), dq.data<T>(), q.numel());
-            CUDA_CHECK_LAUNCH();
-          }
+          attention_bwd_mma(q, k, v, dout, lse, delta, d, deterministic, dq, dk, dv);
           return;
         }
       }
+      Tensor dq_acc;  // the SIMT kernels' atomic dQ
+      if (!deterministic) dq_acc = zeros_f32(q.numel(), q.device());
       const dim3 kv_grid((d.S + kKeyWarps - 1) / kKeyWarps, d.B * d.Hkv);
       attn_bwd_dkdv<T, D><<<kv_grid, kKeyWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), dout.data<T>(),
                                                       lse.data<float>(), delta.data<float>(), dk.data<T>(),

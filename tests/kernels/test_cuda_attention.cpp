@@ -206,21 +206,25 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
   }
 }
 
-// The Hopper backward (SOMNUS_ATTN_BWD=wgmma: attn_bwd_dkdv_wg, and v3's dQ kernel in the
-// deterministic mode) on the shared cases (bf16; under SOMNUS_TEST_QUICK the three of
-// quick_subset), both dQ modes, against the CPU twin and f64; the deterministic mode bitwise
-// repeatable and not the default's bits. Skipped with the reason where it cannot run (needs an
-// sm_90 device and a build for sm_90a).
-TEST(CudaAttention, BackwardWgmmaMatchesTwinAndReference) {
+// The Hopper backwards (SOMNUS_ATTN_BWD=version: "wgmma", attn_bwd_dkdv_wg, or "wgmma_ws", the
+// warp-specialized attn_bwd_ws; v3's dQ kernel in the deterministic mode) on the shared cases
+// (bf16; under SOMNUS_TEST_QUICK the three of quick_subset) and `extra` ones, both dQ modes,
+// against the CPU twin and f64; the deterministic mode bitwise repeatable and not the default's
+// bits. Skipped with the reason where it cannot run (needs an sm_90 device and a build for sm_90a).
+void check_hopper_backward(const char* version, uint64_t seed, const std::vector<AttnCase>& extra = {}) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
-  setenv("SOMNUS_ATTN_BWD", "wgmma", 1);
+  setenv("SOMNUS_ATTN_BWD", version, 1);
   const std::string kernel = cuda::attention_bwd_kernel(DType::bf16, 128, 0.125);
   unsetenv("SOMNUS_ATTN_BWD");
-  if (kernel != "wgmma") GTEST_SKIP() << "SOMNUS_ATTN_BWD=wgmma runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
-  uint64_t seed = 1500;
+  if (kernel != version) {
+    GTEST_SKIP() << "SOMNUS_ATTN_BWD=" << version << " runs " << kernel << " here (needs sm_90 and a build for sm_90a)";
+  }
+  std::vector<AttnCase> cases;
   for (size_t ci = 0; ci < std::size(kCases); ++ci) {
-    const AttnCase& c = kCases[ci];
-    if (!quick_subset("wgmma", DType::bf16, ci)) continue;
+    if (quick_subset(version, DType::bf16, ci)) cases.push_back(kCases[ci]);
+  }
+  cases.insert(cases.end(), extra.begin(), extra.end());
+  for (const AttnCase& c : cases) {
     Generator gen(seed++);
     const DType dt = DType::bf16;
     const Tensor q = randn({c.B, c.Hq, c.T, c.D}, gen, dt), k = randn({c.B, c.Hkv, c.S, c.D}, gen, dt);
@@ -229,11 +233,11 @@ TEST(CudaAttention, BackwardWgmmaMatchesTwinAndReference) {
     const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
     const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
     const CudaRun def = run_cuda(q, k, v, dout, c, true);  // the default backward, deterministic
-    set_bwd_path("wgmma");
+    set_bwd_path(version);
     for (bool det : {false, true}) {
-      SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd wgmma");
+      SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + version);
       const CudaRun g = run_cuda(q, k, v, dout, c, det);
-      dump_failure("bwd_wgmma", c, det, q, k, v, dout, g,
+      dump_failure(std::string("bwd_") + version, c, det, q, k, v, dout, g,
                    !(rel_or_abs_error(g.dq, ref.dq) < 2e-2 && rel_or_abs_error(g.dk, ref.dk) < 2e-2 &&
                      rel_or_abs_error(g.dv, ref.dv) < 2e-2));
       EXPECT_LT(twin_error(g.dq, cb.dq, ref.dq), 2e-2);
@@ -248,12 +252,20 @@ TEST(CudaAttention, BackwardWgmmaMatchesTwinAndReference) {
         EXPECT_EQ(g.dk.to_vector(), again.dk.to_vector());
         EXPECT_EQ(g.dv.to_vector(), again.dv.to_vector());
         if (c.T * c.Hq * c.B >= 1000) {
-          EXPECT_NE(g.dk.to_vector(), def.dk.to_vector()) << "wgmma gave the default's dK bit for bit";
+          EXPECT_NE(g.dk.to_vector(), def.dk.to_vector()) << version << " gave the default's dK bit for bit";
         }
       }
     }
     set_bwd_path("mma");
   }
+}
+
+TEST(CudaAttention, BackwardWgmmaMatchesTwinAndReference) { check_hopper_backward("wgmma", 1500); }
+
+// The warp-specialized backward, also on blocks with many query tiles (18 and 32 through its
+// 2-slot ring) and a q_offset that puts a key block's first query tile mid-tile.
+TEST(CudaAttention, BackwardWgmmaWsMatchesTwinAndReference) {
+  check_hopper_backward("wgmma_ws", 1600, {{1, 2, 1, 560, 300, 64, true, 100}, {1, 4, 1, 500, 256, 128, false, 0}});
 }
 
 TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {

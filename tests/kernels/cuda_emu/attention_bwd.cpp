@@ -1,7 +1,8 @@
 // Runs the tensor-core attention backward of kernels/cuda/attention.cu (attn_bwd_dkdv_mma with
 // the atomic dQ, and attn_bwd_dq_mma, the deterministic dQ; the default, v3 and v4's 8-warp
 // dK/dV blocks; the Hopper attn_bwd_dkdv_wg on the emulated wgmma, with v3's dQ kernel in the
-// deterministic mode) under the host emulation
+// deterministic mode; the warp-specialized attn_bwd_ws on emulated TMA, mbarriers, named
+// barriers and bulk reductions, its dQ accumulator cast by dq_from_bws_acc) under the host emulation
 // (cuda_emu.h) on the shapes of tests/kernels/test_cuda_attention.cpp, against an f64
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
 // lse and Δ come from the reference (the forward is attention_fwd.cpp's business).
@@ -18,9 +19,10 @@ struct Case {
   int q_offset;
 };
 
-// Runs the backward version (template parameters as run_case's) on q, k, v, dO with lse (natural
-// log) and Δ into dq, dk, dv (resized; NaN where a kernel does not write).
-template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, bool kWg>
+// Runs the backward version (template parameters as run_case's; kWg: 0 the mma.sync kernels,
+// 1 attn_bwd_dkdv_wg, 2 attn_bwd_ws) on q, k, v, dO with lse (natural log) and Δ into dq, dk,
+// dv (resized; NaN where a kernel does not write).
+template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, int kWg>
 void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, const std::vector<uint16_t>& v,
              const std::vector<uint16_t>& g, const std::vector<float>& lsef, const std::vector<float>& deltaf, bool det,
              const AttnDims& d, std::vector<uint16_t>& gdq, std::vector<uint16_t>& gdk, std::vector<uint16_t>& gdv) {
@@ -28,7 +30,21 @@ void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, con
   gdq.assign(nq, 0x7fc0), gdk.assign(nk, 0x7fc0), gdv.assign(nk, 0x7fc0);  // NaN: unwritten shows
   std::vector<float> acc(nq, 0.f);
   constexpr int kKeys = kWg ? kWgBwdKeys : 16 * kWarps;
-  if constexpr (kWg) {
+  if constexpr (kWg == 2) {
+    // The host's maps (bf16_panel_map on the emulated encoder), the tiled accumulator, the cast.
+    const int64_t qh = int64_t{d.B} * d.Hq, kvh = int64_t{d.B} * d.Hkv;
+    const CUtensorMap tq = bf16_panel_map(q.data(), qh, d.T, D, kWgBwdRows), tg = bf16_panel_map(g.data(), qh, d.T, D, kWgBwdRows);
+    const CUtensorMap tk = bf16_panel_map(k.data(), kvh, d.S, D, kWgBwdKeys), tv = bf16_panel_map(v.data(), kvh, d.S, D, kWgBwdKeys);
+    std::vector<float4> tiles(bws_dq_acc_elems(d, D) / 4, float4{0.f, 0.f, 0.f, 0.f});
+    float* tacc = det ? nullptr : &tiles[0].x;
+    launch((d.S + kKeys - 1) / kKeys, d.B * d.Hkv, kBwsThreads, bws_smem_bytes<D>(), [&] {
+      attn_bwd_ws<D>(tq, tk, tv, tg, lsef.data(), deltaf.data(), gdk.data(), gdv.data(), tacc, d);
+    });
+    if (!det) {
+      const int64_t n4 = static_cast<int64_t>(tiles.size());
+      launch(static_cast<unsigned>((n4 + 255) / 256), 1, 256, 0, [&] { dq_from_bws_acc<D>(tiles.data(), gdq.data(), d.T, n4); });
+    }
+  } else if constexpr (kWg == 1) {
     launch((d.S + kKeys - 1) / kKeys, d.B * d.Hkv, 256, wg_bwd_smem_bytes<D>(), [&] {
       attn_bwd_dkdv_wg<D>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdk.data(), gdv.data(),
                           det ? nullptr : acc.data(), d);
@@ -39,16 +55,16 @@ void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, con
                                                       deltaf.data(), gdk.data(), gdv.data(), det ? nullptr : acc.data(), d);
     });
   }
-  if (det) {
+  if (det) {  // v3's dQ kernel for the Hopper versions
     launch((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq, kBwdWarps * 32, dq_smem_bytes<D>(kV3), [&] {
       attn_bwd_dq_mma<D, kLdsm, kV3>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdq.data(), d);
     });
-  } else {
+  } else if (kWg != 2) {
     for (size_t i = 0; i < nq; ++i) gdq[i] = f2bf(acc[i]);
   }
 }
 
-template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, bool kWg>
+template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, int kWg>
 int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   if (!emu_selected(seed)) return 0;
   const AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
@@ -126,7 +142,7 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
 
 // The cases of test_cuda_attention.cpp's kCases (B reduced to 1 where it only repeats).
 // v4 (kWarps = 8) runs the atomic mode only: its deterministic dQ is v3's kernel.
-template <bool kLdsm, bool kPipe, bool kV3, int kWarps, bool kWg = false>
+template <bool kLdsm, bool kPipe, bool kV3, int kWarps, int kWg = 0>
 int all_cases(const char* label) {
   int fails = 0;
   uint32_t seed = 1;
@@ -147,6 +163,13 @@ int all_cases(const char* label) {
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 1, 1, 192, 256, false, 0}, det, seed++, label);
     // Not causal, T a multiple of 64, S not a multiple of the key block (masked key tails only).
     fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 128, 200, false, 0}, det, seed++, label);
+    // Many query tiles per block (wgmma_ws: 24 and 18 tiles through its 2-slot ring, the
+    // parities of both barriers of a slot wrapping several times; a q_offset that puts the first
+    // query tile of the second key block mid-tile). For the ring only: the others' loops are
+    // covered above, and these two cases would add ~25 s to each version's run.
+    if (kWg != 2) continue;
+    fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 1, 333, 130, false, 0}, det, seed++, label);
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 520, 300, true, 100}, det, seed++, label);
   }
   return fails;
 }
@@ -162,7 +185,7 @@ std::vector<float> dump_delta(const AttnDump& x) {
   return delta;
 }
 
-// --replay FILE VERSION (default, v3, v4 or wgmma): the GPU's failing case (test_cuda_attention.cpp's
+// --replay FILE VERSION (default, v3, v4, wgmma or wgmma_ws): the GPU's failing case (test_cuda_attention.cpp's
 // dump_failure) run under the emulation with the same version and dQ mode, lse from the dump
 // (the GPU forward's) and Δ from its o; prints where dq, dk, dv differ and returns the number
 // of differing elements (-1: unknown version).
@@ -175,9 +198,10 @@ int replay_d(const AttnDump& x, const std::string& version) {
   if (version == "default") run_bwd<D, true, true, false, 4, false>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
   else if (version == "v3") run_bwd<D, true, true, true, 4, false>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
   else if (version == "v4") run_bwd<D, true, true, true, 8, false>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
-  else if (version == "wgmma") run_bwd<D, true, true, true, 4, true>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
+  else if (version == "wgmma") run_bwd<D, true, true, true, 4, 1>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
+  else if (version == "wgmma_ws") run_bwd<D, true, true, true, 4, 2>(x.q, x.k, x.v, x.g, x.lse, delta, det, d, dq, dk, dv);
   else {
-    std::printf("replay: unknown version %s (default, v3, v4, wgmma)\n", version.c_str());
+    std::printf("replay: unknown version %s (default, v3, v4, wgmma, wgmma_ws)\n", version.c_str());
     return -1;
   }
   return mismatch_map("dq", x.dq, dq, x.T, D, 2e-2) + mismatch_map("dk", x.dk, dk, x.S, D, 2e-2) +
@@ -204,7 +228,7 @@ int replay_selftest() {
   x.lse.resize(size_t(x.Hq) * x.T);
   for (auto& e : x.lse) e = 3.f + nd(rng);  // any values: both sides get the same
   const AttnDims d{x.B, x.Hq, x.Hkv, x.T, x.S, 2, 1, 0, x.scale};
-  run_bwd<64, true, true, true, 4, true>(x.q, x.k, x.v, x.g, x.lse, dump_delta(x), true, d, x.dq, x.dk, x.dv);
+  run_bwd<64, true, true, true, 4, 1>(x.q, x.k, x.v, x.g, x.lse, dump_delta(x), true, d, x.dq, x.dk, x.dv);
   int shifted = 0;
   for (size_t i = 0; i < nk; ++i) {
     const int pos = static_cast<int>(i / x.D) % x.S, col = static_cast<int>(i % x.D);
@@ -213,14 +237,15 @@ int replay_selftest() {
   return replay_selfcheck(x, shifted, "wgmma", replay);
 }
 
-int main(int argc, char** argv) {  // argument "v3", "v4" or "wgmma": that version only
+int main(int argc, char** argv) {  // argument "v3", "v4", "wgmma" or "wgmma_ws": that version only
   if (argc > 1 && std::string(argv[1]) == "--replay") return replay_main(argc, argv, replay);
   const std::string only = argc > 1 ? argv[1] : "";
   int fails = 0;
   if (only.empty()) fails += all_cases<true, true, false, 4>("default");
   if (only.empty() || only == "v3") fails += all_cases<true, true, true, 4>("v3");
   if (only.empty() || only == "v4") fails += all_cases<true, true, true, 8>("v4");
-  if (only.empty() || only == "wgmma") fails += all_cases<true, true, true, 4, true>("wgmma");
+  if (only.empty() || only == "wgmma") fails += all_cases<true, true, true, 4, 1>("wgmma");
+  if (only.empty() || only == "wgmma_ws") fails += all_cases<true, true, true, 4, 2>("wgmma_ws");
   if (only.empty()) fails += replay_selftest();
   std::printf("%d failures\n", fails);
   return fails;

@@ -78,6 +78,8 @@ static uint16_t f2bf(float x) {
 static float bf2f(uint16_t h) { uint32_t u = static_cast<uint32_t>(h) << 16; float x; std::memcpy(&x, &u, 4); return x; }
 struct uint4 { uint32_t x, y, z, w; };
 inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return {a, b, c, d}; }
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline float __expf(float x) { return std::exp(x); }
 inline float ex2_approx(float x) { return std::exp2(x); }
 inline uint16_t __float2bfloat16_rn(float x) { return f2bf(x); }  // bf16 as its bits here
@@ -165,12 +167,13 @@ inline bool land_now() {
   return (t_coin >> 33) & 1;
 #endif
 }
-// The async proxy (wgmma reads shared memory through it): a 16-byte chunk a cp.async landed in
-// is "unfenced" (g_unfenced[chunk] = the landing thread + 1) until that thread executes
-// fence_proxy_async; a wgmma operand in an unfenced chunk aborts at the issue (the ISA: writes
-// to shared memory by the generic proxy — cp.async's included — must be fenced with
-// fence.proxy.async before wgmma reads them). Plain stores are tracked where a kernel makes them
-// through st_shared_b32 (the backward's dSᵀ), not otherwise. Stricter than the
+// The async proxy (wgmma and the bulk reductions read shared memory through it): a 16-byte
+// chunk a cp.async landed in is "unfenced" (g_unfenced[chunk] = the landing thread + 1) until
+// that thread executes fence_proxy_async; a wgmma operand or a bulk reduction's source in an
+// unfenced chunk aborts at the issue (the ISA: writes to shared memory by the generic proxy —
+// cp.async's included — must be fenced with fence.proxy.async before the async proxy reads
+// them). Plain stores are tracked where a kernel makes them through st_shared_b32 (the
+// backward's dSᵀ) or st_shared_v4 (attn_bwd_ws's dQ staging), not otherwise. Stricter than the
 // ISA could allow (a fence by another thread after the barrier might also order the writes):
 // the kernels fence in the landing thread, and so does this rule.
 std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
@@ -779,6 +782,74 @@ inline void named_bar_check_block_end() {
     g_nbars[id] = EmuNamedBar{};
   }
 }
+// Bulk reductions (cp.reduce.async.bulk .global.shared::cta .add.f32, bulk-group completion;
+// attn_bwd_ws's dQ): at the issue the source (16-byte aligned, a multiple of 16 bytes, inside
+// the block's shared memory) must hold no chunk written by the generic proxy and not yet fenced
+// (st_shared_v4 / st_shared_b32 / cp.async writes before their writer's fence_proxy_async:
+// abort), and its bytes are hashed; the add to global memory is done when a wait retires the
+// group (bulk_commit closes a group; bulk_wait_read<N> / bulk_wait<N> retire all but the newest
+// N), after checking that the source is unchanged since the issue (a region rewritten before the
+// reduction has read it aborts), under the atomics' mutex. A thread that ends with a reduction
+// not retired aborts (its source would be freed under it).
+struct EmuBulk {
+  float* dst;
+  uint32_t src, bytes;
+  uint64_t hash;
+};
+thread_local std::vector<EmuBulk> t_bulk_open;
+thread_local std::vector<std::vector<EmuBulk>> t_bulk_groups;
+inline uint64_t bulk_hash(const unsigned char* p, uint32_t bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (uint32_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+inline void st_shared_v4(void* p, float a, float b, float c, float d) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) { std::printf("st_shared_v4: misaligned\n"); std::abort(); }
+  check_smem(p, 16);
+  const float v[4] = {a, b, c, d};
+  std::memcpy(p, v, 16);
+  mark_unfenced(p);
+}
+inline void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  if (src % 16 != 0 || bytes == 0 || bytes % 16 != 0 || reinterpret_cast<uintptr_t>(dst) % 16 != 0 || src < kEmuSmemBase) {
+    std::printf("bulk_reduce_add_f32: source, destination or size not 16-byte aligned\n");
+    std::abort();
+  }
+  const unsigned char* p = g_smem + (src - kEmuSmemBase);
+  check_smem(p, bytes);
+  for (uint32_t c = (src - kEmuSmemBase) / 16; c < (src - kEmuSmemBase + bytes) / 16; ++c) {
+    if (const int w = g_unfenced[c].load(std::memory_order_relaxed); w != 0) {
+      std::printf("bulk_reduce_add_f32 (thread %d): shared chunk %u written by thread %d without its proxy fence\n", t_lin,
+                  c, w - 1);
+      std::abort();
+    }
+  }
+  t_bulk_open.push_back({dst, src, bytes, bulk_hash(p, bytes)});
+}
+inline void bulk_commit() {
+  t_bulk_groups.push_back(std::move(t_bulk_open));
+  t_bulk_open.clear();
+}
+inline void bulk_retire(const EmuBulk& b) {
+  const unsigned char* p = g_smem + (b.src - kEmuSmemBase);
+  if (bulk_hash(p, b.bytes) != b.hash) {
+    std::printf("bulk_reduce_add_f32 (thread %d): its source was rewritten before the reduction read it\n", t_lin);
+    std::abort();
+  }
+  std::lock_guard<std::mutex> lock(g_atomic);
+  for (uint32_t i = 0; i < b.bytes / 4; ++i) {
+    float v;
+    std::memcpy(&v, p + 4 * i, 4);
+    b.dst[i] += v;
+  }
+}
+template <int N> inline void bulk_wait_read() {
+  while (static_cast<int>(t_bulk_groups.size()) > N) {
+    for (const auto& b : t_bulk_groups.front()) bulk_retire(b);
+    t_bulk_groups.erase(t_bulk_groups.begin());
+  }
+}
+template <int N> inline void bulk_wait() { bulk_wait_read<N>(); }
 template <int N> inline void setmaxnreg_dec() {}
 template <int N> inline void setmaxnreg_inc() {}
 
@@ -881,9 +952,15 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
             t_wg_groups.clear();
             t_wg_fenced = false;
             t_unfenced.clear();
+            t_bulk_open.clear();
+            t_bulk_groups.clear();
             body();
             if (!t_wg_open.empty() || !t_wg_groups.empty()) {
               std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
+              std::abort();
+            }
+            if (!t_bulk_open.empty() || !t_bulk_groups.empty()) {
+              std::printf("bulk_reduce_add_f32: thread %d ended with a reduction not retired by a wait\n", t_lin);
               std::abort();
             }
           });

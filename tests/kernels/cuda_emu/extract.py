@@ -86,8 +86,11 @@ bundles = {
         section("constexpr int kDecWarps", "template <class T, int D>\nvoid launch_decode_gqa"),
         function("__global__ void attn_combine"),
     ],
-    # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma and their helpers
+    # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma, the Hopper attn_bwd_dkdv_wg and
+    # attn_bwd_ws (+ dq_from_bws_acc) and their helpers
     "attention_bwd": lambda: attention_tiles() + [
+        # the TMA map of attn_bwd_ws (cuTensorMapEncodeTiled is cuda_emu.h's)
+        section("CUtensorMap bf16_panel_map(", "// attn_fwd_ws's three maps"),
         section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward version for SOMNUS_ATTN_BWD"),
     ],
 }

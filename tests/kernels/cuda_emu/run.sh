@@ -6,13 +6,14 @@
 # pipelined —, the warp-specialized attn_fwd_ws on emulated TMA and mbarriers, and the default
 # attn_fwd_mma<D, true, true>),
 # attention_bwd (the tensor-core backward: attn_bwd_dkdv_mma with atomic dQ and
-# attn_bwd_dq_mma, default, v3, v4; the Hopper attn_bwd_dkdv_wg), attention_decode (split-K decode: attn_decode_gqa,
+# attn_bwd_dq_mma, default, v3, v4; the Hopper attn_bwd_dkdv_wg and the warp-specialized
+# attn_bwd_ws on emulated TMA, mbarriers and bulk reductions), attention_decode (split-K decode: attn_decode_gqa,
 # attn_rows_simt, attn_combine, on strided KV-cache views), norm, rope and reduce (the kernels of
 # kernels/cuda/{norm,rope,reduce}.cu: each version against f64 and, where equal by design, bitwise
 # against the previous one); every *.cpp here is a driver. A GPU failure of an attention kernel
 # (gpu_check writes the case to $OUT/attn_dumps) replays here on the same inputs:
 #   <work>/attention_fwd_emu --replay FILE VERSION   (v3, wgmma, wgmma_pipe, wgmma_ws, default)
-#   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma)
+#   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
 # printing where the GPU's result differs by warp, warpgroup, 64-column panel and 16-byte chunk. ctest runs each as kernels.cuda_emu_<name>
 # (label `emu`, not under the sanitizers); by hand:
 #   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (~10 s to compile, 20–60 s to run)
