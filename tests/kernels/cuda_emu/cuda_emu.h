@@ -293,6 +293,7 @@ template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
 template <int N>
 inline void wg_fence_operands(uint32_t (&)[N][4]) {}
+std::atomic<int> g_wg_lag_ms{0};  // see wgmma_wait
 struct WgDesc {
   uint32_t start, lbo, sbo;
 };
@@ -423,6 +424,13 @@ inline void wgmma_wait() {
   t_wg_fenced = false;
   if (static_cast<int>(t_wg_groups.size()) <= N) return;
   WarpGroup& g = g_wgs[t_lin / 128];
+  // A lagging warpgroup (g_wg_lag_ms, set by a driver for chosen cases): warpgroup 1's
+  // instructions stay in flight that much longer, while warpgroup 0 runs ahead to wherever its
+  // barriers let it, so that a shared buffer it rewrites under warpgroup 1's wgmma is caught by
+  // the rehash below deterministically, not only when the scheduler happens to lag.
+  if (const int lag = g_wg_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
+  }
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
   // A write to the accumulators in flight (e.g. a rescale before the wait: alpha·1e30 ≠ 1e30;
   // a constant over a NaN) changed the poison: checked before any retiring result is copied in.
@@ -759,18 +767,29 @@ inline uint64_t named_bar_arrive_locked(int id, int threads) {
   }
   return gen;
 }
+// The arrival that completes a named barrier pauses its thread for 2 ms after it (as the
+// mbarrier's completing arrival): the released threads run ahead meanwhile, so that a buffer
+// one side writes after the barrier while the other still reads it (attn_bwd_ws's dSᵀ with one
+// buffer instead of two) is overwritten under the reader in most runs instead of by chance.
 inline void named_bar_arrive(int id, int threads) {
-  std::lock_guard<std::mutex> lock(g_nbar_mu);
-  named_bar_arrive_locked(id, threads);
+  bool completed = false;
+  {
+    std::lock_guard<std::mutex> lock(g_nbar_mu);
+    completed = g_nbars[id].generation != named_bar_arrive_locked(id, threads);
+  }
+  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 inline void named_bar_sync(int id, int threads) {
   std::unique_lock<std::mutex> lock(g_nbar_mu);
   const uint64_t gen = named_bar_arrive_locked(id, threads);
+  const bool completed = g_nbars[id].generation != gen;
   if (!g_nbar_cv.wait_for(lock, std::chrono::seconds(60), [&] { return g_nbars[id].generation != gen; })) {
     std::printf("named barrier %d: %d of %d threads arrived, never completed (thread %d)\n", id, g_nbars[id].arrived,
                 threads, t_lin);
     std::abort();
   }
+  lock.unlock();
+  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 inline void named_bar_check_block_end() {
   for (int id = 1; id < 16; ++id) {
