@@ -452,6 +452,10 @@ __device__ __forceinline__ void mbar_init_fence() { SOMNUS_WGMMA("fence.mbarrier
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   SOMNUS_WGMMA("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// Announces `bytes` more transaction bytes for the barrier's current phase, without arriving.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  SOMNUS_WGMMA("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   SOMNUS_WGMMA("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -2689,15 +2693,17 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 //   - its first thread loads K and V once (TMA, a barrier of their own) and each (Q, dO) tile
 //     into a ring of kBwsStages slots (TMA: one instruction per 64-column panel, the 128-byte
 //     swizzle done by the copy engine, rows past T read as 0);
-//   - its 32 threads store the tile's lse (base 2) and Δ into the slot's stats (0 past T) and
-//     arrive on the slot's "full" barrier (count 32; the first thread's arrival announces the
-//     tile's bytes, which the copies count down);
+//   - its 32 threads store the tile's lse (base 2) and Δ (0 past T; loaded into registers a
+//     tile ahead) into the slot's stats after the first thread has announced the tile's bytes
+//     (mbar_expect_tx) and issued its copies, and arrive on the slot's "full" barrier (count
+//     32), which completes when the copies have counted the bytes down;
 //   - before refilling a slot it waits on the slot's "empty" barrier, at which the 256 consumer
 //     threads arrive once their wgmma reading the slot (dV reads dO, dK reads Q) has retired.
 // So the consumers execute no copy, no global load of lse / Δ and no block barrier per tile.
-// dQ (atomic mode): the consumers' dSᵀ goes to one of two buffers (alternating per tile), the
-// two warpgroups meet at named barrier 1 (256 threads: the other warpgroup's dSᵀ rows are
-// written; the barrier of the previous tile proves the buffer's readers of two tiles back done);
+// dQ (atomic mode): the consumers' dSᵀ goes to one of two buffers (alternating per tile); at
+// D = 128 the two warpgroups meet at named barrier 1 (256 threads: the other warpgroup's dSᵀ
+// rows are written; the barrier of the previous tile proves the buffer's readers of two tiles
+// back done), at D = 64 each warpgroup's dQ reads only its own 64 rows and it syncs alone;
 // each warpgroup's 64 × 64 product dQ += dS K (as attn_bwd_dkdv_wg) is scaled and written to a
 // 16 KiB staging region of its own in fragment order (float4 j·128 + thread: conflict-free), and
 // the warpgroup's first thread adds the region to the f32 accumulator with one bulk reduction
@@ -2799,26 +2805,40 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
           tma_load_3d(v_sh + p * kKPanel, &tm_v, 64 * p, j0, bkv, kv_full);
         }
       }
+      // Lane l handles rows l and l + 32 of a tile's stats, loaded into registers a tile ahead
+      // (their latency behind the wait for the slot) and stored once the tile's copies are issued.
+      static_assert(kWgBwdRows == 64);
+      float lse_r[2], del_r[2];
+      const auto load_stats = [&](int it) {
+        const int i0 = tile_i0(it);
+        const int64_t row = tile_bh(it) * d.T + i0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const bool ok = i0 + lane + 32 * h < d.T;
+          lse_r[h] = ok ? lse[row + lane + 32 * h] * kLog2e : 0.f;
+          del_r[h] = ok ? delta[row + lane + 32 * h] : 0.f;
+        }
+      };
+      load_stats(0);
       for (int it = 0; it < total; ++it) {
         if (it >= kBwsStages) mbar_wait(empty(it), parity(it) ^ 1u);  // dV, dK of tile it − kBwsStages retired
-        const int i0 = tile_i0(it);
-        const int64_t bh = tile_bh(it), row = bh * d.T + i0;
-        float* st = stats(it);
-        for (int r = lane; r < kWgBwdRows; r += 32) {
-          const bool ok = i0 + r < d.T;
-          st[r] = ok ? lse[row + r] * kLog2e : 0.f;
-          st[kWgBwdRows + r] = ok ? delta[row + r] : 0.f;
-        }
-        if (lane == 0) {  // its stores above are ordered before its arrival, as the others'
-          mbar_arrive_expect_tx(full(it), 2 * kTileBytes);
+        if (lane == 0) {  // the copies first: their bytes announced without an arrival
+          const int i0 = tile_i0(it), bh = static_cast<int>(tile_bh(it));
+          mbar_expect_tx(full(it), 2 * kTileBytes);
 #pragma unroll
           for (int p = 0; p < D / 64; ++p) {
-            tma_load_3d(slot(it) + p * kQPanel, &tm_q, 64 * p, i0, static_cast<int>(bh), full(it));
-            tma_load_3d(slot(it) + kTileBytes + p * kQPanel, &tm_g, 64 * p, i0, static_cast<int>(bh), full(it));
+            tma_load_3d(slot(it) + p * kQPanel, &tm_q, 64 * p, i0, bh, full(it));
+            tma_load_3d(slot(it) + kTileBytes + p * kQPanel, &tm_g, 64 * p, i0, bh, full(it));
           }
-        } else {
-          mbar_arrive(full(it));
         }
+        float* st = stats(it);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          st[lane + 32 * h] = lse_r[h];
+          st[kWgBwdRows + lane + 32 * h] = del_r[h];
+        }
+        mbar_arrive(full(it));  // each lane's stores above, released to the consumers' wait
+        if (it + 1 < total) load_stats(it + 1);
       }
     }
     return;
@@ -2896,6 +2916,9 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
           st_shared_b32(at(s_sh) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq, pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
         }
       }
+      // This thread's dSᵀ stores, visible to wgmma after the barrier below; fenced before dK is
+      // issued (the fence, a MEMBAR, need not wait behind dK's products: reviewbws).
+      fence_proxy_async();
     }
     wg_fence_operands(sa);
     wgmma_fence();
@@ -2903,8 +2926,13 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
     wgmma_commit();
     if (atomic) {
-      fence_proxy_async();        // this thread's dSᵀ stores, visible to wgmma after the barrier
-      named_bar_sync(1, 2 * 128);  // both warpgroups' dSᵀ rows written
+      // The dSᵀ rows this warpgroup's dQ reads are written: at D = 128 both warpgroups' (named
+      // barrier 1, 256 threads), at D = 64 its own 64 (its own barrier 2 + wg).
+      if constexpr (D == 128) {
+        named_bar_sync(1, 2 * 128);
+      } else {
+        named_bar_sync(2 + wg, 128);
+      }
       // dQ (64 queries × 64 columns per warpgroup) = dS K: as attn_bwd_dkdv_wg.
       constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
       const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;

@@ -176,6 +176,12 @@ int all_cases(const char* label) {
     g_wg_lag_ms = 20;
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 1, 1, 192, 128, false, 0}, det, seed++, label);
     g_wg_lag_ms = 0;
+    // The producer lagging 100 ms at each of its waits: the consumers wait for every tile, so
+    // that the lse / Δ stores of a producer lane after its arrival (instead of before) are read
+    // stale.
+    g_producer_lag_ms = 100;
+    fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 256, 128, true, 0}, det, seed++, label);
+    g_producer_lag_ms = 0;
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 1, 333, 130, false, 0}, det, seed++, label);
     fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 520, 300, true, 100}, det, seed++, label);
   }
@@ -245,16 +251,20 @@ int replay_selftest() {
   return replay_selfcheck(x, shifted, "wgmma", replay);
 }
 
-int main(int argc, char** argv) {  // argument "v3", "v4", "wgmma" or "wgmma_ws": that version only
+// Argument "v3", "v4", "wgmma" or "wgmma_ws": that version only; "mma": the default, v3 and
+// v4; "hopper": wgmma, wgmma_ws and the replay's self-check (ctest runs the two halves as two
+// tests); none: all.
+int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--replay") return replay_main(argc, argv, replay);
   const std::string only = argc > 1 ? argv[1] : "";
+  const bool mma = only.empty() || only == "mma", hopper = only.empty() || only == "hopper";
   int fails = 0;
-  if (only.empty()) fails += all_cases<true, true, false, 4>("default");
-  if (only.empty() || only == "v3") fails += all_cases<true, true, true, 4>("v3");
-  if (only.empty() || only == "v4") fails += all_cases<true, true, true, 8>("v4");
-  if (only.empty() || only == "wgmma") fails += all_cases<true, true, true, 4, 1>("wgmma");
-  if (only.empty() || only == "wgmma_ws") fails += all_cases<true, true, true, 4, 2>("wgmma_ws");
-  if (only.empty()) fails += replay_selftest();
+  if (mma) fails += all_cases<true, true, false, 4>("default");
+  if (mma || only == "v3") fails += all_cases<true, true, true, 4>("v3");
+  if (mma || only == "v4") fails += all_cases<true, true, true, 8>("v4");
+  if (hopper || only == "wgmma") fails += all_cases<true, true, true, 4, 1>("wgmma");
+  if (hopper || only == "wgmma_ws") fails += all_cases<true, true, true, 4, 2>("wgmma_ws");
+  if (hopper) fails += replay_selftest();
   std::printf("%d failures\n", fails);
   return fails;
 }

@@ -644,13 +644,26 @@ inline bool mbar_arrive_locked(EmuMbar& b, uint32_t bar) {
 // refilling the slot) run meanwhile, as a fast producer could on the GPU, so that a slot released
 // before the wgmma reading it has retired is refilled under it (the operand hash aborts) in most
 // runs instead of by chance.
+// With a lagging producer (g_producer_lag_ms, below) a producer thread's arrival that does not
+// complete the phase pauses it that long too: a store it makes after its arrival instead of
+// before (attn_bwd_ws's lse / Δ) then lands after the consumers, waiting for the tile, have read.
+std::atomic<int> g_producer_lag_ms{0};
 inline void mbar_arrive(uint32_t bar) {
   bool completed = false;
   {
     std::lock_guard<std::mutex> lock(g_mbar_mu);
     completed = mbar_arrive_locked(mbar_at(bar), bar);
   }
-  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (completed) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  } else if (const int lag = g_producer_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
+  }
+}
+// mbarrier.expect_tx: bytes for the current phase, no arrival.
+inline void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  mbar_at(bar).tx += bytes;
 }
 inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   std::lock_guard<std::mutex> lock(g_mbar_mu);
@@ -702,7 +715,14 @@ inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, in
   if (land_now()) tma_land(c, b);
   else b.copies.push_back(c);
 }
+// A lagging producer (g_producer_lag_ms, set by a driver for chosen cases): each mbar_wait of a
+// warpgroup-2 thread (the warp-specialized kernels' producer) first sleeps that long, so that
+// the consumers wait for every tile and read it as soon as its phase completes: a store the
+// producer makes after its arrival (instead of before) is then read stale.
 inline void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (const int lag = g_producer_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
+  }
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
     {

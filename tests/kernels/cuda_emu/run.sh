@@ -17,6 +17,8 @@
 # printing where the GPU's result differs by warp, warpgroup, 64-column panel and 16-byte chunk. ctest runs each as kernels.cuda_emu_<name>
 # (label `emu`, not under the sanitizers); by hand:
 #   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (~10 s to compile, 20–60 s to run)
+# CUDA_EMU_ARGS: arguments for the driver (attention_bwd: "mma" or "hopper", the two halves of
+# its versions, which ctest runs as two tests).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -45,6 +47,6 @@ for part in "${parts[@]}"; do
   python3 "$here/extract.py" "$root/kernels/cuda" "$work/$part.inc" "$part"
   "$cxx" -std=c++20 $opt -fno-strict-aliasing -pthread -I"$here" -I"$work" -I"$root" "$here/$part.cpp" \
     -o "$work/${part}_emu"
-  "$work/${part}_emu" || status=1
+  "$work/${part}_emu" ${CUDA_EMU_ARGS:-} || status=1
 done
 exit $status
