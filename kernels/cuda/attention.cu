@@ -2706,11 +2706,13 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 // back done), at D = 64 each warpgroup's dQ reads only its own 64 rows and it syncs alone;
 // each warpgroup's 64 × 64 product dQ += dS K (as attn_bwd_dkdv_wg) is scaled and written to a
 // 16 KiB staging region of its own in fragment order (float4 j·128 + thread: conflict-free), and
-// the warpgroup's first thread adds the region to the f32 accumulator with one bulk reduction
-// (cp.reduce.async.bulk .add.f32, done by the copy engine at L2), in place of 4096 per-thread
-// f32 atomics per tile and warpgroup. Before the region is rewritten the thread waits for the
-// reduction's read of it (cp.async.bulk.wait_group.read), then named barrier 2 + wg; after the
-// writes each writer fences the async proxy, named barrier 2 + wg again, then the issue.
+// warp 9 of the producer warpgroup (the dQ writer, FA3's) adds the region to the f32
+// accumulator with one bulk reduction (cp.reduce.async.bulk .add.f32, done by the copy engine
+// at L2), in place of 4096 per-thread f32 atomics per tile and warpgroup. The hand-over, per
+// warpgroup w, on named barriers of 160 threads: the consumers write, fence the async proxy and
+// arrive at dQ-full w (no wait); the writer syncs there, issues, and once both regions of the
+// tile have been read (cp.async.bulk.wait_group.read) arrives at dQ-empty w, which the
+// consumers sync on before they write the next tile's dQ.
 // The accumulator is laid out as the regions (bws_dq_acc_elems: per (b, h) and 64-row query
 // tile, 64·D floats in fragment order; at D = 128 warpgroup w's columns 64w.. are region w, at
 // D = 64 both warpgroups add their keys' share into the same region); dq_from_bws_acc casts it
@@ -2719,17 +2721,23 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 // Deterministic mode: this kernel without dQ (no dSᵀ stores, no named barriers), then v3's dQ
 // kernel, as wgmma.
 // Registers: 384 threads, one block per SM; setmaxnreg as attn_fwd_ws (producer 24, consumers
-// 240). Shared memory: K, V, 2 × (Q, dO), 2 × dSᵀ, 2 × 16 KiB staging, stats, 5 barriers:
+// 240): ptxas, sm_90a: consumer code up to R233 / R170 at D = 128 / 64, producer and writer 17,
+// no spill. Shared memory: K, V, 2 × (Q, dO), 2 × dSᵀ, 2 × 16 KiB staging, stats, 5 barriers:
 // 194 / 130 KiB at D = 128 / 64.
 // Expected (prediction, not measured): the consumers' instruction stream loses the copy issue,
-// the lse / Δ loads, one block barrier per tile and 32 red.global.v2 per thread and tile; FA3
-// reports ~450–500 TFLOP/s for its backward at D = 128 on an H100. Here, with neither FA3's
-// swapped dQ operands nor its larger query tiles: 250–350 TFLOP/s at causal D = 128, T = 4k.
+// the lse / Δ loads, one block barrier per tile and 32 red.global.v2 per thread and tile (for
+// 8 STS.128, a fence and a barrier arrival); FA3 reports ~450–500 TFLOP/s for its backward at
+// D = 128 on an H100. Here, with neither FA3's swapped dQ operands nor its larger query tiles:
+// 250–350 TFLOP/s at causal D = 128, T = 4k (reviewbws: 280–380).
 constexpr int kBwsStages = 2;
 constexpr int kBwsThreads = 384;                 // two consumer warpgroups + the producer warpgroup
 constexpr int kBwsBars = 1 + 2 * kBwsStages;     // K/V full; per ring slot full, empty
 constexpr int kBwsRegion = 64 * 64;              // floats of a warpgroup's dQ staging region
 constexpr int kBwsProducerRegs = 24, kBwsConsumerRegs = 240;
+// Named barriers: dSᵀ written (D 128: both warpgroups, 256 threads; D 64: per warpgroup, 128);
+// per warpgroup w, dQ-full (its 128 threads arrive once its region is staged, the writer warp
+// syncs) and dQ-empty (the writer arrives once it has read the region, the 128 sync).
+constexpr int kBarDs = 1, kBarDqFull = 4, kBarDqEmpty = 6;
 static_assert(128 * kBwsProducerRegs + 256 * kBwsConsumerRegs <= kBwsThreads * ((65536 / kBwsThreads) & ~7),
               "attn_bwd_ws: the warpgroups ask for more registers than the launch gives");
 
@@ -2841,6 +2849,29 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
         if (it + 1 < total) load_stats(it + 1);
       }
     }
+    if (warp == 9 && dq_acc != nullptr) {  // the dQ writer (atomic mode; dq_acc block-uniform)
+      const int n_qt = (d.T + kWgBwdRows - 1) / kWgBwdRows;
+#pragma unroll 1  // (unrolled, it spills under the producers' 24 registers)
+      for (int it = 0; it < total; ++it) {
+        const int64_t tile = tile_bh(it) * n_qt + tile_i0(it) / kWgBwdRows;
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          named_bar_sync(kBarDqFull + w, 128 + 32);  // warpgroup w's region staged and fenced
+          if (lane == 0) {
+            bulk_reduce_add_f32(dq_acc + tile * kWgBwdRows * D + (D == 128 ? w * kBwsRegion : 0),
+                                dq_sh + static_cast<uint32_t>(w) * (kBwsRegion * 4), kBwsRegion * 4);
+            bulk_commit();
+          }
+        }
+        if (lane == 0) bulk_wait_read<0>();  // both regions read: they may be rewritten
+        __syncwarp();
+        if (it + 1 < total) {  // (the consumers wait for it before tiles 1.., not after the last)
+          named_bar_arrive(kBarDqEmpty, 128 + 32);
+          named_bar_arrive(kBarDqEmpty + 1, 128 + 32);
+        }
+      }
+      if (lane == 0) bulk_wait<0>();  // the last reductions done before the exit
+    }
     return;
   }
 
@@ -2851,7 +2882,6 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
   const int key0 = j0 + kr, key1 = key0 + 8;
   const int64_t kv_base = static_cast<int64_t>(bkv) * d.S * D;
   const bool atomic = dq_acc != nullptr;
-  const int n_qt = (d.T + kWgBwdRows - 1) / kWgBwdRows;
   const float c2 = d.scale * kLog2e;
   float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -2929,9 +2959,9 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
       // The dSᵀ rows this warpgroup's dQ reads are written: at D = 128 both warpgroups' (named
       // barrier 1, 256 threads), at D = 64 its own 64 (its own barrier 2 + wg).
       if constexpr (D == 128) {
-        named_bar_sync(1, 2 * 128);
+        named_bar_sync(kBarDs, 2 * 128);
       } else {
-        named_bar_sync(2 + wg, 128);
+        named_bar_sync(kBarDs + 1 + wg, 128);
       }
       // dQ (64 queries × 64 columns per warpgroup) = dS K: as attn_bwd_dkdv_wg.
       constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
@@ -2950,24 +2980,18 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
       mbar_arrive(empty(it));
       wgmma_wait<0>();
       wg_fence_operands(dqa);
-      // The staging region: this warpgroup's reduction of the last tile has read it; the writes;
-      // each writer's proxy fence; then its first thread issues the bulk add.
+      // The staging region, once the writer has read the last tile's (its arrival on dQ-empty);
+      // the writes; each writer's proxy fence; then the writer warp's turn (dQ-full).
       const int t = threadIdx.x % 128;
       const uint32_t region = dq_sh + static_cast<uint32_t>(wg) * (kBwsRegion * 4);
-      if (t == 0) bulk_wait_read<0>();
-      named_bar_sync(2 + wg, 128);
+      if (it > 0) named_bar_sync(kBarDqEmpty + wg, 128 + 32);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         st_shared_v4(at(region) + (j * 128 + t) * 16, d.scale * dqa[j][0], d.scale * dqa[j][1], d.scale * dqa[j][2],
                      d.scale * dqa[j][3]);
       }
       fence_proxy_async();
-      named_bar_sync(2 + wg, 128);
-      if (t == 0) {
-        const int64_t tile = tile_bh(it) * n_qt + i0 / kWgBwdRows;
-        bulk_reduce_add_f32(dq_acc + tile * kWgBwdRows * D + (D == 128 ? wg * kBwsRegion : 0), region, kBwsRegion * 4);
-        bulk_commit();
-      }
+      named_bar_arrive(kBarDqFull + wg, 128 + 32);
     } else {
       wgmma_wait<0>();
       mbar_arrive(empty(it));
@@ -2975,7 +2999,6 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
     wg_fence_operands(dka);
     wg_fence_operands(dva);
   }
-  if (atomic && threadIdx.x % 128 == 0) bulk_wait<0>();  // the last reduction done before the exit
 
   // Every key of the block below S is written, zero where no query sees it.
   store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);

@@ -100,6 +100,8 @@ std::barrier<>* g_block_bar;
 struct Warp { std::barrier<>* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; uint64_t shfl[32]; };
 Warp* g_warps;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+// __syncwarp: a barrier over the thread's warp (whole warps only; the mask is not emulated).
+inline void __syncwarp(unsigned = 0xffffffffu) { g_warps[t_lin / 32].bar->arrive_and_wait(); }
 inline void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
   const int lane = t_lin % 32;
   Warp& w = g_warps[t_lin / 32];
