@@ -2495,6 +2495,85 @@ constexpr int wg_bwd_smem_bytes() {
   return 2 * kWgBwdKeys * D * 2 + 4 * kWgBwdRows * D * 2 + kWgBwdKeys * kWgBwdRows * 2 + 4 * kWgBwdRows * 4 + 1024;
 }
 
+// The per-tile steps of the wgmma backwards (attn_bwd_dkdv_wg, attn_bwd_ws), for warpgroup wg's
+// 64 keys; shared-space byte addresses: k_sh, v_sh the block's K, V (panels of 128 rows),
+// q_sh, g_sh the tile's Q, dO (panels of 64 rows), s_sh a dSᵀ buffer (one panel of 128 rows).
+// Sᵀ = K Qᵀ and dPᵀ = V dOᵀ (64 keys × 64 queries each, both operands K-major), committed as
+// two groups, so that Pᵀ is computed while dPᵀ is still on the tensor cores.
+template <int D>
+__device__ __forceinline__ void wg_bwd_issue_s_dp(float (&s)[8][4], float (&dp)[8][4], uint32_t k_sh, uint32_t v_sh,
+                                                  uint32_t q_sh, uint32_t g_sh, int wg) {
+  constexpr uint32_t kKPanel = kWgBwdKeys * kSwRow, kQPanel = kWgBwdRows * kSwRow;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+    const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+    wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+  }
+  wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
+    const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
+    wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
+  }
+  wgmma_commit();
+}
+// acc += A B over the tile's 64 queries, one group: A from registers (a: the A fragments of Pᵀ
+// or dSᵀ, k-steps of 16 queries), B the 64 × D tile at b_sh (dO for dV, Q for dK) read MN-major.
+template <int D>
+__device__ __forceinline__ void wg_bwd_issue_rs(float (&acc)[D / 8][4], uint32_t (&a)[4][4], uint32_t b_sh) {
+  wg_fence_operands(a);  // the A fragments are written before the fence
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    wgmma_rs_tb<D>(acc, a[kk], wg_desc(b_sh + kk * 16 * kSwRow, kWgBwdRows * kSwRow, 8 * kSwRow));
+  }
+  wgmma_commit();
+}
+// dSᵀ = Pᵀ ∘ (dPᵀ − Δ) into dp (s: Pᵀ, del_s: the tile's Δ), and its A fragments sa.
+__device__ __forceinline__ void wg_bwd_ds(float (&dp)[8][4], const float (&s)[8][4], const float* del_s, int tq,
+                                          uint32_t (&sa)[4][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
+}
+// This thread's dSᵀ rows kr and kr + 8 (keys of the block) into the buffer at ds (row = key,
+// 16-byte chunks swizzled), as bf16 pairs through st_shared_b32.
+__device__ __forceinline__ void wg_bwd_store_ds(unsigned char* ds, const float (&dp)[8][4], int kr, int tq) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = kr + 8 * h;
+      st_shared_b32(ds + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq, pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
+    }
+  }
+}
+// dQ (64 queries × 64 columns per warpgroup) = dS K, one group: A = dSᵀ read M-major (queries
+// contiguous in a key row), B = K read MN-major (d contiguous in a key row); at D = 128
+// warpgroup wg takes d-columns 64·wg.. over all 128 keys, at D = 64 its own 64 keys over all.
+template <int D>
+__device__ __forceinline__ void wg_bwd_issue_dq(float (&dqa)[8][4], uint32_t s_sh, uint32_t k_sh, int wg) {
+  constexpr uint32_t kKPanel = kWgBwdKeys * kSwRow;
+  constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
+  const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;    // first key row
+  const uint32_t k_col = D == 128 ? static_cast<uint32_t>(wg) * kKPanel : 0u;  // d-column panel
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const uint32_t rows = (key_lo + kk * 16) * kSwRow;
+    wgmma_ss_n64_tt(dqa, wg_desc(s_sh + rows, kKPanel, 8 * kSwRow), wg_desc(k_sh + k_col + rows, kKPanel, 8 * kSwRow),
+                    kk > 0 ? 1 : 0);
+  }
+  wgmma_commit();
+}
+
 template <int D>
 __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __restrict__ q,
                                                           const uint16_t* __restrict__ k,
@@ -2548,8 +2627,7 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     next_stats.load(lse, delta, row, i0, d.T);
   };
   const float c2 = d.scale * kLog2e;
-  // Shared-space bases; panel strides: K, V 128 rows, Q, dO 64 rows (of kSwRow bytes).
-  constexpr uint32_t kKPanel = kWgBwdKeys * kSwRow, kQPanel = kWgBwdRows * kSwRow;
+  // Shared-space bases (panels: K, V 128 rows, Q, dO 64 rows of kSwRow bytes).
   const uint32_t k_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Ks));
   const uint32_t v_sh = static_cast<uint32_t>(__cvta_generic_to_shared(Vs));
   const uint32_t qg_sh = static_cast<uint32_t>(__cvta_generic_to_shared(QGb));
@@ -2573,24 +2651,9 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     const float* lse_s = lse_b + buf * kWgBwdRows;
     const float* del_s = del_b + buf * kWgBwdRows;
 
-    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys (this warpgroup's) × 64 queries each, two groups so
-    // that Pᵀ is computed while dPᵀ is still on the tensor cores.
+    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 64 keys (this warpgroup's) × 64 queries each.
     float s[8][4], dp[8][4];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
-      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
-      wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
-      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
-      wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
+    wg_bwd_issue_s_dp<D>(s, dp, k_sh, v_sh, q_sh, g_sh, wg);
     wgmma_wait<1>();  // Sᵀ (dPᵀ in flight)
     wg_fence_operands(s);
 
@@ -2601,59 +2664,19 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
     uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
-    wg_fence_operands(pa);  // the A fragments are written before the fence
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
-    }
-    wgmma_commit();
+    wg_bwd_issue_rs<D>(dva, pa, g_sh);
     wgmma_wait<1>();  // dPᵀ (dV in flight)
     wg_fence_operands(dp);
 
     // dSᵀ = Pᵀ ∘ (dPᵀ − Δ) in dp, then dK += dSᵀ Q (Q read MN-major).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
-    if (dq_acc != nullptr) {  // block-uniform: dSᵀ to shared memory (row = key, swizzled chunks)
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = kr + 8 * h;
-          st_shared_b32(reinterpret_cast<unsigned char*>(Ss) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq,
-                        pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
-        }
-      }
-    }
-    wg_fence_operands(sa);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
-    }
-    wgmma_commit();
+    wg_bwd_ds(dp, s, del_s, tq, sa);
+    if (dq_acc != nullptr) wg_bwd_store_ds(reinterpret_cast<unsigned char*>(Ss), dp, kr, tq);  // block-uniform
+    wg_bwd_issue_rs<D>(dka, sa, q_sh);
     if (dq_acc != nullptr) {
       fence_proxy_async();  // this thread's dSᵀ stores, visible to wgmma after the barrier
       __syncthreads();      // both warpgroups' dSᵀ rows are written
-      // dQ (64 queries × 64 columns per warpgroup) = dS K: A = dSᵀ read M-major (queries
-      // contiguous in a key row), B = K read MN-major (d contiguous in a key row).
-      constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
-      const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;  // first key row
-      const uint32_t k_col = D == 128 ? static_cast<uint32_t>(wg) * kKPanel : 0u;  // d-column panel
       float dqa[8][4];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kSteps; ++kk) {
-        const uint32_t rows = (key_lo + kk * 16) * kSwRow;
-        wgmma_ss_n64_tt(dqa, wg_desc(s_sh + rows, kKPanel, 8 * kSwRow), wg_desc(k_sh + k_col + rows, kKPanel, 8 * kSwRow),
-                        kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
+      wg_bwd_issue_dq<D>(dqa, s_sh, k_sh, wg);
       wgmma_wait<0>();
       wg_fence_operands(dqa);
       const int c0 = D == 128 ? wg * 64 : 0;
@@ -2899,62 +2922,27 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
 
     // Sᵀ = K Qᵀ, dPᵀ = V dOᵀ (two groups), Pᵀ and dV += Pᵀ dO while dPᵀ runs: as attn_bwd_dkdv_wg.
     float s[8][4], dp[8][4];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
-      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
-      wgmma_ss_n64(s, wg_desc(k_sh + off, 16, 8 * kSwRow), wg_desc(q_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * kKPanel + wg * 64 * kSwRow + (kk & 3) * 32u;
-      const uint32_t qoff = (kk >> 2) * kQPanel + (kk & 3) * 32u;
-      wgmma_ss_n64(dp, wg_desc(v_sh + off, 16, 8 * kSwRow), wg_desc(g_sh + qoff, 16, 8 * kSwRow), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
+    wg_bwd_issue_s_dp<D>(s, dp, k_sh, v_sh, q_sh, g_sh, wg);
     wgmma_wait<1>();  // Sᵀ (dPᵀ in flight)
     wg_fence_operands(s);
     p_tile_b2(s, i0 + kWgBwdRows <= d.T && j0 + kWgBwdKeys <= d.visible(i0), d, i0, key0, key1, tq, c2, lse_s);
     uint32_t pa[4][4], sa[4][4];  // A fragments of Pᵀ and dSᵀ, k-steps of 16 queries
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) p_frag(s, kk, pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]);
-    wg_fence_operands(pa);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_tb<D>(dva, pa[kk], wg_desc(g_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
-    wgmma_commit();
+    wg_bwd_issue_rs<D>(dva, pa, g_sh);
     wgmma_wait<1>();  // dPᵀ (dV in flight)
     wg_fence_operands(dp);
 
     // dSᵀ = Pᵀ ∘ (dPᵀ − Δ), then dK += dSᵀ Q (Q read MN-major).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - del_s[nt * 8 + 2 * tq + (e & 1)]);
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) p_frag(dp, kk, sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);
+    wg_bwd_ds(dp, s, del_s, tq, sa);
     const uint32_t s_sh = ds_sh + static_cast<uint32_t>(it & 1) * (kWgBwdKeys * kSwRow);
-    if (atomic) {  // block-uniform: dSᵀ to this tile's buffer (row = key, swizzled chunks)
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = kr + 8 * h;
-          st_shared_b32(at(s_sh) + r * kSwRow + ((nt ^ (r & 7)) << 4) + 4 * tq, pack_bf16(dp[nt][2 * h], dp[nt][2 * h + 1]));
-        }
-      }
+    if (atomic) {  // block-uniform: dSᵀ to this tile's buffer
+      wg_bwd_store_ds(at(s_sh), dp, kr, tq);
       // This thread's dSᵀ stores, visible to wgmma after the barrier below; fenced before dK is
       // issued (the fence, a MEMBAR, need not wait behind dK's products: reviewbws).
       fence_proxy_async();
     }
-    wg_fence_operands(sa);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_tb<D>(dka, sa[kk], wg_desc(q_sh + kk * 16 * kSwRow, kQPanel, 8 * kSwRow));
-    wgmma_commit();
+    wg_bwd_issue_rs<D>(dka, sa, q_sh);
     if (atomic) {
       // The dSᵀ rows this warpgroup's dQ reads are written: at D = 128 both warpgroups' (named
       // barrier 1, 256 threads), at D = 64 its own 64 (its own barrier 2 + wg).
@@ -2963,19 +2951,8 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
       } else {
         named_bar_sync(kBarDs + 1 + wg, 128);
       }
-      // dQ (64 queries × 64 columns per warpgroup) = dS K: as attn_bwd_dkdv_wg.
-      constexpr int kSteps = D == 128 ? kWgBwdKeys / 16 : 64 / 16;
-      const uint32_t key_lo = D == 128 ? 0u : static_cast<uint32_t>(wg) * 64u;
-      const uint32_t k_col = D == 128 ? static_cast<uint32_t>(wg) * kKPanel : 0u;
-      float dqa[8][4];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kSteps; ++kk) {
-        const uint32_t rows = (key_lo + kk * 16) * kSwRow;
-        wgmma_ss_n64_tt(dqa, wg_desc(s_sh + rows, kKPanel, 8 * kSwRow), wg_desc(k_sh + k_col + rows, kKPanel, 8 * kSwRow),
-                        kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
+      float dqa[8][4];  // dQ (64 queries × 64 columns per warpgroup) = dS K
+      wg_bwd_issue_dq<D>(dqa, s_sh, k_sh, wg);
       wgmma_wait<1>();  // dV and dK retired (dQ in flight): the slot is no longer read
       mbar_arrive(empty(it));
       wgmma_wait<0>();
