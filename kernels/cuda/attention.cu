@@ -2733,9 +2733,9 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
 // accumulator with one bulk reduction (cp.reduce.async.bulk .add.f32, done by the copy engine
 // at L2), in place of 4096 per-thread f32 atomics per tile and warpgroup. The hand-over, per
 // warpgroup w, on named barriers of 160 threads: the consumers write, fence the async proxy and
-// arrive at dQ-full w (no wait); the writer syncs there, issues, and once both regions of the
-// tile have been read (cp.async.bulk.wait_group.read) arrives at dQ-empty w, which the
-// consumers sync on before they write the next tile's dQ.
+// arrive at dQ-full w (no wait); the writer syncs there, issues, and once the region has been
+// read (cp.async.bulk.wait_group.read) arrives at dQ-empty w, which the consumers sync on
+// before they write the next tile's dQ.
 // The accumulator is laid out as the regions (bws_dq_acc_elems: per (b, h) and 64-row query
 // tile, 64·D floats in fragment order; at D = 128 warpgroup w's columns 64w.. are region w, at
 // D = 64 both warpgroups add their keys' share into the same region); dq_from_bws_acc casts it
@@ -2884,13 +2884,12 @@ __global__ void __launch_bounds__(kBwsThreads, 1) attn_bwd_ws(const __grid_const
             bulk_reduce_add_f32(dq_acc + tile * kWgBwdRows * D + (D == 128 ? w * kBwsRegion : 0),
                                 dq_sh + static_cast<uint32_t>(w) * (kBwsRegion * 4), kBwsRegion * 4);
             bulk_commit();
+            bulk_wait_read<0>();  // the region read: warpgroup w may rewrite it
           }
-        }
-        if (lane == 0) bulk_wait_read<0>();  // both regions read: they may be rewritten
-        __syncwarp();
-        if (it + 1 < total) {  // (the consumers wait for it before tiles 1.., not after the last)
-          named_bar_arrive(kBarDqEmpty, 128 + 32);
-          named_bar_arrive(kBarDqEmpty + 1, 128 + 32);
+          __syncwarp();
+          // Released before warpgroup 1's region is waited for (the consumers wait for this
+          // before tiles 1.., not after the last).
+          if (it + 1 < total) named_bar_arrive(kBarDqEmpty + w, 128 + 32);
         }
       }
       if (lane == 0) bulk_wait<0>();  // the last reductions done before the exit
