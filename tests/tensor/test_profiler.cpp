@@ -332,7 +332,9 @@ TEST_F(ProfilerTest, TrainStepOpsAddUpToTheWallTime) {
   };
   step();  // warm-up: the caching allocator's blocks, OpenBLAS's buffers
   double best_ratio = 0;
-  for (int attempt = 0; attempt < 3 && best_ratio < 0.9; ++attempt) {
+  // Up to 10 steps, stopping at the first that reaches the bound (~0.35 s each): the ctest run
+  // that failed with 3 (0.890, 2026-11-27) had the long emulation tests on the other core.
+  for (int attempt = 0; attempt < 10 && best_ratio < 0.9; ++attempt) {
     profiler::reset();
     {
       profiler::Session session;
@@ -356,7 +358,7 @@ TEST_F(ProfilerTest, TrainStepOpsAddUpToTheWallTime) {
     EXPECT_TRUE(names.count("matmul") && names.count("attention_fwd") && names.count("adamw_step")) << all;
     best_ratio = std::max(best_ratio, ops_us / wall.dur_us);
   }
-  // The best of three steps: one preempted step on a busy 2-core CI machine must not fail it.
+  // The best of up to ten steps: preempted steps on a busy 2-core CI machine must not fail it.
   EXPECT_GE(best_ratio, 0.9);
   std::printf("ops / wall time of a profiled step: %.3f\n", best_ratio);
 }
