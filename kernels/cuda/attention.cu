@@ -3045,6 +3045,20 @@ Tensor zeros_f32(int64_t n, Device device) {
   return t;
 }
 
+// The deterministic dQ of the Hopper backwards (wgmma, wgmma_ws): v3's dQ kernel
+// (attn_bwd_dq_mma<D, true, true>), no atomics.
+template <int D>
+void launch_dq_v3(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp, const uint16_t* gp, const Tensor& lse,
+                  const Tensor& delta, const AttnDims& d, const Tensor& dq) {
+  constexpr int smem = dq_smem_bytes<D>(true);
+  const auto kernel = attn_bwd_dq_mma<D, true, true>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
+  kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
+                                         reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
+  CUDA_CHECK_LAUNCH();
+}
+
 // SOMNUS_ATTN_BWD=wgmma_ws: attn_bwd_ws (Q, dO, K, V through TMA maps; the atomic dQ into its
 // tiled accumulator, then dq_from_bws_acc), or in deterministic mode attn_bwd_ws without dQ
 // and v3's dQ kernel.
@@ -3068,18 +3082,13 @@ void attention_bwd_ws(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp
                                               deterministic ? nullptr : acc.data<float>(), d);
   CUDA_CHECK_LAUNCH();
   if (deterministic) {
-    constexpr int dq_smem = dq_smem_bytes<D>(true);
-    const auto kernel = attn_bwd_dq_mma<D, true, true>;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem));
-    const dim3 q_grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
-    kernel<<<q_grid, kBwdWarps * 32, dq_smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
-                                                reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
+    launch_dq_v3<D>(qp, kp, vp, gp, lse, delta, d, dq);
   } else {
     const int64_t n4 = acc.numel() / 4;
     dq_from_bws_acc<D><<<static_cast<unsigned>((n4 + 255) / 256), 256>>>(
         reinterpret_cast<const float4*>(acc.data<float>()), reinterpret_cast<uint16_t*>(dq.data_ptr()), d.T, n4);
+    CUDA_CHECK_LAUNCH();
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 // The tensor-core backward: bf16, D ∈ {64, 128}; delta = rowsum(dO ∘ O) (B·Hq·T) already
@@ -3150,15 +3159,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
                                                  reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
         CUDA_CHECK_LAUNCH();
       }
-      if (dq_acc == nullptr && d.T > 0) {  // deterministic dQ: v3's kernel
-        constexpr int smem = dq_smem_bytes<D>(true);
-        const auto kernel = attn_bwd_dq_mma<D, true, true>;
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
-        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
-                                               reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
-        CUDA_CHECK_LAUNCH();
-      }
+      if (dq_acc == nullptr && d.T > 0) launch_dq_v3<D>(qp, kp, vp, gp, lse, delta, d, dq);  // deterministic dQ
       cast_dq();
       return;
     }
