@@ -240,15 +240,16 @@ void BM_reduce_sum(benchmark::State& state, DType dtype, int dim) {
   report_bandwidth(state, mean, rows * cols * bytes_of(dtype));
 }
 
-// The previous kernels (SOMNUS_REDUCE=v1) beside the default rows above.
-void BM_reduce_sum_v1(benchmark::State& state, DType dtype, int dim) {
-  setenv("SOMNUS_REDUCE", "v1", 1);
+// One version everywhere (SOMNUS_REDUCE = v1: the previous kernels; v2: the new ones) beside the
+// default rows above (v2's rows and whole-tensor kernels, v1's columns).
+void BM_reduce_sum_version(benchmark::State& state, DType dtype, int dim, const char* version) {
+  setenv("SOMNUS_REDUCE", version, 1);
   BM_reduce_sum(state, dtype, dim);
   unsetenv("SOMNUS_REDUCE");
 }
 
 // The norm backward's partial sums: (512, 4096) f32 over dim 0 (ops.cpp norm_backward), with
-// the default kernels (version "") or SOMNUS_REDUCE=v1.
+// the default kernels (version "") or SOMNUS_REDUCE=v1 / v2.
 void BM_reduce_sum_norm_partials(benchmark::State& state, const char* version) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = 512, cols = 4096;
@@ -323,12 +324,14 @@ void register_all() {
     manual(RegisterBenchmark(("sum_lastdim/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, 1));
     manual(RegisterBenchmark(("sum_dim0/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, 0));
     manual(RegisterBenchmark(("sum_all/" + t + "/8192x8192").c_str(), BM_reduce_sum, d, -2));
-    manual(RegisterBenchmark(("sum_lastdim_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, 1));
-    manual(RegisterBenchmark(("sum_dim0_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, 0));
-    manual(RegisterBenchmark(("sum_all_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_v1, d, -2));
+    manual(RegisterBenchmark(("sum_lastdim_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, 1, "v1"));
+    manual(RegisterBenchmark(("sum_dim0_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, 0, "v1"));
+    manual(RegisterBenchmark(("sum_all_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, -2, "v1"));
+    manual(RegisterBenchmark(("sum_dim0_v2/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, 0, "v2"));
     if (d == DType::f32) {
       manual(RegisterBenchmark("sum_dim0/f32/512x4096", BM_reduce_sum_norm_partials, ""));
       manual(RegisterBenchmark("sum_dim0_v1/f32/512x4096", BM_reduce_sum_norm_partials, "v1"));
+      manual(RegisterBenchmark("sum_dim0_v2/f32/512x4096", BM_reduce_sum_norm_partials, "v2"));
     }
     manual(RegisterBenchmark(("argmax/" + t + "/2048x50304").c_str(), BM_argmax, d));
     manual(RegisterBenchmark(("embedding/" + t + "/V50304_C768_N8192").c_str(), BM_embedding, d));
@@ -423,20 +426,21 @@ void BM_attention(benchmark::State& state, int pass, bool causal) {
   }
 }
 
-// The forward's kernel versions other than the default (SOMNUS_ATTN_FWD = v1: plain shared
-// loads; v2: ldmatrix, no cp.async pipeline; v3: 128-row blocks, base-2 softmax; wgmma: v3 on
+// The forward's kernel versions (SOMNUS_ATTN_FWD = v1: plain shared loads; v2: ldmatrix, no
+// cp.async pipeline; mma: v2 with cp.async double buffering, the default until 2026-11-27; v3:
+// 128-row blocks, base-2 softmax (the default off sm_90a); wgmma: v3 on
 // Hopper's warpgroup MMA; wgmma_pipe: wgmma with 128-key tiles and P V overlapping the next
 // softmax; wgmma_ws: wgmma_pipe's consumers fed by a TMA producer warpgroup; wgmma_wspp: wgmma_ws
-// with ping-pong between the consumers; wgmma_persist: wgmma_wspp on persistent blocks; v3 and
-// the wgmma ones opt-in until a GPU run has measured them) at T = 4096,
-// beside the default in the rows above: the variant ladder of the forward.
+// with ping-pong between the consumers; wgmma_persist: wgmma_wspp on persistent blocks, the
+// default on sm_90a since the H100 run of 2026-11-27) at T = 4096, beside the default in the rows
+// above: the variant ladder of the forward.
 void BM_attention_fwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
   const AttnBench a = make_attn_bench(state.range(0), state.range(1), causal);
   setenv("SOMNUS_ATTN_FWD", version, 1);
 #ifdef SOMNUS_WITH_CUDA
-  // An opt-in version the device cannot run (v3: two resident blocks; wgmma: sm_90a) would
-  // time the default under the version's name.
+  // A version the device cannot run (v3: two resident blocks; wgmma: sm_90a) would time mma
+  // under the version's name.
   const std::string runs = kernels::cuda::attention_fwd_kernel(DType::bf16, a.D, 1.0 / std::sqrt(double(a.D)));
   if (runs != version) {
     unsetenv("SOMNUS_ATTN_FWD");
@@ -452,10 +456,10 @@ void BM_attention_fwd_version(benchmark::State& state, const char* version, bool
 }
 
 // The backward's versions (SOMNUS_ATTN_BWD = v1: plain shared loads; v2: ldmatrix without the
-// cp.async prefetch; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
+// cp.async prefetch; mma: v2 with it, the default until 2026-11-27; simt: the first, SIMT kernels; v3: base-2 p, masks only where needed,
 // ldmatrix A fragments; v4: v3 with 8-warp, 128-key dK/dV blocks; wgmma: v4's blocks on
-// Hopper's warpgroup MMA; wgmma_ws: wgmma warp-specialized, TMA loads, dQ by bulk reductions;
-// the last four opt-in until measured)
+// Hopper's warpgroup MMA; wgmma_ws: wgmma warp-specialized, TMA loads, dQ by bulk reductions,
+// the default on sm_90a since 2026-11-27)
 // at T = 4096, beside the default above.
 void BM_attention_bwd_version(benchmark::State& state, const char* version, bool causal) {
   if (skip_without_cuda(state)) return;
@@ -464,7 +468,7 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   setenv("SOMNUS_ATTN_BWD", version, 1);
 #ifdef SOMNUS_WITH_CUDA
   const std::string runs = kernels::cuda::attention_bwd_kernel(DType::bf16, a.D, 1.0 / std::sqrt(double(a.D)));
-  if (runs != version) {  // an opt-in version the device cannot run would time another one
+  if (runs != version) {  // a version the device cannot run would time another one
     unsetenv("SOMNUS_ATTN_BWD");
     state.SkipWithError(("SOMNUS_ATTN_BWD=" + std::string(version) + " runs " + runs + " on this device").c_str());
     return;
@@ -478,7 +482,7 @@ void BM_attention_bwd_version(benchmark::State& state, const char* version, bool
   state.counters["FLOP/s"] = Counter(2.5 * f, Counter::kIsIterationInvariantRate);
 }
 
-// Forward + backward with the opt-in versions (SOMNUS_ATTN_FWD=fwd: v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist,
+// Forward + backward with chosen versions (SOMNUS_ATTN_FWD=fwd: v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist,
 // SOMNUS_ATTN_BWD=bwd: v3, v4, wgmma or wgmma_ws), the headline shape family: the numbers to compare
 // with attention_fwd_bwd above.
 void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const char* bwd, bool causal) {
@@ -536,7 +540,7 @@ void register_attention() {
       b->ArgNames({"T", "D"})->UseManualTime()->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp", "wgmma_persist"}) {
+  for (const char* version : {"v1", "v2", "mma", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp", "wgmma_persist"}) {
     for (bool causal : {true, false}) {
       RegisterBenchmark((std::string("attention_fwd_") + version + (causal ? "/causal" : "/full") + "/bf16").c_str(),
                         BM_attention_fwd_version, version, causal)
@@ -547,7 +551,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* version : {"v1", "v2", "simt", "v3", "v4", "wgmma", "wgmma_ws"}) {
+  for (const char* version : {"v1", "v2", "mma", "simt", "v3", "v4", "wgmma", "wgmma_ws"}) {
     RegisterBenchmark((std::string("attention_bwd_") + version + "/causal/bf16").c_str(), BM_attention_bwd_version,
                       version, true)
         ->Args({4096, 64})

@@ -44,15 +44,16 @@ namespace somnus::kernels::cuda {
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 // The kernel the CUDA attention forward runs for these inputs on the current device, given the
-// version switch SOMNUS_ATTN_FWD (kernels/cuda/attention.cu): "simt" (not bf16), "mma" (the
-// default), "v1", "v2", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp" or "wgmma_persist"
-// (opt-in; "mma" where they do not fit: v3 needs two resident blocks per SM, the wgmma ones an
-// sm_90 device and a build for sm_90a). For tests
-// and benchmarks that must know which one they measured. Without CUDA it throws.
+// version switch SOMNUS_ATTN_FWD (kernels/cuda/attention.cu): "simt" (not bf16), "mma", "v1",
+// "v2", "v3", "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp" or "wgmma_persist" ("mma" where the
+// one asked for does not fit: v3 needs two resident blocks per SM, the wgmma ones an sm_90 device
+// and a build for sm_90a). Unset (the default): the fastest that runs — "wgmma_persist", else
+// "v3", else "mma". For tests and benchmarks that must know which one they measured. Without
+// CUDA it throws.
 std::string attention_fwd_kernel(DType dtype, int64_t head_dim, double scale);
-// The same for the backward (SOMNUS_ATTN_BWD): "simt", "mma" (the default), "v1", "v2", "v3",
-// "v4", "wgmma", "wgmma_ws" (the opt-in ones fall back to v3 / "mma" where they do not fit; the
-// wgmma ones need an sm_90 device and a build for sm_90a).
+// The same for the backward (SOMNUS_ATTN_BWD): "simt", "mma", "v1", "v2", "v3", "v4", "wgmma",
+// "wgmma_ws" (those that do not fit fall back to v3 / "mma"; the wgmma ones need an sm_90 device
+// and a build for sm_90a). Unset (the default): "wgmma_ws", else "v4", else "v3", else "mma".
 std::string attention_bwd_kernel(DType dtype, int64_t head_dim, double scale);
 }  // namespace somnus::kernels::cuda
 

@@ -8,8 +8,10 @@
 // j <= q_offset + i. All tensors contiguous (ops.cpp makes them so), except K and V of the
 // decode: a KV cache's (B, Hkv, S, D) prefix view, read through its batch and head strides.
 //
-// Kernels written without a GPU are opt-in (v3 and wgmma of the forward, v3 and v4 of the
-// backward) until a GPU run has measured them; every kernel here also runs on the CPU under the
+// Kernels written without a GPU stayed opt-in until a GPU run had checked and measured them;
+// since the H100 run of 2026-11-27 the default (SOMNUS_ATTN_FWD / _BWD unset) is the fastest
+// version that runs: wgmma_persist / wgmma_ws on sm_90a, else v3 / v4, else mma. Every kernel
+// here also runs on the CPU under the
 // host emulation of tests/kernels/cuda_emu (mma.sync, ldmatrix, cp.async, shuffles, wgmma with
 // its descriptors and swizzle, mbarriers and TMA), which checks layouts, barriers, masks and tails against f64 —
 // not speed.
@@ -23,29 +25,29 @@
 //                   rounded to bf16 and fed straight from the S accumulators as the A operand
 //                   of O += P V (the FA2 register trick: the C layout of two n-tiles is the A
 //                   layout of one k-step). Causal blocks stop at the last key their last row
-//                   sees. Versions (SOMNUS_ATTN_FWD; all give bitwise the same result):
+//                   sees. Versions (SOMNUS_ATTN_FWD; v1, v2 and mma give bitwise the same result):
 //                     v1   fragments from plain 32/16-bit shared loads, tiles loaded
 //                          synchronously (3 · 64 · (D + 8) · 2 bytes of shared memory);
 //                     v2   Q fragments kept in registers, K and V fragments by ldmatrix
 //                          (.trans for V);
-//                     default: v2 + K/V tiles double-buffered with cp.async (5 tiles of
-//                          shared memory, 87 KiB at D = 128);
-//                     v3   (opt-in, not yet run on a GPU: attn_fwd_v3, its own section) 8 warps
+//                     mma  v2 + K/V tiles double-buffered with cp.async (5 tiles of
+//                          shared memory, 87 KiB at D = 128; the default until 2026-11-27);
+//                     v3   (attn_fwd_v3, its own section; the default off sm_90a) 8 warps
 //                          = 128 rows per block, Q by ldmatrix, base-2 softmax with the scale
 //                          folded in, masks only where needed; not bitwise the others.
-//                     wgmma (opt-in, not yet run on a GPU: attn_fwd_wg, its own section) v3 on
+//                     wgmma (attn_fwd_wg, its own section) v3 on
 //                          Hopper's warpgroup MMA (sm_90a): Q Kᵀ and P V by wgmma.mma_async
 //                          from 128-byte-swizzled shared tiles, P from registers;
-//                     wgmma_pipe (opt-in, same) 128-key tiles, one block per SM, each tile's
+//                     wgmma_pipe 128-key tiles, one block per SM, each tile's
 //                          P V on the tensor cores while the next tile's softmax runs;
-//                     wgmma_ws (opt-in, same: attn_fwd_ws) wgmma_pipe's two consumer
+//                     wgmma_ws (attn_fwd_ws) wgmma_pipe's two consumer
 //                          warpgroups fed by a third, producer warpgroup that loads K and V
 //                          with TMA into mbarrier-guarded rings (FA3's warp specialization);
-//                     wgmma_wspp (opt-in, same) wgmma_ws with the consumers taking turns at
+//                     wgmma_wspp wgmma_ws with the consumers taking turns at
 //                          the tensor cores (FA3's ping-pong);
-//                     wgmma_persist (opt-in, same) wgmma_wspp on persistent blocks (one per
+//                     wgmma_persist wgmma_wspp on persistent blocks (one per
 //                          SM, longest causal tiles first; the next item's loads overlap the
-//                          last one's end).
+//                          last one's end); the default on sm_90a.
 //   attn_rows_simt  (helpers section) SIMT forward, one warp per query row; f32 inputs.
 //   Backward: attn_bwd_delta (Δ = rowsum(dO ∘ O), a warp per row), then for bf16 the
 //   tensor-core kernels (tensor-core backward section), or (f32, or SOMNUS_ATTN_BWD=simt) the SIMT
@@ -56,8 +58,9 @@
 //
 // FLOPs: forward 4·B·Hq·T·S·D (≈ half when causal); backward 2.5× that. H100 (2026-11-26,
 // B·T = 16k, H·D = 2048, T = 4096, causal, D = 64 / 128): v1 107 / 88 TFLOP/s, v2 125 / 73,
-// default 184 / 188 (0.55–0.88× PyTorch SDPA's flash forward over all shapes); all figures in
-// bench/RESULTS.md.
+// mma 184 / 188 (0.55–0.88× PyTorch SDPA's flash forward over all shapes); 2026-11-27: v3 243
+// (D 128), wgmma 334, wgmma_ws 420, wgmma_persist 398 (causal) / 468 (full) — 1.36–1.37× SDPA;
+// backward wgmma_ws 391 (1.63× SDPA), fwd+bwd 382; all figures in bench/RESULTS.md.
 #include <cuda.h>  // CUtensorMap and its enums (types only: the encoder is fetched through the runtime)
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
 #include <cuda_bf16.h>
@@ -327,7 +330,7 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
 }
 
 // ---------------------------------------------------------------- Hopper wgmma (sm_90a)
-// Warpgroup MMA (wgmma.mma_async, PTX ISA 8.0), used by the opt-in Hopper forward and backward
+// Warpgroup MMA (wgmma.mma_async, PTX ISA 8.0), used by the Hopper forward and backward
 // (attn_fwd_wg, attn_bwd_dkdv_wg). A warpgroup is 4 consecutive warps (128 threads); one instruction computes a
 // 64 × N tile with K = 16, warp w of the group owning rows 16w..16w + 15 in mma.sync's m16n8
 // accumulator layout per 8 columns: d[j][e] is (row 16w + lane/4 + 8·(e ≥ 2), column
@@ -873,11 +876,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attn_fwd_mma(const uint16_t* _
   store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m);
 }
 
-// ---------------------------------------------------------------- bf16 forward v3 (opt-in)
+// ---------------------------------------------------------------- bf16 forward v3
 
-// attn_fwd_v3 (SOMNUS_ATTN_FWD=v3; written 2026-11-26 on a machine without a GPU, so opt-in
-// until a GPU run has checked it — tools/gpu_check.sh tests it and benches it beside the
-// default). What it changes against the default version, each aimed at the default's
+// attn_fwd_v3 (SOMNUS_ATTN_FWD=v3; written 2026-11-26 on a machine without a GPU, checked and
+// measured on an H100 on 2026-11-27: 243 TFLOP/s against mma's 189, causal D 128 T 4k; the
+// default where the Hopper kernels do not run). What it changes against the default version, each aimed at the default's
 // measured 188 TFLOP/s (H100, causal, D = 128, T = 4k) against the ~350 of FA2:
 //   - 8 warps = 128 query rows per block (16 per warp, as before): a K/V tile staged in
 //     shared memory feeds twice the rows, halving the global → shared traffic and the
@@ -1089,10 +1092,10 @@ bool v3_fits() {
   return blocks >= 2;
 }
 
-// ---------------------------------------------------------------- bf16 forward on Hopper wgmma (opt-in)
+// ---------------------------------------------------------------- bf16 forward on Hopper wgmma
 
-// attn_fwd_wg (SOMNUS_ATTN_FWD=wgmma; written 2026-11-27 without a GPU: opt-in until a GPU run
-// has checked it; runs only where the device code was built for sm_90a). The v3 forward with
+// attn_fwd_wg (SOMNUS_ATTN_FWD=wgmma; written 2026-11-27 without a GPU, passed on an H100 the
+// same day; runs only where the device code was built for sm_90a). The v3 forward with
 // its two matrix products on Hopper's warpgroup MMA instead of mma.sync:
 //   - a block is 2 warpgroups (8 warps, 128 query rows; each warpgroup 64 rows) and K/V tiles
 //     of 64 keys, double-buffered with cp.async as in v3;
@@ -1317,8 +1320,8 @@ __global__ void __launch_bounds__(kWgWarps * 32, kPipe ? 1 : 2) attn_fwd_wg(cons
   store_fwd_rows<D>(o, lse, bh, d, row0, tq, oacc, l, m_nat);
 }
 
-// attn_fwd_ws (SOMNUS_ATTN_FWD=wgmma_ws; written 2026-11-27 without a GPU, opt-in until a GPU
-// run has checked it): the pipelined forward (attn_fwd_wg<D, true>: 128-key tiles, each tile's
+// attn_fwd_ws (SOMNUS_ATTN_FWD=wgmma_ws; written 2026-11-27 without a GPU, passed on an H100 the
+// same day; its persistent form is the default on sm_90a): the pipelined forward (attn_fwd_wg<D, true>: 128-key tiles, each tile's
 // P V on the tensor cores while the next tile's softmax runs) with FA3's warp specialization.
 // A block is 12 warps: warps 0–7 are the two consumer warpgroups (64 query rows each, as in
 // attn_fwd_wg), warps 8–11 the producer warpgroup, whose first thread loads Q and the K and V
@@ -1678,26 +1681,31 @@ WsMaps ws_maps(const void* q, const void* k, const void* v, const AttnDims& d) {
           bf16_panel_map(v, int64_t{d.B} * d.Hkv, d.S, D, kWgPipeBc)};
 }
 
+// The requested version of SOMNUS_ATTN_FWD or SOMNUS_ATTN_BWD: the variable's value, or "auto"
+// where it is unset or empty.
+std::string attn_version_env(const char* name) {
+  const char* e = std::getenv(name);
+  return e == nullptr || *e == '\0' ? "auto" : e;
+}
+
 // The bf16 forward version attention_fwd runs (SOMNUS_ATTN_FWD, the scale and the device):
 // "wgmma", "wgmma_pipe", "wgmma_ws", "wgmma_wspp" or "wgmma_persist" (asked for, scale > 0,
-// built for sm_90a and the block fits), "v3" (asked
-// for, scale > 0 and v3_fits), "v1", "v2", or "mma" (the default).
+// built for sm_90a and the block fits), "v3" (asked for, scale > 0 and v3_fits), "v1", "v2",
+// or "mma" (asked for, or where nothing else runs). Unset ("auto", the default): the fastest
+// that runs, as measured on an H100 on 2026-11-27 (bench/RESULTS.md) — wgmma_persist (causal D 128
+// T 4k: 398 TFLOP/s; v3 243, mma 189), else v3, else mma.
 template <int D>
 const char* fwd_version(float scale) {
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma") && scale > 0.f && wgmma_built() && wg_fits<D, false>()) return "wgmma";
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_pipe") && scale > 0.f && wgmma_built() && wg_fits<D, true>()) {
-    return "wgmma_pipe";
-  }
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_ws") && scale > 0.f && wgmma_built() && ws_fits<D, false>()) return "wgmma_ws";
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_wspp") && scale > 0.f && wgmma_built() && ws_fits<D, true>()) {
-    return "wgmma_wspp";
-  }
-  if (env_equals("SOMNUS_ATTN_FWD", "wgmma_persist") && scale > 0.f && wgmma_built() && ws_fits<D, true>()) {
-    return "wgmma_persist";
-  }
-  if (env_equals("SOMNUS_ATTN_FWD", "v3") && scale > 0.f && v3_fits<D>()) return "v3";
-  if (env_equals("SOMNUS_ATTN_FWD", "v1")) return "v1";
-  if (env_equals("SOMNUS_ATTN_FWD", "v2")) return "v2";
+  const std::string want = attn_version_env("SOMNUS_ATTN_FWD");
+  const bool autov = want == "auto", hopper = scale > 0.f && wgmma_built();
+  if (want == "wgmma" && hopper && wg_fits<D, false>()) return "wgmma";
+  if (want == "wgmma_pipe" && hopper && wg_fits<D, true>()) return "wgmma_pipe";
+  if (want == "wgmma_ws" && hopper && ws_fits<D, false>()) return "wgmma_ws";
+  if (want == "wgmma_wspp" && hopper && ws_fits<D, true>()) return "wgmma_wspp";
+  if ((autov || want == "wgmma_persist") && hopper && ws_fits<D, true>()) return "wgmma_persist";
+  if ((autov || want == "v3") && scale > 0.f && v3_fits<D>()) return "v3";
+  if (want == "v1") return "v1";
+  if (want == "v2") return "v2";
   return "mma";
 }
 
@@ -1888,7 +1896,7 @@ __global__ void cast_from_f32(const float* __restrict__ x, T* __restrict__ y, in
 //   attn_bwd_dq_mma    deterministic mode: grid (T / 64, B·Hq), 16 query rows per warp; key
 //                      tiles in a fixed order, recomputing S = Q Kᵀ, dP = dO Vᵀ, dS and
 //                      dQ += dS K in registers, then written as bf16. No atomics anywhere.
-// SOMNUS_ATTN_BWD=v3 (kV3, opt-in; see bwd_mma_version) changes both kernels: p in base 2, the
+// SOMNUS_ATTN_BWD=v3 (kV3; see bwd_mma_version) changes both kernels: p in base 2, the
 // mask only on tiles some row does not see whole, ldmatrix A fragments, dSᵀ key-major, and the
 // dQ kernel's K/V tiles double-buffered with cp.async (6 tiles: 102 KiB at D = 128);
 // SOMNUS_ATTN_BWD=v4 also gives the dK/dV kernel 8 warps = 128 keys a block (kWarps; 155 KiB
@@ -2460,10 +2468,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32) attn_bwd_dq_mma(
   }
 }
 
-// ---------------------------------------------------------------- dK/dV on Hopper wgmma (opt-in)
+// ---------------------------------------------------------------- dK/dV on Hopper wgmma
 
-// attn_bwd_dkdv_wg (SOMNUS_ATTN_BWD=wgmma; written 2026-11-27 without a GPU: opt-in until a GPU
-// run has checked it; sm_90a builds only). v4's block — 128 keys of one kv head, 2 warpgroups
+// attn_bwd_dkdv_wg (SOMNUS_ATTN_BWD=wgmma; written 2026-11-27 without a GPU, passed on an H100
+// the same day; sm_90a builds only). v4's block — 128 keys of one kv head, 2 warpgroups
 // of 64 keys, query tiles of 64 rows double-buffered with cp.async, base-2 p, the mask only on
 // tiles some row does not see whole — with the five products on wgmma (FA3's dataflow):
 //   Sᵀ  = K Qᵀ    SS, both K-major (64 keys × 64 queries per warpgroup, D/16 k-steps)
@@ -2708,8 +2716,8 @@ __global__ void __launch_bounds__(256, 1) attn_bwd_dkdv_wg(const uint16_t* __res
   store_dkdv_rows<D>(dk + kv_base, dv + kv_base, key0, key1, d, tq, dka, dva);
 }
 
-// attn_bwd_ws (SOMNUS_ATTN_BWD=wgmma_ws; written 2026-11-27 without a GPU, opt-in until a GPU
-// run has checked it): the wgmma backward above (attn_bwd_dkdv_wg: 128-key blocks, the five
+// attn_bwd_ws (SOMNUS_ATTN_BWD=wgmma_ws; written 2026-11-27 without a GPU, passed on an H100 the
+// same day and the default on sm_90a since): the wgmma backward above (attn_bwd_dkdv_wg: 128-key blocks, the five
 // products on wgmma, Pᵀ and dV while dPᵀ is in flight) with FA3's warp specialization and dQ
 // store. A block is 12 warps: warps 0–7 the two consumer warpgroups (64 keys each, the loop of
 // attn_bwd_dkdv_wg), warps 8–11 the producer warpgroup, of which warp 8 works:
@@ -3000,14 +3008,17 @@ __global__ void dq_from_bws_acc(const float4* __restrict__ acc, uint16_t* __rest
 }
 
 // The tensor-core backward version for SOMNUS_ATTN_BWD, the scale and the device: "v1", "v2",
-// "v3", "v4", "wgmma", "wgmma_ws" (opt-in, sections above: sm_90a builds, scale > 0, the block
-// fits) or "mma" (the default). The default's prefetch buffers need 112 KiB at D = 128, more
+// "v3", "v4", "wgmma", "wgmma_ws" (sections above: sm_90a builds, scale > 0, the block fits) or
+// "mma" (the default until 2026-11-27). Unset ("auto", the default): the fastest that runs, as
+// measured on an H100 on 2026-11-27 (bench/RESULTS.md) — wgmma_ws (causal D 128 T 4k: 391
+// TFLOP/s; wgmma 278, v4 198, v3 179, mma 138), else v4, else v3, else mma / v2. mma's prefetch
+// buffers need 112 KiB at D = 128, more
 // than sm_86/sm_89 allow a block (99 KiB): there v2 runs (also for v3, which builds on them).
-// SOMNUS_ATTN_BWD=v3 (opt-in: written 2026-11-26 without a GPU, checked under the host
-// emulation of tests/kernels/cuda_emu): the default plus base-2 p with the mask only on tiles
+// SOMNUS_ATTN_BWD=v3 (written 2026-11-26 without a GPU, checked under the host
+// emulation of tests/kernels/cuda_emu, then on an H100): mma plus base-2 p with the mask only on tiles
 // that need it, A fragments by ldmatrix, dSᵀ stored key-major with 32-bit stores and read by
 // ldmatrix.trans, and a cp.async-pipelined deterministic dQ; not bitwise the others. Needs
-// scale > 0 (else the default). SOMNUS_ATTN_BWD=v4: v3 with 8-warp dK/dV blocks of 128 keys
+// scale > 0 (else mma). SOMNUS_ATTN_BWD=v4: v3 with 8-warp dK/dV blocks of 128 keys
 // (FA2's block shape at D = 128): each staged (Q, dO) tile and each f32 dQ atomic serves twice
 // the keys — the atomic dQ traffic to L2 (64 queries × D floats per tile and block: ~1.9 TB/s
 // at 300 TFLOP/s with 64-key blocks) halves. 155 KiB of shared memory at D = 128: one block
@@ -3020,19 +3031,21 @@ bool bws_fits() {
 }
 template <int D>
 const char* bwd_mma_version(float scale) {
-  if (env_equals("SOMNUS_ATTN_BWD", "v1")) return "v1";
+  const std::string want = attn_version_env("SOMNUS_ATTN_BWD");
+  const bool autov = want == "auto";
+  if (want == "v1") return "v1";
   const int smem = max_dynamic_smem_bytes();
-  if (env_equals("SOMNUS_ATTN_BWD", "wgmma_ws") && scale > 0.f && dq_smem_bytes<D>(true) <= smem && wgmma_built() &&
+  if ((autov || want == "wgmma_ws") && scale > 0.f && dq_smem_bytes<D>(true) <= smem && wgmma_built() &&
       bws_fits<D>()) {
     return "wgmma_ws";
   }
-  if (env_equals("SOMNUS_ATTN_BWD", "wgmma") && scale > 0.f && wg_bwd_smem_bytes<D>() <= smem &&
-      dq_smem_bytes<D>(true) <= smem && wgmma_built()) {
+  if (want == "wgmma" && scale > 0.f && wg_bwd_smem_bytes<D>() <= smem && dq_smem_bytes<D>(true) <= smem &&
+      wgmma_built()) {
     return "wgmma";
   }
-  if (env_equals("SOMNUS_ATTN_BWD", "v2") || dkdv_smem_bytes<D>(true) > smem) return "v2";
-  const bool v4 = env_equals("SOMNUS_ATTN_BWD", "v4");
-  if ((v4 || env_equals("SOMNUS_ATTN_BWD", "v3")) && scale > 0.f && dq_smem_bytes<D>(true) <= smem) {
+  if (want == "v2" || dkdv_smem_bytes<D>(true) > smem) return "v2";
+  const bool v4 = autov || want == "v4";
+  if ((v4 || want == "v3") && scale > 0.f && dq_smem_bytes<D>(true) <= smem) {
     return v4 && dkdv_smem_bytes<D>(true, 128) <= smem ? "v4" : "v3";
   }
   return "mma";
@@ -3484,9 +3497,9 @@ void attention_fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, b
               lse.data<float>(), d);
           CUDA_CHECK_LAUNCH();
         };
-        // v3 (opt-in until checked on a GPU) needs scale > 0 (its row max is of the unscaled
+        // v3 needs scale > 0 (its row max is of the unscaled
         // scores) and two resident blocks per SM (102 KiB of shared memory each at D = 128:
-        // sm_90 yes; sm_80 and sm_86/89 no), else the default runs.
+        // sm_90 yes; sm_80 and sm_86/89 no), else mma runs.
         const std::string version = fwd_version<D>(d.scale);
         if (version == "wgmma") {
           launch(attn_fwd_wg<D, false>, wg_smem_bytes<D>(), kWgBr);

@@ -2,7 +2,8 @@
 // counts as the maximum, as in torch). x is viewed as (outer, n, inner) around the reduced
 // dim; out holds outer·inner values, out[o·inner + i].
 //
-// Algorithm (v2, the default), by shape:
+// Algorithm (v2; the default for rows and whole tensors — columns take v1's kernel by default,
+// see reduce_version), by shape:
 //   inner == 1, n ≤ 512    one warp per row (cub::WarpReduce), 8 rows per 256-thread block.
 //   inner == 1, n > 512    a 256-thread block per (row, chunk): thread t takes the groups of
 //                          V = 16 / sizeof(T) adjacent elements g = t, t + 256, ... (one 16-byte
@@ -32,22 +33,16 @@
 // cub::BlockReduce block per row (chunks only for rows < 128, n ≥ 65536, combined by one thread
 // per row), and for inner > 1 one 32×16 block per 32 outputs walking the whole reduced dim.
 //
-// Cost: numel reads, outer·inner writes, ~1 FLOP per element: memory bound. Bytes per bench row
-// (bench/bench_kernels_cuda.cpp, which counts the reads only) and the v2 PREDICTION for an H100
-// (copy 2826–2926 GB/s read+write; not yet measured; v1 measured 2026-11-26):
-//   sum_lastdim 8192² f32   268 MB + 32 KB out; v1 0.89 of copy → predicted 0.95–1.0 (~92–97 us).
-//   sum_dim0    8192² f32   268 MB + 2×1 MB segment partials (32 segs of 256 rows); v1 0.93 → 0.95–1.0.
-//   sum_all     8192² f32   268 MB + 2×16 KB chunk partials (4096 chunks); v1 0.74 → 0.93–0.98.
-//   sum_lastdim 8192² bf16  134 MB; v1 0.60 (scalar 2-byte loads) → 0.90–0.97 (~47–51 us).
-//   sum_dim0    8192² bf16  134 MB + 2×2 MB partials (64 segs of 128 rows); v1 0.77 → 0.90–0.97.
-//   sum_all     8192² bf16  134 MB + 2×16 KB partials; v1 0.52 → 0.88–0.95.
-//   sum_dim0 512×4096 f32   8.4 MB + 2×256 KB partials (16 segs of 32 rows, 512 blocks, every
-//                           load in flight at once) + 16 KB out: ~3 us of traffic plus the
-//                           second launch → predicted 5–7 us (v1: 128 blocks, each thread 32
-//                           dependent-latency loads, estimated 15–20 us). The LayerNorm backward
-//                           sums two such partials (dw, db).
-//   argmax 2048×50304       the same row kernel (no chunks: 2048 rows), 16-byte loads: f32 v1 0.67
-//                           → 0.85–0.95; bf16 v1 0.36 → 0.75–0.9 (compare-and-select per element).
+// Cost: numel reads, outer·inner writes, ~1 FLOP per element: memory bound. Measured on an H100
+// (2026-11-27, bench/bench_kernels_cuda.cpp, which counts the reads only; ratio to the copy
+// bandwidth of the same run; v1 → v2, the default's kernel marked *):
+//   sum_lastdim 8192² f32   0.99 → 1.01*        bf16  0.66 → 1.04*
+//   sum_all     8192² f32   0.80 → 0.93*        bf16  0.60 → 0.79*
+//   sum_dim0    8192² f32   0.99* → 0.91        bf16  0.88* → 0.84
+//   sum_dim0 512×4096 f32   9.0* → 13.0 µs (v2 predicted 5–7 µs: its 512 blocks of 32 rows and
+//                           the second launch cost more than v1's 128 blocks of dependent loads)
+//   argmax 2048×50304       f32 0.97, bf16 0.80 (v2's row kernel)
+// The v2 predictions for the rows (0.95–1.0 f32, ~0.9 bf16) held; for the columns they did not.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -614,11 +609,18 @@ void run_reduce_v2(const T* xp, const Geometry& g, const Tensor& x, R r, typenam
   }
 }
 
-// SOMNUS_REDUCE=v1 selects the previous kernels (read on every call, so that tests and
-// benchmarks can switch it).
-bool use_reduce_v1() {
+// SOMNUS_REDUCE (read on every call, so that tests and benchmarks can switch it): "v1" the
+// previous kernels everywhere, "v2" the new ones everywhere; unset (the default) the faster of
+// the two per path as measured on an H100 on 2026-11-27: v2 for rows and whole tensors, v1 for
+// columns (inner > 1: 8192² f32 96 µs against v2's 105, bf16 60 against 64, the norm
+// backward's (512, 4096) f32 9.0 µs against 13.0 — v2's segments and second launch cost more
+// than the extra blocks gain).
+enum class ReduceVersion { v1, v2, best };
+ReduceVersion reduce_version() {
   const char* e = std::getenv("SOMNUS_REDUCE");
-  return e != nullptr && std::strcmp(e, "v1") == 0;
+  if (e != nullptr && std::strcmp(e, "v1") == 0) return ReduceVersion::v1;
+  if (e != nullptr && std::strcmp(e, "v2") == 0) return ReduceVersion::v2;
+  return ReduceVersion::best;
 }
 
 template <class T, class R>
@@ -636,7 +638,8 @@ void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char
     g.inner_n = g.outer_n;
     g.outer_n = 1;
   }
-  if (use_reduce_v1()) {
+  const ReduceVersion v = reduce_version();
+  if (v == ReduceVersion::v1 || (v == ReduceVersion::best && g.inner_n > 1)) {
     run_reduce_v1<T>(xp, g, x, r, op, name);
   } else {
     run_reduce_v2<T>(xp, g, x, r, op, name);

@@ -10,10 +10,10 @@
 // blockIdx.y walks the head chunks. Index math per (b, t) and thread, not per element: one
 // 32-bit division g / T (the host keeps B·T < 2^31). 16-byte vectors need D/2 % V == 0 and x,
 // y, cos, sin 16-byte aligned (then every half-row and table row is); else the same kernel with
-// V = 1 (scalar). The per-element arithmetic is v1's expression, operand for operand, with the
-// sign a runtime factor as in v1: bitwise v1 in the host emulation (tests/kernels/cuda_emu/
-// rope.cpp asserts it), and in the sm_90 SASS of 2026-11-27 both contract the same way
-// (y1 = fma(c, a, −(s·b)), y2 = fma(s, a, c·b)); the CUDA test compares both to the CPU twin.
+// V = 1 (scalar). The per-element arithmetic is v1's (rope_rotate, with the roundings pinned,
+// and the sign a runtime factor as in v1): bitwise v1 in the host emulation (tests/kernels/
+// cuda_emu/rope.cpp asserts it) and on the GPU (the CUDA test asserts it; before rope_rotate the
+// two kernels' a·c − b·s contracted differently there); both are compared to the CPU twin.
 // __launch_bounds__(256, 3): ≤ 85 registers (77–80 on sm_90), no spills, 3 blocks per SM; ptxas
 // then issues 6 of the 8 x loads and both table loads before the first store (left free it
 // picks ~64 registers, spills a little and interleaves loads and stores per head).
@@ -33,6 +33,7 @@
 // 2.5–2.7× v1 for bf16 and 1.6–1.7× for f32 (bench rows rope/* vs rope_v1/*).
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
@@ -43,6 +44,22 @@ namespace {
 
 // ---------------------------------------------------------------- rope kernels (extract.py's bundle "rope")
 constexpr int kThreads = 256;
+
+// The rotation of one pair with its roundings pinned: y1 = fma(a, c, −(b·s)), y2 = fma(a, s, b·c),
+// the lone products by __fmul_rn / __dmul_rn, which the compiler never contracts. v1 and v2 both
+// call it, so they agree bit for bit whatever each kernel's context: written as a·c − b·s, nvcc
+// fused different products in the two kernels on sm_90a (f32 results 1 ulp apart; the H100 run
+// of 2026-11-27 found it, the host emulation, which does not contract, could not).
+template <class C>
+__device__ __forceinline__ void rope_rotate(C a, C b, C c, C s, C& y1, C& y2) {
+  if constexpr (std::is_same_v<C, double>) {
+    y1 = fma(a, c, -__dmul_rn(b, s));
+    y2 = fma(a, s, __dmul_rn(b, c));
+  } else {
+    y1 = fmaf(a, c, -__fmul_rn(b, s));
+    y2 = fmaf(a, s, __fmul_rn(b, c));
+  }
+}
 
 template <class T>
 __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, const T* __restrict__ sn,
@@ -58,8 +75,10 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cs, c
     const C s = (inverse ? C(-1) : C(1)) * static_cast<C>(sn[p * half + i]);
     const int64_t base = r * 2 * half;
     const C a = static_cast<C>(x[base + i]), bb = static_cast<C>(x[base + half + i]);
-    y[base + i] = static_cast<T>(a * c - bb * s);
-    y[base + half + i] = static_cast<T>(bb * c + a * s);
+    C y1, y2;
+    rope_rotate(a, bb, c, s, y1, y2);
+    y[base + i] = static_cast<T>(y1);
+    y[base + half + i] = static_cast<T>(y2);
   }
 }
 
@@ -95,12 +114,13 @@ __device__ __forceinline__ void rope_rows(const T* __restrict__ x, T* __restrict
     Vec<T, V> o1, o2;
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      // v1's expression, operand for operand (bitwise-identical results)
+      // v1's operands and rotation (bitwise-identical results)
       const C c = static_cast<C>(cv.v[e]);
       const C s = sign * static_cast<C>(sv.v[e]);
-      const C aa = static_cast<C>(a[k].v[e]), bb = static_cast<C>(bv[k].v[e]);
-      o1.v[e] = static_cast<T>(aa * c - bb * s);
-      o2.v[e] = static_cast<T>(bb * c + aa * s);
+      C y1, y2;
+      rope_rotate(static_cast<C>(a[k].v[e]), static_cast<C>(bv[k].v[e]), c, s, y1, y2);
+      o1.v[e] = static_cast<T>(y1);
+      o2.v[e] = static_cast<T>(y2);
     }
     store_vec<V>(y + o + k * head_stride, 0, o1);
     store_vec<V>(y + o + k * head_stride + half, 0, o2);

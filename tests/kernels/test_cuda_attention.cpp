@@ -71,7 +71,8 @@ double twin_error(const Tensor& a, const Tensor& twin, const std::vector<double>
 
 Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu()); }
 
-// The backward paths for bf16: the tensor-core kernels (default), their
+// The backward paths for bf16: the tensor-core kernels (mma, the default until the H100 run of
+// 2026-11-27; the default is now the fastest version that runs, see DefaultsAreTheFastestThatRun), their
 // earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either), the
 // SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback), v3 and v4 (opt-in: base-2 p, so not
 // bitwise the first three; v4 = v3 with 8-warp, 128-key dK/dV blocks; kept last). f32 always
@@ -82,15 +83,16 @@ Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu(
 const char* const kBwdPaths[] = {"mma", "v2", "v1", "simt", "v3", "v4"};
 
 // SOMNUS_TEST_QUICK=1 (tools/gpu_check.sh sets it under compute-sanitizer, where every launch
-// is far slower): MatchesCpuTwinAndReference runs the default backward, v3 and v4 (new) only.
+// is far slower): MatchesCpuTwinAndReference runs mma, v3 and v4 only.
 std::vector<const char*> bwd_paths() {
   const char* q = std::getenv("SOMNUS_TEST_QUICK");
   if (q != nullptr && std::string(q) == "1") return {kBwdPaths[0], kBwdPaths[4], kBwdPaths[5]};
   return std::vector<const char*>(std::begin(kBwdPaths), std::end(kBwdPaths));
 }
 
+// "" (or "auto"): unset, the default.
 void set_bwd_path(const std::string& path) {
-  if (path == "mma") {
+  if (path.empty() || path == "auto") {
     unsetenv("SOMNUS_ATTN_BWD");
   } else {
     setenv("SOMNUS_ATTN_BWD", path.c_str(), 1);
@@ -201,7 +203,7 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
           EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), tb);
         }
       }
-      set_bwd_path("mma");
+      set_bwd_path("");
     }
   }
 }
@@ -209,8 +211,7 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
 // The Hopper backwards (SOMNUS_ATTN_BWD=version: "wgmma", attn_bwd_dkdv_wg, or "wgmma_ws", the
 // warp-specialized attn_bwd_ws; v3's dQ kernel in the deterministic mode) on the shared cases
 // (bf16; under SOMNUS_TEST_QUICK the three of quick_subset) and `extra` ones, both dQ modes,
-// against the CPU twin and f64; the deterministic mode bitwise repeatable and not the default's
-// bits. Skipped with the reason where it cannot run (needs an sm_90 device and a build for sm_90a).
+// against the CPU twin and f64; the deterministic mode bitwise repeatable and not mma's bits. Skipped with the reason where it cannot run (needs an sm_90 device and a build for sm_90a).
 void check_hopper_backward(const char* version, uint64_t seed, const std::vector<AttnCase>& extra = {}) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   setenv("SOMNUS_ATTN_BWD", version, 1);
@@ -232,7 +233,8 @@ void check_hopper_backward(const char* version, uint64_t seed, const std::vector
     const AttentionOutput cf = attention_fwd(q, k, v, c.causal, 0.0, c.q_offset);
     const AttentionGrads cb = attention_bwd(q, k, v, cf.o, cf.lse, dout, c.causal, 0.0, c.q_offset, true);
     const AttnRef ref = attention_reference(q, k, v, dout, c.causal, 1.0 / std::sqrt(double(c.D)), c.q_offset);
-    const CudaRun def = run_cuda(q, k, v, dout, c, true);  // the default backward, deterministic
+    set_bwd_path("mma");
+    const CudaRun def = run_cuda(q, k, v, dout, c, true);  // mma, deterministic
     set_bwd_path(version);
     for (bool det : {false, true}) {
       SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + version);
@@ -252,11 +254,11 @@ void check_hopper_backward(const char* version, uint64_t seed, const std::vector
         EXPECT_EQ(g.dk.to_vector(), again.dk.to_vector());
         EXPECT_EQ(g.dv.to_vector(), again.dv.to_vector());
         if (c.T * c.Hq * c.B >= 1000) {
-          EXPECT_NE(g.dk.to_vector(), def.dk.to_vector()) << version << " gave the default's dK bit for bit";
+          EXPECT_NE(g.dk.to_vector(), def.dk.to_vector()) << version << " gave mma's dK bit for bit";
         }
       }
     }
-    set_bwd_path("mma");
+    set_bwd_path("");
   }
 }
 
@@ -285,6 +287,8 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
       runs.push_back(a);
     }
     set_bwd_path("mma");
+    const bool mma_runs = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "mma";
+    set_bwd_path("");
     // kBwdPaths[0..2]: the tensor-core backward's versions feed the same values to the same
     // mma sequence (bf16; f32 runs SIMT on every setting, so it holds trivially).
     for (size_t i = 1; i < 3; ++i) {
@@ -293,14 +297,14 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
       EXPECT_EQ(runs[0].dv.to_vector(), runs[i].dv.to_vector()) << dtype_name(dt) << " mma vs " << kBwdPaths[i];
     }
     // v3 and v4 (kBwdPaths[4], [5]) compute p in base 2: where the device runs them, their dQ
-    // is not the default's bit for bit (else the switch silently ran the default).
-    if (dt == DType::bf16 && cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == "mma") {
+    // is not mma's bit for bit (else the switch silently ran mma).
+    if (dt == DType::bf16 && mma_runs) {
       for (size_t i : {4, 5}) {
         setenv("SOMNUS_ATTN_BWD", kBwdPaths[i], 1);
         const bool runs_it = cuda::attention_bwd_kernel(dt, c.D, 1.0 / std::sqrt(double(c.D))) == kBwdPaths[i];
         unsetenv("SOMNUS_ATTN_BWD");
         if (runs_it) {
-          EXPECT_NE(runs[0].dq.to_vector(), runs[i].dq.to_vector()) << "SOMNUS_ATTN_BWD=" << kBwdPaths[i] << " ran the default";
+          EXPECT_NE(runs[0].dq.to_vector(), runs[i].dq.to_vector()) << "SOMNUS_ATTN_BWD=" << kBwdPaths[i] << " ran mma";
         }
       }
     }
@@ -426,9 +430,9 @@ TEST(CudaAttention, OpFrontEndAndUnsupportedHeadDim) {
 }
 
 // The bf16 forward's kernel versions (SOMNUS_ATTN_FWD: v1 = plain shared loads, v2 = ldmatrix,
-// default = ldmatrix + cp.async double buffering) feed the same values to the same mma
+// mma = ldmatrix + cp.async double buffering) feed the same values to the same mma
 // sequence, so they must agree bit for bit; v1 is the version checked against the f64
-// reference on an H100 first (2026-11-26), and the default is checked against it above.
+// reference on an H100 first (2026-11-26), and mma is checked against it above.
 TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   uint64_t seed = 900;
@@ -440,8 +444,8 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
     const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
     std::vector<std::vector<double>> o, lse;
-    for (const char* version : {"v1", "v2", ""}) {
-      if (*version != '\0') setenv("SOMNUS_ATTN_FWD", version, 1);
+    for (const char* version : {"v1", "v2", "mma"}) {
+      setenv("SOMNUS_ATTN_FWD", version, 1);
       Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
       cuda::attention_fwd(q, k, v, c.causal, scale, c.q_offset, ov, lv);
       unsetenv("SOMNUS_ATTN_FWD");
@@ -456,17 +460,17 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 }
 
 // The v3 forward (SOMNUS_ATTN_FWD=v3: 128-row blocks, softmax in base 2, masks only on the
-// tiles that need them) computes ex2 instead of exp, so it is not bitwise the default: its o
+// tiles that need them) computes ex2 instead of exp, so it is not bitwise mma: its o
 // and lse are held to the CPU twin and the f64 reference, and the backward run on its o and
 // lse must give the reference gradients (a wrong lse would show there). The cases add blocks
 // with a partly and a wholly empty warp (T = 150, 300), a warp whose rows see no key at all
-// (q_offset = -20: rows 0..19 see nothing, o = 0, lse = -inf like the default), and a negative
-// scale, which v3 hands to the default version (bitwise the default's result). A case runs only
+// (q_offset = -20: rows 0..19 see nothing, o = 0, lse = -inf like mma), and a negative
+// scale, which v3 hands to mma (bitwise mma's result). A case runs only
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
-// then v3's lse must differ from the default's somewhere (ex2 against exp), or v3 did not run.
+// then v3's lse must differ from mma's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
 // An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist) against the CPU twin and f64, on the
-// shared cases plus its own; rows that see no key; a negative scale (handed to the default).
+// shared cases plus its own; rows that see no key; a negative scale (handed to mma).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {
   const char* quick_env = std::getenv("SOMNUS_TEST_QUICK");
@@ -511,14 +515,14 @@ void forward_version_matches(const char* version, uint64_t seed) {
       EXPECT_LT(rel_or_abs_error(g.dq, ref.dq), 2e-2);
       EXPECT_LT(rel_or_abs_error(g.dk, ref.dk), 2e-2);
       EXPECT_LT(rel_or_abs_error(g.dv, ref.dv), 2e-2);
-      if (c.T * c.Hq * c.B >= 1000) {  // the version ran: its lse is not bitwise the default's
-        setenv("SOMNUS_ATTN_FWD", "", 1);
+      if (c.T * c.Hq * c.B >= 1000) {  // the version ran: its lse is not bitwise mma's
+        setenv("SOMNUS_ATTN_FWD", "mma", 1);
         const CudaRun d = run_cuda(q, k, v, dout, c, true);
         setenv("SOMNUS_ATTN_FWD", version, 1);
-        EXPECT_NE(g.lse.to_vector(), d.lse.to_vector()) << "SOMNUS_ATTN_FWD=" << version << " gave the default's lse bit for bit";
+        EXPECT_NE(g.lse.to_vector(), d.lse.to_vector()) << "SOMNUS_ATTN_FWD=" << version << " gave mma's lse bit for bit";
       }
     }
-    // Rows that see no key: o = 0 and lse = -inf, as the default version gives.
+    // Rows that see no key: o = 0 and lse = -inf, as mma gives.
     if (cuda::attention_fwd_kernel(DType::bf16, 64, 0.125) == version) {
       const AttnCase c{1, 2, 1, 150, 100, 64, true, -20};
       Generator gen(seed++);
@@ -527,7 +531,7 @@ void forward_version_matches(const char* version, uint64_t seed) {
       const Tensor v = randn({c.B, c.Hkv, c.S, c.D}, gen, DType::bf16).to(gpu());
       const double scale = 0.125;
       std::vector<std::vector<double>> o, lse;
-      for (const char* run : {version, ""}) {
+      for (const char* run : {version, "mma"}) {
         setenv("SOMNUS_ATTN_FWD", run, 1);
         Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
         cuda::attention_fwd(q, k, v, c.causal, scale, c.q_offset, ov, lv);
@@ -548,8 +552,8 @@ void forward_version_matches(const char* version, uint64_t seed) {
       }
       setenv("SOMNUS_ATTN_FWD", version, 1);
     }
-    // A negative scale: the version hands it to the default version (the selector says so, and the
-    // result is bitwise the default's), which must be right against f64.
+    // A negative scale: the version hands it to mma (the selector says so, and the result is
+    // bitwise mma's), which must be right against f64.
     {
       const AttnCase c{1, 2, 2, 70, 70, 64, true, 0};
       Generator gen(seed++);
@@ -558,7 +562,7 @@ void forward_version_matches(const char* version, uint64_t seed) {
       const AttnRef ref = attention_reference(q, k, v, Tensor(), c.causal, -0.125, c.q_offset);
       EXPECT_EQ(cuda::attention_fwd_kernel(DType::bf16, 64, -0.125), "mma");
       std::vector<std::vector<double>> o, lse;
-      for (const char* run : {version, ""}) {
+      for (const char* run : {version, "mma"}) {
         setenv("SOMNUS_ATTN_FWD", run, 1);
         Tensor ov = nan_like(q.shape(), DType::bf16), lv = nan_like({c.B, c.Hq, c.T}, DType::f32);
         cuda::attention_fwd(q.to(gpu()), k.to(gpu()), v.to(gpu()), c.causal, -0.125, c.q_offset, ov, lv);
@@ -625,6 +629,53 @@ TEST(CudaAttention, ForwardWgmmaWsPersistentMatchesTwinAndReference) {
   forward_version_matches("wgmma_persist", 1800);
   unsetenv("SOMNUS_ATTN_PERSIST_BLOCKS");
   forward_version_matches("wgmma_persist", 1900);
+}
+
+// The defaults (SOMNUS_ATTN_FWD / SOMNUS_ATTN_BWD unset) are the fastest versions measured that
+// the device runs (H100, 2026-11-27, bench/RESULTS.md): forward wgmma_persist, else v3, else
+// mma; backward wgmma_ws, else v4, else v3, else mma. "auto" and "" mean the same; a negative
+// scale (which the base-2 versions do not take) gets mma; f32 gets the SIMT kernels.
+TEST(CudaAttention, DefaultsAreTheFastestThatRun) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  const auto fwd_with = [](const char* value, int64_t D, double scale) {
+    setenv("SOMNUS_ATTN_FWD", value, 1);
+    const std::string k = cuda::attention_fwd_kernel(DType::bf16, D, scale);
+    unsetenv("SOMNUS_ATTN_FWD");
+    return k;
+  };
+  const auto bwd_with = [](const char* value, int64_t D, double scale) {
+    setenv("SOMNUS_ATTN_BWD", value, 1);
+    const std::string k = cuda::attention_bwd_kernel(DType::bf16, D, scale);
+    unsetenv("SOMNUS_ATTN_BWD");
+    return k;
+  };
+  unsetenv("SOMNUS_ATTN_FWD");
+  unsetenv("SOMNUS_ATTN_BWD");
+  for (int64_t D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    const double scale = 1.0 / std::sqrt(double(D));
+    std::string fwd = "mma";
+    for (const char* v : {"v3", "wgmma_persist"}) {  // slowest first
+      if (fwd_with(v, D, scale) == v) fwd = v;
+    }
+    EXPECT_EQ(cuda::attention_fwd_kernel(DType::bf16, D, scale), fwd);
+    EXPECT_EQ(fwd_with("auto", D, scale), fwd);
+    EXPECT_EQ(fwd_with("", D, scale), fwd);
+    EXPECT_EQ(fwd_with("mma", D, scale), "mma");
+    EXPECT_EQ(cuda::attention_fwd_kernel(DType::bf16, D, -scale), "mma");
+    EXPECT_EQ(cuda::attention_fwd_kernel(DType::f32, D, scale), "simt");
+    std::string bwd = bwd_with("mma", D, scale);  // "v2" where mma's buffers do not fit
+    for (const char* v : {"v3", "v4", "wgmma_ws"}) {
+      if (bwd_with(v, D, scale) == v) bwd = v;
+    }
+    EXPECT_EQ(cuda::attention_bwd_kernel(DType::bf16, D, scale), bwd);
+    EXPECT_EQ(bwd_with("auto", D, scale), bwd);
+    EXPECT_EQ(bwd_with("", D, scale), bwd);
+    EXPECT_EQ(cuda::attention_bwd_kernel(DType::f32, D, scale), "simt");
+    EXPECT_EQ(cuda::attention_bwd_kernel(DType::bf16, D, -scale), bwd_with("mma", D, scale));
+    std::printf("note: D = %lld: forward %s, backward %s by default on this device\n", static_cast<long long>(D),
+                fwd.c_str(), bwd.c_str());
+  }
 }
 
 }  // namespace

@@ -263,7 +263,8 @@ TEST(CudaOps, WhereMatchesCpu) {
 
 // ---------------------------------------------------------------- reductions
 
-// SOMNUS_REDUCE for the scope: "v1" (the previous kernels) or "" (the default, v2).
+// SOMNUS_REDUCE for the scope: "v1" (the previous kernels), "v2" (the new ones) or "" (the
+// default: v2 for rows and whole tensors, v1 for columns).
 struct ReduceVersion {
   explicit ReduceVersion(const char* v) {
     if (*v != '\0') setenv("SOMNUS_REDUCE", v, 1);
@@ -272,11 +273,11 @@ struct ReduceVersion {
   ReduceVersion(const ReduceVersion&) = delete;
   ReduceVersion& operator=(const ReduceVersion&) = delete;
 };
-// The reduction versions a test runs: v2 (the default) and v1; under quick_mode (the sanitizer
+// The reduction versions a test runs: the default, v1 and v2; under quick_mode (the sanitizer
 // runs of tools/gpu_check.sh) the default only.
 std::vector<const char*> reduce_versions() {
   if (somnus::testing::quick_mode()) return {""};
-  return {"", "v1"};
+  return {"", "v1", "v2"};
 }
 
 TEST(CudaOps, ReduceMatchesCpu) {
@@ -308,7 +309,7 @@ TEST(CudaOps, ReduceMatchesCpu) {
               for (bool keepdim : {false, true}) {
                 const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(dim) +
                                          (keepdim ? " keepdim " : " ") + case_name(c.shape, dtype, layout) + " " +
-                                         (*version ? version : "v2");
+                                         (*version ? version : "default");
                 const Tensor ref = reduce(op, x.cpu, dim, keepdim);
                 poison_next(ref.shape(), dtype);
                 const Tensor out = reduce(op, x.gpu, dim, keepdim);
@@ -337,7 +338,7 @@ TEST(CudaOps, ReduceAllLongVectorsAndDeterminism) {
         const Pair x = rand_pair({n}, dtype, Layout::contiguous, g, 0.5, 1.5);
         for (Reduce op : {Reduce::sum, Reduce::mean, Reduce::max}) {
           const std::string what = std::string(reduce_name(op)) + " all n " + std::to_string(n) + " " +
-                                   dtype_name(dtype) + " " + (*version ? version : "v2");
+                                   dtype_name(dtype) + " " + (*version ? version : "default");
           const Tensor ref = reduce_all(op, x.cpu);
           poison_next(ref.shape(), dtype);
           const Tensor a = reduce_all(op, x.gpu);
@@ -364,21 +365,29 @@ TEST(CudaOps, ReduceSplitPathsAreBitwiseReproducible) {
   const Case cases[] = {{{512, 4096}, 0}, {{3, 20000, 5}, 1}, {{1000, 296}, 0},
                         {{2, 100003}, 1}, {{1, 1 << 22}, 1},  {{1, (1 << 22) + 3}, 1}};
   Generator g(109);
-  for (DType dtype : kFloatTypes) {
-    for (const Case& c : cases) {
-      const int64_t numel = shape_numel(c.shape);
-      if (numel >= (int64_t{1} << 22) && somnus::testing::quick_mode()) continue;
-      // One element more than x: x is the view from element 1 (misaligned), `aligned` a copy.
-      const Tensor buf = rand({numel + 1}, g, dtype, Device::cpu(), 0.5, 1.5).to(gpu());
-      const Tensor off = buf.slice(0, 1, numel + 1).view(c.shape);
-      const Tensor aligned = off.clone();
-      for (Reduce op : {Reduce::sum, Reduce::mean, Reduce::max}) {
-        const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(c.dim) + " " +
-                                 case_name(c.shape, dtype, Layout::contiguous);
-        const Tensor a = reduce(op, aligned, c.dim);
-        expect_close(a, reduce(op, aligned.to(Device::cpu()), c.dim), tol_gpu(dtype), what);
-        EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, aligned, c.dim))) << what << ": two runs differ bitwise";
-        EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, off, c.dim))) << what << ": aligned and offset x differ bitwise";
+  // The default (v1's kernel for the columns since 2026-11-27) and v2 everywhere (its split
+  // columns); quick_mode: the default only.
+  std::vector<const char*> versions = {"", "v2"};
+  if (somnus::testing::quick_mode()) versions.pop_back();
+  for (const char* version : versions) {
+    const ReduceVersion scoped(version);
+    for (DType dtype : kFloatTypes) {
+      for (const Case& c : cases) {
+        const int64_t numel = shape_numel(c.shape);
+        if (numel >= (int64_t{1} << 22) && somnus::testing::quick_mode()) continue;
+        // One element more than x: x is the view from element 1 (misaligned), `aligned` a copy.
+        const Tensor buf = rand({numel + 1}, g, dtype, Device::cpu(), 0.5, 1.5).to(gpu());
+        const Tensor off = buf.slice(0, 1, numel + 1).view(c.shape);
+        const Tensor aligned = off.clone();
+        for (Reduce op : {Reduce::sum, Reduce::mean, Reduce::max}) {
+          const std::string what = std::string(reduce_name(op)) + " dim " + std::to_string(c.dim) + " " +
+                                   case_name(c.shape, dtype, Layout::contiguous) + " " +
+                                   (*version ? version : "default");
+          const Tensor a = reduce(op, aligned, c.dim);
+          expect_close(a, reduce(op, aligned.to(Device::cpu()), c.dim), tol_gpu(dtype), what);
+          EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, aligned, c.dim))) << what << ": two runs differ bitwise";
+          EXPECT_EQ(bytes_of(a), bytes_of(reduce(op, off, c.dim))) << what << ": aligned and offset x differ bitwise";
+        }
       }
     }
   }
@@ -418,7 +427,7 @@ TEST(CudaOps, ArgmaxMatchesCpuAndTakesTheFirstTie) {
           const Pair x = randn_pair(c.shape, dtype, layout, g);
           for (int64_t dim : c.dims) {
             const std::string what = "argmax dim " + std::to_string(dim) + " " + case_name(c.shape, dtype, layout) +
-                                     " " + (*version ? version : "v2");
+                                     " " + (*version ? version : "default");
             const Tensor ref = argmax(x.cpu, dim);
             poison_next(ref.shape(), DType::i64);
             expect_equal(argmax(x.gpu, dim), ref, what);

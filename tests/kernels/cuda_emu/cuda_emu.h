@@ -144,6 +144,10 @@ inline V __shfl_xor_sync(unsigned, V v, int m) {
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+// Round-to-nearest products the device compiler never contracts into an FMA (no -march here, so
+// the host compiler does not contract either; std::fma is the device's fma).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 // cp.async: copies land when a wait retires their group (so a missing wait reads garbage).
 struct PendingCopy { uint16_t* sm; const uint16_t* g; bool valid; };
 thread_local std::vector<PendingCopy> t_open;
