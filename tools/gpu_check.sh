@@ -9,7 +9,7 @@
 #                                           compiled here
 #
 # Logs go to $OUT (or <build-dir>/gpu_check), the summary table also to summary.md there;
-# failing cases of the opt-in attention kernels to attn_dumps/ (replay: tests/kernels/cuda_emu).
+# failing cases of the v3 / v4 / Hopper attention kernels to attn_dumps/ (replay: tests/kernels/cuda_emu).
 # Exits non-zero on any failure. The device tool brings back at most 8 files from $OUT, so pack
 # them (bench/RESULTS.md has the command):
 #   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_GPU_CHECK_DEADLINE_S=480 timeout 570 tools/gpu_check.sh \
@@ -75,7 +75,7 @@ fi
 # in a fourth: a fault there would leave a sticky CUDA error that fails every later test of the
 # same process.
 failed_bins=""
-# A failing case of the opt-in attention kernels is written here (inputs and the GPU's outputs)
+# A failing case of the v3 / v4 / Hopper attention kernels is written here (inputs and the GPU's outputs)
 # for the host emulation's replay: tests/kernels/cuda_emu/run.sh, then
 # <work>/attention_fwd_emu --replay FILE VERSION (or attention_bwd_emu) maps where they differ.
 export SOMNUS_ATTN_DUMP_DIR="$out/attn_dumps"

@@ -49,6 +49,16 @@
 // (0.86–0.87 of copy; v1 639–645), LayerNorm 2166–2181 (0.75; v1 339–345); f32 RMSNorm
 // 2727–2790 (0.94–0.95), LayerNorm 2674–2678 (0.91). bf16 LayerNorm misses 80%: the two (512,
 // 4096) partial sums (dw, db) and casts in ops.cpp are the likely remainder (not profiled).
+// 2026-11-27 (H100, runs 4 and 5): bf16 LayerNorm 0.71–0.74, RMSNorm 0.86–0.87 (246 vs 211 µs).
+// Since then ops.cpp sums dw and db as the two planes of one buffer: one column-sum launch and
+// one cast instead of two each. PREDICTED (not measured): ~10 µs off, ≈ 0.77–0.78 of copy. The
+// rest of the gap to RMSNorm is likely this kernel's second shared-memory accumulator (db: a
+// 32-bit read-modify-write per column, thread and row: for bf16 NV = 2, 16 loads and 16 stores
+// more than RMSNorm per row and thread). Tried the same day and dropped: the accumulators as
+// 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled 14–54 bytes in
+// bf16 NV = 2, the 16384×4096 case, which the present code fits in its 64 registers (4 blocks
+// per SM, the 512 chunks in one wave). Next to try, on a GPU: 3 blocks per SM with the
+// accumulators in registers and a persistent grid of 3 · SMs blocks.
 // Backward v1 (SOMNUS_NORM_BWD=v1, and the fallback for wider rows): per row, two passes over
 // dy and h (the second from L1/L2), a block reduction each of Σg and Σg∘x̂, and a
 // read-modify-write of the chunk's (C,) partial row in global memory per row.

@@ -74,7 +74,7 @@ Tensor nan_like(const Shape& s, DType dt) { return Tensor::full(s, NAN, dt, gpu(
 // The backward paths for bf16: the tensor-core kernels (mma, the default until the H100 run of
 // 2026-11-27; the default is now the fastest version that runs, see DefaultsAreTheFastestThatRun), their
 // earlier versions (SOMNUS_ATTN_BWD=v2: no cp.async prefetch; v1: no ldmatrix either), the
-// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback), v3 and v4 (opt-in: base-2 p, so not
+// SIMT kernels (SOMNUS_ATTN_BWD=simt, the fallback), v3 and v4 (base-2 p, so not
 // bitwise the first three; v4 = v3 with 8-warp, 128-key dK/dV blocks; kept last). f32 always
 // runs SIMT, on every setting.
 // The Hopper wgmma versions have tests of their own (the names contain "Wgmma"), which
@@ -163,7 +163,7 @@ void dump_failure(const std::string& tag, const AttnCase& c, bool det, const Ten
   std::printf("note: failing case written to %s (replay it under tests/kernels/cuda_emu)\n", path.c_str());
 }
 
-// Under SOMNUS_TEST_QUICK the opt-in paths (v3, v4; wgmma in its own test) run bf16 only (f32
+// Under SOMNUS_TEST_QUICK the paths other than mma (v3, v4; wgmma in its own test) run bf16 only (f32
 // is SIMT on every setting) on three cases — masked tails with GQA 4, keys no query sees,
 // several tiles both ways with GQA 8 — so that the compute-sanitizer runs stay within budget.
 bool quick_subset(const std::string& path, DType dt, size_t case_index) {
@@ -469,7 +469,7 @@ TEST(CudaAttention, ForwardKernelVersionsAgreeBitwise) {
 // where the device takes v3 (cuda::attention_fwd_kernel: two resident blocks per SM, sm_90), and
 // then v3's lse must differ from mma's somewhere (ex2 against exp), or v3 did not run.
 // SOMNUS_TEST_QUICK=1 (compute-sanitizer) takes the three v3-specific cases, forward only.
-// An opt-in forward version (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist) against the CPU twin and f64, on the
+// A forward version other than mma (SOMNUS_ATTN_FWD=v3, wgmma, wgmma_pipe, wgmma_ws, wgmma_wspp or wgmma_persist) against the CPU twin and f64, on the
 // shared cases plus its own; rows that see no key; a negative scale (handed to mma).
 // Cases the device cannot run the version on are noted and skipped.
 void forward_version_matches(const char* version, uint64_t seed) {

@@ -1,5 +1,5 @@
 // Replay of a failing GPU case: test_cuda_attention.cpp's dump_failure writes, when gpu_check
-// sets SOMNUS_ATTN_DUMP_DIR, the inputs and the GPU's outputs of an opt-in attention kernel's
+// sets SOMNUS_ATTN_DUMP_DIR, the inputs and the GPU's outputs of a v3 / v4 / Hopper attention kernel's
 // failing case; the forward and backward drivers here, given `--replay FILE [version]`, run
 // the same kernel under the emulation on the same inputs and print where the GPU differs, by
 // position within the block's tiles — a layout or descriptor misreading shows as a pattern
