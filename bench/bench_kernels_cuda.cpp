@@ -248,17 +248,18 @@ void BM_reduce_sum_version(benchmark::State& state, DType dtype, int dim, const 
   unsetenv("SOMNUS_REDUCE");
 }
 
-// The norm backward's partial sums: (512, 4096) f32 over dim 0 (ops.cpp norm_backward), with
-// the default kernels (version "") or SOMNUS_REDUCE=v1 / v2.
-void BM_reduce_sum_norm_partials(benchmark::State& state, const char* version) {
+// The norm backward's partial sums (ops.cpp norm_backward): planes (1: RMSNorm's dw; 2:
+// LayerNorm's dw and db, one buffer since 2026-11-27) × 512 chunks × 4096 f32, over the chunks,
+// with the default kernels (version "") or SOMNUS_REDUCE=v1 / v2.
+void BM_reduce_sum_norm_partials(benchmark::State& state, const char* version, int64_t planes) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = 512, cols = 4096;
   Generator g(7);
-  const Tensor x = randn({rows, cols}, g, DType::f32, gpu());
+  const Tensor x = randn({planes, rows, cols}, g, DType::f32, gpu());
   if (*version != '\0') setenv("SOMNUS_REDUCE", version, 1);
-  const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(reduce(Reduce::sum, x, 0)); });
+  const double mean = timed_loop(state, [&] { benchmark::DoNotOptimize(reduce(Reduce::sum, x, 1)); });
   unsetenv("SOMNUS_REDUCE");
-  report_bandwidth(state, mean, rows * cols * 4);
+  report_bandwidth(state, mean, planes * rows * cols * 4);
 }
 
 void BM_argmax(benchmark::State& state, DType dtype) {
@@ -329,9 +330,13 @@ void register_all() {
     manual(RegisterBenchmark(("sum_all_v1/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, -2, "v1"));
     manual(RegisterBenchmark(("sum_dim0_v2/" + t + "/8192x8192").c_str(), BM_reduce_sum_version, d, 0, "v2"));
     if (d == DType::f32) {
-      manual(RegisterBenchmark("sum_dim0/f32/512x4096", BM_reduce_sum_norm_partials, ""));
-      manual(RegisterBenchmark("sum_dim0_v1/f32/512x4096", BM_reduce_sum_norm_partials, "v1"));
-      manual(RegisterBenchmark("sum_dim0_v2/f32/512x4096", BM_reduce_sum_norm_partials, "v2"));
+      for (const char* v : {"", "v1", "v2"}) {
+        const std::string suffix = *v ? std::string("_") + v : "";
+        manual(RegisterBenchmark(("sum_dim0" + suffix + "/f32/512x4096").c_str(), BM_reduce_sum_norm_partials, v,
+                                 int64_t{1}));
+        manual(RegisterBenchmark(("sum_dim1" + suffix + "/f32/2x512x4096").c_str(), BM_reduce_sum_norm_partials, v,
+                                 int64_t{2}));
+      }
     }
     manual(RegisterBenchmark(("argmax/" + t + "/2048x50304").c_str(), BM_argmax, d));
     manual(RegisterBenchmark(("embedding/" + t + "/V50304_C768_N8192").c_str(), BM_embedding, d));

@@ -622,8 +622,9 @@ NormGrads norm_backward(bool layer, const Tensor& dy_in, const Tensor& dh_in, co
   }
   SOMNUS_DISPATCH(h.device(), norm_backward, layer, dy, dh, h, w, layer ? mean.contiguous() : Tensor(),
                   rstd.contiguous(), g.dh, dw_part, db_part);
-  // The chunk partials are summed in a fixed order on both backends (each column's order does
-  // not depend on the number of planes).
+  // The chunk partials are summed in a fixed order on both backends. Each column's order does
+  // not depend on the number of planes on the CPU and in CUDA's default column kernel (under
+  // SOMNUS_REDUCE=v2 the segment plan, and so dw's last bits, may differ with and without db).
   const Tensor sums = cast(reduce(Reduce::sum, parts, 1), h.dtype());  // (planes, C)
   g.dweight = sums.select(0, 0);
   if (bias) g.dbias = sums.select(0, 1);

@@ -173,8 +173,9 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     only="${SOMNUS_SANITIZER_ONLY:-}"  # e.g. "attention|sampling": only binaries whose name matches
     skip_filter='-*OutOfMemory*:*BadInput*:*Unsupported*:CudaProfiler.*'
     race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
-    # The default attention kernels on Hopper (wgmma_persist forward, wgmma_ws backward) and the decode.
-    race_filter_attention='CudaAttention.ForwardWgmmaWsPersistent*:CudaAttention.BackwardWgmmaWs*:CudaAttention.Decode*'
+    # The default attention kernels on Hopper (wgmma_persist forward, wgmma_ws backward), the
+    # decode, and one case through every backward path (v3 / v4 / mma: the defaults elsewhere).
+    race_filter_attention='CudaAttention.ForwardWgmmaWsPersistent*:CudaAttention.BackwardWgmmaWs*:CudaAttention.Decode*:CudaAttention.DeterministicBackwardIsBitwiseRepeatable'
     unset SOMNUS_ATTN_DUMP_DIR  # the tests' own runs wrote the failing cases; these would overwrite them
     run_sanitizer() {  # tool binary gtest-filter
       local tool="$1" bin="$2" filter="$3" log rc limit="$budget"

@@ -2,8 +2,8 @@
 // counts as the maximum, as in torch). x is viewed as (outer, n, inner) around the reduced
 // dim; out holds outer·inner values, out[o·inner + i].
 //
-// Algorithm (v2; the default for rows and whole tensors — columns take v1's kernel by default,
-// see reduce_version), by shape:
+// Algorithm (v2; the default for rows and whole tensors — columns with many outputs take v1's
+// kernel by default, see reduce_version), by shape:
 //   inner == 1, n ≤ 512    one warp per row (cub::WarpReduce), 8 rows per 256-thread block.
 //   inner == 1, n > 512    a 256-thread block per (row, chunk): thread t takes the groups of
 //                          V = 16 / sizeof(T) adjacent elements g = t, t + 256, ... (one 16-byte
@@ -612,9 +612,13 @@ void run_reduce_v2(const T* xp, const Geometry& g, const Tensor& x, R r, typenam
 // SOMNUS_REDUCE (read on every call, so that tests and benchmarks can switch it): "v1" the
 // previous kernels everywhere, "v2" the new ones everywhere; unset (the default) the faster of
 // the two per path as measured on an H100 on 2026-11-27: v2 for rows and whole tensors, v1 for
-// columns (inner > 1: 8192² f32 96 µs against v2's 105, bf16 60 against 64, the norm
-// backward's (512, 4096) f32 9.0 µs against 13.0 — v2's segments and second launch cost more
-// than the extra blocks gain).
+// columns (inner > 1) where its grid of one block per 32 outputs has at least kV1ColBlocks
+// blocks (8192² f32 96 µs against v2's 105, bf16 60 against 64, the norm backward's (512, 4096)
+// f32 9 µs against 12–13: v2's segments and second launch cost more than the extra blocks gain
+// there), v2 for fewer outputs (e.g. a bias gradient's (16384, 768) sum: 24 v1 blocks, each
+// walking 16384 rows; v2 splits the rows into segments). The threshold is a constant, not the
+// SM count, so that the summation order stays fixed by the shape alone.
+constexpr int64_t kV1ColBlocks = 128;
 enum class ReduceVersion { v1, v2, best };
 ReduceVersion reduce_version() {
   const char* e = std::getenv("SOMNUS_REDUCE");
@@ -639,7 +643,8 @@ void run_reduce(const Tensor& x, int64_t dim, const Tensor& out, R r, const char
     g.outer_n = 1;
   }
   const ReduceVersion v = reduce_version();
-  if (v == ReduceVersion::v1 || (v == ReduceVersion::best && g.inner_n > 1)) {
+  const bool v1_columns = g.inner_n > 1 && g.outer_n * ((g.inner_n + kColX - 1) / kColX) >= kV1ColBlocks;
+  if (v == ReduceVersion::v1 || (v == ReduceVersion::best && v1_columns)) {
     run_reduce_v1<T>(xp, g, x, r, op, name);
   } else {
     run_reduce_v2<T>(xp, g, x, r, op, name);

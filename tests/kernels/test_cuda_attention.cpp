@@ -188,6 +188,13 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
       for (const char* path : bwd_paths()) {
         if (!quick_subset(path, dt, ci)) continue;
         set_bwd_path(path);
+        // With the mma backward the forward is mma too (checked here against f64 on every case:
+        // the fallback where the faster versions do not run); else the default forward.
+        if (std::string(path) == "mma") {
+          setenv("SOMNUS_ATTN_FWD", "mma", 1);
+        } else {
+          unsetenv("SOMNUS_ATTN_FWD");
+        }
         for (bool det : {false, true}) {
           SCOPED_TRACE(case_name(c, dt) + (det ? " deterministic" : " atomic dQ") + " bwd " + path);
           const CudaRun g = run_cuda(q, k, v, dout, c, det);
@@ -204,6 +211,7 @@ TEST(CudaAttention, MatchesCpuTwinAndReference) {
         }
       }
       set_bwd_path("");
+      unsetenv("SOMNUS_ATTN_FWD");
     }
   }
 }

@@ -264,7 +264,8 @@ TEST(CudaOps, WhereMatchesCpu) {
 // ---------------------------------------------------------------- reductions
 
 // SOMNUS_REDUCE for the scope: "v1" (the previous kernels), "v2" (the new ones) or "" (the
-// default: v2 for rows and whole tensors, v1 for columns).
+// default: v2 for rows and whole tensors, v1 for columns with ≥ 128 blocks of 32 outputs, v2
+// for fewer).
 struct ReduceVersion {
   explicit ReduceVersion(const char* v) {
     if (*v != '\0') setenv("SOMNUS_REDUCE", v, 1);
@@ -365,8 +366,8 @@ TEST(CudaOps, ReduceSplitPathsAreBitwiseReproducible) {
   const Case cases[] = {{{512, 4096}, 0}, {{3, 20000, 5}, 1}, {{1000, 296}, 0},
                         {{2, 100003}, 1}, {{1, 1 << 22}, 1},  {{1, (1 << 22) + 3}, 1}};
   Generator g(109);
-  // The default (v1's kernel for the columns since 2026-11-27) and v2 everywhere (its split
-  // columns); quick_mode: the default only.
+  // The default (v1's column kernel for (512, 4096) since 2026-11-27, v2's split columns for the
+  // other two column cases) and v2 everywhere; quick_mode: the default only.
   std::vector<const char*> versions = {"", "v2"};
   if (somnus::testing::quick_mode()) versions.pop_back();
   for (const char* version : versions) {
