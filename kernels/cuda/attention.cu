@@ -3058,13 +3058,13 @@ Tensor zeros_f32(int64_t n, Device device) {
   return t;
 }
 
-// The deterministic dQ of the Hopper backwards (wgmma, wgmma_ws): v3's dQ kernel
-// (attn_bwd_dq_mma<D, true, true>), no atomics.
-template <int D>
-void launch_dq_v3(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp, const uint16_t* gp, const Tensor& lse,
-                  const Tensor& delta, const AttnDims& d, const Tensor& dq) {
-  constexpr int smem = dq_smem_bytes<D>(true);
-  const auto kernel = attn_bwd_dq_mma<D, true, true>;
+// The deterministic dQ pass (attn_bwd_dq_mma, no atomics): the mma versions' own (kLdsm, kV3),
+// and v3's (true, true) for the Hopper backwards (wgmma, wgmma_ws).
+template <int D, bool kLdsm = true, bool kV3 = true>
+void launch_dq(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp, const uint16_t* gp, const Tensor& lse,
+               const Tensor& delta, const AttnDims& d, const Tensor& dq) {
+  constexpr int smem = dq_smem_bytes<D>(kV3);
+  const auto kernel = attn_bwd_dq_mma<D, kLdsm, kV3>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
   kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
@@ -3095,7 +3095,7 @@ void attention_bwd_ws(const uint16_t* qp, const uint16_t* kp, const uint16_t* vp
                                               deterministic ? nullptr : acc.data<float>(), d);
   CUDA_CHECK_LAUNCH();
   if (deterministic) {
-    launch_dq_v3<D>(qp, kp, vp, gp, lse, delta, d, dq);
+    launch_dq<D>(qp, kp, vp, gp, lse, delta, d, dq);
   } else {
     const int64_t n4 = acc.numel() / 4;
     dq_from_bws_acc<D><<<static_cast<unsigned>((n4 + 255) / 256), 256>>>(
@@ -3151,15 +3151,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
                                                reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
         CUDA_CHECK_LAUNCH();
       }
-      if (dq_acc == nullptr && d.T > 0) {
-        constexpr int smem = dq_smem_bytes<D>(kV3);
-        const auto kernel = attn_bwd_dq_mma<D, kLdsm, kV3>;
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        const dim3 grid((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq);
-        kernel<<<grid, kBwdWarps * 32, smem>>>(qp, kp, vp, gp, lse.data<float>(), delta.data<float>(),
-                                               reinterpret_cast<uint16_t*>(dq.data_ptr()), d);
-        CUDA_CHECK_LAUNCH();
-      }
+      if (dq_acc == nullptr && d.T > 0) launch_dq<D, kLdsm, kV3>(qp, kp, vp, gp, lse, delta, d, dq);
     };
     using Four = std::integral_constant<int, kBwdWarps>;
     if (version == "wgmma") {
@@ -3172,7 +3164,7 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
                                                  reinterpret_cast<uint16_t*>(dv.data_ptr()), dq_acc, d);
         CUDA_CHECK_LAUNCH();
       }
-      if (dq_acc == nullptr && d.T > 0) launch_dq_v3<D>(qp, kp, vp, gp, lse, delta, d, dq);  // deterministic dQ
+      if (dq_acc == nullptr && d.T > 0) launch_dq<D>(qp, kp, vp, gp, lse, delta, d, dq);  // deterministic dQ
       cast_dq();
       return;
     }
