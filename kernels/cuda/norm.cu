@@ -65,6 +65,8 @@
 // Loads and stores are 16-byte vectors (8 bf16, 4 f32, 2 f64) when C is a multiple of the
 // vector width and the pointers are aligned; otherwise scalar. Reductions: warp shuffles,
 // then one shared-memory step across the block's warps.
+#include <cuda_bf16.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -394,13 +396,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// A compute-type value rounded to the storage type: T(x). For bf16 a cvt.rn.bf16.f32 instead
+// of bf16::from_float's integer rounding; the same round-to-nearest-even bits, and a NaN still
+// takes bf16's own quieting (a select, not a branch), so the result is bitwise T(x) for every
+// input.
+template <class T, class C>
+__device__ __forceinline__ T to_storage(C x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    const uint32_t u = __float_as_uint(x);
+    const uint16_t rounded = __bfloat16_as_ushort(__float2bfloat16_rn(x));
+    const uint16_t quiet_nan = static_cast<uint16_t>((u >> 16) | 0x0040u);  // bf16::from_float's NaN
+    bf16 r;
+    r.bits = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+    return r;
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
 // Register-resident backward (v2, see the header). The block's G groups of kTPG = kThreads / G
 // threads each take every G-th row of the chunk (G > 1 for short rows, so that most threads
-// work); NV: vectors of V elements per thread per row. Dynamic shared memory: NV · V · kThreads
-// compute-type accumulators for dw, as many again for db when db_part is set; element (i, j)
-// of thread t at [(i · V + j) · kThreads + t] (consecutive threads, consecutive words: no bank
-// conflicts), private to the thread until the chunk's end sums the G groups in order.
-template <class T, int V, int NV, int G>
+// work); NV: vectors of V elements per thread per row. kDb: db_part is written (LayerNorm with
+// a bias): a template parameter, so that the loop over elements has no branch on it. Dynamic
+// shared memory: NV · V · kThreads compute-type accumulators for dw, as many again for db when
+// kDb; element (i, j) of thread t at [(i · V + j) · kThreads + t] (consecutive threads,
+// consecutive words: no bank conflicts), private to the thread until the chunk's end sums the
+// G groups in order.
+// Why (H100, 2026-11-27, ncu of the bf16 NV = 2 instance): 64% of the issue slots busy, ~840
+// instructions per thread and row; the PTX had a branch per element on db_part (which also
+// split the loop into basic blocks of one element) and bf16's integer rounding per stored
+// element. The arithmetic and its order are unchanged: dh, dw and db are bitwise as before
+// (checked under the emulation, 132 cases, before and after). Tried: dw and db as one 8-byte
+// pair per column (one shared access each way instead of two): ptxas then spilled 8 bytes in
+// the bf16 NV = 2 instance at its 64 registers; two arrays do not.
+template <class T, int V, int NV, int G, bool kDb>
 __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
     norm_backward_reg_kernel(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
                              const T* __restrict__ h, const T* __restrict__ w, const compute_t<T>* __restrict__ mean,
@@ -412,7 +441,7 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
   extern __shared__ __align__(16) unsigned char norm_bwd_smem[];
   __shared__ C red[2 * (kThreads / 32)];
   C* acc_w = reinterpret_cast<C*>(norm_bwd_smem);
-  C* acc_b = acc_w + NV * V * kThreads;  // used only when db_part != nullptr
+  C* acc_b = acc_w + NV * V * kThreads;  // kDb only
   const int t = threadIdx.x, grp = G == 1 ? 0 : t / kTPG, lt = G == 1 ? t : t % kTPG;
   const int64_t nv = n / V;
   const C inv_n = C(1) / static_cast<C>(n);
@@ -425,7 +454,7 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         acc_w[(i * V + j) * kThreads + t] = C(0);
-        if (db_part != nullptr) acc_b[(i * V + j) * kThreads + t] = C(0);
+        if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] = C(0);
       }
     }
     const int64_t r0 = k * kNormRowsPerChunk, r_end = min(rows, r0 + kNormRowsPerChunk);
@@ -474,9 +503,9 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
             const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
             C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
             if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
-            o.v[j] = static_cast<T>(d);
+            o.v[j] = to_storage<T>(d);
             acc_w[(i * V + j) * kThreads + t] += gy * xh;
-            if (db_part != nullptr) acc_b[(i * V + j) * kThreads + t] += gy;
+            if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
           }
           store_vec<V>(dr, vi, o);
         }
@@ -484,7 +513,7 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
     }
     // The chunk's partial row, written once.
     C* dw = dw_part + k * n;
-    C* db = db_part != nullptr ? db_part + k * n : nullptr;
+    C* db = kDb ? db_part + k * n : nullptr;
     if constexpr (G == 1) {  // the thread's own columns
 #pragma unroll
       for (int i = 0; i < NV; ++i) {
@@ -493,7 +522,7 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             dw[c0 + j] = acc_w[(i * V + j) * kThreads + t];
-            if (db != nullptr) db[c0 + j] = acc_b[(i * V + j) * kThreads + t];
+            if constexpr (kDb) db[c0 + j] = acc_b[(i * V + j) * kThreads + t];
           }
         }
       }
@@ -507,7 +536,7 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
 #pragma unroll
         for (int q = 1; q < G; ++q) sw += acc_w[base + q * kTPG];
         dw[c] = sw;
-        if (db != nullptr) {
+        if constexpr (kDb) {
           C sb = acc_b[base];
 #pragma unroll
           for (int q = 1; q < G; ++q) sb += acc_b[base + q * kTPG];
@@ -624,13 +653,19 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
       constexpr int V = decltype(vw)::value;
       const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
         constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
-        const auto kernel = norm_backward_reg_kernel<T, V, NV, G>;
-        const size_t smem = (dbp != nullptr ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C);
-        if (smem > 48 * 1024) {
-          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        const auto launch = [&](auto kernel, size_t smem) {
+          if (smem > 48 * 1024) {
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+          }
+          kernel<<<grid_for(chunks, 1), kThreads, smem>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows, n, chunks);
+          CUDA_CHECK_LAUNCH();
+        };
+        const size_t acc_bytes = size_t{NV} * V * kThreads * sizeof(C);
+        if (dbp != nullptr) {
+          launch(norm_backward_reg_kernel<T, V, NV, G, true>, 2 * acc_bytes);
+        } else {
+          launch(norm_backward_reg_kernel<T, V, NV, G, false>, acc_bytes);
         }
-        kernel<<<grid_for(chunks, 1), kThreads, smem>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows, n, chunks);
-        CUDA_CHECK_LAUNCH();
       });
       if (!reg) {
         norm_backward_kernel<T, V><<<grid_for(chunks, 1), kThreads>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp,

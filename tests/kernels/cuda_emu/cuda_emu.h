@@ -86,6 +86,7 @@ inline uint16_t __float2bfloat16_rn(float x) { return f2bf(x); }  // bf16 as its
 inline float __bfloat162float(uint16_t x) { return bf2f(x); }
 using somnus::bf16;  // the engine's storage type (tensor/dtype.h), as the kernels' bf16
 inline uint16_t __bfloat16_as_ushort(uint16_t x) { return x; }
+inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
 std::mutex g_atomic;
 inline float atomicAdd(float* p, float v) {
   std::lock_guard<std::mutex> lock(g_atomic);

@@ -144,7 +144,11 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
       constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
       const int smem = static_cast<int>((layer ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C));
       launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, kThreads, smem, [&] {
-        norm_backward_reg_kernel<T, V, NV, G>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
+        if (dbpp != nullptr) {  // the launcher's choice of kDb
+          norm_backward_reg_kernel<T, V, NV, G, true>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
+        } else {
+          norm_backward_reg_kernel<T, V, NV, G, false>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
+        }
       });
     });
     if (!reg) {
