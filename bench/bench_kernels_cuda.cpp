@@ -519,17 +519,20 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
 // Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
 // the device-to-device copy bandwidth of the same traffic. `s256`: the split count of the
 // rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
-// (kernels/decode_splits.h), so the two are compared in one run.
-void BM_attention_decode(benchmark::State& state, bool s256) {
+// (kernels/decode_splits.h), so the two are compared in one run. `pipe`: SOMNUS_ATTN_DECODE
+// for the pipelined variants of the GQA kernel ("pipe", "pipe_wide"; "" the default).
+void BM_attention_decode(benchmark::State& state, bool s256, const char* pipe) {
   if (skip_without_cuda(state)) return;
   const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
   const int64_t splits = s256 ? std::clamp<int64_t>(S / 256, 1, 64) : 0;
   Generator g(5);
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
+  if (*pipe != '\0') setenv("SOMNUS_ATTN_DECODE", pipe, 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });
+  unsetenv("SOMNUS_ATTN_DECODE");
   report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
 }
 
@@ -581,9 +584,10 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (bool s256 : {false, true}) {
-    RegisterBenchmark(s256 ? "attention_decode_s256/bf16/B8_Hq32_Hkv8_D128" : "attention_decode/bf16/B8_Hq32_Hkv8_D128",
-                      BM_attention_decode, s256)
+  for (const char* variant : {"", "_s256", "_pipe", "_pipe_wide"}) {
+    const std::string v = variant;
+    RegisterBenchmark(("attention_decode" + v + "/bf16/B8_Hq32_Hkv8_D128").c_str(), BM_attention_decode,
+                      v == "_s256", v == "_pipe" ? "pipe" : v == "_pipe_wide" ? "pipe_wide" : "")
         ->Arg(1024)
         ->Arg(4096)
         ->Arg(32768)

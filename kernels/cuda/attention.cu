@@ -645,6 +645,11 @@ bool env_equals(const char* name, const char* value) {
   return e != nullptr && std::strcmp(e, value) == 0;
 }
 
+// The GQA decode kernel's kPipe: SOMNUS_ATTN_DECODE=pipe 1, =pipe_wide 2, else 0.
+int decode_pipe() {
+  return env_equals("SOMNUS_ATTN_DECODE", "pipe") ? 1 : env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") ? 2 : 0;
+}
+
 // ---------------------------------------------------------------- bf16 forward, tensor cores
 
 // The forwards' epilogue: l summed over the quad of lanes that share a row, this thread's O
@@ -3233,7 +3238,16 @@ constexpr int kDecMaxRows = 8;
 // (o_s = 0, lse_s = −inf for a split the row cannot see), the layout of attn_rows_simt.
 // (minBlocksPerSM = 1 stated explicitly: without it ptxas capped the R = 2 bf16 variant at
 // 96 registers and spilled.)
-template <class T, int D, int R>
+// kPipe > 0 (2026-11-27, not yet measured): the loads of step j + 1 are issued before the
+// arithmetic of step j (registers double-buffered). kPipe = 1 (SOMNUS_ATTN_DECODE=pipe) halves
+// U, so the loaded data take the registers they took before (bf16 D 128 R 4: 159 registers,
+// 3 blocks per SM, 4 loads in flight per thread at all times); kPipe = 2 (=pipe_wide) keeps U
+// (201 registers, 2 blocks per SM, 8 loads per thread; R = 8 halves U in both). Why: without
+// it a step's loads are issued and at once waited for, so each step costs a DRAM round trip
+// plus its arithmetic, in series; at S = 1024 (6 splits of 171 keys: 6 steps per block, one
+// wave) that chain is most of the kernel's time (ncu, H100: 42% of the DRAM bandwidth, 3
+// warps per scheduler, 24.7 µs at ncu's clocks, and 7 µs more for attn_combine).
+template <class T, int D, int R, int kPipe = 0>
 __global__ void __launch_bounds__(kDecWarps * 32, 1)
     attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                     float* __restrict__ o_part, float* __restrict__ lse_part, int chunk, AttnDims d,
@@ -3242,7 +3256,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
   constexpr int LPK = D / V;                           // lanes per key row
   constexpr int KPW = 32 / LPK;                        // keys per warp per sub-step
   constexpr int NSUB = kDecWarps * KPW;                // lane groups = keys per block sub-step
-  constexpr int U = R >= 8 ? 2 : 4;                    // sub-steps loaded before use
+  constexpr int U = (R >= 8 ? 2 : 4) / (kPipe == 1 || (kPipe == 2 && R >= 8) ? 2 : 1);  // sub-steps per step
   static_assert(D % V == 0 && LPK <= 32 && 32 % LPK == 0, "head dim / vector width");
   __shared__ float sm_acc[NSUB][R][D];
   __shared__ float sm_m[NSUB][R];
@@ -3280,9 +3294,8 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
   const int64_t kv_base = b * kvs.sb + hk * kvs.sh + c * V;  // strided cache views too
   const T* kp = k + kv_base;
   const T* vp = v + kv_base;
-  // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
-  for (int j0 = k_lo; j0 < k_end; j0 += U * NSUB) {
-    Vec<T, V> kx[U], vx[U];
+  // The step starting at key j0: this lane group's keys j0 + u·NSUB + sub (zeros past k_end).
+  const auto load_step = [&](int j0, Vec<T, V>(&kx)[U], Vec<T, V>(&vx)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * NSUB + sub;
@@ -3296,6 +3309,17 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
           vx[u].v[e] = static_cast<T>(0.f);
         }
       }
+    }
+  };
+  Vec<T, V> kx[U], vx[U];
+  if constexpr (kPipe > 0) load_step(k_lo, kx, vx);
+  // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
+  for (int j0 = k_lo; j0 < k_end; j0 += U * NSUB) {
+    Vec<T, V> kn[U], vn[U];  // kPipe > 0: the next step's keys, in flight during this step's arithmetic
+    if constexpr (kPipe > 0) {
+      load_step(j0 + U * NSUB, kn, vn);
+    } else {
+      load_step(j0, kx, vx);
     }
     float s[U][R];
 #pragma unroll
@@ -3330,6 +3354,13 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
         for (int e = 0; e < V; ++e) acc[r][e] += pv * to_f(vx[u].v[e]);
       }
       m[r] = mx;
+    }
+    if constexpr (kPipe > 0) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        kx[u] = kn[u];
+        vx[u] = vn[u];
+      }
     }
   }
 
@@ -3386,10 +3417,20 @@ template <class T, int D>
 void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
                        float* o_part, float* lse_part) {
   const dim3 grid(n_split, d.B * d.Hkv);
+  const int pipe = decode_pipe();
   with_decode_rows(d.g * d.T, [&](auto rows_tag) {
     constexpr int R = decltype(rows_tag)::value;
-    attn_decode_gqa<T, D, R><<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
-                                                        chunk, d, kv_strides(k));
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part, chunk, d,
+                                       kv_strides(k));
+    };
+    if (pipe == 1) {
+      launch(attn_decode_gqa<T, D, R, 1>);
+    } else if (pipe == 2) {
+      launch(attn_decode_gqa<T, D, R, 2>);
+    } else {
+      launch(attn_decode_gqa<T, D, R, 0>);
+    }
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -3421,9 +3462,12 @@ template <class T, int D>
 int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
   int64_t blocks = 0, slots = 0;
   if (gqa) {
+    const int pipe = decode_pipe();
     with_decode_rows(d.g * d.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
-      slots = decode_slots<attn_decode_gqa<T, D, R>>(kDecWarps * 32);
+      slots = pipe == 1   ? decode_slots<attn_decode_gqa<T, D, R, 1>>(kDecWarps * 32)
+              : pipe == 2 ? decode_slots<attn_decode_gqa<T, D, R, 2>>(kDecWarps * 32)
+                          : decode_slots<attn_decode_gqa<T, D, R, 0>>(kDecWarps * 32);
     });
     blocks = static_cast<int64_t>(d.B) * d.Hkv;
   } else {

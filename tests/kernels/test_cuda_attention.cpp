@@ -326,8 +326,9 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
   }
 }
 
-// Both decode kernels: the GQA block kernel (default; rows = g·T <= 8) and the SIMT row
-// kernel (SOMNUS_ATTN_DECODE=simt, and rows > 8 on either setting).
+// Both decode kernels: the GQA block kernel (default; rows = g·T <= 8; its pipelined variants
+// SOMNUS_ATTN_DECODE=pipe and =pipe_wide) and the SIMT row kernel (SOMNUS_ATTN_DECODE=simt,
+// and rows > 8 on every setting).
 TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   //                     B  Hq Hkv  T    S   D  causal offset (D set below)
@@ -338,9 +339,9 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
       {1, 4, 2, 2, 333, 0, true, 100},   // S off the key step; keys past 102 unseen (whole splits)
       {1, 4, 4, 1, 77, 0, false, 0},     // g = 1, not causal
   };
-  for (const char* path : {"gqa", "simt"}) {
-    if (std::string(path) == "simt") {
-      setenv("SOMNUS_ATTN_DECODE", "simt", 1);
+  for (const char* path : {"gqa", "pipe", "pipe_wide", "simt"}) {
+    if (std::string(path) != "gqa") {
+      setenv("SOMNUS_ATTN_DECODE", path, 1);
     } else {
       unsetenv("SOMNUS_ATTN_DECODE");
     }
@@ -394,8 +395,8 @@ TEST(CudaAttention, DecodeReadsKvCachePrefixInPlace) {
         if (T > S) continue;
         SCOPED_TRACE(fmt::format("{} S {} T {}", dtype_name(dt), S, T));
         const Tensor q = randn({B, Hq, T, D}, g, dt, gpu());
-        for (const char* path : {"gqa", "simt"}) {
-          if (std::string(path) == "simt") setenv("SOMNUS_ATTN_DECODE", "simt", 1);
+        for (const char* path : {"gqa", "pipe", "pipe_wide", "simt"}) {
+          if (std::string(path) != "gqa") setenv("SOMNUS_ATTN_DECODE", path, 1);
           const AttentionOutput a = attention_decode(q, k, v, true, 0.0, S - T, 5);
           const AttentionOutput b = attention_decode(q, kc, vc, true, 0.0, S - T, 5);
           unsetenv("SOMNUS_ATTN_DECODE");

@@ -26,7 +26,7 @@ struct Case {
 };
 
 template <class T, int D>
-int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
+int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe = 0) {
   if (!emu_selected(seed)) return 0;
   AttnDims d{c.B, c.Hq, c.Hkv, c.T, c.S, c.Hq / c.Hkv, c.causal ? 1 : 0, c.q_offset,
              static_cast<float>(1.0 / std::sqrt(double(D)))};
@@ -48,7 +48,13 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
     with_decode_rows(d.g * c.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
       launch(n_split, c.B * c.Hkv, kDecWarps * 32, 0, [&] {
-        attn_decode_gqa<T, D, R>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
+        if (pipe == 1) {
+          attn_decode_gqa<T, D, R, 1>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
+        } else if (pipe == 2) {
+          attn_decode_gqa<T, D, R, 2>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
+        } else {
+          attn_decode_gqa<T, D, R, 0>(q.data(), k.data(), v.data(), o_part.data(), lse_part.data(), chunk, d, kvs);
+        }
       });
     });
   } else {
@@ -97,7 +103,7 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed) {
   const double e = std::sqrt(num / den);
   const bool ok = finite && e < (is_bf16 ? 1e-2 : 1e-5) && lerr < 1e-5;
   std::printf("%s %s %s D%d B%d Hq%d Hkv%d T%d S%d cap%d %s off%d splits %d: o rel %.3g lse %.3g\n",
-              ok ? "ok  " : "FAIL", gqa ? "gqa " : "simt", is_bf16 ? "bf16" : "f32 ", D, c.B, c.Hq, c.Hkv, c.T, c.S,
+              ok ? "ok  " : "FAIL", !gqa ? "simt" : pipe == 1 ? "pipe" : pipe == 2 ? "pipw" : "gqa ", is_bf16 ? "bf16" : "f32 ", D, c.B, c.Hq, c.Hkv, c.T, c.S,
               c.cap, c.causal ? "causal" : "full", c.q_offset, n_split, e, lerr);
   std::fflush(stdout);
   return ok ? 0 : 1;
@@ -107,13 +113,17 @@ template <class T>
 int all_cases() {
   int fails = 0;
   uint32_t seed = 1;
+  // GQA kernel (pipe 0, 1, 2: SOMNUS_ATTN_DECODE unset, =pipe, =pipe_wide), then the SIMT one.
   //                                       B  Hq Hkv T  S    cap   causal offset
-  for (bool gqa : {true, false}) {
+  for (int path : {0, 1, 2, -1}) {
+    const bool gqa = path >= 0;
+    const int pipe = gqa ? path : 0;
     for (int splits : {1, 5}) {
-      fails += run_case<T, 128>({2, 8, 1, 1, 300, 320, true, 299}, splits, gqa, seed++);  // g = 8, rows 8
-      fails += run_case<T, 64>({2, 8, 2, 2, 200, 256, true, 198}, splits, gqa, seed++);   // g = 4, T = 2
-      fails += run_case<T, 64>({1, 4, 2, 2, 133, 200, true, 50}, splits, gqa, seed++);    // keys past 52 unseen
-      fails += run_case<T, 128>({1, 2, 2, 1, 77, 77, false, 0}, splits, gqa, seed++);     // g = 1, cap = S
+      fails += run_case<T, 128>({2, 8, 1, 1, 300, 320, true, 299}, splits, gqa, seed++, pipe);  // g = 8, rows 8
+      fails += run_case<T, 64>({2, 8, 2, 2, 200, 256, true, 198}, splits, gqa, seed++, pipe);   // g = 4, T = 2
+      fails += run_case<T, 64>({1, 4, 2, 2, 133, 200, true, 50}, splits, gqa, seed++, pipe);    // keys past 52 unseen
+      fails += run_case<T, 128>({1, 2, 2, 1, 77, 77, false, 0}, splits, gqa, seed++, pipe);     // g = 1, cap = S
+      fails += run_case<T, 128>({1, 8, 2, 1, 700, 700, true, 699}, splits, gqa, seed++, pipe);  // g = 4 (R 4), many steps
     }
   }
   return fails;
