@@ -520,7 +520,8 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
 // the device-to-device copy bandwidth of the same traffic. `s256`: the split count of the
 // rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
 // (kernels/decode_splits.h), so the two are compared in one run. `pipe`: SOMNUS_ATTN_DECODE
-// for the pipelined variants of the GQA kernel ("pipe", "pipe_wide"; "" the default).
+// for the other variants of the GQA kernel ("pipe"; "unpiped", the default until 2026-11-27;
+// "" the default, pipe_wide).
 void BM_attention_decode(benchmark::State& state, bool s256, const char* pipe) {
   if (skip_without_cuda(state)) return;
   const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
@@ -584,10 +585,10 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* variant : {"", "_s256", "_pipe", "_pipe_wide"}) {
+  for (const char* variant : {"", "_s256", "_pipe", "_unpiped"}) {
     const std::string v = variant;
     RegisterBenchmark(("attention_decode" + v + "/bf16/B8_Hq32_Hkv8_D128").c_str(), BM_attention_decode,
-                      v == "_s256", v == "_pipe" ? "pipe" : v == "_pipe_wide" ? "pipe_wide" : "")
+                      v == "_s256", v == "_pipe" ? "pipe" : v == "_unpiped" ? "unpiped" : "")
         ->Arg(1024)
         ->Arg(4096)
         ->Arg(32768)

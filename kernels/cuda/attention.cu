@@ -645,9 +645,10 @@ bool env_equals(const char* name, const char* value) {
   return e != nullptr && std::strcmp(e, value) == 0;
 }
 
-// The GQA decode kernel's kPipe: SOMNUS_ATTN_DECODE=pipe 1, =pipe_wide 2, else 0.
+// The GQA decode kernel's kPipe: SOMNUS_ATTN_DECODE=unpiped 0 (the default until
+// 2026-11-27), =pipe 1, else (unset, =pipe_wide) 2, the fastest measured (see attn_decode_gqa).
 int decode_pipe() {
-  return env_equals("SOMNUS_ATTN_DECODE", "pipe") ? 1 : env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") ? 2 : 0;
+  return env_equals("SOMNUS_ATTN_DECODE", "unpiped") ? 0 : env_equals("SOMNUS_ATTN_DECODE", "pipe") ? 1 : 2;
 }
 
 // ---------------------------------------------------------------- bf16 forward, tensor cores
@@ -3204,7 +3205,8 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
 // (bf16 D=128: 16 lanes, 2 keys = 512 contiguous bytes per load instruction) and the 4 warps
 // of a block cover 4·KPW consecutive keys; U such sub-steps (U = 4, or 2 at 8 rows to stay
 // within registers) are loaded before any is used, so each thread has 2·U 16-byte loads in
-// flight. The q rows (pre-scaled, f32) and the accumulators of this thread's V columns stay
+// flight (the default since 2026-11-27, kPipe = 2 below, loads the next step's while it
+// computes this one's). The q rows (pre-scaled, f32) and the accumulators of this thread's V columns stay
 // in registers. q·k is reduced over the LPK lanes of a key with xor shuffles (every lane
 // ends with the same sum), then one online-softmax update per row per U keys
 // (m, l, acc: U + 1 exps instead of 2U). Each lane group keeps its own state; at the end of
@@ -3238,15 +3240,19 @@ constexpr int kDecMaxRows = 8;
 // (o_s = 0, lse_s = −inf for a split the row cannot see), the layout of attn_rows_simt.
 // (minBlocksPerSM = 1 stated explicitly: without it ptxas capped the R = 2 bf16 variant at
 // 96 registers and spilled.)
-// kPipe > 0 (2026-11-27, not yet measured): the loads of step j + 1 are issued before the
-// arithmetic of step j (registers double-buffered). kPipe = 1 (SOMNUS_ATTN_DECODE=pipe) halves
-// U, so the loaded data take the registers they took before (bf16 D 128 R 4: 159 registers,
-// 3 blocks per SM, 4 loads in flight per thread at all times); kPipe = 2 (=pipe_wide) keeps U
-// (201 registers, 2 blocks per SM, 8 loads per thread; R = 8 halves U in both). Why: without
-// it a step's loads are issued and at once waited for, so each step costs a DRAM round trip
-// plus its arithmetic, in series; at S = 1024 (6 splits of 171 keys: 6 steps per block, one
-// wave) that chain is most of the kernel's time (ncu, H100: 42% of the DRAM bandwidth, 3
-// warps per scheduler, 24.7 µs at ncu's clocks, and 7 µs more for attn_combine).
+// kPipe > 0: the loads of step j + 1 are issued before the arithmetic of step j (registers
+// double-buffered). kPipe = 1 (SOMNUS_ATTN_DECODE=pipe) halves U, so the loaded data take the
+// registers they took before (bf16 D 128 R 4: 159 registers, 3 blocks per SM, 4 loads in
+// flight per thread at all times); kPipe = 2 (the default since 2026-11-27; =pipe_wide) keeps
+// U (201 registers, 2 blocks per SM, 8 loads per thread; R = 8 halves U in both); kPipe = 0
+// (=unpiped) is the kernel before. Why: without it a step's loads are issued and at once
+// waited for, so each step costs a DRAM round trip plus its arithmetic, in series; at S = 1024
+// (6 splits of 171 keys: 6 steps per block, one wave) ncu showed 42% of the DRAM bandwidth
+// and 3 warps per scheduler (24.7 µs at ncu's clocks, and 7 µs more for attn_combine).
+// Measured (H100, 2026-11-27, run 7, B 8 Hq 32 Hkv 8 D 128 bf16, µs at S 1024 / 4096 / 32768):
+// unpiped 28.4 / 73.0 / 435.0, pipe 28.3 / 70.2 / 424.3, pipe_wide 26.6 / 69.6 / 420.4 (0.48 /
+// 0.74 / 0.86 of the copy bandwidth): pipe_wide is the fastest at every S, by 3–6%. Less than
+// predicted at S 1024: the two launches, the partials and the combine stay (see RESULTS.md).
 template <class T, int D, int R, int kPipe = 0>
 __global__ void __launch_bounds__(kDecWarps * 32, 1)
     attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,

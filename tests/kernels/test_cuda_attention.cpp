@@ -326,9 +326,9 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
   }
 }
 
-// Both decode kernels: the GQA block kernel (default; rows = g·T <= 8; its pipelined variants
-// SOMNUS_ATTN_DECODE=pipe and =pipe_wide) and the SIMT row kernel (SOMNUS_ATTN_DECODE=simt,
-// and rows > 8 on every setting).
+// Both decode kernels: the GQA block kernel (rows = g·T <= 8; the default is its pipe_wide
+// variant, also run by name, then SOMNUS_ATTN_DECODE=pipe and =unpiped) and the SIMT row kernel
+// (SOMNUS_ATTN_DECODE=simt, and rows > 8 on every setting).
 TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   //                     B  Hq Hkv  T    S   D  causal offset (D set below)
@@ -339,7 +339,7 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
       {1, 4, 2, 2, 333, 0, true, 100},   // S off the key step; keys past 102 unseen (whole splits)
       {1, 4, 4, 1, 77, 0, false, 0},     // g = 1, not causal
   };
-  for (const char* path : {"gqa", "pipe", "pipe_wide", "simt"}) {
+  for (const char* path : {"gqa", "pipe_wide", "pipe", "unpiped", "simt"}) {
     if (std::string(path) != "gqa") {
       setenv("SOMNUS_ATTN_DECODE", path, 1);
     } else {
@@ -395,7 +395,7 @@ TEST(CudaAttention, DecodeReadsKvCachePrefixInPlace) {
         if (T > S) continue;
         SCOPED_TRACE(fmt::format("{} S {} T {}", dtype_name(dt), S, T));
         const Tensor q = randn({B, Hq, T, D}, g, dt, gpu());
-        for (const char* path : {"gqa", "pipe", "pipe_wide", "simt"}) {
+        for (const char* path : {"gqa", "pipe", "unpiped", "simt"}) {
           if (std::string(path) != "gqa") setenv("SOMNUS_ATTN_DECODE", path, 1);
           const AttentionOutput a = attention_decode(q, k, v, true, 0.0, S - T, 5);
           const AttentionOutput b = attention_decode(q, kc, vc, true, 0.0, S - T, 5);
