@@ -50,15 +50,23 @@
 // 2727–2790 (0.94–0.95), LayerNorm 2674–2678 (0.91). bf16 LayerNorm misses 80%: the two (512,
 // 4096) partial sums (dw, db) and casts in ops.cpp are the likely remainder (not profiled).
 // 2026-11-27 (H100, runs 4 and 5): bf16 LayerNorm 0.71–0.74, RMSNorm 0.86–0.87 (246 vs 211 µs).
-// Since then ops.cpp sums dw and db as the two planes of one buffer: one column-sum launch and
-// one cast instead of two each. PREDICTED (not measured): ~10 µs off, ≈ 0.77–0.78 of copy. The
-// rest of the gap to RMSNorm is likely this kernel's second shared-memory accumulator (db: a
-// 32-bit read-modify-write per column, thread and row: for bf16 NV = 2, 16 loads and 16 stores
-// more than RMSNorm per row and thread). Tried the same day and dropped: the accumulators as
-// 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled 14–54 bytes in
-// bf16 NV = 2, the 16384×4096 case, which the present code fits in its 64 registers (4 blocks
-// per SM, the 512 chunks in one wave). Next to try, on a GPU: 3 blocks per SM with the
-// accumulators in registers and a persistent grid of 3 · SMs blocks.
+// Then ops.cpp summed dw and db as the two planes of one buffer (one column-sum launch and one
+// cast instead of two each): predicted ~10 µs off; measured in run 6: 245.5 µs, no gain.
+// ncu (run 6, RMSNorm bf16): the kernel at 76.6% of the DRAM peak, 64% of issue slots busy;
+// the PTX had a branch per element on db_part and bf16's integer rounding per store. Both
+// removed (see norm_backward_reg_kernel): run 7, LayerNorm 237.8 µs (0.77 of copy), RMSNorm
+// 209.8 (0.87); ncu of the LayerNorm kernel: 228.6 µs at ncu's clocks, 70.4% of DRAM peak, and
+// ~10 µs more for the partial sum (reduce.cu's column kernel, 47.8% of DRAM). The LayerNorm
+// kernel stays ~10% behind RMSNorm's: its second shared-memory accumulator (db: for bf16
+// NV = 2, 16 loads, 16 adds and 16 stores more per row and thread). Tried and dropped: the
+// accumulators as 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled
+// 14–54 bytes in bf16 NV = 2 (the 16384×4096 case, which fits 64 registers, 4 blocks per SM,
+// the 512 chunks in one wave); dw and db as one 8-byte pair per column: 8 bytes of spill (not
+// measured on a GPU; the spill may be harmless). Next to try, on a GPU: that pair despite its
+// spill; 3 blocks per SM with the accumulators in registers (the 512 chunks then take 1.3
+// waves: needs rows redistributed, not a plain persistent grid); the partial sum folded into
+// this kernel (a grid-wide step over the L2-resident partials, which changes the (chunks, C)
+// contract of backend.h).
 // Backward v1 (SOMNUS_NORM_BWD=v1, and the fallback for wider rows): per row, two passes over
 // dy and h (the second from L1/L2), a block reduction each of Σg and Σg∘x̂, and a
 // read-modify-write of the chunk's (C,) partial row in global memory per row.
