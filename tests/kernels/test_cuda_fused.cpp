@@ -95,6 +95,14 @@ void norms_match_cpu(const std::string& label) {
           expect_close(gg.dweight, cg.dweight, dt, what + " dweight");
           if (layer) {
             expect_close(gg.dbias, cg.dbias, dt, what + " dbias");
+            // LayerNorm without a bias gradient: the register kernel's instance without db
+            // (kDb = false, as RMSNorm's) with the mean subtracted.
+            poison_next(shape_numel(s) * dtype_size(dt));
+            kernels::NormGrads nb =
+                kernels::norm_backward(layer, on_gpu(dy), on_gpu(dh), g.h, on_gpu(w), g.mean, g.rstd, false);
+            EXPECT_FALSE(nb.dbias.defined()) << what;
+            expect_close(nb.dh, cg.dh, dt, what + " dh (no bias)");
+            expect_close(nb.dweight, cg.dweight, dt, what + " dweight (no bias)");
           }
         }
       }
