@@ -632,16 +632,20 @@ void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual
   unsetenv("SOMNUS_NORM_FWD");
 }
 
-void BM_norm_bwd(benchmark::State& state, DType dtype, bool layer) {
+// `version`: SOMNUS_NORM_BWD for the timed calls ("" the default; "pair": LayerNorm's dw/db
+// accumulators side by side, kernels/cuda/norm.cu).
+void BM_norm_bwd(benchmark::State& state, DType dtype, bool layer, const char* version) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = 16384, C = 4096;
   Generator g(7);
   const Tensor x = randn({rows, C}, g, dtype, gpu()), w = randn({C}, g, dtype, gpu()), b = randn({C}, g, dtype, gpu());
   const Tensor dy = randn({rows, C}, g, dtype, gpu()), dh = randn({rows, C}, g, dtype, gpu());
   const NormResult f = layer ? layer_norm(x, Tensor(), w, b, 1e-5) : rms_norm(x, Tensor(), w, 1e-5);
+  if (*version != '\0') setenv("SOMNUS_NORM_BWD", version, 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(norm_backward(layer, dy, dh, f.h, w, f.mean, f.rstd, layer).dh.data_ptr());
   });
+  unsetenv("SOMNUS_NORM_BWD");
   report_bandwidth(state, mean, 4 * rows * C * bytes_of(dtype));  // dy, h, dh_in read; dh written
 }
 
@@ -720,9 +724,14 @@ void register_fused() {
             ->Unit(benchmark::kMicrosecond);
       }
       RegisterBenchmark(((layer ? "layer_norm_bwd/" : "rms_norm_bwd/") + d + "/16384x4096").c_str(), BM_norm_bwd, dt,
-                        layer)
+                        layer, "")
           ->UseManualTime()
           ->Unit(benchmark::kMicrosecond);
+      if (layer) {
+        RegisterBenchmark(("layer_norm_bwd_pair/" + d + "/16384x4096").c_str(), BM_norm_bwd, dt, layer, "pair")
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
     for (bool bwd : {false, true}) {
       RegisterBenchmark(((bwd ? "swiglu_bwd/" : "swiglu_fwd/") + d + "/64M").c_str(), BM_swiglu, dt, bwd)

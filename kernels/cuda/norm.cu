@@ -61,9 +61,9 @@
 // NV = 2, 16 loads, 16 adds and 16 stores more per row and thread). Tried and dropped: the
 // accumulators as 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled
 // 14–54 bytes in bf16 NV = 2 (the 16384×4096 case, which fits 64 registers, 4 blocks per SM,
-// the 512 chunks in one wave); dw and db as one 8-byte pair per column: 8 bytes of spill (not
-// measured on a GPU; the spill may be harmless). Next to try, on a GPU: that pair despite its
-// spill; 3 blocks per SM with the accumulators in registers (the 512 chunks then take 1.3
+// the 512 chunks in one wave). Next to try, on a GPU: dw and db as one 8-byte pair per column
+// (SOMNUS_NORM_BWD=pair, kPair below, 8 bytes of spill; bench rows layer_norm_bwd_pair/*, not
+// yet run); 3 blocks per SM with the accumulators in registers (the 512 chunks then take 1.3
 // waves: needs rows redistributed, not a plain persistent grid); the partial sum folded into
 // this kernel (a grid-wide step over the L2-resident partials, which changes the (chunks, C)
 // contract of backend.h).
@@ -434,10 +434,19 @@ __device__ __forceinline__ T to_storage(C x) {
 // instructions per thread and row; the PTX had a branch per element on db_part (which also
 // split the loop into basic blocks of one element) and bf16's integer rounding per stored
 // element. The arithmetic and its order are unchanged: dh, dw and db are bitwise as before
-// (checked under the emulation, 132 cases, before and after). Tried: dw and db as one 8-byte
-// pair per column (one shared access each way instead of two): ptxas then spilled 8 bytes in
-// the bf16 NV = 2 instance at its 64 registers; two arrays do not.
-template <class T, int V, int NV, int G, bool kDb>
+// (checked under the emulation, 132 cases, before and after).
+// kPair (SOMNUS_NORM_BWD=pair, with kDb only; 2026-11-27, not yet run on a GPU): dw and db of
+// a slot side by side (AccWB), one 8-byte (f32) / 16-byte (f64) shared access each way instead
+// of two; the same arithmetic in the same order. ptxas spills 8 bytes in the bf16 NV = 2
+// instance at its 64 registers (the default layout does not spill); whether that costs more
+// than the 16 shared accesses per row and thread it saves is for a GPU to say (bench rows
+// layer_norm_bwd_pair/*).
+template <class C>
+struct alignas(2 * sizeof(C)) AccWB {
+  C w, b;
+};
+
+template <class T, int V, int NV, int G, bool kDb, bool kPair = false>
 __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
     norm_backward_reg_kernel(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
                              const T* __restrict__ h, const T* __restrict__ w, const compute_t<T>* __restrict__ mean,
@@ -448,8 +457,10 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
   constexpr int kTPG = kThreads / G;
   extern __shared__ __align__(16) unsigned char norm_bwd_smem[];
   __shared__ C red[2 * (kThreads / 32)];
+  static_assert(kDb || !kPair, "the pair layout holds dw and db");
   C* acc_w = reinterpret_cast<C*>(norm_bwd_smem);
-  C* acc_b = acc_w + NV * V * kThreads;  // kDb only
+  C* acc_b = acc_w + NV * V * kThreads;                          // kDb && !kPair
+  AccWB<C>* acc_p = reinterpret_cast<AccWB<C>*>(norm_bwd_smem);  // kPair
   const int t = threadIdx.x, grp = G == 1 ? 0 : t / kTPG, lt = G == 1 ? t : t % kTPG;
   const int64_t nv = n / V;
   const C inv_n = C(1) / static_cast<C>(n);
@@ -461,8 +472,12 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
     for (int i = 0; i < NV; ++i) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        acc_w[(i * V + j) * kThreads + t] = C(0);
-        if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] = C(0);
+        if constexpr (kPair) {
+          acc_p[(i * V + j) * kThreads + t] = AccWB<C>{C(0), C(0)};
+        } else {
+          acc_w[(i * V + j) * kThreads + t] = C(0);
+          if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] = C(0);
+        }
       }
     }
     const int64_t r0 = k * kNormRowsPerChunk, r_end = min(rows, r0 + kNormRowsPerChunk);
@@ -512,8 +527,15 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
             C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
             if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
             o.v[j] = to_storage<T>(d);
-            acc_w[(i * V + j) * kThreads + t] += gy * xh;
-            if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
+            if constexpr (kPair) {
+              AccWB<C> a = acc_p[(i * V + j) * kThreads + t];
+              a.w += gy * xh;
+              a.b += gy;
+              acc_p[(i * V + j) * kThreads + t] = a;
+            } else {
+              acc_w[(i * V + j) * kThreads + t] += gy * xh;
+              if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
+            }
           }
           store_vec<V>(dr, vi, o);
         }
@@ -529,8 +551,14 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
           const int64_t c0 = (static_cast<int64_t>(i) * kThreads + t) * V;
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            dw[c0 + j] = acc_w[(i * V + j) * kThreads + t];
-            if constexpr (kDb) db[c0 + j] = acc_b[(i * V + j) * kThreads + t];
+            if constexpr (kPair) {
+              const AccWB<C> a = acc_p[(i * V + j) * kThreads + t];
+              dw[c0 + j] = a.w;
+              db[c0 + j] = a.b;
+            } else {
+              dw[c0 + j] = acc_w[(i * V + j) * kThreads + t];
+              if constexpr (kDb) db[c0 + j] = acc_b[(i * V + j) * kThreads + t];
+            }
           }
         }
       }
@@ -540,15 +568,26 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
         const int64_t vi = c / V;
         const int j = static_cast<int>(c % V), i = static_cast<int>(vi / kTPG), l = static_cast<int>(vi % kTPG);
         const int base = (i * V + j) * kThreads + l;
-        C sw = acc_w[base];
+        if constexpr (kPair) {
+          AccWB<C> a = acc_p[base];
 #pragma unroll
-        for (int q = 1; q < G; ++q) sw += acc_w[base + q * kTPG];
-        dw[c] = sw;
-        if constexpr (kDb) {
-          C sb = acc_b[base];
+          for (int q = 1; q < G; ++q) {
+            a.w += acc_p[base + q * kTPG].w;
+            a.b += acc_p[base + q * kTPG].b;
+          }
+          dw[c] = a.w;
+          db[c] = a.b;
+        } else {
+          C sw = acc_w[base];
 #pragma unroll
-          for (int q = 1; q < G; ++q) sb += acc_b[base + q * kTPG];
-          db[c] = sb;
+          for (int q = 1; q < G; ++q) sw += acc_w[base + q * kTPG];
+          dw[c] = sw;
+          if constexpr (kDb) {
+            C sb = acc_b[base];
+#pragma unroll
+            for (int q = 1; q < G; ++q) sb += acc_b[base + q * kTPG];
+            db[c] = sb;
+          }
         }
       }
       __syncthreads();  // the next chunk zeroes the accumulators read above
@@ -657,6 +696,8 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
     C* dwp = static_cast<C*>(dw_partial.data_ptr());
     C* dbp = db_partial.defined() ? static_cast<C*>(db_partial.data_ptr()) : nullptr;
     const bool v1 = env_is_v1("SOMNUS_NORM_BWD");
+    const char* bwd_env = std::getenv("SOMNUS_NORM_BWD");
+    const bool pair = bwd_env != nullptr && std::strcmp(bwd_env, "pair") == 0;
     with_vec<T>(n, {gp, dip, hp, wp, dp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
       const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
@@ -669,7 +710,9 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
           CUDA_CHECK_LAUNCH();
         };
         const size_t acc_bytes = size_t{NV} * V * kThreads * sizeof(C);
-        if (dbp != nullptr) {
+        if (dbp != nullptr && pair) {
+          launch(norm_backward_reg_kernel<T, V, NV, G, true, true>, 2 * acc_bytes);
+        } else if (dbp != nullptr) {
           launch(norm_backward_reg_kernel<T, V, NV, G, true>, 2 * acc_bytes);
         } else {
           launch(norm_backward_reg_kernel<T, V, NV, G, false>, acc_bytes);

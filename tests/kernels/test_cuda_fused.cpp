@@ -118,6 +118,13 @@ TEST(CudaFused, NormsMatchCpu) {
   norms_match_cpu("fwd v2 bwd v2");
 }
 
+// LayerNorm's backward with its dw / db accumulators side by side (kernels/cuda/norm.cu kPair).
+TEST(CudaFused, NormsMatchCpuBackwardPair) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  ScopedEnv fwd("SOMNUS_NORM_FWD", ""), bwd("SOMNUS_NORM_BWD", "pair");
+  norms_match_cpu("fwd v2 bwd pair");
+}
+
 TEST(CudaFused, NormsMatchCpuBackwardV1) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   if (somnus::testing::quick_mode()) return;  // the sanitizer runs check the default kernels

@@ -9,7 +9,8 @@
 //   y, mean, rstd against an f64 reference of the formulas (h rounded to the storage dtype
 //   first, the stats from the rounded h); h exactly x + r rounded once;
 //   v2 bitwise equal to v1 where a block holds one row (G = 1: the same sums in the same order);
-//   dh, dweight, dbias of the backward against an f64 reference.
+//   dh, dweight, dbias of the backward against an f64 reference;
+//   LayerNorm: the backward's pair layout (SOMNUS_NORM_BWD=pair) bitwise the default layout's.
 // Exit status = the number of failing cases.
 #include "cuda_emu.h"
 
@@ -138,25 +139,40 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   const T *gp = dy.data(), *dip = res ? dhin.data() : nullptr, *hp = hsrc.data(), *wp = w.data();
   const C *mp = layer ? v2.mean.data() : nullptr, *sp = v2.rstd.data();
   C *dwpp = dwp.data(), *dbpp = layer ? dbp.data() : nullptr;
-  with_vec<T>(n, {gp, dip, hp, wp, dh.data()}, [&](auto vw) {
-    constexpr int V = decltype(vw)::value;
-    const bool reg = with_reg_shape(n / V, [&](auto nvc, auto gc) {
-      constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
-      const int smem = static_cast<int>((layer ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C));
-      launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, kThreads, smem, [&] {
-        if (dbpp != nullptr) {  // the launcher's choice of kDb
-          norm_backward_reg_kernel<T, V, NV, G, true>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
-        } else {
-          norm_backward_reg_kernel<T, V, NV, G, false>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
-        }
+  // pair: the kPair layout of the register kernel (SOMNUS_NORM_BWD=pair; with db only).
+  const auto backward = [&](bool pair, T* dhp, C* dw_out, C* db_out) {
+    with_vec<T>(n, {gp, dip, hp, wp, dhp}, [&](auto vw) {
+      constexpr int V = decltype(vw)::value;
+      const bool reg = with_reg_shape(n / V, [&](auto nvc, auto gc) {
+        constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
+        const int smem = static_cast<int>((layer ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C));
+        launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, kThreads, smem, [&] {
+          if (db_out != nullptr && pair) {  // the launcher's choice of kDb, kPair
+            norm_backward_reg_kernel<T, V, NV, G, true, true>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n,
+                                                              chunks);
+          } else if (db_out != nullptr) {
+            norm_backward_reg_kernel<T, V, NV, G, true>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n, chunks);
+          } else {
+            norm_backward_reg_kernel<T, V, NV, G, false>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n, chunks);
+          }
+        });
       });
+      if (!reg) {
+        launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, kThreads, 0, [&] {
+          norm_backward_kernel<T, V>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n, chunks);
+        });
+      }
     });
-    if (!reg) {
-      launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, kThreads, 0, [&] {
-        norm_backward_kernel<T, V>(layer, gp, dip, hp, wp, mp, sp, dh.data(), dwpp, dbpp, rows, n, chunks);
-      });
-    }
-  });
+  };
+  backward(false, dh.data(), dwpp, dbpp);
+  // The pair layout: the same sums in the same order, so bitwise the default layout's results.
+  bool pair_eq = true;
+  if (layer) {
+    std::vector<T> dh2(N, static_cast<T>(std::nan("")));
+    std::vector<C> dw2(dwp.size(), C(NAN)), db2(dbp.size(), C(NAN));
+    backward(true, dh2.data(), dw2.data(), db2.data());
+    pair_eq = same_bits(dh2, dh) && same_bits(dw2, dwp) && same_bits(db2, dbp);
+  }
   double edh = 0, edw = 0;
   std::vector<double> dw_ref(n, 0.0), db_ref(n, 0.0);
   for (int64_t i = 0; i < rows; ++i) {
@@ -190,11 +206,13 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   }
   // bf16: dh is one rounding of an f32 value; the partial sums are f32 over up to 32 rows.
   const double tol_b = std::is_same_v<T, double> ? 1e-11 : std::is_same_v<T, float> ? 1e-4 : 2e-2;
-  const bool ok = bad == 0 && ey < tol && stat_ok && eq && edh < tol_b && edw < (std::is_same_v<T, bf16> ? 1e-4 : tol_b);
-  std::printf("%s %-4s %s%s rows %lld n %lld grid %u: v2 (NV %d G %d) y %.3g stats %.3g%s | bwd dh %.3g dw/db %.3g | bad %d\n",
+  const bool ok = bad == 0 && ey < tol && stat_ok && eq && pair_eq && edh < tol_b &&
+                  edw < (std::is_same_v<T, bf16> ? 1e-4 : tol_b);
+  std::printf("%s %-4s %s%s rows %lld n %lld grid %u: v2 (NV %d G %d) y %.3g stats %.3g%s | bwd dh %.3g dw/db %.3g%s | bad %d\n",
               ok ? "ok  " : "FAIL", emu_type_name<T>(), layer ? "layer" : "rms", res ? "+res" : "", static_cast<long long>(rows),
               static_cast<long long>(n), grid, v2.shape_nv, v2.shape_g, ey, es,
-              bitwise ? (eq ? " = v1 bitwise" : " != v1 (bitwise expected)") : "", edh, edw, bad);
+              bitwise ? (eq ? " = v1 bitwise" : " != v1 (bitwise expected)") : "", edh, edw,
+              !layer ? "" : pair_eq ? " pair = bitwise" : " pair != (bitwise expected)", bad);
   return ok ? 0 : 1;
 }
 
