@@ -519,21 +519,32 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
 // Hkv = 8, D = 128, bf16. Bytes: the K and V caches read once (they dominate). Baseline:
 // the device-to-device copy bandwidth of the same traffic. `s256`: the split count of the
 // rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
-// (kernels/decode_splits.h), so the two are compared in one run. `pipe`: SOMNUS_ATTN_DECODE
-// for the other variants of the GQA kernel ("pipe"; "unpiped", the default until 2026-11-27;
-// "" the default, pipe_wide).
-void BM_attention_decode(benchmark::State& state, bool s256, const char* pipe) {
+// (kernels/decode_splits.h), so the two are compared in one run. `variant`: SOMNUS_ATTN_DECODE
+// for the other variants of the GQA kernel ("pipe"; "unpiped", the default until 2026-11-27),
+// or "fused" for SOMNUS_DECODE_COMBINE=fused; "" the default (pipe_wide at this shape). Each
+// row takes the automatic split count for its own kernel's occupancy: on an H100, 4 splits for
+// pipe_wide and fused (2 blocks per SM), 6 for pipe and unpiped (3 per SM), so a row compares
+// kernel and split count together; the s256 row (unpiped at S 1024 before 2026-11-27: 4 splits)
+// separates them at S 1024.
+void BM_attention_decode(benchmark::State& state, bool s256, const char* variant) {
   if (skip_without_cuda(state)) return;
   const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
   const int64_t splits = s256 ? std::clamp<int64_t>(S / 256, 1, 64) : 0;
   Generator g(5);
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
-  if (*pipe != '\0') setenv("SOMNUS_ATTN_DECODE", pipe, 1);
+  const char* env = std::string(variant) == "fused" ? "SOMNUS_DECODE_COMBINE" : "SOMNUS_ATTN_DECODE";
+  const char* before = std::getenv(env);
+  const std::string saved = before != nullptr ? before : "";
+  if (*variant != '\0') setenv(env, variant, 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });
-  unsetenv("SOMNUS_ATTN_DECODE");
+  if (before != nullptr) {
+    setenv(env, saved.c_str(), 1);
+  } else {
+    unsetenv(env);
+  }
   report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
 }
 
@@ -585,10 +596,10 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* variant : {"", "_s256", "_pipe", "_unpiped"}) {
+  for (const char* variant : {"", "_s256", "_pipe", "_unpiped", "_fused"}) {
     const std::string v = variant;
     RegisterBenchmark(("attention_decode" + v + "/bf16/B8_Hq32_Hkv8_D128").c_str(), BM_attention_decode,
-                      v == "_s256", v == "_pipe" ? "pipe" : v == "_unpiped" ? "unpiped" : "")
+                      v == "_s256", v == "_s256" || v.empty() ? "" : variant + 1)
         ->Arg(1024)
         ->Arg(4096)
         ->Arg(32768)

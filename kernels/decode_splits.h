@@ -3,7 +3,8 @@
 // on the CPU (tests/kernels/test_attention.cpp) although only the CUDA backend uses it.
 //
 // A decode launch has few (b, kv head) blocks per split (B·Hkv: 64 at B 8, Hkv 8), far fewer
-// than the slots of a GPU (SMs × blocks per SM: 396 on an H100 for the GQA kernel), and it is
+// than the slots of a GPU (SMs × blocks per SM: 396 on an H100 for the unpiped GQA kernel, 264
+// for its pipe_wide variant), and it is
 // bandwidth-bound, so what matters is that the launch fills the slots evenly: the wave
 // efficiency of n splits is waves / ceil(waves), waves = blocks_per_split·n / slots (the rule
 // of FlashAttention-2's num_splits_heuristic). The smallest n within 0.85 of the best

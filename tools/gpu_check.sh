@@ -175,7 +175,8 @@ if [ "${SOMNUS_SKIP_COMPUTE_SANITIZER:-0}" != 1 ]; then
     race_filter='CudaAttention.*:CudaFused.*:CudaLosses.*:CudaSampling*:CudaOps.Reduce*:CudaOps.Softmax*:CudaOps.Embedding*'
     # The default attention kernels on Hopper (wgmma_persist forward, wgmma_ws backward), the
     # decode, and one case through the mma, v3 and v4 backwards (the defaults elsewhere; in quick
-    # mode: bf16 only, since all six paths in both dtypes took ~95 s of racecheck on 2026-11-27).
+    # mode: bf16 only, since all six paths in both dtypes took ~95 s of racecheck on 2026-11-27,
+    # by difference of two runs' totals).
     race_filter_attention='CudaAttention.ForwardWgmmaWsPersistent*:CudaAttention.BackwardWgmmaWs*:CudaAttention.Decode*:CudaAttention.DeterministicBackwardIsBitwiseRepeatable'
     unset SOMNUS_ATTN_DUMP_DIR  # the tests' own runs wrote the failing cases; these would overwrite them
     run_sanitizer() {  # tool binary gtest-filter

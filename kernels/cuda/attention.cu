@@ -71,6 +71,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <type_traits>
 
@@ -645,10 +646,22 @@ bool env_equals(const char* name, const char* value) {
   return e != nullptr && std::strcmp(e, value) == 0;
 }
 
-// The GQA decode kernel's kPipe: SOMNUS_ATTN_DECODE=unpiped 0 (the default until
-// 2026-11-27), =pipe 1, else (unset, =pipe_wide) 2, the fastest measured (see attn_decode_gqa).
-int decode_pipe() {
-  return env_equals("SOMNUS_ATTN_DECODE", "unpiped") ? 0 : env_equals("SOMNUS_ATTN_DECODE", "pipe") ? 1 : 2;
+// The GQA decode kernel's variant for R rows (see attn_decode_gqa): kPipe from
+// SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2; unset: 2 for R = 4, the rows the H100
+// runs timed (g = 4, T = 1), and 0, the kernel before 2026-11-27, for R = 1, 2, 8, where the
+// pipelined kernels hold fewer blocks per SM and nothing was timed); kFuse from
+// SOMNUS_DECODE_COMBINE=fused, which is built on kPipe = 2 only.
+struct DecodeVariant {
+  int pipe;
+  bool fuse;
+};
+DecodeVariant decode_variant(int R) {
+  const bool fuse = env_equals("SOMNUS_DECODE_COMBINE", "fused");
+  int pipe = R == 4 ? 2 : 0;
+  if (env_equals("SOMNUS_ATTN_DECODE", "unpiped")) pipe = 0;
+  if (env_equals("SOMNUS_ATTN_DECODE", "pipe")) pipe = 1;
+  if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || fuse) pipe = 2;
+  return {pipe, fuse};
 }
 
 // ---------------------------------------------------------------- bf16 forward, tensor cores
@@ -3235,6 +3248,41 @@ void attention_bwd_mma(const Tensor& q, const Tensor& k, const Tensor& v, const 
 constexpr int kDecWarps = 4;
 constexpr int kDecMaxRows = 8;
 
+// One (b, h, query row) of the combine, by one warp: lse = log Σ e^lse_s, o = Σ e^(lse_s − lse)
+// o_s over the n_split partials. attn_combine runs it per row; the fused decode
+// (SOMNUS_DECODE_COMBINE=fused) in the last block of each (b, kv head): the same code, so the
+// same bits. The partials are read through L2 (ld.global.cg): in the fused decode other
+// blocks wrote them during this kernel.
+template <class T, int D>
+__device__ __forceinline__ void combine_row(const float* __restrict__ o_part, const float* __restrict__ lse_part,
+                                            T* __restrict__ o, float* __restrict__ lse, int64_t row, int Tq,
+                                            int n_split, int lane) {
+  constexpr int E = D / 32;
+  const int64_t bh = row / Tq, i = row % Tq;
+  float mx = -INFINITY;
+  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, __ldcg(lse_part + (bh * n_split + s) * Tq + i));
+  float sum = 0.f;
+  for (int s = 0; s < n_split; ++s) sum += __expf(__ldcg(lse_part + (bh * n_split + s) * Tq + i) - mx);
+  const float lse_row = mx + logf(sum);
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  // No branch on w, so the unrolled loads of several splits are in flight at once (one
+  // split at a time made this loop latency-bound: 64 splits ≈ 64 L2 round trips). An unseen
+  // split has o_s = 0 and w = 0.
+#pragma unroll 4
+  for (int s = 0; s < n_split; ++s) {
+    const int64_t idx = (bh * n_split + s) * Tq + i;
+    const float ls = __ldcg(lse_part + idx);
+    const float w = ls == -INFINITY ? 0.f : __expf(ls - lse_row);
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] += w * __ldcg(o_part + idx * D + lane + 32 * e);
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
+  if (lane == 0) lse[row] = lse_row;
+}
+
 // grid (n_split, B·Hkv), blockDim 32·kDecWarps. R ≥ g·T rows (padding rows see no key).
 // Writes o_part (B·Hq, n_split, T, D) normalised by its own l and lse_part (B·Hq, n_split, T)
 // (o_s = 0, lse_s = −inf for a split the row cannot see), the layout of attn_rows_simt.
@@ -3243,21 +3291,31 @@ constexpr int kDecMaxRows = 8;
 // kPipe > 0: the loads of step j + 1 are issued before the arithmetic of step j (registers
 // double-buffered). kPipe = 1 (SOMNUS_ATTN_DECODE=pipe) halves U, so the loaded data take the
 // registers they took before (bf16 D 128 R 4: 159 registers, 3 blocks per SM, 4 loads in
-// flight per thread at all times); kPipe = 2 (the default since 2026-11-27; =pipe_wide) keeps
-// U (201 registers, 2 blocks per SM, 8 loads per thread; R = 8 halves U in both); kPipe = 0
-// (=unpiped) is the kernel before. Why: without it a step's loads are issued and at once
+// flight per thread at all times); kPipe = 2 (=pipe_wide; the default for R = 4 since
+// 2026-11-27, decode_variant) keeps U (201 registers, 2 blocks per SM, 8 loads per thread;
+// R = 8 halves U in both); kPipe = 0 (=unpiped) is the kernel before, still the default for
+// R = 1, 2, 8 (untimed there; the pipelined instances hold fewer blocks per SM). Why: without it a step's loads are issued and at once
 // waited for, so each step costs a DRAM round trip plus its arithmetic, in series; at S = 1024
 // (6 splits of 171 keys: 6 steps per block, one wave) ncu showed 42% of the DRAM bandwidth
 // and 3 warps per scheduler (24.7 µs at ncu's clocks, and 7 µs more for attn_combine).
 // Measured (H100, 2026-11-27, run 7, B 8 Hq 32 Hkv 8 D 128 bf16, µs at S 1024 / 4096 / 32768):
 // unpiped 28.4 / 73.0 / 435.0, pipe 28.3 / 70.2 / 424.3, pipe_wide 26.6 / 69.6 / 420.4 (0.48 /
-// 0.74 / 0.86 of the copy bandwidth): pipe_wide is the fastest at every S, by 3–6%. Less than
-// predicted at S 1024: the two launches, the partials and the combine stay (see RESULTS.md).
-template <class T, int D, int R, int kPipe = 0>
+// 0.74 / 0.86 of the copy bandwidth). Each with its own automatic split count: 6 for unpiped
+// and pipe (396 slots), 4 for pipe_wide (264). Pipelining alone (pipe vs unpiped): 0–4%; at
+// S 1024 the unpiped kernel with 4 splits ran 26.3 µs, so there pipe_wide's gain is the split
+// count. Less than predicted: each block's 6–8 steps still start with a DRAM round trip for q
+// and the first K/V step, and end with the shared-memory merge (not profiled since).
+// kFuse (SOMNUS_DECODE_COMBINE=fused; 2026-11-27, not yet run on a GPU): no attn_combine
+// launch. Each block, having written its partials, fences them and takes a ticket from
+// tickets[b·Hkv + kv head]; the block that draws the last ticket (n_split − 1) combines that
+// (b, kv head)'s g·T rows with combine_row (a warp per row) and puts the ticket back to 0 for
+// the next launch. o, lse, tickets: unused (nullptr) when !kFuse.
+template <class T, int D, int R, int kPipe = 0, bool kFuse = false>
 __global__ void __launch_bounds__(kDecWarps * 32, 1)
     attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                     float* __restrict__ o_part, float* __restrict__ lse_part, int chunk, AttnDims d,
-                    KvStrides kvs) {
+                    KvStrides kvs, T* __restrict__ o = nullptr, float* __restrict__ lse = nullptr,
+                    unsigned* __restrict__ tickets = nullptr) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
   constexpr int LPK = D / V;                           // lanes per key row
   constexpr int KPW = 32 / LPK;                        // keys per warp per sub-step
@@ -3403,6 +3461,20 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     o_part[pidx * D + x] = A / L;  // L >= 1: the state holding M has p = 1 for its max key
     if (x == 0) lse_part[pidx] = M + logf(L);
   }
+  if constexpr (kFuse) {
+    __shared__ int last[1];
+    __threadfence();  // this block's partials, device-wide, before its ticket
+    __syncthreads();
+    if (threadIdx.x == 0) last[0] = atomicAdd(tickets + bk, 1u) == static_cast<unsigned>(n_split - 1);
+    __syncthreads();
+    if (!last[0]) return;
+    __threadfence();  // the other blocks fenced theirs before taking their tickets
+    for (int r = warp; r < rows; r += kDecWarps) {
+      const int64_t row = (static_cast<int64_t>(b) * d.Hq + hk * d.g + r / d.T) * d.T + r % d.T;
+      combine_row<T, D>(o_part, lse_part, o, lse, row, d.T, n_split, lane);
+    }
+    if (threadIdx.x == 0) tickets[bk] = 0u;  // for the next launch (kernels of a stream run in order)
+  }
 }
 
 // f(std::integral_constant<int, R>) with the R the GQA decode kernel takes for `rows` rows.
@@ -3419,33 +3491,70 @@ void with_decode_rows(int rows, F&& f) {
   }
 }
 
+// f(tag) with the attn_decode_gqa instance of `var` as decltype(tag)::value (a constant, so
+// that decode_slots can take it as its template argument).
+template <auto K>
+using KernelTag = std::integral_constant<decltype(K), K>;
+template <class T, int D, int R, class F>
+void with_decode_kernel(const DecodeVariant& var, F&& f) {
+  if (var.fuse) {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 2, true>>{});
+  } else if (var.pipe == 1) {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 1>>{});
+  } else if (var.pipe == 2) {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 2>>{});
+  } else {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 0>>{});
+  }
+}
+
+// `tickets` (the fused combine: nullptr unless decode_tickets gave them): o and lse are
+// written by the decode kernel itself; else the caller launches attn_combine.
 template <class T, int D>
 void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
-                       float* o_part, float* lse_part) {
+                       float* o_part, float* lse_part, T* o, float* lse, unsigned* tickets) {
   const dim3 grid(n_split, d.B * d.Hkv);
-  const int pipe = decode_pipe();
   with_decode_rows(d.g * d.T, [&](auto rows_tag) {
     constexpr int R = decltype(rows_tag)::value;
-    const auto launch = [&](auto kernel) {
-      kernel<<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part, chunk, d,
-                                       kv_strides(k));
-    };
-    if (pipe == 1) {
-      launch(attn_decode_gqa<T, D, R, 1>);
-    } else if (pipe == 2) {
-      launch(attn_decode_gqa<T, D, R, 2>);
-    } else {
-      launch(attn_decode_gqa<T, D, R, 0>);
-    }
+    DecodeVariant var = decode_variant(R);
+    var.fuse = var.fuse && tickets != nullptr;
+    with_decode_kernel<T, D, R>(var, [&](auto tag) {
+      decltype(tag)::value<<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part, chunk, d,
+                                       kv_strides(k), o, lse, var.fuse ? tickets : nullptr);
+    });
   });
   CUDA_CHECK_LAUNCH();
 }
 
+// The fused combine's tickets: one zeroed unsigned per (b, kv head), kDecodeTickets per device,
+// allocated once (cudaMalloc, like matmul.cu's workspace: a fixed per-device cost outside the
+// tensor allocator) and left zero by every launch. nullptr when SOMNUS_DECODE_COMBINE is not
+// "fused" or the launch needs more (then the two-launch path runs).
+constexpr int64_t kDecodeTickets = 16384;
+unsigned* decode_tickets(int64_t needed) {
+  if (!env_equals("SOMNUS_DECODE_COMBINE", "fused") || needed > kDecodeTickets) return nullptr;
+  constexpr int kMaxDevices = 64;
+  static std::mutex mu;
+  static unsigned* per_device[kMaxDevices] = {};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= kMaxDevices) return nullptr;
+  std::lock_guard<std::mutex> lock(mu);
+  if (per_device[dev] == nullptr) {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, kDecodeTickets * sizeof(unsigned)));
+    CUDA_CHECK(cudaMemset(p, 0, kDecodeTickets * sizeof(unsigned)));
+    per_device[dev] = static_cast<unsigned*>(p);
+  }
+  return per_device[dev];
+}
+
 // The number of splits when the caller leaves it to the backend: the wave-efficiency rule of
 // kernels/decode_splits.h over this device's slots (SMs × resident blocks of the kernel that
-// will run). Not yet measured on a GPU (written 2026-11-26 after the H100 runs): it gives
-// 6 splits at B 8, Hkv 8, S 1024 or 4096 on an H100 (396 slots of the R = 4 kernel: one
-// wave of 384 blocks) where S / 256 gave 4 and 16.
+// will run). On an H100 at B 8, Hkv 8 it gives 6 splits at S 1024 and 4096 for the unpiped
+// R = 4 kernel (396 slots: one wave of 384 blocks) where S / 256 gave 4 and 16, and 4 splits
+// for pipe_wide, the R = 4 default since 2026-11-27 (264 slots: 256 blocks). Measured: see
+// attn_decode_gqa.
 // Slots (SMs × resident blocks of Kernel at `threads` threads) of the current device, asked
 // once per kernel, block size and device (a decode runs per layer per token).
 template <auto Kernel>
@@ -3468,12 +3577,11 @@ template <class T, int D>
 int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
   int64_t blocks = 0, slots = 0;
   if (gqa) {
-    const int pipe = decode_pipe();
     with_decode_rows(d.g * d.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
-      slots = pipe == 1   ? decode_slots<attn_decode_gqa<T, D, R, 1>>(kDecWarps * 32)
-              : pipe == 2 ? decode_slots<attn_decode_gqa<T, D, R, 2>>(kDecWarps * 32)
-                          : decode_slots<attn_decode_gqa<T, D, R, 0>>(kDecWarps * 32);
+      with_decode_kernel<T, D, R>(decode_variant(R), [&](auto tag) {
+        slots = decode_slots<decltype(tag)::value>(kDecWarps * 32);
+      });
     });
     blocks = static_cast<int64_t>(d.B) * d.Hkv;
   } else {
@@ -3488,33 +3596,9 @@ int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
 template <class T, int D>
 __global__ void attn_combine(const float* __restrict__ o_part, const float* __restrict__ lse_part, T* __restrict__ o,
                              float* __restrict__ lse, int64_t rows, int Tq, int n_split) {
-  constexpr int E = D / 32;
-  const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
-  const int64_t bh = row / Tq, i = row % Tq;
-  float mx = -INFINITY;
-  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, lse_part[(bh * n_split + s) * Tq + i]);
-  float sum = 0.f;
-  for (int s = 0; s < n_split; ++s) sum += __expf(lse_part[(bh * n_split + s) * Tq + i] - mx);
-  const float lse_row = mx + logf(sum);
-  float acc[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
-  // No branch on w, so the unrolled loads of several splits are in flight at once (one
-  // split at a time made this loop latency-bound: 64 splits ≈ 64 L2 round trips). An unseen
-  // split has o_s = 0 and w = 0.
-#pragma unroll 4
-  for (int s = 0; s < n_split; ++s) {
-    const int64_t idx = (bh * n_split + s) * Tq + i;
-    const float ls = lse_part[idx];
-    const float w = ls == -INFINITY ? 0.f : __expf(ls - lse_row);
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] += w * o_part[idx * D + lane + 32 * e];
-  }
-#pragma unroll
-  for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
-  if (lane == 0) lse[row] = lse_row;
+  combine_row<T, D>(o_part, lse_part, o, lse, row, Tq, n_split, static_cast<int>(threadIdx.x % 32));
 }
 
 }  // namespace
@@ -3664,7 +3748,10 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
       Tensor o_part = Tensor::empty({rows * n_split * q.size(3)}, DType::f32, q.device());
       Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
       if (gqa) {
-        launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>());
+        unsigned* tickets = decode_tickets(static_cast<int64_t>(d.B) * d.Hkv);
+        launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>(),
+                                o.data<T>(), lse.data<float>(), tickets);
+        if (tickets != nullptr) return;  // combined in the kernel
       } else {
         launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(),
                           lse_part.data<float>());

@@ -280,7 +280,8 @@ TEST(CudaAttention, BackwardWgmmaWsMatchesTwinAndReference) {
 }
 
 // Under SOMNUS_TEST_QUICK (compute-sanitizer's racecheck, where this one case through all six
-// paths took ~95 s on an H100): bf16 only, through bwd_paths() (mma, v3, v4).
+// paths in both dtypes took ~95 s on an H100, by difference of two runs' totals): bf16 only,
+// through bwd_paths() (mma, v3, v4).
 TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   const std::vector<const char*> paths = bwd_paths();
@@ -326,9 +327,23 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
   }
 }
 
-// Both decode kernels: the GQA block kernel (rows = g·T <= 8; the default is its pipe_wide
-// variant, also run by name, then SOMNUS_ATTN_DECODE=pipe and =unpiped) and the SIMT row kernel
-// (SOMNUS_ATTN_DECODE=simt, and rows > 8 on every setting).
+// The decode paths by name: "gqa" (the defaults), "pipe_wide", "pipe", "unpiped" (the GQA
+// kernel's variants, SOMNUS_ATTN_DECODE), "fused" (SOMNUS_DECODE_COMBINE=fused: the combine in
+// the decode kernel's last block per (b, kv head)), "simt" (the SIMT row kernel). "" unsets both.
+void set_decode_path(const std::string& path) {
+  unsetenv("SOMNUS_ATTN_DECODE");
+  unsetenv("SOMNUS_DECODE_COMBINE");
+  if (path == "fused") {
+    setenv("SOMNUS_DECODE_COMBINE", "fused", 1);
+  } else if (!path.empty() && path != "gqa") {
+    setenv("SOMNUS_ATTN_DECODE", path.c_str(), 1);
+  }
+}
+const char* const kDecodePaths[] = {"gqa", "pipe_wide", "pipe", "unpiped", "fused", "simt"};
+
+// Both decode kernels: the GQA block kernel (rows = g·T <= 8; by default its pipe_wide variant
+// for 4 rows, the unpipelined one otherwise) with each variant by name, and the SIMT row
+// kernel (SOMNUS_ATTN_DECODE=simt, and rows > 8 on every setting).
 TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   //                     B  Hq Hkv  T    S   D  causal offset (D set below)
@@ -339,12 +354,8 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
       {1, 4, 2, 2, 333, 0, true, 100},   // S off the key step; keys past 102 unseen (whole splits)
       {1, 4, 4, 1, 77, 0, false, 0},     // g = 1, not causal
   };
-  for (const char* path : {"gqa", "pipe_wide", "pipe", "unpiped", "simt"}) {
-    if (std::string(path) != "gqa") {
-      setenv("SOMNUS_ATTN_DECODE", path, 1);
-    } else {
-      unsetenv("SOMNUS_ATTN_DECODE");
-    }
+  for (const char* path : kDecodePaths) {
+    set_decode_path(path);
     for (DType dt : {DType::bf16, DType::f32}) {
       for (int64_t D : {64, 128}) {
         for (AttnCase c : decode_cases) {
@@ -369,7 +380,36 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
       }
     }
   }
-  unsetenv("SOMNUS_ATTN_DECODE");
+  set_decode_path("");
+}
+
+// The fused combine (SOMNUS_DECODE_COMBINE=fused) runs combine_row, attn_combine's own code, in
+// the last block of each (b, kv head) of the pipe_wide kernel: o and lse must be bitwise the
+// two-launch pipe_wide result, and a second call (its tickets back at 0) the same again.
+TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
+  if (!cuda_available()) GTEST_SKIP() << kNoCuda;
+  Generator g(44);
+  //                       B  Hq Hkv T  S     D    (rows g·T: 1, 4, 8)
+  const AttnCase cases[] = {{3, 4, 4, 1, 900, 128, true, 899}, {2, 8, 2, 1, 1000, 64, true, 999},
+                            {2, 8, 1, 1, 333, 128, true, 332}};
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const AttnCase& c : cases) {
+      const Tensor q = randn({c.B, c.Hq, c.T, c.D}, g, dt, gpu());
+      const Tensor k = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu()), v = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu());
+      for (int64_t splits : {0, 1, 7}) {
+        SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {}", splits));
+        set_decode_path("pipe_wide");
+        const AttentionOutput two = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+        set_decode_path("fused");
+        const AttentionOutput f1 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+        const AttentionOutput f2 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+        set_decode_path("");
+        EXPECT_EQ(f1.o.to(Device::cpu()).to_vector(), two.o.to(Device::cpu()).to_vector());
+        EXPECT_EQ(f1.lse.to(Device::cpu()).to_vector(), two.lse.to(Device::cpu()).to_vector());
+        EXPECT_EQ(f2.o.to(Device::cpu()).to_vector(), f1.o.to(Device::cpu()).to_vector());
+      }
+    }
+  }
 }
 
 // A KV cache hands the decode a (B, Hkv, len, D) prefix of (B, Hkv, capacity, D) buffers. The
@@ -395,11 +435,11 @@ TEST(CudaAttention, DecodeReadsKvCachePrefixInPlace) {
         if (T > S) continue;
         SCOPED_TRACE(fmt::format("{} S {} T {}", dtype_name(dt), S, T));
         const Tensor q = randn({B, Hq, T, D}, g, dt, gpu());
-        for (const char* path : {"gqa", "pipe", "unpiped", "simt"}) {
-          if (std::string(path) != "gqa") setenv("SOMNUS_ATTN_DECODE", path, 1);
+        for (const char* path : kDecodePaths) {
+          set_decode_path(path);
           const AttentionOutput a = attention_decode(q, k, v, true, 0.0, S - T, 5);
           const AttentionOutput b = attention_decode(q, kc, vc, true, 0.0, S - T, 5);
-          unsetenv("SOMNUS_ATTN_DECODE");
+          set_decode_path("");
           EXPECT_EQ(a.o.to(Device::cpu()).to_vector(), b.o.to(Device::cpu()).to_vector()) << path;
           EXPECT_EQ(a.lse.to(Device::cpu()).to_vector(), b.lse.to(Device::cpu()).to_vector()) << path;
           const AttnRef ref = attention_reference(q.to(Device::cpu()), kc.to(Device::cpu()), vc.to(Device::cpu()),

@@ -280,9 +280,10 @@ std::vector<const char*> reduce_versions() {
   if (somnus::testing::quick_mode()) return {""};
   return {"", "v1", "v2"};
 }
-// The float types a reduce / softmax test runs; under quick_mode f32 and bf16 only (f64's
-// kernels take f32's paths, at twice the bytes). On an H100 (2026-11-27) racecheck of these
-// tests did not finish in 39 s with every type.
+// The float types a reduce / softmax test runs; under quick_mode f32 and bf16 only: f64 has its
+// own (V = 2) instances of the same kernels, which the sanitizer runs then leave out. On an
+// H100 (2026-11-27) racecheck of these tests did not finish in 39 s with every type (29 s
+// without f64).
 std::vector<DType> float_types() {
   if (somnus::testing::quick_mode()) return {DType::f32, DType::bf16};
   return std::vector<DType>(std::begin(kFloatTypes), std::end(kFloatTypes));

@@ -3,7 +3,9 @@
 // bf16 and f32, D 64 and 128, against an f64 reference — with K and V read in place from a
 // KV cache of larger capacity (a (B, Hkv, S, D) prefix view: batch and head strides of the
 // cache, rows D apart), whose slots past S hold NaN, so a key read past S shows.
-// Checks: o within 1e-2 (bf16) / 1e-5 (f32) relative L2, lse within 1e-5 relative, all finite.
+// Checks: o within 1e-2 (bf16) / 1e-5 (f32) relative L2, lse within 1e-5 relative, all finite;
+// with the default pipe_wide kernel, the fused combine (last block per (b, kv head)) bitwise
+// the two-launch result, its tickets back to 0.
 // Exit status = the number of failing cases.
 #include <string>
 
@@ -67,6 +69,24 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
   launch(static_cast<unsigned>((rows + 3) / 4), 1, 128, 0, [&] {
     attn_combine<T, D>(o_part.data(), lse_part.data(), o.data(), lse.data(), rows, c.T, n_split);
   });
+  // The fused combine (SOMNUS_DECODE_COMBINE=fused, with pipe 2): the last block of each
+  // (b, kv head) combines; o and lse bitwise the two-launch result's, every ticket back to 0.
+  bool fused_ok = true;
+  if (gqa && pipe == 2) {
+    std::vector<float> o_part2(o_part.size(), NAN), lse_part2(lse_part.size(), NAN), lse2(rows, NAN);
+    std::vector<T> o2(o.size(), from_f<T>(NAN));
+    std::vector<unsigned> tickets(size_t(c.B) * c.Hkv, 0u);
+    with_decode_rows(d.g * c.T, [&](auto rows_tag) {
+      constexpr int R = decltype(rows_tag)::value;
+      launch(n_split, c.B * c.Hkv, kDecWarps * 32, 0, [&] {
+        attn_decode_gqa<T, D, R, 2, true>(q.data(), k.data(), v.data(), o_part2.data(), lse_part2.data(), chunk, d,
+                                          kvs, o2.data(), lse2.data(), tickets.data());
+      });
+    });
+    fused_ok = std::memcmp(o2.data(), o.data(), o.size() * sizeof(T)) == 0 &&
+               std::memcmp(lse2.data(), lse.data(), lse.size() * sizeof(float)) == 0;
+    for (unsigned t : tickets) fused_ok = fused_ok && t == 0u;
+  }
   double num = 0, den = 0, lerr = 0;
   bool finite = true;
   for (int b = 0; b < c.B; ++b) {
@@ -101,10 +121,11 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
   }
   const bool is_bf16 = std::is_same_v<T, bf16>;
   const double e = std::sqrt(num / den);
-  const bool ok = finite && e < (is_bf16 ? 1e-2 : 1e-5) && lerr < 1e-5;
-  std::printf("%s %s %s D%d B%d Hq%d Hkv%d T%d S%d cap%d %s off%d splits %d: o rel %.3g lse %.3g\n",
+  const bool ok = finite && fused_ok && e < (is_bf16 ? 1e-2 : 1e-5) && lerr < 1e-5;
+  std::printf("%s %s %s D%d B%d Hq%d Hkv%d T%d S%d cap%d %s off%d splits %d: o rel %.3g lse %.3g%s\n",
               ok ? "ok  " : "FAIL", !gqa ? "simt" : pipe == 1 ? "pipe" : pipe == 2 ? "pipw" : "gqa ", is_bf16 ? "bf16" : "f32 ", D, c.B, c.Hq, c.Hkv, c.T, c.S,
-              c.cap, c.causal ? "causal" : "full", c.q_offset, n_split, e, lerr);
+              c.cap, c.causal ? "causal" : "full", c.q_offset, n_split, e, lerr,
+              gqa && pipe == 2 ? (fused_ok ? " fused = bitwise" : " fused != (bitwise expected)") : "");
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

@@ -23,7 +23,8 @@
 //                  that frees it can overwrite data a slower warp still reads.
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
-//   atomicAdd      f32, under one mutex (the order of adds is the threads' schedule).
+//   atomicAdd      f32 and u32, under one mutex (the order of adds is the threads' schedule).
+//   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
@@ -94,6 +95,16 @@ inline float atomicAdd(float* p, float v) {
   *p += v;
   return old;
 }
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  std::lock_guard<std::mutex> lock(g_atomic);
+  const unsigned old = *p;
+  *p += v;
+  return old;
+}
+// Blocks run one after another here: device-wide ordering holds by construction.
+inline void __threadfence() {}
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
 inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
 inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
 constexpr int kMaxWarps = 32;
