@@ -10,7 +10,8 @@
 //   first, the stats from the rounded h); h exactly x + r rounded once;
 //   v2 bitwise equal to v1 where a block holds one row (G = 1: the same sums in the same order);
 //   dh, dweight, dbias of the backward against an f64 reference;
-//   LayerNorm: the backward's pair layout (SOMNUS_NORM_BWD=pair) bitwise the default layout's.
+//   LayerNorm: the backward's pair layout (SOMNUS_NORM_BWD=pair) bitwise the default layout's,
+//   and without a bias gradient (no db accumulators) dh and dweight bitwise as with it.
 // Exit status = the number of failing cases.
 #include "cuda_emu.h"
 
@@ -172,6 +173,11 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
     std::vector<C> dw2(dwp.size(), C(NAN)), db2(dbp.size(), C(NAN));
     backward(true, dh2.data(), dw2.data(), db2.data());
     pair_eq = same_bits(dh2, dh) && same_bits(dw2, dwp) && same_bits(db2, dbp);
+    // LayerNorm without a bias gradient (kDb = false with the mean): dh and dw as with it.
+    std::vector<T> dh3(N, static_cast<T>(std::nan("")));
+    std::vector<C> dw3(dwp.size(), C(NAN));
+    backward(false, dh3.data(), dw3.data(), nullptr);
+    pair_eq = pair_eq && same_bits(dh3, dh) && same_bits(dw3, dwp);
   }
   double edh = 0, edw = 0;
   std::vector<double> dw_ref(n, 0.0), db_ref(n, 0.0);
