@@ -534,17 +534,11 @@ void BM_attention_decode(benchmark::State& state, bool s256, const char* variant
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
   const char* env = std::string(variant) == "fused" ? "SOMNUS_DECODE_COMBINE" : "SOMNUS_ATTN_DECODE";
-  const char* before = std::getenv(env);
-  const std::string saved = before != nullptr ? before : "";
   if (*variant != '\0') setenv(env, variant, 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });
-  if (before != nullptr) {
-    setenv(env, saved.c_str(), 1);
-  } else {
-    unsetenv(env);
-  }
+  unsetenv(env);
   report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
 }
 

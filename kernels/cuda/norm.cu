@@ -613,11 +613,12 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-// SOMNUS_NORM_FWD=v1 / SOMNUS_NORM_BWD=v1 select the previous forward / backward kernel (read
-// on every call, so that tests and benchmarks can switch them).
-bool env_is_v1(const char* name) {
+// SOMNUS_NORM_FWD=v1 / SOMNUS_NORM_BWD=v1 select the previous forward / backward kernel, and
+// SOMNUS_NORM_BWD=pair the backward's pair layout (read on every call, so that tests and
+// benchmarks can switch them).
+bool env_is(const char* name, const char* value) {
   const char* e = std::getenv(name);
-  return e != nullptr && std::strcmp(e, "v1") == 0;
+  return e != nullptr && std::strcmp(e, value) == 0;
 }
 
 // The register kernels' shape for rows of nv vectors: calls f(NV, G) with NV vectors per thread
@@ -661,7 +662,7 @@ void norm_forward(bool layer, const Tensor& x, const Tensor& residual, const Ten
     T* hp = h.defined() ? static_cast<T*>(h.data_ptr()) : nullptr;
     C* mp = mean.defined() ? static_cast<C*>(mean.data_ptr()) : nullptr;
     C* sp = static_cast<C*>(rstd.data_ptr());
-    const bool v1 = env_is_v1("SOMNUS_NORM_FWD");
+    const bool v1 = env_is("SOMNUS_NORM_FWD", "v1");
     with_vec<T>(n, {xp, rp, wp, bp, yp, hp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
       const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
@@ -695,9 +696,7 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
     T* dp = static_cast<T*>(dh_out.data_ptr());
     C* dwp = static_cast<C*>(dw_partial.data_ptr());
     C* dbp = db_partial.defined() ? static_cast<C*>(db_partial.data_ptr()) : nullptr;
-    const bool v1 = env_is_v1("SOMNUS_NORM_BWD");
-    const char* bwd_env = std::getenv("SOMNUS_NORM_BWD");
-    const bool pair = bwd_env != nullptr && std::strcmp(bwd_env, "pair") == 0;
+    const bool v1 = env_is("SOMNUS_NORM_BWD", "v1"), pair = env_is("SOMNUS_NORM_BWD", "pair");
     with_vec<T>(n, {gp, dip, hp, wp, dp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
       const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
