@@ -638,7 +638,8 @@ void BM_norm_fwd(benchmark::State& state, DType dtype, bool layer, bool residual
 }
 
 // `version`: SOMNUS_NORM_BWD for the timed calls ("" the default; "pair": LayerNorm's dw/db
-// accumulators side by side, kernels/cuda/norm.cu).
+// accumulators side by side; "racc": dw/db in registers, 512 threads a block at C = 4096 bf16 /
+// f32; kernels/cuda/norm.cu).
 void BM_norm_bwd(benchmark::State& state, DType dtype, bool layer, const char* version) {
   if (skip_without_cuda(state)) return;
   const int64_t rows = 16384, C = 4096;
@@ -737,6 +738,10 @@ void register_fused() {
             ->UseManualTime()
             ->Unit(benchmark::kMicrosecond);
       }
+      RegisterBenchmark(((layer ? "layer_norm_bwd_racc/" : "rms_norm_bwd_racc/") + d + "/16384x4096").c_str(),
+                        BM_norm_bwd, dt, layer, "racc")
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond);
     }
     for (bool bwd : {false, true}) {
       RegisterBenchmark(((bwd ? "swiglu_bwd/" : "swiglu_fwd/") + d + "/64M").c_str(), BM_swiglu, dt, bwd)

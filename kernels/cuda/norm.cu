@@ -61,12 +61,16 @@
 // NV = 2, 16 loads, 16 adds and 16 stores more per row and thread). Tried and dropped: the
 // accumulators as 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled
 // 14–54 bytes in bf16 NV = 2 (the 16384×4096 case, which fits 64 registers, 4 blocks per SM,
-// the 512 chunks in one wave). Next to try, on a GPU: dw and db as one 8-byte pair per column
-// (SOMNUS_NORM_BWD=pair, kPair below, 8 bytes of spill; bench rows layer_norm_bwd_pair/*, not
-// yet run); 3 blocks per SM with the accumulators in registers (the 512 chunks then take 1.3
-// waves: needs rows redistributed, not a plain persistent grid); the partial sum folded into
-// this kernel (a grid-wide step over the L2-resident partials, which changes the (chunks, C)
-// contract of backend.h).
+// the 512 chunks in one wave). Next to try, on a GPU (both opt-in, written 2026-11-27/28, not
+// yet run): dw and db as one 8-byte pair per column (SOMNUS_NORM_BWD=pair, kPair below, 8 bytes
+// of spill; bench rows layer_norm_bwd_pair/*); the accumulators in registers with half the
+// elements per thread and twice the threads per block (SOMNUS_NORM_BWD=racc,
+// norm_backward_racc_kernel: 512 threads at C = 4096, 64 registers, no spill, the same 1024
+// threads per SM; bench rows {layer,rms}_norm_bwd_racc/*). Its risk: each row's two block sums
+// run over 16 warps instead of 8, for half the elements per thread. Further: 3 blocks per SM
+// with 16 elements per thread in registers (1.3 waves: needs rows redistributed); the partial
+// sum folded into this kernel (a grid-wide step over the L2-resident partials, which changes
+// the (chunks, C) contract of backend.h).
 // Backward v1 (SOMNUS_NORM_BWD=v1, and the fallback for wider rows): per row, two passes over
 // dy and h (the second from L1/L2), a block reduction each of Σg and Σg∘x̂, and a
 // read-modify-write of the chunk's (C,) partial row in global memory per row.
@@ -110,14 +114,14 @@ __device__ __forceinline__ C block_allreduce_sum(C v, C* smem) {
   return group_allreduce_sum<1>(v, smem);
 }
 
-// Sums two values over each group of kThreads / G consecutive threads (G = 1: the block; G =
-// kThreads / 32: each warp), every thread of the group getting both. Called by all threads of
-// the block. `smem` holds 2 · kThreads / 32.
-template <int G, class C>
+// Sums two values over each group of TB / G consecutive threads of a block of TB threads (G =
+// 1: the block; G = TB / 32: each warp), every thread of the group getting both. Called by all
+// threads of the block. `smem` holds 2 · TB / 32.
+template <int G, class C, int TB = kThreads>
 __device__ __forceinline__ void group_allreduce_sum2(C& a, C& b, C* smem) {
   a = warp_allreduce_sum(a);
   b = warp_allreduce_sum(b);
-  constexpr int kWarps = kThreads / 32, kGroupWarps = kWarps / G;
+  constexpr int kWarps = TB / 32, kGroupWarps = kWarps / G;
   if constexpr (kGroupWarps > 1) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, first = warp - warp % kGroupWarps;
     __syncthreads();  // smem may still be read from the previous reduction
@@ -595,6 +599,110 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
   }
 }
 
+// Register-accumulator backward (SOMNUS_NORM_BWD=racc; 2026-11-28, not yet run on a GPU). The
+// default kernel keeps dw/db in shared memory because 16 elements per thread (bf16, C = 4096,
+// 256 threads) would need 32 more registers for them. Here a block of TB = 256, 512 or 1024
+// threads (a template parameter) takes one row at a time, each thread NV vectors of V elements
+// with NV · V = 8 (bf16 NV 1, f32 NV 2): 8 dw and 8 db accumulators in registers, no shared
+// memory accesses per element, and the same 1024 threads per SM at ≤ 64 registers (bf16, C =
+// 4096: 2 blocks of 512). Per element and row that removes a shared load and store for dw and
+// for db: 4 of the ~52 instructions per element (ncu, run 6: ~840 per thread and row of 16).
+// Thread t owns the vectors t, t + TB, ... of every row: when TB = 256 that is the default
+// kernel's layout (G = 1) and dh, dw, db are bitwise its results. For any TB, dw and db are: each
+// thread adds its columns' products in row order as the default does; dh's row sums Σg, Σg∘x̂
+// are then formed over TB threads (a different grouping: not bitwise, checked against f64).
+// The chunks take 1.94 waves at 2 blocks per SM (264 slots, 512 chunks of a 16384-row batch)
+// instead of one at 4 (528 slots); at 32 rows a chunk the tail is ~3% of the kernel, as before.
+template <class T, int V, int NV, int TB, bool kDb>
+__global__ void __launch_bounds__(TB, 1024 / TB)
+    norm_backward_racc_kernel(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
+                              const T* __restrict__ h, const T* __restrict__ w, const compute_t<T>* __restrict__ mean,
+                              const compute_t<T>* __restrict__ rstd, T* __restrict__ dh,
+                              compute_t<T>* __restrict__ dw_part, compute_t<T>* __restrict__ db_part, int64_t rows,
+                              int64_t n, int64_t chunks) {
+  using C = compute_t<T>;
+  __shared__ C red[2 * (TB / 32)];
+  const int t = threadIdx.x;
+  const int64_t nv = n / V;
+  const C inv_n = C(1) / static_cast<C>(n);
+  bool own[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) own[i] = static_cast<int64_t>(i) * TB + t < nv;
+  for (int64_t k = blockIdx.x; k < chunks; k += gridDim.x) {
+    C aw[NV][V], ab[NV][V];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) aw[i][j] = ab[i][j] = C(0);
+    }
+    const int64_t r0 = k * kNormRowsPerChunk, r_end = min(rows, r0 + kNormRowsPerChunk);
+    for (int64_t r = r0; r < r_end; ++r) {
+      const T* gr = dy + r * n;
+      const T* hr = h + r * n;
+      const T* di = dh_in != nullptr ? dh_in + r * n : nullptr;
+      Vec<T, V> gv[NV], hv[NV], dv[NV];
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (own[i]) {
+          const int64_t vi = static_cast<int64_t>(i) * TB + t;
+          gv[i] = load_vec<V>(gr, vi);
+          hv[i] = load_vec<V>(hr, vi);
+          if (di != nullptr) dv[i] = load_vec<V>(di, vi);
+        }
+      }
+      const C mu = layer ? mean[r] : C(0), rs = rstd[r];
+      C sg = 0, sgx = 0;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (own[i]) {
+          const Vec<T, V> wv = load_vec<V>(w, static_cast<int64_t>(i) * TB + t);
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const C g = static_cast<C>(gv[i].v[j]) * static_cast<C>(wv.v[j]);
+            sg += g;
+            sgx += g * (static_cast<C>(hv[i].v[j]) - mu) * rs;
+          }
+        }
+      }
+      group_allreduce_sum2<1, C, TB>(sg, sgx, red);
+      const C mg = layer ? sg * inv_n : C(0), mgx = sgx * inv_n;
+      T* dr = dh + r * n;
+#pragma unroll
+      for (int i = 0; i < NV; ++i) {
+        if (own[i]) {
+          const int64_t vi = static_cast<int64_t>(i) * TB + t;
+          const Vec<T, V> wv = load_vec<V>(w, vi);  // (C,): L1/L2-resident, not held across the reduction
+          Vec<T, V> o;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const C gy = static_cast<C>(gv[i].v[j]);
+            const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
+            C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
+            if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
+            o.v[j] = to_storage<T>(d);
+            aw[i][j] += gy * xh;
+            if constexpr (kDb) ab[i][j] += gy;
+          }
+          store_vec<V>(dr, vi, o);
+        }
+      }
+    }
+    // The chunk's partial row: the thread's own columns, written once.
+    C* dwr = dw_part + k * n;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      if (own[i]) {
+        const int64_t c0 = (static_cast<int64_t>(i) * TB + t) * V;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          dwr[c0 + j] = aw[i][j];
+          if constexpr (kDb) db_part[k * n + c0 + j] = ab[i][j];
+        }
+      }
+    }
+  }
+}
+
 // 16-byte vectors when every row start is aligned, else scalar.
 template <class T, class F>
 void with_vec(int64_t n, std::initializer_list<const void*> ptrs, F&& f) {
@@ -613,9 +721,9 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-// SOMNUS_NORM_FWD=v1 / SOMNUS_NORM_BWD=v1 select the previous forward / backward kernel, and
-// SOMNUS_NORM_BWD=pair the backward's pair layout (read on every call, so that tests and
-// benchmarks can switch them).
+// SOMNUS_NORM_FWD=v1 / SOMNUS_NORM_BWD=v1 select the previous forward / backward kernel,
+// SOMNUS_NORM_BWD=pair the backward's pair layout and SOMNUS_NORM_BWD=racc its register
+// accumulators (read on every call, so that tests and benchmarks can switch them).
 bool env_is(const char* name, const char* value) {
   const char* e = std::getenv(name);
   return e != nullptr && std::strcmp(e, value) == 0;
@@ -645,6 +753,32 @@ bool with_reg_shape(int64_t nv, F&& f) {
     return false;
   }
   return true;
+}
+
+// The register-accumulator backward's shape (SOMNUS_NORM_BWD=racc) for rows of nv vectors of V
+// elements of T: calls f(NV, TB) with NV = 8 / V vectors per thread and TB threads per block,
+// or returns false where it does not apply (the caller takes the default kernel): scalar rows,
+// 8-byte types, short rows (at most kThreads / 2 vectors, which the default splits into row
+// groups), and rows of more than 1024 · NV vectors (bf16 / f32: 8192 elements).
+template <class T, int V, class F>
+bool with_racc_shape(int64_t nv, F&& f) {
+  if constexpr (V == 1 || sizeof(T) > 4) {
+    return false;
+  } else {
+    constexpr int NV = 8 / V;
+    const int64_t threads = (nv + NV - 1) / NV;
+    if (nv <= kThreads / 2) return false;
+    if (threads <= 256) {
+      f(std::integral_constant<int, NV>{}, std::integral_constant<int, 256>{});
+    } else if (threads <= 512) {
+      f(std::integral_constant<int, NV>{}, std::integral_constant<int, 512>{});
+    } else if (threads <= 1024) {
+      f(std::integral_constant<int, NV>{}, std::integral_constant<int, 1024>{});
+    } else {
+      return false;
+    }
+    return true;
+  }
 }
 
 }  // namespace
@@ -696,9 +830,18 @@ void norm_backward(bool layer, const Tensor& dy, const Tensor& dh_in, const Tens
     T* dp = static_cast<T*>(dh_out.data_ptr());
     C* dwp = static_cast<C*>(dw_partial.data_ptr());
     C* dbp = db_partial.defined() ? static_cast<C*>(db_partial.data_ptr()) : nullptr;
-    const bool v1 = env_is("SOMNUS_NORM_BWD", "v1"), pair = env_is("SOMNUS_NORM_BWD", "pair");
+    const bool v1 = env_is("SOMNUS_NORM_BWD", "v1"), pair = env_is("SOMNUS_NORM_BWD", "pair"),
+               racc = env_is("SOMNUS_NORM_BWD", "racc");
     with_vec<T>(n, {gp, dip, hp, wp, dp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
+      const bool took_racc = racc && with_racc_shape<T, V>(n / V, [&](auto nvc, auto tbc) {
+        constexpr int NV = decltype(nvc)::value, TB = decltype(tbc)::value;
+        const auto kernel = dbp != nullptr ? norm_backward_racc_kernel<T, V, NV, TB, true>
+                                           : norm_backward_racc_kernel<T, V, NV, TB, false>;
+        kernel<<<grid_for(chunks, 1), TB>>>(layer, gp, dip, hp, wp, mp, sp, dp, dwp, dbp, rows, n, chunks);
+        CUDA_CHECK_LAUNCH();
+      });
+      if (took_racc) return;
       const bool reg = !v1 && with_reg_shape(n / V, [&](auto nvc, auto gc) {
         constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
         const auto launch = [&](auto kernel, size_t smem) {

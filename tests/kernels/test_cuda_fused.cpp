@@ -125,6 +125,50 @@ TEST(CudaFused, NormsMatchCpuBackwardPair) {
   norms_match_cpu("fwd v2 bwd pair");
 }
 
+// The backward with dw / db accumulators in registers (kernels/cuda/norm.cu
+// norm_backward_racc_kernel: bf16 / f32 rows of more than 128 vectors; the other shapes here
+// take the default kernel).
+TEST(CudaFused, NormsMatchCpuBackwardRacc) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  ScopedEnv fwd("SOMNUS_NORM_FWD", ""), bwd("SOMNUS_NORM_BWD", "racc");
+  norms_match_cpu("fwd v2 bwd racc");
+}
+
+// Each thread of the register-accumulator backward adds its columns' dw / db products in row
+// order, as the default kernel's shared-memory accumulators do: dweight and dbias are bitwise the
+// default's, at 256, 512 and 1024 threads a block (dh is not: its row sums are grouped over the
+// block's threads). tests/kernels/cuda_emu/norm.cpp checks the same under the host emulation.
+TEST(CudaFused, NormBackwardRaccDwDbBitwiseDefault) {
+  if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
+  if (somnus::testing::quick_mode()) return;  // NormsMatchCpuBackwardRacc runs the kernel under the sanitizers
+  Generator gen(12);
+  using somnus::testing::raw_bytes;
+  // bf16: 256 / 512 / 1024 threads (C = 2048 / 4096 / 8192); f32: 256 / 512 / 1024 (C = 1024 /
+  // 4096 / 8192); f64 and rows that are not 16-byte vectors take the default on both settings.
+  for (DType dt : kFloat) {
+    for (const Shape& s : std::vector<Shape>{{70, 1024}, {33, 2048}, {40, 4096}, {3, 8192}, {5, 4100}}) {
+      for (bool layer : {false, true}) {
+        const std::string what = case_name(s, dt, Layout::contiguous) + (layer ? " layer" : " rms");
+        const int64_t C = s.back();
+        const Tensor x = on_gpu(randn(s, gen, dt, Device::cpu(), 0.5, 1.0));
+        const Tensor w = on_gpu(randn({C}, gen, dt, Device::cpu(), 1.0, 0.3)), b = layer ? on_gpu(randn({C}, gen, dt)) : Tensor();
+        const Tensor dy = on_gpu(randn(s, gen, dt)), dh = on_gpu(randn(s, gen, dt));
+        const kernels::NormResult f = layer ? kernels::layer_norm(x, Tensor(), w, b, 1e-5) : kernels::rms_norm(x, Tensor(), w, 1e-5);
+        auto run = [&](const char* version) {
+          ScopedEnv env("SOMNUS_NORM_BWD", version);
+          return kernels::norm_backward(layer, dy, dh, f.h, w, f.mean, f.rstd, layer);
+        };
+        const kernels::NormGrads def = run(""), racc = run("racc");
+        EXPECT_EQ(raw_bytes(racc.dweight), raw_bytes(def.dweight)) << what << " dweight";
+        if (layer) {
+          EXPECT_EQ(raw_bytes(racc.dbias), raw_bytes(def.dbias)) << what << " dbias";
+        }
+        expect_close(racc.dh, def.dh, dt, what + " dh");
+      }
+    }
+  }
+}
+
 TEST(CudaFused, NormsMatchCpuBackwardV1) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   if (somnus::testing::quick_mode()) return;  // the sanitizer runs check the default kernels

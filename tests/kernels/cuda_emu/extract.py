@@ -63,7 +63,8 @@ def norm_bundle():
     # backward, with their block reductions
     # plus the host-side choice of vector width and register shape, which the driver calls
     return common_helpers + [section("constexpr int kThreads", "// 16-byte vectors when every row start is aligned"),
-                             function("void with_vec"), function("bool with_reg_shape")]
+                             function("void with_vec"), function("bool with_reg_shape"),
+                             function("bool with_racc_shape")]
 
 
 bundles = {

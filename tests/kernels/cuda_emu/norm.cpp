@@ -11,7 +11,10 @@
 //   v2 bitwise equal to v1 where a block holds one row (G = 1: the same sums in the same order);
 //   dh, dweight, dbias of the backward against an f64 reference;
 //   LayerNorm: the backward's pair layout (SOMNUS_NORM_BWD=pair) bitwise the default layout's,
-//   and without a bias gradient (no db accumulators) dh and dweight bitwise as with it.
+//   and without a bias gradient (no db accumulators) dh and dweight bitwise as with it;
+//   the register-accumulator backward (SOMNUS_NORM_BWD=racc, bf16 / f32 rows of 129–1024·NV
+//   vectors): dweight, dbias bitwise the default's, dh bitwise too at 256 threads a block, and
+//   against f64 at 512 / 1024.
 // Exit status = the number of failing cases.
 #include "cuda_emu.h"
 
@@ -140,10 +143,25 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   const T *gp = dy.data(), *dip = res ? dhin.data() : nullptr, *hp = hsrc.data(), *wp = w.data();
   const C *mp = layer ? v2.mean.data() : nullptr, *sp = v2.rstd.data();
   C *dwpp = dwp.data(), *dbpp = layer ? dbp.data() : nullptr;
-  // pair: the kPair layout of the register kernel (SOMNUS_NORM_BWD=pair; with db only).
-  const auto backward = [&](bool pair, T* dhp, C* dw_out, C* db_out) {
+  // pair: the kPair layout of the register kernel (SOMNUS_NORM_BWD=pair; with db only); racc:
+  // the register-accumulator kernel where its shape applies (SOMNUS_NORM_BWD=racc), its block
+  // size recorded in racc_tb (0: it did not apply and the default ran).
+  int racc_tb = 0;
+  const auto backward = [&](bool pair, bool racc, T* dhp, C* dw_out, C* db_out) {
     with_vec<T>(n, {gp, dip, hp, wp, dhp}, [&](auto vw) {
       constexpr int V = decltype(vw)::value;
+      const bool took_racc = racc && with_racc_shape<T, V>(n / V, [&](auto nvc, auto tbc) {
+        constexpr int NV = decltype(nvc)::value, TB = decltype(tbc)::value;
+        racc_tb = TB;
+        launch(grid != 0 ? std::min<unsigned>(grid, chunks) : chunks, 1, TB, 0, [&] {
+          if (db_out != nullptr) {
+            norm_backward_racc_kernel<T, V, NV, TB, true>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n, chunks);
+          } else {
+            norm_backward_racc_kernel<T, V, NV, TB, false>(layer, gp, dip, hp, wp, mp, sp, dhp, dw_out, db_out, rows, n, chunks);
+          }
+        });
+      });
+      if (took_racc) return;
       const bool reg = with_reg_shape(n / V, [&](auto nvc, auto gc) {
         constexpr int NV = decltype(nvc)::value, G = decltype(gc)::value;
         const int smem = static_cast<int>((layer ? 2 : 1) * size_t{NV} * V * kThreads * sizeof(C));
@@ -165,20 +183,27 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
       }
     });
   };
-  backward(false, dh.data(), dwpp, dbpp);
+  backward(false, false, dh.data(), dwpp, dbpp);
   // The pair layout: the same sums in the same order, so bitwise the default layout's results.
   bool pair_eq = true;
   if (layer) {
     std::vector<T> dh2(N, static_cast<T>(std::nan("")));
     std::vector<C> dw2(dwp.size(), C(NAN)), db2(dbp.size(), C(NAN));
-    backward(true, dh2.data(), dw2.data(), db2.data());
+    backward(true, false, dh2.data(), dw2.data(), db2.data());
     pair_eq = same_bits(dh2, dh) && same_bits(dw2, dwp) && same_bits(db2, dbp);
     // LayerNorm without a bias gradient (kDb = false with the mean): dh and dw as with it.
     std::vector<T> dh3(N, static_cast<T>(std::nan("")));
     std::vector<C> dw3(dwp.size(), C(NAN));
-    backward(false, dh3.data(), dw3.data(), nullptr);
+    backward(false, false, dh3.data(), dw3.data(), nullptr);
     pair_eq = pair_eq && same_bits(dh3, dh) && same_bits(dw3, dwp);
   }
+  // The register accumulators: dw and db bitwise the default's (each thread adds its columns in
+  // row order either way); dh bitwise too where the block is the default's 256 threads, else
+  // (its row sums grouped over TB threads) checked against f64 below.
+  std::vector<T> dh4(N, static_cast<T>(std::nan("")));
+  std::vector<C> dw4(dwp.size(), C(NAN)), db4(dbp.size(), C(NAN));
+  backward(false, true, dh4.data(), dw4.data(), layer ? db4.data() : nullptr);
+  const bool racc_eq = same_bits(dw4, dwp) && same_bits(db4, dbp) && (racc_tb > kThreads || same_bits(dh4, dh));
   double edh = 0, edw = 0;
   std::vector<double> dw_ref(n, 0.0), db_ref(n, 0.0);
   for (int64_t i = 0; i < rows; ++i) {
@@ -196,9 +221,11 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
       const double xh = (emu_d(hsrc[e]) - mean_d[i]) * rs_d[i];
       double ref = rs_d[i] * (emu_d(dy[e]) * emu_d(w[j]) - (layer ? sg / n : 0.0) - xh * sgx / n);
       if (res) ref += emu_d(dhin[e]);
-      const double got = emu_d(dh[e]);
-      if (!std::isfinite(got)) ++bad;
-      edh = std::max(edh, std::fabs(got - ref) / (1 + std::fabs(ref)));
+      for (const T* d : {dh.data(), dh4.data()}) {
+        const double got = emu_d(d[e]);
+        if (!std::isfinite(got)) ++bad;
+        edh = std::max(edh, std::fabs(got - ref) / (1 + std::fabs(ref)));
+      }
     }
   }
   for (int64_t j = 0; j < n; ++j) {
@@ -212,13 +239,15 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   }
   // bf16: dh is one rounding of an f32 value; the partial sums are f32 over up to 32 rows.
   const double tol_b = std::is_same_v<T, double> ? 1e-11 : std::is_same_v<T, float> ? 1e-4 : 2e-2;
-  const bool ok = bad == 0 && ey < tol && stat_ok && eq && pair_eq && edh < tol_b &&
+  const bool ok = bad == 0 && ey < tol && stat_ok && eq && pair_eq && racc_eq && edh < tol_b &&
                   edw < (std::is_same_v<T, bf16> ? 1e-4 : tol_b);
-  std::printf("%s %-4s %s%s rows %lld n %lld grid %u: v2 (NV %d G %d) y %.3g stats %.3g%s | bwd dh %.3g dw/db %.3g%s | bad %d\n",
+  std::printf("%s %-4s %s%s rows %lld n %lld grid %u: v2 (NV %d G %d) y %.3g stats %.3g%s | bwd dh %.3g dw/db %.3g%s | racc %s | bad %d\n",
               ok ? "ok  " : "FAIL", emu_type_name<T>(), layer ? "layer" : "rms", res ? "+res" : "", static_cast<long long>(rows),
               static_cast<long long>(n), grid, v2.shape_nv, v2.shape_g, ey, es,
               bitwise ? (eq ? " = v1 bitwise" : " != v1 (bitwise expected)") : "", edh, edw,
-              !layer ? "" : pair_eq ? " pair = bitwise" : " pair != (bitwise expected)", bad);
+              !layer ? "" : pair_eq ? " pair = bitwise" : " pair != (bitwise expected)",
+              racc_tb == 0 ? "n/a" : !racc_eq ? "!= (dw/db bitwise expected)" : racc_tb > kThreads ? "dw/db bitwise" : "bitwise",
+              bad);
   return ok ? 0 : 1;
 }
 
@@ -230,15 +259,18 @@ int dtype_cases(uint32_t seed0) {
   struct Case {
     int64_t rows, n;
     unsigned grid;
+    bool f64 = true;  // also for double (the register-accumulator backward does not take f64)
   };
   // grid 0: sized as norm_forward sizes it; else fewer blocks than rows (grid-stride loops; and
-  // fewer emulated blocks: each is 256 threads started under ASan).
+  // fewer emulated blocks: each is 256 threads started under ASan). The last case: 2 chunks
+  // of rows on 1 block for the register-accumulator backward (its 512-thread shape for bf16).
   const Case cases[] = {{5, 3, 0},         {19, 24 * V, 3},   {13, 60 * V, 2},   {9, 100 * V, 3},
                         {7, 200 * V, 3},   {3, 300 * V, 0},   {2, 700 * V, 0},   {2, 1100 * V, 0},
-                        {37, 65, 4},       {4, 333, 0},       {40, 16 * V, 1}};
+                        {37, 65, 4},       {4, 333, 0},       {40, 16 * V, 1},   {34, 300 * V, 1, false}};
   int f = 0;
   uint32_t seed = seed0;
   for (const Case& c : cases) {
+    if (std::is_same_v<T, double> && !c.f64) continue;
     for (bool layer : {false, true}) {
       for (bool res : {false, true}) f += fcase<T>(layer, res, c.rows, c.n, c.grid, seed++);
     }
