@@ -647,7 +647,7 @@ bool env_equals(const char* name, const char* value) {
 }
 
 // The GQA decode kernel's variant for R rows (see attn_decode_gqa): kPipe from
-// SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2; unset: 2 for R = 4, the rows the H100
+// SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2, =ring 3; unset: 2 for R = 4, the rows the H100
 // runs timed (g = 4, T = 1), and 0, the kernel before 2026-11-27, for R = 1, 2, 8, where the
 // pipelined kernels hold fewer blocks per SM and nothing was timed); kFuse from
 // SOMNUS_DECODE_COMBINE=fused, which is built on kPipe = 2 only.
@@ -660,6 +660,7 @@ DecodeVariant decode_variant(int R) {
   int pipe = R == 4 ? 2 : 0;
   if (env_equals("SOMNUS_ATTN_DECODE", "unpiped")) pipe = 0;
   if (env_equals("SOMNUS_ATTN_DECODE", "pipe")) pipe = 1;
+  if (env_equals("SOMNUS_ATTN_DECODE", "ring")) pipe = 3;
   if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || fuse) pipe = 2;
   return {pipe, fuse};
 }
@@ -3310,6 +3311,28 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // tickets[b·Hkv + kv head]; the block that draws the last ticket (n_split − 1) combines that
 // (b, kv head)'s g·T rows with combine_row (a warp per row) and puts the ticket back to 0 for
 // the next launch. o, lse, tickets: unused (nullptr) when !kFuse.
+// kPipe = 3 (SOMNUS_ATTN_DECODE=ring; 2026-11-28, not yet run on a GPU): K/V go to shared
+// memory by cp.async, kDecRing steps in a ring, kDecRing − 1 steps ahead of the arithmetic.
+// Why: pipe / pipe_wide hold one step (16 KiB a block) in flight, in registers, so a block of
+// 6–8 steps still waits ~6–8 DRAM round trips; the ring keeps 2 steps (32 KiB) per block in
+// flight with fewer registers than the unpiped kernel (ptxas, bf16 D 128 R 4: 147 against 161;
+// 3 blocks per SM: 96 KiB in flight per SM against ~32–48 KiB), and a block's first round trip
+// brings 2 steps. Predicted at S 1024 (6 steps a block): ~3 round trips instead of ~6. Each thread copies and later reads
+// back only its own 16-byte slots, so it waits on its own cp.async groups and no barrier is
+// needed. Keys past k_end are zero-filled by the copy (src-size 0), as the unpiped kernel
+// zeroes them, so with the same U the results are bitwise the unpiped kernel's (checked under
+// the emulation). Dynamic shared memory: decode_ring_bytes<R>() (48 KiB for R ≤ 4), with the
+// 16.6 KiB static merge buffers: 3 blocks per SM fit the H100's 228 KiB.
+template <int R, int kPipe>
+constexpr int decode_u() {  // sub-steps of NSUB keys per step
+  return (R >= 8 ? 2 : 4) / (kPipe == 1 || (kPipe == 2 && R >= 8) ? 2 : 1);
+}
+constexpr int kDecRing = 3;
+template <int R>
+constexpr int decode_ring_bytes() {  // U sub-steps × (K, V) × 16 bytes per thread, per stage
+  return kDecRing * decode_u<R, 3>() * 2 * kDecWarps * 32 * 16;
+}
+
 template <class T, int D, int R, int kPipe = 0, bool kFuse = false>
 __global__ void __launch_bounds__(kDecWarps * 32, 1)
     attn_decode_gqa(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -3320,8 +3343,10 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
   constexpr int LPK = D / V;                           // lanes per key row
   constexpr int KPW = 32 / LPK;                        // keys per warp per sub-step
   constexpr int NSUB = kDecWarps * KPW;                // lane groups = keys per block sub-step
-  constexpr int U = (R >= 8 ? 2 : 4) / (kPipe == 1 || (kPipe == 2 && R >= 8) ? 2 : 1);  // sub-steps per step
+  constexpr int U = decode_u<R, kPipe>();               // sub-steps per step
+  constexpr int kStep = U * NSUB;                      // keys per step
   static_assert(D % V == 0 && LPK <= 32 && 32 % LPK == 0, "head dim / vector width");
+  extern __shared__ __align__(16) unsigned char dec_ring[];  // kPipe == 3: decode_ring_bytes<R>()
   __shared__ float sm_acc[NSUB][R][D];
   __shared__ float sm_m[NSUB][R];
   __shared__ float sm_l[NSUB][R];
@@ -3375,13 +3400,47 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
       }
     }
   };
+  // kPipe == 3: this thread's 16-byte slot for sub-step u's K (kv 0) or V (kv 1) in ring stage
+  // `stage`; consecutive threads, consecutive slots.
+  const auto ring_slot = [&](int stage, int u, int kv) {
+    return reinterpret_cast<uint16_t*>(dec_ring) + (((stage * U + u) * 2 + kv) * (kDecWarps * 32) + threadIdx.x) * 8;
+  };
+  const auto issue_step = [&](int j0, int stage) {  // cp.async of the step at j0 (zero-filled past k_end)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * NSUB + sub;
+      const bool ok = j < k_end;
+      const int64_t off = static_cast<int64_t>(ok ? j : 0) * D;
+      cp_async16(ring_slot(stage, u, 0), reinterpret_cast<const uint16_t*>(kp + off), ok);
+      cp_async16(ring_slot(stage, u, 1), reinterpret_cast<const uint16_t*>(vp + off), ok);
+    }
+  };
+  [[maybe_unused]] const int n_steps = (k_end - k_lo + kStep - 1) / kStep;  // block-uniform
   Vec<T, V> kx[U], vx[U];
-  if constexpr (kPipe > 0) load_step(k_lo, kx, vx);
+  if constexpr (kPipe == 1 || kPipe == 2) load_step(k_lo, kx, vx);
+  if constexpr (kPipe == 3) {  // the ring's first kDecRing − 1 steps; one commit group per step, empty or not
+#pragma unroll
+    for (int st = 0; st < kDecRing - 1; ++st) {
+      if (st < n_steps) issue_step(k_lo + st * kStep, st);
+      cp_async_commit();
+    }
+  }
   // k_end is block-uniform, so every lane runs the same iterations (full-warp shuffles).
-  for (int j0 = k_lo; j0 < k_end; j0 += U * NSUB) {
-    Vec<T, V> kn[U], vn[U];  // kPipe > 0: the next step's keys, in flight during this step's arithmetic
-    if constexpr (kPipe > 0) {
-      load_step(j0 + U * NSUB, kn, vn);
+  int it = 0;
+  for (int j0 = k_lo; j0 < k_end; j0 += kStep, ++it) {
+    Vec<T, V> kn[U], vn[U];  // kPipe 1, 2: the next step's keys, in flight during this step's arithmetic
+    if constexpr (kPipe == 3) {
+      const int ahead = it + kDecRing - 1;
+      if (ahead < n_steps) issue_step(k_lo + ahead * kStep, ahead % kDecRing);
+      cp_async_commit();
+      cp_async_wait<kDecRing - 1>();  // this thread's copies of step `it` have landed
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        kx[u] = *reinterpret_cast<const Vec<T, V>*>(ring_slot(it % kDecRing, u, 0));
+        vx[u] = *reinterpret_cast<const Vec<T, V>*>(ring_slot(it % kDecRing, u, 1));
+      }
+    } else if constexpr (kPipe > 0) {
+      load_step(j0 + kStep, kn, vn);
     } else {
       load_step(j0, kx, vx);
     }
@@ -3419,7 +3478,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
       }
       m[r] = mx;
     }
-    if constexpr (kPipe > 0) {
+    if constexpr (kPipe == 1 || kPipe == 2) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         kx[u] = kn[u];
@@ -3491,21 +3550,38 @@ void with_decode_rows(int rows, F&& f) {
   }
 }
 
-// f(tag) with the attn_decode_gqa instance of `var` as decltype(tag)::value (a constant, so
-// that decode_slots can take it as its template argument).
+// f(tag, smem) with the attn_decode_gqa instance of `var` as decltype(tag)::value (a constant,
+// so that decode_slots can take it as its template argument) and its dynamic shared memory in
+// bytes (the ring's; 0 for the others).
 template <auto K>
 using KernelTag = std::integral_constant<decltype(K), K>;
 template <class T, int D, int R, class F>
 void with_decode_kernel(const DecodeVariant& var, F&& f) {
   if (var.fuse) {
-    f(KernelTag<&attn_decode_gqa<T, D, R, 2, true>>{});
+    f(KernelTag<&attn_decode_gqa<T, D, R, 2, true>>{}, 0);
   } else if (var.pipe == 1) {
-    f(KernelTag<&attn_decode_gqa<T, D, R, 1>>{});
+    f(KernelTag<&attn_decode_gqa<T, D, R, 1>>{}, 0);
   } else if (var.pipe == 2) {
-    f(KernelTag<&attn_decode_gqa<T, D, R, 2>>{});
+    f(KernelTag<&attn_decode_gqa<T, D, R, 2>>{}, 0);
+  } else if (var.pipe == 3) {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 3>>{}, decode_ring_bytes<R>());
   } else {
-    f(KernelTag<&attn_decode_gqa<T, D, R, 0>>{});
+    f(KernelTag<&attn_decode_gqa<T, D, R, 0>>{}, 0);
   }
+}
+
+// Lets Kernel take `bytes` of dynamic shared memory on the current device (needed when its
+// static and dynamic shared memory together pass 48 KiB); once per kernel and device.
+template <auto Kernel>
+void allow_dynamic_smem(int bytes) {
+  if (bytes == 0) return;
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load() & bit) != 0) return;
+  CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit);
 }
 
 // `tickets` (the fused combine: nullptr unless decode_tickets gave them): o and lse are
@@ -3518,9 +3594,11 @@ void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const 
     constexpr int R = decltype(rows_tag)::value;
     DecodeVariant var = decode_variant(R);
     var.fuse = var.fuse && tickets != nullptr;
-    with_decode_kernel<T, D, R>(var, [&](auto tag) {
-      decltype(tag)::value<<<grid, kDecWarps * 32>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part, chunk, d,
-                                       kv_strides(k), o, lse, var.fuse ? tickets : nullptr);
+    with_decode_kernel<T, D, R>(var, [&](auto tag, int smem) {
+      allow_dynamic_smem<decltype(tag)::value>(smem);
+      decltype(tag)::value<<<grid, kDecWarps * 32, smem>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
+                                                            chunk, d, kv_strides(k), o, lse,
+                                                            var.fuse ? tickets : nullptr);
     });
   });
   CUDA_CHECK_LAUNCH();
@@ -3558,7 +3636,7 @@ unsigned* decode_tickets(int64_t needed) {
 // Slots (SMs × resident blocks of Kernel at `threads` threads) of the current device, asked
 // once per kernel, block size and device (a decode runs per layer per token).
 template <auto Kernel>
-int64_t decode_slots(int threads) {
+int64_t decode_slots(int threads, int smem = 0) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int64_t> cache[kMaxDevices][kRowWarps + 1] = {};
   int dev = 0;
@@ -3567,7 +3645,8 @@ int64_t decode_slots(int threads) {
   if (dev < kMaxDevices && cache[dev][slot].load() > 0) return cache[dev][slot].load();
   int sms = 0, per_sm = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
+  allow_dynamic_smem<Kernel>(smem);
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, smem));
   const int64_t slots = static_cast<int64_t>(sms) * std::max(per_sm, 1);
   if (dev < kMaxDevices) cache[dev][slot].store(slots);
   return slots;
@@ -3579,8 +3658,8 @@ int64_t auto_decode_splits(const AttnDims& d, bool gqa) {
   if (gqa) {
     with_decode_rows(d.g * d.T, [&](auto rows_tag) {
       constexpr int R = decltype(rows_tag)::value;
-      with_decode_kernel<T, D, R>(decode_variant(R), [&](auto tag) {
-        slots = decode_slots<decltype(tag)::value>(kDecWarps * 32);
+      with_decode_kernel<T, D, R>(decode_variant(R), [&](auto tag, int smem) {
+        slots = decode_slots<decltype(tag)::value>(kDecWarps * 32, smem);
       });
     });
     blocks = static_cast<int64_t>(d.B) * d.Hkv;

@@ -327,8 +327,8 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
   }
 }
 
-// The decode paths by name: "gqa" (the defaults), "pipe_wide", "pipe", "unpiped" (the GQA
-// kernel's variants, SOMNUS_ATTN_DECODE), "fused" (SOMNUS_DECODE_COMBINE=fused: the combine in
+// The decode paths by name: "gqa" (the defaults), "pipe_wide", "pipe", "unpiped", "ring" (the
+// GQA kernel's variants, SOMNUS_ATTN_DECODE), "fused" (SOMNUS_DECODE_COMBINE=fused: the combine in
 // the decode kernel's last block per (b, kv head)), "simt" (the SIMT row kernel). "" unsets both.
 void set_decode_path(const std::string& path) {
   unsetenv("SOMNUS_ATTN_DECODE");
@@ -339,7 +339,7 @@ void set_decode_path(const std::string& path) {
     setenv("SOMNUS_ATTN_DECODE", path.c_str(), 1);
   }
 }
-const char* const kDecodePaths[] = {"gqa", "pipe_wide", "pipe", "unpiped", "fused", "simt"};
+const char* const kDecodePaths[] = {"gqa", "pipe_wide", "pipe", "unpiped", "ring", "fused", "simt"};
 
 // Both decode kernels: the GQA block kernel (rows = g·T <= 8; by default its pipe_wide variant
 // for 4 rows, the unpipelined one otherwise) with each variant by name, and the SIMT row

@@ -84,7 +84,7 @@ bundles = {
         function("__device__ __forceinline__ float to_f"),
         function("__device__ __forceinline__ float mma_round"),
         section("constexpr int kRowWarps", "template <class F>\ninline void visit_head_dim"),
-        section("constexpr int kDecWarps", "// f(tag) with the attn_decode_gqa instance"),
+        section("constexpr int kDecWarps", "// f(tag, smem) with the attn_decode_gqa instance"),
         function("__global__ void attn_combine"),
     ],
     # the tensor-core backward: attn_bwd_dkdv_mma, attn_bwd_dq_mma, the Hopper attn_bwd_dkdv_wg and
