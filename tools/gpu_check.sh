@@ -27,25 +27,10 @@ cd "$(dirname "$0")/.."
 deadline="${SOMNUS_GPU_CHECK_DEADLINE_S:-540}"
 status=0
 if [ "${1:-}" = --prebuilt ]; then
-  prebuilt="${2:?--prebuilt needs the folder (or .tar.xz) tools/gpu_pack.sh wrote}"
-  if [[ "$prebuilt" == *.tar.xz ]]; then
-    rm -rf /tmp/somnus_prebuilt && mkdir -p /tmp/somnus_prebuilt && tar xJf "$prebuilt" -C /tmp/somnus_prebuilt || exit 1
-    prebuilt="/tmp/somnus_prebuilt/$(basename "$prebuilt" .tar.xz)"
-  fi
+  . tools/gpu_prebuilt.sh
+  use_prebuilt "${2:-}" gpu_check || exit 1
   out="${OUT:-$prebuilt/gpu_check}"
   mkdir -p "$out"
-  test_bins=$(ls "$prebuilt"/bin/*_test_cuda_* 2>/dev/null)
-  bench_bins=$(ls "$prebuilt"/bin/bench_*cuda* 2>/dev/null)
-  [ -n "$test_bins" ] || { echo "gpu_check: no CUDA test binaries in $prebuilt/bin"; exit 1; }
-  # The packed libraries first; the CUDA libraries (cuBLASLt) from this machine's toolkit.
-  export LD_LIBRARY_PATH="$prebuilt/lib:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  missing=$(ldd $test_bins $bench_bins 2>/dev/null | awk '/not found/ {print $1}' | sort -u)
-  for lib in $missing; do  # e.g. a pip-installed cuBLAS: look for it where Python keeps it
-    found=$(timeout 60 find /usr /opt /lib /root -name "$lib" 2>/dev/null | head -1)
-    [ -n "$found" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")" && echo "gpu_check: $lib from $found"
-  done
-  missing=$(ldd $test_bins $bench_bins 2>/dev/null | awk '/not found/ {print $1}' | sort -u)
-  [ -z "$missing" ] || { echo "gpu_check: shared libraries not found: $missing"; exit 1; }
   ldd "$(echo $test_bins | cut -d' ' -f1)" > "$out/ldd.txt" 2>&1
 else
   build_dir="${1:-build-gpu}"

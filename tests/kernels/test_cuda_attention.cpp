@@ -355,6 +355,9 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
       {1, 4, 4, 1, 77, 0, false, 0},     // g = 1, not causal
   };
   for (const char* path : kDecodePaths) {
+    // Quick mode (the sanitizer runs): not "pipe" and "unpiped", which are no default at 4 rows
+    // ("gqa" runs unpiped for 1, 2 and 8 rows).
+    if (somnus::testing::quick_mode() && (std::string(path) == "pipe" || std::string(path) == "unpiped")) continue;
     set_decode_path(path);
     for (DType dt : {DType::bf16, DType::f32}) {
       for (int64_t D : {64, 128}) {
