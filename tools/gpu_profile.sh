@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "${1:-}" = --prebuilt ] || { echo "usage: tools/gpu_profile.sh --prebuilt PACK[.tar.xz] [NAME=ROW_REGEX@KERNEL_REGEX ...]"; exit 2; }
 . tools/gpu_prebuilt.sh
-use_prebuilt "${2:-}" gpu_profile || exit 1
+use_prebuilt "${2:-}" gpu_profile bench || exit 1
 shift 2
 out="${OUT:-ncu_out}"
 mkdir -p "$out"

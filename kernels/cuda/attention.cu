@@ -3321,8 +3321,11 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // back only its own 16-byte slots, so it waits on its own cp.async groups and no barrier is
 // needed. Keys past k_end are zero-filled by the copy (src-size 0), as the unpiped kernel
 // zeroes them, so with the same U the results are bitwise the unpiped kernel's (checked under
-// the emulation). Dynamic shared memory: decode_ring_bytes<R>() (48 KiB for R ≤ 4), with the
-// 16.6 KiB static merge buffers: 3 blocks per SM fit the H100's 228 KiB.
+// the emulation, which never contracts a product into an FMA; on nvcc the same source could be
+// contracted differently in the two kernels, so the GPU tests compare within tolerance).
+// Dynamic shared memory: decode_ring_bytes<R>() (48 KiB for R ≤ 4, 24 KiB for R = 8), with
+// the static merge buffers (16.25 KiB at R = 4): 3 blocks per SM fit the H100's 228 KiB. At R
+// = 1 and 2 the 48 KiB cap it at 4 blocks per SM where the unpiped kernel fits more (untimed).
 template <int R, int kPipe>
 constexpr int decode_u() {  // sub-steps of NSUB keys per step
   return (R >= 8 ? 2 : 4) / (kPipe == 1 || (kPipe == 2 && R >= 8) ? 2 : 1);

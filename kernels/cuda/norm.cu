@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kThreads)
           C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
           if (di != nullptr) d += static_cast<C>(dv.v[j]);
           o.v[j] = static_cast<T>(d);
-          dw[vi * V + j] += gy * xh;
+          dw[vi * V + j] = fma(gy, xh, dw[vi * V + j]);  // one rounding, as every dw accumulator here
           if (db != nullptr) db[vi * V + j] += gy;
         }
         store_vec<V>(dr, vi, o);
@@ -533,11 +533,11 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
             o.v[j] = to_storage<T>(d);
             if constexpr (kPair) {
               AccWB<C> a = acc_p[(i * V + j) * kThreads + t];
-              a.w += gy * xh;
+              a.w = fma(gy, xh, a.w);
               a.b += gy;
               acc_p[(i * V + j) * kThreads + t] = a;
             } else {
-              acc_w[(i * V + j) * kThreads + t] += gy * xh;
+              acc_w[(i * V + j) * kThreads + t] = fma(gy, xh, acc_w[(i * V + j) * kThreads + t]);
               if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
             }
           }
@@ -607,10 +607,14 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
 // memory accesses per element, and the same 1024 threads per SM at ≤ 64 registers (bf16, C =
 // 4096: 2 blocks of 512). Per element and row that removes a shared load and store for dw and
 // for db: 4 of the ~52 instructions per element (ncu, run 6: ~840 per thread and row of 16).
-// Thread t owns the vectors t, t + TB, ... of every row: when TB = 256 that is the default
-// kernel's layout (G = 1) and dh, dw, db are bitwise its results. For any TB, dw and db are: each
-// thread adds its columns' products in row order as the default does; dh's row sums Σg, Σg∘x̂
-// are then formed over TB threads (a different grouping: not bitwise, checked against f64).
+// Thread t owns the vectors t, t + TB, ... of every row. For any TB, dw and db are bitwise the
+// default kernel's: each thread adds its columns' products in row order as the default does,
+// dw with one rounding per row (an explicit fma in every backward here: left to nvcc, the
+// contraction of `acc += gy * xh` differed between the shared-memory accumulators, always FFMA,
+// and these registers, where the branch on dh_in split the loop and left 7 of 8 products as
+// FMUL + FADD — seen in the SASS by a review, 2026-11-27). dh's row sums Σg, Σg∘x̂ are formed
+// over TB threads: at TB = 256 the default's layout (G = 1), bitwise under the emulation (which
+// never contracts; on nvcc not guaranteed), otherwise a different grouping, checked against f64.
 // The chunks take 1.94 waves at 2 blocks per SM (264 slots, 512 chunks of a 16384-row batch)
 // instead of one at 4 (528 slots); at 32 rows a chunk the tail is ~3% of the kernel, as before.
 template <class T, int V, int NV, int TB, bool kDb>
@@ -680,7 +684,7 @@ __global__ void __launch_bounds__(TB, 1024 / TB)
             C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
             if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
             o.v[j] = to_storage<T>(d);
-            aw[i][j] += gy * xh;
+            aw[i][j] = fma(gy, xh, aw[i][j]);  // explicit: see the comment above the kernel
             if constexpr (kDb) ab[i][j] += gy;
           }
           store_vec<V>(dr, vi, o);

@@ -60,6 +60,7 @@ using std::max;
 using std::min;
 using std::isinf;  // CUDA has them unqualified
 using std::isnan;
+using std::fma;    // fma(float, float, float) is fmaf, as on the device
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
