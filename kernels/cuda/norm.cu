@@ -62,7 +62,7 @@
 // accumulators as 16- or 8-byte vectors (4× / 2× fewer shared accesses) — ptxas then spilled
 // 14–54 bytes in bf16 NV = 2 (the 16384×4096 case, which fits 64 registers, 4 blocks per SM,
 // the 512 chunks in one wave). Next to try, on a GPU (both opt-in, written 2026-11-27/28, not
-// yet run): dw and db as one 8-byte pair per column (SOMNUS_NORM_BWD=pair, kPair below, 8 bytes
+// yet run): dw and db as one 8-byte pair per column (SOMNUS_NORM_BWD=pair, kPair below, 16 bytes
 // of spill; bench rows layer_norm_bwd_pair/*); the accumulators in registers with half the
 // elements per thread and twice the threads per block (SOMNUS_NORM_BWD=racc,
 // norm_backward_racc_kernel: 512 threads at C = 4096, 64 registers, no spill, the same 1024
@@ -426,6 +426,70 @@ __device__ __forceinline__ T to_storage(C x) {
   }
 }
 
+// One row of the register backwards (norm_backward_reg_kernel, norm_backward_racc_kernel): the
+// thread's NV vectors of V elements at vector indices i · kStride + lt (own[i]: in the row; live:
+// the thread's group has a row, else it only joins the reduction) are loaded once, Σg and Σg∘x̂
+// (g = dy∘w) reduced over the thread's group of TB / G threads, dh written, and acc(i, j, gy,
+// x̂) called per element for the caller's dw / db accumulators. inv_n = 1 / n.
+template <class T, int V, int NV, int G, int TB, class Acc>
+__device__ __forceinline__ void norm_backward_row(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
+                                                  const T* __restrict__ h, const T* __restrict__ w,
+                                                  const compute_t<T>* __restrict__ mean,
+                                                  const compute_t<T>* __restrict__ rstd, T* __restrict__ dh,
+                                                  int64_t r, int64_t n, compute_t<T> inv_n, int lt,
+                                                  const bool (&own)[NV], bool live, compute_t<T>* red, Acc&& acc) {
+  using C = compute_t<T>;
+  constexpr int kStride = TB / G;
+  const T* gr = dy + r * n;
+  const T* hr = h + r * n;
+  const T* di = dh_in != nullptr ? dh_in + r * n : nullptr;
+  Vec<T, V> gv[NV], hv[NV], dv[NV];
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (live && own[i]) {
+      const int64_t vi = static_cast<int64_t>(i) * kStride + lt;
+      gv[i] = load_vec<V>(gr, vi);
+      hv[i] = load_vec<V>(hr, vi);
+      if (di != nullptr) dv[i] = load_vec<V>(di, vi);
+    }
+  }
+  const C mu = live && layer ? mean[r] : C(0), rs = live ? rstd[r] : C(0);
+  C sg = 0, sgx = 0;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (live && own[i]) {
+      const Vec<T, V> wv = load_vec<V>(w, static_cast<int64_t>(i) * kStride + lt);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const C g = static_cast<C>(gv[i].v[j]) * static_cast<C>(wv.v[j]);
+        sg += g;
+        sgx += g * (static_cast<C>(hv[i].v[j]) - mu) * rs;
+      }
+    }
+  }
+  group_allreduce_sum2<G, C, TB>(sg, sgx, red);
+  const C mg = layer ? sg * inv_n : C(0), mgx = sgx * inv_n;
+  T* dr = dh + r * n;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    if (live && own[i]) {
+      const int64_t vi = static_cast<int64_t>(i) * kStride + lt;
+      const Vec<T, V> wv = load_vec<V>(w, vi);  // (C,): L1/L2-resident, not held across the reduction
+      Vec<T, V> o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const C gy = static_cast<C>(gv[i].v[j]);
+        const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
+        C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
+        if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
+        o.v[j] = to_storage<T>(d);
+        acc(i, j, gy, xh);
+      }
+      store_vec<V>(dr, vi, o);
+    }
+  }
+}
+
 // Register-resident backward (v2, see the header). The block's G groups of kTPG = kThreads / G
 // threads each take every G-th row of the chunk (G > 1 for short rows, so that most threads
 // work); NV: vectors of V elements per thread per row. kDb: db_part is written (LayerNorm with
@@ -441,8 +505,8 @@ __device__ __forceinline__ T to_storage(C x) {
 // (checked under the emulation, 132 cases, before and after).
 // kPair (SOMNUS_NORM_BWD=pair, with kDb only; 2026-11-27, not yet run on a GPU): dw and db of
 // a slot side by side (AccWB), one 8-byte (f32) / 16-byte (f64) shared access each way instead
-// of two; the same arithmetic in the same order. ptxas spills 8 bytes in the bf16 NV = 2
-// instance at its 64 registers (the default layout does not spill); whether that costs more
+// of two; the same arithmetic in the same order. ptxas spills 16 bytes in the bf16 NV = 2
+// instance at its 64 registers (8 before dw's explicit fma; the default layout does not spill); whether that costs more
 // than the 16 shared accesses per row and thread it saves is for a GPU to say (bench rows
 // layer_norm_bwd_pair/*).
 template <class C>
@@ -488,62 +552,18 @@ __global__ void __launch_bounds__(kThreads, NV <= 2 ? 4 : 2)
     for (int64_t rb = r0; rb < r_end; rb += G) {  // the same trip count for every group
       const int64_t r = rb + grp;
       const bool live = G == 1 || r < r_end;  // a group past the chunk's end still joins the reduction
-      const T* gr = dy + r * n;
-      const T* hr = h + r * n;
-      const T* di = dh_in != nullptr ? dh_in + r * n : nullptr;
-      Vec<T, V> gv[NV], hv[NV], dv[NV];
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (live && own[i]) {
-          const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
-          gv[i] = load_vec<V>(gr, vi);
-          hv[i] = load_vec<V>(hr, vi);
-          if (di != nullptr) dv[i] = load_vec<V>(di, vi);
+      norm_backward_row<T, V, NV, G, kThreads>(layer, dy, dh_in, h, w, mean, rstd, dh, r, n, inv_n, lt, own, live, red,
+                                               [&](int i, int j, C gy, C xh) {
+        if constexpr (kPair) {
+          AccWB<C> a = acc_p[(i * V + j) * kThreads + t];
+          a.w = fma(gy, xh, a.w);
+          a.b += gy;
+          acc_p[(i * V + j) * kThreads + t] = a;
+        } else {
+          acc_w[(i * V + j) * kThreads + t] = fma(gy, xh, acc_w[(i * V + j) * kThreads + t]);
+          if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
         }
-      }
-      const C mu = live && layer ? mean[r] : C(0), rs = live ? rstd[r] : C(0);
-      C sg = 0, sgx = 0;
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (live && own[i]) {
-          const Vec<T, V> wv = load_vec<V>(w, static_cast<int64_t>(i) * kTPG + lt);
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const C g = static_cast<C>(gv[i].v[j]) * static_cast<C>(wv.v[j]);
-            sg += g;
-            sgx += g * (static_cast<C>(hv[i].v[j]) - mu) * rs;
-          }
-        }
-      }
-      group_allreduce_sum2<G>(sg, sgx, red);
-      const C mg = layer ? sg * inv_n : C(0), mgx = sgx * inv_n;
-      T* dr = dh + r * n;
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (live && own[i]) {
-          const int64_t vi = static_cast<int64_t>(i) * kTPG + lt;
-          const Vec<T, V> wv = load_vec<V>(w, vi);  // (C,): L1/L2-resident, not held across the reduction
-          Vec<T, V> o;
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const C gy = static_cast<C>(gv[i].v[j]);
-            const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
-            C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
-            if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
-            o.v[j] = to_storage<T>(d);
-            if constexpr (kPair) {
-              AccWB<C> a = acc_p[(i * V + j) * kThreads + t];
-              a.w = fma(gy, xh, a.w);
-              a.b += gy;
-              acc_p[(i * V + j) * kThreads + t] = a;
-            } else {
-              acc_w[(i * V + j) * kThreads + t] = fma(gy, xh, acc_w[(i * V + j) * kThreads + t]);
-              if constexpr (kDb) acc_b[(i * V + j) * kThreads + t] += gy;
-            }
-          }
-          store_vec<V>(dr, vi, o);
-        }
-      }
+      });
     }
     // The chunk's partial row, written once.
     C* dw = dw_part + k * n;
@@ -641,55 +661,11 @@ __global__ void __launch_bounds__(TB, 1024 / TB)
     }
     const int64_t r0 = k * kNormRowsPerChunk, r_end = min(rows, r0 + kNormRowsPerChunk);
     for (int64_t r = r0; r < r_end; ++r) {
-      const T* gr = dy + r * n;
-      const T* hr = h + r * n;
-      const T* di = dh_in != nullptr ? dh_in + r * n : nullptr;
-      Vec<T, V> gv[NV], hv[NV], dv[NV];
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (own[i]) {
-          const int64_t vi = static_cast<int64_t>(i) * TB + t;
-          gv[i] = load_vec<V>(gr, vi);
-          hv[i] = load_vec<V>(hr, vi);
-          if (di != nullptr) dv[i] = load_vec<V>(di, vi);
-        }
-      }
-      const C mu = layer ? mean[r] : C(0), rs = rstd[r];
-      C sg = 0, sgx = 0;
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (own[i]) {
-          const Vec<T, V> wv = load_vec<V>(w, static_cast<int64_t>(i) * TB + t);
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const C g = static_cast<C>(gv[i].v[j]) * static_cast<C>(wv.v[j]);
-            sg += g;
-            sgx += g * (static_cast<C>(hv[i].v[j]) - mu) * rs;
-          }
-        }
-      }
-      group_allreduce_sum2<1, C, TB>(sg, sgx, red);
-      const C mg = layer ? sg * inv_n : C(0), mgx = sgx * inv_n;
-      T* dr = dh + r * n;
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        if (own[i]) {
-          const int64_t vi = static_cast<int64_t>(i) * TB + t;
-          const Vec<T, V> wv = load_vec<V>(w, vi);  // (C,): L1/L2-resident, not held across the reduction
-          Vec<T, V> o;
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const C gy = static_cast<C>(gv[i].v[j]);
-            const C xh = (static_cast<C>(hv[i].v[j]) - mu) * rs;
-            C d = rs * (gy * static_cast<C>(wv.v[j]) - mg - xh * mgx);
-            if (di != nullptr) d += static_cast<C>(dv[i].v[j]);
-            o.v[j] = to_storage<T>(d);
-            aw[i][j] = fma(gy, xh, aw[i][j]);  // explicit: see the comment above the kernel
-            if constexpr (kDb) ab[i][j] += gy;
-          }
-          store_vec<V>(dr, vi, o);
-        }
-      }
+      norm_backward_row<T, V, NV, 1, TB>(layer, dy, dh_in, h, w, mean, rstd, dh, r, n, inv_n, t, own, true, red,
+                                         [&](int i, int j, C gy, C xh) {
+        aw[i][j] = fma(gy, xh, aw[i][j]);  // explicit: see the comment above the kernel
+        if constexpr (kDb) ab[i][j] += gy;
+      });
     }
     // The chunk's partial row: the thread's own columns, written once.
     C* dwr = dw_part + k * n;
