@@ -521,7 +521,8 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
 // rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
 // (kernels/decode_splits.h), so the two are compared in one run. `variant`: SOMNUS_ATTN_DECODE
 // for the other variants of the GQA kernel ("pipe"; "unpiped", the default until 2026-11-27;
-// "ring", the cp.async ring), or "fused" for SOMNUS_DECODE_COMBINE=fused; "" the default
+// "ring", the cp.async ring), "fused" for SOMNUS_DECODE_COMBINE=fused (on pipe_wide), or
+// "ring_fused" for both ring and fused; "" the default
 // (pipe_wide at this shape). Each row takes the automatic split count for its own kernel's
 // occupancy: on an H100, 4 splits for pipe_wide and fused (2 blocks per SM), 6 for pipe,
 // unpiped and (by its registers and shared memory, not yet run) ring (3 per SM), so a row compares
@@ -534,12 +535,15 @@ void BM_attention_decode(benchmark::State& state, bool s256, const char* variant
   Generator g(5);
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
-  const char* env = std::string(variant) == "fused" ? "SOMNUS_DECODE_COMBINE" : "SOMNUS_ATTN_DECODE";
-  if (*variant != '\0') setenv(env, variant, 1);
+  const std::string var = variant;
+  if (var == "fused" || var == "ring_fused") setenv("SOMNUS_DECODE_COMBINE", "fused", 1);
+  if (var == "ring_fused") setenv("SOMNUS_ATTN_DECODE", "ring", 1);
+  if (!var.empty() && var != "fused" && var != "ring_fused") setenv("SOMNUS_ATTN_DECODE", variant, 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });
-  unsetenv(env);
+  unsetenv("SOMNUS_DECODE_COMBINE");
+  unsetenv("SOMNUS_ATTN_DECODE");
   report_bandwidth(state, mean, 2 * B * Hkv * S * D * 2);
 }
 
@@ -591,7 +595,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* variant : {"", "_s256", "_pipe", "_unpiped", "_ring", "_fused"}) {
+  for (const char* variant : {"", "_s256", "_pipe", "_unpiped", "_ring", "_fused", "_ring_fused"}) {
     const std::string v = variant;
     RegisterBenchmark(("attention_decode" + v + "/bf16/B8_Hq32_Hkv8_D128").c_str(), BM_attention_decode,
                       v == "_s256", v == "_s256" || v.empty() ? "" : variant + 1)

@@ -7,7 +7,7 @@
 #
 # Without targets it profiles the kernels of issue 4's open items: the LayerNorm backward (bf16
 # 16384×4096: the default, SOMNUS_NORM_BWD=racc and =pair) and the GQA decode at S 1024 (the
-# default pipe_wide, =ring, and the fused combine). One file per target, $OUT/ncu_NAME.txt
+# default pipe_wide, =ring, and the fused combine on each). One file per target, $OUT/ncu_NAME.txt
 # (OUT defaults to ./ncu_out), with ncu's SpeedOfLight, Occupancy, LaunchStats, WarpStateStats,
 # SchedulerStats and MemoryWorkloadAnalysis sections. ncu locks the SM clock at its base (1.56
 # GHz on the H100 of 2026-11-27), so its durations are longer than the benchmark's. Each target
@@ -34,6 +34,7 @@ if [ ${#targets[@]} -eq 0 ]; then
     "decode=^attention_decode/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_ring=^attention_decode_ring/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_fused=^attention_decode_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
+    "decode_ring_fused=^attention_decode_ring_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
   )
 fi
 status=0

@@ -650,7 +650,8 @@ bool env_equals(const char* name, const char* value) {
 // SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2, =ring 3; unset: 2 for R = 4, the rows the H100
 // runs timed (g = 4, T = 1), and 0, the kernel before 2026-11-27, for R = 1, 2, 8, where the
 // pipelined kernels hold fewer blocks per SM and nothing was timed); kFuse from
-// SOMNUS_DECODE_COMBINE=fused, which is built on kPipe = 2 only.
+// SOMNUS_DECODE_COMBINE=fused, which is built on the ring (kPipe = 3) when
+// SOMNUS_ATTN_DECODE=ring, else on kPipe = 2.
 struct DecodeVariant {
   int pipe;
   bool fuse;
@@ -661,7 +662,7 @@ DecodeVariant decode_variant(int R) {
   if (env_equals("SOMNUS_ATTN_DECODE", "unpiped")) pipe = 0;
   if (env_equals("SOMNUS_ATTN_DECODE", "pipe")) pipe = 1;
   if (env_equals("SOMNUS_ATTN_DECODE", "ring")) pipe = 3;
-  if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || fuse) pipe = 2;
+  if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || (fuse && pipe != 3)) pipe = 2;
   return {pipe, fuse};
 }
 
@@ -3560,7 +3561,9 @@ template <auto K>
 using KernelTag = std::integral_constant<decltype(K), K>;
 template <class T, int D, int R, class F>
 void with_decode_kernel(const DecodeVariant& var, F&& f) {
-  if (var.fuse) {
+  if (var.fuse && var.pipe == 3) {
+    f(KernelTag<&attn_decode_gqa<T, D, R, 3, true>>{}, decode_ring_bytes<R>());
+  } else if (var.fuse) {
     f(KernelTag<&attn_decode_gqa<T, D, R, 2, true>>{}, 0);
   } else if (var.pipe == 1) {
     f(KernelTag<&attn_decode_gqa<T, D, R, 1>>{}, 0);

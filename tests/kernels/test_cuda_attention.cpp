@@ -329,12 +329,14 @@ TEST(CudaAttention, DeterministicBackwardIsBitwiseRepeatable) {
 
 // The decode paths by name: "gqa" (the defaults), "pipe_wide", "pipe", "unpiped", "ring" (the
 // GQA kernel's variants, SOMNUS_ATTN_DECODE), "fused" (SOMNUS_DECODE_COMBINE=fused: the combine in
-// the decode kernel's last block per (b, kv head)), "simt" (the SIMT row kernel). "" unsets both.
+// the decode kernel's last block per (b, kv head), on pipe_wide), "ring_fused" (the same on the
+// ring), "simt" (the SIMT row kernel). "" unsets both.
 void set_decode_path(const std::string& path) {
   unsetenv("SOMNUS_ATTN_DECODE");
   unsetenv("SOMNUS_DECODE_COMBINE");
-  if (path == "fused") {
+  if (path == "fused" || path == "ring_fused") {
     setenv("SOMNUS_DECODE_COMBINE", "fused", 1);
+    if (path == "ring_fused") setenv("SOMNUS_ATTN_DECODE", "ring", 1);
   } else if (!path.empty() && path != "gqa") {
     setenv("SOMNUS_ATTN_DECODE", path.c_str(), 1);
   }
@@ -387,8 +389,9 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
 }
 
 // The fused combine (SOMNUS_DECODE_COMBINE=fused) runs combine_row, attn_combine's own code, in
-// the last block of each (b, kv head) of the pipe_wide kernel: o and lse must be bitwise the
-// two-launch pipe_wide result, and a second call (its tickets back at 0) the same again.
+// the last block of each (b, kv head) of the pipe_wide kernel, or of the ring's: o and lse must
+// be bitwise that kernel's two-launch result, and a second call (its tickets back at 0) the same
+// again.
 TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator g(44);
@@ -400,16 +403,18 @@ TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
       const Tensor q = randn({c.B, c.Hq, c.T, c.D}, g, dt, gpu());
       const Tensor k = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu()), v = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu());
       for (int64_t splits : {0, 1, 7}) {
-        SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {}", splits));
-        set_decode_path("pipe_wide");
-        const AttentionOutput two = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
-        set_decode_path("fused");
-        const AttentionOutput f1 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
-        const AttentionOutput f2 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
-        set_decode_path("");
-        EXPECT_EQ(f1.o.to(Device::cpu()).to_vector(), two.o.to(Device::cpu()).to_vector());
-        EXPECT_EQ(f1.lse.to(Device::cpu()).to_vector(), two.lse.to(Device::cpu()).to_vector());
-        EXPECT_EQ(f2.o.to(Device::cpu()).to_vector(), f1.o.to(Device::cpu()).to_vector());
+        for (const char* base : {"pipe_wide", "ring"}) {  // fused on each: "fused", "ring_fused"
+          SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {} {}", splits, base));
+          set_decode_path(base);
+          const AttentionOutput two = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+          set_decode_path(std::string(base) == "ring" ? "ring_fused" : "fused");
+          const AttentionOutput f1 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+          const AttentionOutput f2 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
+          set_decode_path("");
+          EXPECT_EQ(f1.o.to(Device::cpu()).to_vector(), two.o.to(Device::cpu()).to_vector());
+          EXPECT_EQ(f1.lse.to(Device::cpu()).to_vector(), two.lse.to(Device::cpu()).to_vector());
+          EXPECT_EQ(f2.o.to(Device::cpu()).to_vector(), f1.o.to(Device::cpu()).to_vector());
+        }
       }
     }
   }

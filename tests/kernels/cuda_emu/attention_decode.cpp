@@ -6,7 +6,8 @@
 // Checks: o within 1e-2 (bf16) / 1e-5 (f32) relative L2, lse within 1e-5 relative, all finite;
 // with the default pipe_wide kernel, the fused combine (last block per (b, kv head)) bitwise
 // the two-launch result, its tickets back to 0; with the unpiped kernel, the cp.async ring
-// (kPipe 3) bitwise its partials.
+// (kPipe 3) bitwise its partials and, with more than one split, the ring's fused combine
+// bitwise the two-launch result.
 // Exit status = the number of failing cases.
 #include <string>
 
@@ -84,6 +85,23 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
     });
     ring_ok = std::memcmp(o_part3.data(), o_part.data(), o_part.size() * sizeof(float)) == 0 &&
               std::memcmp(lse_part3.data(), lse_part.data(), lse_part.size() * sizeof(float)) == 0;
+    // The fused combine on the ring (SOMNUS_ATTN_DECODE=ring + SOMNUS_DECODE_COMBINE=fused), where
+    // there are splits to combine: o and lse bitwise the two-launch result, tickets back at 0.
+    if (n_split > 1) {
+      std::vector<float> lse4(rows, NAN);
+      std::vector<T> o4(o.size(), from_f<T>(NAN));
+      std::vector<unsigned> tickets(size_t(c.B) * c.Hkv, 0u);
+      with_decode_rows(d.g * c.T, [&](auto rows_tag) {
+        constexpr int R = decltype(rows_tag)::value;
+        launch(n_split, c.B * c.Hkv, kDecWarps * 32, decode_ring_bytes<R>(), [&] {
+          attn_decode_gqa<T, D, R, 3, true>(q.data(), k.data(), v.data(), o_part3.data(), lse_part3.data(), chunk, d,
+                                            kvs, o4.data(), lse4.data(), tickets.data());
+        });
+      });
+      ring_ok = ring_ok && std::memcmp(o4.data(), o.data(), o.size() * sizeof(T)) == 0 &&
+                std::memcmp(lse4.data(), lse.data(), lse.size() * sizeof(float)) == 0;
+      for (unsigned t : tickets) ring_ok = ring_ok && t == 0u;
+    }
   }
   // The fused combine (SOMNUS_DECODE_COMBINE=fused, with pipe 2): the last block of each
   // (b, kv head) combines; o and lse bitwise the two-launch result's, every ticket back to 0.
@@ -143,7 +161,7 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
               is_bf16 ? "bf16" : "f32 ", D, c.B, c.Hq, c.Hkv, c.T, c.S, c.cap, c.causal ? "causal" : "full", c.q_offset,
               n_split, e, lerr,
               gqa && pipe == 2   ? (fused_ok ? " fused = bitwise" : " fused != (bitwise expected)")
-              : gqa && pipe == 0 ? (ring_ok ? " ring = bitwise" : " ring != (bitwise expected)")
+              : gqa && pipe == 0 ? (ring_ok ? " ring (+fused) = bitwise" : " ring != (bitwise expected)")
                                  : "");
   std::fflush(stdout);
   return ok ? 0 : 1;
