@@ -63,7 +63,7 @@
 // 14–54 bytes in bf16 NV = 2 (the 16384×4096 case, which fits 64 registers, 4 blocks per SM,
 // the 512 chunks in one wave). Next to try, on a GPU (both opt-in, written 2026-11-27/28, not
 // yet run): dw and db as one 8-byte pair per column (SOMNUS_NORM_BWD=pair, kPair below, 16 bytes
-// of spill; bench rows layer_norm_bwd_pair/*); the accumulators in registers with half the
+// of spill, 8 with the row body inline; bench rows layer_norm_bwd_pair/*); the accumulators in registers with half the
 // elements per thread and twice the threads per block (SOMNUS_NORM_BWD=racc,
 // norm_backward_racc_kernel: 512 threads at C = 4096, 64 registers, no spill, the same 1024
 // threads per SM; bench rows {layer,rms}_norm_bwd_racc/*). Its risk: each row's two block sums
@@ -431,6 +431,10 @@ __device__ __forceinline__ T to_storage(C x) {
 // the thread's group has a row, else it only joins the reduction) are loaded once, Σg and Σg∘x̂
 // (g = dy∘w) reduced over the thread's group of TB / G threads, dh written, and acc(i, j, gy,
 // x̂) called per element for the caller's dw / db accumulators. inv_n = 1 / n.
+// The body was inline in both kernels until 2026-11-27. With it here, the PTX of the measured
+// instances (bf16 and f32, G = 1, the default layout) is the same modulo register names, but
+// ptxas allocates some instances differently: f32 NV 1 without db 55 → 58 registers, and the
+// pair layout's spill 8 → 16 bytes (a review's ptxas comparison).
 template <class T, int V, int NV, int G, int TB, class Acc>
 __device__ __forceinline__ void norm_backward_row(bool layer, const T* __restrict__ dy, const T* __restrict__ dh_in,
                                                   const T* __restrict__ h, const T* __restrict__ w,
@@ -505,10 +509,12 @@ __device__ __forceinline__ void norm_backward_row(bool layer, const T* __restric
 // (checked under the emulation, 132 cases, before and after).
 // kPair (SOMNUS_NORM_BWD=pair, with kDb only; 2026-11-27, not yet run on a GPU): dw and db of
 // a slot side by side (AccWB), one 8-byte (f32) / 16-byte (f64) shared access each way instead
-// of two; the same arithmetic in the same order. ptxas spills 16 bytes in the bf16 NV = 2
-// instance at its 64 registers (8 before dw's explicit fma; the default layout does not spill); whether that costs more
-// than the 16 shared accesses per row and thread it saves is for a GPU to say (bench rows
-// layer_norm_bwd_pair/*).
+// of two; the same arithmetic in the same order. ptxas spills 16 bytes (32 reloaded) in the
+// bf16 NV = 2 instance at its 64 registers since the row body moved into norm_backward_row
+// (8 / 4 with the body inline, as at 9b8fd57; a review, 2026-11-27); the default layout does
+// not spill. Whether that costs more than the 16 shared accesses per row and thread it saves
+// is for a GPU to say (bench rows layer_norm_bwd_pair/*); if pair comes close, try its body
+// inline again first.
 template <class C>
 struct alignas(2 * sizeof(C)) AccWB {
   C w, b;
