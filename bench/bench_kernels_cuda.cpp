@@ -8,7 +8,10 @@
 //   reductions,    fraction of copy bandwidth reached. Softmax is also timed against its
 //   embedding      unfused composition (max, sub, exp, sum, div through separate ops).
 // Timing: cudaEvents around each call on the default stream (UseManualTime), after warm-up
-// calls that fill the caching allocator and cuBLASLt's heuristic cache.
+// calls that fill the caching allocator and cuBLASLt's heuristic cache. Each call starts from
+// a cold L2 with its launches already queued (GpuTimer below; SOMNUS_BENCH_TIMING=call for
+// the method of runs 1–7); `host_us` is the host's enqueue time of a call, `late` the
+// fraction of calls whose enqueue outlasted the delay kernel in front of them.
 // Without a device (or in a CPU-only build) every benchmark reports SkipWithError.
 #include <benchmark/benchmark.h>
 
@@ -30,6 +33,7 @@
 #ifdef SOMNUS_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "bench/gpu_timer.h"
 #include "tensor/cuda/check.h"
 #endif
 
@@ -41,7 +45,14 @@ namespace {
 
 Device gpu() { return Device::cuda(0); }
 
-// Times one call of fn on the GPU (events on the default stream).
+// Times one call of fn on the GPU: events on the default stream around the call. By default
+// ("device" timing, since 2026-11-27 late) the call starts from a cold L2 and a busy GPU, as
+// bench/gpu_timer.h says: an L2 flush and a delay kernel are enqueued before the start event,
+// and the delay is 2 × the host's enqueue time of the previous call + 10 µs (at most 2 ms),
+// so the events bracket the device's work alone. A call whose host enqueue outlasted the delay
+// before it counts as `late` (the GPU may have waited on the host inside the timed region).
+// SOMNUS_BENCH_TIMING=call times as runs 1–7 did: nothing before the start event, so a row
+// includes the host's enqueue time and whatever of its inputs L2 still held.
 class GpuTimer {
  public:
 #ifdef SOMNUS_WITH_CUDA
@@ -55,17 +66,42 @@ class GpuTimer {
   }
   template <class F>
   double seconds(F&& fn) {
+    const double delay = delay_us_;
+    if (device_timing()) {
+      somnus::bench::enqueue_l2_flush();
+      somnus::bench::enqueue_delay(delay);
+    }
     CUDA_CHECK(cudaEventRecord(start_, 0));
+    const auto t0 = std::chrono::steady_clock::now();
     fn();
+    const double host_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     CUDA_CHECK(cudaEventRecord(stop_, 0));
     CUDA_CHECK(cudaEventSynchronize(stop_));
     float ms = 0.0f;
     CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    ++calls_;
+    host_us_sum_ += host_us;
+    if (device_timing() && host_us > delay) ++late_;
+    delay_us_ = std::clamp(2.0 * host_us + 10.0, 10.0, 2000.0);
     return static_cast<double>(ms) * 1e-3;
   }
+  static bool device_timing() {
+    static const bool on = [] {
+      const char* e = std::getenv("SOMNUS_BENCH_TIMING");
+      return e == nullptr || std::string(e) != "call";
+    }();
+    return on;
+  }
+  void reset_stats() { calls_ = late_ = 0, host_us_sum_ = 0.0; }
+  // The mean host time of a call (enqueueing its launches), µs, and the fraction of calls that
+  // were late, since reset_stats.
+  double host_us() const { return calls_ > 0 ? host_us_sum_ / static_cast<double>(calls_) : 0.0; }
+  double late_fraction() const { return calls_ > 0 ? static_cast<double>(late_) / static_cast<double>(calls_) : 0.0; }
 
  private:
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
+  double delay_us_ = 200.0, host_us_sum_ = 0.0;
+  int64_t calls_ = 0, late_ = 0;
 #else
   template <class F>
   double seconds(F&& fn) {  // unreachable: benchmarks skip without CUDA
@@ -73,6 +109,10 @@ class GpuTimer {
     fn();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+  static bool device_timing() { return false; }
+  void reset_stats() {}
+  double host_us() const { return 0.0; }
+  double late_fraction() const { return 0.0; }
 #endif
 };
 
@@ -86,6 +126,7 @@ bool skip_without_cuda(benchmark::State& state) {
 double timed_loop(benchmark::State& state, const std::function<void()>& fn) {
   GpuTimer timer;
   for (int i = 0; i < 3; ++i) timer.seconds(fn);
+  timer.reset_stats();
   double total = 0.0;
   int64_t n = 0;
   for (auto _ : state) {
@@ -94,6 +135,8 @@ double timed_loop(benchmark::State& state, const std::function<void()>& fn) {
     total += s;
     ++n;
   }
+  state.counters["host_us"] = timer.host_us();
+  if (GpuTimer::device_timing()) state.counters["late"] = timer.late_fraction();
   return n > 0 ? total / static_cast<double>(n) : 0.0;
 }
 
