@@ -389,9 +389,9 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
 }
 
 // The fused combine (SOMNUS_DECODE_COMBINE=fused) runs combine_row, attn_combine's own code, in
-// the last block of each (b, kv head) of the pipe_wide kernel, or of the ring's: o and lse must
-// be bitwise that kernel's two-launch result, and a second call (its tickets back at 0) the same
-// again.
+// the last block of each (b, kv head) of the pipe_wide kernel, or of the ring's: at a given
+// split count, o and lse must be bitwise that kernel's two-launch result, and a second call (its
+// tickets back at 0) the same again.
 TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
   Generator g(44);
@@ -411,8 +411,17 @@ TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
           const AttentionOutput f1 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
           const AttentionOutput f2 = attention_decode(q, k, v, true, 0.0, c.q_offset, splits);
           set_decode_path("");
-          EXPECT_EQ(f1.o.to(Device::cpu()).to_vector(), two.o.to(Device::cpu()).to_vector());
-          EXPECT_EQ(f1.lse.to(Device::cpu()).to_vector(), two.lse.to(Device::cpu()).to_vector());
+          if (splits > 0) {
+            EXPECT_EQ(f1.o.to(Device::cpu()).to_vector(), two.o.to(Device::cpu()).to_vector());
+            EXPECT_EQ(f1.lse.to(Device::cpu()).to_vector(), two.lse.to(Device::cpu()).to_vector());
+          } else {
+            // The automatic split count follows each kernel's occupancy, and the fused kernel
+            // has more registers than its base (ptxas: 155 against 147 for the ring), so the
+            // two may split S differently: same function, not the same partition.
+            const double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
+            EXPECT_LT(rel_or_abs_error(f1.o.to(Device::cpu()), two.o.to(Device::cpu()).to_vector()), tol);
+            EXPECT_LT(rel_or_abs_error(f1.lse.to(Device::cpu()), two.lse.to(Device::cpu()).to_vector()), tol);
+          }
           EXPECT_EQ(f2.o.to(Device::cpu()).to_vector(), f1.o.to(Device::cpu()).to_vector());
         }
       }
