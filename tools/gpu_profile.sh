@@ -7,7 +7,9 @@
 #
 # Without targets it profiles the kernels of issue 4's open items: the LayerNorm backward (bf16
 # 16384×4096: the default, SOMNUS_NORM_BWD=racc and =pair) and the GQA decode at S 1024 (the
-# default pipe_wide, =ring, and the fused combine on each). One file per target, $OUT/ncu_NAME.txt
+# default pipe_wide, =ring, and the fused combine on each), then the default attention forward
+# and backward at the headline shape (causal, T 4096, D 128: their headroom toward FA3, not yet
+# profiled; the backward's dK/dV or fused kernel). One file per target, $OUT/ncu_NAME.txt
 # (OUT defaults to ./ncu_out), with ncu's SpeedOfLight, Occupancy, LaunchStats, WarpStateStats,
 # SchedulerStats and MemoryWorkloadAnalysis sections. ncu locks the SM clock at its base (1.56
 # GHz on the H100 of 2026-11-27), so its durations are longer than the benchmark's. Each target
@@ -35,6 +37,8 @@ if [ ${#targets[@]} -eq 0 ]; then
     "decode_ring=^attention_decode_ring/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_fused=^attention_decode_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_ring_fused=^attention_decode_ring_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
+    "attn_fwd=^attention_fwd/causal/bf16/T:4096/D:128/@attn_fwd_"
+    "attn_bwd=^attention_bwd/causal/bf16/T:4096/D:128/@attn_bwd_(ws|dkdv)"
   )
 fi
 status=0
