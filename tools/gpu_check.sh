@@ -269,6 +269,21 @@ if ladder:
     print("\nAttention versions at T 4096, D 128 (TFLOP/s, best first):")
     for key in sorted(ladder):
         print(f"  {key:14s} " + ", ".join(f"{v} {f:.0f}" for f, v in sorted(ladder[key], reverse=True)))
+# The opt-in variants of the norm backward (SOMNUS_NORM_BWD) and of the GQA decode
+# (SOMNUS_ATTN_DECODE, SOMNUS_DECODE_COMBINE) beside their defaults: which to make the default.
+variants = {}
+for name, t, host, fl, by, ratio in rows:
+    m = (re.match(r"(layer_norm_bwd|rms_norm_bwd)(?:_(\w+))?/(\w+/\d+x\d+)$", name)
+         or re.match(r"(attention_decode)(?:_(\w+))?/bf16/\w+/(S:\d+)$", name))
+    if m:
+        try:
+            variants.setdefault(f"{m.group(1)} {m.group(3)}", []).append((float(t), m.group(2) or "default"))
+        except ValueError:  # an error row
+            pass
+if variants:
+    print("\nNorm backward and decode variants (us, fastest first; the same row differs by a few % between runs):")
+    for key in sorted(variants):
+        print(f"  {key:32s} " + ", ".join(f"{v} {t:.1f}" for t, v in sorted(variants[key])))
 PY
 echo "gpu_check: logs in $out (seconds per process: times.txt); $SECONDS s in all; status $status"
 exit $status
