@@ -1,6 +1,7 @@
 // bench/gpu_timer.h: the L2 flush and the delay kernel that precede each timed call.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <mutex>
 
@@ -10,9 +11,9 @@
 namespace somnus::bench {
 namespace {
 
-// Reads n 16-byte words. The store never happens (the sum of the words would have to equal
-// an improbable value) but keeps the compiler from dropping the loads.
-__global__ void l2_flush_kernel(const uint4* __restrict__ p, int64_t n, unsigned* __restrict__ sink) {
+// Reads n 16-byte words. The store never happens (the words' folded value would have to equal
+// an improbable constant; the buffer is zero) but keeps the compiler from dropping the loads.
+__global__ void __launch_bounds__(512) l2_flush_kernel(const uint4* __restrict__ p, int64_t n, unsigned* __restrict__ sink) {
   unsigned acc = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -34,7 +35,7 @@ __global__ void delay_kernel(unsigned long long ns) {
 struct FlushBuffer {
   void* data = nullptr;
   long long bytes = 0;
-  int sms = 0;
+  int blocks = 0;  // one full wave of l2_flush_kernel's 512-thread blocks
 };
 
 // One buffer per device, allocated on first use (cudaMalloc: outside the tensor allocator, so
@@ -51,7 +52,10 @@ FlushBuffer& flush_buffer() {
   if (b.data == nullptr) {
     int l2 = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&b.sms, cudaDevAttrMultiProcessorCount, dev));
+    int sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, l2_flush_kernel, 512, 0));
+    b.blocks = sms * std::max(per_sm, 1);
     b.bytes = 2LL * l2 + 16;  // + the sink word, after the words read
     CUDA_CHECK(cudaMalloc(&b.data, static_cast<size_t>(b.bytes)));
     CUDA_CHECK(cudaMemset(b.data, 0, static_cast<size_t>(b.bytes)));
@@ -61,13 +65,11 @@ FlushBuffer& flush_buffer() {
 
 }  // namespace
 
-long long l2_flush_bytes() { return flush_buffer().bytes - 16; }
-
 void enqueue_l2_flush() {
   const FlushBuffer& b = flush_buffer();
   const int64_t words = (b.bytes - 16) / 16;
   auto* sink = reinterpret_cast<unsigned*>(static_cast<char*>(b.data) + words * 16);
-  l2_flush_kernel<<<b.sms * 4, 512>>>(static_cast<const uint4*>(b.data), words, sink);
+  l2_flush_kernel<<<b.blocks, 512>>>(static_cast<const uint4*>(b.data), words, sink);
   CUDA_CHECK_LAUNCH();
 }
 

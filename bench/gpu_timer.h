@@ -12,8 +12,7 @@
 
 namespace somnus::bench {
 
-// Bytes of the L2 flush buffer on the current device (twice cudaDevAttrL2CacheSize).
-long long l2_flush_bytes();
+// The flush buffer (twice cudaDevAttrL2CacheSize) is allocated on a device's first call.
 void enqueue_l2_flush();
 void enqueue_delay(double delay_us);
 

@@ -123,10 +123,12 @@ for b in $bench_bins; do
 done
 # The small bandwidth rows once more as runs 1–7 timed them (SOMNUS_BENCH_TIMING=call: the
 # host's enqueue time and a warm L2 inside the events), marked "[call]" in the table, so the
-# change of method shows in one run. SOMNUS_SKIP_CALL_TIMING=1 leaves it out.
+# change of method shows in one run. SOMNUS_CALL_TIMING=0 leaves it out; it is left out by
+# default when SOMNUS_BENCH_FILTER narrows the run (SOMNUS_CALL_TIMING=1 keeps it then).
+call_timing="${SOMNUS_CALL_TIMING:-$([ -n "${SOMNUS_BENCH_FILTER:-}" ] && echo 0 || echo 1)}"
 for b in $bench_bins; do
   case "$(basename "$b")" in bench_kernels_cuda) ;; *) continue ;; esac
-  [ -x "$b" ] && [ "${SOMNUS_SKIP_CALL_TIMING:-0}" != 1 ] || continue
+  [ -x "$b" ] && [ "$call_timing" = 1 ] || continue
   SOMNUS_BENCH_TIMING=call run_bench "$b" "$(basename "$b").call" \
     '^attention_decode(_ring|_fused|_ring_fused)?/|^layer_norm_bwd(_racc)?/bf16|^sum_dim1/' 40
 done
@@ -220,9 +222,11 @@ fi
 python3 - "$out" <<'PY' | tee "$out/summary.md"
 # One table: every benchmark row; ratio = speedup_vs_unfused (fused kernels), vs_memcpy
 # (bandwidth-bound kernels, fraction of the copy bandwidth) or, for attention, our TFLOP/s over
-# PyTorch SDPA's at the same shape (torch_sdpa_* rows). host = the host's enqueue time of one
-# call (bench_kernels_cuda's device timing leaves it out of the time unless the row is marked
-# "late": the GPU then waited on the host for that fraction of calls).
+# PyTorch SDPA's at the same shape (torch_sdpa_* rows, timed the same way). host = the host's
+# enqueue time of one call. The device timing leaves it out of the time; a row marked "late N%"
+# had that fraction of calls whose enqueue outlasted the delay kernel, where the GPU may have
+# waited on the host. Rows marked [call] (timed as in runs 1–7) always include it; each follows
+# its device-timed row.
 import glob, json, os, re, sys
 out = sys.argv[1]
 rows, torch = [], {}
@@ -251,6 +255,14 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
             ratio = (ratio + ", " if ratio else "") + f"late {b['late']:.0%}"
         host = f"{b['host_us']:.1f}" if "host_us" in b else ""
         rows.append((name, f"{t:.1f}", host, f"{fl:.1f}" if fl else "", f"{by:.0f}" if by else "", ratio))
+calls = {r[0][:-len(" [call]")]: r for r in rows if r[0].endswith(" [call]")}
+ordered = []
+for r in rows:
+    if not r[0].endswith(" [call]"):
+        ordered.append(r)
+        if r[0] in calls:
+            ordered.append(calls.pop(r[0]))
+rows = ordered + list(calls.values())
 print("\n| benchmark | time (us) | host (us) | TFLOP/s | GB/s | ratio | vs torch SDPA |\n|---|---|---|---|---|---|---|")
 for name, t, host, fl, by, ratio in rows:
     m = re.match(r"attention_(fwd_bwd|fwd|bwd)(?:_(?:v\d|simt|mma|wgmma_pipe|wgmma_persist|wgmma_wspp|wgmma_ws|wgmma)(?:_(?:v\d|wgmma_ws|wgmma))?)?/(.*)", name)
@@ -282,7 +294,7 @@ for name, t, host, fl, by, ratio in rows:
             pass
 if variants:
     print("\nNorm backward and decode variants (us, fastest first; the same row differs by a few % between runs):")
-    for key in sorted(variants):
+    for key in sorted(variants, key=lambda k: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", k)]):
         print(f"  {key:32s} " + ", ".join(f"{v} {t:.1f}" for t, v in sorted(variants[key])))
 PY
 echo "gpu_check: logs in $out (seconds per process: times.txt); $SECONDS s in all; status $status"

@@ -5,7 +5,11 @@ benchmarks in bench/bench_kernels_cuda.cpp, so that tools/gpu_check.sh prints bo
 Shapes: bf16, MHA, B·T = 16k tokens, H·D = 2048, T in {512, 1k, 2k, 4k, 8k}, D in {64, 128},
 causal and full; passes fwd, bwd (from a saved forward) and fwd+bwd. FLOPs (DESIGN §6): fwd
 4·B·H·T²·D, halved when causal; bwd 2.5× fwd; fwd+bwd 3.5× fwd. Timing: CUDA events, median of
-`--reps` calls after 3 warm-up calls.
+`--reps` calls after 3 warm-up calls, by bench_kernels_cuda's device timing (bench/gpu_timer.h):
+before each call, a read of twice the L2 size (cold L2) and torch.cuda._sleep for 2× the
+previous call's host time + 10 µs (the call's launches queued while the GPU is busy), so the
+events bracket the device's work. `--call-timing` times as before 2026-11-27 late (events around
+the call only).
 
   /usr/bin/python3 bench/reference/attention.py [--json out.json] [--reps 10]
 
@@ -21,6 +25,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--call-timing", action="store_true")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
@@ -34,17 +39,30 @@ def main():
     except ImportError:  # older torch
         flash = lambda: torch.backends.cuda.sdp_kernel(enable_flash=True, enable_math=False, enable_mem_efficient=False)
 
+    import time
+    device_timing = not args.call_timing and hasattr(torch.cuda, "_sleep")
+    if not args.call_timing and not device_timing:
+        print("attention.py: torch.cuda._sleep missing: timing events around the call only")
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    flush_buf = torch.zeros(2 * l2 // 4, dtype=torch.float32, device="cuda") if device_timing else None
+    host_us = [200.0]  # the previous call's host time
+
     def median_ms(fn):
-        for _ in range(3):
-            fn()
         ts = []
-        for _ in range(args.reps):
+        for i in range(3 + args.reps):
+            if device_timing:
+                flush_buf.sum()  # reads 2× L2, writes one scalar: the evicted lines are clean
+                # _sleep counts clock cycles: 2000 per µs covers the delay at clocks up to 2 GHz.
+                torch.cuda._sleep(int(2000 * min(2000.0, 2.0 * host_us[0] + 10.0)))
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
+            t0 = time.perf_counter()
             fn()
+            host_us[0] = (time.perf_counter() - t0) * 1e6
             b.record()
             torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b))
+            if i >= 3:  # after 3 warm-up calls
+                ts.append(a.elapsed_time(b))
         ts.sort()
         return ts[len(ts) // 2]
 
