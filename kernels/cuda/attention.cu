@@ -3309,9 +3309,11 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // and the first K/V step, and end with the shared-memory merge (not profiled since).
 // kFuse (SOMNUS_DECODE_COMBINE=fused; 2026-11-27, not yet run on a GPU): no attn_combine
 // launch. Each block, having written its partials, fences them and takes a ticket from
-// tickets[b·Hkv + kv head]; the block that draws the last ticket (n_split − 1) combines that
-// (b, kv head)'s g·T rows with combine_row (a warp per row) and puts the ticket back to 0 for
-// the next launch. o, lse, tickets: unused (nullptr) when !kFuse.
+// tickets[b·Hkv + kv head] by atomicInc, which wraps it back to 0 for the next launch as the
+// last block (the one drawing n_split − 1) takes it; that block combines the (b, kv head)'s g·T
+// rows with combine_row (a warp per row). The tickets are per device, shared by every launch:
+// two fused decodes in flight at once on different streams would mix their counts (every
+// kernel here runs on the legacy default stream). o, lse, tickets: unused (nullptr) when !kFuse.
 // kPipe = 3 (SOMNUS_ATTN_DECODE=ring; 2026-11-28, not yet run on a GPU): K/V go to shared
 // memory by cp.async, kDecRing steps in a ring, kDecRing − 1 steps ahead of the arithmetic.
 // Why: pipe / pipe_wide hold one step (16 KiB a block) in flight, in registers, so a block of
@@ -3528,7 +3530,13 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     __shared__ int last[1];
     __threadfence();  // this block's partials, device-wide, before its ticket
     __syncthreads();
-    if (threadIdx.x == 0) last[0] = atomicAdd(tickets + bk, 1u) == static_cast<unsigned>(n_split - 1);
+    // atomicInc wraps the counter to 0 for the last block, in the same atomic step: no reset
+    // store that a later launch could race, and a counter left stale by an aborted launch is
+    // back at 0 after one more.
+    if (threadIdx.x == 0) {
+      const unsigned top = static_cast<unsigned>(n_split - 1);
+      last[0] = atomicInc(tickets + bk, top) == top;
+    }
     __syncthreads();
     if (!last[0]) return;
     __threadfence();  // the other blocks fenced theirs before taking their tickets
@@ -3536,7 +3544,6 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
       const int64_t row = (static_cast<int64_t>(b) * d.Hq + hk * d.g + r / d.T) * d.T + r % d.T;
       combine_row<T, D>(o_part, lse_part, o, lse, row, d.T, n_split, lane);
     }
-    if (threadIdx.x == 0) tickets[bk] = 0u;  // for the next launch (kernels of a stream run in order)
   }
 }
 
@@ -3591,15 +3598,19 @@ void allow_dynamic_smem(int bytes) {
 }
 
 // `tickets` (the fused combine: nullptr unless decode_tickets gave them): o and lse are
-// written by the decode kernel itself; else the caller launches attn_combine.
+// written by the decode kernel itself; else the caller launches attn_combine. Returns whether
+// the kernel that ran combined (the caller skips attn_combine only then: the variant is read
+// from the environment here, the tickets were asked for before).
 template <class T, int D>
-void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
+bool launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& d, int n_split, int chunk,
                        float* o_part, float* lse_part, T* o, float* lse, unsigned* tickets) {
   const dim3 grid(n_split, d.B * d.Hkv);
+  bool fused = false;
   with_decode_rows(d.g * d.T, [&](auto rows_tag) {
     constexpr int R = decltype(rows_tag)::value;
     DecodeVariant var = decode_variant(R);
     var.fuse = var.fuse && tickets != nullptr;
+    fused = var.fuse;
     with_decode_kernel<T, D, R>(var, [&](auto tag, int smem) {
       allow_dynamic_smem<decltype(tag)::value>(smem);
       decltype(tag)::value<<<grid, kDecWarps * 32, smem>>>(q.data<T>(), k.data<T>(), v.data<T>(), o_part, lse_part,
@@ -3608,6 +3619,7 @@ void launch_decode_gqa(const Tensor& q, const Tensor& k, const Tensor& v, const 
     });
   });
   CUDA_CHECK_LAUNCH();
+  return fused;
 }
 
 // The fused combine's tickets: one zeroed unsigned per (b, kv head), kDecodeTickets per device,
@@ -3834,9 +3846,10 @@ void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, bool ca
       Tensor lse_part = Tensor::empty({rows * n_split}, DType::f32, q.device());
       if (gqa) {
         unsigned* tickets = decode_tickets(static_cast<int64_t>(d.B) * d.Hkv);
-        launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>(),
-                                o.data<T>(), lse.data<float>(), tickets);
-        if (tickets != nullptr) return;  // combined in the kernel
+        if (launch_decode_gqa<T, D>(q, k, v, d, n_split, chunk, o_part.data<float>(), lse_part.data<float>(),
+                                    o.data<T>(), lse.data<float>(), tickets)) {
+          return;  // combined in the kernel
+        }
       } else {
         launch_rows<T, D>(q, k, v, d, n_split, chunk, Tensor(), Tensor(), o_part.data<float>(),
                           lse_part.data<float>());

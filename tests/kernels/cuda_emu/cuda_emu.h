@@ -23,7 +23,8 @@
 //                  that frees it can overwrite data a slower warp still reads.
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
-//   atomicAdd      f32 and u32, under one mutex (the order of adds is the threads' schedule).
+//   atomicAdd      f32 and u32, under one mutex (the order of adds is the threads' schedule);
+//   atomicInc      u32 (wraps to 0 past `top`), under the same mutex.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
@@ -100,6 +101,13 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
   std::lock_guard<std::mutex> lock(g_atomic);
   const unsigned old = *p;
   *p += v;
+  return old;
+}
+// CUDA's atomicInc: the old value; stores 0 when old >= top, else old + 1.
+inline unsigned atomicInc(unsigned* p, unsigned top) {
+  std::lock_guard<std::mutex> lock(g_atomic);
+  const unsigned old = *p;
+  *p = old >= top ? 0u : old + 1u;
   return old;
 }
 // Blocks run one after another here: device-wide ordering holds by construction.
