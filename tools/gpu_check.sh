@@ -12,7 +12,7 @@
 # failing cases of the v3 / v4 / Hopper attention kernels to attn_dumps/ (replay: tests/kernels/cuda_emu).
 # Exits non-zero on any failure. The device tool brings back at most 8 files from $OUT, so pack
 # them (bench/RESULTS.md has the command):
-#   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_GPU_CHECK_DEADLINE_S=480 timeout 570 tools/gpu_check.sh \
+#   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_GPU_CHECK_DEADLINE_S=500 timeout 570 tools/gpu_check.sh \
 #     --prebuilt .gpu.tar.xz; tar czf "$OUT/gpu_check.tgz" -C /tmp/gc .
 # SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
 # this many seconds, and none runs past it, so that the whole check ends within 10 minutes (a
