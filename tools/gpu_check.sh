@@ -229,7 +229,7 @@ python3 - "$out" <<'PY' | tee "$out/summary.md"
 # its device-timed row.
 import glob, json, os, re, sys
 out = sys.argv[1]
-rows, torch = [], {}
+rows, torch, raw = [], {}, {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     if os.path.getsize(f) == 0:  # a binary whose benchmarks the filter left out writes nothing
         continue
@@ -241,6 +241,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         name = b["name"].replace("/manual_time", "") + (" [call]" if f.endswith(".call.json") else "")
         if b.get("error_occurred"):
             rows.append((name, "error: " + str(b.get("error_message")), "", "", "", "")); continue
+        raw[name] = b
         t = b["real_time"] * {"ns": 1e-3, "us": 1, "ms": 1e3, "s": 1e6}[b["time_unit"]]
         fl, by = b.get("FLOP/s", 0) / 1e12, b.get("bytes/s", 0) / 1e9
         if name.startswith("torch_sdpa_"):
@@ -296,6 +297,22 @@ if variants:
     print("\nNorm backward and decode variants (us, fastest first; the same row differs by a few % between runs):")
     for key in sorted(variants, key=lambda k: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", k)]):
         print(f"  {key:32s} " + ", ".join(f"{v} {t:.1f}" for t, v in sorted(variants[key])))
+# Issue 4's targets (bf16 on H100/H200) from this run's rows by the default kernels; the
+# table at the top of bench/RESULTS.md is written from these lines.
+def target(label, pattern, key, floor):
+    got = [(n, b[key]) for n, b in raw.items() if re.fullmatch(pattern, n) and key in b]
+    if not got:
+        print(f"  {label:44s} no row in this run"); return
+    low = min(got, key=lambda x: x[1])
+    scale = 1e12 if key == "FLOP/s" else 1
+    print(f"  {label:44s} {'met' if low[1] >= floor else 'NOT MET':8s} lowest {low[1] / scale:.2f} ({low[0]}), "
+          f"{sum(v >= floor for _, v in got)} of {len(got)} rows at or above {floor / scale:g}")
+print("\nIssue 4's targets, by the default kernels:")
+target("attention fwd+bwd causal D128 T4k >= 300", r"attention_fwd_bwd/causal/bf16/T:4096/D:128", "FLOP/s", 300e12)
+target("attention fwd D128 T4k >= 350", r"attention_fwd/(causal|full)/bf16/T:4096/D:128", "FLOP/s", 350e12)
+target("decode >= 0.7 of copy", r"attention_decode/bf16/.*", "vs_memcpy", 0.7)
+target("norms >= 0.8 of copy", r"(rms|layer)_norm_(fwd|bwd)(_residual)?/(bf16|f32)/16384x4096", "vs_memcpy", 0.8)
+target("AdamW >= 0.8 of copy", r"adamw/.*", "vs_memcpy", 0.8)
 PY
 echo "gpu_check: logs in $out (seconds per process: times.txt); $SECONDS s in all; status $status"
 exit $status
