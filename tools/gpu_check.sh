@@ -32,10 +32,13 @@ if [ "${1:-}" = --prebuilt ]; then
   out="${OUT:-$prebuilt/gpu_check}"
   mkdir -p "$out"
   ldd "$(echo $test_bins | cut -d' ' -f1)" > "$out/ldd.txt" 2>&1
+  # The commit the pack was built from (tools/gpu_pack.sh); "-dirty": uncommitted changes too.
+  echo "gpu_check: pack built from $(cat "$prebuilt/SOURCE" 2>/dev/null || echo 'an unknown commit (no SOURCE in the pack)')" | tee "$out/source.txt"
 else
   build_dir="${1:-build-gpu}"
   out="${OUT:-$build_dir/gpu_check}"
   mkdir -p "$out"
+  echo "gpu_check: building $(git describe --always --dirty 2>/dev/null || echo 'a tree outside git')" | tee "$out/source.txt"
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt" || {
@@ -230,6 +233,9 @@ python3 - "$out" <<'PY' | tee "$out/summary.md"
 import glob, json, os, re, sys
 out = sys.argv[1]
 rows, torch, raw = [], {}, {}
+src = os.path.join(out, "source.txt")
+if os.path.exists(src):
+    print(open(src).read().strip().replace("gpu_check: ", ""))
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     if os.path.getsize(f) == 0:  # a binary whose benchmarks the filter left out writes nothing
         continue

@@ -33,6 +33,9 @@ for t in $targets; do
   cp "$f" "$pack/bin/"
   strip --strip-debug "$pack/bin/$t"
 done
+# Where the binaries came from, for the results (gpu_check.sh prints it): the commit, "-dirty"
+# when the working tree had uncommitted changes, and when the pack was built.
+echo "$(git describe --always --dirty 2>/dev/null || echo unknown) $(git log -1 --format=%cI 2>/dev/null) packed $(date -u +%FT%TZ)" > "$pack/SOURCE"
 # Shared libraries outside glibc and the CUDA toolkit.
 ldd "$pack"/bin/* | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
@@ -43,4 +46,4 @@ done
 # One solid archive: the binaries share most of their bytes (the static somnus libraries and
 # their CUDA fatbins), so xz takes ~190 MB to ~13 MB, under the 64 MiB a device call carries.
 tar cf - -C "$(dirname "$pack")" "$(basename "$pack")" | xz -9 -T1 > "$pack.tar.xz"
-echo "gpu_pack: $(ls "$pack/bin" | wc -l) binaries, $(ls "$pack/lib" | wc -l) libraries, $(du -sh "$pack" | cut -f1) in $pack, $(du -sh "$pack.tar.xz" | cut -f1) in $pack.tar.xz"
+echo "gpu_pack: $(ls "$pack/bin" | wc -l) binaries, $(ls "$pack/lib" | wc -l) libraries, $(du -sh "$pack" | cut -f1) in $pack, $(du -sh "$pack.tar.xz" | cut -f1) in $pack.tar.xz, from $(cat "$pack/SOURCE")"
