@@ -579,9 +579,10 @@ void BM_attention_decode(benchmark::State& state, bool s256, const char* variant
   const Tensor q = randn({B, Hq, 1, D}, g, DType::bf16, gpu());
   const Tensor k = randn({B, Hkv, S, D}, g, DType::bf16, gpu()), v = randn({B, Hkv, S, D}, g, DType::bf16, gpu());
   const std::string var = variant;
-  if (var == "fused" || var == "ring_fused") setenv("SOMNUS_DECODE_COMBINE", "fused", 1);
-  if (var == "ring_fused") setenv("SOMNUS_ATTN_DECODE", "ring", 1);
-  if (!var.empty() && var != "fused" && var != "ring_fused") setenv("SOMNUS_ATTN_DECODE", variant, 1);
+  const bool fused = var == "fused" || var == "ring_fused";
+  const std::string kernel = var == "ring_fused" ? "ring" : fused ? "" : var;  // SOMNUS_ATTN_DECODE
+  if (fused) setenv("SOMNUS_DECODE_COMBINE", "fused", 1);
+  if (!kernel.empty()) setenv("SOMNUS_ATTN_DECODE", kernel.c_str(), 1);
   const double mean = timed_loop(state, [&] {
     benchmark::DoNotOptimize(attention_decode(q, k, v, true, 0.0, S - 1, splits).o.data_ptr());
   });

@@ -300,11 +300,8 @@ variants = {}
 for name, t, host, fl, by, ratio in rows:
     m = (re.match(r"(layer_norm_bwd|rms_norm_bwd)(?:_(\w+))?/(\w+/\d+x\d+)$", name)
          or re.match(r"(attention_decode)(?:_(\w+))?/bf16/\w+/(S:\d+)$", name))
-    if m:
-        try:
-            variants.setdefault(f"{m.group(1)} {m.group(3)}", []).append((float(t), m.group(2) or "default"))
-        except ValueError:  # an error row
-            pass
+    if m and name in raw:  # not an error row
+        variants.setdefault(f"{m.group(1)} {m.group(3)}", []).append((float(t), m.group(2) or "default"))
 if variants:
     print("\nNorm backward and decode variants (us, fastest first; the same row differs by a few % between runs):")
     for key in sorted(variants, key=lambda k: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", k)]):

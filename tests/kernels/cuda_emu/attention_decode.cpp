@@ -71,11 +71,32 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
   launch(static_cast<unsigned>((rows + 3) / 4), 1, 128, 0, [&] {
     attn_combine<T, D>(o_part.data(), lse_part.data(), o.data(), lse.data(), rows, c.T, n_split);
   });
+  // The fused combine (SOMNUS_DECODE_COMBINE=fused) on the kernel of pipe_tag (2: pipe_wide;
+  // 3: the ring): the last block of each (b, kv head) combines; o and lse must be bitwise the
+  // two-launch result's, and every ticket back at 0.
+  const auto fused_matches = [&](auto pipe_tag) {
+    constexpr int kPipe = decltype(pipe_tag)::value;
+    std::vector<float> o_part_f(o_part.size(), NAN), lse_part_f(lse_part.size(), NAN), lse_f(rows, NAN);
+    std::vector<T> o_f(o.size(), from_f<T>(NAN));
+    std::vector<unsigned> tickets(size_t(c.B) * c.Hkv, 0u);
+    with_decode_rows(d.g * c.T, [&](auto rows_tag) {
+      constexpr int R = decltype(rows_tag)::value;
+      launch(n_split, c.B * c.Hkv, kDecWarps * 32, kPipe == 3 ? decode_ring_bytes<R>() : 0, [&] {
+        attn_decode_gqa<T, D, R, kPipe, true>(q.data(), k.data(), v.data(), o_part_f.data(), lse_part_f.data(), chunk,
+                                              d, kvs, o_f.data(), lse_f.data(), tickets.data());
+      });
+    });
+    bool same = std::memcmp(o_f.data(), o.data(), o.size() * sizeof(T)) == 0 &&
+                std::memcmp(lse_f.data(), lse.data(), lse.size() * sizeof(float)) == 0;
+    for (unsigned t : tickets) same = same && t == 0u;
+    return same;
+  };
   // The ring (SOMNUS_ATTN_DECODE=ring), with the unpiped kernel (pipe 0) where there are splits
   // (the 5-split cases: up to 5 steps a block, so the 3-stage ring wraps; fewer emulated runs
   // than every case, for ctest's time): the unpiped kernel's steps with the same U, its zeros
   // past k_end from the copies' zero-fill, so its partials must be bitwise the unpiped
-  // kernel's (checked against f64 below).
+  // kernel's (checked against f64 below); then its fused combine (with
+  // SOMNUS_DECODE_COMBINE=fused).
   bool ring_ok = true;
   const bool ring_case = gqa && pipe == 0 && n_split > 1;
   if (ring_case) {
@@ -87,43 +108,11 @@ int run_case(const Case& c, int n_split_req, bool gqa, uint32_t seed, int pipe =
       });
     });
     ring_ok = std::memcmp(o_part3.data(), o_part.data(), o_part.size() * sizeof(float)) == 0 &&
-              std::memcmp(lse_part3.data(), lse_part.data(), lse_part.size() * sizeof(float)) == 0;
-    // The fused combine on the ring (SOMNUS_ATTN_DECODE=ring + SOMNUS_DECODE_COMBINE=fused): o
-    // and lse bitwise the two-launch result, tickets back at 0.
-    {
-      std::vector<float> lse4(rows, NAN);
-      std::vector<T> o4(o.size(), from_f<T>(NAN));
-      std::vector<unsigned> tickets(size_t(c.B) * c.Hkv, 0u);
-      with_decode_rows(d.g * c.T, [&](auto rows_tag) {
-        constexpr int R = decltype(rows_tag)::value;
-        launch(n_split, c.B * c.Hkv, kDecWarps * 32, decode_ring_bytes<R>(), [&] {
-          attn_decode_gqa<T, D, R, 3, true>(q.data(), k.data(), v.data(), o_part3.data(), lse_part3.data(), chunk, d,
-                                            kvs, o4.data(), lse4.data(), tickets.data());
-        });
-      });
-      ring_ok = ring_ok && std::memcmp(o4.data(), o.data(), o.size() * sizeof(T)) == 0 &&
-                std::memcmp(lse4.data(), lse.data(), lse.size() * sizeof(float)) == 0;
-      for (unsigned t : tickets) ring_ok = ring_ok && t == 0u;
-    }
+              std::memcmp(lse_part3.data(), lse_part.data(), lse_part.size() * sizeof(float)) == 0 &&
+              fused_matches(std::integral_constant<int, 3>{});
   }
-  // The fused combine (SOMNUS_DECODE_COMBINE=fused, with pipe 2): the last block of each
-  // (b, kv head) combines; o and lse bitwise the two-launch result's, every ticket back to 0.
-  bool fused_ok = true;
-  if (gqa && pipe == 2) {
-    std::vector<float> o_part2(o_part.size(), NAN), lse_part2(lse_part.size(), NAN), lse2(rows, NAN);
-    std::vector<T> o2(o.size(), from_f<T>(NAN));
-    std::vector<unsigned> tickets(size_t(c.B) * c.Hkv, 0u);
-    with_decode_rows(d.g * c.T, [&](auto rows_tag) {
-      constexpr int R = decltype(rows_tag)::value;
-      launch(n_split, c.B * c.Hkv, kDecWarps * 32, 0, [&] {
-        attn_decode_gqa<T, D, R, 2, true>(q.data(), k.data(), v.data(), o_part2.data(), lse_part2.data(), chunk, d,
-                                          kvs, o2.data(), lse2.data(), tickets.data());
-      });
-    });
-    fused_ok = std::memcmp(o2.data(), o.data(), o.size() * sizeof(T)) == 0 &&
-               std::memcmp(lse2.data(), lse.data(), lse.size() * sizeof(float)) == 0;
-    for (unsigned t : tickets) fused_ok = fused_ok && t == 0u;
-  }
+  // The fused combine on pipe_wide (pipe 2).
+  const bool fused_ok = !(gqa && pipe == 2) || fused_matches(std::integral_constant<int, 2>{});
   double num = 0, den = 0, lerr = 0;
   bool finite = true;
   for (int b = 0; b < c.B; ++b) {
