@@ -6,8 +6,8 @@
 // pressure, bank conflicts, or anything the inline PTX itself gets wrong beyond its documented
 // semantics.
 //
-// Model: a block is blockDim.x·blockDim.y std::threads (one per CUDA thread) run to completion before the
-// next block; __syncthreads is a std::barrier over the block, and every warp-collective
+// Model: a block is blockDim.x·blockDim.y std::threads (one per CUDA thread; workers of a pool
+// kept for the process, EmuPool) run to completion before the next block; __syncthreads is a std::barrier over the block, and every warp-collective
 // (mma.sync, ldmatrix, shfl) is a barrier over its 32 threads, so a collective a lane skips
 // deadlocks (as on the GPU it would be undefined). Semantics emulated, from the PTX ISA:
 //   mma_bf16       mma.sync.m16n8k16.row.col f32.bf16.bf16.f32: A a0 (row gr, cols 2tq..+1),
@@ -27,6 +27,7 @@
 //   atomicInc      u32 (wraps to 0 past `top`), under the same mutex.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
+//   cub::BlockReduce  the result in thread 0 only (its section at the end).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
@@ -47,6 +48,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <limits>
+#include <functional>
 #include <map>
 
 #include "tensor/dispatch.h"  // compute_t (and tensor/dtype.h)
@@ -954,11 +956,72 @@ inline void emu_shared(void* p, size_t bytes) {
   g_statics.emplace_back(p, bytes);
 }
 
+// The emulated threads: a pool of workers kept for the whole process, so that a launch starts
+// no thread (starting `threads` std::threads for every block, as the first version did, was
+// most of an emulation run's time: thread start-up, under the sanitizers above all). run(n, f)
+// calls f(0) … f(n − 1), each on its own worker, and returns when all have returned.
+class EmuPool {
+ public:
+  ~EmuPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    go_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  void run(int n, const std::function<void(int)>& f) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (static_cast<int>(workers_.size()) < n) {
+      const int i = static_cast<int>(workers_.size());
+      workers_.emplace_back([this, i] { work(i); });
+    }
+    job_ = &f;
+    active_ = n;
+    remaining_ = n;
+    ++generation_;
+    go_.notify_all();
+    done_.wait(lock, [&] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void work(int i) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* f = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        go_.wait(lock, [&] { return stop_ || (generation_ != seen && i < active_); });
+        if (stop_) return;
+        seen = generation_;
+        f = job_;
+      }
+      (*f)(i);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--remaining_ == 0) done_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable go_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int active_ = 0, remaining_ = 0;
+  bool stop_ = false;
+};
+inline EmuPool g_pool;
+
 // Runs body() as a grid (gx, gy, gz) of blocks of `threads` threads with `smem` bytes of
 // dynamic shared memory (filled with 0xff garbage at the start of each block), block after
 // block. A kernel's static __shared__ arrays become function statics (extract.py), which is
 // right as long as blocks run one at a time.
 // `threads` may be a 2-D block (launch2d): threadIdx.x = t % bx, threadIdx.y = t / bx.
+// Thread t of every block runs on pool worker t. Between two blocks all threads meet at the
+// block barrier twice: after the first, thread 0 checks the block that ended and sets up the
+// next (shared memory and statics poisoned, fresh warpgroup and fence state); after the second,
+// every thread resets its own per-thread state and runs the next block — as a fresh thread of
+// the first version would have.
 template <class F>
 void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1, int bx = 0) {
   if (bx == 0) bx = threads;
@@ -975,70 +1038,118 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
   gridDim.y = gy;
   gridDim.z = gz;
   g_smem_bytes = smem;
-  for (unsigned z = 0; z < gz; ++z) {
-    for (unsigned y = 0; y < gy; ++y) {
-      for (unsigned x = 0; x < gx; ++x) {
-        blockIdx.x = x;
-        blockIdx.y = y;
-        blockIdx.z = z;
-        std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
-        for (const auto& e : g_statics) std::memset(e.first, 0xff, e.second);
-        g_smem = smd;
-        std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
-        g_unfenced = unfenced.get();
-        std::barrier<> bb(threads);
-        g_block_bar = &bb;
-        const int nw = (threads + 31) / 32;
-        Warp warps[kMaxWarps];
-        std::vector<std::unique_ptr<std::barrier<>>> wb;
-        for (int w = 0; w < nw; ++w) {
-          wb.emplace_back(new std::barrier<>(std::min(32, threads - 32 * w)));
-          warps[w].bar = wb.back().get();
-        }
-        g_warps = warps;
-        // Warpgroups (wgmma): 128-thread groups when the block has whole ones.
-        std::vector<WarpGroup> wgs(threads % 128 == 0 ? threads / 128 : 0);
-        std::vector<std::unique_ptr<std::barrier<>>> wgb;
-        for (auto& g : wgs) {
-          wgb.emplace_back(new std::barrier<>(128));
-          g.bar = wgb.back().get();
-        }
-        g_wgs = wgs.data();
-        std::vector<std::thread> th;
-        for (int t = 0; t < threads; ++t) {
-          th.emplace_back([&, t] {
-            threadIdx.x = t % bx;
-            threadIdx.y = t / bx;
-            threadIdx.z = 0;
-            t_lin = t;
-            t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
-            t_open.clear();
-            t_groups.clear();
-            t_wg_open.clear();
-            t_wg_groups.clear();
-            t_wg_fenced = false;
-            t_unfenced.clear();
-            t_bulk_open.clear();
-            t_bulk_groups.clear();
-            body();
-            if (!t_wg_open.empty() || !t_wg_groups.empty()) {
-              std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
-              std::abort();
-            }
-            if (!t_bulk_open.empty() || !t_bulk_groups.empty()) {
-              std::printf("bulk_reduce_add_f32: thread %d ended with a reduction not retired by a wait\n", t_lin);
-              std::abort();
-            }
-          });
-        }
-        for (auto& t : th) t.join();
-        mbar_check_block_end();
-        named_bar_check_block_end();
-      }
+  g_smem = smd;
+  std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
+  g_unfenced = unfenced.get();
+  std::barrier<> bb(threads);
+  g_block_bar = &bb;
+  const int nw = (threads + 31) / 32;
+  Warp warps[kMaxWarps];
+  std::vector<std::unique_ptr<std::barrier<>>> wb;
+  for (int w = 0; w < nw; ++w) {
+    wb.emplace_back(new std::barrier<>(std::min(32, threads - 32 * w)));
+    warps[w].bar = wb.back().get();
+  }
+  g_warps = warps;
+  // Warpgroups (wgmma): 128-thread groups when the block has whole ones.
+  std::vector<WarpGroup> wgs(threads % 128 == 0 ? threads / 128 : 0);
+  std::vector<std::unique_ptr<std::barrier<>>> wgb;
+  for (size_t i = 0; i < wgs.size(); ++i) wgb.emplace_back(new std::barrier<>(128));
+  g_wgs = wgs.data();
+  const uint64_t blocks = uint64_t{gx} * gy * gz;
+  // Thread 0, between blocks: the set-up of block k (a fresh block's state).
+  const auto set_up = [&](uint64_t k) {
+    blockIdx.x = static_cast<unsigned>(k % gx);
+    blockIdx.y = static_cast<unsigned>(k / gx % gy);
+    blockIdx.z = static_cast<unsigned>(k / gx / gy);
+    std::memset(smd, 0xff, smem);  // garbage: bf16 0xffff is NaN
+    for (const auto& e : g_statics) std::memset(e.first, 0xff, e.second);
+    for (int c = 0; c < smem / 16 + 1; ++c) unfenced[c].store(0, std::memory_order_relaxed);
+    for (size_t i = 0; i < wgs.size(); ++i) {
+      wgs[i] = WarpGroup{};
+      wgs[i].bar = wgb[i].get();
     }
+  };
+  const std::function<void(int)> thread_body = [&](int t) {
+    threadIdx.x = t % bx;
+    threadIdx.y = t / bx;
+    threadIdx.z = 0;
+    t_lin = t;
+    for (uint64_t k = 0; k < blocks; ++k) {
+      if (t == 0) {
+        if (k > 0) {
+          mbar_check_block_end();
+          named_bar_check_block_end();
+        }
+        set_up(k);
+      }
+      bb.arrive_and_wait();  // block k set up
+      const unsigned x = static_cast<unsigned>(k % gx), y = static_cast<unsigned>(k / gx % gy),
+                     z = static_cast<unsigned>(k / gx / gy);
+      t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
+      t_open.clear();
+      t_groups.clear();
+      t_wg_open.clear();
+      t_wg_groups.clear();
+      t_wg_fenced = false;
+      t_unfenced.clear();
+      t_seen.clear();
+      t_bulk_open.clear();
+      t_bulk_groups.clear();
+      body();
+      if (!t_wg_open.empty() || !t_wg_groups.empty()) {
+        std::printf("wgmma: a thread ended with an instruction not retired by a wait\n");
+        std::abort();
+      }
+      if (!t_bulk_open.empty() || !t_bulk_groups.empty()) {
+        std::printf("bulk_reduce_add_f32: thread %d ended with a reduction not retired by a wait\n", t_lin);
+        std::abort();
+      }
+      bb.arrive_and_wait();  // block k done by every thread
+    }
+  };
+  g_pool.run(threads, thread_body);
+  if (blocks > 0) {
+    mbar_check_block_end();
+    named_bar_check_block_end();
   }
 }
 template <class F>
 void launch2d(unsigned gx, unsigned gy, int bx, int by, int smem, F&& body) {
   launch(gx, gy, bx * by, smem, std::forward<F>(body), 1, bx);
 }
+
+// cub::BlockReduce<T, kBlockThreads> (kernels/cuda/losses.cu): every thread stores its value,
+// a barrier, and thread 0 folds them in thread order. As in cub, only thread 0's result is
+// defined (the others get NaN here, so a kernel that reads it elsewhere fails), and there is no
+// barrier after the fold: TempStorage reused without one is the kernel's race, as on the GPU.
+namespace cub {
+template <class T, int kBlockThreads>
+class BlockReduce {
+ public:
+  struct TempStorage {
+    T v[kBlockThreads];
+  };
+  explicit BlockReduce(TempStorage& s) : s_(s) {}
+  template <class Op>
+  T Reduce(T x, Op op) {
+    const int n = static_cast<int>(blockDim.x * blockDim.y);
+    if (n != kBlockThreads) {
+      std::printf("cub::BlockReduce<%d>: launched with %d threads\n", kBlockThreads, n);
+      std::abort();
+    }
+    s_.v[t_lin] = x;
+    __syncthreads();
+    if (t_lin != 0) return std::numeric_limits<T>::quiet_NaN();
+    T r = s_.v[0];
+    for (int i = 1; i < n; ++i) r = op(r, s_.v[i]);
+    return r;
+  }
+  T Sum(T x) {
+    return Reduce(x, [](T a, T b) { return a + b; });
+  }
+
+ private:
+  TempStorage& s_;
+};
+}  // namespace cub

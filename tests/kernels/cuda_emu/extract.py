@@ -12,7 +12,7 @@ cuda_dir = sys.argv[1]
 bundle = sys.argv[3]
 source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "attention_decode": "attention.cu"}
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
-source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu"})
+source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -102,14 +102,20 @@ bundles["reduce"] = lambda: common_helpers + [  # the reducers, v1's column kern
     section("// init() is the identity", "-- kernels (v1)"),  # (each ends in a bare "// ---" comment)
     section("constexpr int kWarpRowsPerBlock", "template <class T, class R>\n__global__ void reduce_rows_warp_kernel"),
     function("__global__ void reduce_cols_kernel"), section("constexpr int kRowThreads", "-- host side")]
+# the row kernels of both paths (the f32 path's ce/jsd_rows_kernel, ppo_grad_kernel; the default
+# path's *_lp_kernel), PPO's stats and token kernels, add_inplace_kernel, and the block
+# reductions they share (cub::BlockReduce is cuda_emu.h's)
+bundles["losses"] = lambda: [
+    section("constexpr int kThreads = 256;", "// ---------------------------------------------------------------- chunk driver"),
+    section("// One more element x into a thread's online", "// ---------------------------------------------------------------- default path: drivers")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
 text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = g_smem;", text)
-# Static shared arrays become function statics (blocks run one at a time), registered so that
-# launch poisons them per block.
-text = re.sub(r"(?m)^(\s*)__shared__ (.+?) (\w+)((?:\[[^\]]+\])+);",
-              r"\1static \2 \3\4;\n\1emu_shared(\3, sizeof(\3));", text)
+# Static shared arrays and scalars become function statics (blocks run one at a time),
+# registered so that launch poisons them per block.
+text = re.sub(r"(?m)^(\s*)__shared__ (.+?) (\w+)((?:\[[^\]]+\])*);",
+              r"\1static \2 \3\4;\n\1emu_shared(&\3, sizeof(\3));", text)
 if "__shared__" in re.sub(r"//.*", "", text.replace("extern __shared__", "")):
     raise SystemExit("extract.py: a __shared__ declaration it does not understand")
 if "asm" in re.sub(r"//.*", "", text):
