@@ -24,10 +24,12 @@
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
 //   atomicAdd      f32 and u32, under one mutex (the order of adds is the threads' schedule);
+//   atomicMin      u64, under the same mutex;
 //   atomicInc      u32 (wraps to 0 past `top`), under the same mutex.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
-//   cub::BlockReduce  the result in thread 0 only (its section at the end).
+//   cub::BlockReduce, BlockScan  the reduction in thread 0 only; the scans in thread order (their
+//                  section at the end).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
@@ -63,6 +65,7 @@ using std::max;
 using std::min;
 using std::isinf;  // CUDA has them unqualified
 using std::isnan;
+using std::isfinite;
 using std::fma;    // fma(float, float, float) is fmaf, as on the device
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
@@ -110,6 +113,12 @@ inline unsigned atomicInc(unsigned* p, unsigned top) {
   std::lock_guard<std::mutex> lock(g_atomic);
   const unsigned old = *p;
   *p = old >= top ? 0u : old + 1u;
+  return old;
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  std::lock_guard<std::mutex> lock(g_atomic);
+  const unsigned long long old = *p;
+  *p = std::min(old, v);
   return old;
 }
 // Blocks run one after another here: device-wide ordering holds by construction.
@@ -1124,6 +1133,15 @@ void launch2d(unsigned gx, unsigned gy, int bx, int by, int smem, F&& body) {
 // defined (the others get NaN here, so a kernel that reads it elsewhere fails), and there is no
 // barrier after the fold: TempStorage reused without one is the kernel's race, as on the GPU.
 namespace cub {
+// The block's thread count, which must be the primitive's template argument (else abort).
+inline int block_threads(const char* what, int expected) {
+  const int n = static_cast<int>(blockDim.x * blockDim.y);
+  if (n != expected) {
+    std::printf("%s<%d>: launched with %d threads\n", what, expected, n);
+    std::abort();
+  }
+  return n;
+}
 template <class T, int kBlockThreads>
 class BlockReduce {
  public:
@@ -1133,11 +1151,7 @@ class BlockReduce {
   explicit BlockReduce(TempStorage& s) : s_(s) {}
   template <class Op>
   T Reduce(T x, Op op) {
-    const int n = static_cast<int>(blockDim.x * blockDim.y);
-    if (n != kBlockThreads) {
-      std::printf("cub::BlockReduce<%d>: launched with %d threads\n", kBlockThreads, n);
-      std::abort();
-    }
+    const int n = block_threads("cub::BlockReduce", kBlockThreads);
     s_.v[t_lin] = x;
     __syncthreads();
     if (t_lin != 0) return std::numeric_limits<T>::quiet_NaN();
@@ -1150,6 +1164,48 @@ class BlockReduce {
   }
 
  private:
+  TempStorage& s_;
+};
+// cub::BlockScan<T, kBlockThreads> (kernels/cuda/sampling.cu): every thread stores its value, a
+// barrier, thread 0 forms the prefix sums in thread order, a barrier, every thread reads its
+// own; ExclusiveSum gives thread 0 zero. As with cub, TempStorage needs a barrier before reuse.
+template <class T, int kBlockThreads>
+class BlockScan {
+ public:
+  struct TempStorage {
+    T v[kBlockThreads], excl[kBlockThreads], total;
+  };
+  explicit BlockScan(TempStorage& s) : s_(s) {}
+  void ExclusiveSum(T x, T& out, T& aggregate) {
+    scan(x);
+    out = s_.excl[t_lin];
+    aggregate = s_.total;
+  }
+  void ExclusiveSum(T x, T& out) {
+    T aggregate;
+    ExclusiveSum(x, out, aggregate);
+  }
+  void InclusiveSum(T x, T& out, T& aggregate) {
+    scan(x);
+    out = s_.excl[t_lin] + x;
+    aggregate = s_.total;
+  }
+
+ private:
+  void scan(T x) {
+    const int n = block_threads("cub::BlockScan", kBlockThreads);
+    s_.v[t_lin] = x;
+    __syncthreads();
+    if (t_lin == 0) {
+      T run = T(0);
+      for (int i = 0; i < n; ++i) {
+        s_.excl[i] = run;
+        run = run + s_.v[i];
+      }
+      s_.total = run;
+    }
+    __syncthreads();
+  }
   TempStorage& s_;
 };
 }  // namespace cub

@@ -12,7 +12,8 @@ cuda_dir = sys.argv[1]
 bundle = sys.argv[3]
 source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "attention_decode": "attention.cu"}
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
-source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu"})
+source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
+                  "sampling": "sampling.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -108,10 +109,17 @@ bundles["reduce"] = lambda: common_helpers + [  # the reducers, v1's column kern
 bundles["losses"] = lambda: [
     section("constexpr int kThreads = 256;", "// ---------------------------------------------------------------- chunk driver"),
     section("// One more element x into a thread's online", "// ---------------------------------------------------------------- default path: drivers")]
+# the sampler's kernels: row stats, the top-k prefilter (topk_select_kernel), the pick, greedy,
+# with their block scans and reductions (cub::BlockScan / BlockReduce are cuda_emu.h's)
+bundles["sampling"] = lambda: [section("constexpr int kThreads = 512;", "}  // namespace\n\nSampledTokens sample_tokens")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
 text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = g_smem;", text)
+# `__shared__ T a, b;` declares each name on its own line first.
+text = re.sub(r"(?m)^(\s*)__shared__ ([\w:]+) (\w+(?:, \w+)+);",
+              lambda m: "\n".join(m.group(1) + "__shared__ " + m.group(2) + " " + n + ";" for n in m.group(3).split(", ")),
+              text)
 # Static shared arrays and scalars become function statics (blocks run one at a time),
 # registered so that launch poisons them per block.
 text = re.sub(r"(?m)^(\s*)__shared__ (.+?) (\w+)((?:\[[^\]]+\])*);",
