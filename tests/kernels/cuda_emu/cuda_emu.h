@@ -943,6 +943,12 @@ double emu_d(T v) {
   return static_cast<double>(static_cast<somnus::compute_t<T>>(v));
 }
 
+// Whether two host buffers hold the same bytes (the drivers' "bitwise" checks).
+template <class T>
+bool emu_same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
 // CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;
 // see the driver's case list), for the slow thread-sanitizer mode; unset: every case.
 inline bool emu_selected(uint32_t seed) {

@@ -13,7 +13,7 @@ bundle = sys.argv[3]
 source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "attention_decode": "attention.cu"}
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
 source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
-                  "sampling": "sampling.cu"})
+                  "sampling": "sampling.cu", "softmax": "softmax.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -112,6 +112,10 @@ bundles["losses"] = lambda: [
 # the sampler's kernels: row stats, the top-k prefilter (topk_select_kernel), the pick, greedy,
 # with their block scans and reductions (cub::BlockScan / BlockReduce are cuda_emu.h's)
 bundles["sampling"] = lambda: [section("constexpr int kThreads = 512;", "}  // namespace\n\nSampledTokens sample_tokens")]
+# softmax / log_softmax forward and backward: the warp-per-row and the block-per-row kernels
+bundles["softmax"] = lambda: common_helpers + [
+    section("constexpr int kWarpBlock = 128;", "// ---------------------------------------------------------------- host side"),
+    function("void with_per_lane")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)

@@ -54,10 +54,6 @@ double at(const std::vector<T>& g, int64_t i, int64_t v, int64_t ld) {
   return emu_d(g[static_cast<size_t>(i * ld + v)]);
 }
 template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-template <class T>
 bool is_poison(T x) {  // still the NaN the buffer started with
   const T p = T(std::nanf(""));
   return std::memcmp(&x, &p, sizeof(T)) == 0;
@@ -171,8 +167,8 @@ int check_row_runs(const char* what, const std::string& shape, const RowRuns& r,
   }
   // in place = separate buffer (pads: both the NaN they started with); the bf16 and
   // gradient-off losses = the f32 chunk's (the gradient-off run is given no buffer)
-  const bool exact = same_bits(r.inplace, r.g32) && same_bits(r.l_in, r.l32) && same_bits(r.l16, r.l32) &&
-                     same_bits(r.l_off, r.l32);
+  const bool exact = emu_same_bits(r.inplace, r.g32) && emu_same_bits(r.l_in, r.l32) && emu_same_bits(r.l16, r.l32) &&
+                     emu_same_bits(r.l_off, r.l32);
   return report(what, shape, e, exact, "in place / bf16 / no-grad bitwise");
 }
 // The logits of a (rows, ld) buffer as the f32 path holds them: rows V apart.
@@ -467,8 +463,8 @@ int ppo_case(int64_t rows, int64_t V, int64_t Vc, double tau, PpoOpt o, uint32_t
     e.grad = std::max({e.grad, fd_error(g32, i, V, V, ui, loss_of, cols, unit), fd_error(gf, i, V, V, ui, loss_of, cols, unit)});
     e.grad_bf16 = std::max(e.grad_bf16, fd_error(g16, i, V, V, ui, loss_of, cols, unit));
   }
-  const bool exact = same_bits(g_in, g32) && same_bits(l16, l32) && same_bits(p16, p32) && same_bits(m16, m32) &&
-                     same_bits(l_in, l32);
+  const bool exact = emu_same_bits(g_in, g32) && emu_same_bits(l16, l32) && emu_same_bits(p16, p32) && emu_same_bits(m16, m32) &&
+                     emu_same_bits(l_in, l32);
   const std::string shape = strf("rows %lld V %lld Vc %lld tau %g%s", static_cast<long long>(rows),
                                  static_cast<long long>(V), static_cast<long long>(Vc), tau, o.has_ref ? " +ref" : "");
   return report("ppo", shape, e, exact, "in place / bf16 bitwise");
@@ -482,7 +478,7 @@ int add_inplace_case() {
     want[k] = dst[k] + src[k];
   }
   launch(3, 1, 128, 0, [&] { add_inplace_kernel(dst.data(), src.data(), 1000); });  // a grid-stride loop
-  const bool ok = same_bits(dst, want);
+  const bool ok = emu_same_bits(dst, want);
   std::printf("%s add_inplace n 1000 on 3 blocks of 128\n", ok ? "ok  " : "FAIL");
   return ok ? 0 : 1;
 }

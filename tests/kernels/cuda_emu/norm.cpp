@@ -36,10 +36,6 @@ std::vector<T> randv(size_t n, std::mt19937& rng, double mean, double sd) {
   for (auto& e : v) e = static_cast<T>(nd(rng));
   return v;
 }
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
 
 // Forward outputs of one launch.
 template <class T>
@@ -132,8 +128,8 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   const bool stat_ok = es < (std::is_same_v<T, double> ? 1e-12 : 1e-5);
   // G = 1: bitwise v1. G > 1 (the sums are formed per group): only the reference check.
   const bool bitwise = v2.shape_g <= 1;
-  const bool eq = !bitwise || (same_bits(v2.y, v1.y) && same_bits(v2.h, v1.h) && same_bits(v2.rstd, v1.rstd) &&
-                               (!layer || same_bits(v2.mean, v1.mean)));
+  const bool eq = !bitwise || (emu_same_bits(v2.y, v1.y) && emu_same_bits(v2.h, v1.h) && emu_same_bits(v2.rstd, v1.rstd) &&
+                               (!layer || emu_same_bits(v2.mean, v1.mean)));
 
   // Backward (the register kernel when a shape fits, else v1), from v2's forward.
   const int64_t chunks = (rows + kNormRowsPerChunk - 1) / kNormRowsPerChunk;
@@ -190,12 +186,12 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
     std::vector<T> dh2(N, static_cast<T>(std::nan("")));
     std::vector<C> dw2(dwp.size(), C(NAN)), db2(dbp.size(), C(NAN));
     backward(true, false, dh2.data(), dw2.data(), db2.data());
-    pair_eq = same_bits(dh2, dh) && same_bits(dw2, dwp) && same_bits(db2, dbp);
+    pair_eq = emu_same_bits(dh2, dh) && emu_same_bits(dw2, dwp) && emu_same_bits(db2, dbp);
     // LayerNorm without a bias gradient (kDb = false with the mean): dh and dw as with it.
     std::vector<T> dh3(N, static_cast<T>(std::nan("")));
     std::vector<C> dw3(dwp.size(), C(NAN));
     backward(false, false, dh3.data(), dw3.data(), nullptr);
-    pair_eq = pair_eq && same_bits(dh3, dh) && same_bits(dw3, dwp);
+    pair_eq = pair_eq && emu_same_bits(dh3, dh) && emu_same_bits(dw3, dwp);
   }
   // The register accumulators: dw and db bitwise the default's (each thread adds its columns in
   // row order either way); dh bitwise too where the block is the default's 256 threads, else
@@ -203,7 +199,7 @@ int fcase(bool layer, bool res, int64_t rows, int64_t n, unsigned grid, uint32_t
   std::vector<T> dh4(N, static_cast<T>(std::nan("")));
   std::vector<C> dw4(dwp.size(), C(NAN)), db4(dbp.size(), C(NAN));
   backward(false, true, dh4.data(), dw4.data(), layer ? db4.data() : nullptr);
-  const bool racc_eq = same_bits(dw4, dwp) && same_bits(db4, dbp) && (racc_tb > kThreads || same_bits(dh4, dh));
+  const bool racc_eq = emu_same_bits(dw4, dwp) && emu_same_bits(db4, dbp) && (racc_tb > kThreads || emu_same_bits(dh4, dh));
   double edh = 0, edw = 0;
   std::vector<double> dw_ref(n, 0.0), db_ref(n, 0.0);
   for (int64_t i = 0; i < rows; ++i) {

@@ -12,7 +12,8 @@
 # kernels/cuda/{norm,rope,reduce}.cu: each version against f64 and, where equal by design, bitwise
 # against the previous one), losses (kernels/cuda/losses.cu's row kernels of both paths: CE,
 # JSD, PPO, against an f64 loss and its central differences), sampling (kernels/cuda/sampling.cu:
-# row stats, the top-k prefilter, the pick, greedy); every *.cpp here is a driver. A GPU failure of an attention kernel
+# row stats, the top-k prefilter, the pick, greedy), softmax (kernels/cuda/softmax.cu: warp- and
+# block-per-row, forward and backward); every *.cpp here is a driver. A GPU failure of an attention kernel
 # (gpu_check writes the case to $OUT/attn_dumps) replays here on the same inputs:
 #   <work>/attention_fwd_emu --replay FILE VERSION   (v3, wgmma, wgmma_pipe, wgmma_ws, default)
 #   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
