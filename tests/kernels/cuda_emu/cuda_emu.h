@@ -28,8 +28,8 @@
 //   atomicInc      u32 (wraps to 0 past `top`), under the same mutex.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
-//   cub::BlockReduce, BlockScan  the reduction in thread 0 only; the scans in thread order (their
-//                  section at the end).
+//   cub::BlockReduce, WarpReduce, BlockScan  the reductions in thread / lane 0 only; the scans
+//                  in thread order (their section at the end).
 // Written 2026-11-26 (derived from a helper's emulator of the attention backward); the kernels
 // it has run are listed in run.sh.
 #pragma once
@@ -1032,8 +1032,9 @@ inline EmuPool g_pool;
 // block. A kernel's static __shared__ arrays become function statics (extract.py), which is
 // right as long as blocks run one at a time.
 // `threads` may be a 2-D block (launch2d): threadIdx.x = t % bx, threadIdx.y = t / bx.
-// Thread t of every block runs on pool worker t. Between two blocks all threads meet at the
-// block barrier twice: after the first, thread 0 checks the block that ended and sets up the
+// Thread t of every block runs on pool worker t. Between two blocks all threads meet twice at
+// a barrier of launch's own (not the kernel's: a kernel whose threads reach __syncthreads
+// unequally still hangs there, rather than pairing with these waits): after the first, thread 0 checks the block that ended and sets up the
 // next (shared memory and statics poisoned, fresh warpgroup and fence state); after the second,
 // every thread resets its own per-thread state and runs the next block — as a fresh thread of
 // the first version would have.
@@ -1056,7 +1057,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
   g_smem = smd;
   std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
   g_unfenced = unfenced.get();
-  std::barrier<> bb(threads);
+  std::barrier<> bb(threads), between(threads);  // __syncthreads; launch's own waits between blocks
   g_block_bar = &bb;
   const int nw = (threads + 31) / 32;
   Warp warps[kMaxWarps];
@@ -1098,7 +1099,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         }
         set_up(k);
       }
-      bb.arrive_and_wait();  // block k set up
+      between.arrive_and_wait();  // block k set up
       const unsigned x = static_cast<unsigned>(k % gx), y = static_cast<unsigned>(k / gx % gy),
                      z = static_cast<unsigned>(k / gx / gy);
       t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
@@ -1120,7 +1121,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         std::printf("bulk_reduce_add_f32: thread %d ended with a reduction not retired by a wait\n", t_lin);
         std::abort();
       }
-      bb.arrive_and_wait();  // block k done by every thread
+      between.arrive_and_wait();  // block k done by every thread
     }
   };
   g_pool.run(threads, thread_body);
@@ -1136,8 +1137,8 @@ void launch2d(unsigned gx, unsigned gy, int bx, int by, int smem, F&& body) {
 
 // cub::BlockReduce<T, kBlockThreads> (kernels/cuda/losses.cu): every thread stores its value,
 // a barrier, and thread 0 folds them in thread order. As in cub, only thread 0's result is
-// defined (the others get NaN here, so a kernel that reads it elsewhere fails), and there is no
-// barrier after the fold: TempStorage reused without one is the kernel's race, as on the GPU.
+// defined (the others get a poison here, so a kernel that reads it elsewhere fails), and there
+// is no barrier after the fold: TempStorage reused without one is the kernel's race, as on the GPU.
 namespace cub {
 // The block's thread count, which must be the primitive's template argument (else abort).
 inline int block_threads(const char* what, int expected) {
@@ -1160,7 +1161,7 @@ class BlockReduce {
     const int n = block_threads("cub::BlockReduce", kBlockThreads);
     s_.v[t_lin] = x;
     __syncthreads();
-    if (t_lin != 0) return std::numeric_limits<T>::quiet_NaN();
+    if (t_lin != 0) return poison();
     T r = s_.v[0];
     for (int i = 1; i < n; ++i) r = op(r, s_.v[i]);
     return r;
@@ -1168,10 +1169,44 @@ class BlockReduce {
   T Sum(T x) {
     return Reduce(x, [](T a, T b) { return a + b; });
   }
+  // What threads other than 0 get: for floating T, NaN in odd threads and 1e30 in even ones
+  // (fmaxf / fminf drop a NaN, not a 1e30); else T{}.
+  static T poison() {
+    if constexpr (std::is_floating_point_v<T>) {
+      return t_lin % 2 != 0 ? std::numeric_limits<T>::quiet_NaN() : T(1e30);
+    } else {
+      return T{};
+    }
+  }
 
  private:
   TempStorage& s_;
 };
+// cub::WarpReduce<T> (kernels/cuda/reduce.cu): each lane stores its value, a warp barrier,
+// lane 0 folds them in lane order; only lane 0's result is defined (the others: BlockReduce's
+// poison). Whole warps only.
+template <class T>
+class WarpReduce {
+ public:
+  struct TempStorage {
+    T v[32];
+  };
+  explicit WarpReduce(TempStorage& s) : s_(s) {}
+  template <class Op>
+  T Reduce(T x, Op op) {
+    const int lane = t_lin % 32;
+    s_.v[lane] = x;
+    __syncwarp();
+    if (lane != 0) return BlockReduce<T, 32>::poison();
+    T r = s_.v[0];
+    for (int i = 1; i < 32; ++i) r = op(r, s_.v[i]);
+    return r;
+  }
+
+ private:
+  TempStorage& s_;
+};
+
 // cub::BlockScan<T, kBlockThreads> (kernels/cuda/sampling.cu): every thread stores its value, a
 // barrier, thread 0 forms the prefix sums in thread order, a barrier, every thread reads its
 // own; ExclusiveSum gives thread 0 zero. As with cub, TempStorage needs a barrier before reuse.

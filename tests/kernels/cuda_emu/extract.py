@@ -99,9 +99,11 @@ bundles = {
 bundles["norm"] = norm_bundle
 bundles["rope"] = lambda: common_helpers + [section("constexpr int kThreads", "// ------------------------------------------------"
                                                             "---------------- end rope kernels")]  # v1 and v2
-bundles["reduce"] = lambda: common_helpers + [  # the reducers, v1's column kernel, all of v2 and its plans
+bundles["reduce"] = lambda: common_helpers + [  # the reducers, v1's kernels, all of v2 and its plans
     section("// init() is the identity", "-- kernels (v1)"),  # (each ends in a bare "// ---" comment)
     section("constexpr int kWarpRowsPerBlock", "template <class T, class R>\n__global__ void reduce_rows_warp_kernel"),
+    function("__global__ void reduce_rows_warp_kernel"), function("__global__ void reduce_rows_block_kernel"),
+    function("__global__ void reduce_partials_kernel"),
     function("__global__ void reduce_cols_kernel"), section("constexpr int kRowThreads", "-- host side")]
 # the row kernels of both paths (the f32 path's ce/jsd_rows_kernel, ppo_grad_kernel; the default
 # path's *_lp_kernel), PPO's stats and token kernels, add_inplace_kernel, and the block

@@ -16,8 +16,9 @@
 //   the default path in place (f32: g aliasing u, as ce_lp_path runs it) bitwise the same as
 //   into a separate buffer; the bf16 chunk's losses bitwise the f32 chunk's;
 //   ignored and masked rows exactly 0; the pad columns of a row (ld = V rounded up to 8, as
-//   losses.cu pads it) never written; with the gradient off, the gradient buffer untouched and
-//   the losses bitwise as with it.
+//   losses.cu pads it) never written; with the gradient off, the losses bitwise as with it (both
+//   paths) and the f32 path's logits left as they were (but for the skipped rows, which it
+//   zeroes either way).
 // Outputs start as NaN. Exit status = the number of failing cases.
 #include "cuda_emu.h"
 
@@ -134,8 +135,11 @@ int report(const char* what, const std::string& shape, const Err& e, bool exact,
 // buffer (g16), and without the gradient (losses only); the f32 path's gradient (gf, in place,
 // rows V apart); each run's row losses.
 struct RowRuns {
-  std::vector<float> g32, inplace, gf, l32, l_in, l16, l_off, lf;
+  std::vector<float> g32, inplace, gf, l32, l_in, l16, l_off, lf, lf_off;
   std::vector<bf16> g16;
+  // the f32 path without the gradient left the logits of every row it does not skip as they
+  // were (it zeroes the skipped rows' either way: harmless, the chunk is scratch)
+  bool gf_off_untouched = false;
 };
 // Checks a CE or JSD case: skipped rows (ignored / masked) exactly 0 in every run; the others'
 // losses against loss_d(i, row), their gradients against central differences of
@@ -168,8 +172,16 @@ int check_row_runs(const char* what, const std::string& shape, const RowRuns& r,
   // in place = separate buffer (pads: both the NaN they started with); the bf16 and
   // gradient-off losses = the f32 chunk's (the gradient-off run is given no buffer)
   const bool exact = emu_same_bits(r.inplace, r.g32) && emu_same_bits(r.l_in, r.l32) && emu_same_bits(r.l16, r.l32) &&
-                     emu_same_bits(r.l_off, r.l32);
+                     emu_same_bits(r.l_off, r.l32) && emu_same_bits(r.lf_off, r.lf) && r.gf_off_untouched;
   return report(what, shape, e, exact, "in place / bf16 / no-grad bitwise");
+}
+// Whether the rows of `after` that skip(row) does not name hold the bits of `before` (rows V apart).
+bool untouched_rows(const std::vector<float>& after, const std::vector<float>& before, int64_t V,
+                    const std::function<bool(int64_t)>& skip) {
+  for (size_t i = 0; i < after.size() / V; ++i) {
+    if (!skip(i) && std::memcmp(after.data() + i * V, before.data() + i * V, V * sizeof(float)) != 0) return false;
+  }
+  return true;
 }
 // The logits of a (rows, ld) buffer as the f32 path holds them: rows V apart.
 std::vector<float> unpadded(const std::vector<float>& u, int64_t rows, int64_t V, int64_t ld) {
@@ -217,11 +229,17 @@ int ce_case(int64_t rows, int64_t V, double tau, double eps, double zl, double s
   run_lp(r.g16.data(), u.data(), true, r.l16);
   run_lp(static_cast<float*>(nullptr), u.data(), false, r.l_off);
   r.gf = unpadded(u, rows, V, ld);
-  r.lf.assign(rows, std::nanf(""));
-  launch(rows, 1, kThreads, 0, [&] {
-    ce_rows_kernel(r.gf.data(), V, tgt.data(), kIgnore, inv_tau, static_cast<float>(eps), static_cast<float>(zl), c,
-                   true, r.lf.data());
-  });
+  const auto run_f32_path = [&](std::vector<float>& logits, bool grad, std::vector<float>& loss) {
+    loss.assign(rows, std::nanf(""));
+    launch(rows, 1, kThreads, 0, [&] {
+      ce_rows_kernel(logits.data(), V, tgt.data(), kIgnore, inv_tau, static_cast<float>(eps), static_cast<float>(zl), c,
+                     grad, loss.data());
+    });
+  };
+  run_f32_path(r.gf, true, r.lf);
+  std::vector<float> kept = unpadded(u, rows, V, ld);
+  run_f32_path(kept, false, r.lf_off);
+  r.gf_off_untouched = untouched_rows(kept, unpadded(u, rows, V, ld), V, [&](int64_t i) { return tgt[i] == kIgnore; });
   return check_row_runs(
       "ce", strf("rows %lld V %lld tau %g eps %g zl %g sd %g", static_cast<long long>(rows), static_cast<long long>(V), tau,
                  eps, zl, sd),
@@ -289,11 +307,17 @@ int jsd_case(int64_t rows, int64_t V, double beta, double tau, double hard_w, do
   run_lp(static_cast<float*>(nullptr), us.data(), false, r.l_off);
   r.gf = unpadded(us, rows, V, ld);
   std::vector<float> tf = unpadded(ut, rows, V, ld);
-  r.lf.assign(rows, std::nanf(""));
-  launch(rows, 1, kThreads, 0, [&] {
-    jsd_rows_kernel(r.gf.data(), tf.data(), V, mask.data(), tgt.data(), kIgnore, static_cast<float>(beta),
-                    static_cast<float>(tau), static_cast<float>(hard_w), static_cast<float>(scale), true, r.lf.data());
-  });
+  const auto run_f32_path = [&](std::vector<float>& logits, bool grad, std::vector<float>& loss) {
+    loss.assign(rows, std::nanf(""));
+    launch(rows, 1, kThreads, 0, [&] {
+      jsd_rows_kernel(logits.data(), tf.data(), V, mask.data(), tgt.data(), kIgnore, static_cast<float>(beta),
+                      static_cast<float>(tau), static_cast<float>(hard_w), static_cast<float>(scale), grad, loss.data());
+    });
+  };
+  run_f32_path(r.gf, true, r.lf);
+  std::vector<float> kept = unpadded(us, rows, V, ld);
+  run_f32_path(kept, false, r.lf_off);
+  r.gf_off_untouched = untouched_rows(kept, unpadded(us, rows, V, ld), V, [&](int64_t i) { return mask[i] == 0.0f; });
   return check_row_runs(
       "jsd", strf("rows %lld V %lld beta %g tau %g hard %g sd %g", static_cast<long long>(rows), static_cast<long long>(V),
                   beta, tau, hard_w, sd),
@@ -436,14 +460,14 @@ int ppo_case(int64_t rows, int64_t V, int64_t Vc, double tau, PpoOpt o, uint32_t
     const PpoRef ref = ppo_d(ui, act[i], inv_tau, side.data() + i * 5, o);
     for (const auto* p : {&p32, &pf, &p1}) e.loss = std::max(e.loss, std::fabs((*p)[i] - ref.logp) / (1 + std::fabs(ref.logp)));
     if (masked) {
-      for (const auto* m : {&m32, &mf}) {
+      for (const auto* m : {&m32, &mf, &m1}) {
         for (int k = 0; k < 4; ++k) e.bad += (*m)[i * 4 + k] != 0.0f;
       }
       e.bad += l32[i] != 0.0f || lf[i] != 0.0f;
       continue;
     }
     for (const auto* l : {&l32, &lf, &l1}) e.loss = std::max(e.loss, std::fabs((*l)[i] - ref.loss) / (1 + std::fabs(ref.loss)));
-    for (const auto* m : {&m32, &mf}) {
+    for (const auto* m : {&m32, &mf, &m1}) {
       e.loss = std::max({e.loss, std::fabs((*m)[i * 4 + 2] - ref.k3) / (1 + ref.k3),
                          std::fabs((*m)[i * 4 + 3] - ref.entropy) / (1 + ref.entropy)});
     }
@@ -452,7 +476,7 @@ int ppo_case(int64_t rows, int64_t V, int64_t Vc, double tau, PpoOpt o, uint32_t
     const double r = ref.ratio, A = side[i * 5 + 2];
     if (std::fabs(r - (1 - o.eps_low)) < 1e-3 || std::fabs(r - (1 + o.eps_high)) < 1e-3) continue;
     const bool lo = r < 1 - o.eps_low && A < 0, hi = r > 1 + o.eps_high && A > 0;
-    e.bad += m32[i * 4] != (lo ? 1.0f : 0.0f) || m32[i * 4 + 1] != (hi ? 1.0f : 0.0f);
+    for (const auto* m : {&m32, &mf, &m1}) e.bad += (*m)[i * 4] != (lo ? 1.0f : 0.0f) || (*m)[i * 4 + 1] != (hi ? 1.0f : 0.0f);
     const std::function<double(const vd&)> loss_of = [&](const vd& x) {
       return ppo_d(x, act[i], inv_tau, side.data() + i * 5, o).loss;
     };
@@ -463,8 +487,10 @@ int ppo_case(int64_t rows, int64_t V, int64_t Vc, double tau, PpoOpt o, uint32_t
     e.grad = std::max({e.grad, fd_error(g32, i, V, V, ui, loss_of, cols, unit), fd_error(gf, i, V, V, ui, loss_of, cols, unit)});
     e.grad_bf16 = std::max(e.grad_bf16, fd_error(g16, i, V, V, ui, loss_of, cols, unit));
   }
-  const bool exact = emu_same_bits(g_in, g32) && emu_same_bits(l16, l32) && emu_same_bits(p16, p32) && emu_same_bits(m16, m32) &&
-                     emu_same_bits(l_in, l32);
+  // the in-place and bf16 runs: the same stats and token kernels on the same logits
+  const bool exact = emu_same_bits(g_in, g32) && emu_same_bits(l16, l32) && emu_same_bits(p16, p32) &&
+                     emu_same_bits(m16, m32) && emu_same_bits(l_in, l32) && emu_same_bits(p_in, p32) &&
+                     emu_same_bits(m_in, m32);
   const std::string shape = strf("rows %lld V %lld Vc %lld tau %g%s", static_cast<long long>(rows),
                                  static_cast<long long>(V), static_cast<long long>(Vc), tau, o.has_ref ? " +ref" : "");
   return report("ppo", shape, e, exact, "in place / bf16 bitwise");

@@ -5,8 +5,9 @@
 // viewed as (outer, n, inner): contiguous, offset by one element (misaligned), with a strided
 // inner dim or a strided row; with the segment/chunk counts the plans give and forced ones
 // (a last segment or chunk shorter than the others, a row tail of n % V elements), and grids
-// smaller than the work so that the grid-stride loops run. The cub-based kernels (v1 rows, the
-// warp-per-row kernel shared by both versions) are left out.
+// smaller than the work so that the grid-stride loops run; and the cub-based kernels on
+// cuda_emu.h's cub::WarpReduce / BlockReduce: the warp-per-row kernel both versions use for
+// n ≤ 512, v1's block-per-row kernel with and without chunks, and its partials combine.
 // Checks: sum/mean within 1e-5 (f32) / 1e-2 (bf16) / 1e-12 (f64) relative L2 of an f64
 // reference, max and argmax exact (first index on ties, NaN wins); every output written
 // (outputs start as NaN / −1); v2's scalar paths bitwise equal to its vector paths (the
@@ -128,10 +129,12 @@ std::vector<Out> poisoned(int64_t k) {
 }
 
 // The kernel under test, one of:
-enum class Kernel { cols_v1, cols_v2_vec, cols_v2_scalar, rows_v2_vec, rows_v2_scalar };
+enum class Kernel { cols_v1, cols_v2_vec, cols_v2_scalar, rows_v2_vec, rows_v2_scalar, rows_warp, rows_v1_block };
 const char* kernel_name(Kernel k) {
   switch (k) {
     case Kernel::cols_v1: return "cols v1        ";
+    case Kernel::rows_warp: return "rows warp      ";
+    case Kernel::rows_v1_block: return "rows v1 block  ";
     case Kernel::cols_v2_vec: return "cols v2 vector ";
     case Kernel::cols_v2_scalar: return "cols v2 scalar ";
     case Kernel::rows_v2_vec: return "rows v2 vector ";
@@ -173,6 +176,17 @@ std::vector<double> run(Kernel kernel, const Problem<T>& p, Op op, int64_t parts
           }
         });
         if (parts > 1) launch(grid2, 1, 64, 0, [&] { reduce_segments_kernel<R>(pp, outputs, parts, r, out.data()); });
+        return as_doubles(out);
+      case Kernel::rows_warp:  // a warp per row (n ≤ 512 in both versions)
+        launch(grid, 1, kWarpRowsPerBlock * 32, 0, [&] {
+          reduce_rows_warp_kernel<T, R>(p.x(), p.outer_layout(), p.sn, p.n, p.outer, r, out.data());
+        });
+        return as_doubles(out);
+      case Kernel::rows_v1_block:  // a block per (row, chunk); the chunks' partials combined in order
+        launch(grid, 1, kBlockThreads, 0, [&] {
+          reduce_rows_block_kernel<T, R>(p.x(), p.outer_layout(), p.sn, p.n, p.outer, parts, len, r, pp, out.data());
+        });
+        if (parts > 1) launch(grid2, 1, 128, 0, [&] { reduce_partials_kernel<R>(pp, p.outer, parts, r, out.data()); });
         return as_doubles(out);
       default:
         launch(grid, static_cast<unsigned>(parts), kRowThreads, 0, [&] {
@@ -333,6 +347,13 @@ int all_cases() {
     // The plan for one long row (40000: 3 chunks of 14336, the last 11328).
     const SplitPlan rp = plan_row_chunks(1, 40000);
     fails += run_case<T>(op, 1, 40000, 1, Phys::contiguous, {Kernel::rows_v2_vec}, rp.parts, rp.len, 1, 1);
+    // v1's rows: a warp per row (17 rows of 300 on 2 blocks of 8 warps: the grid-stride loop,
+    // a part-filled last block; strided rows), a block per row and per chunk (3 chunks of
+    // 2048 over 5003, the last 907, combined by reduce_partials_kernel on a grid of 1).
+    fails += run_case<T>(op, 17, 300, 1, Phys::contiguous, {Kernel::rows_warp}, 1, 300, 2, 1);
+    fails += run_case<T>(op, 3, 33, 1, Phys::strided, {Kernel::rows_warp}, 1, 33, 1, 1);
+    fails += run_case<T>(op, 3, 5003, 1, Phys::misaligned, {Kernel::rows_v1_block}, 1, 5003, 2, 1);
+    fails += run_case<T>(op, 2, 5003, 1, Phys::strided, {Kernel::rows_v1_block}, 3, 2048, 2, 1);
     // Scalar path: misaligned, and strided rows (sn = 2), with chunks.
     fails += run_case<T>(op, 2, 5003, 1, Phys::misaligned, {Kernel::rows_v2_scalar}, 3, 2048, 1, 1);
     fails += run_case<T>(op, 2, 4100, 1, Phys::strided, {Kernel::rows_v2_scalar}, 3, 2048, 1, 1);
