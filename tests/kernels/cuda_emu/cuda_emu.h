@@ -7,8 +7,9 @@
 // semantics.
 //
 // Model: a block is blockDim.x·blockDim.y std::threads (one per CUDA thread; workers of a pool
-// kept for the process, EmuPool) run to completion before the next block; __syncthreads is a std::barrier over the block, and every warp-collective
-// (mma.sync, ldmatrix, shfl) is a barrier over its 32 threads, so a collective a lane skips
+// kept for the process, EmuPool) run to completion before the next block; __syncthreads is a
+// std::barrier over the block, and every warp-collective (mma.sync, ldmatrix, shfl) is a
+// barrier over its 32 threads, so a collective a lane skips
 // deadlocks (as on the GPU it would be undefined). Semantics emulated, from the PTX ISA:
 //   mma_bf16       mma.sync.m16n8k16.row.col f32.bf16.bf16.f32: A a0 (row gr, cols 2tq..+1),
 //                  a1 (gr + 8), a2 (cols + 8), a3 (both); B b0 (k 2tq..+1, n gr), b1 (k + 8);
@@ -948,6 +949,12 @@ template <class T>
 bool emu_same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
+// Whether x still holds the quiet NaN an output buffer was filled with (T(NaN): never written).
+template <class T>
+bool emu_is_poison(T x) {
+  const T p = static_cast<T>(std::nanf(""));
+  return std::memcmp(&x, &p, sizeof(T)) == 0;
+}
 
 // CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;
 // see the driver's case list), for the slow thread-sanitizer mode; unset: every case.
@@ -1034,10 +1041,10 @@ inline EmuPool g_pool;
 // `threads` may be a 2-D block (launch2d): threadIdx.x = t % bx, threadIdx.y = t / bx.
 // Thread t of every block runs on pool worker t. Between two blocks all threads meet twice at
 // a barrier of launch's own (not the kernel's: a kernel whose threads reach __syncthreads
-// unequally still hangs there, rather than pairing with these waits): after the first, thread 0 checks the block that ended and sets up the
-// next (shared memory and statics poisoned, fresh warpgroup and fence state); after the second,
-// every thread resets its own per-thread state and runs the next block — as a fresh thread of
-// the first version would have.
+// unequally still hangs there, rather than pairing with these waits). Before the first, thread
+// 0 checks the block that ended and sets up the next (blockIdx, shared memory and statics
+// poisoned, fresh warpgroup and fence state); after it, every thread resets its own per-thread
+// state and runs the block — as a fresh thread of the first version would have.
 template <class F>
 void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned gz = 1, int bx = 0) {
   if (bx == 0) bx = threads;
@@ -1099,10 +1106,8 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
         }
         set_up(k);
       }
-      between.arrive_and_wait();  // block k set up
-      const unsigned x = static_cast<unsigned>(k % gx), y = static_cast<unsigned>(k / gx % gy),
-                     z = static_cast<unsigned>(k / gx / gy);
-      t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(x) << 20) + (uint64_t(y) << 40) + z;
+      between.arrive_and_wait();  // block k set up (blockIdx among it)
+      t_coin = 0x9e3779b97f4a7c15ull * (t + 1) + (uint64_t(blockIdx.x) << 20) + (uint64_t(blockIdx.y) << 40) + blockIdx.z;
       t_open.clear();
       t_groups.clear();
       t_wg_open.clear();
@@ -1149,6 +1154,16 @@ inline int block_threads(const char* what, int expected) {
   }
   return n;
 }
+// What threads other than the one holding a reduction's result get: for floating T, NaN in
+// odd threads and 1e30 in even ones (fmaxf / fminf drop a NaN, not a 1e30); else T{}.
+template <class T>
+T reduce_poison() {
+  if constexpr (std::is_floating_point_v<T>) {
+    return t_lin % 2 != 0 ? std::numeric_limits<T>::quiet_NaN() : T(1e30);
+  } else {
+    return T{};
+  }
+}
 template <class T, int kBlockThreads>
 class BlockReduce {
  public:
@@ -1161,7 +1176,7 @@ class BlockReduce {
     const int n = block_threads("cub::BlockReduce", kBlockThreads);
     s_.v[t_lin] = x;
     __syncthreads();
-    if (t_lin != 0) return poison();
+    if (t_lin != 0) return reduce_poison<T>();
     T r = s_.v[0];
     for (int i = 1; i < n; ++i) r = op(r, s_.v[i]);
     return r;
@@ -1169,22 +1184,13 @@ class BlockReduce {
   T Sum(T x) {
     return Reduce(x, [](T a, T b) { return a + b; });
   }
-  // What threads other than 0 get: for floating T, NaN in odd threads and 1e30 in even ones
-  // (fmaxf / fminf drop a NaN, not a 1e30); else T{}.
-  static T poison() {
-    if constexpr (std::is_floating_point_v<T>) {
-      return t_lin % 2 != 0 ? std::numeric_limits<T>::quiet_NaN() : T(1e30);
-    } else {
-      return T{};
-    }
-  }
 
  private:
   TempStorage& s_;
 };
 // cub::WarpReduce<T> (kernels/cuda/reduce.cu): each lane stores its value, a warp barrier,
-// lane 0 folds them in lane order; only lane 0's result is defined (the others: BlockReduce's
-// poison). Whole warps only.
+// lane 0 folds them in lane order; only lane 0's result is defined (the others get
+// reduce_poison). Whole warps only.
 template <class T>
 class WarpReduce {
  public:
@@ -1197,7 +1203,7 @@ class WarpReduce {
     const int lane = t_lin % 32;
     s_.v[lane] = x;
     __syncwarp();
-    if (lane != 0) return BlockReduce<T, 32>::poison();
+    if (lane != 0) return reduce_poison<T>();
     T r = s_.v[0];
     for (int i = 1; i < 32; ++i) r = op(r, s_.v[i]);
     return r;

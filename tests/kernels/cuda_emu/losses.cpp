@@ -54,11 +54,6 @@ template <class T>
 double at(const std::vector<T>& g, int64_t i, int64_t v, int64_t ld) {
   return emu_d(g[static_cast<size_t>(i * ld + v)]);
 }
-template <class T>
-bool is_poison(T x) {  // still the NaN the buffer started with
-  const T p = T(std::nanf(""));
-  return std::memcmp(&x, &p, sizeof(T)) == 0;
-}
 // The logits: normal(0, sd) in rows ld apart, the pad columns NaN.
 std::vector<float> logits(int64_t rows, int64_t V, int64_t ld, double sd, std::mt19937& rng) {
   std::normal_distribution<double> nd(0.0, sd);
@@ -111,7 +106,7 @@ void check_row(const std::vector<T>& g, int64_t i, int64_t V, int64_t ld, bool z
   for (int64_t v = 0; v < ld; ++v) {
     const T x = g[static_cast<size_t>(i * ld + v)];
     if (v >= V) {
-      e.bad += !is_poison(x);
+      e.bad += !emu_is_poison(x);
     } else {
       e.bad += zero ? emu_d(x) != 0.0 : !std::isfinite(emu_d(x));
     }
@@ -228,7 +223,8 @@ int ce_case(int64_t rows, int64_t V, double tau, double eps, double zl, double s
   run_lp(r.inplace.data(), r.inplace.data(), true, r.l_in);
   run_lp(r.g16.data(), u.data(), true, r.l16);
   run_lp(static_cast<float*>(nullptr), u.data(), false, r.l_off);
-  r.gf = unpadded(u, rows, V, ld);
+  const std::vector<float> uf = unpadded(u, rows, V, ld);
+  const auto skip = [&](int64_t i) { return tgt[i] == kIgnore; };
   const auto run_f32_path = [&](std::vector<float>& logits, bool grad, std::vector<float>& loss) {
     loss.assign(rows, std::nanf(""));
     launch(rows, 1, kThreads, 0, [&] {
@@ -236,14 +232,15 @@ int ce_case(int64_t rows, int64_t V, double tau, double eps, double zl, double s
                      grad, loss.data());
     });
   };
+  r.gf = uf;
   run_f32_path(r.gf, true, r.lf);
-  std::vector<float> kept = unpadded(u, rows, V, ld);
+  std::vector<float> kept = uf;
   run_f32_path(kept, false, r.lf_off);
-  r.gf_off_untouched = untouched_rows(kept, unpadded(u, rows, V, ld), V, [&](int64_t i) { return tgt[i] == kIgnore; });
+  r.gf_off_untouched = untouched_rows(kept, uf, V, skip);
   return check_row_runs(
       "ce", strf("rows %lld V %lld tau %g eps %g zl %g sd %g", static_cast<long long>(rows), static_cast<long long>(V), tau,
                  eps, zl, sd),
-      r, u, rows, V, ld, scale, c, [&](int64_t i) { return tgt[i] == kIgnore; },
+      r, u, rows, V, ld, scale, c, skip,
       [&](int64_t i, const vd& x) { return ce_loss_d(x, tgt[i], inv_tau, eps, zl); }, [&](int64_t i) { return tgt[i]; },
       [&](int64_t) { return static_cast<double>(c); }, rng);
 }
@@ -305,8 +302,9 @@ int jsd_case(int64_t rows, int64_t V, double beta, double tau, double hard_w, do
   run_lp(r.inplace.data(), r.inplace.data(), true, r.l_in);
   run_lp(r.g16.data(), us.data(), true, r.l16);
   run_lp(static_cast<float*>(nullptr), us.data(), false, r.l_off);
-  r.gf = unpadded(us, rows, V, ld);
+  const std::vector<float> sf = unpadded(us, rows, V, ld);
   std::vector<float> tf = unpadded(ut, rows, V, ld);
+  const auto skip = [&](int64_t i) { return mask[i] == 0.0f; };
   const auto run_f32_path = [&](std::vector<float>& logits, bool grad, std::vector<float>& loss) {
     loss.assign(rows, std::nanf(""));
     launch(rows, 1, kThreads, 0, [&] {
@@ -314,14 +312,15 @@ int jsd_case(int64_t rows, int64_t V, double beta, double tau, double hard_w, do
                       static_cast<float>(tau), static_cast<float>(hard_w), static_cast<float>(scale), grad, loss.data());
     });
   };
+  r.gf = sf;
   run_f32_path(r.gf, true, r.lf);
-  std::vector<float> kept = unpadded(us, rows, V, ld);
+  std::vector<float> kept = sf;
   run_f32_path(kept, false, r.lf_off);
-  r.gf_off_untouched = untouched_rows(kept, unpadded(us, rows, V, ld), V, [&](int64_t i) { return mask[i] == 0.0f; });
+  r.gf_off_untouched = untouched_rows(kept, sf, V, skip);
   return check_row_runs(
       "jsd", strf("rows %lld V %lld beta %g tau %g hard %g sd %g", static_cast<long long>(rows), static_cast<long long>(V),
                   beta, tau, hard_w, sd),
-      r, us, rows, V, ld, scale, scale / tau, [&](int64_t i) { return mask[i] == 0.0f; },
+      r, us, rows, V, ld, scale, scale / tau, skip,
       [&](int64_t i, const vd& x) { return jsd_loss_d(x, row_of(ut, i, V, ld), tgt[i], beta, tau, hard_w); },
       [&](int64_t i) { return tgt[i] == kIgnore ? int64_t{-1} : tgt[i]; },
       [&](int64_t i) { return scale / tau + (tgt[i] == kIgnore ? 0.0 : hard_w * scale); }, rng);
@@ -340,7 +339,7 @@ struct PpoRef {
 };
 PpoRef ppo_d(const vd& u, int64_t a, double inv_tau, const float* sd, const PpoOpt& o) {
   const vd z = scaled(u, inv_tau);
-  const double lse = lse_d(z), lp = z[a] - lse;
+  const double lse = lse_d(z), lp = z[a] - lse;  // log softmax(u/τ)[a]
   double ent = lse;
   for (double x : z) ent -= std::exp(x - lse) * x;
   const double r = std::exp(lp - sd[0]), A = sd[2];
@@ -406,7 +405,7 @@ std::vector<TG> ppo_run(const std::vector<float>& u, int64_t rows, int64_t V, in
       for (int64_t v = 0; v < ldu; ++v) {
         const TG x = gc[static_cast<size_t>(i * ldu + v)];
         if (v >= vn) {
-          e.bad += !is_poison(x);
+          e.bad += !emu_is_poison(x);
         } else {
           g[static_cast<size_t>(i * V + v0 + v)] = x;
         }
@@ -431,7 +430,8 @@ int ppo_case(int64_t rows, int64_t V, int64_t Vc, double tau, PpoOpt o, uint32_t
   std::vector<float> side(static_cast<size_t>(rows * 5));
   for (int64_t i = 0; i < rows; ++i) {
     act[i] = pick(rng);
-    const double lp = ppo_d(row_of(u, i, V, ld), act[i], inv_tau, side.data() + i * 5, o).logp;
+    const vd z = scaled(row_of(u, i, V, ld), inv_tau);
+    const double lp = z[act[i]] - lse_d(z);  // the current log-prob of the action
     float* sd = side.data() + i * 5;
     sd[0] = static_cast<float>(lp + 0.5 * std::tanh(nd(rng)));
     sd[1] = static_cast<float>(lp + 0.3 * nd(rng));

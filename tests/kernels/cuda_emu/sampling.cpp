@@ -59,15 +59,12 @@ uint32_t bits(float v) {
   std::memcpy(&u, &v, 4);
   return u;
 }
-// The prefilter's order key (−0 as +0), and cub's radix key for floats (−0 below +0).
-uint32_t order_key(float v) {
-  const uint32_t u = bits(v == 0.0f ? 0.0f : v);
-  return (u >> 31) != 0 ? ~u : (u | 0x80000000u);
-}
+// cub's radix key for floats (−0 below +0), and the prefilter's order key (−0 as +0).
 uint32_t radix_key(float v) {
   const uint32_t u = bits(v);
   return (u >> 31) != 0 ? ~u : (u | 0x80000000u);
 }
+uint32_t order_key(float v) { return radix_key(v == 0.0f ? 0.0f : v); }
 // Indices of `vals` sorted descending by cub's radix key, stable (equal keys keep their order).
 std::vector<int> sort_desc(const float* vals, const int* idx, int64_t n) {
   std::vector<int> pos(n);
@@ -108,21 +105,22 @@ struct RefPick {
 };
 RefPick ref_pick(const std::vector<float>& r, const std::vector<int>& order, int64_t k, double top_p, float m,
                  float inv_t, double u) {
-  const auto w = [&](int64_t j) { return static_cast<double>(std::exp((r[order[j]] - m) * inv_t)); };
+  std::vector<double> w(k);
+  for (int64_t j = 0; j < k; ++j) w[j] = static_cast<double>(std::exp((r[order[j]] - m) * inv_t));
   bool near = false;
   // first j < n with w > 0 whose inclusive mass reaches target, or -1
   const auto inverse_cdf = [&](int64_t n, double target) {
     double c = 0;
     for (int64_t j = 0; j < n; ++j) {
-      c += w(j);
+      c += w[j];
       if (std::fabs(c - target) <= 1e-12 * std::max(1.0, target)) near = true;
-      if (w(j) > 0 && c >= target) return j;
+      if (w[j] > 0 && c >= target) return j;
     }
     return int64_t{-1};
   };
   const auto mass = [&](int64_t n) {
     double s = 0;
-    for (int64_t j = 0; j < n; ++j) s += w(j);
+    for (int64_t j = 0; j < n; ++j) s += w[j];
     return s;
   };
   int64_t n = k;
@@ -147,7 +145,6 @@ int sampling_case(const std::vector<Kind>& kinds, int64_t V, int64_t top_k, doub
   }
   const auto row = [&](int64_t b) { return std::vector<float>(x.begin() + b * V, x.begin() + (b + 1) * V); };
   int bad_count = 0, near = 0;
-  std::string notes;
   // ---- stats
   std::vector<float> rmax(B, NAN), rlse(B, NAN);
   std::vector<int64_t> rarg(B, -1);

@@ -21,12 +21,6 @@ using somnus::cuda::StridedLayout;
 
 namespace {
 
-template <class T>
-bool is_poison(T x) {
-  const T p = static_cast<T>(std::nan(""));
-  return std::memcmp(&x, &p, sizeof(T)) == 0;
-}
-
 // Rows of n elements: element j of row r at r·pitch + j·stride (the collapsed leading dims are
 // one: a (rows,) layout with stride pitch for every operand).
 template <int K>
@@ -132,7 +126,7 @@ int softmax_case(int64_t rows, int64_t n, int64_t stride, unsigned grid, bool lo
   // the gaps of the strided layout: never written
   for (int64_t e = 0; e < size; ++e) {
     const int64_t j = e % pitch;
-    if (j % stride != 0 || j / stride >= n) bad += !is_poison(y[e]) + !is_poison(dx[e]);
+    if (j % stride != 0 || j / stride >= n) bad += !emu_is_poison(y[e]) + !emu_is_poison(dx[e]);
   }
   const double tol = std::is_same_v<T, double> ? 1e-12 : std::is_same_v<T, float> ? 2e-6 : 1e-2;
   const bool ok = bad == 0 && ey < tol && edx < tol && cached_eq;
