@@ -168,20 +168,20 @@ int all_cases(const char* label) {
     // query tile of the second key block mid-tile). For the ring only: the others' loops are
     // covered above, and these two cases would add ~25 s to each version's run.
     if (kWg != 2) continue;
-    // Warpgroup 1 lagging 20 ms at each wgmma wait (D = 128, where each warpgroup's dQ reads
+    // Warpgroup 1 lagging at each wgmma wait (running only when nothing else can; D = 128, where each warpgroup's dQ reads
     // both warpgroups' dSᵀ rows): warpgroup 0 reaches the next tile's dSᵀ stores while warpgroup
     // 1's dQ product still reads the last tile's (one dSᵀ buffer instead of two aborts here; no
     // schedule of the other cases showed it, nor ThreadSanitizer: the emulation's mutexes order
     // the two sides).
-    g_wg_lag_ms = 20;
+    g_wg_lag = true;
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 1, 1, 192, 128, false, 0}, det, seed++, label);
-    g_wg_lag_ms = 0;
-    // The producer lagging 100 ms at each of its waits: the consumers wait for every tile, so
+    g_wg_lag = false;
+    // The producer lagging at each of its waits and arrivals: the consumers wait for every tile, so
     // that the lse / Δ stores of a producer lane after its arrival (instead of before) are read
     // stale.
-    g_producer_lag_ms = 100;
+    g_producer_lag = true;
     fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 256, 128, true, 0}, det, seed++, label);
-    g_producer_lag_ms = 0;
+    g_producer_lag = false;
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 4, 1, 333, 130, false, 0}, det, seed++, label);
     fails += run_case<64, kLdsm, kPipe, kV3, kWarps, kWg>({1, 2, 1, 520, 300, true, 100}, det, seed++, label);
   }

@@ -6,11 +6,11 @@
 // pressure, bank conflicts, or anything the inline PTX itself gets wrong beyond its documented
 // semantics.
 //
-// Model: a block is blockDim.x·blockDim.y std::threads (one per CUDA thread; workers of a pool
-// kept for the process, EmuPool) run to completion before the next block; __syncthreads is a
-// std::barrier over the block, and every warp-collective (mma.sync, ldmatrix, shfl) is a
-// barrier over its 32 threads, so a collective a lane skips
-// deadlocks (as on the GPU it would be undefined). Semantics emulated, from the PTX ISA:
+// Model: a block is blockDim.x·blockDim.y fibers (one per CUDA thread, on the launching OS
+// thread: emu_fiber.h) run to completion before the next block; __syncthreads is a barrier over
+// the block, and every warp-collective (mma.sync, ldmatrix, shfl) is a barrier over its 32
+// threads, so a collective a lane skips leaves the block waiting (undefined on the GPU): the
+// launch reports where each thread waits and aborts. Semantics emulated, from the PTX ISA:
 //   mma_bf16       mma.sync.m16n8k16.row.col f32.bf16.bf16.f32: A a0 (row gr, cols 2tq..+1),
 //                  a1 (gr + 8), a2 (cols + 8), a3 (both); B b0 (k 2tq..+1, n gr), b1 (k + 8);
 //                  C c0, c1 (gr, 2tq..+1), c2, c3 (gr + 8). Products summed in f32 over k.
@@ -35,25 +35,23 @@
 // it has run are listed in run.sh.
 #pragma once
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <random>
-#include <thread>
 #include <vector>
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <chrono>
-#include <condition_variable>
 #include <limits>
 #include <functional>
 #include <map>
 
+#include "emu_fiber.h"
 #include "tensor/dispatch.h"  // compute_t (and tensor/dtype.h)
 #define __global__
 #define __device__
@@ -71,8 +69,10 @@ using std::fma;    // fma(float, float, float) is fmaf, as on the device
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
-thread_local Dim3 threadIdx;
-thread_local int t_lin;  // the thread's linear index in its block (x fastest): its warp is t_lin / 32
+inline emu::FiberLocal<Dim3> threadIdx_fl;
+#define threadIdx (threadIdx_fl.get())
+inline emu::FiberLocal<int> t_lin_fl;  // the thread's linear index in its block (x fastest): its warp is t_lin / 32
+#define t_lin (t_lin_fl.get())
 Dim3 blockIdx, blockDim, gridDim;
 unsigned char* g_smem;
 // stdout line-buffered even into a pipe (ctest's log): the emulation reports a fault with a
@@ -129,8 +129,8 @@ inline T __ldcg(const T* p) { return *p; }
 inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
 inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
 constexpr int kMaxWarps = 32;
-std::barrier<>* g_block_bar;
-struct Warp { std::barrier<>* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; uint64_t shfl[32]; };
+emu::Barrier* g_block_bar;
+struct Warp { emu::Barrier* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; uint64_t shfl[32]; };
 Warp* g_warps;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 // __syncwarp: a barrier over the thread's warp (whole warps only; the mask is not emulated).
@@ -183,8 +183,10 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 // cp.async: copies land when a wait retires their group (so a missing wait reads garbage).
 struct PendingCopy { uint16_t* sm; const uint16_t* g; bool valid; };
-thread_local std::vector<PendingCopy> t_open;
-thread_local std::vector<std::vector<PendingCopy>> t_groups;
+inline emu::FiberLocal<std::vector<PendingCopy>> t_open_fl;
+#define t_open (t_open_fl.get())
+inline emu::FiberLocal<std::vector<std::vector<PendingCopy>>> t_groups_fl;
+#define t_groups (t_groups_fl.get())
 size_t g_smem_bytes;
 inline void check_smem(const void* p, size_t n) {
   const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -194,7 +196,8 @@ inline void check_smem(const void* p, size_t n) {
 // fixed seed (reset per block in launch), so one run exercises both a read before the data is
 // there (a missing wait) and a write under a reader (an issue before the barrier that frees the
 // buffer).
-thread_local uint64_t t_coin = 0;
+inline emu::FiberLocal<uint64_t> t_coin_fl{0};
+#define t_coin (t_coin_fl.get())
 // Built with CUDA_EMU_EAGER_COPIES (run.sh's thread-sanitizer mode) every copy lands at its
 // issue: a write by the issuing thread that ThreadSanitizer orders against every other thread's
 // reads only through the barriers, so a missing __syncthreads is reported whatever the schedule.
@@ -216,7 +219,8 @@ inline bool land_now() {
 // ISA could allow (a fence by another thread after the barrier might also order the writes):
 // the kernels fence in the landing thread, and so does this rule.
 std::atomic<int>* g_unfenced;  // per 16-byte chunk of the block's shared memory
-thread_local std::vector<uint32_t> t_unfenced;  // the chunks this thread landed since its fence
+inline emu::FiberLocal<std::vector<uint32_t>> t_unfenced_fl;  // the chunks this thread landed since its fence
+#define t_unfenced (t_unfenced_fl.get())
 // The 16-byte chunk at p was written by this thread through the generic proxy: unfenced until
 // its fence_proxy_async.
 inline void mark_unfenced(const void* p) {
@@ -321,18 +325,19 @@ inline void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) { ldsm_x4_at<kTrans>(r,
 //   MN-major operand (imm-trans-a / imm-trans-b 1), element (k, n) — for A, (k, m): start +
 //     (n / 64)·LBO + 2·(n % 64) + (k / 8)·SBO + (k % 8)·128.
 struct WarpGroup {
-  std::barrier<>* bar;
+  emu::Barrier* bar;
   uint32_t a[128][4];
   uint64_t da[128], db[128];
 };
 WarpGroup* g_wgs;
-thread_local bool t_wg_fenced = false;  // a wgmma_fence since the last wait / the start
+inline emu::FiberLocal<bool> t_wg_fenced_fl{false};  // a wgmma_fence since the last wait / the start
+#define t_wg_fenced (t_wg_fenced_fl.get())
 inline void wgmma_fence() { t_wg_fenced = true; }
 template <int N>
 inline void wg_fence_operands(float (&)[N][4]) {}
 template <int N>
 inline void wg_fence_operands(uint32_t (&)[N][4]) {}
-std::atomic<int> g_wg_lag_ms{0};  // see wgmma_wait
+bool g_wg_lag = false;  // see wgmma_wait
 struct WgDesc {
   uint32_t start, lbo, sbo;
 };
@@ -372,8 +377,10 @@ struct WgInFlight {
   bool mn_a, mn_b, rs;
   int width;  // N
 };
-thread_local std::vector<WgInFlight> t_wg_open;
-thread_local std::vector<std::vector<WgInFlight>> t_wg_groups;
+inline emu::FiberLocal<std::vector<WgInFlight>> t_wg_open_fl;
+#define t_wg_open (t_wg_open_fl.get())
+inline emu::FiberLocal<std::vector<std::vector<WgInFlight>>> t_wg_groups_fl;
+#define t_wg_groups (t_wg_groups_fl.get())
 // The accumulator's value an instruction issued now starts from: the latest pending result on
 // the same registers, else the registers.
 inline const float* wg_acc_source(const float* d) {
@@ -388,7 +395,8 @@ inline const float* wg_acc_source(const float* d) {
 // thread whose wgmma reads such a chunk must itself have observed that phase (mbar_wait), as
 // the ISA gives the copy's data only to the threads that observe the phase completion.
 std::unique_ptr<std::atomic<uint64_t>[]> g_tma_owner;
-thread_local std::vector<uint64_t> t_seen;  // per barrier index: completed phases this thread observed
+inline emu::FiberLocal<std::vector<uint64_t>> t_seen_fl;  // per barrier index: completed phases this thread observed
+#define t_seen (t_seen_fl.get())
 inline void tma_check_observed(uint32_t phys) {
   if (!g_tma_owner) return;
   const uint64_t o = g_tma_owner[(phys - kEmuSmemBase) / 16].load(std::memory_order_relaxed);
@@ -463,13 +471,11 @@ inline void wgmma_wait() {
   t_wg_fenced = false;
   if (static_cast<int>(t_wg_groups.size()) <= N) return;
   WarpGroup& g = g_wgs[t_lin / 128];
-  // A lagging warpgroup (g_wg_lag_ms, set by a driver for chosen cases): warpgroup 1's
-  // instructions stay in flight that much longer, while warpgroup 0 runs ahead to wherever its
-  // barriers let it, so that a shared buffer it rewrites under warpgroup 1's wgmma is caught by
-  // the rehash below deterministically, not only when the scheduler happens to lag.
-  if (const int lag = g_wg_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
-  }
+  // A lagging warpgroup (g_wg_lag, set by a driver for chosen cases): warpgroup 1's
+  // instructions stay in flight until nothing else can run, while warpgroup 0 runs ahead to
+  // wherever its barriers let it, so that a shared buffer it rewrites under warpgroup 1's wgmma
+  // is caught by the rehash below deterministically, not only when the schedule happens to lag.
+  if (g_wg_lag && t_lin / 128 == 1) emu::sched().lag();
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
   // A write to the accumulators in flight (e.g. a rescale before the wait: alpha·1e30 ≠ 1e30;
   // a constant over a NaN) changed the poison: checked before any retiring result is copied in.
@@ -567,8 +573,8 @@ inline void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t d
 //              arrival beyond the count (the phase waiting only for bytes) aborts;
 //              mbar_wait(bar, parity) returns once (completed phases & 1) != parity, so a fresh
 //              barrier passes parity 1 at once and blocks on 0 — the hardware's rule, lagging
-//              two phases behind included (a wait that never completes aborts after 60 s).
-//              The arrival that completes a phase pauses its thread 2 ms (the waiters run first).
+//              two phases behind included (a wait that never completes: the launch reports
+//              it and aborts). The arrival that completes a phase yields (the waiters run first).
 //   TMA        tma_load_3d copies the box at (c0, c1, c2) of a map (dims, byte strides and box as
 //              encoded; coordinates innermost first; elements outside the tensor are 0) densely
 //              into shared memory at dst with the 128-byte swizzle applied to the shared-space
@@ -641,6 +647,7 @@ struct EmuMbar {
   int64_t tx = 0;
   uint64_t phase = 0;  // completed phases
   std::vector<EmuTma> copies;  // issued, not landed
+  std::vector<int> waiters;    // fibers in mbar_wait on this barrier, woken when a phase completes
 };
 std::mutex g_mbar_mu;
 std::map<uint32_t, EmuMbar> g_mbars;  // by shared-space address; cleared per block
@@ -656,6 +663,7 @@ inline void mbar_try_complete(EmuMbar& b) {
   if (b.pending == 0 && b.tx == 0) {
     ++b.phase;
     b.pending = b.count;
+    emu::sched().wake_all(b.waiters);
   }
 }
 inline void mbar_init(uint32_t bar, uint32_t count) {
@@ -679,14 +687,14 @@ inline bool mbar_arrive_locked(EmuMbar& b, uint32_t bar) {
   mbar_try_complete(b);
   return b.phase != phase;
 }
-// The arrival that completes a phase then pauses its thread for 2 ms: the waiters (a producer
-// refilling the slot) run meanwhile, as a fast producer could on the GPU, so that a slot released
-// before the wgmma reading it has retired is refilled under it (the operand hash aborts) in most
-// runs instead of by chance.
-// With a lagging producer (g_producer_lag_ms, below) a producer thread's arrival that does not
-// complete the phase pauses it that long too: a store it makes after its arrival instead of
-// before (attn_bwd_ws's lse / Δ) then lands after the consumers, waiting for the tile, have read.
-std::atomic<int> g_producer_lag_ms{0};
+// The arrival that completes a phase then yields: the waiters it released (a producer refilling
+// the slot) run first, as a fast producer could on the GPU, so that a slot released before the
+// wgmma reading it has retired is refilled under it (the operand hash aborts).
+// With a lagging producer (g_producer_lag, below) a producer thread's arrival that does not
+// complete the phase waits until nothing else can run: a store it makes after its arrival
+// instead of before (attn_bwd_ws's lse / Δ) then lands after the consumers, waiting for the
+// tile, have read.
+bool g_producer_lag = false;
 inline void mbar_arrive(uint32_t bar) {
   bool completed = false;
   {
@@ -694,9 +702,9 @@ inline void mbar_arrive(uint32_t bar) {
     completed = mbar_arrive_locked(mbar_at(bar), bar);
   }
   if (completed) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  } else if (const int lag = g_producer_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 2) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
+    emu::sched().yield();
+  } else if (g_producer_lag && t_lin / 128 == 2) {
+    emu::sched().lag();
   }
 }
 // mbarrier.expect_tx: bytes for the current phase, no arrival.
@@ -751,18 +759,19 @@ inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, in
   std::lock_guard<std::mutex> lock(g_mbar_mu);
   EmuMbar& b = mbar_at(bar);
   EmuTma c{bar, dst, *map, {c0, c1, c2}};
-  if (land_now()) tma_land(c, b);
-  else b.copies.push_back(c);
-}
-// A lagging producer (g_producer_lag_ms, set by a driver for chosen cases): each mbar_wait of a
-// warpgroup-2 thread (the warp-specialized kernels' producer) first sleeps that long, so that
-// the consumers wait for every tile and read it as soon as its phase completes: a store the
-// producer makes after its arrival (instead of before) is then read stale.
-inline void mbar_wait(uint32_t bar, uint32_t parity) {
-  if (const int lag = g_producer_lag_ms.load(std::memory_order_relaxed); lag > 0 && t_lin / 128 == 2) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(lag));
+  if (land_now()) {
+    tma_land(c, b);
+  } else {
+    b.copies.push_back(c);
+    emu::sched().wake_all(b.waiters);  // a waiting thread lands it (its first look after the issue)
   }
-  const auto start = std::chrono::steady_clock::now();
+}
+// A lagging producer (g_producer_lag, set by a driver for chosen cases): each mbar_wait of a
+// warpgroup-2 thread (the warp-specialized kernels' producer) first waits until nothing else can
+// run, so that the consumers wait for every tile and read it as soon as its phase completes: a
+// store the producer makes after its arrival (instead of before) is then read stale.
+inline void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (g_producer_lag && t_lin / 128 == 2) emu::sched().lag();
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(g_mbar_mu);
@@ -775,12 +784,9 @@ inline void mbar_wait(uint32_t bar, uint32_t parity) {
         t_seen[idx] = std::max(t_seen[idx], b.phase);
         return;
       }
+      b.waiters.push_back(emu::sched().self());
     }
-    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
-      std::printf("mbarrier at 0x%x: the phase of parity %u never completed (thread %d)\n", bar, parity, t_lin);
-      std::abort();
-    }
-    std::this_thread::yield();
+    emu::sched().wait("mbar_wait (a phase that never completes)");
   }
 }
 // At a block's end (launch): every copy landed, every barrier between phases.
@@ -803,9 +809,9 @@ inline void mbar_check_block_end() {
 struct EmuNamedBar {
   int threads = 0, arrived = 0;
   uint64_t generation = 0;
+  std::vector<int> waiters;  // fibers in named_bar_sync
 };
 std::mutex g_nbar_mu;
-std::condition_variable g_nbar_cv;
 EmuNamedBar g_nbars[16];
 inline uint64_t named_bar_arrive_locked(int id, int threads) {
   if (id <= 0 || id >= 16 || threads <= 0 || threads % 32 != 0) {
@@ -822,33 +828,41 @@ inline uint64_t named_bar_arrive_locked(int id, int threads) {
   if (++b.arrived == threads) {
     b.arrived = 0;
     ++b.generation;
-    g_nbar_cv.notify_all();
+    emu::sched().wake_all(b.waiters);
   }
   return gen;
 }
-// The arrival that completes a named barrier pauses its thread for 2 ms after it (as the
-// mbarrier's completing arrival): the released threads run ahead meanwhile, so that a buffer
-// one side writes after the barrier while the other still reads it (attn_bwd_ws's dSᵀ with one
-// buffer instead of two) is overwritten under the reader in most runs instead of by chance.
+// The arrival that completes a named barrier yields after it (as the mbarrier's completing
+// arrival): the released threads run ahead, so that a buffer one side writes after the barrier
+// while the other still reads it (attn_bwd_ws's dSᵀ with one buffer instead of two) is
+// overwritten under the reader.
 inline void named_bar_arrive(int id, int threads) {
+  emu::tsan_release(&g_nbars[id]);
   bool completed = false;
   {
     std::lock_guard<std::mutex> lock(g_nbar_mu);
     completed = g_nbars[id].generation != named_bar_arrive_locked(id, threads);
   }
-  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (completed) emu::sched().yield();
 }
 inline void named_bar_sync(int id, int threads) {
-  std::unique_lock<std::mutex> lock(g_nbar_mu);
-  const uint64_t gen = named_bar_arrive_locked(id, threads);
-  const bool completed = g_nbars[id].generation != gen;
-  if (!g_nbar_cv.wait_for(lock, std::chrono::seconds(60), [&] { return g_nbars[id].generation != gen; })) {
-    std::printf("named barrier %d: %d of %d threads arrived, never completed (thread %d)\n", id, g_nbars[id].arrived,
-                threads, t_lin);
-    std::abort();
+  emu::tsan_release(&g_nbars[id]);
+  bool completed = false;
+  uint64_t gen = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_nbar_mu);
+    gen = named_bar_arrive_locked(id, threads);
+    completed = g_nbars[id].generation != gen;
+    if (!completed) g_nbars[id].waiters.push_back(emu::sched().self());
   }
-  lock.unlock();
-  if (completed) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (completed) {
+    emu::tsan_acquire(&g_nbars[id]);
+    emu::sched().yield();
+    return;
+  }
+  // A named barrier's generation only moves on when this one completes: woken means passed.
+  emu::sched().wait("named barrier (arrivals short of its thread count)");
+  emu::tsan_acquire(&g_nbars[id]);
 }
 inline void named_bar_check_block_end() {
   for (int id = 1; id < 16; ++id) {
@@ -857,7 +871,9 @@ inline void named_bar_check_block_end() {
                   g_nbars[id].threads);
       std::abort();
     }
-    g_nbars[id] = EmuNamedBar{};
+    g_nbars[id].threads = g_nbars[id].arrived = 0;
+    g_nbars[id].generation = 0;
+    g_nbars[id].waiters.clear();
   }
 }
 // Bulk reductions (cp.reduce.async.bulk .global.shared::cta .add.f32, bulk-group completion;
@@ -874,8 +890,10 @@ struct EmuBulk {
   uint32_t src, bytes;
   uint64_t hash;
 };
-thread_local std::vector<EmuBulk> t_bulk_open;
-thread_local std::vector<std::vector<EmuBulk>> t_bulk_groups;
+inline emu::FiberLocal<std::vector<EmuBulk>> t_bulk_open_fl;
+#define t_bulk_open (t_bulk_open_fl.get())
+inline emu::FiberLocal<std::vector<std::vector<EmuBulk>>> t_bulk_groups_fl;
+#define t_bulk_groups (t_bulk_groups_fl.get())
 inline uint64_t bulk_hash(const unsigned char* p, uint32_t bytes) {
   uint64_t h = 1469598103934665603ull;
   for (uint32_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
@@ -978,68 +996,13 @@ inline void emu_shared(void* p, size_t bytes) {
   g_statics.emplace_back(p, bytes);
 }
 
-// The emulated threads: a pool of workers kept for the whole process, so that a launch starts
-// no thread (starting `threads` std::threads for every block, as the first version did, was
-// most of an emulation run's time: thread start-up, under the sanitizers above all). run(n, f)
-// calls f(0) … f(n − 1), each on its own worker, and returns when all have returned.
-class EmuPool {
- public:
-  ~EmuPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    go_.notify_all();
-    for (auto& w : workers_) w.join();
-  }
-  void run(int n, const std::function<void(int)>& f) {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (static_cast<int>(workers_.size()) < n) {
-      const int i = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, i] { work(i); });
-    }
-    job_ = &f;
-    active_ = n;
-    remaining_ = n;
-    ++generation_;
-    go_.notify_all();
-    done_.wait(lock, [&] { return remaining_ == 0; });
-    job_ = nullptr;
-  }
-
- private:
-  void work(int i) {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int)>* f = nullptr;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        go_.wait(lock, [&] { return stop_ || (generation_ != seen && i < active_); });
-        if (stop_) return;
-        seen = generation_;
-        f = job_;
-      }
-      (*f)(i);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--remaining_ == 0) done_.notify_all();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable go_, done_;
-  std::vector<std::thread> workers_;
-  const std::function<void(int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int active_ = 0, remaining_ = 0;
-  bool stop_ = false;
-};
-inline EmuPool g_pool;
 
 // Runs body() as a grid (gx, gy, gz) of blocks of `threads` threads with `smem` bytes of
 // dynamic shared memory (filled with 0xff garbage at the start of each block), block after
 // block. A kernel's static __shared__ arrays become function statics (extract.py), which is
 // right as long as blocks run one at a time.
 // `threads` may be a 2-D block (launch2d): threadIdx.x = t % bx, threadIdx.y = t / bx.
-// Thread t of every block runs on pool worker t. Between two blocks all threads meet twice at
+// Thread t of every block runs on fiber t (emu_fiber.h). Between two blocks all threads meet twice at
 // a barrier of launch's own (not the kernel's: a kernel whose threads reach __syncthreads
 // unequally still hangs there, rather than pairing with these waits). Before the first, thread
 // 0 checks the block that ended and sets up the next (blockIdx, shared memory and statics
@@ -1064,20 +1027,20 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
   g_smem = smd;
   std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
   g_unfenced = unfenced.get();
-  std::barrier<> bb(threads), between(threads);  // __syncthreads; launch's own waits between blocks
+  emu::Barrier bb(threads, "__syncthreads"), between(threads, "launch's wait between blocks (a thread in a wait of its own)");
   g_block_bar = &bb;
   const int nw = (threads + 31) / 32;
   Warp warps[kMaxWarps];
-  std::vector<std::unique_ptr<std::barrier<>>> wb;
+  std::vector<std::unique_ptr<emu::Barrier>> wb;
   for (int w = 0; w < nw; ++w) {
-    wb.emplace_back(new std::barrier<>(std::min(32, threads - 32 * w)));
+    wb.emplace_back(new emu::Barrier(std::min(32, threads - 32 * w), "a warp collective (shfl, mma, ldmatrix, __syncwarp)"));
     warps[w].bar = wb.back().get();
   }
   g_warps = warps;
   // Warpgroups (wgmma): 128-thread groups when the block has whole ones.
   std::vector<WarpGroup> wgs(threads % 128 == 0 ? threads / 128 : 0);
-  std::vector<std::unique_ptr<std::barrier<>>> wgb;
-  for (size_t i = 0; i < wgs.size(); ++i) wgb.emplace_back(new std::barrier<>(128));
+  std::vector<std::unique_ptr<emu::Barrier>> wgb;
+  for (size_t i = 0; i < wgs.size(); ++i) wgb.emplace_back(new emu::Barrier(128, "a warpgroup collective (wgmma)"));
   g_wgs = wgs.data();
   const uint64_t blocks = uint64_t{gx} * gy * gz;
   // Thread 0, between blocks: the set-up of block k (a fresh block's state).
@@ -1129,7 +1092,7 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
       between.arrive_and_wait();  // block k done by every thread
     }
   };
-  g_pool.run(threads, thread_body);
+  emu::sched().run(threads, thread_body);
   if (blocks > 0) {
     mbar_check_block_end();
     named_bar_check_block_end();

@@ -1,0 +1,404 @@
+// The emulated CUDA threads of cuda_emu.h as fibers: every thread of a block is a fiber with a
+// stack of its own, all on the OS thread that called launch, switched in user space where a
+// thread waits (a barrier, a warp collective, an mbarrier, a named barrier). One OS thread per
+// block replaced one per CUDA thread (a std::thread each, then a pool of them): waking the
+// threads parked at a barrier through the kernel was most of an emulation run's time — more
+// system time than user time on 2 cores, and worse when ctest runs two drivers at once.
+//
+// Scheduling: a fiber runs until it waits; the next one comes from a run queue. A barrier's
+// completion queues its waiters in a shuffled order (xorshift, seeded per process: the same
+// schedule on every run; CUDA_EMU_SEED=n picks another), so that a kernel that reads what
+// another warp writes without a barrier between them reads it before the write in some phases
+// and after it in others. Where a thread's arrival completes a phase (mbarrier, named barrier)
+// it yields: the released waiters run first, as a fast consumer could on the GPU. lag() queues
+// a fiber behind every other runnable one (a lagging warpgroup or producer in the drivers).
+// When nothing is runnable and a launch's threads have not all finished, they wait for each
+// other: the launch prints where each waits and aborts, at once (a thread that skips a
+// collective the others reach, a barrier phase that never completes).
+//
+// Thread-local state of an emulated thread: FiberLocal<T> (one T per fiber, indexed by the
+// running fiber), not thread_local (one OS thread runs them all).
+//
+// Sanitizers: AddressSanitizer is told of every stack switch (__sanitizer_start_switch_fiber /
+// finish); ThreadSanitizer sees each fiber as a thread (__tsan_create_fiber), switched without
+// synchronisation, so that only the emulated barriers (an __tsan_release before the arrival, an
+// __tsan_acquire after the release), the mutexes of the atomics and mbarriers, and a launch's
+// start and end order two threads; the scheduler's own bookkeeping is hidden from it.
+//
+// The switch is a few lines of x86-64 assembly (callee-saved registers, MXCSR and the x87
+// control word); elsewhere, or built with CUDA_EMU_UCONTEXT, swapcontext (slower: a system call
+// per switch). Written 2026-11-28.
+#pragma once
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <deque>
+#include <vector>
+
+#if !defined(__x86_64__) && !defined(CUDA_EMU_UCONTEXT)
+#define CUDA_EMU_UCONTEXT 1
+#endif
+#ifdef CUDA_EMU_UCONTEXT
+#include <ucontext.h>
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define CUDA_EMU_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define CUDA_EMU_TSAN 1
+extern "C" void AnnotateIgnoreReadsBegin(const char* f, int l);
+extern "C" void AnnotateIgnoreReadsEnd(const char* f, int l);
+extern "C" void AnnotateIgnoreWritesBegin(const char* f, int l);
+extern "C" void AnnotateIgnoreWritesEnd(const char* f, int l);
+#endif
+
+#ifndef CUDA_EMU_UCONTEXT
+// emu_ctx_switch(save, to): pushes the callee-saved registers and the FP control words on the
+// running stack, stores its stack pointer at *save, loads `to` and pops what it finds there. A new
+// stack is laid out as if it had switched away just before emu_fiber_trampoline.
+asm(R"(
+  .text
+  .globl emu_ctx_switch
+  .type emu_ctx_switch, @function
+emu_ctx_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_ctx_switch, .-emu_ctx_switch
+  .globl emu_fiber_trampoline
+  .type emu_fiber_trampoline, @function
+emu_fiber_trampoline:
+  call emu_fiber_start
+  ud2
+  .size emu_fiber_trampoline, .-emu_fiber_trampoline
+)");
+extern "C" void emu_ctx_switch(void** save, void* to);
+extern "C" void emu_fiber_trampoline();
+#endif
+extern "C" void emu_fiber_start();
+
+namespace emu {
+
+constexpr int kMaxFibers = 1024;       // threads per block (kMaxWarps · 32 in cuda_emu.h)
+constexpr int kMain = kMaxFibers;      // the OS thread that launches, in the tables below
+constexpr size_t kStackBytes = 1 << 20;  // per fiber, reserved, touched on demand; a guard page below
+
+// Hides the scheduler's own reads and writes from ThreadSanitizer (they are not the kernel's;
+// it would see every fiber touching the run queue without synchronisation). Synchronisation
+// inside still counts.
+struct TsanQuiet {
+#ifdef CUDA_EMU_TSAN
+  TsanQuiet() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  ~TsanQuiet() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+#endif
+};
+inline void tsan_release(void* p) {
+#ifdef CUDA_EMU_TSAN
+  __tsan_release(p);
+#else
+  (void)p;
+#endif
+}
+inline void tsan_acquire(void* p) {
+#ifdef CUDA_EMU_TSAN
+  __tsan_acquire(p);
+#else
+  (void)p;
+#endif
+}
+
+class Sched {
+ public:
+  Sched() {
+    const char* s = std::getenv("CUDA_EMU_SEED");
+    rng_ = 0x2545f4914f6cdd1dull ^ (s != nullptr ? std::strtoull(s, nullptr, 10) * 0x9e3779b97f4a7c15ull : 0);
+    if (rng_ == 0) rng_ = 1;
+    pthread_attr_t attr;
+    void* lo = nullptr;
+    size_t size = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      pthread_attr_getstack(&attr, &lo, &size);
+      pthread_attr_destroy(&attr);
+    }
+    fibers_[kMain].stack_lo = lo;
+    fibers_[kMain].stack_size = size;
+#ifdef CUDA_EMU_TSAN
+    fibers_[kMain].tsan = __tsan_get_current_fiber();
+#endif
+  }
+  // The running fiber (kMain outside a launch).
+  int self() const { return cur_.load(std::memory_order_relaxed); }
+
+  // Runs f(0) … f(n − 1), each on fiber i, and returns when all have returned; aborts with a
+  // report of where each waits if they stop making progress first. From the launching thread.
+  void run(int n, const std::function<void(int)>& f) {
+    if (self() != kMain || n > kMaxFibers) {
+      std::printf("emu: run(%d) from fiber %d\n", n, self());
+      std::abort();
+    }
+    {
+      TsanQuiet q;
+      for (int i = created_; i < n; ++i) create(i);
+      job_ = &f;
+      remaining_ = n;
+      for (int i = 0; i < n; ++i) order_.push_back(i);
+      shuffle_into_queue();
+    }
+    tsan_release(&job_);
+    {
+      TsanQuiet q;
+      next();
+    }
+    tsan_acquire(&remaining_);
+    TsanQuiet q;
+    if (remaining_ != 0) {
+      std::printf("emu: the block's threads wait for each other (%d of %d not finished):\n", remaining_, n);
+      report_waiting(n);
+      std::abort();
+    }
+    job_ = nullptr;
+  }
+  // The running fiber stops until wake (where: for the report if it never comes).
+  void wait(const char* where) {
+    TsanQuiet q;
+    fibers_[self()].waiting = where;
+    next();
+    fibers_[self()].waiting = nullptr;
+  }
+  // Fiber i is runnable again (at the back of the run queue).
+  void wake(int i) {
+    TsanQuiet q;
+    runq_.push_back(i);
+  }
+  // Every fiber in ids runnable again, in a shuffled order; ids is cleared.
+  void wake_all(std::vector<int>& ids) {
+    TsanQuiet q;
+    order_.insert(order_.end(), ids.begin(), ids.end());
+    ids.clear();
+    shuffle_into_queue();
+  }
+  // The running fiber goes to the back of the run queue.
+  void yield() {
+    TsanQuiet q;
+    runq_.push_back(self());
+    next();
+  }
+  // The running fiber runs again only when no other is runnable.
+  void lag() {
+    TsanQuiet q;
+    lagq_.push_back(self());
+    next();
+  }
+
+  // Entered on a fiber's own stack at its start (emu_fiber_start); never returns.
+  [[noreturn]] void fiber_main() {
+#ifdef CUDA_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+    const int me = self();
+    for (;;) {
+      tsan_acquire(&job_);
+      (*job_)(me);
+      tsan_release(&remaining_);
+      TsanQuiet q;
+      --remaining_;
+      fibers_[me].waiting = kFinished;
+      next();  // resumed by the next run
+      fibers_[me].waiting = nullptr;
+    }
+  }
+
+ private:
+  struct Fiber {
+    void* sp = nullptr;
+    void* stack_lo = nullptr;  // the usable stack (above the guard page)
+    size_t stack_size = 0;
+    void* asan_fake = nullptr;
+    void* tsan = nullptr;
+    const char* waiting = nullptr;
+#ifdef CUDA_EMU_UCONTEXT
+    ucontext_t uc;
+#endif
+  };
+  void create(int i) {
+    const size_t page = 4096;
+    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) {
+      std::printf("emu: no stack for fiber %d\n", i);
+      std::abort();
+    }
+    Fiber& f = fibers_[i];
+    f.stack_lo = static_cast<unsigned char*>(m) + page;
+    f.stack_size = kStackBytes;
+#ifdef CUDA_EMU_TSAN
+    f.tsan = __tsan_create_fiber(0);
+#endif
+#ifdef CUDA_EMU_UCONTEXT
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack_lo;
+    f.uc.uc_stack.ss_size = f.stack_size;
+    f.uc.uc_link = nullptr;
+    makecontext(&f.uc, emu_fiber_start, 0);
+#else
+    // As emu_ctx_switch leaves a stack: from sp up, MXCSR and the x87 control word, r15, r14,
+    // r13, r12, rbx, rbp (all 0), then the return address (the trampoline), which is 8 mod 16 so
+    // that the trampoline calls emu_fiber_start with the stack aligned as the ABI wants.
+    auto* top = reinterpret_cast<uint64_t*>(static_cast<unsigned char*>(f.stack_lo) + f.stack_size);
+    uint64_t* sp = top - 10;  // 80 bytes: the return address at top - 24
+    uint32_t mxcsr = 0;
+    uint16_t fpcw = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpcw));
+    for (int w = 0; w < 10; ++w) sp[w] = 0;
+    sp[0] = mxcsr | (uint64_t{fpcw} << 32);
+    sp[7] = reinterpret_cast<uint64_t>(&emu_fiber_trampoline);
+    f.sp = sp;
+#endif
+    created_ = i + 1;
+  }
+  uint64_t next_random() {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return rng_;
+  }
+  // order_ (Fisher–Yates) onto the back of the run queue.
+  void shuffle_into_queue() {
+    for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[next_random() % i]);
+    runq_.insert(runq_.end(), order_.begin(), order_.end());
+    order_.clear();
+  }
+  // The running fiber has been queued, parked or finished: switch to the next runnable one, or
+  // back to the launching thread when none is.
+  void next() {
+    int to = kMain;
+    if (!runq_.empty()) {
+      to = runq_.front();
+      runq_.pop_front();
+    } else if (!lagq_.empty()) {
+      to = lagq_.front();
+      lagq_.pop_front();
+    }
+    if (to != self()) switch_to(to);
+  }
+  void switch_to(int to) {
+    Fiber& from = fibers_[self()];
+    Fiber& t = fibers_[to];
+    cur_.store(to, std::memory_order_relaxed);
+#ifdef CUDA_EMU_ASAN
+    __sanitizer_start_switch_fiber(&from.asan_fake, t.stack_lo, t.stack_size);
+#endif
+#ifdef CUDA_EMU_TSAN
+    __tsan_switch_to_fiber(t.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#ifdef CUDA_EMU_UCONTEXT
+    swapcontext(&from.uc, &t.uc);
+#else
+    emu_ctx_switch(&from.sp, t.sp);
+#endif
+#ifdef CUDA_EMU_ASAN
+    __sanitizer_finish_switch_fiber(from.asan_fake, nullptr, nullptr);
+#endif
+  }
+  void report_waiting(int n) {
+    for (int i = 0; i < n; ++i) {
+      const char* w = fibers_[i].waiting;
+      if (w == nullptr || w == kFinished) continue;
+      int last = i;
+      while (last + 1 < n && fibers_[last + 1].waiting == w) ++last;
+      std::printf("  threads %d..%d: %s\n", i, last, w);
+      i = last;
+    }
+  }
+
+  static constexpr const char* kFinished = "(finished)";
+  std::atomic<int> cur_{kMain};
+  Fiber fibers_[kMaxFibers + 1];
+  int created_ = 0, remaining_ = 0;
+  const std::function<void(int)>* job_ = nullptr;
+  std::deque<int> runq_, lagq_;
+  std::vector<int> order_;
+  uint64_t rng_ = 1;
+};
+// Never destroyed: fibers may still be parked in it when the process exits.
+inline Sched& sched() {
+  static Sched* s = new Sched;
+  return *s;
+}
+
+// One T per fiber (and one for the launching thread): what thread_local was for a std::thread.
+template <class T>
+class FiberLocal {
+ public:
+  explicit FiberLocal(T init = T{}) : v_(new T[kMaxFibers + 1]) {
+    for (int i = 0; i <= kMaxFibers; ++i) v_[i] = init;
+  }
+  T& get() { return v_[sched().self()]; }
+
+ private:
+  std::unique_ptr<T[]> v_;
+};
+
+// A barrier over n fibers (std::barrier's arrive_and_wait): the completing arrival queues the
+// waiters in a shuffled order and goes on; where names it in a report.
+class Barrier {
+ public:
+  Barrier(int n, const char* where) : n_(n), where_(where) { waiters_.reserve(n); }
+  void arrive_and_wait() {
+    tsan_release(this);
+    {
+      TsanQuiet q;
+      if (++arrived_ == n_) {
+        arrived_ = 0;
+        sched().wake_all(waiters_);
+      } else {
+        waiters_.push_back(sched().self());
+        sched().wait(where_);
+      }
+    }
+    tsan_acquire(this);
+  }
+
+ private:
+  int n_, arrived_ = 0;
+  const char* where_;
+  std::vector<int> waiters_;
+};
+
+}  // namespace emu
+
+// Defined here (cuda_emu.h is included by one source file per driver): the trampoline calls it.
+extern "C" __attribute__((used)) void emu_fiber_start() { emu::sched().fiber_main(); }
