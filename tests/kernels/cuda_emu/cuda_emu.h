@@ -475,7 +475,7 @@ inline void wgmma_wait() {
   // instructions stay in flight until nothing else can run, while warpgroup 0 runs ahead to
   // wherever its barriers let it, so that a shared buffer it rewrites under warpgroup 1's wgmma
   // is caught by the rehash below deterministically, not only when the schedule happens to lag.
-  if (g_wg_lag && t_lin / 128 == 1) emu::sched().lag();
+  if (g_wg_lag && t_lin / 128 == 1) emu::sched().defer();
   g.bar->arrive_and_wait();  // the warpgroup's threads are all at the wait: rehash their operands
   // A write to the accumulators in flight (e.g. a rescale before the wait: alpha·1e30 ≠ 1e30;
   // a constant over a NaN) changed the poison: checked before any retiring result is copied in.
@@ -702,9 +702,9 @@ inline void mbar_arrive(uint32_t bar) {
     completed = mbar_arrive_locked(mbar_at(bar), bar);
   }
   if (completed) {
-    emu::sched().yield();
+    emu::sched().defer();
   } else if (g_producer_lag && t_lin / 128 == 2) {
-    emu::sched().lag();
+    emu::sched().defer();
   }
 }
 // mbarrier.expect_tx: bytes for the current phase, no arrival.
@@ -771,7 +771,7 @@ inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, in
 // run, so that the consumers wait for every tile and read it as soon as its phase completes: a
 // store the producer makes after its arrival (instead of before) is then read stale.
 inline void mbar_wait(uint32_t bar, uint32_t parity) {
-  if (g_producer_lag && t_lin / 128 == 2) emu::sched().lag();
+  if (g_producer_lag && t_lin / 128 == 2) emu::sched().defer();
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(g_mbar_mu);
@@ -843,7 +843,7 @@ inline void named_bar_arrive(int id, int threads) {
     std::lock_guard<std::mutex> lock(g_nbar_mu);
     completed = g_nbars[id].generation != named_bar_arrive_locked(id, threads);
   }
-  if (completed) emu::sched().yield();
+  if (completed) emu::sched().defer();
 }
 inline void named_bar_sync(int id, int threads) {
   emu::tsan_release(&g_nbars[id]);
@@ -857,7 +857,7 @@ inline void named_bar_sync(int id, int threads) {
   }
   if (completed) {
     emu::tsan_acquire(&g_nbars[id]);
-    emu::sched().yield();
+    emu::sched().defer();
     return;
   }
   // A named barrier's generation only moves on when this one completes: woken means passed.
@@ -1027,13 +1027,15 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
   g_smem = smd;
   std::unique_ptr<std::atomic<int>[]> unfenced(new std::atomic<int>[smem / 16 + 1]());
   g_unfenced = unfenced.get();
-  emu::Barrier bb(threads, "__syncthreads"), between(threads, "launch's wait between blocks (a thread in a wait of its own)");
+  emu::Barrier bb(threads, "__syncthreads", emu::Barrier::kBlock),
+      between(threads, "launch's wait between blocks (a thread in a wait of its own)", emu::Barrier::kBlock);
   g_block_bar = &bb;
   const int nw = (threads + 31) / 32;
   Warp warps[kMaxWarps];
   std::vector<std::unique_ptr<emu::Barrier>> wb;
   for (int w = 0; w < nw; ++w) {
-    wb.emplace_back(new emu::Barrier(std::min(32, threads - 32 * w), "a warp collective (shfl, mma, ldmatrix, __syncwarp)"));
+    wb.emplace_back(new emu::Barrier(std::min(32, threads - 32 * w), "a warp collective (shfl, mma, ldmatrix, __syncwarp)",
+                                     emu::Barrier::kWarp));
     warps[w].bar = wb.back().get();
   }
   g_warps = warps;

@@ -5,16 +5,19 @@
 // threads parked at a barrier through the kernel was most of an emulation run's time — more
 // system time than user time on 2 cores, and worse when ctest runs two drivers at once.
 //
-// Scheduling: a fiber runs until it waits; the next one comes from a run queue. A barrier's
-// completion queues its waiters in a shuffled order (xorshift, seeded per process: the same
-// schedule on every run; CUDA_EMU_SEED=n picks another), so that a kernel that reads what
-// another warp writes without a barrier between them reads it before the write in some phases
-// and after it in others. Where a thread's arrival completes a phase (mbarrier, named barrier)
-// it yields: the released waiters run first, as a fast consumer could on the GPU. lag() queues
-// a fiber behind every other runnable one (a lagging warpgroup or producer in the drivers).
-// When nothing is runnable and a launch's threads have not all finished, they wait for each
-// other: the launch prints where each waits and aborts, at once (a thread that skips a
-// collective the others reach, a barrier phase that never completes).
+// Scheduling: a fiber runs until it waits; then the first runnable fiber in a random order of
+// the block's warps (and of the lanes within a warp) runs, so that one warp runs ahead as far as
+// its waits let it while the others lag — a kernel that reads what another warp writes without a
+// barrier between them, or overwrites what another warp still reads, shows it whenever the
+// order puts the wrong warp first. The order is drawn again at every __syncthreads, and a warp
+// drops to the end now and then (1 in 64 of its collectives), for the kernels that run long
+// without block barriers (the warp-specialized ones). xorshift, seeded per process: the same
+// schedule on every run; CUDA_EMU_SEED=n picks another. defer(): the fiber runs again only when
+// no other can — where a thread's arrival completes a phase (mbarrier, named barrier) the
+// released waiters run first, as a fast consumer could on the GPU; and the drivers' lagging
+// warpgroup or producer. When nothing is runnable and a launch's threads have not all
+// finished, they wait for each other: the launch prints where each waits and aborts, at once
+// (a thread that skips a collective the others reach, a barrier phase that never completes).
 //
 // Thread-local state of an emulated thread: FiberLocal<T> (one T per fiber, indexed by the
 // running fiber), not thread_local (one OS thread runs them all).
@@ -173,9 +176,9 @@ class Sched {
       TsanQuiet q;
       for (int i = created_; i < n; ++i) create(i);
       job_ = &f;
-      remaining_ = n;
-      for (int i = 0; i < n; ++i) order_.push_back(i);
-      shuffle_into_queue();
+      n_ = remaining_ = n;
+      draw_ranks();
+      for (int i = 0; i < n; ++i) wake(i);
     }
     tsan_release(&job_);
     {
@@ -191,36 +194,42 @@ class Sched {
     }
     job_ = nullptr;
   }
-  // The running fiber stops until wake (where: for the report if it never comes).
+  // The running fiber stops until woken (where: for the report if that never comes).
   void wait(const char* where) {
     TsanQuiet q;
     fibers_[self()].waiting = where;
     next();
     fibers_[self()].waiting = nullptr;
   }
-  // Fiber i is runnable again (at the back of the run queue).
+  // Fiber i is runnable again, in its rank.
   void wake(int i) {
     TsanQuiet q;
-    runq_.push_back(i);
+    ready_[i / 32] |= 1u << lane_rank_[i % 32];
   }
-  // Every fiber in ids runnable again, in a shuffled order; ids is cleared.
+  // Every fiber in ids runnable again; ids is cleared.
   void wake_all(std::vector<int>& ids) {
     TsanQuiet q;
-    order_.insert(order_.end(), ids.begin(), ids.end());
+    for (int i : ids) ready_[i / 32] |= 1u << lane_rank_[i % 32];
     ids.clear();
-    shuffle_into_queue();
   }
-  // The running fiber goes to the back of the run queue.
-  void yield() {
+  // The running fiber runs again only when no other fiber can (after those deferred before it).
+  void defer() {
     TsanQuiet q;
-    runq_.push_back(self());
+    deferred_.push_back(self());
     next();
   }
-  // The running fiber runs again only when no other is runnable.
-  void lag() {
+  // A barrier over the whole block completed: the warps' ranks are drawn again.
+  void block_barrier_done() {
     TsanQuiet q;
-    lagq_.push_back(self());
-    next();
+    draw_ranks();
+  }
+  // A collective of fiber i's warp completed: now and then (1 in 64) that warp drops to the
+  // last rank, so that within a long stretch without block barriers (the warp-specialized
+  // kernels have none after their start) the order of the warps changes too.
+  void warp_collective_done(int i) {
+    TsanQuiet q;
+    if (next_random() % 64 != 0) return;
+    warp_rank_[i / 32] = ++top_warp_rank_;
   }
 
   // Entered on a fiber's own stack at its start (emu_fiber_start); never returns.
@@ -253,6 +262,7 @@ class Sched {
     ucontext_t uc;
 #endif
   };
+  static constexpr const char* kFinished = "(finished)";
   void create(int i) {
     const size_t page = 4096;
     void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -295,22 +305,45 @@ class Sched {
     rng_ ^= rng_ << 17;
     return rng_;
   }
-  // order_ (Fisher–Yates) onto the back of the run queue.
-  void shuffle_into_queue() {
-    for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[next_random() % i]);
-    runq_.insert(runq_.end(), order_.begin(), order_.end());
-    order_.clear();
+  template <class T>
+  void shuffle(T* v, size_t n) {
+    for (size_t i = n; i > 1; --i) std::swap(v[i - 1], v[next_random() % i]);
   }
-  // The running fiber has been queued, parked or finished: switch to the next runnable one, or
-  // back to the launching thread when none is.
+  // The ranks: the warps in a random order, and within each the lanes in a random order (one
+  // for all warps; the lanes of a warp meet at its collectives anyway). The first runnable
+  // fiber in that order runs next: a warp runs ahead until it waits, and the one behind it
+  // lags. ready_ keeps each warp's runnable lanes as bits at their lanes' ranks.
+  void draw_ranks() {
+    const int warps = (n_ + 31) / 32;
+    uint8_t old_lane_of_rank[32];
+    std::copy(lane_of_rank_, lane_of_rank_ + 32, old_lane_of_rank);
+    std::vector<int> wo(warps);
+    for (int w = 0; w < warps; ++w) wo[w] = w;
+    shuffle(wo.data(), wo.size());
+    for (int w = 0; w < warps; ++w) warp_rank_[w] = static_cast<uint64_t>(wo[w]);
+    top_warp_rank_ = static_cast<uint64_t>(warps);
+    shuffle(lane_of_rank_, 32);
+    for (int k = 0; k < 32; ++k) lane_rank_[lane_of_rank_[k]] = static_cast<uint8_t>(k);
+    for (int w = 0; w < warps; ++w) {
+      uint32_t m = 0;
+      for (uint32_t old = ready_[w]; old != 0; old &= old - 1) m |= 1u << lane_rank_[old_lane_of_rank[__builtin_ctz(old)]];
+      ready_[w] = m;
+    }
+  }
+  // The running fiber has been queued, parked or finished: switch to the first runnable one,
+  // or back to the launching thread when none is.
   void next() {
-    int to = kMain;
-    if (!runq_.empty()) {
-      to = runq_.front();
-      runq_.pop_front();
-    } else if (!lagq_.empty()) {
-      to = lagq_.front();
-      lagq_.pop_front();
+    int to = kMain, best = -1;
+    for (int w = 0; w < (n_ + 31) / 32; ++w) {
+      if (ready_[w] != 0 && (best < 0 || warp_rank_[w] < warp_rank_[best])) best = w;
+    }
+    if (best >= 0) {
+      const int k = __builtin_ctz(ready_[best]);
+      ready_[best] &= ready_[best] - 1;
+      to = 32 * best + lane_of_rank_[k];
+    } else if (!deferred_.empty()) {
+      to = deferred_.front();
+      deferred_.pop_front();
     }
     if (to != self()) switch_to(to);
   }
@@ -344,13 +377,15 @@ class Sched {
     }
   }
 
-  static constexpr const char* kFinished = "(finished)";
   std::atomic<int> cur_{kMain};
   Fiber fibers_[kMaxFibers + 1];
-  int created_ = 0, remaining_ = 0;
+  int created_ = 0, remaining_ = 0, n_ = 0;
   const std::function<void(int)>* job_ = nullptr;
-  std::deque<int> runq_, lagq_;
-  std::vector<int> order_;
+  uint32_t ready_[kMaxFibers / 32] = {};  // per warp: its runnable lanes, bit k = the lane of rank k
+  uint64_t warp_rank_[kMaxFibers / 32] = {}, top_warp_rank_ = 0;
+  uint8_t lane_rank_[32] = {}, lane_of_rank_[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                                    16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+  std::deque<int> deferred_;  // runnable only when no ranked fiber is, in the order deferred
   uint64_t rng_ = 1;
 };
 // Never destroyed: fibers may still be parked in it when the process exits.
@@ -372,17 +407,21 @@ class FiberLocal {
   std::unique_ptr<T[]> v_;
 };
 
-// A barrier over n fibers (std::barrier's arrive_and_wait): the completing arrival queues the
-// waiters in a shuffled order and goes on; where names it in a report.
+// A barrier over n fibers (std::barrier's arrive_and_wait): the completing arrival makes the
+// waiters runnable and goes on; where names it in a report. A block barrier draws the warps'
+// ranks again when it completes, a warp barrier may move its warp to the last rank.
 class Barrier {
  public:
-  Barrier(int n, const char* where) : n_(n), where_(where) { waiters_.reserve(n); }
+  enum Kind { kBlock, kWarp, kOther };
+  Barrier(int n, const char* where, Kind kind = kOther) : n_(n), kind_(kind), where_(where) { waiters_.reserve(n); }
   void arrive_and_wait() {
     tsan_release(this);
     {
       TsanQuiet q;
       if (++arrived_ == n_) {
         arrived_ = 0;
+        if (kind_ == kBlock) sched().block_barrier_done();
+        if (kind_ == kWarp) sched().warp_collective_done(sched().self());
         sched().wake_all(waiters_);
       } else {
         waiters_.push_back(sched().self());
@@ -394,6 +433,7 @@ class Barrier {
 
  private:
   int n_, arrived_ = 0;
+  Kind kind_;
   const char* where_;
   std::vector<int> waiters_;
 };

@@ -19,9 +19,9 @@
 #   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
 # printing where the GPU's result differs by warp, warpgroup, 64-column panel and 16-byte chunk. ctest runs each as kernels.cuda_emu_<name>
 # (label `emu`, not under the sanitizers); by hand:
-#   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (~10 s to compile, 20–60 s to run)
-# CUDA_EMU_ARGS: arguments for the driver (attention_bwd: "mma" or "hopper", the two halves of
-# its versions, which ctest runs as two tests).
+#   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (5–40 s per driver, the backward ~110 s)
+# CUDA_EMU_ARGS: arguments for the driver (attention_bwd: "mma" or "hopper", half of its
+# versions; attention_decode: "bf16" or "f32"; ctest runs each driver whole).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -35,20 +35,28 @@ if [ ${#parts[@]} -eq 0 ]; then
 fi
 # Under AddressSanitizer + UBSan by default (CUDA_EMU_SANITIZE=0: -O2 without), so that a
 # kernel's read past a global tensor (a tail it does not mask) is an error, not just a wrong
-# number; about 1.7x the time. CUDA_EMU_SANITIZE=thread: ThreadSanitizer with every cp.async
-# landing at its issue, a deterministic check for a missing barrier (any shared-memory access
-# pair of two warps not ordered by a __syncthreads is reported); minutes per case, so pick
+# number. CUDA_EMU_SANITIZE=thread: ThreadSanitizer with every cp.async landing at its issue, a
+# deterministic check for a missing barrier (any shared-memory access pair of two warps not
+# ordered by a __syncthreads is reported); slower (tens of seconds per attention case), so pick
 # cases, e.g. CUDA_EMU_ONLY=9,10 CUDA_EMU_SANITIZE=thread tests/kernels/cuda_emu/run.sh /tmp/w bwd.
+# Line tables only (-g1: file and line in a sanitizer's report). Under ASan the attention
+# forward and backward build at -O1 (their run is most of their time: 40 s and 90 s, against
+# 225 s and more at -O0); the others at -O0, where compiling was most of it (norm: 60 s to
+# compile at -O1 -g, 4 s to run; 18 s and 13 s at -O0). Measured 2026-11-28 on 2 cores.
 case "${CUDA_EMU_SANITIZE:-1}" in
-  1) opt="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" ;;
-  thread) opt="-O1 -g -fsanitize=thread -DCUDA_EMU_EAGER_COPIES" ;;
+  1) opt="-g1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" ;;
+  thread) opt="-O1 -g1 -fsanitize=thread -DCUDA_EMU_EAGER_COPIES" ;;
   *) opt="-O2" ;;
 esac
 status=0
 for part in "${parts[@]}"; do
   case "$part" in fwd | bwd | decode) part="attention_$part" ;; esac
+  level=""
+  if [ "${CUDA_EMU_SANITIZE:-1}" = 1 ]; then
+    case "$part" in attention_fwd | attention_bwd) level="-O1" ;; *) level="-O0" ;; esac
+  fi
   python3 "$here/extract.py" "$root/kernels/cuda" "$work/$part.inc" "$part"
-  "$cxx" -std=c++20 $opt -fno-strict-aliasing -pthread -I"$here" -I"$work" -I"$root" "$here/$part.cpp" \
+  "$cxx" -std=c++20 $opt $level -fno-strict-aliasing -pthread -I"$here" -I"$work" -I"$root" "$here/$part.cpp" \
     -o "$work/${part}_emu"
   "$work/${part}_emu" ${CUDA_EMU_ARGS:-} || status=1
 done
