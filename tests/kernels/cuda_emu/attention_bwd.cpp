@@ -168,11 +168,11 @@ int all_cases(const char* label) {
     // query tile of the second key block mid-tile). For the ring only: the others' loops are
     // covered above, and these two cases would add ~25 s to each version's run.
     if (kWg != 2) continue;
-    // Warpgroup 1 lagging at each wgmma wait (running only when nothing else can; D = 128, where each warpgroup's dQ reads
-    // both warpgroups' dSᵀ rows): warpgroup 0 reaches the next tile's dSᵀ stores while warpgroup
-    // 1's dQ product still reads the last tile's (one dSᵀ buffer instead of two aborts here; no
-    // schedule of the other cases showed it, nor ThreadSanitizer: the emulation's mutexes order
-    // the two sides).
+    // Warpgroup 1 lagging at each wgmma wait (running only when nothing else can; D = 128,
+    // where each warpgroup's dQ reads both warpgroups' dSᵀ rows): warpgroup 0 reaches the next
+    // tile's dSᵀ stores while warpgroup 1's dQ product still reads the last tile's (one dSᵀ
+    // buffer instead of two aborts here; with the fiber schedule it aborts in the first D 128
+    // case too, and ThreadSanitizer reports it in case 3 since its edges are the GPU's own).
     g_wg_lag = true;
     fails += run_case<128, kLdsm, kPipe, kV3, kWarps, kWg>({1, 1, 1, 192, 128, false, 0}, det, seed++, label);
     g_wg_lag = false;

@@ -24,9 +24,9 @@
 //                  that frees it can overwrite data a slower warp still reads.
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
-//   atomicAdd      f32 and u32, under one mutex (the order of adds is the threads' schedule);
-//   atomicMin      u64, under the same mutex;
-//   atomicInc      u32 (wraps to 0 past `top`), under the same mutex.
+//   atomicAdd      f32 and u32, relaxed (the order of adds is the threads' schedule);
+//   atomicMin      u64, relaxed;
+//   atomicInc      u32 (wraps to 0 past `top`), relaxed.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
 //   wgmma, mbarriers, TMA: their own sections below (asynchrony, descriptors, phases, copies).
 //   cub::BlockReduce, WarpReduce, BlockScan  the reductions in thread / lane 0 only; the scans
@@ -39,14 +39,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <random>
 #include <vector>
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <chrono>
 #include <limits>
 #include <functional>
 #include <map>
@@ -96,30 +94,25 @@ inline float __bfloat162float(uint16_t x) { return bf2f(x); }
 using somnus::bf16;  // the engine's storage type (tensor/dtype.h), as the kernels' bf16
 inline uint16_t __bfloat16_as_ushort(uint16_t x) { return x; }
 inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
-std::mutex g_atomic;
-inline float atomicAdd(float* p, float v) {
-  std::lock_guard<std::mutex> lock(g_atomic);
-  const float old = *p;
-  *p += v;
-  return old;
-}
+// Atomics: relaxed std::atomic_ref operations (one OS thread runs every fiber, so they are
+// atomic anyway; relaxed, so that ThreadSanitizer sees no ordering the GPU's atomics do not give).
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v, std::memory_order_relaxed); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
-  std::lock_guard<std::mutex> lock(g_atomic);
-  const unsigned old = *p;
-  *p += v;
-  return old;
+  return std::atomic_ref<unsigned>(*p).fetch_add(v, std::memory_order_relaxed);
 }
 // CUDA's atomicInc: the old value; stores 0 when old >= top, else old + 1.
 inline unsigned atomicInc(unsigned* p, unsigned top) {
-  std::lock_guard<std::mutex> lock(g_atomic);
-  const unsigned old = *p;
-  *p = old >= top ? 0u : old + 1u;
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load(std::memory_order_relaxed);
+  while (!a.compare_exchange_weak(old, old >= top ? 0u : old + 1u, std::memory_order_relaxed)) {
+  }
   return old;
 }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
-  std::lock_guard<std::mutex> lock(g_atomic);
-  const unsigned long long old = *p;
-  *p = std::min(old, v);
+  std::atomic_ref<unsigned long long> a(*p);
+  unsigned long long old = a.load(std::memory_order_relaxed);
+  while (old > v && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
   return old;
 }
 // Blocks run one after another here: device-wide ordering holds by construction.
@@ -648,10 +641,15 @@ struct EmuMbar {
   uint64_t phase = 0;  // completed phases
   std::vector<EmuTma> copies;  // issued, not landed
   std::vector<int> waiters;    // fibers in mbar_wait on this barrier, woken when a phase completes
+  // ThreadSanitizer: the arrivals and landed copies of phase k release into sync[k % 4], a wait
+  // that observes phase k acquire from it (a ring: one object for all phases would let a slow
+  // waiter acquire later phases' arrivals too, and hide races).
+  char sync[4] = {};
 };
-std::mutex g_mbar_mu;
+// The mbarriers' bookkeeping (g_mbars and what it holds) runs under emu::TsanQuiet: the emulated
+// threads' ordering through an mbarrier is the release / acquire above, not these accesses.
 std::map<uint32_t, EmuMbar> g_mbars;  // by shared-space address; cleared per block
-inline EmuMbar& mbar_at(uint32_t bar) {  // under g_mbar_mu
+inline EmuMbar& mbar_at(uint32_t bar) {
   auto it = g_mbars.find(bar);
   if (it == g_mbars.end()) {
     std::printf("mbarrier at 0x%x used before mbar_init\n", bar);
@@ -669,7 +667,7 @@ inline void mbar_try_complete(EmuMbar& b) {
 inline void mbar_init(uint32_t bar, uint32_t count) {
   if (bar % 8 != 0 || bar < kEmuSmemBase) { std::printf("mbarrier misaligned or outside shared memory\n"); std::abort(); }
   check_smem(g_smem + (bar - kEmuSmemBase), 8);
-  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  emu::TsanQuiet quiet;
   if (!g_tma_owner) g_tma_owner.reset(new std::atomic<uint64_t>[g_smem_bytes / 16 + 1]());
   EmuMbar& b = g_mbars[bar];
   b = EmuMbar{};
@@ -682,6 +680,7 @@ inline bool mbar_arrive_locked(EmuMbar& b, uint32_t bar) {
     std::printf("mbarrier at 0x%x: an arrival beyond its count (the phase waits for bytes only)\n", bar);
     std::abort();
   }
+  emu::tsan_release(&b.sync[b.phase % 4]);
   --b.pending;
   const uint64_t phase = b.phase;
   mbar_try_complete(b);
@@ -698,7 +697,7 @@ bool g_producer_lag = false;
 inline void mbar_arrive(uint32_t bar) {
   bool completed = false;
   {
-    std::lock_guard<std::mutex> lock(g_mbar_mu);
+    emu::TsanQuiet quiet;
     completed = mbar_arrive_locked(mbar_at(bar), bar);
   }
   if (completed) {
@@ -709,17 +708,19 @@ inline void mbar_arrive(uint32_t bar) {
 }
 // mbarrier.expect_tx: bytes for the current phase, no arrival.
 inline void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  emu::TsanQuiet quiet;
   mbar_at(bar).tx += bytes;
 }
 inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  emu::TsanQuiet quiet;
   EmuMbar& b = mbar_at(bar);
   b.tx += bytes;
   mbar_arrive_locked(b, bar);
 }
-// Writes the box into shared memory and counts its bytes down on b (under g_mbar_mu).
+// Writes the box into shared memory and counts its bytes down on b (under emu::TsanQuiet: the
+// copy is the async proxy's, not the landing thread's).
 inline void tma_land(const EmuTma& c, EmuMbar& b) {
+  emu::tsan_release(&b.sync[b.phase % 4]);
   const CUtensorMap& m = c.map;
   uint32_t off = 0;
   for (uint32_t i2 = 0; i2 < m.box[2]; ++i2) {
@@ -756,7 +757,7 @@ inline void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, in
     std::abort();
   }
   check_smem(g_smem + (dst - kEmuSmemBase), size_t{map->box[0]} * map->box[1] * map->box[2] * 2);
-  std::lock_guard<std::mutex> lock(g_mbar_mu);
+  emu::TsanQuiet quiet;
   EmuMbar& b = mbar_at(bar);
   EmuTma c{bar, dst, *map, {c0, c1, c2}};
   if (land_now()) {
@@ -774,11 +775,12 @@ inline void mbar_wait(uint32_t bar, uint32_t parity) {
   if (g_producer_lag && t_lin / 128 == 2) emu::sched().defer();
   for (;;) {
     {
-      std::lock_guard<std::mutex> lock(g_mbar_mu);
+      emu::TsanQuiet quiet;
       EmuMbar& b = mbar_at(bar);
       for (const auto& c : b.copies) tma_land(c, b);
       b.copies.clear();
       if ((b.phase & 1) != parity) {
+        emu::tsan_acquire(&b.sync[(b.phase - 1) % 4]);  // the phase observed: the last completed
         const uint32_t idx = (bar - kEmuSmemBase) / 8;
         if (t_seen.size() <= idx) t_seen.resize(idx + 1, 0);
         t_seen[idx] = std::max(t_seen[idx], b.phase);
@@ -810,9 +812,9 @@ struct EmuNamedBar {
   int threads = 0, arrived = 0;
   uint64_t generation = 0;
   std::vector<int> waiters;  // fibers in named_bar_sync
+  char sync[4] = {};         // ThreadSanitizer: generation g's arrivals release into sync[g % 4]
 };
-std::mutex g_nbar_mu;
-EmuNamedBar g_nbars[16];
+EmuNamedBar g_nbars[16];  // bookkeeping under emu::TsanQuiet
 inline uint64_t named_bar_arrive_locked(int id, int threads) {
   if (id <= 0 || id >= 16 || threads <= 0 || threads % 32 != 0) {
     std::printf("named barrier %d with %d threads: ids 1..15, a multiple of 32 threads\n", id, threads);
@@ -825,6 +827,7 @@ inline uint64_t named_bar_arrive_locked(int id, int threads) {
   }
   b.threads = threads;
   const uint64_t gen = b.generation;
+  emu::tsan_release(&b.sync[gen % 4]);
   if (++b.arrived == threads) {
     b.arrived = 0;
     ++b.generation;
@@ -837,32 +840,30 @@ inline uint64_t named_bar_arrive_locked(int id, int threads) {
 // while the other still reads it (attn_bwd_ws's dSᵀ with one buffer instead of two) is
 // overwritten under the reader.
 inline void named_bar_arrive(int id, int threads) {
-  emu::tsan_release(&g_nbars[id]);
   bool completed = false;
   {
-    std::lock_guard<std::mutex> lock(g_nbar_mu);
+    emu::TsanQuiet quiet;
     completed = g_nbars[id].generation != named_bar_arrive_locked(id, threads);
   }
   if (completed) emu::sched().defer();
 }
 inline void named_bar_sync(int id, int threads) {
-  emu::tsan_release(&g_nbars[id]);
   bool completed = false;
   uint64_t gen = 0;
   {
-    std::lock_guard<std::mutex> lock(g_nbar_mu);
+    emu::TsanQuiet quiet;
     gen = named_bar_arrive_locked(id, threads);
     completed = g_nbars[id].generation != gen;
     if (!completed) g_nbars[id].waiters.push_back(emu::sched().self());
   }
   if (completed) {
-    emu::tsan_acquire(&g_nbars[id]);
+    emu::tsan_acquire(&g_nbars[id].sync[gen % 4]);
     emu::sched().defer();
     return;
   }
   // A named barrier's generation only moves on when this one completes: woken means passed.
   emu::sched().wait("named barrier (arrivals short of its thread count)");
-  emu::tsan_acquire(&g_nbars[id]);
+  emu::tsan_acquire(&g_nbars[id].sync[gen % 4]);
 }
 inline void named_bar_check_block_end() {
   for (int id = 1; id < 16; ++id) {
@@ -871,6 +872,7 @@ inline void named_bar_check_block_end() {
                   g_nbars[id].threads);
       std::abort();
     }
+    emu::TsanQuiet quiet;
     g_nbars[id].threads = g_nbars[id].arrived = 0;
     g_nbars[id].generation = 0;
     g_nbars[id].waiters.clear();
@@ -883,7 +885,7 @@ inline void named_bar_check_block_end() {
 // abort), and its bytes are hashed; the add to global memory is done when a wait retires the
 // group (bulk_commit closes a group; bulk_wait_read<N> / bulk_wait<N> retire all but the newest
 // N), after checking that the source is unchanged since the issue (a region rewritten before the
-// reduction has read it aborts), under the atomics' mutex. A thread that ends with a reduction
+// reduction has read it aborts), as relaxed atomic adds. A thread that ends with a reduction
 // not retired aborts (its source would be freed under it).
 struct EmuBulk {
   float* dst;
@@ -932,11 +934,10 @@ inline void bulk_retire(const EmuBulk& b) {
     std::printf("bulk_reduce_add_f32 (thread %d): its source was rewritten before the reduction read it\n", t_lin);
     std::abort();
   }
-  std::lock_guard<std::mutex> lock(g_atomic);
   for (uint32_t i = 0; i < b.bytes / 4; ++i) {
     float v;
     std::memcpy(&v, p + 4 * i, 4);
-    b.dst[i] += v;
+    atomicAdd(b.dst + i, v);
   }
 }
 template <int N> inline void bulk_wait_read() {
@@ -986,10 +987,9 @@ inline bool emu_selected(uint32_t seed) {
 // A kernel's static __shared__ arrays (extract.py turns them into function statics and calls
 // emu_shared on each): recorded here so that launch fills them with 0xff garbage before every
 // block after the first, as the GPU gives a block uninitialised shared memory.
-std::mutex g_statics_mu;
 std::vector<std::pair<void*, size_t>> g_statics;
 inline void emu_shared(void* p, size_t bytes) {
-  std::lock_guard<std::mutex> lock(g_statics_mu);
+  emu::TsanQuiet quiet;
   for (const auto& e : g_statics) {
     if (e.first == p) return;
   }

@@ -34,6 +34,7 @@
 #pragma once
 #include <pthread.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -69,7 +70,7 @@ extern "C" void AnnotateIgnoreWritesEnd(const char* f, int l);
 // running stack, stores its stack pointer at *save, loads `to` and pops what it finds there. A new
 // stack is laid out as if it had switched away just before emu_fiber_trampoline.
 asm(R"(
-  .text
+  .pushsection .text
   .globl emu_ctx_switch
   .type emu_ctx_switch, @function
 emu_ctx_switch:
@@ -101,6 +102,7 @@ emu_fiber_trampoline:
   call emu_fiber_start
   ud2
   .size emu_fiber_trampoline, .-emu_fiber_trampoline
+  .popsection
 )");
 extern "C" void emu_ctx_switch(void** save, void* to);
 extern "C" void emu_fiber_trampoline();
@@ -152,10 +154,11 @@ class Sched {
     pthread_attr_t attr;
     void* lo = nullptr;
     size_t size = 0;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-      pthread_attr_getstack(&attr, &lo, &size);
-      pthread_attr_destroy(&attr);
+    if (pthread_getattr_np(pthread_self(), &attr) != 0 || pthread_attr_getstack(&attr, &lo, &size) != 0) {
+      std::printf("emu: the launching thread's stack bounds are unknown\n");
+      std::abort();
     }
+    pthread_attr_destroy(&attr);
     fibers_[kMain].stack_lo = lo;
     fibers_[kMain].stack_size = size;
 #ifdef CUDA_EMU_TSAN
@@ -212,6 +215,12 @@ class Sched {
     for (int i : ids) ready_[i / 32] |= 1u << lane_rank_[i % 32];
     ids.clear();
   }
+  // The running fiber is runnable in its rank: the first runnable fiber runs, maybe this one.
+  void requeue() {
+    TsanQuiet q;
+    wake(self());
+    next();
+  }
   // The running fiber runs again only when no other fiber can (after those deferred before it).
   void defer() {
     TsanQuiet q;
@@ -264,7 +273,7 @@ class Sched {
   };
   static constexpr const char* kFinished = "(finished)";
   void create(int i) {
-    const size_t page = 4096;
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) {
       std::printf("emu: no stack for fiber %d\n", i);
@@ -317,9 +326,9 @@ class Sched {
     const int warps = (n_ + 31) / 32;
     uint8_t old_lane_of_rank[32];
     std::copy(lane_of_rank_, lane_of_rank_ + 32, old_lane_of_rank);
-    std::vector<int> wo(warps);
+    int wo[kMaxFibers / 32];
     for (int w = 0; w < warps; ++w) wo[w] = w;
-    shuffle(wo.data(), wo.size());
+    shuffle(wo, static_cast<size_t>(warps));
     for (int w = 0; w < warps; ++w) warp_rank_[w] = static_cast<uint64_t>(wo[w]);
     top_warp_rank_ = static_cast<uint64_t>(warps);
     shuffle(lane_of_rank_, 32);
@@ -415,26 +424,33 @@ class Barrier {
   enum Kind { kBlock, kWarp, kOther };
   Barrier(int n, const char* where, Kind kind = kOther) : n_(n), kind_(kind), where_(where) { waiters_.reserve(n); }
   void arrive_and_wait() {
-    tsan_release(this);
-    {
-      TsanQuiet q;
-      if (++arrived_ == n_) {
-        arrived_ = 0;
-        if (kind_ == kBlock) sched().block_barrier_done();
-        if (kind_ == kWarp) sched().warp_collective_done(sched().self());
-        sched().wake_all(waiters_);
-      } else {
-        waiters_.push_back(sched().self());
-        sched().wait(where_);
-      }
+    TsanQuiet q;
+    // ThreadSanitizer: the arrivals of phase k release into sync_[k % 2], its waiters acquire
+    // from it. One object for every phase would let a waiter woken late acquire what the fibers
+    // woken before it released at the next phase, and hide a missing barrier between the two.
+    // Two are enough: phase k + 2 needs every waiter of phase k to have arrived at k + 1.
+    const uint64_t phase = phase_;
+    tsan_release(&sync_[phase % 2]);
+    if (++arrived_ == n_) {
+      arrived_ = 0;
+      ++phase_;
+      if (kind_ == kBlock) sched().block_barrier_done();
+      if (kind_ == kWarp) sched().warp_collective_done(sched().self());
+      sched().wake_all(waiters_);
+      sched().requeue();  // the completing thread too takes its place in the order
+    } else {
+      waiters_.push_back(sched().self());
+      sched().wait(where_);
     }
-    tsan_acquire(this);
+    tsan_acquire(&sync_[phase % 2]);
   }
 
  private:
   int n_, arrived_ = 0;
   Kind kind_;
   const char* where_;
+  uint64_t phase_ = 0;
+  char sync_[2] = {};
   std::vector<int> waiters_;
 };
 
