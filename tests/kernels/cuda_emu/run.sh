@@ -18,7 +18,7 @@
 #   <work>/attention_fwd_emu --replay FILE VERSION   (v3, wgmma, wgmma_pipe, wgmma_ws, default)
 #   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
 # printing where the GPU's result differs by warp, warpgroup, 64-column panel and 16-byte chunk. ctest runs each as kernels.cuda_emu_<name>
-# (label `emu`, not under the sanitizers); by hand:
+# and under ThreadSanitizer as kernels.cuda_emu_<name>_tsan (label `emu`); by hand:
 #   tests/kernels/cuda_emu/run.sh [work dir] [name ...]   (5–40 s per driver, the backward ~110 s)
 # CUDA_EMU_ARGS: arguments for the driver (attention_bwd: "mma" or "hopper", half of its
 # versions; attention_decode: "bf16" or "f32"; ctest runs each driver whole).
