@@ -13,7 +13,8 @@ bundle = sys.argv[3]
 source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "attention_decode": "attention.cu"}
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
 source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
-                  "sampling": "sampling.cu", "softmax": "softmax.cu"})
+                  "sampling": "sampling.cu", "softmax": "softmax.cu", "activation": "activation.cu",
+                  "adamw": "adamw.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -118,6 +119,10 @@ bundles["sampling"] = lambda: [section("constexpr int kThreads = 512;", "}  // n
 bundles["softmax"] = lambda: common_helpers + [
     section("constexpr int kWarpBlock = 128;", "// ---------------------------------------------------------------- host side"),
     function("void with_per_lane")]
+# SwiGLU forward and backward (vector and scalar instances) and the host's with_vec
+bundles["activation"] = lambda: common_helpers + [section("constexpr int kThreads = 256;", "}  // namespace")]
+# the multi-tensor AdamW kernel and its batch (kernels/adamw_math.h is the driver's include)
+bundles["adamw"] = lambda: [section("constexpr int kThreads = 256;", "}  // namespace")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
