@@ -975,6 +975,15 @@ bool emu_is_poison(T x) {
   return std::memcmp(&x, &p, sizeof(T)) == 0;
 }
 
+// A driver's main over its cases in f32, bf16 and f64 (cases(T{}, first seed): seeds 100…, 200…,
+// 300…): prints the number of failing cases and returns it (the exit status).
+template <class F>
+int emu_run_dtypes(F&& cases) {
+  const int f = cases(float{}, 100u) + cases(somnus::bf16{}, 200u) + cases(double{}, 300u);
+  std::printf("%d failures\n", f);
+  return f;
+}
+
 // CUDA_EMU_ONLY="3,9": a driver runs only the cases with those seeds (its output prints none;
 // see the driver's case list), for the slow thread-sanitizer mode; unset: every case.
 inline bool emu_selected(uint32_t seed) {

@@ -277,10 +277,5 @@ int dtype_cases(uint32_t seed0) {
 }  // namespace
 
 int main() {
-  int f = 0;
-  f += dtype_cases<float>(100);
-  f += dtype_cases<bf16>(200);
-  f += dtype_cases<double>(300);
-  std::printf("%d failures\n", f);
-  return f;
+  return emu_run_dtypes([](auto t, uint32_t seed) { return dtype_cases<decltype(t)>(seed); });
 }
