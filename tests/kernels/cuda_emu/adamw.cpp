@@ -108,15 +108,14 @@ int adamw_case(int clip_kind, bool sr, uint32_t seed) {
   for (size_t i = 0; i < k; ++i) {
     const Hyper& h = hyper[i];
     const int64_t n = sizes[i];
-    const AdamWScalars<T> s = make_adamw_scalars<T>(h);
     const T clip_t = static_cast<T>(clip);
+    const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(h.step));
+    const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(h.step));
     for (int64_t e = 0; e < n; ++e) {
       // f64, from the hyperparameters
       const double gi = static_cast<double>(g[i][e]) * h.grad_scale * clip;
       const double mr = h.beta1 * static_cast<double>(m0[i][e]) + (1 - h.beta1) * gi;
       const double vr = h.beta2 * static_cast<double>(v0[i][e]) + (1 - h.beta2) * gi * gi;
-      const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(h.step));
-      const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(h.step));
       const double wr = static_cast<double>(w0[i][e]) * (1 - h.lr * h.weight_decay) -
                         h.lr / bc1 * mr / (std::sqrt(vr) / std::sqrt(bc2) + h.eps);
       ew = std::max(ew, err(static_cast<double>(w[i][e]), wr, 1.0));
@@ -124,7 +123,7 @@ int adamw_case(int clip_kind, bool sr, uint32_t seed) {
       ev = std::max(ev, err(static_cast<double>(v[i][e]), vr, 1e-4));
       // the shared per-element function, on the host
       T mt = m0[i][e], vt = v0[i][e];
-      const T wt = adamw_element<T>(w0[i][e], g[i][e], mt, vt, s, clip_t, clip_kind != 0);
+      const T wt = adamw_element<T>(w0[i][e], g[i][e], mt, vt, b.s[i], clip_t, clip_kind != 0);
       twin_eq = twin_eq && std::memcmp(&wt, &w[i][e], sizeof(T)) == 0 && std::memcmp(&mt, &m[i][e], sizeof(T)) == 0 &&
                 std::memcmp(&vt, &v[i][e], sizeof(T)) == 0;
       if (!has_out[i]) continue;

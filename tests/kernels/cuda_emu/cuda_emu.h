@@ -122,6 +122,7 @@ inline T __ldcg(const T* p) { return *p; }
 inline uint32_t pack_bf16(float lo, float hi) { return f2bf(lo) | (static_cast<uint32_t>(f2bf(hi)) << 16); }
 inline uint32_t pack_u16(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
 constexpr int kMaxWarps = 32;
+static_assert(kMaxWarps * 32 == emu::kMaxFibers, "a fiber per thread of the largest block");
 emu::Barrier* g_block_bar;
 struct Warp { emu::Barrier* bar; uint32_t a[32][4], b[32][2]; const uint16_t* ldsm[32]; uint64_t shfl[32]; };
 Warp* g_warps;
@@ -675,7 +676,7 @@ inline void mbar_init(uint32_t bar, uint32_t count) {
 }
 inline void mbar_init_fence() {}
 // Returns whether this arrival completed the phase.
-inline bool mbar_arrive_locked(EmuMbar& b, uint32_t bar) {
+inline bool mbar_count_arrival(EmuMbar& b, uint32_t bar) {
   if (b.pending == 0) {
     std::printf("mbarrier at 0x%x: an arrival beyond its count (the phase waits for bytes only)\n", bar);
     std::abort();
@@ -698,13 +699,9 @@ inline void mbar_arrive(uint32_t bar) {
   bool completed = false;
   {
     emu::TsanQuiet quiet;
-    completed = mbar_arrive_locked(mbar_at(bar), bar);
+    completed = mbar_count_arrival(mbar_at(bar), bar);
   }
-  if (completed) {
-    emu::sched().defer();
-  } else if (g_producer_lag && t_lin / 128 == 2) {
-    emu::sched().defer();
-  }
+  if (completed || (g_producer_lag && t_lin / 128 == 2)) emu::sched().defer();
 }
 // mbarrier.expect_tx: bytes for the current phase, no arrival.
 inline void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
@@ -715,7 +712,7 @@ inline void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   emu::TsanQuiet quiet;
   EmuMbar& b = mbar_at(bar);
   b.tx += bytes;
-  mbar_arrive_locked(b, bar);
+  mbar_count_arrival(b, bar);
 }
 // Writes the box into shared memory and counts its bytes down on b (under emu::TsanQuiet: the
 // copy is the async proxy's, not the landing thread's).
@@ -815,7 +812,7 @@ struct EmuNamedBar {
   char sync[4] = {};         // ThreadSanitizer: generation g's arrivals release into sync[g % 4]
 };
 EmuNamedBar g_nbars[16];  // bookkeeping under emu::TsanQuiet
-inline uint64_t named_bar_arrive_locked(int id, int threads) {
+inline uint64_t named_bar_count_arrival(int id, int threads) {
   if (id <= 0 || id >= 16 || threads <= 0 || threads % 32 != 0) {
     std::printf("named barrier %d with %d threads: ids 1..15, a multiple of 32 threads\n", id, threads);
     std::abort();
@@ -843,7 +840,7 @@ inline void named_bar_arrive(int id, int threads) {
   bool completed = false;
   {
     emu::TsanQuiet quiet;
-    completed = g_nbars[id].generation != named_bar_arrive_locked(id, threads);
+    completed = g_nbars[id].generation != named_bar_count_arrival(id, threads);
   }
   if (completed) emu::sched().defer();
 }
@@ -852,7 +849,7 @@ inline void named_bar_sync(int id, int threads) {
   uint64_t gen = 0;
   {
     emu::TsanQuiet quiet;
-    gen = named_bar_arrive_locked(id, threads);
+    gen = named_bar_count_arrival(id, threads);
     completed = g_nbars[id].generation != gen;
     if (!completed) g_nbars[id].waiters.push_back(emu::sched().self());
   }
@@ -873,9 +870,7 @@ inline void named_bar_check_block_end() {
       std::abort();
     }
     emu::TsanQuiet quiet;
-    g_nbars[id].threads = g_nbars[id].arrived = 0;
-    g_nbars[id].generation = 0;
-    g_nbars[id].waiters.clear();
+    g_nbars[id] = EmuNamedBar{};
   }
 }
 // Bulk reductions (cp.reduce.async.bulk .global.shared::cta .add.f32, bulk-group completion;

@@ -211,8 +211,7 @@ class Sched {
   }
   // Every fiber in ids runnable again; ids is cleared.
   void wake_all(std::vector<int>& ids) {
-    TsanQuiet q;
-    for (int i : ids) ready_[i / 32] |= 1u << lane_rank_[i % 32];
+    for (int i : ids) wake(i);
     ids.clear();
   }
   // The running fiber is runnable in its rank: the first runnable fiber runs, maybe this one.
