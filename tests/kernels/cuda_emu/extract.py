@@ -14,11 +14,13 @@ source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
 source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
                   "sampling": "sampling.cu", "softmax": "softmax.cu", "activation": "activation.cu",
-                  "adamw": "adamw.cu"})
+                  "adamw": "adamw.cu", "elementwise": "elementwise.cu", "index": "index.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
 common = open(os.path.join(cuda_dir, "common.cuh")).read()
+# tensor/cuda/check.h: grid_for, the grid size of the grid-stride kernels' launches.
+check_h = open(os.path.join(cuda_dir, "..", "..", "tensor", "cuda", "check.h")).read()
 
 
 def function(signature, src=src):
@@ -47,6 +49,47 @@ common_helpers = [
     section("// ---------------------------------------------------------------- math in the compute type",
             "// ---------------------------------------------------------------- dispatch and device", common),
 ]
+
+
+def host_launches(text):
+    """`kernel<<<grid, block>>>(args);` -> emu_note_launch("kernel"); launch(grid, 1, block, 0, [&] {
+    kernel(args); }); (cuda_emu.h's launch runs the grid's blocks one after another; the driver
+    defines emu_note_launch, to see which kernel the host code chose), and CUDA_CHECK_LAUNCH();
+    dropped: so that the host code that picks a kernel and its grid runs too. One-dimensional
+    grids without dynamic shared memory or a stream only; anything else fails here."""
+    out, pos = [], 0
+    while True:
+        i = text.find("<<<", pos)
+        if i < 0:
+            break
+        start = text.rfind("\n", 0, i) + 1
+        while text[start] == " ":
+            start += 1
+        j = text.index(">>>(", i)
+        config = [c.strip() for c in re.split(r",(?![^(]*\))", text[i + 3:j])]
+        if len(config) != 2:
+            raise SystemExit("extract.py: a launch with shared memory or a stream: " + text[start:j + 3])
+        depth, k = 0, j + 3
+        while True:
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            k += 1
+            if depth == 0:
+                break
+        if text[k] != ";":
+            raise SystemExit("extract.py: a launch that is not a statement: " + text[start:k])
+        out.append(text[pos:start])
+        out.append("emu_note_launch(\"" + text[start:i] + "\"); launch(" + config[0] + ", 1, " + config[1] +
+                   ", 0, [&] { " + text[start:i] + text[j + 3:k] + "; });")
+        pos = k + 1
+    out.append(text[pos:])
+    return re.sub(r"\n\s*CUDA_CHECK_LAUNCH\(\);", "", "".join(out))
+
+
+# common.cuh's layouts (Collapsed, collapse) and SOMNUS_GRID_STRIDE, with grid_for, for the
+# grid-stride kernels and their host launchers.
+grid_stride = [re.search(r"inline unsigned grid_for\(.*?\n\}", check_h, flags=re.S).group(0),
+               section("// ---------------------------------------------------------------- layouts",
+                       "}  // namespace somnus::kernels::cuda", common)]
 
 
 def attention_tiles():
@@ -123,6 +166,16 @@ bundles["softmax"] = lambda: common_helpers + [
 bundles["activation"] = lambda: common_helpers + [section("constexpr int kThreads = 256;", "}  // namespace")]
 # the multi-tensor AdamW kernel and its batch (kernels/adamw_math.h is the driver's include)
 bundles["adamw"] = lambda: [section("constexpr int kThreads = 256;", "}  // namespace")]
+# elementwise.cu: the per-element math, the operand bundles, both kernels and launch_elementwise
+# (its choice of the vector, scalar or strided kernel, host_launches'd), not the Tensor entry points
+bundles["elementwise"] = lambda: common_helpers + grid_stride + [
+    host_launches(section("// ---------------------------------------------------------------- the per-element math",
+                          "}  // namespace\n"))]
+# index.cu's kernels: embedding forward, the deterministic backward's sort input and runs kernel
+# (cub's radix sort between them is the driver's stable sort), the atomic backward and its f32
+# accumulator's add, gather and scatter_add
+bundles["index"] = lambda: common_helpers + grid_stride + [
+    section("constexpr int kRowThreads = 128;", "Strides with_dim_stride_zero")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)

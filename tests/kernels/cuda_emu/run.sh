@@ -15,7 +15,9 @@
 # row stats, the top-k prefilter, the pick, greedy), softmax (kernels/cuda/softmax.cu: warp- and
 # block-per-row, forward and backward), activation (kernels/cuda/activation.cu: SwiGLU forward and
 # backward, vector and scalar), adamw (kernels/cuda/adamw.cu: the multi-tensor AdamW with its
-# bf16 copies, nearest and stochastic); every *.cpp here is a driver. A GPU failure of an attention kernel
+# bf16 copies, nearest and stochastic), elementwise (kernels/cuda/elementwise.cu: every unary op,
+# its backward, every binary op and where(), through launch_elementwise's own choice of the
+# vector, scalar or strided kernel); every *.cpp here is a driver. A GPU failure of an attention kernel
 # (gpu_check writes the case to $OUT/attn_dumps) replays here on the same inputs:
 #   <work>/attention_fwd_emu --replay FILE VERSION   (v3, wgmma, wgmma_pipe, wgmma_ws, default)
 #   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
