@@ -24,7 +24,7 @@
 //                  that frees it can overwrite data a slower warp still reads.
 //   shared memory  bounds-checked on every ldmatrix and cp.async.
 //   ex2_approx     exp2 (the hardware's ex2.approx.ftz differs by ~2 ulp).
-//   atomicAdd      f32 and u32, relaxed (the order of adds is the threads' schedule);
+//   atomicAdd      f32, f64, i32, u32 and u64, relaxed (the order of adds is the threads' schedule);
 //   atomicMin      u64, relaxed;
 //   atomicInc      u32 (wraps to 0 past `top`), relaxed.
 //   __threadfence, __ldcg: a no-op and a plain load (blocks run one after another).
@@ -99,6 +99,11 @@ inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); r
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v, std::memory_order_relaxed); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   return std::atomic_ref<unsigned>(*p).fetch_add(v, std::memory_order_relaxed);
+}
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v, std::memory_order_relaxed); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v, std::memory_order_relaxed); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v, std::memory_order_relaxed);
 }
 // CUDA's atomicInc: the old value; stores 0 when old >= top, else old + 1.
 inline unsigned atomicInc(unsigned* p, unsigned top) {

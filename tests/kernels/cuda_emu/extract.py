@@ -173,9 +173,10 @@ bundles["elementwise"] = lambda: common_helpers + grid_stride + [
                           "}  // namespace\n"))]
 # index.cu's kernels: embedding forward, the deterministic backward's sort input and runs kernel
 # (cub's radix sort between them is the driver's stable sort), the atomic backward and its f32
-# accumulator's add, gather and scatter_add
+# accumulator's add, gather and scatter_add, and the host's strides for them (index_along,
+# with_dim_stride_zero)
 bundles["index"] = lambda: common_helpers + grid_stride + [
-    section("constexpr int kRowThreads = 128;", "Strides with_dim_stride_zero")]
+    section("constexpr int kRowThreads = 128;", "// out[...] = x[... index ...] over `shape`")]
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
