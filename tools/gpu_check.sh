@@ -12,7 +12,7 @@
 # failing cases of the v3 / v4 / Hopper attention kernels to attn_dumps/ (replay: tests/kernels/cuda_emu).
 # Exits non-zero on any failure. The device tool brings back at most 8 files from $OUT, so pack
 # them (bench/RESULTS.md has the command):
-#   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_GPU_CHECK_DEADLINE_S=500 timeout 570 tools/gpu_check.sh \
+#   mkdir -p /tmp/gc; OUT=/tmp/gc SOMNUS_BENCH_MIN_TIME=0.1 SOMNUS_GPU_CHECK_DEADLINE_S=500 timeout 570 tools/gpu_check.sh \
 #     --prebuilt .gpu.tar.xz; tar czf "$OUT/gpu_check.tgz" -C /tmp/gc .
 # SOMNUS_GPU_CHECK_DEADLINE_S (default 540): compute-sanitizer runs stop being started after
 # this many seconds, and none runs past it; the PyTorch reference then has until 55 s past it,
@@ -262,6 +262,9 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
         for k, lab in (("speedup_vs_unfused", "x unfused"), ("vs_memcpy", "of copy BW"), ("speedup_vs_sort", "x sort")):
             if k in b:
                 ratio = f"{b[k]:.2f} {lab}"
+        if "vs_hbm_copy" in b:  # the copy baselines' own rates, so that one above the HBM peak stands out
+            ratio += (f" ({b['memcpy_bytes/s'] / 1e9:.0f} GB/s); {b['vs_hbm_copy']:.2f} of a large copy "
+                      f"({b['hbm_copy_bytes/s'] / 1e9:.0f} GB/s)")
         if "peak_MB" in b:
             ratio = (ratio + ", " if ratio else "") + f"peak {b['peak_MB']:.0f} MB"
         if b.get("late", 0) > 0:
@@ -309,7 +312,8 @@ if variants:
 # Issue 4's targets (bf16 on H100/H200) from this run's rows by the default kernels; the
 # table at the top of bench/RESULTS.md is written from these lines.
 def target(label, pattern, key, floor):
-    got = [(n, b[key]) for n, b in raw.items() if re.fullmatch(pattern, n) and key in b]
+    # the default timing's rows only (not the " [call]" reruns, which a trailing .* would match)
+    got = [(n, b[key]) for n, b in raw.items() if re.fullmatch(pattern, n) and key in b and not n.endswith(" [call]")]
     if not got:
         print(f"  {label:44s} no row in this run"); return
     low = min(got, key=lambda x: x[1])
@@ -319,7 +323,10 @@ def target(label, pattern, key, floor):
 print("\nIssue 4's targets, by the default kernels:")
 target("attention fwd+bwd causal D128 T4k >= 300", r"attention_fwd_bwd/causal/bf16/T:4096/D:128", "FLOP/s", 300e12)
 target("attention fwd D128 T4k >= 350", r"attention_fwd/(causal|full)/bf16/T:4096/D:128", "FLOP/s", 350e12)
-target("decode >= 0.7 of copy", r"attention_decode/bf16/.*", "vs_memcpy", 0.7)
+# decode against HBM: a copy far larger than L2 (vs_hbm_copy); the same-traffic copy's writes
+# can stay in L2 at S 1024 and flatter it
+target("decode >= 0.7 of HBM (large copy)", r"attention_decode/bf16/.*", "vs_hbm_copy", 0.7)
+target("decode >= 0.7 of same-traffic copy", r"attention_decode/bf16/.*", "vs_memcpy", 0.7)
 target("norms >= 0.8 of copy", r"(rms|layer)_norm_(fwd|bwd)(_residual)?/(bf16|f32)/16384x4096", "vs_memcpy", 0.8)
 target("AdamW >= 0.8 of copy", r"adamw/.*", "vs_memcpy", 0.8)
 PY
