@@ -3531,8 +3531,10 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     __threadfence();  // this block's partials, device-wide, before its ticket
     __syncthreads();
     // atomicInc wraps the counter to 0 for the last block, in the same atomic step: no reset
-    // store that a later launch could race, and a counter left stale by an aborted launch is
-    // back at 0 after one more.
+    // store that a later launch could race. It counts right only from 0: a counter left at
+    // c != 0 stays c after every later launch (n takes modulo n), and a wrong block combines
+    // each time. The tickets start zeroed (cudaMemset at allocation), and a kernel stops
+    // partway only through a fault that leaves the context unusable.
     if (threadIdx.x == 0) {
       const unsigned top = static_cast<unsigned>(n_split - 1);
       last[0] = atomicInc(tickets + bk, top) == top;
