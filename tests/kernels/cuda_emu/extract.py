@@ -14,7 +14,8 @@ source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "
 # Drivers of other files name theirs here: bundle -> file in kernels/cuda.
 source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
                   "sampling": "sampling.cu", "softmax": "softmax.cu", "activation": "activation.cu",
-                  "adamw": "adamw.cu", "elementwise": "elementwise.cu", "index": "index.cu"})
+                  "adamw": "adamw.cu", "elementwise": "elementwise.cu", "index": "index.cu",
+                  "tensor": "../../tensor/cuda/copy.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -177,6 +178,33 @@ bundles["elementwise"] = lambda: common_helpers + grid_stride + [
 # with_dim_stride_zero)
 bundles["index"] = lambda: common_helpers + grid_stride + [
     section("constexpr int kRowThreads = 128;", "// out[...] = x[... index ...] over `shape`")]
+
+
+def cpu_fill_bodies():
+    """tensor/random.cpp's CPU branches of rand, randn and randint (the `else` block that calls
+    fill_cpu), each as a template the driver calls with its own fill_cpu: so that the CUDA fill
+    is compared with the CPU's code itself, not a copy of its formula."""
+    rnd = open(os.path.join(cuda_dir, "..", "..", "tensor", "random.cpp")).read()
+    out = []
+    for name, params in (("rand", "double low, double high"), ("randn", "double mean, double std"),
+                         ("randint", "int64_t low, int64_t high")):
+        i = rnd.index("} else {", rnd.index("Tensor " + name + "("))
+        depth, k = 0, i + len("} else ")
+        for k in range(k, len(rnd)):
+            depth += {"{": 1, "}": -1}.get(rnd[k], 0)
+            if depth == 0:
+                break
+        out.append("template <class Fill, class Dst>\nvoid cpu_" + name + "(Fill&& fill_cpu, const Dst& t, uint64_t seed, "
+                   "uint64_t offset, " + params + ") {" + rnd[i + len("} else {"):k] + "}")
+    return out
+
+
+# tensor/cuda/copy.cu (the strided copy with its dtype conversion, fill) and tensor/cuda/random.cu
+# (the Philox fill kernel and its three samples), with random.cpp's CPU branches, and grid_for
+bundles["tensor"] = lambda: grid_stride[:1] + [
+    section("template <class T>\n__host__ __device__ __forceinline__ T from_double", "void strided_copy("),
+    section("template <class T, class Sample>\n__global__ void philox_fill_kernel", "template <class Sample>\nstatic void launch_fill",
+            open(os.path.join(cuda_dir, "..", "..", "tensor", "cuda", "random.cu")).read())] + cpu_fill_bodies()
 parts = bundles[bundle]()
 text = "\n".join(parts)
 text = re.sub(r"__device__ __forceinline__ float ex2_approx\(float x\) \{.*?\n\}\n", "", text, flags=re.S)
