@@ -15,7 +15,7 @@ source_of = {"attention_fwd": "attention.cu", "attention_bwd": "attention.cu", "
 source_of.update({"norm": "norm.cu", "rope": "rope.cu", "reduce": "reduce.cu", "losses": "losses.cu",
                   "sampling": "sampling.cu", "softmax": "softmax.cu", "activation": "activation.cu",
                   "adamw": "adamw.cu", "elementwise": "elementwise.cu", "index": "index.cu",
-                  "tensor": "../../tensor/cuda/copy.cu"})
+                  "tensor": "../../tensor/cuda/copy.cu", "matmul": "matmul.cu"})
 if bundle not in source_of:
     raise SystemExit("extract.py: unknown bundle " + bundle)
 src = open(os.path.join(cuda_dir, source_of[bundle])).read()
@@ -178,6 +178,9 @@ bundles["elementwise"] = lambda: common_helpers + grid_stride + [
 # with_dim_stride_zero)
 bundles["index"] = lambda: common_helpers + grid_stride + [
     section("constexpr int kRowThreads = 128;", "// out[...] = x[... index ...] over `shape`")]
+
+# matmul.cu's one kernel of its own: the unfused bias (+ GELU) epilogue (the GEMMs are cuBLASLt's)
+bundles["matmul"] = lambda: common_helpers + grid_stride + [function("__global__ void bias_gelu_kernel")]
 
 
 def cpu_fill_bodies():

@@ -20,7 +20,8 @@
 # vector, scalar or strided kernel), index (kernels/cuda/index.cu: embedding forward, its
 # deterministic and atomic backward, gather / index_select, scatter_add / index_add), tensor
 # (tensor/cuda/copy.cu and random.cu: the strided copy between every pair of dtypes, fill, the
-# Philox fills bitwise random.cpp's CPU branches); every *.cpp here is a driver. A GPU failure of an attention kernel
+# Philox fills bitwise random.cpp's CPU branches), matmul (kernels/cuda/matmul.cu's unfused
+# bias + GELU epilogue; the GEMMs themselves are cuBLASLt's); every *.cpp here is a driver. A GPU failure of an attention kernel
 # (gpu_check writes the case to $OUT/attn_dumps) replays here on the same inputs:
 #   <work>/attention_fwd_emu --replay FILE VERSION   (v3, wgmma, wgmma_pipe, wgmma_ws, default)
 #   <work>/attention_bwd_emu --replay FILE VERSION   (default, v3, v4, wgmma, wgmma_ws)
