@@ -5,7 +5,9 @@
 // barriers and bulk reductions, its dQ accumulator cast by dq_from_bws_acc) under the host emulation
 // (cuda_emu.h) on the shapes of tests/kernels/test_cuda_attention.cpp, against an f64
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
-// lse and Δ come from the reference (the forward is attention_fwd.cpp's business).
+// lse and Δ come from the reference (the forward is attention_fwd.cpp's business). The entry
+// point's two small kernels run too: attn_bwd_delta (Δ of the bf16 O, within 1e-5 of f64; the
+// "Δ" column) and, in the atomic mode of the mma.sync and wgmma versions, cast_from_f32 (dQ).
 // Exit status = the number of failing cases.
 #include <string>
 
@@ -59,8 +61,10 @@ void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, con
     launch((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq, kBwdWarps * 32, dq_smem_bytes<D>(kV3), [&] {
       attn_bwd_dq_mma<D, kLdsm, kV3>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdq.data(), d);
     });
-  } else if (kWg != 2) {
-    for (size_t i = 0; i < nq; ++i) gdq[i] = f2bf(acc[i]);
+  } else if (kWg != 2) {  // the entry point's cast of the f32 dQ accumulator, as attention_bwd launches it
+    launch(static_cast<unsigned>((nq + 255) / 256), 1, 256, 0, [&] {
+      cast_from_f32<bf16>(acc.data(), reinterpret_cast<bf16*>(gdq.data()), static_cast<int64_t>(nq));
+    });
   }
 }
 
@@ -80,6 +84,9 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
   const auto q = gen(nq), k = gen(nk), v = gen(nk), g = gen(nq);
   // f64 reference: lse, Δ = rowsum(dO ∘ O), dq, dk, dv.
   std::vector<double> lse(size_t(c.B) * c.Hq * c.T), delta(lse.size()), dq(nq, 0), dk(nk, 0), dv(nk, 0);
+  // O as the forward stores it (bf16) and Δ of that O: what attn_bwd_delta computes
+  std::vector<uint16_t> ob(nq);
+  std::vector<double> delta_b(lse.size());
   for (int b = 0; b < c.B; ++b) {
     for (int h = 0; h < c.Hq; ++h) {
       const size_t bh = size_t(b) * c.Hq + h, kvh = size_t(b) * c.Hkv + h / d.g;
@@ -103,9 +110,14 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
           p[j] = std::exp(s[j] - L);
           for (int x = 0; x < D; ++x) o[x] += p[j] * bf2f(v[(kvh * c.S + j) * D + x]);
         }
-        double de = 0;
-        for (int x = 0; x < D; ++x) de += o[x] * bf2f(g[row * D + x]);
+        double de = 0, db = 0;
+        for (int x = 0; x < D; ++x) {
+          de += o[x] * bf2f(g[row * D + x]);
+          ob[row * D + x] = f2bf(static_cast<float>(o[x]));
+          db += double(bf2f(ob[row * D + x])) * bf2f(g[row * D + x]);
+        }
         delta[row] = de;
+        delta_b[row] = db;
         for (int j = 0; j < vis; ++j) {
           double t = 0;
           for (int x = 0; x < D; ++x) t += double(bf2f(g[row * D + x])) * bf2f(v[(kvh * c.S + j) * D + x]);
@@ -133,9 +145,22 @@ int run_case(const Case& c, bool det, uint32_t seed, const char* label) {
     return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
   };
   const double eq = err(gdq, dq), ek = err(gdk, dk), ev = err(gdv, dv);
-  const bool ok = eq < 2e-2 && ek < 2e-2 && ev < 2e-2;
-  std::printf("%s %s D%d B%d Hq%d Hkv%d T%d S%d %s off%d %s: dq %.3g dk %.3g dv %.3g\n", ok ? "ok  " : "FAIL", label, D,
-              c.B, c.Hq, c.Hkv, c.T, c.S, c.causal ? "causal" : "full", c.q_offset, det ? "det" : "atomic", eq, ek, ev);
+  // attn_bwd_delta (a warp per row, 4 rows a block, as attention_bwd launches it) against f64
+  const int64_t rows = static_cast<int64_t>(lse.size());
+  std::vector<float> gdelta(rows, NAN);
+  launch(static_cast<unsigned>((rows + 3) / 4), 1, 128, 0, [&] {
+    attn_bwd_delta<bf16, D>(reinterpret_cast<const bf16*>(ob.data()), reinterpret_cast<const bf16*>(g.data()),
+                            gdelta.data(), rows);
+  });
+  double edelta = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double e = std::fabs(gdelta[r] - delta_b[r]) / (1 + std::fabs(delta_b[r]));
+    edelta = std::isfinite(e) ? std::max(edelta, e) : INFINITY;  // NaN: a row not written
+  }
+  const bool ok = eq < 2e-2 && ek < 2e-2 && ev < 2e-2 && edelta <= 1e-5;
+  std::printf("%s %s D%d B%d Hq%d Hkv%d T%d S%d %s off%d %s: dq %.3g dk %.3g dv %.3g (Δ %.2g)\n", ok ? "ok  " : "FAIL", label,
+              D, c.B, c.Hq, c.Hkv, c.T, c.S, c.causal ? "causal" : "full", c.q_offset, det ? "det" : "atomic", eq, ek, ev,
+              edelta);
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

@@ -139,6 +139,10 @@ bundles = {
         # the TMA map of attn_bwd_ws (cuTensorMapEncodeTiled is cuda_emu.h's)
         section("CUtensorMap bf16_panel_map(", "// attn_fwd_ws's three maps"),
         section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward version for SOMNUS_ATTN_BWD"),
+        # the entry point's two small kernels: Δ = rowsum(dO ∘ O) and the atomic mode's dQ cast
+        function("__device__ __forceinline__ C warp_allreduce_sum", common), function("__device__ __forceinline__ float to_f"),
+        re.search(r"#define SOMNUS_GRID_STRIDE(?:.*\\\n)*.*\n", common).group(0),
+        function("__global__ void attn_bwd_delta"), function("__global__ void cast_from_f32"),
     ],
 }
 bundles["norm"] = norm_bundle
