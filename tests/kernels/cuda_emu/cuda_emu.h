@@ -667,7 +667,7 @@ inline void mbar_try_complete(EmuMbar& b) {
   if (b.pending == 0 && b.tx == 0) {
     ++b.phase;
     b.pending = b.count;
-    emu::sched().wake_all(b.waiters);
+    emu::sched().release(b.waiters);  // the released warps' order drawn again
   }
 }
 inline void mbar_init(uint32_t bar, uint32_t count) {
@@ -833,7 +833,7 @@ inline uint64_t named_bar_count_arrival(int id, int threads) {
   if (++b.arrived == threads) {
     b.arrived = 0;
     ++b.generation;
-    emu::sched().wake_all(b.waiters);
+    emu::sched().release(b.waiters);  // the released warps' order drawn again
   }
   return gen;
 }
@@ -1051,7 +1051,9 @@ void launch(unsigned gx, unsigned gy, int threads, int smem, F&& body, unsigned 
   // Warpgroups (wgmma): 128-thread groups when the block has whole ones.
   std::vector<WarpGroup> wgs(threads % 128 == 0 ? threads / 128 : 0);
   std::vector<std::unique_ptr<emu::Barrier>> wgb;
-  for (size_t i = 0; i < wgs.size(); ++i) wgb.emplace_back(new emu::Barrier(128, "a warpgroup collective (wgmma)"));
+  for (size_t i = 0; i < wgs.size(); ++i) {
+    wgb.emplace_back(new emu::Barrier(128, "a warpgroup collective (wgmma)", emu::Barrier::kWarpGroup));
+  }
   g_wgs = wgs.data();
   const uint64_t blocks = uint64_t{gx} * gy * gz;
   // Thread 0, between blocks: the set-up of block k (a fresh block's state).

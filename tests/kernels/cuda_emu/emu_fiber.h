@@ -9,9 +9,16 @@
 // the block's warps (and of the lanes within a warp) runs, so that one warp runs ahead as far as
 // its waits let it while the others lag — a kernel that reads what another warp writes without a
 // barrier between them, or overwrites what another warp still reads, shows it whenever the
-// order puts the wrong warp first. The order is drawn again at every __syncthreads, and a warp
-// drops to the end now and then (1 in 64 of its collectives), for the kernels that run long
-// without block barriers (the warp-specialized ones). xorshift, seeded per process: the same
+// order puts the wrong warp first. The order is drawn again at every __syncthreads; where a
+// phase of a barrier that only some warps meet at completes (an mbarrier, a named barrier) the
+// order of the warps it releases and of the completing one is drawn again among the places they
+// hold (release()); and a warp or a warpgroup drops to the end now and then (1 in 64 of its
+// collectives). So in the kernels that run long without block barriers (the warp-specialized
+// ones, whose consumer warpgroups and producer meet only at mbarriers and named barriers after
+// their start) the order of the roles changes at every hand-over of a tile, not once per block.
+// All of it only orders the runnable fibers: which fibers are runnable, the report of a block
+// whose threads wait for each other and ThreadSanitizer's edges stay as they were.
+// xorshift, seeded per process: the same
 // schedule on every run; CUDA_EMU_SEED=n picks another. defer(): the fiber runs again only when
 // no other can — where a thread's arrival completes a phase (mbarrier, named barrier) the
 // released waiters run first, as a fast consumer could on the GPU; and the drivers' lagging
@@ -214,6 +221,29 @@ class Sched {
     for (int i : ids) wake(i);
     ids.clear();
   }
+  // A phase of an mbarrier or a named barrier completed, releasing the fibers in ids (cleared):
+  // they are runnable again, and the warps taking part (theirs and the running fiber's, the one
+  // whose arrival or landed copy completed it) are ranked again in a random order among the
+  // ranks they hold, the other warps keeping theirs. E.g. the 8 consumer warps released by a
+  // tile's "full" barrier and the producer that filled it: which warpgroup runs ahead, and
+  // whether the producer runs before or after them, is drawn again at every tile. (Only the
+  // order changes: no fiber is made runnable that was not, nothing is synchronised.)
+  void release(std::vector<int>& ids) {
+    TsanQuiet q;
+    static_assert(kMaxFibers / 32 <= 32, "a warp mask of 32 bits");
+    uint32_t mask = self() == kMain ? 0u : 1u << (self() / 32);
+    for (int i : ids) mask |= 1u << (i / 32);
+    int w[32];
+    uint64_t r[32];
+    size_t n = 0;
+    for (; mask != 0; mask &= mask - 1, ++n) {
+      w[n] = __builtin_ctz(mask);
+      r[n] = warp_rank_[w[n]];
+    }
+    shuffle(r, n);
+    for (size_t k = 0; k < n; ++k) warp_rank_[w[k]] = r[k];
+    wake_all(ids);
+  }
   // The running fiber is runnable in its rank: the first runnable fiber runs, maybe this one.
   void requeue() {
     TsanQuiet q;
@@ -231,10 +261,12 @@ class Sched {
     TsanQuiet q;
     draw_ranks();
   }
-  // A collective of fiber i's warp completed: now and then (1 in 64) that warp drops to the
-  // last rank, so that within a long stretch without block barriers (the warp-specialized
-  // kernels have none after their start) the order of the warps changes too.
-  void warp_collective_done(int i) {
+  // A collective of fiber i's warp or warpgroup completed (i: the fiber that arrived last):
+  // now and then (1 in 64) i's warp drops to the last rank, so that within a long stretch
+  // without block barriers (the warp-specialized kernels have none after their start) the
+  // order of the warps changes too. For a warpgroup that puts the whole group behind the other
+  // warps: its next collective waits for the warp that dropped.
+  void collective_done(int i) {
     TsanQuiet q;
     if (next_random() % 64 != 0) return;
     warp_rank_[i / 32] = ++top_warp_rank_;
@@ -417,10 +449,11 @@ class FiberLocal {
 
 // A barrier over n fibers (std::barrier's arrive_and_wait): the completing arrival makes the
 // waiters runnable and goes on; where names it in a report. A block barrier draws the warps'
-// ranks again when it completes, a warp barrier may move its warp to the last rank.
+// ranks again when it completes, a warp or warpgroup barrier may move the last arrival's warp
+// to the last rank.
 class Barrier {
  public:
-  enum Kind { kBlock, kWarp, kOther };
+  enum Kind { kBlock, kWarp, kWarpGroup, kOther };
   Barrier(int n, const char* where, Kind kind = kOther) : n_(n), kind_(kind), where_(where) { waiters_.reserve(n); }
   void arrive_and_wait() {
     TsanQuiet q;
@@ -434,7 +467,7 @@ class Barrier {
       arrived_ = 0;
       ++phase_;
       if (kind_ == kBlock) sched().block_barrier_done();
-      if (kind_ == kWarp) sched().warp_collective_done(sched().self());
+      if (kind_ == kWarp || kind_ == kWarpGroup) sched().collective_done(sched().self());
       sched().wake_all(waiters_);
       sched().requeue();  // the completing thread too takes its place in the order
     } else {
