@@ -845,7 +845,11 @@ inline void named_bar_arrive(int id, int threads) {
   bool completed = false;
   {
     emu::TsanQuiet quiet;
-    completed = g_nbars[id].generation != named_bar_count_arrival(id, threads);
+    // The generation before the arrival, then the one after (in one expression the two
+    // operands' order is unspecified: read first, the generation never differs, and the
+    // completing arrival did not yield).
+    const uint64_t gen = named_bar_count_arrival(id, threads);
+    completed = g_nbars[id].generation != gen;
   }
   if (completed) emu::sched().defer();
 }
