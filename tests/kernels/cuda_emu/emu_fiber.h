@@ -16,10 +16,13 @@
 // collectives). So in the kernels that run long without block barriers (the warp-specialized
 // ones, whose consumer warpgroups and producer meet only at mbarriers and named barriers after
 // their start) the order of the roles changes at every hand-over of a tile, not once per block.
-// All of it only orders the runnable fibers: which fibers are runnable, the report of a block
-// whose threads wait for each other and ThreadSanitizer's edges stay as they were.
-// xorshift, seeded per process: the same
-// schedule on every run; CUDA_EMU_SEED=n picks another. defer(): the fiber runs again only when
+// (Measured, default seed: in attn_bwd_ws the consumer warpgroup that passes a phase of its
+// mbarriers first changed 100 times, in 41 of 73 blocks, against 11 times in 11 blocks when only
+// __syncthreads and the 1-in-64 drops reordered; attn_fwd_ws*: 103 against 89.) All of it
+// only orders the runnable fibers: which fibers are runnable, the report of a block whose
+// threads wait for each other and ThreadSanitizer's edges stay as they were.
+// xorshift, seeded per process: the same schedule on every run; CUDA_EMU_SEED=n picks another
+// (one stream, drawn in the launch's own order). defer(): the fiber runs again only when
 // no other can — where a thread's arrival completes a phase (mbarrier, named barrier) the
 // released waiters run first, as a fast consumer could on the GPU; and the drivers' lagging
 // warpgroup or producer. When nothing is runnable and a launch's threads have not all
