@@ -181,7 +181,6 @@ int run_op(const std::string& name, Make&& make, Ref&& ref, uint32_t seed, bool 
   constexpr int K = Op::K;
   static_assert(K == 1 + sizeof...(In));
   constexpr int V = static_cast<int>(16 / sizeof(T));
-  std::mt19937 rng(seed);
   const T poison = static_cast<T>(std::nan(""));
   double worst = 0;
   int bad = 0, mismatched = 0, bad_path = 0;
@@ -193,14 +192,12 @@ int run_op(const std::string& name, Make&& make, Ref&& ref, uint32_t seed, bool 
     const bool as_vec = l.name == "vec" || l.name == "scalar" || l.name == "inoff";
     std::mt19937 lrng(as_vec ? seed : seed + static_cast<uint32_t>(l.name.size() + n));
     const auto in = inputs(l, K, lrng, positive, cond_first);
-    Buf<T> out(extent(l.shape, l.views[0]));
-    for (int64_t i = 0; i < out.size; ++i) out.data()[i] = poison;
+    Buf<T> out(extent(l.shape, l.views[0]), poison);
     // The inputs' buffers, each of its own type, filled with NaN outside the view.
     auto bufs = [&]<size_t... I>(std::index_sequence<I...>) {
       return std::make_tuple([&] {
         using U = std::tuple_element_t<I, std::tuple<In...>>;
-        Buf<U> b(extent(l.shape, l.views[I + 1]));
-        for (int64_t i = 0; i < b.size; ++i) b.data()[i] = stored<U>(NAN);
+        Buf<U> b(extent(l.shape, l.views[I + 1]), stored<U>(NAN));
         for (int64_t i = 0; i < n; ++i) b.data()[offset_of(l.shape, l.views[I + 1], i)] = stored<U>(in[I][i]);
         return b;
       }()...);

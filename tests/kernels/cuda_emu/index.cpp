@@ -22,11 +22,6 @@
 
 namespace {
 
-template <class T>
-T value_of(double v) {
-  return stored<T>(v);
-}
-
 template <class I>
 std::vector<I> draw_ids(int64_t n, int64_t lo, int64_t hi, std::mt19937& rng) {
   std::uniform_int_distribution<int64_t> ud(lo, hi);
@@ -57,13 +52,13 @@ int embedding_case(int64_t V, int64_t C, int64_t rows, int64_t cols, int weight_
   // weight (V, C): contiguous, rows padded by 3, or transposed storage (C, V)
   const int64_t sw0 = weight_layout == 2 ? 1 : C + (weight_layout == 1 ? 3 : 0), sw1 = weight_layout == 2 ? V : 1;
   Buf<T> w(weight_layout == 2 ? V * C : V * sw0);
-  for (int64_t i = 0; i < w.size; ++i) w[i] = value_of<T>(nd(rng));
+  for (int64_t i = 0; i < w.size; ++i) w[i] = stored<T>(nd(rng));
   // ids: a (rows, cols) view with strides (2·cols + 1, 2) into a bigger buffer
   const int64_t N = rows * cols, s0 = 2 * cols + 1, s1 = 2;
   std::vector<I> ids = draw_ids<I>(rows * s0, -1, V, rng);  // −1 and V invalid
   const Collapsed<1> ic = collapse<1>({rows, cols}, {Strides{s0, s1}});
   const StridedLayout<1> il = ic.layout("embedding");
-  const T sentinel = value_of<T>(12345.0);
+  const T sentinel = stored<T>(12345.0);
   Buf<T> out(N * C + 1, sentinel);
   launch(grid_for(N, 1), 1, kRowThreads, 0,
          [&] { embedding_kernel<T, I>(w.data(), sw0, sw1, V, ids.data(), il, out.data(), N, C); });
@@ -109,9 +104,9 @@ int embedding_backward_case(int64_t V, int64_t C, int64_t N, bool transposed_dou
   // dout (N, C): contiguous, or the transpose of a (C, N) buffer
   const int64_t sd0 = transposed_dout ? 1 : C, sd1 = transposed_dout ? N : 1;
   Buf<T> dout(N * C);
-  for (int64_t i = 0; i < dout.size; ++i) dout[i] = value_of<T>(nd(rng));
+  for (int64_t i = 0; i < dout.size; ++i) dout[i] = stored<T>(nd(rng));
   Buf<T> out(V * C + 1);
-  for (int64_t i = 0; i < out.size; ++i) out[i] = value_of<T>(nd(rng));
+  for (int64_t i = 0; i < out.size; ++i) out[i] = stored<T>(nd(rng));
   std::vector<T> out0(out.data(), out.data() + out.size);
   int bad = 0;
   double worst = 0;
@@ -160,10 +155,7 @@ int embedding_backward_case(int64_t V, int64_t C, int64_t N, bool transposed_dou
   } else {
     using Acc = accum_t<T>;
     const bool via_f32 = std::is_same_v<T, somnus::bf16>;
-    Buf<Acc> acc(V * C);
-    if (via_f32) {
-      for (int64_t i = 0; i < acc.size; ++i) acc[i] = Acc(0);
-    }
+    Buf<Acc> acc(V * C);  // zeros
     Acc* target = via_f32 ? acc.data() : reinterpret_cast<Acc*>(out.data());
     launch(grid_for(N, 1), 1, kRowThreads, 0, [&] {
       embedding_backward_atomic_kernel<T, I>(ids.data(), il, N, dout.data(), sd0, sd1, target, V, C);
@@ -229,8 +221,8 @@ int gather_scatter_case(int dim, bool select, bool scatter, uint32_t seed) {
   if (!scatter) {
     // out (small, contiguous) = x (big, strided)[... index ...]
     Buf<T> x(n_big_storage);
-    for (int64_t i = 0; i < x.size; ++i) x[i] = value_of<T>(nd(rng));
-    const T sentinel = value_of<T>(12345.0);
+    for (int64_t i = 0; i < x.size; ++i) x[i] = stored<T>(nd(rng));
+    const T sentinel = stored<T>(12345.0);
     Buf<T> out(n_small + 1, sentinel);
     const Collapsed<3> c = collapse<3>(small, {small_st, idx_st, with_dim_stride_zero(big_st, dim)});
     const StridedLayout<3> layout = c.layout("gather");
@@ -257,9 +249,9 @@ int gather_scatter_case(int dim, bool select, bool scatter, uint32_t seed) {
   } else {
     // out (big, strided) += src (small, contiguous) at [... index ...]; bf16 through f32
     Buf<T> src(n_small);
-    for (int64_t i = 0; i < src.size; ++i) src[i] = value_of<T>(nd(rng));
+    for (int64_t i = 0; i < src.size; ++i) src[i] = stored<T>(nd(rng));
     Buf<T> out(n_big_storage);
-    for (int64_t i = 0; i < out.size; ++i) out[i] = value_of<T>(nd(rng));
+    for (int64_t i = 0; i < out.size; ++i) out[i] = stored<T>(nd(rng));
     std::vector<T> out0(out.data(), out.data() + out.size);
     Buf<A> acc(n_big_storage);
     for (int64_t i = 0; i < acc.size; ++i) acc[i] = static_cast<A>(static_cast<compute_t<T>>(out[i]));
