@@ -3253,18 +3253,28 @@ constexpr int kDecMaxRows = 8;
 // One (b, h, query row) of the combine, by one warp: lse = log Σ e^lse_s, o = Σ e^(lse_s − lse)
 // o_s over the n_split partials. attn_combine runs it per row; the fused decode
 // (SOMNUS_DECODE_COMBINE=fused) in the last block of each (b, kv head): the same code, so the
-// same bits. The partials are read through L2 (ld.global.cg): in the fused decode other
-// blocks wrote them during this kernel.
-template <class T, int D>
+// same bits. kL2: the partials are read through L2 (ld.global.cg), as the fused decode must
+// (other blocks wrote them during this kernel, and L1 is not coherent); attn_combine, a kernel
+// after the one that wrote them, reads them with plain loads, as it did when run 7 timed it
+// (lse_s is read three times a row: L1 may serve the second and third).
+template <bool kL2>
+__device__ __forceinline__ float ld_partial(const float* p) {
+  if constexpr (kL2) {
+    return __ldcg(p);
+  } else {
+    return *p;
+  }
+}
+template <class T, int D, bool kL2>
 __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, const float* __restrict__ lse_part,
                                             T* __restrict__ o, float* __restrict__ lse, int64_t row, int Tq,
                                             int n_split, int lane) {
   constexpr int E = D / 32;
   const int64_t bh = row / Tq, i = row % Tq;
   float mx = -INFINITY;
-  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, __ldcg(lse_part + (bh * n_split + s) * Tq + i));
+  for (int s = 0; s < n_split; ++s) mx = fmaxf(mx, ld_partial<kL2>(lse_part + (bh * n_split + s) * Tq + i));
   float sum = 0.f;
-  for (int s = 0; s < n_split; ++s) sum += __expf(__ldcg(lse_part + (bh * n_split + s) * Tq + i) - mx);
+  for (int s = 0; s < n_split; ++s) sum += __expf(ld_partial<kL2>(lse_part + (bh * n_split + s) * Tq + i) - mx);
   const float lse_row = mx + logf(sum);
   float acc[E];
 #pragma unroll
@@ -3275,10 +3285,10 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 #pragma unroll 4
   for (int s = 0; s < n_split; ++s) {
     const int64_t idx = (bh * n_split + s) * Tq + i;
-    const float ls = __ldcg(lse_part + idx);
+    const float ls = ld_partial<kL2>(lse_part + idx);
     const float w = ls == -INFINITY ? 0.f : __expf(ls - lse_row);
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] += w * __ldcg(o_part + idx * D + lane + 32 * e);
+    for (int e = 0; e < E; ++e) acc[e] += w * ld_partial<kL2>(o_part + idx * D + lane + 32 * e);
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) o[row * D + lane + 32 * e] = static_cast<T>(acc[e]);
@@ -3544,7 +3554,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, 1)
     __threadfence();  // the other blocks fenced theirs before taking their tickets
     for (int r = warp; r < rows; r += kDecWarps) {
       const int64_t row = (static_cast<int64_t>(b) * d.Hq + hk * d.g + r / d.T) * d.T + r % d.T;
-      combine_row<T, D>(o_part, lse_part, o, lse, row, d.T, n_split, lane);
+      combine_row<T, D, true>(o_part, lse_part, o, lse, row, d.T, n_split, lane);
     }
   }
 }
@@ -3697,7 +3707,7 @@ __global__ void attn_combine(const float* __restrict__ o_part, const float* __re
                              float* __restrict__ lse, int64_t rows, int Tq, int n_split) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
-  combine_row<T, D>(o_part, lse_part, o, lse, row, Tq, n_split, static_cast<int>(threadIdx.x % 32));
+  combine_row<T, D, false>(o_part, lse_part, o, lse, row, Tq, n_split, static_cast<int>(threadIdx.x % 32));
 }
 
 }  // namespace
