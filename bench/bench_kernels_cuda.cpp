@@ -166,7 +166,7 @@ double memcpy_bytes_per_second(int64_t traffic) {
 // above is the baseline DESIGN §6 asks for, but below ~2× L2 its writes can stay in L2 as
 // dirty lines, written back only during the next call's L2 flush, outside the timed events;
 // it can then read faster than HBM and understate a read-mostly kernel such as the decode at
-// S 1024 (16.8 MB). Both are reported.
+// S 1024 (there the copy moves 16.8 MB each way). Both are reported.
 double hbm_copy_bytes_per_second() {
   static const double rate = memcpy_bytes_per_second(int64_t{1} << 30);
   return rate;

@@ -67,14 +67,13 @@ class ScopedEnv {
 // vector slots; it falls back to v1 for wider rows (C = 4100 in every dtype, 8192 in f32/f64,
 // 2056 in f64). Row counts 1, 7, 69, 37, 66, 5: a last chunk shorter than 32 rows, groups past
 // its end.
-// opt_in: an opt-in backward (pair, racc), which under SOMNUS_TEST_QUICK (compute-sanitizer)
-// runs only the two shapes that take its own kernel at every dtype it has one for (the other
-// shapes run the default kernel, which NormsMatchCpu already covers there).
-void norms_match_cpu(const std::string& label, bool opt_in = false) {
+// quick: the shapes to run under SOMNUS_TEST_QUICK (compute-sanitizer), one per kernel instance
+// of an opt-in backward (empty: all nine).
+void norms_match_cpu(const std::string& label, const std::vector<Shape>& quick = {}) {
   Generator gen(1);
   const std::vector<Shape> shapes =
-      opt_in && somnus::testing::quick_mode()
-          ? std::vector<Shape>{{37, 2056}, {66, 8192}}
+      !quick.empty() && somnus::testing::quick_mode()
+          ? quick
           : std::vector<Shape>{{1, 3}, {7, 33}, {69, 96}, {2, 3, 257}, {9, 1001}, {40, 1024}, {37, 2056}, {5, 4100}, {66, 8192}};
   for (DType dt : kFloat) {
     for (const Shape& s : shapes) {
@@ -128,7 +127,8 @@ TEST(CudaFused, NormsMatchCpu) {
 TEST(CudaFused, NormsMatchCpuBackwardPair) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   ScopedEnv fwd("SOMNUS_NORM_FWD", ""), bwd("SOMNUS_NORM_BWD", "pair");
-  norms_match_cpu("fwd v2 bwd pair", true);
+  // quick: the scalar rows, the row groups G 8 / 4 / 2, and NV 1 / 2 / 4 (f64 among them)
+  norms_match_cpu("fwd v2 bwd pair", {{1, 3}, {7, 33}, {69, 96}, {40, 1024}, {37, 2056}, {66, 8192}});
 }
 
 // The backward with dw / db accumulators in registers (kernels/cuda/norm.cu
@@ -137,7 +137,8 @@ TEST(CudaFused, NormsMatchCpuBackwardPair) {
 TEST(CudaFused, NormsMatchCpuBackwardRacc) {
   if (!somnus::cuda_available()) GTEST_SKIP() << kNoCuda;
   ScopedEnv fwd("SOMNUS_NORM_FWD", ""), bwd("SOMNUS_NORM_BWD", "racc");
-  norms_match_cpu("fwd v2 bwd racc", true);
+  // quick: racc's 256-, 512- and 1024-thread shapes and a partly filled row
+  norms_match_cpu("fwd v2 bwd racc", {{40, 1024}, {37, 2056}, {5, 4100}, {66, 8192}});
 }
 
 // Each thread of the register-accumulator backward adds its columns' dw / db products in row

@@ -7,7 +7,9 @@
 // reference: dq, dk, dv within a relative L2 error of 2e-2, every element written and finite.
 // lse and Δ come from the reference (the forward is attention_fwd.cpp's business). The entry
 // point's two small kernels run too: attn_bwd_delta (Δ of the bf16 O, within 1e-5 of f64; the
-// "Δ" column) and, in the atomic mode of the mma.sync and wgmma versions, cast_from_f32 (dQ).
+// "Δ" column) and, in the atomic mode of the mma.sync, wgmma and SIMT versions, cast_from_f32
+// (dQ, bitwise the accumulator rounded to nearest even). "simt": the SIMT backward
+// (attn_bwd_dkdv, attn_bwd_dq: the f32 path, and bf16 under SOMNUS_ATTN_BWD=simt) on bf16.
 // Exit status = the number of failing cases.
 #include <string>
 
@@ -21,7 +23,7 @@ struct Case {
   int q_offset;
 };
 
-// Runs the backward version (template parameters as run_case's; kWg: 0 the mma.sync kernels,
+// Runs the backward version (template parameters as run_case's; kWg: 3 the SIMT kernels, 0 the mma.sync kernels,
 // 1 attn_bwd_dkdv_wg, 2 attn_bwd_ws) on q, k, v, dO with lse (natural log) and Δ into dq, dk,
 // dv (resized; NaN where a kernel does not write).
 template <int D, bool kLdsm, bool kPipe, bool kV3, int kWarps, int kWg>
@@ -32,7 +34,24 @@ void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, con
   gdq.assign(nq, 0x7fc0), gdk.assign(nk, 0x7fc0), gdv.assign(nk, 0x7fc0);  // NaN: unwritten shows
   std::vector<float> acc(nq, 0.f);
   constexpr int kKeys = kWg ? kWgBwdKeys : 16 * kWarps;
-  if constexpr (kWg == 2) {
+  if constexpr (kWg == 3) {
+    // The SIMT backward, as attention_bwd launches it: a warp per key, 8 keys a block (dQ by f32
+    // atomics, or by attn_bwd_dq in the deterministic mode: a warp per query row).
+    launch((d.S + kKeyWarps - 1) / kKeyWarps, d.B * d.Hkv, kKeyWarps * 32, 0, [&] {
+      attn_bwd_dkdv<bf16, D>(reinterpret_cast<const bf16*>(q.data()), reinterpret_cast<const bf16*>(k.data()),
+                             reinterpret_cast<const bf16*>(v.data()), reinterpret_cast<const bf16*>(g.data()), lsef.data(),
+                             deltaf.data(), reinterpret_cast<bf16*>(gdk.data()), reinterpret_cast<bf16*>(gdv.data()),
+                             det ? nullptr : acc.data(), d);
+    });
+    if (det) {
+      launch((d.T + kRowWarps - 1) / kRowWarps, d.B * d.Hq, kRowWarps * 32, 0, [&] {
+        attn_bwd_dq<bf16, D>(reinterpret_cast<const bf16*>(q.data()), reinterpret_cast<const bf16*>(k.data()),
+                             reinterpret_cast<const bf16*>(v.data()), reinterpret_cast<const bf16*>(g.data()), lsef.data(),
+                             deltaf.data(), reinterpret_cast<bf16*>(gdq.data()), d);
+      });
+      return;
+    }
+  } else if constexpr (kWg == 2) {
     // The host's maps (bf16_panel_map on the emulated encoder), the tiled accumulator, the cast.
     const int64_t qh = int64_t{d.B} * d.Hq, kvh = int64_t{d.B} * d.Hkv;
     const CUtensorMap tq = bf16_panel_map(q.data(), qh, d.T, D, kWgBwdRows), tg = bf16_panel_map(g.data(), qh, d.T, D, kWgBwdRows);
@@ -57,14 +76,17 @@ void run_bwd(const std::vector<uint16_t>& q, const std::vector<uint16_t>& k, con
                                                       deltaf.data(), gdk.data(), gdv.data(), det ? nullptr : acc.data(), d);
     });
   }
-  if (det) {  // v3's dQ kernel for the Hopper versions
+  if (det && kWg != 3) {  // v3's dQ kernel for the Hopper versions
     launch((d.T + kBwdTile - 1) / kBwdTile, d.B * d.Hq, kBwdWarps * 32, dq_smem_bytes<D>(kV3), [&] {
       attn_bwd_dq_mma<D, kLdsm, kV3>(q.data(), k.data(), v.data(), g.data(), lsef.data(), deltaf.data(), gdq.data(), d);
     });
-  } else if (kWg != 2) {  // the entry point's cast of the f32 dQ accumulator, as attention_bwd launches it
+  } else if (!det && kWg != 2) {  // the entry point's cast of the f32 dQ accumulator, as attention_bwd launches it
     launch(static_cast<unsigned>((nq + 255) / 256), 1, 256, 0, [&] {
       cast_from_f32<bf16>(acc.data(), reinterpret_cast<bf16*>(gdq.data()), static_cast<int64_t>(nq));
     });
+    bool cast_ok = true;  // bitwise the accumulator rounded to nearest even
+    for (size_t i = 0; i < nq; ++i) cast_ok = cast_ok && gdq[i] == f2bf(acc[i]);
+    if (!cast_ok) gdq.assign(nq, 0x7fc0);  // shows as not finite: the case fails
   }
 }
 
@@ -289,6 +311,7 @@ int main(int argc, char** argv) {
   if (mma || only == "v4") fails += all_cases<true, true, true, 8>("v4");
   if (hopper || only == "wgmma") fails += all_cases<true, true, true, 4, 1>("wgmma");
   if (hopper || only == "wgmma_ws") fails += all_cases<true, true, true, 4, 2>("wgmma_ws");
+  if (mma || only == "simt") fails += all_cases<true, true, true, 4, 3>("simt");
   if (hopper) fails += replay_selftest();
   std::printf("%d failures\n", fails);
   return fails;

@@ -236,6 +236,8 @@ int run_op(const std::string& name, Make&& make, Ref&& ref, uint32_t seed, bool 
       const double got = emu_d(logical[i]);
       if (std::isnan(r) != std::isnan(got)) {
         ++bad;
+      } else if (std::isinf(r) || std::isinf(got)) {
+        bad += got != r;  // infinities: equal, sign included
       } else if (!std::isnan(r)) {
         worst = std::max(worst, std::fabs(got - r) / (1 + std::fabs(r)));
       }

@@ -57,7 +57,8 @@ def host_launches(text):
     kernel(args); }); (cuda_emu.h's launch runs the grid's blocks one after another; the driver
     defines emu_note_launch, to see which kernel the host code chose), and CUDA_CHECK_LAUNCH();
     dropped: so that the host code that picks a kernel and its grid runs too. One-dimensional
-    grids without dynamic shared memory or a stream only; anything else fails here."""
+    grids without dynamic shared memory or a stream only; anything else fails here. Unlike a
+    launch, the arguments are evaluated by every emulated thread: they must be pure."""
     out, pos = [], 0
     while True:
         i = text.find("<<<", pos)
@@ -141,8 +142,12 @@ bundles = {
         section("__device__ __forceinline__ void atomic_add2", "// The tensor-core backward version for SOMNUS_ATTN_BWD"),
         # the entry point's two small kernels: Δ = rowsum(dO ∘ O) and the atomic mode's dQ cast
         function("__device__ __forceinline__ C warp_allreduce_sum", common), function("__device__ __forceinline__ float to_f"),
+        function("__device__ __forceinline__ float mma_round"),
         re.search(r"#define SOMNUS_GRID_STRIDE(?:.*\\\n)*.*\n", common).group(0),
         function("__global__ void attn_bwd_delta"), function("__global__ void cast_from_f32"),
+        # the SIMT backward (f32, and bf16 under SOMNUS_ATTN_BWD=simt): attn_bwd_dkdv, attn_bwd_dq
+        re.search(r"constexpr int kRowWarps = \d+;\nconstexpr int kSimtBc = \d+;", src).group(0),
+        section("constexpr int kKeyWarps = 8;", "template <class T>\n__global__ void cast_from_f32"),
     ],
 }
 bundles["norm"] = norm_bundle

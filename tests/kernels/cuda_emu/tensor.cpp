@@ -9,6 +9,9 @@
 //   rand, randn   f32, bf16, f64; randint i32, i64: 4099 elements at a nonzero Philox offset,
 //                 bitwise random.cpp's own CPU branch (extract.py pulls it in), and inside
 //                 the range with a plausible mean (uniform, randint) or mean and std (normal).
+//                 randn's bitwise match is the host's: both sides call the host libm here; on
+//                 the GPU, device log / sin / cos make it agree to the final cast's rounding
+//                 (philox.h). rand and randint are integer and affine math, bitwise on both.
 // Exit status = the number of failing cases.
 #define __host__
 #include "grid_stride.h"
