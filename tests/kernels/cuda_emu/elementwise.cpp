@@ -44,14 +44,7 @@ Strides contiguous(const Shape& s) {
 }
 
 // Storage offset of logical element i (row-major over shape) in view v.
-int64_t offset_of(const Shape& s, const View& v, int64_t i) {
-  int64_t o = v.off;
-  for (int64_t d = static_cast<int64_t>(s.size()) - 1; d >= 0; --d) {
-    o += (i % s[d]) * v.st[d];
-    i /= s[d];
-  }
-  return o;
-}
+int64_t offset_of(const Shape& s, const View& v, int64_t i) { return v.off + ::offset_of(s, v.st, i); }
 
 int64_t extent(const Shape& s, const View& v) {
   int64_t e = v.off + 1;

@@ -52,6 +52,22 @@ struct Buf {
   T& operator[](int64_t i) const { return p[i]; }
 };
 
+// Storage offset of logical element i (row-major over shape s) under strides st.
+inline int64_t offset_of(const Shape& s, const Strides& st, int64_t i) {
+  int64_t o = 0;
+  for (int64_t d = static_cast<int64_t>(s.size()) - 1; d >= 0; --d) {
+    o += (i % s[d]) * st[d];
+    i /= s[d];
+  }
+  return o;
+}
+
+// Whether two stored values have the same bits (the drivers' bitwise checks, NaN included).
+template <class T>
+bool same_bits(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
 // v as stored in U (an integral U: truncated, NaN as 7).
 template <class U>
 U stored(double v) {

@@ -72,11 +72,11 @@ int embedding_case(int64_t V, int64_t C, int64_t rows, int64_t cols, int weight_
         bad += !is_nan(got);
       } else {
         const T want = w[id * sw0 + c * sw1];
-        bad += std::memcmp(&got, &want, sizeof(T)) != 0;
+        bad += !same_bits(got, want);
       }
     }
   }
-  bad += std::memcmp(&out[N * C], &sentinel, sizeof(T)) != 0;
+  bad += !same_bits(out[N * C], sentinel);
   const bool ok = bad == 0;
   std::printf("%s %-4s ids %s embedding          V %3lld C %3lld ids (%lld, %lld) weight %-10s: %lld rows (%d invalid), bad %d\n",
               ok ? "ok  " : "FAIL", emu_type_name<T>(), sizeof(I) == 4 ? "i32" : "i64", static_cast<long long>(V),
@@ -170,7 +170,7 @@ int embedding_backward_case(int64_t V, int64_t C, int64_t N, bool transposed_dou
         worst = std::max(worst, std::fabs(emu_d(out[v * C + c]) - r) / (1 + std::fabs(r)));
       }
     }
-    bad += std::memcmp(&out[V * C], &out0[V * C], sizeof(T)) != 0;
+    bad += !same_bits(out[V * C], out0[V * C]);
   }
   const bool ok = bad == 0 && worst <= limit<T>();
   std::printf("%s %-4s ids %s embedding_backward %s V %3lld C %3lld N %4lld dout %-10s: %s %.3g, bad %d\n",
@@ -241,11 +241,11 @@ int gather_scatter_case(int dim, bool select, bool scatter, uint32_t seed) {
           }
           pos[dim] = k;
           const T want = x[pos[0] * big_st[0] + pos[1] * big_st[1] + pos[2] * big_st[2]];
-          bad += std::memcmp(&got, &want, sizeof(T)) != 0;
+          bad += !same_bits(got, want);
         }
       }
     }
-    bad += std::memcmp(&out[n_small], &sentinel, sizeof(T)) != 0;
+    bad += !same_bits(out[n_small], sentinel);
   } else {
     // out (big, strided) += src (small, contiguous) at [... index ...]; bf16 through f32
     Buf<T> src(n_small);

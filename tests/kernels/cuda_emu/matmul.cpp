@@ -41,13 +41,13 @@ int epilogue_case(int64_t rows, int64_t N, int bias_stride, bool want_pre, bool 
   for (int64_t e = 0; e < total; ++e) {
     const C v = static_cast<C>(x[e]) + (b ? static_cast<C>(bias[(e % N) * bias_stride]) : C(0));
     const T pv = static_cast<T>(v);
-    if (want_pre) bad += std::memcmp(&pre[e], &pv, sizeof(T)) != 0;
+    if (want_pre) bad += !same_bits(pre[e], pv);
     const double z = emu_d(x[e]) + (b ? emu_d(bias[(e % N) * bias_stride]) : 0.0), r = act ? gelu(z) : z;
     worst = std::max(worst, std::fabs(emu_d(out[e]) - r) / (1 + std::fabs(r)));
   }
-  bad += std::memcmp(&out[total], &sentinel, sizeof(T)) != 0;
-  for (int64_t e = 0; e <= total; ++e) bad += !want_pre && std::memcmp(&pre[e], &sentinel, sizeof(T)) != 0;
-  bad += std::memcmp(&pre[total], &sentinel, sizeof(T)) != 0;
+  bad += !same_bits(out[total], sentinel);
+  for (int64_t e = 0; e < total; ++e) bad += !want_pre && !same_bits(pre[e], sentinel);
+  bad += !same_bits(pre[total], sentinel);
   // bf16: the output's rounding (2^-8 relative); f32 / f64: the f32 / f64 sum and tanh.
   const double lim = std::is_same_v<T, double> ? 1e-13 : std::is_same_v<T, float> ? 2e-6 : 4e-3;
   const bool ok = bad == 0 && worst <= lim;

@@ -30,26 +30,11 @@ void throw_error(const std::string& message) {
 
 namespace {
 
-// Offset of logical element i (row-major over shape) under strides st.
-int64_t offset_of(const Shape& s, const Strides& st, int64_t i) {
-  int64_t o = 0;
-  for (int64_t d = static_cast<int64_t>(s.size()) - 1; d >= 0; --d) {
-    o += (i % s[d]) * st[d];
-    i /= s[d];
-  }
-  return o;
-}
-
 template <class T>
 const char* type_name() {
   if constexpr (std::is_same_v<T, int32_t>) return "i32";
   if constexpr (std::is_same_v<T, int64_t>) return "i64";
   return emu_type_name<T>();
-}
-
-template <class T>
-bool same(T a, T b) {
-  return std::memcmp(&a, &b, sizeof(T)) == 0;
 }
 
 const Shape kShape = {3, 1, 37, 5};
@@ -77,9 +62,9 @@ int copy_case(bool padded_dst, uint32_t seed) {
     const int64_t o = offset_of(kShape, dst_st, i);
     written[o] = 1;
     const S v = src[offset_of(kShape, sst, i)];
-    bad += !same(dst[o], static_cast<D>(static_cast<compute_t<D>>(static_cast<compute_t<S>>(v))));
+    bad += !same_bits(dst[o], static_cast<D>(static_cast<compute_t<D>>(static_cast<compute_t<S>>(v))));
   }
-  for (int64_t o = 0; o <= dsize; ++o) bad += !written[o] && !same(dst[o], sentinel);
+  for (int64_t o = 0; o <= dsize; ++o) bad += !written[o] && !same_bits(dst[o], sentinel);
   const bool ok = bad == 0;
   std::printf("%s copy %-4s <- %-4s %s dst: bad %d\n", ok ? "ok  " : "FAIL", type_name<D>(), type_name<S>(),
               padded_dst ? "padded    " : "contiguous", bad);
@@ -99,7 +84,7 @@ int fill_case(uint32_t seed) {
   int bad = 0;
   std::vector<char> in_view(size, 0);
   for (int64_t i = 0; i < n; ++i) in_view[offset_of(kShape, st, i)] = 1;
-  for (int64_t o = 0; o < size; ++o) bad += !same(dst[o], in_view[o] ? value : sentinel);
+  for (int64_t o = 0; o < size; ++o) bad += !same_bits(dst[o], in_view[o] ? value : sentinel);
   bad += !(emu_d(value) == -3.75 || std::is_integral_v<T>);
   const bool ok = bad == 0;
   std::printf("%s fill %-4s padded view: bad %d\n", ok ? "ok  " : "FAIL", type_name<T>(), bad);
@@ -128,10 +113,10 @@ int random_case(int kind, Sample sample, double a, double b, uint32_t seed) {
   if (kind == 0) cpu_rand(CpuFill<T>{}, cpu, sample.seed, sample.offset, a, b);
   if (kind == 1) cpu_randn(CpuFill<T>{}, cpu, sample.seed, sample.offset, a, b);
   if (kind == 2) cpu_randint(CpuFill<T>{}, cpu, sample.seed, sample.offset, static_cast<int64_t>(a), static_cast<int64_t>(b));
-  int bad = !same(dst[n], sentinel);
+  int bad = !same_bits(dst[n], sentinel);
   double sum = 0, sq = 0;
   for (int64_t i = 0; i < n; ++i) {
-    bad += !same(dst[i], cpu[i]);
+    bad += !same_bits(dst[i], cpu[i]);
     const double v = emu_d(dst[i]);
     if (kind != 1) bad += !(v >= a && v <= b - (kind == 2 ? 1 : 0));  // bf16 may round up to high
     sum += v;
