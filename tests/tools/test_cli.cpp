@@ -4,6 +4,7 @@
 // bad configs exit non-zero with a message naming the key.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -136,6 +137,7 @@ TEST(Cli, BadConfigsFailNamingTheKey) {
 // rejects unknown names.
 // A small trained CMS model with receiver slots, a new document, and the arguments of a
 // short `somnus sleep` cycle over it (without --out).
+std::string sleep_fixture_args(const TempDir& dir);
 std::string sleep_fixture(const TempDir& dir) {
   const std::string corpus = write_corpus(dir.file("corpus.txt"));
   const std::string train = "train --data " + corpus + " --out_dir " + dir.file("run") +
@@ -146,6 +148,11 @@ std::string sleep_fixture(const TempDir& dir) {
   const Result trained = run(train);
   EXPECT_EQ(trained.code, 0) << trained.out;
   write_corpus(dir.file("new.txt"));
+  return sleep_fixture_args(dir);
+}
+
+// The `somnus sleep` arguments over sleep_fixture's model and document (without --out).
+std::string sleep_fixture_args(const TempDir& dir) {
   return "sleep --ckpt " + dir.file("run") + " --data " + dir.file("new.txt") +
          " --set wake_steps=3 --set batch_size=2 --set consolidation.ks.steps=2"
          " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
@@ -166,6 +173,16 @@ TEST(Cli, SleepCycleOnANewDocument) {
   EXPECT_EQ(m["table"].size(), 4u);
   EXPECT_FALSE(m["consolidation"]["skipped"].get<bool>());
   EXPECT_EQ(m["wake_loss"].size(), 3u);
+  // wake.lr unset: the rate the checkpoint last trained at. The fixture trained 4 steps at
+  // lr 1e-3, cosine to 0.1 without warmup; its last step (index 3) ran at
+  // 1e-3 · (0.1 + 0.9 · ½(1 + cos(3π/4))).
+  const double last_lr = 1e-3 * (0.1 + 0.45 * (1.0 + std::cos(0.75 * M_PI)));
+  EXPECT_NEAR(m["config"]["wake"]["lr"].get<double>(), last_lr, 1e-12);
+  EXPECT_NE(r.out.find("the rate the checkpoint last trained at"), std::string::npos) << r.out;
+  const Result set_lr = run(sleep_fixture_args(dir) + " --out " + dir.file("slept_lr") + " --set wake.lr=0.002");
+  ASSERT_EQ(set_lr.code, 0) << set_lr.out;
+  EXPECT_EQ(set_lr.out.find("the rate the checkpoint last trained at"), std::string::npos) << set_lr.out;
+  EXPECT_EQ(json::parse(std::ifstream(dir.file("slept_lr/metrics.json")))["config"]["wake"]["lr"].get<double>(), 0.002);
   EXPECT_EQ(run("generate --ckpt " + dir.file("slept") + " --prompt the --max-new 4").code, 0);
   const Result bad = run(sleep_args + " --set consolidation.ks.alpha=3");
   EXPECT_NE(bad.code, 0);
