@@ -69,12 +69,23 @@ struct SleepArgs {
 // metrics need; anchor.safetensors the learner's sender anchor.
 constexpr const char* kAnchorFile = "anchor.safetensors";
 
-// The learning rate a `somnus train` checkpoint last trained at: its config's lr times its
-// schedule's scale at the last step taken. Empty for a checkpoint without a training config.
+// The key of a `somnus sleep` checkpoint's train_state.json extra that records its wake.lr.
+constexpr const char* kWakeLrKey = "sleep_wake_lr";
+
+// The learning rate a checkpoint last trained at. A `somnus train` checkpoint: its config's lr
+// times its schedule's scale at the last step taken. A `somnus sleep` checkpoint (no training
+// config): the wake.lr that sleep ran with, recorded in its train_state.json, so that a second
+// sleep on a slept model continues at the same rate. Empty when the checkpoint records neither.
 std::optional<double> last_training_lr(const std::string& dir) {
-  if (!nn::checkpoint_has_file(dir, "train_config.json")) return std::nullopt;
+  const nlohmann::json state = nn::read_checkpoint_json(dir, "train_state.json");
+  if (!nn::checkpoint_has_file(dir, "train_config.json")) {
+    const nlohmann::json extra = state.value("extra", nlohmann::json::object());
+    if (extra.is_object() && extra.contains(kWakeLrKey) && extra.at(kWakeLrKey).is_number())
+      return extra.at(kWakeLrKey).get<double>();
+    return std::nullopt;
+  }
   const nn::TrainConfig tc = nn::read_checkpoint_json(dir, "train_config.json").get<nn::TrainConfig>();
-  const int64_t step = nn::read_checkpoint_json(dir, "train_state.json").at("step").get<int64_t>();
+  const int64_t step = state.at("step").get<int64_t>();
   if (step <= 0) return std::nullopt;
   return tc.lr * tc.lr_schedule().lr_at(step - 1);
 }
@@ -117,6 +128,10 @@ void run_sleep(const SleepArgs& a) {
         cj["wake"]["lr"] = *lr;
         fmt::print("sleep: wake.lr {:.3g}, the rate the checkpoint last trained at (--set wake.lr=... to change)\n", *lr);
       }
+    } else {
+      fmt::print("sleep: wake.lr {:.3g}, WakeConfig's default: the checkpoint records no training rate (--set "
+                 "wake.lr=... to change)\n",
+                 sleep::WakeConfig{}.lr);
     }
   }
   const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
@@ -318,6 +333,7 @@ void run_sleep(const SleepArgs& a) {
   save.model = &plain;
   save.model_config = model->config();
   save.state.step = static_cast<int64_t>(wake_loss.size());
+  save.state.extra = {{kWakeLrKey, cfg.wake.lr}};  // a later `somnus sleep` on this checkpoint wakes at it
   save.extra_files["tokenizer.json"] = tok_json;
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
 

@@ -198,6 +198,25 @@ TEST(Cli, SleepCycleOnANewDocument) {
   EXPECT_NE(typo.out.find("unknown command 'slep'"), std::string::npos) << typo.out;
 }
 
+// A second `somnus sleep` on a slept checkpoint (which has no training config) wakes at the
+// rate the first sleep woke at, not at WakeConfig's from-scratch default (3e-3): measured on
+// tools/configs/cms_tiny.json, a second sleep at 3e-3 took the held-out NLL 3.89 -> 4.29.
+TEST(Cli, SleepOnASleptCheckpointKeepsItsWakeRate) {
+  TempDir dir;
+  const std::string args = sleep_fixture(dir) + " --set dreaming=false";
+  const Result first = run(args + " --out " + dir.file("s1") + " --set wake.lr=0.0007");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const std::string again = "sleep --ckpt " + dir.file("s1") + " --data " + dir.file("new.txt") +
+                            " --set wake_steps=2 --set batch_size=2 --set consolidation.ks.steps=1"
+                            " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
+                            " --set consolidation.ks.imitation.group_size=2 --set dreaming=false --out ";
+  const Result second = run(again + dir.file("s2"));
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_NE(second.out.find("wake.lr 0.0007, the rate the checkpoint last trained at"), std::string::npos)
+      << second.out;
+  EXPECT_EQ(json::parse(std::ifstream(dir.file("s2/metrics.json")))["config"]["wake"]["lr"].get<double>(), 0.0007);
+}
+
 // metrics.json without its wall-clock fields.
 json strip_timing(json j) {
   if (j.is_object()) {
