@@ -56,23 +56,34 @@ std::vector<Row> read_metrics(const std::string& path) {
   return rows;
 }
 
+// One row per evaluation, and a last row for the steps after the last evaluation (a run
+// without evaluations gets one row). The train loss column is the mean over the steps since
+// the previous row, which is steadier than a single step's value; it is labelled so, since
+// `somnus train` prints the step's own loss at the same step.
 void print_table(const std::vector<Row>& rows) {
-  fmt::print("| {:>6} | {:>10} | {:>8} | {:>8} | {:>9} |\n", "step", "train loss", "val loss", "val ppl", "tokens/s");
-  fmt::print("|-------:|-----------:|---------:|---------:|----------:|\n");
-  // The train loss column is the mean since the previous evaluation, which is steadier than
-  // the single step's value.
+  fmt::print("| {:>6} | {:>15} | {:>8} | {:>8} | {:>9} |\n", "step", "mean train loss", "val loss", "val ppl", "tokens/s");
+  fmt::print("|-------:|----------------:|---------:|---------:|----------:|\n");
   double sum = 0, tok = 0;
   int64_t n = 0;
-  for (const Row& r : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
     sum += r.loss;
     tok += r.tokens_per_s;
     ++n;
-    if (r.eval_loss < 0) continue;
-    fmt::print("| {:>6} | {:>10.4f} | {:>8.4f} | {:>8.2f} | {:>9.0f} |\n", r.step, sum / double(n), r.eval_loss,
-               r.eval_ppl, tok / double(n));
+    if (r.eval_loss >= 0) {
+      fmt::print("| {:>6} | {:>15.4f} | {:>8.4f} | {:>8.2f} | {:>9.0f} |\n", r.step, sum / double(n), r.eval_loss,
+                 r.eval_ppl, tok / double(n));
+    } else if (i + 1 == rows.size()) {
+      fmt::print("| {:>6} | {:>15.4f} | {:>8} | {:>8} | {:>9.0f} |\n", r.step, sum / double(n), "-", "-", tok / double(n));
+    } else {
+      continue;
+    }
     sum = tok = 0;
     n = 0;
   }
+  fmt::print("mean train loss: over the steps since the previous row (`somnus train` prints each step's own loss; "
+             "step {}: {:.4f})\n",
+             rows.back().step, rows.back().loss);
 }
 
 void write_plot(const std::vector<Row>& rows, const ReportOptions& o) {

@@ -1,0 +1,51 @@
+// `somnus report` on a hand-written metrics.jsonl: the table's train-loss column is labelled as
+// the mean since the previous row (train prints the step's own loss), and the steps after the
+// last evaluation, or a run without evaluations, still get a row.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "tools/cli_testing.h"
+
+namespace {
+
+using somnus::testing::CliTempDir;
+using somnus::testing::run_cli;
+
+// Steps 1..n with loss = 10 - step; evaluations at the steps in `evals`.
+std::string write_metrics(const CliTempDir& dir, int n, std::initializer_list<int> evals) {
+  const std::string path = dir.file("metrics.jsonl");
+  std::ofstream f(path);
+  for (int k = 1; k <= n; ++k) {
+    f << "{\"step\":" << k << ",\"loss\":" << 10 - k << ",\"tokens_per_s\":100";
+    for (int e : evals)
+      if (e == k) f << ",\"eval_loss\":" << 5.5 << ",\"eval_ppl\":" << 244.69;
+    f << "}\n";
+  }
+  return path;
+}
+
+TEST(Report, TrainLossColumnIsLabelledAsTheMeanSinceThePreviousRow) {
+  CliTempDir dir;
+  const auto r = run_cli("report --metrics " + write_metrics(dir, 4, {2, 4}) + " --plot " + dir.file("loss.png"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("mean train loss"), std::string::npos) << r.out;
+  // step 2: mean(9, 8) = 8.5; step 4: mean(7, 6) = 6.5; the step's own loss (6) is named too.
+  EXPECT_NE(r.out.find("|      2 |          8.5000 |   5.5000 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("|      4 |          6.5000 |   5.5000 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step 4: 6.0000"), std::string::npos) << r.out;
+}
+
+TEST(Report, StepsAfterTheLastEvaluationGetARow) {
+  CliTempDir dir;
+  const auto r = run_cli("report --metrics " + write_metrics(dir, 5, {2}) + " --plot " + dir.file("loss.png"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("|      5 |          6.0000 |        - |        - |"), std::string::npos) << r.out;
+  CliTempDir none("somnus_cli_none");
+  const auto no_eval = run_cli("report --metrics " + write_metrics(none, 3, {}) + " --plot " + none.file("loss.png"));
+  ASSERT_EQ(no_eval.code, 0) << no_eval.out;
+  EXPECT_NE(no_eval.out.find("|      3 |          8.0000 |        - |        - |"), std::string::npos) << no_eval.out;
+}
+
+}  // namespace
