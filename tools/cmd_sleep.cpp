@@ -90,6 +90,14 @@ std::optional<double> last_training_lr(const std::string& dir) {
   return tc.lr * tc.lr_schedule().lr_at(step - 1);
 }
 
+// A progress line, flushed: stdout is block-buffered into a pipe or a log file, where the
+// lines would otherwise arrive in 4 kB bursts and be lost to a kill.
+template <typename... T>
+void say(fmt::format_string<T...> f, T&&... args) {
+  fmt::print(f, std::forward<T>(args)...);
+  std::fflush(stdout);
+}
+
 // A table number; JSON stores NaN (no --old-data) as null.
 double num(const json& v) { return v.is_null() ? std::nan("") : v.get<double>(); }
 
@@ -126,10 +134,10 @@ void run_sleep(const SleepArgs& a) {
       if (!cj.contains("wake")) cj["wake"] = json::object();
       if (cj["wake"].is_object()) {
         cj["wake"]["lr"] = *lr;
-        fmt::print("sleep: wake.lr {:.3g}, the rate the checkpoint last trained at (--set wake.lr=... to change)\n", *lr);
+        say("sleep: wake.lr {:.3g}, the rate the checkpoint last trained at (--set wake.lr=... to change)\n", *lr);
       }
     } else {
-      fmt::print("sleep: wake.lr {:.3g}, WakeConfig's default: the checkpoint records no training rate (--set "
+      say("sleep: wake.lr {:.3g}, WakeConfig's default: the checkpoint records no training rate (--set "
                  "wake.lr=... to change)\n",
                  sleep::WakeConfig{}.lr);
     }
@@ -198,7 +206,7 @@ void run_sleep(const SleepArgs& a) {
   auto elapsed = [&] { return seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   auto phase = [&](const std::string& name) {
     table.push_back({{"phase", name}, {"heldout_nll", nll(held_rows)}, {"old_nll", nll(old_rows)}, {"seconds", elapsed()}});
-    fmt::print("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, num(table.back()["heldout_nll"]),
+    say("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, num(table.back()["heldout_nll"]),
                num(table.back()["old_nll"]), num(table.back()["seconds"]));
   };
 
@@ -230,8 +238,7 @@ void run_sleep(const SleepArgs& a) {
     table = x.at("table");
     if (x.contains("consolidation")) metrics["consolidation"] = x.at("consolidation");
     seconds_before = num(x.at("seconds"));
-    fmt::print("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
-    std::fflush(stdout);
+    say("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
   } else {
     phase("before");
     if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
@@ -254,7 +261,7 @@ void run_sleep(const SleepArgs& a) {
     save.extra_files["tokenizer.json"] = tok_json;  // a progress checkpoint loads like any other
     nn::save_checkpoint(progress_root, save, /*keep_last=*/2);
     if (a.stop_at > 0 && step == a.stop_at) {
-      fmt::print("sleep: stopped at progress step {} (--stop-at); --resume continues\n", step);
+      say("sleep: stopped at progress step {} (--stop-at); --resume continues\n", step);
       return true;
     }
     return false;
@@ -272,8 +279,8 @@ void run_sleep(const SleepArgs& a) {
       const sleep::WakeStepLog log = learner.train_step(sleep::make_batch(pick, block, model->config().vocab_size));
       wake_loss.push_back(log.loss);
       const int64_t k = s + 1;
-      if (log.skipped_non_finite) fmt::print("  wake step {}: non-finite loss or gradient norm, step skipped\n", k);
-      if (log.skipped_spike) fmt::print("  wake step {}: loss spike ({:.4f}), step skipped\n", k, log.loss);
+      if (log.skipped_non_finite) say("  wake step {}: non-finite loss or gradient norm, step skipped\n", k);
+      if (log.skipped_spike) say("  wake step {}: loss spike ({:.4f}), step skipped\n", k, log.loss);
       if (k < W && ((a.checkpoint_every > 0 && k % a.checkpoint_every == 0) || (a.stop_at > 0 && k == a.stop_at)) &&
           save_progress(k))
         return;
@@ -289,7 +296,7 @@ void run_sleep(const SleepArgs& a) {
     if (cfg.consolidate) {
       learner.set_sleep_prompts(cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts);
       const sleep::ConsolidationReport rep = learner.sleep([](const sleep::SeedingStepLog& l) {
-        fmt::print("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
+        say("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
                    l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
       });
       metrics["consolidation"] = rep.to_json();
@@ -311,7 +318,7 @@ void run_sleep(const SleepArgs& a) {
     dc.dream_length = std::min<int64_t>(dc.dream_length, block - n_ctx - 1);
     sleep::Dreamer dreamer(*model, dc);
     const sleep::DreamResult r = dreamer.run(task, [](const sleep::DreamIterationMetrics& m) {
-      fmt::print("  dream iteration {}: sampled {} kept {} rewarded {} | τ base {:.4f} mean {:.4f} max {:.4f}\n", m.iteration,
+      say("  dream iteration {}: sampled {} kept {} rewarded {} | τ base {:.4f} mean {:.4f} max {:.4f}\n", m.iteration,
                  m.sampled, m.kept, m.rewarded, m.base_tau, m.mean_tau, m.max_tau);
     });
     metrics["dream"] = {{"iterations", r.iterations}, {"rewarded", r.rewarded.size()}, {"tau_before", r.tau_before},

@@ -217,6 +217,23 @@ TEST(Cli, SleepOnASleptCheckpointKeepsItsWakeRate) {
   EXPECT_EQ(json::parse(std::ifstream(dir.file("s2/metrics.json")))["config"]["wake"]["lr"].get<double>(), 0.0007);
 }
 
+// `somnus sleep`'s progress lines reach a pipe as they are printed: a run killed in its wake
+// phase has already shown "[before]" (stdout was block-buffered, so a piped or logged run
+// showed nothing until the end, and a killed one nothing at all).
+TEST(Cli, SleepProgressReachesAPipeBeforeTheRunEnds) {
+  TempDir dir;
+  const std::string args = sleep_fixture(dir) + " --set wake_steps=1000000 --checkpoint-every 0 --out " + dir.file("s");
+  const std::string cmd = "OMP_NUM_THREADS=1 timeout -s KILL 5 '" + std::string(SOMNUS_CLI_PATH) + "' " + args + " 2>&1";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+  ::pclose(p);
+  EXPECT_NE(r.out.find("[before] held-out NLL"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("[wake]"), std::string::npos) << "the run was to be killed while awake\n" << r.out;
+}
+
 // metrics.json without its wall-clock fields.
 json strip_timing(json j) {
   if (j.is_object()) {
