@@ -211,6 +211,21 @@ void run_sleep(const SleepArgs& a) {
   };
 
   sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
+  // A receiver level without a free slot fails the sleep phase (policy `error`): say so before
+  // the wake phase is spent, not after it.
+  auto check_free_receiver_slot = [&] {
+    if (!cfg.consolidate || !cfg.consolidation.expansion || cfg.consolidation.on_exhausted != sleep::SlotPolicy::error)
+      return;
+    const int64_t receiver = cfg.consolidation.sender + 1;
+    for (int64_t l = 0; l < model->config().n_layer; ++l) {
+      const nn::CmsLevel& recv = model->level(l, receiver);
+      SOMNUS_CHECK(static_cast<int64_t>(recv.active_slots().size()) < recv.n_slots(),
+                   "sleep: no free slot in receiver level {} of layer {}: all {} slots are active (earlier sleeps "
+                   "filled them), so the sleep phase would fail; pass --set consolidation.on_exhausted=evict_oldest, "
+                   "or train a model with more n_slots",
+                   receiver, l, recv.n_slots());
+    }
+  };
   Generator gen(cfg.seed);  // wake batches
   const int64_t W = cfg.wake_steps;
   std::string stage = "waking";  // waking → woke → slept
@@ -229,6 +244,7 @@ void run_sleep(const SleepArgs& a) {
                  "sleep --resume: {}: unknown stage '{}'", *progress, stage);
     for (const json& v : x.at("wake_loss")) wake_loss.push_back(num(v));  // a NaN loss is stored as null
     const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
+    if (stage != "slept") check_free_receiver_slot();
     SOMNUS_CHECK(static_cast<int64_t>(wake_loss.size()) == (stage == "waking" ? st.step : W),
                  "sleep --resume: {}: {} wake losses recorded at stage '{}', step {}", *progress, wake_loss.size(),
                  stage, st.step);
@@ -240,6 +256,7 @@ void run_sleep(const SleepArgs& a) {
     seconds_before = num(x.at("seconds"));
     say("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
   } else {
+    check_free_receiver_slot();
     phase("before");
     if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
   }

@@ -217,6 +217,33 @@ TEST(Cli, SleepOnASleptCheckpointKeepsItsWakeRate) {
   EXPECT_EQ(json::parse(std::ifstream(dir.file("s2/metrics.json")))["config"]["wake"]["lr"].get<double>(), 0.0007);
 }
 
+// A model whose receiver slots are all taken by earlier sleeps is refused before the wake
+// phase (it used to wake for wake_steps, then fail in the sleep phase), and
+// on_exhausted=evict_oldest still sleeps it.
+TEST(Cli, SleepWithEveryReceiverSlotTakenFailsBeforeWaking) {
+  TempDir dir;
+  sleep_fixture(dir);  // two receiver slots
+  const std::string small = " --data " + dir.file("new.txt") +
+                            " --set wake_steps=2 --set batch_size=2 --set consolidation.ks.steps=1"
+                            " --set consolidation.ks.n_samples=2 --set consolidation.ks.batch_size=2"
+                            " --set consolidation.ks.imitation.group_size=2 --set dreaming=false";
+  std::string ckpt = dir.file("run");
+  for (const char* out : {"s1", "s2"}) {
+    const Result r = run("sleep --ckpt " + ckpt + small + " --out " + dir.file(out));
+    ASSERT_EQ(r.code, 0) << r.out;
+    ckpt = dir.file(out);
+  }
+  const Result full = run("sleep --ckpt " + ckpt + small + " --out " + dir.file("s3"));
+  EXPECT_EQ(full.code, 1) << full.out;
+  EXPECT_NE(full.out.find("no free slot in receiver level 1"), std::string::npos) << full.out;
+  EXPECT_EQ(full.out.find("[before]"), std::string::npos) << "refused before anything ran\n" << full.out;
+  EXPECT_FALSE(fs::exists(dir.file("s3/progress")));
+  const Result evict =
+      run("sleep --ckpt " + ckpt + small + " --out " + dir.file("s4") + " --set consolidation.on_exhausted=evict_oldest");
+  EXPECT_EQ(evict.code, 0) << evict.out;
+  EXPECT_NE(evict.out.find("| sleep |"), std::string::npos) << evict.out;
+}
+
 // `somnus sleep`'s progress lines reach a pipe as they are printed: a run killed in its wake
 // phase has already shown "[before]" (stdout was block-buffered, so a piped or logged run
 // showed nothing until the end, and a killed one nothing at all).
