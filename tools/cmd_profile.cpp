@@ -12,7 +12,8 @@
 //             tokenizer); without it, uniform random ids over vocab_size.
 //   generate  one nn::generate call per step (KV cache, batch_size prompts of half a block,
 //             sample_tokens new tokens, sample_temperature / sample_top_k). Scope: generate.
-//   sleep     one wake step then one sleep (sleep/wake.h) per profiled step: consolidation with
+//   sleep     one wake step then one sleep (sleep/wake.h) per profiled step (the learner's
+//             anchor is taken before the warm-up, so every step consolidates): consolidation with
 //             2 Knowledge Seeding steps, teacher sampling and the imitation term included; the
 //             model needs >= 2 CMS levels with slots in level 1 (e.g. tools/configs/cms_tiny.json).
 //             Scopes: wake_step, sleep/consolidation/{teacher_sampling, distill/{teacher_fwd,
@@ -172,6 +173,10 @@ void run_profile(const ProfileArgs& args) {
     sleep::WakeConfig wc;
     wc.lr = cfg.lr;
     learner.emplace(model, wc, cc);
+    // The learner's first sleep only records the anchor (sleep_teacher "since_last_sleep"):
+    // take it here, as `somnus sleep` does, so that every warm-up and profiled step is a whole
+    // consolidation (with --warmup 0 the first profiled step used to be the 0.06 ms anchor).
+    learner->sleep();
     batcher.emplace(std::move(tokens), cfg.batch_size, T, cfg.seed + 1);
     model.train();
     step = [&](int64_t) {

@@ -74,6 +74,24 @@ TEST_F(ProfileCli, GenerateProfilesTheDecodeLoop) {
   EXPECT_TRUE(event_names(trace, "scope").count("generate"));
 }
 
+// Every profiled sleep step is a whole consolidation, the first one too: with --warmup 0 the
+// learner's first sleep() used to be profiled, which only records the anchor (0.06 ms, no
+// consolidation scope at all).
+TEST_F(ProfileCli, SleepProfilesAConsolidationEveryStep) {
+  const Result r = run("profile --config " + file("cfg.json") + " --what sleep --steps 1 --warmup 0 " +
+                       "--model.levels '[{\"period\": 1}, {\"period\": 2, \"n_slots\": 2, \"slot_rank\": 4}]' " +
+                       "--trace " + file("sleep.json"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream in(file("sleep.json"));
+  const json trace = json::parse(in, nullptr, false);
+  ASSERT_FALSE(trace.is_discarded());
+  int consolidations = 0;
+  for (const json& e : trace.at("traceEvents"))
+    if (e.value("cat", "") == "scope" && e.value("name", "") == "consolidation") ++consolidations;
+  EXPECT_EQ(consolidations, 1) << r.out;
+  for (const char* s : {"teacher_sampling", "distill", "wake_step"}) EXPECT_TRUE(event_names(trace, "scope").count(s)) << s;
+}
+
 TEST_F(ProfileCli, BadWhatFailsClearly) {
   Result r = run("profile --config " + file("cfg.json") + " --what nap --steps 1");
   EXPECT_NE(r.code, 0);
