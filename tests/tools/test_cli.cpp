@@ -193,6 +193,11 @@ TEST(Cli, SleepCycleOnANewDocument) {
   const Result unknown = run("experiment nosuch");
   EXPECT_NE(unknown.code, 0);
   EXPECT_NE(unknown.out.find("unknown experiment 'nosuch'"), std::string::npos) << unknown.out;
+  // The experiments run on the CPU only: --device cpu is accepted, cuda refused with why.
+  EXPECT_EQ(run("experiment --list --device cpu").code, 0);
+  const Result cuda = run("experiment clinc150 --device cuda");
+  EXPECT_EQ(cuda.code, 1);
+  EXPECT_NE(cuda.out.find("the experiments run on the CPU only"), std::string::npos) << cuda.out;
   const Result typo = run("slep --ckpt x");  // a typo in a script must not pass silently
   EXPECT_EQ(typo.code, 1);
   EXPECT_NE(typo.out.find("unknown command 'slep'"), std::string::npos) << typo.out;
