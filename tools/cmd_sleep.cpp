@@ -245,6 +245,9 @@ void run_sleep(const SleepArgs& a) {
     for (const json& v : x.at("wake_loss")) wake_loss.push_back(num(v));  // a NaN loss is stored as null
     const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
     if (stage != "slept") check_free_receiver_slot();
+    SOMNUS_CHECK(a.stop_at == 0 || a.stop_at > st.step,
+                 "sleep --resume: --stop-at {} is not after {} (progress step {}); give a later step, or none",
+                 a.stop_at, *progress, st.step);
     SOMNUS_CHECK(static_cast<int64_t>(wake_loss.size()) == (stage == "waking" ? st.step : W),
                  "sleep --resume: {}: {} wake losses recorded at stage '{}', step {}", *progress, wake_loss.size(),
                  stage, st.step);

@@ -303,6 +303,10 @@ TEST(Cli, SleepResumesBitExactly) {
   const Result past = run(args + out + " --resume --stop-at 5");  // wake_steps + 1 = 4 is the last
   EXPECT_NE(past.code, 0);
   EXPECT_NE(past.out.find("past the last progress step"), std::string::npos) << past.out;
+  const Result behind = run(args + out + " --resume --stop-at 1");  // the run stands at 2: it would run to the end
+  EXPECT_NE(behind.code, 0);
+  EXPECT_NE(behind.out.find("--stop-at 1 is not after"), std::string::npos) << behind.out;
+  EXPECT_FALSE(fs::exists(dir.file("b/metrics.json")));
   const Result fresh = run(args + out);
   EXPECT_NE(fresh.code, 0);
   EXPECT_NE(fresh.out.find("pass --resume"), std::string::npos) << fresh.out;
