@@ -365,23 +365,44 @@ void run_sleep(const SleepArgs& a) {
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
 
   // Plot: wake loss per step and the seeding JSD per step (before metrics.json, which marks
-  // the run complete: a resumed run after a kill here writes them again).
+  // the run complete: a resumed run after a kill here writes them again). A panel without
+  // data (wake_steps = 0; no seeding steps) is left out: gnuplot stops at an empty data file.
+  bool plotted = false;
   {
     std::ofstream f(out / "wake_loss.dat");
     for (size_t i = 0; i < wake_loss.size(); ++i) f << i + 1 << " " << wake_loss[i] << "\n";
     std::ofstream g(out / "seeding.dat");
+    size_t seeding_steps = 0;
     if (metrics.contains("consolidation"))
-      for (const auto& s : metrics["consolidation"]["steps"]) g << s["step"].get<int64_t>() << " " << num(s["jsd"]) << "\n";
-    std::ofstream gp(out / "cycle.gp");
-    gp << "set terminal pngcairo size 900,420 noenhanced\nset output '" << (out / "cycle.png").string() << "'\n"
-       << "set multiplot layout 1,2 title 'somnus sleep: " << fs::path(a.data).filename().string() << "'\n"
-       << "set title 'wake: next-token loss'\nset xlabel 'step'\nset grid\n"
-       << "plot '" << (out / "wake_loss.dat").string() << "' with lines notitle\n"
-       << "set title 'sleep: seeding JSD'\nset xlabel 'KS step'\n"
-       << "plot '" << (out / "seeding.dat").string() << "' with linespoints notitle\nunset multiplot\n";
+      for (const auto& s : metrics["consolidation"]["steps"]) {
+        g << s["step"].get<int64_t>() << " " << num(s["jsd"]) << "\n";
+        ++seeding_steps;
+      }
+    f.close();
+    g.close();
+    const int panels = (wake_loss.empty() ? 0 : 1) + (seeding_steps == 0 ? 0 : 1);
+    if (panels > 0) {
+      std::ofstream gp(out / "cycle.gp");
+      gp << "set terminal pngcairo size " << 450 * panels << ",420 noenhanced\nset output '" << (out / "cycle.png").string()
+         << "'\n"
+         << "set multiplot layout 1," << panels << " title 'somnus sleep: " << fs::path(a.data).filename().string() << "'\n"
+         << "set grid\n";
+      if (!wake_loss.empty())
+        gp << "set title 'wake: next-token loss'\nset xlabel 'step'\n"
+           << "plot '" << (out / "wake_loss.dat").string() << "' with lines notitle\n";
+      if (seeding_steps > 0)
+        gp << "set title 'sleep: seeding JSD'\nset xlabel 'KS step'\n"
+           << "plot '" << (out / "seeding.dat").string() << "' with linespoints notitle\n";
+      gp << "unset multiplot\n";
+      gp.close();
+      std::fflush(stdout);
+      const int rc = std::system(fmt::format("gnuplot '{}' 2>&1", (out / "cycle.gp").string()).c_str());
+      plotted = rc == 0;
+      if (rc != 0) fmt::print("plot: gnuplot failed (exit {})\n", rc);
+    } else {
+      fmt::print("plot: no wake steps and no seeding steps, no cycle.png\n");
+    }
   }
-  const int rc = std::system(fmt::format("gnuplot '{}' 2>&1", (out / "cycle.gp").string()).c_str());
-  if (rc != 0) fmt::print("plot: gnuplot failed (exit {})\n", rc);
 
   atomic_write((out / "metrics.json").string(), metrics.dump(2) + "\n");
   remove_progress();  // the run is complete: metrics.json and the checkpoint say so
@@ -390,7 +411,11 @@ void run_sleep(const SleepArgs& a) {
   for (const auto& row : table)
     fmt::print("| {} | {:.4f} | {:.4f} | {:.1f} |\n", row["phase"].get<std::string>(), num(row["heldout_nll"]),
                num(row["old_nll"]), num(row["seconds"]));
-  fmt::print("\nwrote {}, {}/metrics.json and {}/cycle.png\n", saved, a.out, a.out);
+  if (plotted) {
+    fmt::print("\nwrote {}, {}/metrics.json and {}/cycle.png\n", saved, a.out, a.out);
+  } else {
+    fmt::print("\nwrote {} and {}/metrics.json\n", saved, a.out);
+  }
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -247,6 +248,25 @@ TEST(Cli, SleepWithEveryReceiverSlotTakenFailsBeforeWaking) {
       run("sleep --ckpt " + ckpt + small + " --out " + dir.file("s4") + " --set consolidation.on_exhausted=evict_oldest");
   EXPECT_EQ(evict.code, 0) << evict.out;
   EXPECT_NE(evict.out.find("| sleep |"), std::string::npos) << evict.out;
+}
+
+// cycle.png leaves out a panel without data: with wake_steps = 0 (or no seeding steps)
+// gnuplot used to stop at the empty data file, yet the run said it wrote cycle.png.
+TEST(Cli, SleepPlotsWithoutWakeOrSeedingSteps) {
+  if (std::system("gnuplot --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  TempDir dir;
+  const std::string args = sleep_fixture(dir) + " --set dreaming=false";
+  for (const char* set : {"wake_steps=0", "consolidation.ks.steps=0"}) {
+    const std::string out = dir.file(std::string("s_") + set);
+    const Result r = run(args + " --set " + set + " --out '" + out + "'");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("gnuplot failed"), std::string::npos) << set << "\n" << r.out;
+    EXPECT_TRUE(fs::exists(out + "/cycle.png")) << set << "\n" << r.out;
+  }
+  const Result none = run(args + " --set wake_steps=0 --set consolidate=false --out " + dir.file("none"));
+  ASSERT_EQ(none.code, 0) << none.out;
+  EXPECT_EQ(none.out.find("/cycle.png"), std::string::npos) << "no plot is claimed\n" << none.out;
+  EXPECT_FALSE(fs::exists(dir.file("none/cycle.png")));
 }
 
 // `somnus sleep`'s progress lines reach a pipe as they are printed: a run killed in its wake
