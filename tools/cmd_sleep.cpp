@@ -72,6 +72,11 @@ constexpr const char* kAnchorFile = "anchor.safetensors";
 // The key of a `somnus sleep` checkpoint's train_state.json extra that records its wake.lr.
 constexpr const char* kWakeLrKey = "sleep_wake_lr";
 
+// The key of a `somnus sleep` checkpoint's train_state.json extra that records the receiver
+// slots' activation order (the consolidator's state without its generator), so that
+// on_exhausted = evict_oldest in a later sleep evicts the slot that is really the oldest.
+constexpr const char* kSlotOrderKey = "sleep_slot_activation";
+
 // The learning rate a checkpoint last trained at. A `somnus train` checkpoint: its config's lr
 // times its schedule's scale at the last step taken. A `somnus sleep` checkpoint (no training
 // config): the wake.lr that sleep ran with, recorded in its train_state.json, so that a second
@@ -211,6 +216,12 @@ void run_sleep(const SleepArgs& a) {
   };
 
   sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
+  {
+    // The slot ages an earlier `somnus sleep` recorded (without them every active slot counts
+    // as equally old, and evict_oldest took slot 0 each time, however new it was).
+    const json x = nn::read_checkpoint_json(dir, "train_state.json").value("extra", json::object());
+    if (x.is_object() && x.contains(kSlotOrderKey)) learner.consolidator().load_state(x.at(kSlotOrderKey));
+  }
   // A receiver level without a free slot fails the sleep phase (policy `error`): say so before
   // the wake phase is spent, not after it.
   auto check_free_receiver_slot = [&] {
@@ -360,7 +371,10 @@ void run_sleep(const SleepArgs& a) {
   save.model = &plain;
   save.model_config = model->config();
   save.state.step = static_cast<int64_t>(wake_loss.size());
-  save.state.extra = {{kWakeLrKey, cfg.wake.lr}};  // a later `somnus sleep` on this checkpoint wakes at it
+  json slot_order = learner.consolidator().state();
+  slot_order.erase("gen");  // a later sleep samples from its own seed
+  // A later `somnus sleep` on this checkpoint wakes at this rate and knows the slots' ages.
+  save.state.extra = {{kWakeLrKey, cfg.wake.lr}, {kSlotOrderKey, slot_order}};
   save.extra_files["tokenizer.json"] = tok_json;
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
 

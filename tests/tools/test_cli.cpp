@@ -248,6 +248,17 @@ TEST(Cli, SleepWithEveryReceiverSlotTakenFailsBeforeWaking) {
       run("sleep --ckpt " + ckpt + small + " --out " + dir.file("s4") + " --set consolidation.on_exhausted=evict_oldest");
   EXPECT_EQ(evict.code, 0) << evict.out;
   EXPECT_NE(evict.out.find("| sleep |"), std::string::npos) << evict.out;
+  // evict_oldest across runs: s4 evicted slot 0 (from s1); the next sleep evicts slot 1 (from
+  // s2), not slot 0 again (which holds what s4 just consolidated): the sleep checkpoint keeps
+  // the slots' activation order.
+  auto evicted = [&](const char* out) {
+    return json::parse(std::ifstream(dir.file(std::string(out) + "/metrics.json")))["consolidation"]["evicted_slots"];
+  };
+  EXPECT_EQ(evicted("s4"), json::array({0}));
+  const Result next = run("sleep --ckpt " + dir.file("s4") + small + " --out " + dir.file("s5") +
+                          " --set consolidation.on_exhausted=evict_oldest");
+  ASSERT_EQ(next.code, 0) << next.out;
+  EXPECT_EQ(evicted("s5"), json::array({1}));
 }
 
 // cycle.png leaves out a panel without data: with wake_steps = 0 (or no seeding steps)
