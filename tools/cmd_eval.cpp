@@ -1,12 +1,15 @@
 // `somnus eval --ckpt DIR (--data text.txt | --qa file.jsonl) [--device cpu|cuda]`
 //   --data: mean next-token cross-entropy and perplexity over consecutive windows of the
-//           whole file (seq_len = the model's block_size unless --seq-len), every token once;
+//           whole file (seq_len = the model's block_size unless --seq-len), every token once
+//           (the tokens after the last whole window are scored in one more window that ends
+//           at the file's end; a file shorter than a window is one shorter window);
 //   --qa:   exact-match accuracy of greedy generation on JSONL lines {"prompt": ..., "answer": ...}:
 //           the model sees [bos] prompt and must produce the answer's tokens then eos (or reach
 //           the answer's length); the generated text, cut at eos, must equal the answer.
 // Prints one JSON object on stdout (and a readable line on stderr).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -63,19 +66,47 @@ void run_eval(const EvalArgs& a) {
     const int64_t T = a.seq_len > 0 ? a.seq_len : model->config().block_size;
     SOMNUS_CHECK(T <= model->config().block_size, "eval: --seq-len {} exceeds the model's block_size {}", T,
                  model->config().block_size);
-    std::vector<TokenId> ids = tok.encode(read_file(a.data));
-    SOMNUS_CHECK(static_cast<int64_t>(ids.size()) > T + 1, "eval: '{}' gives {} tokens, too few for seq_len {}",
-                 a.data, ids.size(), T);
-    const TokenStreamBatcher stream(std::move(ids), a.batch, T, 0);
+    const std::vector<TokenId> ids = tok.encode(read_file(a.data));
+    const int64_t n = static_cast<int64_t>(ids.size());
+    SOMNUS_CHECK(n >= 2, "eval: '{}' gives {} tokens; at least 2 are needed for one prediction", a.data, n);
+    // Rows of consecutive windows of T targets, then, for the targets after the last whole
+    // window, one row of the stream's last min(T, n - 1) targets in which only those count
+    // (the others are context): every target once.
+    struct Row {
+      int64_t start, len, counted;
+    };
+    std::vector<Row> rows;
+    const int64_t full = (n - 1) / T;
+    for (int64_t w = 0; w < full; ++w) rows.push_back({w * T, T, T});
+    if (const int64_t rest = (n - 1) - full * T; rest > 0) {
+      const int64_t len = std::min(T, n - 1);
+      rows.push_back({n - 1 - len, len, rest});
+    }
     NoGradGuard no_grad;
     double total = 0.0;
-    int64_t counted = 0;
-    for (int64_t i = 0; a.max_batches == 0 || i < a.max_batches; ++i) {
-      const Batch b = stream.sequential(i);
-      if (b.counted_tokens == 0) break;
+    int64_t counted = 0, batches = 0;
+    for (size_t r0 = 0; r0 < rows.size() && (a.max_batches == 0 || batches < a.max_batches); ++batches) {
+      // One batch: up to a.batch rows of the same length.
+      size_t r1 = r0;
+      while (r1 < rows.size() && r1 - r0 < static_cast<size_t>(a.batch) && rows[r1].len == rows[r0].len) ++r1;
+      const int64_t B = static_cast<int64_t>(r1 - r0), L = rows[r0].len;
+      Batch b;
+      b.input = Tensor::empty({B, L}, DType::i64);
+      b.target = Tensor::empty({B, L}, DType::i64);
+      b.mask = Tensor::zeros({B, L}, DType::f32);
+      for (int64_t i = 0; i < B; ++i) {
+        const Row& row = rows[r0 + static_cast<size_t>(i)];
+        for (int64_t t = 0; t < L; ++t) {
+          b.input.data<int64_t>()[i * L + t] = ids[static_cast<size_t>(row.start + t)];
+          b.target.data<int64_t>()[i * L + t] = ids[static_cast<size_t>(row.start + t + 1)];
+          if (t >= L - row.counted) b.mask.data<float>()[i * L + t] = 1.0f;
+        }
+        b.counted_tokens += row.counted;
+      }
       total += model->loss(b.input.to(device), b.target.to(device), b.mask.to(device)).ce.item() *
                static_cast<double>(b.counted_tokens);
       counted += b.counted_tokens;
+      r0 = r1;
     }
     const double loss = total / static_cast<double>(counted);
     result["loss"] = loss;
@@ -120,9 +151,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--qa", a->qa, "JSONL of {\"prompt\", \"answer\"}: greedy exact-match accuracy")
       ->check(CLI::ExistingFile);
   cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--seq-len", a->seq_len, "Window length (0: block_size)")->capture_default_str();
+  cmd->add_option("--seq-len", a->seq_len, "Window length (0: block_size)")->capture_default_str()->check(
+      CLI::NonNegativeNumber);
   cmd->add_option("--max-batches", a->max_batches, "Stop after this many batches (0: the whole file)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   add_device_option(cmd, a->device);
   cmd->callback([a] { run_eval(*a); });
 }

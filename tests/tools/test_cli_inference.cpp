@@ -1,0 +1,98 @@
+// `somnus eval` and `somnus generate` on a small trained checkpoint, as a user runs them:
+// eval --data scores every token of the file (tiny files included), bad option values are
+// refused with a readable message.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tools/cli_testing.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Result = somnus::testing::CliResult;
+const auto run = somnus::testing::run_cli;
+
+// ~12 KB of word-like text from a fixed LCG.
+std::string corpus_text() {
+  static const char* words[] = {"the", "king", "and", "queen", "of", "sleep", "dream", "wakes",
+                                "in",  "a",    "castle", "night", "we", "shall", "learn", "slowly"};
+  uint64_t s = 777;
+  std::string text;
+  while (text.size() < 12000) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    text += words[(s >> 33) % 16];
+    text += ((s >> 20) % 7 == 0) ? ".\n" : " ";
+  }
+  return text;
+}
+
+// One tiny model (block_size 16) trained for a few steps, shared by the tests of this file.
+class CliInference : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = (fs::temp_directory_path() / ("somnus_cli_inference_" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(file("corpus.txt")) << corpus_text();
+    const Result r = run("train --data " + file("corpus.txt") + " --out_dir " + file("run") +
+                         " --steps 6 --batch_size 4 --vocab_size 300 --eval_every 0 --warmup_steps 1"
+                         " --model.n_layer 1 --model.n_embd 32 --model.n_head 2 --model.block_size 16 --quiet");
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string file(const std::string& name) { return dir_ + "/" + name; }
+  static json last_json(const Result& r) { return json::parse(r.out.substr(r.out.rfind("\n{") + 1)); }
+  static std::string dir_;
+};
+std::string CliInference::dir_;
+
+// eval --data: every target of the file is scored once, whatever the window length; the
+// tokens after the last whole window used to be dropped (2000 bytes of tinyshakespeare at
+// block_size 128: 768 of 782 tokens), and a file shorter than one window was refused.
+TEST_F(CliInference, EvalDataScoresEveryToken) {
+  const std::string text = corpus_text().substr(0, 700);
+  std::ofstream(file("small.txt")) << text;
+  const Result one = run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --seq-len 1");
+  ASSERT_EQ(one.code, 0) << one.out;
+  const int64_t targets = last_json(one).at("tokens").get<int64_t>();  // windows of 1: n - 1 of them
+  ASSERT_GT(targets, 40);
+  for (const char* seq : {"", " --seq-len 16", " --seq-len 7", " --seq-len 16 --batch 1", " --seq-len 5 --batch 3"}) {
+    const Result r = run("eval --ckpt " + file("run") + " --data " + file("small.txt") + seq);
+    ASSERT_EQ(r.code, 0) << seq << "\n" << r.out;
+    EXPECT_EQ(last_json(r).at("tokens").get<int64_t>(), targets) << seq;
+  }
+  // The batch size does not change what is scored.
+  const Result b8 = run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --seq-len 16 --batch 8");
+  const Result b1 = run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --seq-len 16 --batch 1");
+  EXPECT_NEAR(last_json(b8).at("loss").get<double>(), last_json(b1).at("loss").get<double>(), 1e-5);
+
+  // A file of fewer tokens than block_size: one shorter window, the same as --seq-len n - 1.
+  std::ofstream(file("tiny.txt")) << "the king and the queen";
+  const Result tiny = run("eval --ckpt " + file("run") + " --data " + file("tiny.txt"));
+  ASSERT_EQ(tiny.code, 0) << tiny.out;
+  const int64_t n1 = last_json(tiny).at("tokens").get<int64_t>();
+  ASSERT_GE(n1, 1);
+  const Result tiny_w = run("eval --ckpt " + file("run") + " --data " + file("tiny.txt") + " --seq-len " +
+                            std::to_string(n1));
+  ASSERT_EQ(tiny_w.code, 0) << tiny_w.out;
+  EXPECT_EQ(last_json(tiny_w).at("tokens").get<int64_t>(), n1);
+  EXPECT_NEAR(last_json(tiny_w).at("loss").get<double>(), last_json(tiny).at("loss").get<double>(), 1e-6);
+
+  // Nothing to predict, and bad option values: errors, never a NaN result.
+  std::ofstream(file("empty.txt")) << "";
+  const Result empty = run("eval --ckpt " + file("run") + " --data " + file("empty.txt"));
+  EXPECT_NE(empty.code, 0);
+  EXPECT_NE(empty.out.find("at least 2"), std::string::npos) << empty.out;
+  const Result neg = run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --max-batches -1");
+  EXPECT_NE(neg.code, 0);
+  EXPECT_EQ(neg.out.find("null"), std::string::npos) << neg.out;
+  EXPECT_NE(run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --seq-len -5").code, 0);
+}
+
+}  // namespace
