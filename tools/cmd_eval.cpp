@@ -4,8 +4,10 @@
 //           (the tokens after the last whole window are scored in one more window that ends
 //           at the file's end; a file shorter than a window is one shorter window);
 //   --qa:   exact-match accuracy of greedy generation on JSONL lines {"prompt": ..., "answer": ...}:
-//           the model sees [bos] prompt and must produce the answer's tokens then eos (or reach
-//           the answer's length); the generated text, cut at eos, must equal the answer.
+//           the model sees the prompt (as `generate` does; [bos] prompt with --bos, the format of
+//           PromptAnswerDataset) and must produce the answer then eos, or the answer and go on
+//           past its length without eos (a model trained by `somnus train` on plain text has
+//           never seen bos or eos); the generated text, cut at eos, must equal the answer.
 // Prints one JSON object on stdout (and a readable line on stderr).
 #include <fmt/format.h>
 
@@ -35,6 +37,7 @@ struct EvalArgs {
   int64_t batch = 8;
   int64_t seq_len = 0;
   int64_t max_batches = 0;
+  bool bos = false;
   std::string device = "cpu";
 };
 
@@ -118,19 +121,30 @@ void run_eval(const EvalArgs& a) {
     const std::vector<PromptAnswer> qa = read_qa(a.qa);
     int64_t correct = 0;
     for (const PromptAnswer& ex : qa) {
-      std::vector<TokenId> prompt{tok.bos_id()};
-      for (TokenId t : tok.encode(ex.prompt)) prompt.push_back(t);
+      std::vector<TokenId> prompt;
+      if (a.bos) prompt.push_back(tok.bos_id());
+      for (TokenId t : tok.encode_with_special(ex.prompt)) prompt.push_back(t);
+      if (prompt.empty()) prompt.push_back(tok.bos_id());  // as `generate` does with an empty prompt
       const int64_t room = model->config().block_size - static_cast<int64_t>(prompt.size());
       SOMNUS_CHECK(room > 0, "eval --qa: a prompt of {} tokens does not fit block_size {}", prompt.size(),
                    model->config().block_size);
       GenerateConfig g;
       g.temperature = 0.0;
-      g.max_new_tokens = std::min<int64_t>(room, static_cast<int64_t>(tok.encode(ex.answer).size()) + 1);
+      // Every token is at least one byte: answer bytes + 1 tokens always reach the answer's
+      // length (or its eos), however the model splits the answer into tokens.
+      g.max_new_tokens = std::min<int64_t>(room, static_cast<int64_t>(ex.answer.size()) + 1);
       g.stop_tokens = {tok.eos_id()};
       const GenerateResult r = generate(*model, {prompt}, g);
       std::vector<TokenId> out = r.sequences[0].tokens;
-      if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
-      if (tok.decode(out) == ex.answer) ++correct;
+      const bool stopped = !out.empty() && out.back() == tok.eos_id();
+      if (stopped) out.pop_back();
+      const std::string text = tok.decode(out);
+      // Ended by eos: the text must be the answer. Not ended: the text must begin with the
+      // answer (the model reached the answer's length; a model trained on plain text never
+      // emits eos).
+      const bool ok = stopped ? text == ex.answer
+                              : !ex.answer.empty() && text.compare(0, ex.answer.size(), ex.answer) == 0;
+      if (ok) ++correct;
     }
     const double acc = static_cast<double>(correct) / static_cast<double>(qa.size());
     result["qa_examples"] = qa.size();
@@ -150,6 +164,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", a->data, "Plain-text file: loss and perplexity")->check(CLI::ExistingFile);
   cmd->add_option("--qa", a->qa, "JSONL of {\"prompt\", \"answer\"}: greedy exact-match accuracy")
       ->check(CLI::ExistingFile);
+  cmd->add_flag("--bos", a->bos,
+                "--qa: start each prompt with the bos token (models trained on [bos] prompt answer [eos] examples)");
   cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", a->seq_len, "Window length (0: block_size)")->capture_default_str()->check(
       CLI::NonNegativeNumber);

@@ -95,4 +95,37 @@ TEST_F(CliInference, EvalDataScoresEveryToken) {
   EXPECT_NE(run("eval --ckpt " + file("run") + " --data " + file("small.txt") + " --seq-len -5").code, 0);
 }
 
+// eval --qa scores what `generate` answers: a QA file made of the model's own greedy
+// continuations is answered in full. Before, the prompt got a bos token that `somnus train`
+// never trains on, and the answer had to be followed by eos (a plain-text model never emits
+// one), so the same file scored 0/4 on a tinyshakespeare model (2/4 with the eos rule alone).
+TEST_F(CliInference, EvalQaAgreesWithGenerate) {
+  std::ofstream qa(file("qa.jsonl"));
+  int64_t lines = 0;
+  for (const std::string prompt : {"the king", "we shall", "in a", "the queen of"}) {
+    const Result g = run("generate --ckpt " + file("run") + " --prompt '" + prompt +
+                         "' --max-new 4 --temperature 0 --no-stop 2>/dev/null");
+    ASSERT_EQ(g.code, 0) << g.out;
+    ASSERT_EQ(g.out.rfind(prompt, 0), 0u) << g.out;
+    std::string answer = g.out.substr(prompt.size());
+    ASSERT_FALSE(answer.empty());
+    answer.pop_back();  // generate's newline
+    if (answer.empty()) continue;
+    qa << json{{"prompt", prompt}, {"answer", answer}}.dump() << "\n";
+    ++lines;
+  }
+  qa << json{{"prompt", "the king"}, {"answer", "zzzz"}}.dump() << "\n";  // not what the model says
+  qa.close();
+  ASSERT_GE(lines, 2);
+  const Result e = run("eval --ckpt " + file("run") + " --qa " + file("qa.jsonl"));
+  ASSERT_EQ(e.code, 0) << e.out;
+  const json j = last_json(e);
+  EXPECT_EQ(j.at("qa_examples").get<int64_t>(), lines + 1);
+  EXPECT_EQ(j.at("qa_correct").get<int64_t>(), lines) << e.out;
+  // --bos gives the [bos] prompt format of PromptAnswerDataset; it runs, and the wrong answer stays wrong.
+  const Result b = run("eval --ckpt " + file("run") + " --qa " + file("qa.jsonl") + " --bos");
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_LE(last_json(b).at("qa_correct").get<int64_t>(), lines);
+}
+
 }  // namespace
