@@ -221,8 +221,9 @@ void run_train(const TrainArgs& args) {
       }
       if (!changed.empty()) {
         say(fmt::format("train --resume: warning: the config differs from the checkpoint's in:{}; the continuation "
-                        "will not match the original run",
-                        changed));
+                        "will not match the original run (to continue it exactly, resume without --config: "
+                        "`train --out_dir {} --resume`)",
+                        changed, cfg.out_dir));
       }
     }
     const TrainState st = load_checkpoint(*resume_dir, model, &opt);

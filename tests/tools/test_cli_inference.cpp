@@ -128,4 +128,37 @@ TEST_F(CliInference, EvalQaAgreesWithGenerate) {
   EXPECT_LE(last_json(b).at("qa_correct").get<int64_t>(), lines);
 }
 
+// The README's resume: a run started with overrides (--steps, --lr) and continued with
+// `train --out_dir DIR --resume` (no --config) ends byte-identical to the uninterrupted run.
+// The README used to show the resume with --config and without the overrides, which silently
+// (a warning) went on with the file's steps and lr: 1000 steps at 2e-3 instead of 2000 at 1e-3.
+TEST_F(CliInference, ResumeWithoutConfigContinuesTheRunExactly) {
+  const std::string args = "train --data " + file("corpus.txt") +
+                           " --steps 6 --lr=3e-3 --batch_size 2 --vocab_size 300 --eval_every 3 --warmup_steps 1"
+                           " --model.n_layer 1 --model.n_embd 32 --model.n_head 2 --model.block_size 16 --quiet";
+  ASSERT_EQ(run(args + " --out_dir " + file("straight")).code, 0);
+  const Result first = run(args + " --out_dir " + file("resumed") + " --stop-at 3");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const Result second = run("train --out_dir " + file("resumed") + " --resume");
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_NE(second.out.find("step 6 of 6"), std::string::npos) << second.out;
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string a = bytes(file("straight/ckpt-00000006/model.safetensors"));
+  EXPECT_GT(a.size(), 1000u);
+  EXPECT_EQ(a, bytes(file("resumed/ckpt-00000006/model.safetensors")));
+  EXPECT_EQ(somnus::testing::read_metrics(file("straight/metrics.jsonl")),
+            somnus::testing::read_metrics(file("resumed/metrics.jsonl")));
+  // With --config but without the overrides: a warning that says how to continue exactly.
+  const std::string cfg = file("cfg.json");
+  std::ofstream(cfg) << json{{"data", file("corpus.txt")},
+                             {"steps", 8},
+                             {"model", {{"n_layer", 1}, {"n_embd", 32}, {"n_head", 2}, {"block_size", 16}}}}
+                             .dump();
+  const Result other = run("train --config " + cfg + " --out_dir " + file("resumed") + " --resume --stop-at 7");
+  EXPECT_NE(other.out.find("resume without --config"), std::string::npos) << other.out;
+}
+
 }  // namespace
