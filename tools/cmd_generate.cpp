@@ -2,7 +2,9 @@
 //                  --seed S --device cpu|cuda]`
 // Loads the checkpoint's model and tokenizer (DIR: a checkpoint, or a run directory whose
 // `latest` is used), generates with the KV cache (nn/generate.h) and prints prompt + text.
-// --temperature 0 is greedy. Several --prompt options are generated as one batch.
+// --temperature 0 is greedy. Several --prompt options are generated as one batch. A sequence
+// ends at the model's block_size (prompt + generated tokens); stderr says when that cut it
+// short of --max-new.
 #include <fmt/format.h>
 
 #include "nn/checkpoint.h"
@@ -61,6 +63,15 @@ void run_generate(const GenerateArgs& a) {
     if (!out.empty() && tok.is_special(out.back())) out.pop_back();
     if (prompts.size() > 1) fmt::print("=== prompt {} ===\n", i);
     fmt::print("{}{}\n", a.prompts[i], tok.decode(out));
+  }
+  // A sequence never outgrows the model's context: say so when that, not --max-new, ended it.
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (r.sequences[i].finish != FinishReason::block_size) continue;
+    fmt::print(stderr,
+               "generate: {}stopped at the model's block_size {} ({} prompt + {} generated tokens), before --max-new "
+               "{}\n",
+               prompts.size() > 1 ? fmt::format("prompt {} ", i) : std::string(), model->config().block_size,
+               prompts[i].size(), r.sequences[i].tokens.size(), a.max_new);
   }
 }
 

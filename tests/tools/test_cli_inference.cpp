@@ -104,7 +104,7 @@ TEST_F(CliInference, EvalQaAgreesWithGenerate) {
   int64_t lines = 0;
   for (const std::string prompt : {"the king", "we shall", "in a", "the queen of"}) {
     const Result g = run("generate --ckpt " + file("run") + " --prompt '" + prompt +
-                         "' --max-new 4 --temperature 0 --no-stop 2>/dev/null");
+                         "' --max-new 4 --temperature 0 --no-stop");
     ASSERT_EQ(g.code, 0) << g.out;
     ASSERT_EQ(g.out.rfind(prompt, 0), 0u) << g.out;
     std::string answer = g.out.substr(prompt.size());
@@ -159,6 +159,23 @@ TEST_F(CliInference, ResumeWithoutConfigContinuesTheRunExactly) {
                              .dump();
   const Result other = run("train --config " + cfg + " --out_dir " + file("resumed") + " --resume --stop-at 7");
   EXPECT_NE(other.out.find("resume without --config"), std::string::npos) << other.out;
+}
+
+// generate --max-new past the model's context: the output ends at block_size, and stderr says
+// so (it used to stop there silently: --max-new 500 on a block_size 128 model gave 126 tokens).
+TEST_F(CliInference, GenerateSaysWhenBlockSizeCutsItShort) {
+  const std::string base = "generate --ckpt " + file("run") + " --prompt 'the king' --no-stop --temperature 0";
+  const Result cut = run(base + " --max-new 100");
+  ASSERT_EQ(cut.code, 0) << cut.out;
+  EXPECT_NE(cut.out.find("stopped at the model's block_size 16"), std::string::npos) << cut.out;
+  EXPECT_NE(cut.out.find("before --max-new 100"), std::string::npos) << cut.out;
+  const Result fits = run(base + " --max-new 3");
+  ASSERT_EQ(fits.code, 0) << fits.out;
+  EXPECT_EQ(fits.out.find("block_size"), std::string::npos) << fits.out;
+  // stdout alone is still just the text: the prompt and its continuation.
+  const Result text = run(base + " --max-new 100 2>/dev/null | cat");  // run_cli's 2>&1 then applies to cat
+  EXPECT_EQ(text.out.find("block_size"), std::string::npos) << text.out;
+  EXPECT_EQ(text.out.rfind("the king", 0), 0u) << text.out;
 }
 
 }  // namespace
