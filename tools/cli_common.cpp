@@ -1,5 +1,9 @@
 #include "tools/cli_common.h"
 
+#include <fmt/format.h>
+
+#include <cmath>
+
 #include "tensor/format.h"
 
 namespace somnus::tools {
@@ -22,6 +26,25 @@ Device parse_device_option(const std::string& s) {
   }
   return d;
 }
+
+namespace {
+
+CLI::Validator at_least(double min, bool strict) {
+  return CLI::Validator(
+      [min, strict](std::string& s) -> std::string {
+        double v = 0.0;
+        if (!CLI::detail::lexical_cast(s, v)) return "expected a number, got '" + s + "'";
+        if (std::isnan(v) || (strict ? !(v > min) : !(v >= min)))
+          return fmt::format("must be {} {}, got {}", strict ? ">" : ">=", min, s);
+        return std::string();
+      },
+      strict ? "POSITIVE" : "NONNEGATIVE");
+}
+
+}  // namespace
+
+CLI::Validator non_negative() { return at_least(0.0, false); }
+CLI::Validator positive() { return at_least(0.0, true); }
 
 CLI::Option* add_device_option(CLI::App* cmd, std::string& device) {
   return cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();

@@ -14,6 +14,12 @@ Device parse_device_option(const std::string& s);
 // Adds `--device cpu|cuda` (default cpu) to a subcommand.
 CLI::Option* add_device_option(CLI::App* cmd, std::string& device);
 
+// Option checks with a readable message ("must be >= 0, got -1"). CLI11's NonNegativeNumber
+// and PositiveNumber print their upper bound, DBL_MAX, in all its 309 digits, and
+// PositiveNumber says "Value 0 not in range 0.000000 to ...".
+CLI::Validator non_negative();
+CLI::Validator positive();
+
 // Subcommand registration (tools/cmd_*.cpp).
 void add_train_command(CLI::App& app);
 void add_generate_command(CLI::App& app);

@@ -166,12 +166,12 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_flag("--bos", a->bos,
                 "--qa: start each prompt with the bos token (models trained on [bos] prompt answer [eos] examples)");
-  cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--batch", a->batch, "Windows per batch")->capture_default_str()->check(positive());
   cmd->add_option("--seq-len", a->seq_len, "Window length (0: block_size)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+      non_negative());
   cmd->add_option("--max-batches", a->max_batches, "Stop after this many batches (0: the whole file)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   add_device_option(cmd, a->device);
   cmd->callback([a] { run_eval(*a); });
 }

@@ -83,11 +83,11 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--ckpt", a->ckpt, "Checkpoint directory, or a run directory (its latest checkpoint)")->required();
   cmd->add_option("--prompt", a->prompts, "Prompt text (repeat for a batch)")->required();
   cmd->add_option("--max-new", a->max_new, "Tokens to generate at most")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+      non_negative());
   cmd->add_option("--temperature", a->temperature, "Sampling temperature (0: greedy)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+      non_negative());
   cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: off)")->capture_default_str()->check(
-      CLI::NonNegativeNumber);
+      non_negative());
   cmd->add_option("--top-p", a->top_p, "Nucleus mass in (0, 1] (1: off)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
   cmd->add_flag("--no-stop", a->no_stop, "Do not stop at the eos token");

@@ -347,7 +347,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--quiet,-q", args->quiet, "No progress bar or log lines on stderr");
   cmd->add_option("--stop-at", args->stop_at,
                   "Stop after this step (with a checkpoint) without changing the schedule; --resume continues")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (overrides the config's 'device')");
   // Hidden test hook (tests/tools/test_reliability.cpp): poison these steps' losses with NaN.
   cmd->add_option("--debug-nan-steps", args->debug_nan_steps, "")->group("")->delimiter(',');

@@ -178,4 +178,27 @@ TEST_F(CliInference, GenerateSaysWhenBlockSizeCutsItShort) {
   EXPECT_EQ(text.out.rfind("the king", 0), 0u) << text.out;
 }
 
+// Out-of-range option values: a short message naming the option, the bound and the value.
+// CLI11's own checks printed DBL_MAX in full ("--batch: Value 0 not in range 0.000000 to
+// 17976931348623157081452742373170435679807056752584499659891747680315726078...").
+TEST_F(CliInference, OutOfRangeOptionsSayTheBound) {
+  const std::string gen = "generate --ckpt " + file("run") + " --prompt x ";
+  const std::string eval = "eval --ckpt " + file("run") + " --data " + file("corpus.txt") + " ";
+  const std::pair<std::string, std::string> cases[] = {
+      {gen + "--max-new -1", "--max-new: must be >= 0, got -1"},
+      {gen + "--temperature -0.5", "--temperature: must be >= 0, got -0.5"},
+      {gen + "--top-k -3", "--top-k: must be >= 0, got -3"},
+      {eval + "--batch 0", "--batch: must be > 0, got 0"},
+      {eval + "--max-batches -2", "--max-batches: must be >= 0, got -2"},
+      {eval + "--batch abc", "--batch: expected a number, got 'abc'"},
+      {"train --out_dir " + file("run") + " --resume --stop-at -3", "--stop-at: must be >= 0, got -3"},
+  };
+  for (const auto& [args, message] : cases) {
+    const Result r = run(args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.out.find(message), std::string::npos) << args << "\n" << r.out;
+    EXPECT_LT(r.out.size(), 200u) << args << "\n" << r.out;
+  }
+}
+
 }  // namespace
