@@ -420,6 +420,14 @@ Tensor Tensor::to(Device dev) const { return to(dev, dtype()); }
 
 Tensor Tensor::to(Device dev, DType d) const {
   if (dev == device() && d == dtype()) return *this;
+  if (dev.is_cuda()) {
+    // Said here, naming the tensor; else the first allocation on dev says it as "empty: ...".
+    SOMNUS_CHECK(cuda_compiled(), "to: cannot move {} {} {} to {}: this build has no CUDA backend",
+                 shape_str(shape()), dtype_name(dtype()), device().str(), dev.str());
+    const int n = cuda_device_count();
+    SOMNUS_CHECK(dev.index >= 0 && dev.index < n, "to: cannot move {} {} {} to {}: {} CUDA device(s) visible",
+                 shape_str(shape()), dtype_name(dtype()), device().str(), dev.str(), n);
+  }
   if (dev == device()) {
     Tensor out = empty(shape(), d, dev);
     strided_copy(out, *this);

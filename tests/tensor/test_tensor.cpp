@@ -167,6 +167,16 @@ TEST(Tensor, BadInputThrowsSomnusError) {
   if (!cuda_compiled()) {
     EXPECT_THROW(Tensor::zeros({2}, DType::f32, Device::cuda(0)), Error);
   }
+  // to() a device that is not there names itself, the tensor and both devices (it used to
+  // say "empty: device cuda:0 requested but this build has no CUDA backend").
+  const int n = cuda_device_count();
+  try {
+    (void)t.to(Device::cuda(n), DType::bf16);
+    FAIL() << "expected somnus::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind("to: cannot move (2, 3) f32 cpu to cuda:" + std::to_string(n), 0), 0u) << msg;
+  }
 }
 
 TEST(Tensor, DeviceParsing) {
