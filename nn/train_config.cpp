@@ -316,10 +316,18 @@ void apply_overrides(json& config, const std::vector<std::pair<std::string, std:
   }
 }
 
-TrainConfig load_train_config(const std::string& path,
-                              const std::vector<std::pair<std::string, std::string>>& overrides) {
+json default_train_config_json() {
   const TrainConfig defaults;
   json config = defaults;
+  json& model = config.at("model");
+  for (const char* key : {"norm", "mlp", "pos", "rope_theta", "tie_embeddings", "bias"}) model.erase(key);
+  model["preset"] = "gpt2-style";
+  return config;
+}
+
+TrainConfig load_train_config(const std::string& path,
+                              const std::vector<std::pair<std::string, std::string>>& overrides) {
+  json config = default_train_config_json();
   if (!path.empty()) {
     const std::string text = read_file(path);
     json file = json::parse(text, nullptr, /*allow_exceptions=*/false);

@@ -102,6 +102,13 @@ void from_json(const nlohmann::json& j, TrainConfig& c);
 // "p<C>.no_decay" (biases, norm weights); empty groups are left out. Group lr = lr.
 std::vector<ParamGroup> transformer_param_groups(const Transformer& model, double lr, double weight_decay);
 
+// The defaults as the JSON base that a config file and overrides go onto. Its model carries
+// "preset": "gpt2-style" in place of the style keys a preset sets (norm, mlp, pos,
+// rope_theta, tie_embeddings, bias), so that `--model.preset llama-style` switches them; the
+// other model keys (shapes, n_kv_head 0, levels) are explicit and stay. It reads back as
+// TrainConfig{}.
+nlohmann::json default_train_config_json();
+
 // Applies `--key value` overrides (see above) to a config JSON in place. `base` should hold
 // every key (to_json of the defaults merged with the file does).
 void apply_overrides(nlohmann::json& config, const std::vector<std::pair<std::string, std::string>>& overrides);

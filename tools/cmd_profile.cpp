@@ -99,8 +99,7 @@ void run_profile(const ProfileArgs& args) {
   // The config, exactly as `somnus train` reads it: defaults, the file, then --key value.
   std::vector<std::pair<std::string, std::string>> overrides = parse_override_args(args.extras);
   if (!args.device.empty()) overrides.emplace_back("device", args.device);
-  const TrainConfig defaults;
-  json cfg_json = defaults;
+  json cfg_json = default_train_config_json();
   if (!args.config_path.empty()) {
     const json file = json::parse(read_file(args.config_path), nullptr, false);
     SOMNUS_CHECK(!file.is_discarded() && file.is_object(), "profile config: '{}' is not a JSON object",

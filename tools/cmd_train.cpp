@@ -127,8 +127,7 @@ void run_train(const TrainArgs& args) {
   if (!args.device.empty()) overrides.emplace_back("device", args.device);
 
   // The config: file + overrides; a resume without --config starts from the run's own.
-  const TrainConfig defaults;
-  json cfg_json = defaults;
+  json cfg_json = default_train_config_json();
   if (!args.config_path.empty()) {
     const json file = json::parse(read_file(args.config_path), nullptr, false);
     SOMNUS_CHECK(!file.is_discarded() && file.is_object(), "train config: '{}' is not a JSON object",

@@ -457,5 +457,31 @@ TEST(TrainConfig, BadConfigsNameTheKey) {
   EXPECT_ERROR_HAS(json(json{{"model", {{"preset", "nope"}}}}).get<TrainConfig>(), "preset");
 }
 
+// `--model.preset llama-style` over the defaults switches the model's style. The defaults'
+// JSON used to spell out gpt2's style keys, which the reader applies after the preset, so
+// the override was silently ignored: a layernorm / gelu / learned-position model came out.
+TEST(TrainConfig, PresetOverrideSwitchesTheStyle) {
+  const TrainConfig d;
+  EXPECT_EQ(json(default_train_config_json().get<TrainConfig>()).dump(), json(d).dump());
+  const TrainConfig llama = load_train_config("", parse_override_args({"--model.preset", "llama-style"}));
+  EXPECT_EQ(llama.model.norm, NormKind::rmsnorm);
+  EXPECT_EQ(llama.model.mlp, MlpKind::swiglu);
+  EXPECT_EQ(llama.model.pos, PosKind::rope);
+  EXPECT_FALSE(llama.model.tie_embeddings);
+  EXPECT_FALSE(llama.model.bias);
+  // The shapes stay the defaults' (not the preset's 16 x 2048), n_kv_head 0 = n_head.
+  EXPECT_EQ(llama.model.n_layer, d.model.n_layer);
+  EXPECT_EQ(llama.model.n_embd, d.model.n_embd);
+  EXPECT_EQ(llama.model.n_kv_head, 0);
+  // Style keys given explicitly still win over the preset.
+  const TrainConfig mixed = load_train_config(
+      "", parse_override_args({"--model.preset", "llama-style", "--model.norm", "layernorm", "--model.bias", "true"}));
+  EXPECT_EQ(mixed.model.norm, NormKind::layernorm);
+  EXPECT_TRUE(mixed.model.bias);
+  EXPECT_EQ(mixed.model.mlp, MlpKind::swiglu);
+  EXPECT_ERROR_HAS(load_train_config("", parse_override_args({"--model.norm", "rms"})), "norm");
+  EXPECT_ERROR_HAS(load_train_config("", parse_override_args({"--model.tie_embeddings", "maybe"})), "tie_embeddings");
+}
+
 }  // namespace
 }  // namespace somnus::nn
