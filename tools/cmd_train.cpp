@@ -342,7 +342,8 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a transformer LM on a text file (config JSON + --key value overrides)");
   cmd->add_option("--config", args->config_path, "Training config (JSON); see tools/configs/")
       ->check(CLI::ExistingFile);
-  cmd->add_flag("--resume", args->resume, "Continue from out_dir's latest checkpoint, bit-exactly");
+  cmd->add_flag("--resume", args->resume,
+                "Continue from out_dir's latest checkpoint, bit-exactly (without --config: with the run's own config)");
   cmd->add_flag("--quiet,-q", args->quiet, "No progress bar or log lines on stderr");
   cmd->add_option("--stop-at", args->stop_at,
                   "Stop after this step (with a checkpoint) without changing the schedule; --resume continues")
