@@ -1,12 +1,35 @@
 #include "tools/cli_common.h"
 
 #include <fmt/format.h>
+#include <sys/wait.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "tensor/format.h"
 
 namespace somnus::tools {
+
+std::string gnuplot_quote(const std::string& s) {
+  std::string out = "'";
+  for (const char c : s) {
+    out += c;
+    if (c == '\'') out += '\'';
+  }
+  return out + "'";
+}
+
+int run_gnuplot(const std::filesystem::path& script) {
+  std::string sh = "'";  // POSIX shell single quotes: ' becomes '\''
+  for (const char c : script.string()) sh += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  sh += "'";
+  std::fflush(stdout);
+  const int status = std::system(("gnuplot " + sh + " 2>&1").c_str());
+  std::fflush(stdout);
+  if (status == -1) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 Device parse_device_option(const std::string& s) {
   Device d;

@@ -2,6 +2,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <string>
 
 #include "tensor/device.h"
@@ -19,6 +20,15 @@ CLI::Option* add_device_option(CLI::App* cmd, std::string& device);
 // PositiveNumber says "Value 0 not in range 0.000000 to ...".
 CLI::Validator non_negative();
 CLI::Validator positive();
+
+// gnuplot scripts: `s` as a single-quoted gnuplot string (a ' inside is doubled, gnuplot's
+// escape; a title or path holding one used to end the string and fail the script).
+std::string gnuplot_quote(const std::string& s);
+// Runs `gnuplot SCRIPT` (the path shell-quoted), its messages on stdout after what the command
+// printed so far (stdout is flushed first: a piped run showed gnuplot's lines before the
+// table). Returns gnuplot's exit code (127: no gnuplot; -1: no shell); a failure is the
+// caller's warning.
+int run_gnuplot(const std::filesystem::path& script);
 
 // Subcommand registration (tools/cmd_*.cpp).
 void add_train_command(CLI::App& app);

@@ -90,24 +90,35 @@ void write_plot(const std::vector<Row>& rows, const ReportOptions& o) {
   const std::filesystem::path png(o.plot);
   const std::string stem = (png.parent_path() / png.stem()).string();
   const std::string train_csv = stem + "_train.csv", eval_csv = stem + "_eval.csv", script = stem + ".gp";
+  bool any_eval = false;
   {
     std::ofstream tr(train_csv), ev(eval_csv);
     for (const Row& r : rows) {
       tr << r.step << ',' << r.loss << '\n';
-      if (r.eval_loss >= 0) ev << r.step << ',' << r.eval_loss << '\n';
+      if (r.eval_loss >= 0) {
+        ev << r.step << ',' << r.eval_loss << '\n';
+        any_eval = true;
+      }
     }
   }
   {
     std::ofstream gp(script);
     gp << "set terminal pngcairo size 900,520 noenhanced\n"
-       << "set output '" << o.plot << "'\n"
+       << "set output " << gnuplot_quote(o.plot) << "\n"
        << "set datafile separator ','\n"
-       << "set title '" << o.title << "'\n"
-       << "set xlabel 'step'\nset ylabel 'cross-entropy (nats/token)'\nset grid\nset key top right\n"
-       << "plot '" << train_csv << "' using 1:2 with lines lc rgb '#9ecae1' title 'train (per step)', '"
-       << eval_csv << "' using 1:2 with linespoints lw 2 lc rgb '#d62728' title 'validation'\n";
+       << "set title " << gnuplot_quote(o.title) << "\n"
+       << "set xlabel 'step'\nset ylabel 'cross-entropy (nats/token)'\nset grid\nset key top right\n";
+    // One step: explicit ranges and a marker (autoscaling one point is an "empty x range" warning).
+    const bool one = rows.front().step == rows.back().step;
+    if (one) gp << "set xrange [" << rows.front().step - 1 << ":" << rows.front().step + 1 << "]\nset yrange [0:*]\n";
+    gp << "plot " << gnuplot_quote(train_csv) << " using 1:2 with " << (one ? "points" : "lines")
+       << " lc rgb '#9ecae1' title 'train (per step)'";
+    // A run without evaluations has no validation curve (gnuplot warns on an empty data file).
+    if (any_eval)
+      gp << ", " << gnuplot_quote(eval_csv) << " using 1:2 with linespoints lw 2 lc rgb '#d62728' title 'validation'";
+    gp << "\n";
   }
-  const int rc = std::system(fmt::format("gnuplot '{}'", script).c_str());
+  const int rc = run_gnuplot(script);
   if (rc == 0) {
     fmt::print("plot: {}\n", o.plot);
   } else {

@@ -397,20 +397,26 @@ void run_sleep(const SleepArgs& a) {
     const int panels = (wake_loss.empty() ? 0 : 1) + (seeding_steps == 0 ? 0 : 1);
     if (panels > 0) {
       std::ofstream gp(out / "cycle.gp");
-      gp << "set terminal pngcairo size " << 450 * panels << ",420 noenhanced\nset output '" << (out / "cycle.png").string()
-         << "'\n"
-         << "set multiplot layout 1," << panels << " title 'somnus sleep: " << fs::path(a.data).filename().string() << "'\n"
+      gp << "set terminal pngcairo size " << 450 * panels << ",420 noenhanced\nset output "
+         << gnuplot_quote((out / "cycle.png").string()) << "\n"
+         << "set multiplot layout 1," << panels << " title "
+         << gnuplot_quote("somnus sleep: " + fs::path(a.data).filename().string()) << "\n"
          << "set grid\n";
+      // A panel of one point (wake_steps = 1, one KS step) gets explicit ranges and a marker:
+      // autoscaling a single point is an "empty x range" and "empty y range" warning each.
+      const auto single = [](size_t n) {
+        return n == 1 ? "set xrange [0:2]\nset yrange [0:*]\n" : "set autoscale xy\n";
+      };
       if (!wake_loss.empty())
-        gp << "set title 'wake: next-token loss'\nset xlabel 'step'\n"
-           << "plot '" << (out / "wake_loss.dat").string() << "' with lines notitle\n";
+        gp << "set title 'wake: next-token loss'\nset xlabel 'step'\n" << single(wake_loss.size()) << "plot "
+           << gnuplot_quote((out / "wake_loss.dat").string()) << " with "
+           << (wake_loss.size() == 1 ? "points" : "lines") << " notitle\n";
       if (seeding_steps > 0)
-        gp << "set title 'sleep: seeding JSD'\nset xlabel 'KS step'\n"
-           << "plot '" << (out / "seeding.dat").string() << "' with linespoints notitle\n";
+        gp << "set title 'sleep: seeding JSD'\nset xlabel 'KS step'\n" << single(seeding_steps) << "plot "
+           << gnuplot_quote((out / "seeding.dat").string()) << " with linespoints notitle\n";
       gp << "unset multiplot\n";
       gp.close();
-      std::fflush(stdout);
-      const int rc = std::system(fmt::format("gnuplot '{}' 2>&1", (out / "cycle.gp").string()).c_str());
+      const int rc = run_gnuplot(out / "cycle.gp");
       plotted = rc == 0;
       if (rc != 0) fmt::print("plot: gnuplot failed (exit {})\n", rc);
     } else {

@@ -360,4 +360,21 @@ TEST(Cli, SleepResumesBitExactly) {
   EXPECT_NE(done.out.find("is complete"), std::string::npos) << done.out;
 }
 
+// cycle.png of a one-step wake and a one-step seeding (one point per panel: "empty x range"
+// and "empty y range" warnings, two of each) and of a document whose name holds a quote (it
+// ended the gnuplot title string: no plot).
+TEST(Cli, SleepPlotsOnePointPanelsAndAQuotedFileName) {
+  if (std::system("gnuplot --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  TempDir dir;
+  std::string args = sleep_fixture(dir) + " --set dreaming=false --set wake_steps=1 --set consolidation.ks.steps=1";
+  const std::string quoted = dir.file("it's.txt");
+  fs::copy_file(dir.file("new.txt"), quoted);
+  args.replace(args.find(dir.file("new.txt")), dir.file("new.txt").size(), "\"" + quoted + "\"");
+  const Result r = run(args + " --out " + dir.file("s"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("arning:"), std::string::npos) << r.out;  // gnuplot's "Warning:"
+  EXPECT_EQ(r.out.find("gnuplot failed"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir.file("s/cycle.png"))) << r.out;
+}
+
 }  // namespace

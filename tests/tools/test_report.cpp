@@ -3,6 +3,8 @@
 // last evaluation, or a run without evaluations, still get a row.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -46,6 +48,29 @@ TEST(Report, StepsAfterTheLastEvaluationGetARow) {
   const auto no_eval = run_cli("report --metrics " + write_metrics(none, 3, {}) + " --plot " + none.file("loss.png"));
   ASSERT_EQ(no_eval.code, 0) << no_eval.out;
   EXPECT_NE(no_eval.out.find("|      3 |          8.0000 |        - |        - |"), std::string::npos) << no_eval.out;
+}
+
+// loss.png of a run without evaluations plots the train curve alone (the empty validation
+// file gave "warning: Skipping data file with no valid points"), and a title holding a quote
+// is escaped (it ended gnuplot's string: "gnuplot failed (exit 256)", no plot).
+TEST(Report, PlotsWithoutWarningsWithoutEvaluationsAndWithAQuotedTitle) {
+  if (std::system("gnuplot --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  CliTempDir dir;
+  const std::string metrics = write_metrics(dir, 3, {});
+  const auto plain = run_cli("report --metrics " + metrics + " --plot " + dir.file("plain.png"));
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  EXPECT_EQ(plain.out.find("arning:"), std::string::npos) << plain.out;  // gnuplot's "warning:"
+  EXPECT_GT(std::filesystem::file_size(dir.file("plain.png")), 0u);
+  const auto r = run_cli("report --metrics " + metrics + " --plot " + dir.file("loss.png") + " --title \"it's a run\"");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("gnuplot failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("plot: " + dir.file("loss.png")), std::string::npos) << r.out;
+  EXPECT_GT(std::filesystem::file_size(dir.file("loss.png")), 0u);
+  // One step (one point): "empty x range" when autoscaled.
+  CliTempDir one("somnus_cli_one");
+  const auto single = run_cli("report --metrics " + write_metrics(one, 1, {1}) + " --plot " + one.file("loss.png"));
+  ASSERT_EQ(single.code, 0) << single.out;
+  EXPECT_EQ(single.out.find("arning:"), std::string::npos) << single.out;
 }
 
 }  // namespace
