@@ -90,6 +90,8 @@ ExperimentResult run_translation(const json& cfg, const ProgressFn& progress) {
   const int64_t n_test = cfg.at("num_test").get<int64_t>();
 
   ExperimentResult result;
+  result.matrix_label = "chrF";
+  result.matrix_max = 100.0;
   result.table_metrics = {"chrf_avg_final", "chrf_lang1_after_lang1", "chrf_lang1_final", "chrf_lang2_final",
                           "seconds"};
   for (const Row& r : rows) result.methods.push_back(MethodRun{r.label, {}});

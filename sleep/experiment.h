@@ -45,6 +45,10 @@ struct ExperimentResult {
   nlohmann::json config;
   std::vector<MethodRun> methods;
   std::vector<std::string> table_metrics;  // the scalar metrics the table shows, in order
+  // What a method's "matrix" metric holds, and its full scale: the heatmap's title and colour
+  // range (accuracy in [0, 1]; translation's chrF in [0, 100]).
+  std::string matrix_label = "accuracy";
+  double matrix_max = 1.0;
   double seconds = 0;
   std::string date;  // UTC, filled by run_experiment
 

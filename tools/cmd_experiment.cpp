@@ -6,11 +6,14 @@
 // Writes DIR/result.json (every seed's metrics and the mean ± std), DIR/table.md, and the
 // plots with gnuplot: bars.png (the first table metric per method, ± std), and when the
 // experiment reports them curves.png (average accuracy over the seen tasks after each task:
-// the forgetting curves) and heatmap.png (the accuracy matrix of each method, seed mean).
+// the forgetting curves) and heatmap.png (the accuracy matrix of each method, seed mean; chrF
+// for translation).
 // Prints the table and progress lines ("[done/total] label | elapsed").
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,11 +41,11 @@ struct ExperimentOptions {
   std::string device = "cpu";
 };
 
-std::string quote(const std::string& s) { return "'" + s + "'"; }
+std::string quote(const std::string& s) { return gnuplot_quote(s); }
 
 // Runs gnuplot on `script`; a missing gnuplot is a warning (the data files stay).
 void gnuplot(const fs::path& script) {
-  const int rc = std::system(fmt::format("gnuplot {} 2>&1", quote(script.string())).c_str());
+  const int rc = run_gnuplot(script);
   if (rc != 0) fmt::print("plot: gnuplot failed (exit {}) on {}\n", rc, script.string());
 }
 
@@ -55,18 +58,21 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
   if (!r.table_metrics.empty()) {
     const std::string key = r.table_metrics.front();
     const fs::path dat = dir / "bars.dat";
+    double top = 0;  // the highest bar + error bar
     {
       std::ofstream f(dat);
       for (size_t i = 0; i < r.methods.size(); ++i) {
         if (!agg[i].contains(key)) continue;
-        f << i << " \"" << r.methods[i].method << "\" " << agg[i][key]["mean"].get<double>() << " "
-          << agg[i][key]["std"].get<double>() << "\n";
+        const double mean = agg[i][key]["mean"].get<double>(), sd = agg[i][key]["std"].get<double>();
+        f << i << " \"" << r.methods[i].method << "\" " << mean << " " << sd << "\n";
+        if (std::isfinite(mean + sd)) top = std::max(top, mean + sd);
       }
     }
     std::ofstream gp(dir / "bars.gp");
+    // yrange [0:*] with every bar at 0 (e.g. all accuracies 0) is an empty range gnuplot warns about.
     gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "bars.png").string()) << "\n"
        << "set title " << quote(fmt::format("{}: {} (mean ± std over seeds)", title, key)) << "\n"
-       << "set style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:*]\nset grid ytics\n"
+       << "set style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:" << (top > 0 ? "*" : "1") << "]\nset grid ytics\n"
        << "plot " << quote(dat.string()) << " using 1:3:xtic(2) with boxes notitle, '' using 1:3:4 with yerrorbars lc rgb 'black' notitle\n";
     gp.close();
     gnuplot(dir / "bars.gp");
@@ -79,7 +85,8 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
     std::ofstream gp(dir / "curves.gp");
     gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "curves.png").string()) << "\n"
        << "set title " << quote(title + ": average accuracy over the tasks seen so far") << "\n"
-       << "set xlabel 'tasks learned'\nset ylabel 'accuracy'\nset yrange [0:1]\nset grid\nset key outside right\n";
+       << "set xlabel 'tasks learned'\nset xtics 1\nset ylabel 'accuracy'\nset yrange [0:1]\nset grid\n"
+       << "set key outside right\n";
     std::string plot = "plot ";
     for (size_t i = 0; i < r.methods.size(); ++i) {
       if (!agg[i].contains("avg_acc_curve")) continue;
@@ -97,33 +104,44 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
     gnuplot(dir / "curves.gp");
   }
 
-  // Heatmaps: the accuracy matrix (seed mean) of each method side by side.
+  // Heatmaps: the accuracy matrix (seed mean) of each method side by side, one box per measured
+  // cell coloured by the palette (a task not yet learned has no cell: gnuplot's `matrix with
+  // image` warned about those undefined cells, twice per method).
   bool any_matrix = false;
   for (const auto& a : agg) any_matrix |= a.contains("matrix");
   if (any_matrix) {
     std::ofstream gp(dir / "heatmap.gp");
     gp << "set terminal pngcairo size " << 360 * r.methods.size() << ",380 noenhanced\nset output "
        << quote((dir / "heatmap.png").string()) << "\n"
-       << "set multiplot layout 1," << r.methods.size() << " title " << quote(title + ": accuracy after task i (y) on task j (x)") << "\n"
-       << "set cbrange [0:1]\nset palette defined (0 'white', 1 'dark-green')\nset yrange [*:*] reverse\n"
+       << "set multiplot layout 1," << r.methods.size() << " title "
+       << quote(title + ": " + r.matrix_label + " after task i (y) on task j (x)") << "\n"
+       << "set cbrange [0:" << r.matrix_max << "]\nset palette defined (0 'white', 1 'dark-green')\n"
+       << "set style fill solid 1.0 border lc rgb 'gray80'\n"
        << "set xlabel 'task j'\nset ylabel 'after task i'\nset xtics 1\nset ytics 1\n";
     for (size_t i = 0; i < r.methods.size(); ++i) {
       if (!agg[i].contains("matrix")) continue;
       const fs::path dat = dir / fmt::format("matrix_{}.dat", r.methods[i].method);
       std::ofstream f(dat);
-      for (const auto& row : agg[i]["matrix"]) {
-        for (const auto& v : row) {
-          if (v.is_object()) {
-            f << v["mean"].get<double>() << " ";
-          } else {
-            f << "NaN ";  // not measured (a task not yet learned): left blank
-          }
+      // "j i accuracy" per measured cell (i: after task i, j: on task j, from 0).
+      const json& m = agg[i]["matrix"];
+      const size_t rows = m.size();
+      size_t cols = 0, cells = 0;
+      for (size_t ri = 0; ri < m.size(); ++ri) {
+        for (size_t ci = 0; ci < m[ri].size(); ++ci) {
+          if (!m[ri][ci].is_object()) continue;  // not measured (a task not yet learned): no cell
+          f << ci << " " << ri << " " << m[ri][ci]["mean"].get<double>() << "\n";
+          ++cells;
         }
-        f << "\n";
+        cols = std::max(cols, m[ri].size());
       }
       f.close();
-      gp << "set title " << quote(r.methods[i].method) << "\nplot " << quote(dat.string())
-         << " matrix with image notitle, '' matrix using 1:2:($3 == $3 ? sprintf('%.2f',$3) : '') with labels notitle\n";
+      if (cells == 0) continue;  // nothing measured: an empty data file is another gnuplot warning
+      gp << "set title " << quote(r.methods[i].method) << "\n"
+         << fmt::format("set xrange [-0.5:{}]\nset yrange [{}:-0.5]\n", static_cast<double>(cols) - 0.5,
+                        static_cast<double>(rows) - 0.5)
+         << "plot " << quote(dat.string())
+         << " using 1:2:(0.5):(0.5):3 with boxxyerror fillcolor palette notitle, '' using 1:2:(sprintf('"
+         << (r.matrix_max > 1 ? "%.1f" : "%.2f") << "',$3)) with labels notitle\n";
     }
     gp << "unset multiplot\n";
     gp.close();

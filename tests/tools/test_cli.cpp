@@ -377,4 +377,46 @@ TEST(Cli, SleepPlotsOnePointPanelsAndAQuotedFileName) {
   EXPECT_TRUE(fs::exists(dir.file("s/cycle.png"))) << r.out;
 }
 
+// `somnus experiment`'s plots come out without a gnuplot message: the accuracy heatmap draws one
+// box per measured cell (its `matrix with image` of NaN-padded rows warned "matrix contains
+// missing or undefined values" twice per method, six lines in the demo), the bars of a run
+// whose accuracies are all 0 no longer give "empty y range", and translation's chrF matrix
+// (0-100) is coloured on its own scale, not clipped to an accuracy's [0, 1].
+TEST(Cli, ExperimentPlotsWithoutGnuplotWarnings) {
+  if (std::system("gnuplot --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  const std::string data = std::string(SOMNUS_SOURCE_DIR) + "/../shared/data";
+  if (!fs::is_directory(data + "/clinc150")) GTEST_SKIP() << "no CLINC150 data at " << data;
+  ::setenv("SOMNUS_DATA_DIR", data.c_str(), 1);
+  TempDir dir;
+  const Result r = run("experiment clinc150 --config tiny --set 'seeds=[0]' --set steps_per_domain=1"
+                       " --set num_domains=3 --set 'methods=[\"icl\",\"sft\"]' --set train_per_intent=2"
+                       " --set test_per_intent=2 --out " + dir.file("clinc"));
+  ::unsetenv("SOMNUS_DATA_DIR");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* bad : {"warning:", "Warning:", "gnuplot failed"})
+    EXPECT_EQ(r.out.find(bad), std::string::npos) << bad << "\n" << r.out;
+  for (const char* png : {"bars.png", "curves.png", "heatmap.png"})
+    EXPECT_GT(fs::file_size(dir.file(std::string("clinc/") + png)), 0u) << png;
+  // One line "j i accuracy" per measured cell: after task i, tasks 0..i (3 tasks: 6 cells).
+  std::ifstream cells(dir.file("clinc/matrix_sft.dat"));
+  std::vector<std::pair<int, int>> seen;
+  for (int j, i; cells >> j >> i;) {
+    double acc;
+    cells >> acc;
+    EXPECT_LE(j, i);
+    EXPECT_TRUE(acc >= 0.0 && acc <= 1.0) << acc;
+    seen.emplace_back(i, j);
+  }
+  EXPECT_EQ(seen.size(), 6u);
+
+  const Result t = run("experiment translation --config tiny --set 'seeds=[0]' --set steps=2 --set num_train=20"
+                       " --set num_test=2 --set consolidation.ks.steps=1 --out " + dir.file("tr"));
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(t.out.find("arning:"), std::string::npos) << t.out;
+  std::stringstream gp;
+  gp << std::ifstream(dir.file("tr/heatmap.gp")).rdbuf();
+  EXPECT_NE(gp.str().find("set cbrange [0:100]"), std::string::npos) << gp.str();
+  EXPECT_NE(gp.str().find("chrF after task i"), std::string::npos) << gp.str();
+}
+
 }  // namespace
