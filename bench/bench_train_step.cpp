@@ -109,7 +109,8 @@ void BM_train_forward_backward(benchmark::State& st) {
   set_counters(st, 0);
 }
 
-// The AdamW update alone, on fixed gradients.
+// The AdamW update alone, on fixed gradients. It processes no tokens: its counter is the
+// parameters updated per second (a tokens/s here read 170k/s, the step's batch over 6 ms).
 void BM_train_adamw(benchmark::State& st) {
   Setup s;
   backward(s.model->loss(s.ids, s.targets).ce);
@@ -120,7 +121,8 @@ void BM_train_adamw(benchmark::State& st) {
     for (size_t i = 0; i < params.size(); ++i) params[i].set_grad(grads[i]);  // step() clears them
     s.opt->step();
   }
-  set_counters(st, 0);
+  st.counters["params/s"] = benchmark::Counter(static_cast<double>(s.model->num_parameters()),
+                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
 }  // namespace
