@@ -11,7 +11,11 @@
 # Reproduce a finding: build-fuzz/fuzz/fuzz_<target> <artifact file>
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 seconds="${1:-${SOMNUS_FUZZ_SECONDS:-30}}"
+# Checked before the (minutes-long) clang build: libFuzzer would only reject it at the end.
+[[ "$seconds" =~ ^[1-9][0-9]*$ ]] || {
+  echo "fuzz: the first argument is the seconds per target, a positive integer; got '$seconds' (see --help)" >&2; exit 2; }
 shift || true
 build_dir="${SOMNUS_FUZZ_BUILD_DIR:-build-fuzz}"
 artifacts="${SOMNUS_FUZZ_ARTIFACTS:-$build_dir/artifacts}"

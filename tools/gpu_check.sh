@@ -25,6 +25,11 @@
 # SOMNUS_SKIP_COMPUTE_SANITIZER=1, SOMNUS_SKIP_TORCH=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -uo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --prebuilt) ;;
+  -*) echo "gpu_check: unknown option '$1' (tools/gpu_check.sh [build-dir] | --prebuilt DIR; --help)" >&2; exit 2 ;;
+esac
 deadline="${SOMNUS_GPU_CHECK_DEADLINE_S:-540}"
 status=0
 if [ "${1:-}" = --prebuilt ]; then

@@ -18,7 +18,10 @@
 #        SOMNUS_KILL_SEED (random seed for the kill times), SOMNUS_KILL_DIR (work dir, kept on failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 kills_wanted="${1:-${KILLS:-20}}"
+[[ "$kills_wanted" =~ ^[1-9][0-9]*$ ]] || {
+  echo "kill_test: the argument is the number of kills, a positive integer; got '$kills_wanted' (see --help)" >&2; exit 2; }
 cli="${SOMNUS_CLI:-${SOMNUS_BUILD_DIR:-build}/tools/somnus}"
 [ -x "$cli" ] || { echo "kill_test: no somnus binary at $cli (build it, or set SOMNUS_CLI)"; exit 1; }
 work="${SOMNUS_KILL_DIR:-$(mktemp -d /tmp/somnus_kill.XXXXXX)}"
