@@ -153,6 +153,9 @@ def main():
     ours = {}
     if not args.no_ours:
         binary = os.path.join(args.build, "bench", "bench_generate")
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"generate.py: no benchmark binary at {binary}: build it first (cmake --preset release && "
+                     f"cmake --build build), or point --build at your build folder (e.g. --build build-cpu)")
         out = subprocess.run([binary, "--benchmark_filter=BM_generate_kv_cache/", "--benchmark_format=json",
                               f"--benchmark_min_time={args.min_time}"], capture_output=True, text=True, check=True)
         for b in json.loads(out.stdout)["benchmarks"]:

@@ -50,6 +50,9 @@ def main():
     import torch
     ours = {}
     binary = os.path.join(args.build, "bench", "bench_kernels_cpu")
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"matmul.py: no benchmark binary at {binary}: build it first (cmake --preset release && "
+                 f"cmake --build build), or point --build at your build folder (e.g. --build build-cpu)")
     out = subprocess.run([binary, "--benchmark_filter=BM_matmul_(somnus|cblas)/", "--benchmark_format=json",
                           "--benchmark_min_time=1"], capture_output=True, text=True, check=True)
     for b in json.loads(out.stdout)["benchmarks"]:

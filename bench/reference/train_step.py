@@ -139,6 +139,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     binary = os.path.join(args.build, "bench", "bench_train_step")
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"train_step.py: no benchmark binary at {binary}: build it first (cmake --preset release && "
+                 f"cmake --build build), or point --build at your build folder (e.g. --build build-cpu)")
     # The machine may be shared: interleave the contenders in rounds and keep each one's best
     # round, so a burst of outside load does not land on one side only.
     steps = {"torch AdamW(foreach=False)": make_torch_step(False), "torch AdamW(foreach=True)": make_torch_step(True)}
