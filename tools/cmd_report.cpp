@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -44,9 +46,10 @@ std::vector<Row> read_metrics(const std::string& path) {
                  "report: {} line {} has no 'step' and 'loss'", path, n);
     Row r;
     r.step = j["step"].get<int64_t>();
-    r.loss = j["loss"].get<double>();
+    // A step the training guard skipped for a non-finite loss has "loss": null (JSON has no NaN).
+    r.loss = j["loss"].is_number() ? j["loss"].get<double>() : std::nan("");
     r.tokens_per_s = j.value("tokens_per_s", 0.0);
-    if (j.contains("eval_loss")) {
+    if (j.contains("eval_loss") && j["eval_loss"].is_number()) {
       r.eval_loss = j["eval_loss"].get<double>();
       r.eval_ppl = j.value("eval_ppl", -1.0);
     }
@@ -64,26 +67,34 @@ void print_table(const std::vector<Row>& rows) {
   fmt::print("| {:>6} | {:>15} | {:>8} | {:>8} | {:>9} |\n", "step", "mean train loss", "val loss", "val ppl", "tokens/s");
   fmt::print("|-------:|----------------:|---------:|---------:|----------:|\n");
   double sum = 0, tok = 0;
-  int64_t n = 0;
+  int64_t n = 0, n_loss = 0;  // rows, and rows with a finite loss (skipped steps have none)
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    sum += r.loss;
+    if (std::isfinite(r.loss)) {
+      sum += r.loss;
+      ++n_loss;
+    }
     tok += r.tokens_per_s;
     ++n;
+    const double mean = n_loss > 0 ? sum / double(n_loss) : std::nan("");
     if (r.eval_loss >= 0) {
-      fmt::print("| {:>6} | {:>15.4f} | {:>8.4f} | {:>8.2f} | {:>9.0f} |\n", r.step, sum / double(n), r.eval_loss,
-                 r.eval_ppl, tok / double(n));
+      fmt::print("| {:>6} | {:>15.4f} | {:>8.4f} | {:>8.2f} | {:>9.0f} |\n", r.step, mean, r.eval_loss, r.eval_ppl,
+                 tok / double(n));
     } else if (i + 1 == rows.size()) {
-      fmt::print("| {:>6} | {:>15.4f} | {:>8} | {:>8} | {:>9.0f} |\n", r.step, sum / double(n), "-", "-", tok / double(n));
+      fmt::print("| {:>6} | {:>15.4f} | {:>8} | {:>8} | {:>9.0f} |\n", r.step, mean, "-", "-", tok / double(n));
     } else {
       continue;
     }
     sum = tok = 0;
-    n = 0;
+    n = n_loss = 0;
   }
   fmt::print("mean train loss: over the steps since the previous row (`somnus train` prints each step's own loss; "
              "step {}: {:.4f})\n",
              rows.back().step, rows.back().loss);
+  const auto skipped = std::count_if(rows.begin(), rows.end(), [](const Row& r) { return !std::isfinite(r.loss); });
+  if (skipped > 0)
+    fmt::print("{} step(s) without a finite loss (skipped by the training guard) are left out of the means and the plot\n",
+               skipped);
 }
 
 void write_plot(const std::vector<Row>& rows, const ReportOptions& o) {
@@ -94,7 +105,7 @@ void write_plot(const std::vector<Row>& rows, const ReportOptions& o) {
   {
     std::ofstream tr(train_csv), ev(eval_csv);
     for (const Row& r : rows) {
-      tr << r.step << ',' << r.loss << '\n';
+      if (std::isfinite(r.loss)) tr << r.step << ',' << r.loss << '\n';  // a skipped step: a gap
       if (r.eval_loss >= 0) {
         ev << r.step << ',' << r.eval_loss << '\n';
         any_eval = true;

@@ -73,4 +73,20 @@ TEST(Report, PlotsWithoutWarningsWithoutEvaluationsAndWithAQuotedTitle) {
   EXPECT_EQ(single.out.find("arning:"), std::string::npos) << single.out;
 }
 
+// A step the training guard skipped has "loss": null in metrics.jsonl (nlohmann writes NaN as
+// null): report failed on it with "[json.exception.type_error.302] type must be number, but is
+// null", on exactly the runs whose loss went wrong. It is left out of the mean and the plot.
+TEST(Report, AStepSkippedForANonFiniteLossIsLeftOut) {
+  CliTempDir dir;
+  const std::string path = dir.file("metrics.jsonl");
+  std::ofstream(path) << "{\"step\":1,\"loss\":6,\"tokens_per_s\":100}\n"
+                         "{\"step\":2,\"loss\":null,\"grad_norm\":null,\"skipped\":\"non_finite\",\"tokens_per_s\":100}\n"
+                         "{\"step\":3,\"loss\":4,\"tokens_per_s\":100,\"eval_loss\":5.5,\"eval_ppl\":244.69}\n";
+  const auto r = run_cli("report --metrics " + path + " --plot " + dir.file("loss.png"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("|      3 |          5.0000 |   5.5000 |"), std::string::npos) << r.out;  // mean(6, 4)
+  EXPECT_NE(r.out.find("1 step(s) without a finite loss"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("arning:"), std::string::npos) << r.out;
+}
+
 }  // namespace
