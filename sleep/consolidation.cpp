@@ -263,6 +263,26 @@ void Consolidator::load_state(const json& j) {
   gen_ = gen;
 }
 
+void Consolidator::check_ready(const std::vector<std::vector<TokenId>>& prompts) const {
+  if (!cfg_.expansion) return;  // the ablation consolidates nothing and needs nothing
+  const nn::TransformerConfig& mc = model_.config();
+  SOMNUS_CHECK(!prompts.empty(), "consolidate: no prompts for teacher sampling (give at least a BOS prompt)");
+  for (const auto& p : prompts) {
+    SOMNUS_CHECK(!p.empty() && static_cast<int64_t>(p.size()) < mc.block_size,
+                 "consolidate: every prompt needs 1 to block_size − 1 = {} tokens, got {}", mc.block_size - 1,
+                 p.size());
+  }
+  const int64_t receiver = cfg_.sender + 1;
+  for (int64_t l = 0; l < mc.n_layer; ++l) {
+    const nn::CmsLevel& recv = model_.level(l, receiver);
+    if (static_cast<int64_t>(recv.active_slots().size()) < recv.n_slots()) continue;
+    SOMNUS_CHECK(cfg_.on_exhausted == SlotPolicy::evict_oldest,
+                 "consolidate: no free slot in receiver level {} of layer {}: all {} slots are active (raise its "
+                 "n_slots, or set 'on_exhausted': \"evict_oldest\")",
+                 receiver, l, recv.n_slots());
+  }
+}
+
 ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
                                               const std::vector<std::vector<TokenId>>& prompts,
                                               const SeedingLogFn& log) {
@@ -277,27 +297,18 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   ConsolidationReport rep;
   rep.sender = sender;
   rep.receiver = receiver;
+  check_ready(prompts);  // everything that can refuse, before anything changes (the count included)
   ++consolidations_;
   if (!cfg_.expansion) {  // the ablation: θ_new is already applied; nothing else changes
     rep.seconds = seconds_since(t_start);
     return rep;
   }
-  SOMNUS_CHECK(!prompts.empty(), "consolidate: no prompts for teacher sampling (give at least a BOS prompt)");
-  for (const auto& p : prompts) {
-    SOMNUS_CHECK(!p.empty() && static_cast<int64_t>(p.size()) < mc.block_size,
-                 "consolidate: every prompt needs 1 to block_size − 1 = {} tokens, got {}", mc.block_size - 1,
-                 p.size());
-  }
 
-  // -- which receiver slot each layer gets (check everything before changing anything)
+  // -- which receiver slot each layer gets (check_ready has refused a full pool under `error`)
   std::vector<int64_t> evict(static_cast<size_t>(L), -1);
   for (int64_t l = 0; l < L; ++l) {
     const nn::CmsLevel& recv = model_.level(l, receiver);
     if (static_cast<int64_t>(recv.active_slots().size()) < recv.n_slots()) continue;
-    SOMNUS_CHECK(cfg_.on_exhausted == SlotPolicy::evict_oldest,
-                 "consolidate: no free slot in receiver level {} of layer {}: all {} slots are active (raise its "
-                 "n_slots, or set 'on_exhausted': \"evict_oldest\")",
-                 receiver, l, recv.n_slots());
     const auto& act = activation_[static_cast<size_t>(l)];
     evict[static_cast<size_t>(l)] = std::min_element(act.begin(), act.end()) - act.begin();
   }

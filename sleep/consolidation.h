@@ -116,6 +116,12 @@ class Consolidator {
   // receiver has no free slot and the policy is `error`, leaving the model unchanged.
   ConsolidationReport consolidate(const NamedTensors& sender_old, const std::vector<std::vector<TokenId>>& prompts,
                                   const SeedingLogFn& log = {});
+  // Throws what consolidate() would throw on these prompts and the model's slot pool (no
+  // prompts, a prompt of 0 or >= block_size tokens, no free receiver slot under policy
+  // `error`), changing nothing. A caller that must change state before consolidating (e.g.
+  // apply the sender's pending update) calls it first, so that a refused consolidation
+  // leaves everything as it was.
+  void check_ready(const std::vector<std::vector<TokenId>>& prompts) const;
 
   // Activation order of the receiver slots (for evict_oldest), saved with sleep checkpoints.
   nlohmann::json state() const;

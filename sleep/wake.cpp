@@ -179,7 +179,10 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
     return log;
   }
   NamedTensors sender_old;
-  if (consolidate) sender_old = consolidator_.snapshot_sender();
+  if (consolidate) {
+    consolidator_.check_ready(prompts_);  // a refusal must come before the step, not after it
+    sender_old = consolidator_.snapshot_sender();
+  }
   opt_->step();  // θ_new of every due group, the sender's included
   if (sender_due) ++sender_applications_;
   if (consolidate) {
@@ -249,10 +252,15 @@ ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
     rep.skipped = true;
     return rep;
   }
-  NamedTensors sender_old = anchored ? std::move(sender_anchor_) : consolidator_.snapshot_sender();
+  // A consolidation that would be refused (no free slot, a bad prompt) must leave the learner
+  // as it was: the pending update unapplied and the anchor kept, so that the next sleep() is
+  // not mistaken for a first one.
+  consolidator_.check_ready(prompts_);
+  NamedTensors sender_old = anchored ? sender_anchor_ : consolidator_.snapshot_sender();
   for (size_t g : sender_groups()) opt_->apply_group_now(g);  // θ_new from the pending accumulation
   ConsolidationReport rep = consolidator_.consolidate(sender_old, prompts_, log);
   sender_old.clear();
+  sender_anchor_.clear();
   after_consolidation(rep);
   if (anchored) sender_anchor_ = consolidator_.snapshot_sender();
   return rep;

@@ -20,6 +20,10 @@
 //                           PARADIGM §2 (a)); with C_ℓ = 1 nothing is pending at a task
 //                           boundary, teacher and student coincide and seeding has nothing
 //                           to distil.
+//                       A consolidation that would be refused (no free receiver slot under
+//                       on_exhausted = error, a bad prompt) throws before anything changes:
+//                       the pending update stays pending and the anchor is kept. The same
+//                       holds for a scheduled consolidation in train_step (thrown before the step).
 //   read_stream(tokens) test-time training: the stream is read in chunks of ttt_chunk tokens
 //                       (≤ block_size, the attention window); after each chunk a gradient step
 //                       on the levels in ttt_levels only (their own optimiser), from the

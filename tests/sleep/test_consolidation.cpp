@@ -652,3 +652,60 @@ TEST(Wake, LossSpikesAreSkipped) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// A sleep() refused for want of a free slot used to have already moved the "since_last_sleep"
+// anchor out, applied the sender's pending update and counted a consolidation: the next
+// sleep() (after freeing a slot) was then taken for a first sleep and silently skipped.
+TEST(Wake, RefusedSleepChangesNothing) {
+  nn::TransformerConfig cfg = tiny_config(1);
+  cfg.levels[0].period = 2;  // the sender has a pending half window at the sleep below
+  cfg.levels[1].period = 2;
+  Generator gen(7);
+  nn::Transformer m(cfg, gen);
+  WakeConfig w;
+  w.lr = 1e-2;
+  WakeLearner learner(m, w, ks_config(1));
+  learner.sleep();  // the anchor
+  for (int64_t k = 1; k <= 2; ++k) learner.train_step(repeat_batch(4, 16, k));
+  ASSERT_FALSE(learner.sleep().skipped);  // takes the receiver's only slot
+  for (int64_t k = 3; k <= 5; ++k) learner.train_step(repeat_batch(4, 16, k));  // step 5: pending
+
+  const LearnerState before = learner.state();
+  ASSERT_FALSE(before.anchor.empty());
+  std::map<std::string, std::vector<double>> weights;
+  for (const auto& [name, p] : m.named_parameters()) weights[name] = p.to_vector();
+  expect_error([&] { learner.sleep(); }, {"no free slot", "receiver level 1"});
+  const LearnerState after = learner.state();
+  EXPECT_EQ(after.scalars.dump(), before.scalars.dump()) << "the consolidation count must not move";
+  ASSERT_EQ(after.anchor.size(), before.anchor.size()) << "the anchor must be kept";
+  for (size_t i = 0; i < before.anchor.size(); ++i)
+    EXPECT_TRUE(nn::testing::bitwise_equal(after.anchor[i].second, before.anchor[i].second)) << before.anchor[i].first;
+  for (const auto& [name, p] : m.named_parameters())
+    EXPECT_EQ(p.to_vector(), weights[name]) << name << ": the pending update must stay pending";
+
+  // Freeing the slot makes the next sleep a real consolidation, not a "first sleep".
+  for (int64_t l = 0; l < 2; ++l) m.level(l, 1).reset_slot(0);
+  const ConsolidationReport rep = learner.sleep();
+  EXPECT_FALSE(rep.skipped);
+  EXPECT_GT(rep.jsd_before, 0.0);
+}
+
+TEST(Wake, RefusedScheduledConsolidationComesBeforeTheStep) {
+  auto m = make_model(7, 1);
+  WakeConfig w;
+  w.consolidate_every = 1;
+  WakeLearner learner(*m, w, ks_config(0));
+  learner.train_step(repeat_batch(4, 16, 1));  // consolidates into the only slot
+  std::map<std::string, std::vector<double>> weights;
+  for (const auto& [name, p] : m->named_parameters()) weights[name] = p.to_vector();
+  const int64_t applications = learner.sender_applications();
+  expect_error([&] { learner.train_step(repeat_batch(4, 16, 2)); }, {"no free slot"});
+  EXPECT_EQ(learner.sender_applications(), applications);
+  for (const auto& [name, p] : m->named_parameters()) EXPECT_EQ(p.to_vector(), weights[name]) << name;
+}
+
+}  // namespace
+}  // namespace somnus::sleep
