@@ -12,6 +12,7 @@ namespace {
 
 const char* kind_of(const nlohmann::json& v) {
   if (v.is_boolean()) return "a boolean";
+  if (v.is_number_unsigned()) return "a non-negative integer";
   if (v.is_number_integer()) return "an integer";
   if (v.is_number()) return "a number";
   if (v.is_string()) return "a string";
@@ -22,6 +23,8 @@ const char* kind_of(const nlohmann::json& v) {
 
 bool same_kind(const nlohmann::json& value, const nlohmann::json& def) {
   if (def.is_number_float()) return value.is_number();
+  // An unsigned field (a seed): a negative value would wrap to 2^64 − n on reading.
+  if (def.is_number_unsigned()) return value.is_number_unsigned() || (value.is_number_integer() && value.get<int64_t>() >= 0);
   if (def.is_number_integer()) return value.is_number_integer();
   if (def.is_null()) return true;  // optional field without a default
   return value.type() == def.type();
@@ -35,6 +38,13 @@ void check_config_keys(const nlohmann::json& in, const nlohmann::json& defaults,
     auto d = defaults.find(it.key());
     SOMNUS_CHECK(d != defaults.end(), "{}: unknown key '{}'", where, it.key());
     SOMNUS_CHECK(same_kind(*it, *d), "{}: '{}' must be {}, got {}", where, it.key(), kind_of(*d), it->dump());
+    // A list whose default has elements: every element must be of their kind (e.g. a list of
+    // level indices), or reading it fails later with a message that names no key.
+    if (d->is_array() && !d->empty() && !d->front().is_array() && !d->front().is_object()) {
+      for (const nlohmann::json& e : *it)
+        SOMNUS_CHECK(same_kind(e, d->front()), "{}: '{}' must be a list of elements each {}, got {}", where,
+                     it.key(), kind_of(d->front()), it->dump());
+    }
     if (d->is_object() && !d->empty()) check_config_keys(*it, *d, where + "." + it.key());
   }
 }

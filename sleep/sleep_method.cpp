@@ -39,7 +39,10 @@ void from_json(const json& j, SleepMethodConfig& c) {
   c.consolidation = m.at("consolidation").get<ConsolidationConfig>();
   c.dreaming = m.at("dreaming").get<bool>();
   c.dream = m.at("dream").get<DreamConfig>();
-  c.sleep_prompts = m.at("sleep_prompts").get<std::vector<std::vector<TokenId>>>();
+  const json& prompts = m.at("sleep_prompts");  // an array (check_config_keys); its elements:
+  c.sleep_prompts.clear();
+  for (size_t i = 0; i < prompts.size(); ++i)
+    c.sleep_prompts.push_back(token_ids_from_json(prompts[i], "sleep method config", fmt::format("sleep_prompts[{}]", i)));
   c.anchor_at_start = m.at("anchor_at_start").get<bool>();
   c.seed = m.at("seed").get<uint64_t>();
   c.validate();

@@ -127,5 +127,30 @@ TEST(SleepMethod, ConfigErrors) {
   somnus::testing::expect_error([&] { method->learn(model, episode()); }, {"needs a receiver level 1"});
 }
 
+// Values of the right JSON kind at the top but wrong inside (list elements) or negative where
+// the field is unsigned used to pass check_config_keys: nlohmann's own type_error (naming no
+// key), or a seed of -1 read as 18446744073709551615, or a sleep prompt [-3] accepted.
+TEST(SleepMethod, ConfigListElementsAndSeedsAreChecked) {
+  using nlohmann::json;
+  auto parse = [](const char* text) { (void)json::parse(text).get<SleepMethodConfig>(); };
+  somnus::testing::expect_error([&] { parse(R"({"sleep_prompts": [["a"]]})"); },
+                                {"sleep method config", "'sleep_prompts[0]' must be a list of token ids"});
+  somnus::testing::expect_error([&] { parse(R"({"sleep_prompts": [[1], [-3]]})"); },
+                                {"'sleep_prompts[1]' must be a list of token ids"});
+  somnus::testing::expect_error([&] { parse(R"({"sleep_prompts": [1]})"); }, {"'sleep_prompts[0]'"});
+  somnus::testing::expect_error([&] { parse(R"({"wake": {"ttt_levels": ["x"]}})"); },
+                                {"sleep method config.wake", "'ttt_levels' must be a list of elements each an integer"});
+  somnus::testing::expect_error([&] { parse(R"({"seed": -1})"); }, {"'seed' must be a non-negative integer, got -1"});
+  somnus::testing::expect_error([&] { parse(R"({"consolidation": {"ks": {"seed": -5}}})"); },
+                                {"'seed' must be a non-negative integer"});
+  const SleepMethodConfig ok = json::parse(R"({"sleep_prompts": [[1, 2], [3]], "seed": 7,
+      "wake": {"ttt_levels": [0, 1]}, "consolidation": {"ks": {"seed": 9}}})").get<SleepMethodConfig>();
+  EXPECT_EQ(ok.sleep_prompts, (std::vector<std::vector<TokenId>>{{1, 2}, {3}}));
+  EXPECT_EQ(ok.seed, 7u);
+  EXPECT_EQ(ok.wake.ttt_levels, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(ok.consolidation.ks.seed, 9u);
+  EXPECT_EQ(json(ok).get<SleepMethodConfig>().sleep_prompts, ok.sleep_prompts);
+}
+
 }  // namespace
 }  // namespace somnus::sleep
