@@ -390,6 +390,15 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
     const auto last = static_cast<int64_t>(model_.config().levels.size()) - 1;
     SOMNUS_CHECK(model_.config().levels.back().n_slots > 0,
                  "Dreamer::apply: apply_target = slots, but the slowest CMS level (levels[{}]) has no slots", last);
+    // Every layer needs a free slot: check them all before activating any, or a full layer
+    // would throw after the earlier layers' slots were taken (and left active, untrained).
+    for (int64_t l = 0; l < model_.config().n_layer; ++l) {
+      const nn::CmsLevel& lv = model_.level(l, last);
+      SOMNUS_CHECK(static_cast<int64_t>(lv.active_slots().size()) < lv.n_slots(),
+                   "Dreamer::apply: apply_target = slots, but the slowest CMS level (levels[{}]) of layer {} has no "
+                   "free slot: all {} are active (raise its n_slots, or apply into 'lora')",
+                   last, l, lv.n_slots());
+    }
     std::vector<Tensor> params;
     std::vector<int64_t> new_slots;
     for (int64_t l = 0; l < model_.config().n_layer; ++l) {

@@ -171,6 +171,8 @@ class Dreamer {
                                      const std::vector<int>& rewards);
   // Step 5: trains the model on the dreams; returns the number of steps taken (0 when none, or
   // when apply_guard rejected the update because τ did not improve: the model is then as before).
+  // apply_target = slots needs a free slot in the slowest level of every layer; without one it
+  // throws before activating any.
   int64_t apply(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams);
 
   // The whole loop. on_iteration (optional) sees each iteration's metrics as they come.

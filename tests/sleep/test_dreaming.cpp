@@ -281,6 +281,21 @@ TEST(Dreaming, ApplyTrainsTheModelIntoLoraOrIntoANewSlot) {
   }
 }
 
+// apply_target = slots when a later layer's slowest level is full used to throw from
+// activate_slot after the earlier layers' slots were activated: they stayed active, untrained.
+TEST(Dreaming, ApplyIntoSlotsRefusesAFullLayerBeforeActivatingAny) {
+  const DreamTask task = target_task();
+  Generator gen(7);
+  Transformer m(moe_tiny(), gen);
+  Generator slot_gen(1);
+  for (int64_t s = 0; s < 2; ++s) m.level(1, 1).activate_slot(slot_gen);  // layer 1: both slots taken
+  DreamConfig cfg = small_config();
+  cfg.apply_target = ApplyTarget::slots;
+  Dreamer d(m, cfg);
+  expect_error([&] { d.apply(task, {kTarget}); }, {"Dreamer::apply", "layer 1", "no free slot"});
+  EXPECT_TRUE(m.level(0, 1).active_slots().empty()) << "layer 0's slot must not be taken by a refused apply";
+}
+
 TEST(Dreaming, ApplyGuardRejectsAnUpdateThatLowersTau) {
   // τ rewards the opposite of what the dream teaches: applying it lowers τ, so the guard
   // leaves the model (weights, slots) exactly as it was; without the guard it is applied.
