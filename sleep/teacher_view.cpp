@@ -29,6 +29,32 @@ TeacherView::TeacherView(nn::Transformer& model, TeacherViewSpec spec) : model_(
                  dtype_name(t.dtype()), t.device().str(), shape_str(cur.shape()), dtype_name(cur.dtype()),
                  cur.device().str());
   }
+  // The slot entries too, so that entering cannot fail half-way.
+  for (size_t l = 0; l < spec_.sender_slots.size(); ++l) {
+    const nn::CmsLevel& lv = model_.level(static_cast<int64_t>(l), spec_.sender);
+    for (const auto& [s, old_b] : spec_.sender_slots[l]) {
+      SOMNUS_CHECK(s >= 0 && s < lv.n_slots(), "TeacherView: sender slot {} of layer {} out of range [0, {})", s, l,
+                   lv.n_slots());
+      const Tensor& cur = lv.slot(s).B;
+      SOMNUS_CHECK(old_b.defined() && old_b.shape() == cur.shape() && old_b.dtype() == cur.dtype() &&
+                       old_b.device() == cur.device(),
+                   "TeacherView: the old B of sender slot {} of layer {} is {}, the slot's B {} {} on {}", s, l,
+                   old_b.defined() ? fmt::format("{} {} on {}", shape_str(old_b.shape()), dtype_name(old_b.dtype()),
+                                                 old_b.device().str())
+                                   : std::string("undefined"),
+                   shape_str(cur.shape()), dtype_name(cur.dtype()), cur.device().str());
+    }
+  }
+  if (!spec_.receiver_new_slot.empty()) {
+    SOMNUS_CHECK(spec_.sender + 1 < n_levels, "TeacherView: receiver_new_slot given, but sender level {} has no receiver",
+                 spec_.sender);
+    for (size_t l = 0; l < spec_.receiver_new_slot.size(); ++l) {
+      const int64_t s = spec_.receiver_new_slot[l];
+      const int64_t n = model_.level(static_cast<int64_t>(l), spec_.sender + 1).n_slots();
+      SOMNUS_CHECK(s >= -1 && s < n, "TeacherView: receiver_new_slot of layer {} is {}, expected -1 or a slot in [0, {})",
+                   l, s, n);
+    }
+  }
 }
 
 TeacherView::~TeacherView() {
@@ -42,34 +68,46 @@ std::string TeacherView::slot_b_name(int64_t layer, int64_t level, int64_t slot)
 void TeacherView::swap_in() {
   SOMNUS_CHECK(!entered_, "TeacherView: already entered (scopes do not nest)");
   stashed_.clear();
-  for (const auto& [name, old] : spec_.sender_old) stashed_.emplace_back(name, model_.set_parameter(name, old));
-  for (size_t l = 0; l < spec_.sender_slots.size(); ++l) {
-    nn::CmsLevel& lv = model_.level(static_cast<int64_t>(l), spec_.sender);
-    for (const auto& [s, old_b] : spec_.sender_slots[l]) {
-      const std::string name = slot_b_name(static_cast<int64_t>(l), spec_.sender, s);
-      stashed_.emplace_back(name, model_.set_parameter(name, old_b));
-      lv.set_slot_mask_for_view(s, true);
+  flipped_.clear();
+  try {
+    for (const auto& [name, old] : spec_.sender_old) stashed_.emplace_back(name, model_.set_parameter(name, old));
+    for (size_t l = 0; l < spec_.sender_slots.size(); ++l) {
+      for (const auto& [s, old_b] : spec_.sender_slots[l]) {
+        const std::string name = slot_b_name(static_cast<int64_t>(l), spec_.sender, s);
+        stashed_.emplace_back(name, model_.set_parameter(name, old_b));
+        flip_mask(static_cast<int64_t>(l), spec_.sender, s, true);
+      }
     }
-  }
-  for (size_t l = 0; l < spec_.receiver_new_slot.size(); ++l) {
-    const int64_t s = spec_.receiver_new_slot[l];
-    if (s >= 0) model_.level(static_cast<int64_t>(l), spec_.sender + 1).set_slot_mask_for_view(s, false);
+    for (size_t l = 0; l < spec_.receiver_new_slot.size(); ++l) {
+      const int64_t s = spec_.receiver_new_slot[l];
+      if (s >= 0) flip_mask(static_cast<int64_t>(l), spec_.sender + 1, s, false);
+    }
+  } catch (...) {
+    restore();  // a half-entered view must not leave the student's handles or masks swapped
+    throw;
   }
   entered_ = true;
 }
 
+void TeacherView::flip_mask(int64_t layer, int64_t level, int64_t slot, bool active) {
+  nn::CmsLevel& lv = model_.level(layer, level);
+  const bool before = lv.slot_active(slot);
+  lv.set_slot_mask_for_view(slot, active);
+  flipped_.push_back({layer, level, slot, before});
+}
+
+void TeacherView::restore() {
+  // Reverse order: a handle or mask touched twice gets its first (the student's) value back.
+  for (auto it = stashed_.rbegin(); it != stashed_.rend(); ++it) model_.set_parameter(it->first, it->second);
+  for (auto it = flipped_.rbegin(); it != flipped_.rend(); ++it)
+    model_.level(it->layer, it->level).set_slot_mask_for_view(it->slot, it->was_active);
+  stashed_.clear();
+  flipped_.clear();
+}
+
 void TeacherView::swap_out() {
   if (!entered_) return;
-  for (const auto& [name, t] : stashed_) model_.set_parameter(name, t);
-  stashed_.clear();
-  for (size_t l = 0; l < spec_.sender_slots.size(); ++l) {
-    nn::CmsLevel& lv = model_.level(static_cast<int64_t>(l), spec_.sender);
-    for (const auto& entry : spec_.sender_slots[l]) lv.set_slot_mask_for_view(entry.first, false);
-  }
-  for (size_t l = 0; l < spec_.receiver_new_slot.size(); ++l) {
-    const int64_t s = spec_.receiver_new_slot[l];
-    if (s >= 0) model_.level(static_cast<int64_t>(l), spec_.sender + 1).set_slot_mask_for_view(s, true);
-  }
+  restore();
   entered_ = false;
 }
 

@@ -38,6 +38,8 @@ struct TeacherViewSpec {
 
 class TeacherView {
  public:
+  // Validates the spec against the model (names, shapes, dtypes, devices, slot indices), so
+  // that entering cannot fail half-way; should it fail anyway, nothing stays swapped.
   TeacherView(nn::Transformer& model, TeacherViewSpec spec);
   ~TeacherView();
   TeacherView(const TeacherView&) = delete;
@@ -61,13 +63,20 @@ class TeacherView {
   };
 
  private:
-  void swap_in();   // the teacher's handles and masks into the model
+  void swap_in();   // the teacher's handles and masks into the model (all or nothing)
   void swap_out();  // the student's back
+  void flip_mask(int64_t layer, int64_t level, int64_t slot, bool active);
+  void restore();   // undoes whatever swap_in did, in reverse order
   static std::string slot_b_name(int64_t layer, int64_t level, int64_t slot);
 
+  struct Flip {
+    int64_t layer, level, slot;
+    bool was_active;  // the student's mask
+  };
   nn::Transformer& model_;
   TeacherViewSpec spec_;
-  NamedTensors stashed_;  // the student's handles while entered
+  NamedTensors stashed_;      // the student's handles while entered
+  std::vector<Flip> flipped_;  // the student's masks while entered
   bool entered_ = false;
 };
 

@@ -709,3 +709,58 @@ TEST(Wake, RefusedScheduledConsolidationComesBeforeTheStep) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// A TeacherView whose spec named a slot that does not exist was accepted; entering it then
+// threw half-way, after θ_old had been swapped in, and the failed Scope never swapped it
+// back: the model silently computed the teacher from then on (its logits equal to the
+// unperturbed model's, rel. error 0 vs 0.17 to the student's).
+TEST(TeacherView, BadSlotSpecsAreRefusedAndNothingStaysSwapped) {
+  auto m = make_model();
+  Consolidator c(*m, ks_config(0));
+  const NamedTensors old = c.snapshot_sender();
+  perturb_sender(*m, 0, 3);
+  const Tensor ids = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {1, 6}, DType::i64);
+  NoGradGuard no_grad;
+  const Tensor student = m->forward(ids);
+
+  TeacherViewSpec bad_index;
+  bad_index.sender = 0;
+  bad_index.sender_old = old;
+  bad_index.sender_slots.resize(2);
+  bad_index.sender_slots[1].emplace_back(7, Tensor::zeros({4, 16}));
+  expect_error([&] { TeacherView v(*m, bad_index); }, {"sender slot 7 of layer 1 out of range"});
+  TeacherViewSpec bad_shape = bad_index;
+  bad_shape.sender_slots[1] = {{0, Tensor::zeros({3, 3})}};
+  expect_error([&] { TeacherView v(*m, bad_shape); }, {"old B of sender slot 0 of layer 1 is (3, 3)"});
+  TeacherViewSpec bad_receiver;
+  bad_receiver.sender = 0;
+  bad_receiver.sender_old = old;
+  bad_receiver.receiver_new_slot = {0, 5};
+  expect_error([&] { TeacherView v(*m, bad_receiver); }, {"receiver_new_slot of layer 1 is 5"});
+  EXPECT_TRUE(nn::testing::bitwise_equal(m->forward(ids), student));
+
+  // Should entering fail anyway (a parameter replaced behind the view's back), nothing stays
+  // swapped and the masks are as they were.
+  Generator gen(1);
+  m->level(0, 1).activate_slot(gen);
+  TeacherViewSpec spec;
+  spec.sender = 0;
+  spec.sender_old = old;
+  spec.receiver_new_slot = {0, -1};
+  spec.sender_slots.resize(2);
+  spec.sender_slots[1] = {{0, Tensor::zeros({4, 16})}};
+  TeacherView view(*m, spec);
+  const Tensor with_slot = m->forward(ids);
+  m->level(1, 0).slot(0).B = Tensor::zeros({4, 16}, DType::f64);  // makes set_parameter refuse the f32 old B
+  expect_error([&] { TeacherView::Scope s(view); }, {"set_parameter"});
+  EXPECT_FALSE(view.entered());
+  EXPECT_TRUE(m->level(0, 1).slot_active(0));
+  EXPECT_FALSE(m->level(1, 0).slot_active(0));
+  EXPECT_TRUE(nn::testing::bitwise_equal(m->forward(ids), with_slot));
+}
+
+}  // namespace
+}  // namespace somnus::sleep
