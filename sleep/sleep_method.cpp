@@ -63,6 +63,13 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   ++episodes_;
   metrics_ = json::object();
 
+  // The episode's sleep prompts, before the wake: a scheduled consolidation during it
+  // (wake.consolidate_every > 0) samples its teacher from them too, not from the previous
+  // episode's (or, in the first episode, from token 0).
+  std::vector<std::vector<TokenId>> prompts = cfg_.sleep_prompts;
+  if (prompts.empty()) prompts = {ep.train_prefix.empty() ? std::vector<TokenId>{0} : ep.train_prefix};
+  learner_->set_sleep_prompts(prompts);
+
   // 1. wake
   const int64_t block = model.config().block_size;
   const std::vector<TrainSequence> rows = ep.sft_rows(block);
@@ -77,12 +84,7 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   if (!losses.empty()) metrics_["wake"] = {{"steps", losses.size()}, {"first_loss", losses.front()}, {"last_loss", losses.back()}};
 
   // 2. sleep
-  if (cfg_.consolidate) {
-    std::vector<std::vector<TokenId>> prompts = cfg_.sleep_prompts;
-    if (prompts.empty()) prompts = {ep.train_prefix.empty() ? std::vector<TokenId>{0} : ep.train_prefix};
-    learner_->set_sleep_prompts(prompts);
-    metrics_["consolidation"] = learner_->sleep().to_json();
-  }
+  if (cfg_.consolidate) metrics_["consolidation"] = learner_->sleep().to_json();
 
   // 3. dream
   if (cfg_.dreaming && ep.score && !ep.context.empty()) {

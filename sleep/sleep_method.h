@@ -10,7 +10,9 @@
 //                Knowledge Seeding on the model's own samples (prompts: `sleep_prompts`, or
 //                the episode's train_prefix, or token 0; sampling stops at
 //                consolidation.ks.stop_tokens, or, when those are empty, at the first
-//                episode's stop_tokens, for every later sleep too);
+//                episode's stop_tokens, for every later sleep too); the same prompts
+//                serve the scheduled consolidations of the episode's wake
+//                (wake.consolidate_every > 0);
 //   3. dream     when `dreaming` is on and the episode has a scorer τ and a context: the
 //                Dreamer loop (sleep/dreaming.h), applying the rewarded dreams.
 // The wake learner (its optimiser, its accumulators, the consolidator's slot ages) persists

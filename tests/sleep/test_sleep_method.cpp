@@ -127,6 +127,36 @@ TEST(SleepMethod, ConfigErrors) {
   somnus::testing::expect_error([&] { method->learn(model, episode()); }, {"needs a receiver level 1"});
 }
 
+// The episode's sleep prompts were set only at the sleep step, after the wake: a scheduled
+// consolidation during the wake (wake.consolidate_every) sampled its teacher from token 0 in
+// the first episode and from the previous episode's prompts later.
+TEST(SleepMethod, ScheduledConsolidationsUseTheEpisodesSleepPrompts) {
+  Generator gen(1);
+  nn::Transformer model(tiny(), gen);
+  SleepMethodConfig c = small_config();
+  c.wake_steps = 2;
+  c.wake.consolidate_every = 1;  // one scheduled consolidation per wake step (period 1)
+  c.consolidate = false;
+  c.dreaming = false;
+  c.consolidation.ks.steps = 1;
+  SleepMethod method(c);
+  LearningEpisode ep = episode();
+  ep.train_prefix = {5, 6};
+  // A refused prompt shows which prompts the wake's consolidations use: one as long as the
+  // window is refused by the consolidation (and so by the step that schedules it).
+  LearningEpisode too_long = ep;
+  too_long.train_prefix.assign(static_cast<size_t>(tiny().block_size), 5);
+  somnus::testing::expect_error([&] { method.learn(model, too_long); }, {"consolidate: every prompt needs"});
+  EXPECT_TRUE(model.level(0, 1).active_slots().empty());
+
+  SleepMethod ok(c);
+  Generator gen2(1);
+  nn::Transformer model2(tiny(), gen2);
+  ok.learn(model2, ep);
+  EXPECT_EQ(model2.level(0, 1).active_slots().size(), 2u);  // both steps consolidated
+  EXPECT_EQ(ok.learner()->state().scalars.at("prompts"), nlohmann::json({{5, 6}}));
+}
+
 // Values of the right JSON kind at the top but wrong inside (list elements) or negative where
 // the field is unsigned used to pass check_config_keys: nlohmann's own type_error (naming no
 // key), or a seed of -1 read as 18446744073709551615, or a sleep prompt [-3] accepted.
