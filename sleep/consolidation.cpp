@@ -236,6 +236,10 @@ NamedTensors Consolidator::snapshot_sender() const {
   const std::string marker = fmt::format(".cms.{}.", cfg_.sender);
   for (const auto& [name, t] : model_.named_parameters()) {
     if (name.find(marker) == std::string::npos || name.find(".slots.") != std::string::npos) continue;
+    // LoRA handles (sleep/lora.h) that a Dreamer left on the level's layers are not sender
+    // weights: they are the adapters' (an "off" pair of zeros once dreaming is over), and
+    // counting them would change the snapshot's layout the first time a model dreams.
+    if (name.find(".lora_") != std::string::npos) continue;
     out.emplace_back(name, t.clone());
   }
   return out;

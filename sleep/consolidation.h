@@ -108,7 +108,8 @@ class Consolidator {
   Consolidator(nn::Transformer& model, ConsolidationConfig cfg);
 
   // θ_old: a copy of every non-slot parameter of the sender level in every layer (the only
-  // weight copy consolidation makes). Take it before the optimiser applies the sender.
+  // weight copy consolidation makes), LoRA adapter handles (lora_A, lora_B) excluded. Take it
+  // before the optimiser applies the sender.
   NamedTensors snapshot_sender() const;
 
   // Steps (b) and (c). `sender_old` from snapshot_sender() (empty: θ_new = θ_old); prompts:

@@ -764,3 +764,41 @@ TEST(TeacherView, BadSlotSpecsAreRefusedAndNothingStaysSwapped) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+#include "sleep/dreaming.h"
+
+namespace somnus::sleep {
+namespace {
+
+// Once a Dreamer had enabled LoRA on the model (its "mlp" target covers the sender level),
+// snapshot_sender() also copied the layers' lora_A / lora_B handles: the anchor of a
+// learner saved before the model first dreamed (6 tensors here) no longer matched the
+// sender's layout (10), and WakeLearner::load_state refused it.
+TEST(Wake, SenderSnapshotIgnoresLoraHandles) {
+  auto m = make_model();
+  WakeConfig w;
+  w.lr = 1e-2;
+  WakeLearner learner(*m, w, ks_config(1));
+  learner.sleep();  // records the anchor
+  const LearnerState saved = learner.state();
+  const size_t n = learner.consolidator().snapshot_sender().size();
+  ASSERT_EQ(saved.anchor.size(), n);
+  {
+    DreamConfig dc;
+    dc.lora.targets = {"attn", "mlp"};
+    Dreamer dreamer(*m, dc);  // enables LoRA on the sender's MLP too
+  }
+  bool has_lora = false;
+  for (const auto& [name, p] : m->named_parameters())
+    has_lora = has_lora || (name.find(".cms.0.") != std::string::npos && name.find(".lora_") != std::string::npos);
+  ASSERT_TRUE(has_lora);
+  for (const auto& [name, t] : learner.consolidator().snapshot_sender())
+    EXPECT_EQ(name.find(".lora_"), std::string::npos) << name;
+  EXPECT_EQ(learner.consolidator().snapshot_sender().size(), n);
+  learner.load_state(saved);  // the pre-dream state still fits
+  for (int64_t k = 1; k <= 2; ++k) learner.train_step(repeat_batch(4, 16, k));
+  EXPECT_FALSE(learner.sleep().skipped);
+}
+
+}  // namespace
+}  // namespace somnus::sleep
