@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +69,27 @@ inline std::vector<nlohmann::json> read_metrics(const std::string& path) {
     out.push_back(j);
   }
   return out;
+}
+
+// Word-like text of at least min_bytes from a fixed LCG (no data files needed): each word is
+// words[(s >> 33) % n], followed by ".\n" when (s >> 20) % newline_every == 0, else a space.
+inline std::string lcg_word_text(const std::vector<std::string>& words, uint64_t seed, size_t min_bytes,
+                                 uint64_t newline_every) {
+  uint64_t s = seed;
+  std::string text;
+  while (text.size() < min_bytes) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    text += words[(s >> 33) % words.size()];
+    text += ((s >> 20) % newline_every == 0) ? ".\n" : " ";
+  }
+  return text;
+}
+
+// The 16 words of the CLI tests' corpora.
+inline const std::vector<std::string>& cli_words() {
+  static const std::vector<std::string> w = {"the", "king",   "and",   "queen", "of", "sleep", "dream", "wakes",
+                                             "in",  "a",      "castle", "night", "we", "shall", "learn", "slowly"};
+  return w;
 }
 
 }  // namespace somnus::testing

@@ -26,16 +26,7 @@ const auto run = somnus::testing::run_cli;
 
 // ~24 KB of word-like text from a fixed LCG (no data files needed).
 std::string write_corpus(const std::string& path) {
-  static const char* words[] = {"the",  "king", "and",   "queen", "of",   "sleep", "dream", "wakes",
-                                "in",   "a",    "castle", "night", "we",   "shall", "learn", "slowly"};
-  uint64_t s = 12345;
-  std::string text;
-  while (text.size() < 24000) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    text += words[(s >> 33) % 16];
-    text += ((s >> 20) % 7 == 0) ? ".\n" : " ";
-  }
-  std::ofstream(path) << text;
+  std::ofstream(path) << somnus::testing::lcg_word_text(somnus::testing::cli_words(), 12345, 24000, 7);
   return path;
 }
 

@@ -19,18 +19,7 @@ using Result = somnus::testing::CliResult;
 const auto run = somnus::testing::run_cli;
 
 // ~12 KB of word-like text from a fixed LCG.
-std::string corpus_text() {
-  static const char* words[] = {"the", "king", "and", "queen", "of", "sleep", "dream", "wakes",
-                                "in",  "a",    "castle", "night", "we", "shall", "learn", "slowly"};
-  uint64_t s = 777;
-  std::string text;
-  while (text.size() < 12000) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    text += words[(s >> 33) % 16];
-    text += ((s >> 20) % 7 == 0) ? ".\n" : " ";
-  }
-  return text;
-}
+std::string corpus_text() { return somnus::testing::lcg_word_text(somnus::testing::cli_words(), 777, 12000, 7); }
 
 // One tiny model (block_size 16) trained for a few steps, shared by the tests of this file.
 class CliInference : public ::testing::Test {

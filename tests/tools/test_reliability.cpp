@@ -32,15 +32,8 @@ Result run(const std::string& args) { return run_cli(args); }
 using TempDir = CliTempDir;
 
 std::string write_corpus(const std::string& path) {
-  static const char* words[] = {"sleep", "wake", "dream", "the", "a", "river", "stone", "night"};
-  uint64_t s = 777;
-  std::string text;
-  while (text.size() < 12000) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    text += words[(s >> 33) % 8];
-    text += ((s >> 20) % 5 == 0) ? ".\n" : " ";
-  }
-  std::ofstream(path) << text;
+  std::ofstream(path) << somnus::testing::lcg_word_text({"sleep", "wake", "dream", "the", "a", "river", "stone", "night"},
+                                                        777, 12000, 5);
   return path;
 }
 
