@@ -11,6 +11,7 @@
 #include "autograd/losses.h"
 #include "nn/generate.h"
 #include "sleep/consolidation.h"
+#include "sleep/dreaming.h"
 #include "sleep/teacher_view.h"
 #include "sleep/wake.h"
 #include "nn/nn_testing.h"
@@ -764,8 +765,6 @@ TEST(TeacherView, BadSlotSpecsAreRefusedAndNothingStaysSwapped) {
 
 }  // namespace
 }  // namespace somnus::sleep
-
-#include "sleep/dreaming.h"
 
 namespace somnus::sleep {
 namespace {
