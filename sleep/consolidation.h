@@ -72,7 +72,10 @@ struct ConsolidationConfig {
   int64_t sender = 0;         // ℓ; the receiver is ℓ + 1
   bool expansion = true;      // false: the "without expansion" ablation (θ_new only, no slot, no seeding)
   bool seeding = true;        // false: expansion without Knowledge Seeding (the slot stays a no-op)
-  SlotPolicy on_exhausted = SlotPolicy::error;  // evict_oldest: reset the receiver's oldest slot first
+  // evict_oldest: reset the receiver's oldest slot first. The reset comes before the teacher
+  // view is built, so what that slot held is dropped, not distilled into the new slot (the
+  // teacher is the current model without it; PARADIGM says nothing of eviction).
+  SlotPolicy on_exhausted = SlotPolicy::error;
   double slot_init_std = 0.0;  // std of the new slot's A; 0 = 1/√d ([choice] A ~ N(0, 1/d), B = 0)
   SeedingConfig ks;
 
