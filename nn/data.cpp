@@ -12,7 +12,7 @@ TokenStreamBatcher::TokenStreamBatcher(std::vector<TokenId> tokens, int64_t batc
     : tokens_(std::move(tokens)), batch_(batch), seq_len_(seq_len), gen_(seed) {
   SOMNUS_CHECK(batch > 0 && seq_len > 0, "TokenStreamBatcher: batch ({}) and seq_len ({}) must be positive", batch,
                seq_len);
-  SOMNUS_CHECK(static_cast<int64_t>(tokens_.size()) > seq_len + 1,
+  SOMNUS_CHECK(static_cast<int64_t>(tokens_.size()) >= seq_len + 1,
                "TokenStreamBatcher: a stream of {} tokens is too short for windows of {} + 1", tokens_.size(),
                seq_len);
 }
@@ -37,7 +37,9 @@ static void fill_window(Batch& b, int64_t row, const std::vector<TokenId>& token
 }
 
 Batch TokenStreamBatcher::next() {
-  const Tensor starts = randint(0, num_tokens() - seq_len_ - 1, {batch_}, gen_);
+  // Windows start at 0 .. N − T − 1 (the last one ends with the stream's last token as its
+  // last target); randint's upper bound is exclusive.
+  const Tensor starts = randint(0, num_tokens() - seq_len_, {batch_}, gen_);
   const int64_t* s = starts.data<int64_t>();
   Batch b = make_batch(batch_, seq_len_);
   for (int64_t r = 0; r < batch_; ++r) fill_window(b, r, tokens_, s[r], seq_len_);

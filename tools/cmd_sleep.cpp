@@ -131,9 +131,9 @@ void run_sleep(const SleepArgs& a) {
   // Unless set, the wake phase continues at the rate the checkpoint last trained at.
   // WakeConfig's default (3e-3) is the reproduction suite's, for models trained from scratch
   // inside the experiment; on a trained model it undoes part of the training. Measured on
-  // tools/configs/cms_tiny.json trained 400 steps (lr 2e-3, cosine to 2e-4), 50 wake steps on
-  // 8 kB of new text: wake.lr 3e-3 took the held-out NLL 3.72 -> 4.99 and the old NLL
-  // 4.15 -> 7.38; 3e-4 took them to 3.55 and 4.62.
+  // tools/configs/cms_tiny.json trained its 300 steps (lr 2e-3, cosine to 2e-4), 50 wake steps
+  // on 8 kB of new text: wake.lr 3e-3 took the held-out NLL 3.98 -> 4.91 and the old NLL
+  // 4.27 -> 7.17; the default here, 2e-4, took them to 3.73 and 4.56 (README, "CLI").
   if (cj.is_object() && !(cj.contains("wake") && cj["wake"].is_object() && cj["wake"].contains("lr"))) {
     if (const std::optional<double> lr = last_training_lr(dir)) {
       if (!cj.contains("wake")) cj["wake"] = json::object();

@@ -1,6 +1,8 @@
 // Token-stream batches and prompt/answer loss masks.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "nn/data.h"
 
 using namespace somnus;
@@ -48,7 +50,25 @@ TEST(TokenStreamBatcher, SequentialCoversTheStreamOnce) {
   EXPECT_EQ(windows, 10);
 }
 
+// Every window start 0 .. N − T − 1 is drawn, the last one (whose last target is the stream's
+// last token) included. The upper bound was one short: starts 0 .. N − T − 2, so the stream's
+// last token was never a target, and a stream of exactly T + 1 tokens was refused.
+TEST(TokenStreamBatcher, EveryWindowStartIsDrawn) {
+  TokenStreamBatcher b(iota_tokens(20), 4, 16, 3);  // starts 0 .. 3
+  std::set<int64_t> starts;
+  for (int i = 0; i < 100; ++i) {
+    const Batch batch = b.next();
+    for (int64_t r = 0; r < 4; ++r) starts.insert(static_cast<int64_t>(batch.input.at({r, 0})));
+  }
+  EXPECT_EQ(starts, (std::set<int64_t>{0, 1, 2, 3}));
+  TokenStreamBatcher one(iota_tokens(17), 2, 16, 0);  // exactly one window
+  const Batch batch = one.next();
+  EXPECT_EQ(batch.input.at({1, 0}), 0);
+  EXPECT_EQ(batch.target.at({1, 15}), 16);
+}
+
 TEST(TokenStreamBatcher, BadArgumentsThrow) {
+  EXPECT_THROW(TokenStreamBatcher(iota_tokens(16), 2, 16, 0), Error);
   EXPECT_THROW(TokenStreamBatcher(iota_tokens(10), 2, 16, 0), Error);
   EXPECT_THROW(TokenStreamBatcher(iota_tokens(100), 0, 16, 0), Error);
 }
