@@ -238,17 +238,21 @@ Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu) {
   const bool need_a = wants_grad(a), need_b = wants_grad(b), need_bias = wants_grad(bias);
   // dA needs B and dB needs A: save each only when the other's gradient is wanted.
   return record(gelu ? "matmul_gelu" : "matmul", {a, b, bias}, y,
-                [a = need_b ? a.detach() : Tensor(), b = need_a ? b.detach() : Tensor(), b_dim = b.dim(),
+                [a = need_b ? a.detach() : Tensor(), b = need_a ? b.detach() : Tensor(), b_shape = b.shape(),
                  pre_gelu = gelu ? pre_gelu.detach() : Tensor(), gelu, need_a, need_b, need_bias](const TensorList& g) {
                   const Tensor gz = gelu ? kernels::unary_backward(Unary::gelu, pre_gelu, g[0]) : g[0];
                   const int64_t n = gz.size(-1);
                   Tensor ga, gb, gbias;
                   if (need_a) ga = kernels::matmul(gz, b.transpose(-2, -1));  // (…, M, N) @ (…, N, K)
                   if (need_b) {
-                    if (a.dim() == 3 && b_dim == 2) {  // b itself is saved only when dA is needed
-                      // b is shared by every batch: its gradient sums over the batch too.
+                    // b is shared by every batch when it is 2-D or a 3-D batch of one (kernels::matmul
+                    // takes both): its gradient sums over a's batch too. (b itself is saved only when
+                    // dA is needed, so its shape is.)
+                    const bool shared_b = a.dim() == 3 && (b_shape.size() == 2 || b_shape[0] == 1);
+                    if (shared_b) {
                       const int64_t k = a.size(-1);
                       gb = kernels::matmul(a.reshape({-1, k}).transpose(0, 1), gz.reshape({-1, n}));  // (K, N)
+                      if (b_shape.size() == 3) gb = gb.unsqueeze(0);                                   // (1, K, N)
                     } else {
                       gb = kernels::matmul(a.transpose(-2, -1), gz);  // (…, K, M) @ (…, M, N)
                     }

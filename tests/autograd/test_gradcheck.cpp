@@ -304,6 +304,10 @@ TEST(Gradcheck, Matmul) {
       {"batched bias gelu", {2, 3, 4}, {2, 4, 5}, true, true},
       {"shared b", {2, 3, 4}, {4, 5}, false, false},
       {"shared b bias gelu", {2, 3, 4}, {4, 5}, true, true},
+      // A 3-D b with a batch of one is shared too (kernels::matmul takes it); its gradient
+      // must sum over a's batch back to (1, K, N), not come back as (Bt, K, N).
+      {"batch-1 b", {3, 4, 5}, {1, 5, 2}, false, false},
+      {"batch-1 b bias gelu", {3, 4, 5}, {1, 5, 2}, true, true},
   };
   uint64_t seed = 1000;
   for (const MatmulCase& c : cases) {
