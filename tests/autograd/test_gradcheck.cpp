@@ -271,6 +271,28 @@ TEST(Gradcheck, MaxRoutesGradientToTheMaximum) {
   EXPECT_NEAR(g[2] + g[3], 2.0 / 3, 1e-15);
 }
 
+// Infinite and NaN maxima over all elements get the gradient as in PyTorch's max(): x − y is
+// NaN for x == y == ±inf, so a mask built from it alone gave NaN everywhere.
+TEST(Gradcheck, MaxOverAllWithInfAndNaN) {
+  const double inf = INFINITY, nan = NAN;
+  struct Case {
+    std::vector<double> x, grad;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{1, inf, 2}, {0, 1, 0}},            // torch.tensor([1, inf, 2]).max() -> grad [0, 1, 0]
+           {{inf, 3, inf}, {0.5, 0, 0.5}},      // tied infinite maxima share it
+           {{-inf, -inf}, {0.5, 0.5}},          // everything masked out: all tied at −inf
+           {{-inf, 2, -inf}, {0, 1, 0}},
+           {{1, nan, 3}, {0, 1, 0}},            // the NaN is the max
+           {{nan, 2, nan, inf}, {0.5, 0, 0.5, 0}},
+       }) {
+    Tensor x = Tensor::from_vector(c.x, {static_cast<int64_t>(c.x.size())}, DType::f64);
+    x.set_requires_grad(true);
+    backward(max(x));
+    EXPECT_EQ(x.grad().to_vector(), c.grad) << "x = " << x.str();
+  }
+}
+
 // ---------------------------------------------------------------- softmax
 
 TEST(Gradcheck, SoftmaxAndLogSoftmax) {
