@@ -189,6 +189,8 @@ void unary_backward_typed(Unary op, const Tensor& x, const Tensor& dy, const Ten
       const C p = static_cast<C>(scalar);
       if (scalar == 2.0) return map2<T>(x, dy, out, [](C v, C g) { return g * C(2) * v; });
       if (scalar == 1.0) return map2<T>(x, dy, out, [](C, C g) { return g; });
+      // x^0 is constant: 0, also at x = 0 where 0 · x^−1 would be NaN (as the CUDA twin and PyTorch).
+      if (scalar == 0.0) return map2<T>(x, dy, out, [](C, C) { return C(0); });
       return map2<T>(x, dy, out, [p](C v, C g) { return g * p * std::pow(v, p - C(1)); });
     }
     case Unary::abs:

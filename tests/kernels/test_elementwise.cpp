@@ -299,3 +299,15 @@ TEST(Unary, Float32ExpFamilyOverFullRange) {
   EXPECT_EQ(si[1], 0.0);
   EXPECT_EQ(si[2], 100.0);
 }
+
+// d(x^0)/dx is 0 everywhere, x = 0 included (the CUDA twin returns 0 for p == 0; PyTorch's
+// pow backward masks exponent 0 to 0). The CPU kernel computed dy · 0 · 0^−1 = NaN at x = 0.
+TEST(Unary, PowZeroBackwardIsZeroAtZero) {
+  for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
+    const Tensor x = Tensor::from_vector({0.0, -0.0, 2.0, -3.0}, {4}, dt);
+    const Tensor dy = Tensor::from_vector({1.0, 2.0, 3.0, 4.0}, {4}, dt);
+    EXPECT_EQ(unary_backward(Unary::pow, x, dy, 0.0).to_vector(), (std::vector<double>{0, 0, 0, 0}))
+        << dtype_name(dt);
+    EXPECT_EQ(unary(Unary::pow, x, 0.0).to_vector(), (std::vector<double>{1, 1, 1, 1})) << dtype_name(dt);
+  }
+}
