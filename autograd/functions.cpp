@@ -93,16 +93,39 @@ Tensor div(const Tensor& a, const Tensor& b) {
       [b = b.detach(), y = y.detach()](const Tensor& g) { return k_neg(k_div(k_mul(g, y), b)); });
 }
 
-// maximum and minimum: a's share of the gradient is 1 where a is the result, 0 where b is,
-// and 1/2 on ties; b gets the rest. The share is computed once in the forward and saved.
+// NaN where t is NaN, else 0 (minimum and maximum propagate NaN; ±inf collapse to 0): with
+// where(), which takes NaN as true, a NaN test built from the kernels we have.
+static Tensor nan_or_zero(const Tensor& t) {
+  const Tensor zero = scalar_like(0.0, t);
+  return kernels::binary(Binary::maximum, kernels::binary(Binary::minimum, t, zero), zero);
+}
+
+// 1 where u == v (the same infinity included), else 0; 0 where either is NaN. u − v alone is
+// not enough: it is NaN for the same infinity, and where() takes NaN as true.
+static Tensor equal_mask(const Tensor& u, const Tensor& v) {
+  const Tensor zero = scalar_like(0.0, u), one = scalar_like(1.0, u);
+  const Tensor d = k_sub(u, v);
+  Tensor m = kernels::where(d, zero, one);            // u − v == 0
+  m = kernels::where(nan_or_zero(d), one, m);         // or NaN: the same infinity, or a NaN operand
+  m = kernels::where(nan_or_zero(u), zero, m);        // ... but not a NaN operand
+  return kernels::where(nan_or_zero(v), zero, m);
+}
+
+// maximum and minimum: an operand's share of the gradient is 1 where it alone is the result,
+// 1/2 on ties (the same infinity included, as PyTorch), 0 where the other is. A NaN operand
+// is the result (it propagates), as in max(x); two NaNs share. The shares are computed once
+// in the forward and saved.
 static Tensor min_max(Binary op, const char* name, const Tensor& a, const Tensor& b) {
   Tensor y = kernels::binary(op, a, b);
   if (!autograd::needs_grad({a, b})) return y;
-  Tensor one = scalar_like(1.0, y), zero = scalar_like(0.0, y), half = scalar_like(0.5, y);
-  Tensor a_share = kernels::where(k_sub(y, b), one, kernels::where(k_sub(a, b), zero, half));
+  const Tensor one = scalar_like(1.0, y), zero = scalar_like(0.0, y), half = scalar_like(0.5, y);
+  const Tensor a_is = kernels::where(nan_or_zero(a), one, equal_mask(y, a));
+  const Tensor b_is = kernels::where(nan_or_zero(b), one, equal_mask(y, b));
+  const Tensor a_share = kernels::where(a_is, kernels::where(b_is, half, one), zero);
+  const Tensor b_share = kernels::where(b_is, kernels::where(a_is, half, one), zero);
   return record_binary(
       name, a, b, y, [s = a_share](const Tensor& g) { return k_mul(g, s); },
-      [s = a_share, one](const Tensor& g) { return k_mul(g, k_sub(one, s)); });
+      [s = b_share](const Tensor& g) { return k_mul(g, s); });
 }
 
 Tensor maximum(const Tensor& a, const Tensor& b) { return min_max(Binary::maximum, "maximum", a, b); }
@@ -209,10 +232,6 @@ Tensor max(const Tensor& x) {
     // which would drop every maximum and give NaN gradients. NaN maxima: y is NaN exactly
     // when some x is, and then the gradient goes to the NaN elements (as PyTorch's).
     const Tensor zero = scalar_like(0.0, x), one = scalar_like(1.0, x);
-    // NaN where t is NaN, else 0 (minimum and maximum propagate NaN; ±inf collapse to 0).
-    auto nan_or_zero = [&zero](const Tensor& t) {
-      return kernels::binary(Binary::maximum, kernels::binary(Binary::minimum, t, zero), zero);
-    };
     const Tensor d = k_sub(x, y);
     Tensor is_max = kernels::where(d, zero, one);                          // x − y == 0
     is_max = kernels::where(nan_or_zero(d), one, is_max);                  // or the same infinity

@@ -293,6 +293,33 @@ TEST(Gradcheck, MaxOverAllWithInfAndNaN) {
   }
 }
 
+// maximum / minimum at infinities and NaN. Their gradient mask came from where(y − b, …),
+// and y − b is NaN when y and b are the same infinity: maximum(3, inf) gave a (3) the whole
+// gradient and b (inf, the result) none, and a tie of infinities did not share it.
+TEST(Gradcheck, MaximumMinimumWithInfAndNaN) {
+  const double inf = INFINITY, nan = NAN;
+  const std::vector<double> av = {3, inf, inf, nan, 1, -inf, nan}, bv = {inf, 2, inf, 1, 1, -inf, nan};
+  // PyTorch 1.13: the same for ties and infinities; a NaN operand here takes the gradient
+  // alone (torch gives it to both), as in max(x).
+  const std::vector<double> max_a = {0, 1, 0.5, 1, 0.5, 0.5, 0.5}, max_b = {1, 0, 0.5, 0, 0.5, 0.5, 0.5};
+  const std::vector<double> min_a = {1, 0, 0.5, 1, 0.5, 0.5, 0.5}, min_b = {0, 1, 0.5, 0, 0.5, 0.5, 0.5};
+  for (bool is_max : {true, false}) {
+    Tensor a = Tensor::from_vector(av, {7}, DType::f64), b = Tensor::from_vector(bv, {7}, DType::f64);
+    a.set_requires_grad(true);
+    b.set_requires_grad(true);
+    backward(sum(is_max ? maximum(a, b) : minimum(a, b)));
+    EXPECT_EQ(a.grad().to_vector(), is_max ? max_a : min_a) << (is_max ? "maximum" : "minimum");
+    EXPECT_EQ(b.grad().to_vector(), is_max ? max_b : min_b) << (is_max ? "maximum" : "minimum");
+  }
+  // Broadcast b: its gradient sums over the broadcast dim.
+  Tensor a = Tensor::from_vector({1, 5, -inf, 2}, {2, 2}, DType::f64), b = Tensor::from_vector({2, -inf}, {2}, DType::f64);
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  backward(sum(maximum(a, b)));
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{0, 1, 0, 1}));
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{2, 0}));
+}
+
 // ---------------------------------------------------------------- softmax
 
 TEST(Gradcheck, SoftmaxAndLogSoftmax) {
