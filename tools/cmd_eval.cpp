@@ -97,12 +97,15 @@ void run_eval(const EvalArgs& a) {
       b.input = Tensor::empty({B, L}, DType::i64);
       b.target = Tensor::empty({B, L}, DType::i64);
       b.mask = Tensor::zeros({B, L}, DType::f32);
+      int64_t* x = b.input.data<int64_t>();
+      int64_t* y = b.target.data<int64_t>();
+      float* m = b.mask.data<float>();
       for (int64_t i = 0; i < B; ++i) {
         const Row& row = rows[r0 + static_cast<size_t>(i)];
         for (int64_t t = 0; t < L; ++t) {
-          b.input.data<int64_t>()[i * L + t] = ids[static_cast<size_t>(row.start + t)];
-          b.target.data<int64_t>()[i * L + t] = ids[static_cast<size_t>(row.start + t + 1)];
-          if (t >= L - row.counted) b.mask.data<float>()[i * L + t] = 1.0f;
+          x[i * L + t] = ids[static_cast<size_t>(row.start + t)];
+          y[i * L + t] = ids[static_cast<size_t>(row.start + t + 1)];
+          if (t >= L - row.counted) m[i * L + t] = 1.0f;
         }
         b.counted_tokens += row.counted;
       }

@@ -41,8 +41,6 @@ struct ExperimentOptions {
   std::string device = "cpu";
 };
 
-std::string quote(const std::string& s) { return gnuplot_quote(s); }
-
 // Runs gnuplot on `script`; a missing gnuplot is a warning (the data files stay).
 void gnuplot(const fs::path& script) {
   const int rc = run_gnuplot(script);
@@ -70,10 +68,10 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
     }
     std::ofstream gp(dir / "bars.gp");
     // yrange [0:*] with every bar at 0 (e.g. all accuracies 0) is an empty range gnuplot warns about.
-    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "bars.png").string()) << "\n"
-       << "set title " << quote(fmt::format("{}: {} (mean ± std over seeds)", title, key)) << "\n"
+    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << gnuplot_quote((dir / "bars.png").string()) << "\n"
+       << "set title " << gnuplot_quote(fmt::format("{}: {} (mean ± std over seeds)", title, key)) << "\n"
        << "set style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:" << (top > 0 ? "*" : "1") << "]\nset grid ytics\n"
-       << "plot " << quote(dat.string()) << " using 1:3:xtic(2) with boxes notitle, '' using 1:3:4 with yerrorbars lc rgb 'black' notitle\n";
+       << "plot " << gnuplot_quote(dat.string()) << " using 1:3:xtic(2) with boxes notitle, '' using 1:3:4 with yerrorbars lc rgb 'black' notitle\n";
     gp.close();
     gnuplot(dir / "bars.gp");
   }
@@ -83,8 +81,8 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
   for (const auto& a : agg) any_curve |= a.contains("avg_acc_curve");
   if (any_curve) {
     std::ofstream gp(dir / "curves.gp");
-    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << quote((dir / "curves.png").string()) << "\n"
-       << "set title " << quote(title + ": average accuracy over the tasks seen so far") << "\n"
+    gp << "set terminal pngcairo size 800,480 noenhanced\nset output " << gnuplot_quote((dir / "curves.png").string()) << "\n"
+       << "set title " << gnuplot_quote(title + ": average accuracy over the tasks seen so far") << "\n"
        << "set xlabel 'tasks learned'\nset xtics 1\nset ylabel 'accuracy'\nset yrange [0:1]\nset grid\n"
        << "set key outside right\n";
     std::string plot = "plot ";
@@ -96,8 +94,8 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
       for (size_t k = 0; k < c.size(); ++k) {
         if (c[k].is_object()) f << k + 1 << " " << c[k]["mean"].get<double>() << " " << c[k]["std"].get<double>() << "\n";
       }
-      plot += fmt::format("{}{} using 1:2:3 with yerrorlines title {}", plot == "plot " ? "" : ", ", quote(dat.string()),
-                          quote(r.methods[i].method));
+      plot += fmt::format("{}{} using 1:2:3 with yerrorlines title {}", plot == "plot " ? "" : ", ", gnuplot_quote(dat.string()),
+                          gnuplot_quote(r.methods[i].method));
     }
     gp << plot << "\n";
     gp.close();
@@ -112,9 +110,9 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
   if (any_matrix) {
     std::ofstream gp(dir / "heatmap.gp");
     gp << "set terminal pngcairo size " << 360 * r.methods.size() << ",380 noenhanced\nset output "
-       << quote((dir / "heatmap.png").string()) << "\n"
+       << gnuplot_quote((dir / "heatmap.png").string()) << "\n"
        << "set multiplot layout 1," << r.methods.size() << " title "
-       << quote(title + ": " + r.matrix_label + " after task i (y) on task j (x)") << "\n"
+       << gnuplot_quote(title + ": " + r.matrix_label + " after task i (y) on task j (x)") << "\n"
        << "set cbrange [0:" << r.matrix_max << "]\nset palette defined (0 'white', 1 'dark-green')\n"
        << "set style fill solid 1.0 border lc rgb 'gray80'\n"
        << "set xlabel 'task j'\nset ylabel 'after task i'\nset xtics 1\nset ytics 1\n";
@@ -136,10 +134,10 @@ void write_plots(const sleep::ExperimentResult& r, const fs::path& dir) {
       }
       f.close();
       if (cells == 0) continue;  // nothing measured: an empty data file is another gnuplot warning
-      gp << "set title " << quote(r.methods[i].method) << "\n"
+      gp << "set title " << gnuplot_quote(r.methods[i].method) << "\n"
          << fmt::format("set xrange [-0.5:{}]\nset yrange [{}:-0.5]\n", static_cast<double>(cols) - 0.5,
                         static_cast<double>(rows) - 0.5)
-         << "plot " << quote(dat.string())
+         << "plot " << gnuplot_quote(dat.string())
          << " using 1:2:(0.5):(0.5):3 with boxxyerror fillcolor palette notitle, '' using 1:2:(sprintf('"
          << (r.matrix_max > 1 ? "%.1f" : "%.2f") << "',$3)) with labels notitle\n";
     }

@@ -81,8 +81,8 @@ constexpr const char* kSlotOrderKey = "sleep_slot_activation";
 // times its schedule's scale at the last step taken. A `somnus sleep` checkpoint (no training
 // config): the wake.lr that sleep ran with, recorded in its train_state.json, so that a second
 // sleep on a slept model continues at the same rate. Empty when the checkpoint records neither.
-std::optional<double> last_training_lr(const std::string& dir) {
-  const nlohmann::json state = nn::read_checkpoint_json(dir, "train_state.json");
+// `state`: the checkpoint's train_state.json.
+std::optional<double> last_training_lr(const std::string& dir, const nlohmann::json& state) {
   if (!nn::checkpoint_has_file(dir, "train_config.json")) {
     const nlohmann::json extra = state.value("extra", nlohmann::json::object());
     if (extra.is_object() && extra.contains(kWakeLrKey) && extra.at(kWakeLrKey).is_number())
@@ -128,6 +128,7 @@ void run_sleep(const SleepArgs& a) {
     SOMNUS_CHECK(eq != std::string::npos && eq > 0, "sleep: --set expects key=value, got '{}'", s);
     sleep::set_config_key(cj, s.substr(0, eq), s.substr(eq + 1));
   }
+  const json ckpt_state = nn::read_checkpoint_json(dir, "train_state.json");
   // Unless set, the wake phase continues at the rate the checkpoint last trained at.
   // WakeConfig's default (3e-3) is the reproduction suite's, for models trained from scratch
   // inside the experiment; on a trained model it undoes part of the training. Measured on
@@ -135,7 +136,7 @@ void run_sleep(const SleepArgs& a) {
   // on 8 kB of new text: wake.lr 3e-3 took the held-out NLL 3.98 -> 4.91 and the old NLL
   // 4.27 -> 7.17; the default here, 2e-4, took them to 3.73 and 4.56 (README, "CLI").
   if (cj.is_object() && !(cj.contains("wake") && cj["wake"].is_object() && cj["wake"].contains("lr"))) {
-    if (const std::optional<double> lr = last_training_lr(dir)) {
+    if (const std::optional<double> lr = last_training_lr(dir, ckpt_state)) {
       if (!cj.contains("wake")) cj["wake"] = json::object();
       if (cj["wake"].is_object()) {
         cj["wake"]["lr"] = *lr;
@@ -143,8 +144,8 @@ void run_sleep(const SleepArgs& a) {
       }
     } else {
       say("sleep: wake.lr {:.3g}, WakeConfig's default: the checkpoint records no training rate (--set "
-                 "wake.lr=... to change)\n",
-                 sleep::WakeConfig{}.lr);
+          "wake.lr=... to change)\n",
+          sleep::WakeConfig{}.lr);
     }
   }
   const sleep::SleepMethodConfig cfg = cj.get<sleep::SleepMethodConfig>();
@@ -212,30 +213,22 @@ void run_sleep(const SleepArgs& a) {
   auto phase = [&](const std::string& name) {
     table.push_back({{"phase", name}, {"heldout_nll", nll(held_rows)}, {"old_nll", nll(old_rows)}, {"seconds", elapsed()}});
     say("[{}] held-out NLL {:.4f} | old NLL {:.4f} | {:.1f}s\n", name, num(table.back()["heldout_nll"]),
-               num(table.back()["old_nll"]), num(table.back()["seconds"]));
+        num(table.back()["old_nll"]), num(table.back()["seconds"]));
   };
 
   sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
   {
     // The slot ages an earlier `somnus sleep` recorded (without them every active slot counts
     // as equally old, and evict_oldest took slot 0 each time, however new it was).
-    const json x = nn::read_checkpoint_json(dir, "train_state.json").value("extra", json::object());
+    const json x = ckpt_state.value("extra", json::object());
     if (x.is_object() && x.contains(kSlotOrderKey)) learner.consolidator().load_state(x.at(kSlotOrderKey));
   }
-  // A receiver level without a free slot fails the sleep phase (policy `error`): say so before
-  // the wake phase is spent, not after it.
-  auto check_free_receiver_slot = [&] {
-    if (!cfg.consolidate || !cfg.consolidation.expansion || cfg.consolidation.on_exhausted != sleep::SlotPolicy::error)
-      return;
-    const int64_t receiver = cfg.consolidation.sender + 1;
-    for (int64_t l = 0; l < model->config().n_layer; ++l) {
-      const nn::CmsLevel& recv = model->level(l, receiver);
-      SOMNUS_CHECK(static_cast<int64_t>(recv.active_slots().size()) < recv.n_slots(),
-                   "sleep: no free slot in receiver level {} of layer {}: all {} slots are active (earlier sleeps "
-                   "filled them), so the sleep phase would fail; pass --set consolidation.on_exhausted=evict_oldest, "
-                   "or train a model with more n_slots",
-                   receiver, l, recv.n_slots());
-    }
+  // The teacher's prompts. A consolidation that would be refused (no free receiver slot under
+  // on_exhausted = error, a bad prompt) is said before the wake phase is spent, not after it.
+  const std::vector<std::vector<TokenId>> sleep_prompts =
+      cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts;
+  auto check_consolidation_ready = [&] {
+    if (cfg.consolidate) learner.consolidator().check_ready(sleep_prompts);
   };
   Generator gen(cfg.seed);  // wake batches
   const int64_t W = cfg.wake_steps;
@@ -255,7 +248,7 @@ void run_sleep(const SleepArgs& a) {
                  "sleep --resume: {}: unknown stage '{}'", *progress, stage);
     for (const json& v : x.at("wake_loss")) wake_loss.push_back(num(v));  // a NaN loss is stored as null
     const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
-    if (stage != "slept") check_free_receiver_slot();
+    if (stage != "slept") check_consolidation_ready();
     SOMNUS_CHECK(a.stop_at == 0 || a.stop_at > st.step,
                  "sleep --resume: --stop-at {} is not after {} (progress step {}); give a later step, or none",
                  a.stop_at, *progress, st.step);
@@ -270,7 +263,7 @@ void run_sleep(const SleepArgs& a) {
     seconds_before = num(x.at("seconds"));
     say("sleep: resumed from {} ({}, wake step {} of {})\n", *progress, stage, wake_loss.size(), W);
   } else {
-    check_free_receiver_slot();
+    check_consolidation_ready();
     phase("before");
     if (cfg.wake.sleep_teacher == "since_last_sleep") learner.sleep();  // anchor: the model as loaded
   }
@@ -325,10 +318,10 @@ void run_sleep(const SleepArgs& a) {
   // sleep
   if (stage == "woke") {
     if (cfg.consolidate) {
-      learner.set_sleep_prompts(cfg.sleep_prompts.empty() ? std::vector<std::vector<TokenId>>{{tok.bos_id()}} : cfg.sleep_prompts);
+      learner.set_sleep_prompts(sleep_prompts);
       const sleep::ConsolidationReport rep = learner.sleep([](const sleep::SeedingStepLog& l) {
         say("  seeding step {:>3}: loss {:.4f} jsd {:.4f} reward {:.3f} clip {:.3f} | {:.0f} tok/s\n", l.step, l.loss,
-                   l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
+            l.jsd, l.mean_reward, l.clip_fraction, l.tokens_per_s);
       });
       metrics["consolidation"] = rep.to_json();
       phase("sleep");
@@ -350,7 +343,7 @@ void run_sleep(const SleepArgs& a) {
     sleep::Dreamer dreamer(*model, dc);
     const sleep::DreamResult r = dreamer.run(task, [](const sleep::DreamIterationMetrics& m) {
       say("  dream iteration {}: sampled {} kept {} rewarded {} | τ base {:.4f} mean {:.4f} max {:.4f}\n", m.iteration,
-                 m.sampled, m.kept, m.rewarded, m.base_tau, m.mean_tau, m.max_tau);
+          m.sampled, m.kept, m.rewarded, m.base_tau, m.mean_tau, m.max_tau);
     });
     metrics["dream"] = {{"iterations", r.iterations}, {"rewarded", r.rewarded.size()}, {"tau_before", r.tau_before},
                         {"tau_after", r.tau_after}};
