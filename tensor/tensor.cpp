@@ -333,11 +333,27 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
 Tensor Tensor::expand(const Shape& target) const {
   SOMNUS_CHECK(target.size() >= shape().size(), "expand: cannot expand {} to fewer dims {}", shape_str(shape()),
                shape_str(target));
+  // As torch: -1 keeps an existing dim's size (not allowed for a new leading dim); a size-1 dim
+  // may take any size >= 0 (0 too); any other dim keeps its size.
   Shape s = target;
   const size_t lead = target.size() - shape().size();
-  for (size_t i = 0; i < lead; ++i) SOMNUS_CHECK(target[i] >= 0, "expand: invalid target {}", shape_str(target));
-  for (size_t i = 0; i < shape().size(); ++i) {
-    if (target[lead + i] == -1) s[lead + i] = shape()[i];
+  for (size_t i = 0; i < target.size(); ++i) {
+    const int64_t want = target[i];
+    SOMNUS_CHECK(want != -1 || i >= lead,
+                 "expand: the expanded size -1 is not allowed at dim {}, a new leading dim (expanding {} to {})", i,
+                 shape_str(shape()), shape_str(target));
+    SOMNUS_CHECK(want >= -1, "expand: the expanded size {} at dim {} is invalid (expanding {} to {})", want, i,
+                 shape_str(shape()), shape_str(target));
+    if (i < lead) continue;
+    const int64_t have = shape()[i - lead];
+    if (want == -1) {
+      s[i] = have;
+      continue;
+    }
+    SOMNUS_CHECK(have == 1 || want == have,
+                 "expand: the expanded size {} at dim {} must match the existing size {} (only a size-1 dim can "
+                 "be expanded; expanding {} to {})",
+                 want, i, have, shape_str(shape()), shape_str(target));
   }
   return make_view(s, broadcast_strides(*this, s), offset());
 }

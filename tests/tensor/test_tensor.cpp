@@ -7,6 +7,7 @@
 #include "tensor/format.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
+#include "testing.h"
 
 using namespace somnus;
 
@@ -89,6 +90,39 @@ TEST(Tensor, ExpandUnsqueezeSqueeze) {
   EXPECT_EQ(t.squeeze(1).shape(), (Shape{3}));
   EXPECT_EQ(t.squeeze(0).shape(), (Shape{3, 1}));  // size 3: unchanged
   EXPECT_EQ(e.contiguous().to_vector().size(), 24u);
+}
+
+// expand follows torch 1.13: -1 keeps an existing dim's size (also a size-0 one) but is refused
+// for a new leading dim; 0 is allowed for a size-1 dim or a new dim; any other negative size is
+// refused with a message naming the dim and the size (it used to give a (-5, 3) view).
+TEST(Tensor, ExpandNegativeAndZeroSizes) {
+  using somnus::testing::error_of;
+  using somnus::testing::expect_contains;
+  Tensor t = Tensor::from_vector({1, 2, 3}, {1, 3});
+  EXPECT_EQ(t.expand({-1, 3}).shape(), (Shape{1, 3}));
+  EXPECT_EQ(t.expand({5, -1}).shape(), (Shape{5, 3}));
+  EXPECT_EQ(t.expand({0, 3}).shape(), (Shape{0, 3}));
+  EXPECT_EQ(t.expand({0, 3}).numel(), 0);
+  EXPECT_EQ(t.expand({0, 1, 3}).shape(), (Shape{0, 1, 3}));
+  EXPECT_EQ(t.expand({0, -1, -1}).shape(), (Shape{0, 1, 3}));
+  EXPECT_EQ(t.expand({2, 4, -1}).shape(), (Shape{2, 4, 3}));
+  EXPECT_EQ(Tensor::zeros({2, 0}).expand({3, 2, -1}).shape(), (Shape{3, 2, 0}));
+  EXPECT_EQ(Tensor::zeros({}).expand({0}).shape(), (Shape{0}));
+
+  const std::string neg = error_of([&] { (void)t.expand({-5, 3}); });
+  expect_contains(neg, "expand: the expanded size -5 at dim 0 is invalid");
+  expect_contains(neg, "(1, 3)");
+  expect_contains(error_of([&] { (void)t.expand({1, -2}); }), "expand: the expanded size -2 at dim 1 is invalid");
+  expect_contains(error_of([&] { (void)t.expand({-2, -1, 3}); }),
+                  "expand: the expanded size -2 at dim 0 is invalid");
+  expect_contains(error_of([&] { (void)t.expand({-1, 1, 3}); }),
+                  "expand: the expanded size -1 is not allowed at dim 0, a new leading dim");
+  expect_contains(error_of([&] { (void)Tensor::zeros({}).expand({-1}); }),
+                  "expand: the expanded size -1 is not allowed at dim 0, a new leading dim");
+  expect_contains(error_of([&] { (void)t.expand({1, 0}); }),
+                  "expand: the expanded size 0 at dim 1 must match the existing size 3");
+  expect_contains(error_of([&] { (void)Tensor::zeros({2, 0}).expand({2, 1}); }),
+                  "expand: the expanded size 1 at dim 1 must match the existing size 0");
 }
 
 TEST(Tensor, ContiguousCloneAndCopy) {
