@@ -177,6 +177,31 @@ const ExperimentInfo& find_experiment(const std::string& name) {
   return it->second;
 }
 
+namespace {
+
+// Checks one override (a --set key=value) against the schema on its own, so that a bad value
+// is blamed on the --set: checked only in the merged config, it was reported as the config's
+// ("experiment clinc150 config: 'seeds' must be ..." for --set seeds=[-1], naming the built-in
+// tiny or gpu config). Follows the dotted key down while the schema has a section there; the
+// rest (a leaf, or a key the schema lacks) is checked by check_config_keys.
+void check_override(const json& schema, const std::string& key, const std::string& value, const std::string& where) {
+  json one = json::object();
+  set_config_key(one, key, value);
+  const json* sch = &schema;
+  const json* val = &one;
+  // set_config_key made one object per dot: {"model": {"n_layer": ...}} for model.n_layer.
+  for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', dot + 1)) {
+    const std::string part = val->begin().key();
+    const auto d = sch->find(part);
+    if (d == sch->end() || !d->is_object() || d->empty()) break;
+    sch = &*d;
+    val = &val->begin().value();
+  }
+  check_config_keys(*val, *sch, where);
+}
+
+}  // namespace
+
 json resolve_experiment_config(const std::string& name, const json& config,
                                const std::vector<std::pair<std::string, std::string>>& overrides) {
   const ExperimentInfo& info = find_experiment(name);
@@ -201,7 +226,10 @@ json resolve_experiment_config(const std::string& name, const json& config,
     SOMNUS_CHECK(config.is_object(), "experiment {}: config must be \"tiny\", \"gpu\" or a JSON object", name);
     cfg = merge_config(config, schema, where);
   }
-  for (const auto& [k, v] : overrides) set_config_key(cfg, k, v);
+  for (const auto& [k, v] : overrides) {
+    check_override(schema, k, v, fmt::format("experiment {}: --set {}={}", name, k, v));
+    set_config_key(cfg, k, v);
+  }
   return merge_config(cfg, schema, where);
 }
 

@@ -63,5 +63,33 @@ TEST(ExperimentConfig, UnknownKeysAndBadConfigsAreErrors) {
                {"unknown key 'vocab_size'"});
 }
 
+// A bad --set value is blamed on the --set, not on the config it overrides: `somnus experiment
+// clinc150 --set 'seeds=[-1]'` said "experiment clinc150 config: 'seeds' must be ...", naming
+// the built-in tiny (or gpu) config, which is fine, as the culprit.
+TEST(ExperimentConfig, BadOverrideNamesTheSet) {
+  for (const char* which : {"tiny", "gpu"}) {
+    SCOPED_TRACE(which);
+    const std::string msg = somnus::testing::error_of([&] { resolve_experiment_config("clinc150", which, {{"seeds", "[-1]"}}); });
+    EXPECT_EQ(msg.rfind("experiment clinc150: --set seeds=[-1]: 'seeds' must be a list of elements each a non-negative "
+                        "integer, got [-1]",
+                        0),
+              0u)
+        << msg;
+    EXPECT_EQ(msg.find("config"), std::string::npos) << msg;
+  }
+  expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"seeds", "[0]"}, {"seeds", "-1"}}); },
+               {"experiment clinc150: --set seeds=-1: 'seeds' must be an array, got -1"});
+  expect_error([] { resolve_experiment_config("arc", "tiny", {{"model.n_layer", "two"}}); },
+               {"experiment arc: --set model.n_layer=two: 'n_layer' must be"});
+  expect_error([] { resolve_experiment_config("clinc150", "tiny", {{"modl.n_layer", "2"}}); },
+               {"experiment clinc150: --set modl.n_layer=2: unknown key 'modl'"});
+  // A bad value in the config itself still names the config.
+  expect_error([] { resolve_experiment_config("clinc150", json{{"seeds", json::array({-1})}}); },
+               {"experiment clinc150 config: 'seeds' must be a list of elements each a non-negative integer"});
+  // Good overrides still apply, later ones winning.
+  EXPECT_EQ(resolve_experiment_config("clinc150", "gpu", {{"seeds", "[3]"}, {"seeds", "[7]"}}).at("seeds"),
+            json::array({7}));
+}
+
 }  // namespace
 }  // namespace somnus::sleep
