@@ -2,12 +2,16 @@
 //
 //   somnus experiment --list
 //   somnus experiment clinc150 [--config tiny|gpu|cfg.json] [--set key=value ...] [--out DIR]
+//                              [--overwrite] [--no-plot]
 //
 // Writes DIR/result.json (every seed's metrics and the mean ± std), DIR/table.md, and the
 // plots with gnuplot: bars.png (the first table metric per method, ± std), and when the
 // experiment reports them curves.png (average accuracy over the seen tasks after each task:
 // the forgetting curves) and heatmap.png (the accuracy matrix of each method, seed mean; chrF
-// for translation).
+// for translation), each with its .gp script and .dat data.
+// A DIR that holds a previous run's files is refused (before the run) unless --overwrite,
+// which removes them (after the run, before writing; only the files an experiment writes,
+// is_experiment_output) so that the folder never mixes two runs.
 // Prints the table and progress lines ("[done/total] label | elapsed").
 #include <fmt/format.h>
 
@@ -18,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "nn/file_io.h"
 #include "sleep/experiment.h"
@@ -38,8 +43,41 @@ struct ExperimentOptions {
   std::string out;
   bool list = false;
   bool no_plot = false;
+  bool overwrite = false;
   std::string device = "cpu";
 };
+
+// Whether `name` is a file `somnus experiment` writes into its output folder (write_plots and
+// run): result.json, table.md, the plots' .png/.gp/.dat, curve_<method>.dat, matrix_<method>.dat,
+// and atomic_write's temporary result.json.tmp.* / table.md.tmp.* left by a killed run.
+bool is_experiment_output(const std::string& name) {
+  static const std::set<std::string> fixed = {"result.json", "table.md",  "bars.dat",  "bars.gp",    "bars.png",
+                                              "curves.gp",   "curves.png", "heatmap.gp", "heatmap.png"};
+  if (fixed.count(name) != 0) return true;
+  const auto framed = [&](const std::string& prefix, const std::string& suffix) {
+    return name.size() > prefix.size() + suffix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return framed("curve_", ".dat") || framed("matrix_", ".dat") || name.rfind("result.json.tmp.", 0) == 0 ||
+         name.rfind("table.md.tmp.", 0) == 0;
+}
+
+// The files of a previous run in `dir` (none when it does not exist): result.json and table.md
+// first, then the rest by name.
+std::vector<std::string> previous_run_files(const fs::path& dir) {
+  std::vector<std::string> out;
+  if (!fs::is_directory(dir)) return out;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    if (e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    if (is_experiment_output(name)) out.push_back(name);
+  }
+  const auto rank = [](const std::string& n) { return n == "result.json" ? 0 : n == "table.md" ? 1 : 2; };
+  std::sort(out.begin(), out.end(), [&](const std::string& a, const std::string& b) {
+    return rank(a) != rank(b) ? rank(a) < rank(b) : a < b;
+  });
+  return out;
+}
 
 // Runs gnuplot on `script`; a missing gnuplot is a warning (the data files stay).
 void gnuplot(const fs::path& script) {
@@ -174,7 +212,20 @@ void run(const ExperimentOptions& o) {
     SOMNUS_CHECK(eq != std::string::npos && eq > 0, "experiment: --set expects key=value, got '{}'", s);
     overrides.emplace_back(s.substr(0, eq), s.substr(eq + 1));
   }
+  // A bad config or --set is reported before the output folder is looked at or made.
+  (void)sleep::resolve_experiment_config(o.name, config, overrides);
   const fs::path dir = o.out.empty() ? fs::path("runs/experiments") / o.name : fs::path(o.out);
+  if (!o.overwrite) {
+    const std::vector<std::string> old = previous_run_files(dir);
+    if (!old.empty()) {
+      std::string names;
+      for (size_t i = 0; i < old.size() && i < 4; ++i) names += (i > 0 ? ", " : "") + old[i];
+      if (old.size() > 4) names += fmt::format(" and {} more", old.size() - 4);
+      fail("experiment: --out {}{} holds a previous run's files ({}); pass --overwrite to replace them (only the "
+           "files an experiment writes are removed; other files stay), or give another --out",
+           dir.string(), o.out.empty() ? " (the default)" : "", names);
+    }
+  }
   fs::create_directories(dir);
   const auto t0 = std::chrono::steady_clock::now();
   const sleep::ExperimentResult r =
@@ -183,6 +234,14 @@ void run(const ExperimentOptions& o) {
         fmt::print("[{}/{}] {} | {:.0f}s\n", done, total, label, s);
         std::fflush(stdout);
       });
+  // --overwrite: the previous run's files go only now that this run has its result (a run
+  // that fails leaves them), so that none of them (plots of rows this run lacks, or every plot
+  // under --no-plot) stays next to the new result.
+  if (o.overwrite) {
+    const std::vector<std::string> old = previous_run_files(dir);
+    for (const std::string& name : old) fs::remove(dir / name);
+    if (!old.empty()) fmt::print("removed the previous run's {} files in {}\n", old.size(), dir.string());
+  }
   somnus::atomic_write((dir / "result.json").string(), r.to_json().dump(2) + "\n");
   const std::string table = r.markdown_table();
   somnus::atomic_write((dir / "table.md").string(),
@@ -190,7 +249,7 @@ void run(const ExperimentOptions& o) {
                                r.config.contains("seeds") ? r.config["seeds"].dump() : "?", table));
   fmt::print("\n{} — {}, {:.0f} s\n\n{}\n", r.experiment, r.date, r.seconds, table);
   if (!o.no_plot) write_plots(r, dir);
-  fmt::print("wrote {}/result.json, table.md and the plots\n", dir.string());
+  fmt::print("wrote {}/result.json{}\n", dir.string(), o.no_plot ? " and table.md" : ", table.md and the plots");
 }
 
 }  // namespace
@@ -202,7 +261,13 @@ void add_experiment_command(CLI::App& app) {
   cmd->add_flag("--list", opts->list, "List the experiments");
   cmd->add_option("--config", opts->config, "tiny (CPU, default), gpu, or a JSON file merged over tiny");
   cmd->add_option("--set", opts->sets, "Override a config key: --set seeds=[0,1] --set model.n_layer=4");
-  cmd->add_option("--out", opts->out, "Output folder (default runs/experiments/<name>)");
+  cmd->add_option("--out", opts->out,
+                  "Output folder (default runs/experiments/<name>); one that holds a previous run's files is "
+                  "refused unless --overwrite");
+  cmd->add_flag("--overwrite", opts->overwrite,
+                "Replace a previous run's files in the output folder: removes only the files an experiment writes "
+                "(result.json, table.md, bars/curves/heatmap .png and .gp, bars.dat, curve_*.dat, matrix_*.dat); "
+                "other files stay");
   cmd->add_flag("--no-plot", opts->no_plot, "Skip the gnuplot plots");
   add_device_option(cmd, opts->device)->description("cpu (the experiments run on the CPU only)");
   cmd->callback([opts] { run(*opts); });

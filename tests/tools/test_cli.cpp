@@ -410,4 +410,46 @@ TEST(Cli, ExperimentPlotsWithoutGnuplotWarnings) {
   EXPECT_NE(gp.str().find("chrF after task i"), std::string::npos) << gp.str();
 }
 
+// `somnus experiment --out DIR` into a folder that holds a previous run's files is refused
+// unless --overwrite, which removes only the files an experiment writes (it used to write over
+// them and keep the rest: a run with fewer rows left the earlier run's matrix_<row>.dat, and a
+// --no-plot run the earlier plots, mixed with the new result.json). Other files stay.
+TEST(Cli, ExperimentOutRefusesAPreviousRunUnlessOverwrite) {
+  TempDir dir;
+  const std::string out = dir.file("exp");
+  fs::create_directories(out);
+  std::ofstream(out + "/notes.txt") << "mine\n";  // an unrelated file: allowed, and kept
+  const std::string quick =
+      "experiment translation --config tiny --set 'seeds=[0]' --set steps=2 --set num_train=20 --set num_test=2"
+      " --set consolidation.ks.steps=1 --out " + out;
+  const Result a = run(quick + " --set 'rows=[{\"label\":\"icl\",\"method\":\"icl\"},{\"label\":\"sft\",\"method\":\"sft\"}]'");
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_TRUE(fs::exists(out + "/matrix_sft.dat"));
+  ASSERT_TRUE(fs::exists(out + "/heatmap.gp"));
+  std::stringstream first;
+  first << std::ifstream(out + "/result.json").rdbuf();
+
+  const std::string icl_only = " --set 'rows=[{\"label\":\"icl\",\"method\":\"icl\"}]'";
+  const Result again = run(quick + icl_only + " --no-plot");
+  EXPECT_NE(again.code, 0) << again.out;
+  EXPECT_NE(again.out.find("experiment: --out " + out + " holds a previous run's files (result.json"), std::string::npos)
+      << again.out;
+  EXPECT_NE(again.out.find("--overwrite"), std::string::npos) << again.out;
+  std::stringstream still;
+  still << std::ifstream(out + "/result.json").rdbuf();
+  EXPECT_TRUE(still.str() == first.str()) << "a refused run leaves the previous one as it was";
+
+  const Result b = run(quick + icl_only + " --no-plot --overwrite");
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_EQ(b.out.find("and the plots"), std::string::npos) << b.out;
+  EXPECT_TRUE(fs::exists(out + "/result.json"));
+  EXPECT_TRUE(fs::exists(out + "/table.md"));
+  for (const char* stale : {"matrix_icl.dat", "matrix_sft.dat", "heatmap.gp", "heatmap.png", "bars.dat", "bars.gp", "bars.png"})
+    EXPECT_FALSE(fs::exists(out + "/" + stale)) << stale << " of the previous run is still there";
+  EXPECT_TRUE(fs::exists(out + "/notes.txt")) << "--overwrite removed a file the experiment does not write";
+  const json r = json::parse(std::ifstream(out + "/result.json"));
+  ASSERT_EQ(r.at("methods").size(), 1u);
+  EXPECT_EQ(r.at("methods")[0].at("method"), "icl");
+}
+
 }  // namespace
