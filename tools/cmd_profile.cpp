@@ -237,10 +237,10 @@ void add_profile_command(CLI::App& app) {
   cmd->add_option("--config", args->config_path, "Training config (JSON), as for `somnus train`")
       ->check(CLI::ExistingFile);
   cmd->add_option("--what", args->what, "train, generate or sleep")->capture_default_str();
-  cmd->add_option("--steps", args->steps, "Profiled steps")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", args->steps, "Profiled steps")->capture_default_str()->check(positive());
   cmd->add_option("--warmup", args->warmup, "Unprofiled warm-up steps first")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--trace", args->trace, "Chrome trace JSON to write ('' for none)")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (overrides the config's 'device')");
   cmd->allow_extras();

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tools/cli_testing.h"
 
@@ -100,6 +102,22 @@ TEST_F(ProfileCli, BadWhatFailsClearly) {
   r = run("profile --config " + file("cfg.json") + " --what sleep --steps 1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("needs a receiver level 1"), std::string::npos) << r.out;
+}
+
+// --steps and --warmup are checked like the other commands' counts (tools/cli_common.h): a short
+// message, not CLI11's range with DBL_MAX in all its 309 digits ("Value 0 not in range
+// 0.000000 to 179769313486231570814...").
+TEST_F(ProfileCli, BadStepsAndWarmupGiveShortMessages) {
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--steps 0", "--steps: must be > 0, got 0"},
+           {"--steps -2", "--steps: must be > 0, got -2"},
+           {"--warmup -1", "--warmup: must be >= 0, got -1"}}) {
+    const Result r = run("profile --config " + file("cfg.json") + " " + args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.out.find(message), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("179769313486231570814"), std::string::npos) << args << "\n" << r.out;
+    EXPECT_LT(r.out.size(), 200u) << args << "\n" << r.out;
+  }
 }
 
 }  // namespace
