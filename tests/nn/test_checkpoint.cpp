@@ -424,7 +424,7 @@ TEST(TrainConfig, DefaultsRoundTripAndOverrides) {
   const TrainConfig back = json(d).get<TrainConfig>();
   EXPECT_EQ(json(back).dump(), json(d).dump());
 
-  json cfg = TrainConfig{};
+  json cfg = d;
   apply_overrides(cfg, parse_override_args({"--steps", "7", "--batch-size=3", "--model.n_layer", "3", "--data",
                                             "123", "--model.levels.0.period", "2", "--schedule", "wsd"}));
   const TrainConfig c = cfg.get<TrainConfig>();
@@ -437,8 +437,11 @@ TEST(TrainConfig, DefaultsRoundTripAndOverrides) {
 }
 
 TEST(TrainConfig, BadConfigsNameTheKey) {
-  auto with = [](const std::vector<std::string>& args) {
-    json cfg = TrainConfig{};
+  // Converting a named TrainConfig, not a temporary: GCC 12 -O2 warned (-Wmaybe-uninitialized,
+  // a false positive) about the temporary's levels vector in its destructor.
+  const TrainConfig defaults;
+  auto with = [&defaults](const std::vector<std::string>& args) {
+    json cfg = defaults;
     apply_overrides(cfg, parse_override_args(args));
     return cfg.get<TrainConfig>();
   };
