@@ -188,6 +188,12 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
   if (consolidate) {
     log.consolidation = consolidator_.consolidate(sender_old, prompts_);
     after_consolidation(*log.consolidation);
+    // What the sender knew up to now is in a receiver slot: the next sleep() distils only
+    // what it learns from here on (and is not a "first" sleep).
+    if (cfg_.sleep_teacher == "since_last_sleep") {
+      sender_old.clear();
+      sender_anchor_ = consolidator_.snapshot_sender();
+    }
   }
   return log;
 }

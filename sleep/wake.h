@@ -6,16 +6,22 @@
 //                       (nn/optim.h). When consolidation is scheduled for this step (the
 //                       sender is due and this is its consolidate_every-th application), θ_old
 //                       of the sender is snapshotted before the step and consolidation runs
-//                       right after it — the student is "sender at θ_new".
+//                       right after it — the student is "sender at θ_new". Under
+//                       sleep_teacher = "since_last_sleep" it then moves the anchor (below).
 //   sleep()             an explicit consolidation (a task boundary). The sender's pending
 //                       accumulation is applied now, then consolidation with a teacher whose
 //                       sender weights are, by `sleep_teacher`:
 //                         "since_last_sleep" [choice, default]: the sender as it was at the
-//                           previous sleep: θ_old → θ_new is everything the fast level learned
-//                           while awake since, so the new slot is taught to keep the behaviour
-//                           the fast level has since overwritten. The first sleep has no
-//                           earlier sender to keep: it only records the anchor (report.skipped);
-//                           the model's initial weights are not knowledge worth a slot;
+//                           previous consolidation, explicit or scheduled (the anchor):
+//                           θ_old → θ_new is everything the fast level learned while awake
+//                           since, so the new slot is taught to keep the behaviour the fast
+//                           level has since overwritten. A scheduled consolidation moves the
+//                           anchor too (to the sender as it left it: θ_new, slots reset), since
+//                           what the sender knew until then is in a receiver slot and must not
+//                           be distilled a second time. The first consolidation of a learner
+//                           has no earlier sender to keep: a sleep() before any consolidation
+//                           only records the anchor (report.skipped); the model's initial
+//                           weights are not knowledge worth a slot;
 //                         "pending": only the pending accumulation (the literal reading of
 //                           PARADIGM §2 (a)); with C_ℓ = 1 nothing is pending at a task
 //                           boundary, teacher and student coincide and seeding has nothing
@@ -104,8 +110,8 @@ struct StreamLog {
 // bit-exactly after a restart (somnus sleep --resume): the sender's application count, the
 // sleep prompts, the consolidator's state (slot activation order, consolidation count, its
 // generator) as JSON, and the sender anchor of "since_last_sleep" as tensors (empty before
-// the first sleep). read_stream's own optimiser is not part of it (a resumed learner's next
-// read_stream starts with fresh moments).
+// the first sleep or scheduled consolidation). read_stream's own optimiser is not part of it
+// (a resumed learner's next read_stream starts with fresh moments).
 struct LearnerState {
   nlohmann::json scalars;
   NamedTensors anchor;
@@ -145,7 +151,7 @@ class WakeLearner {
   nn::TrainStepGuard guard_;  // non-finite and (spike_zscore > 0) spike steps
   std::vector<std::vector<TokenId>> prompts_{{0}};
   int64_t sender_applications_ = 0;
-  NamedTensors sender_anchor_;  // the sender at the last sleep ("since_last_sleep")
+  NamedTensors sender_anchor_;  // the sender at the last consolidation ("since_last_sleep")
   std::vector<Tensor> outside_sender_;  // trainable parameters outside the sender level (train = "sender")
 };
 

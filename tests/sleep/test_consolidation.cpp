@@ -2,6 +2,7 @@
 // (sleep/consolidation.h, sleep/teacher_view.h, sleep/wake.h) on a tiny two-level model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -797,6 +798,69 @@ TEST(Wake, SenderSnapshotIgnoresLoraHandles) {
   learner.load_state(saved);  // the pre-dream state still fits
   for (int64_t k = 1; k <= 2; ++k) learner.train_step(repeat_batch(4, 16, k));
   EXPECT_FALSE(learner.sleep().skipped);
+}
+
+}  // namespace
+}  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// A scheduled consolidation (consolidate_every) distils the sender's change into a receiver
+// slot and resets the sender's slots, but used to leave the "since_last_sleep" anchor where
+// it was: the next sleep()'s teacher was the pre-consolidation sender, so what the scheduled
+// consolidation had already put into a slot was distilled a second time; and with no explicit
+// sleep before it, the first sleep() was skipped as a "first" one, losing what the sender had
+// learned since the scheduled consolidation. Now the anchor moves to the sender as the
+// consolidation left it.
+TEST(Wake, ScheduledConsolidationMovesTheSleepAnchor) {
+  WakeConfig w;
+  w.lr = 1e-2;
+  w.consolidate_every = 2;  // sender period 1: consolidates at steps 2, 4, ...
+
+  // No explicit sleep before: the scheduled consolidation sets the anchor, and the next sleep()
+  // consolidates what the sender learned at step 3 (it is not a skipped "first" sleep).
+  {
+    auto m = make_model();
+    WakeLearner learner(*m, w, ks_config(2));
+    learner.train_step(repeat_batch(4, 16, 1));
+    EXPECT_TRUE(learner.state().anchor.empty());
+    ASSERT_TRUE(learner.train_step(repeat_batch(4, 16, 2)).consolidation.has_value());
+    const LearnerState st = learner.state();
+    const NamedTensors now = learner.consolidator().snapshot_sender();
+    EXPECT_EQ(st.anchor.size(), now.size()) << "the anchor is the sender as the consolidation left it";
+    for (size_t i = 0; i < std::min(now.size(), st.anchor.size()); ++i) {
+      EXPECT_EQ(st.anchor[i].first, now[i].first);
+      EXPECT_TRUE(nn::testing::bitwise_equal(st.anchor[i].second, now[i].second)) << now[i].first;
+    }
+    // The moved anchor round-trips through LearnerState.
+    auto m2 = make_model();
+    WakeLearner other(*m2, w, ks_config(2));
+    other.load_state(st);
+    const LearnerState back = other.state();
+    EXPECT_EQ(back.anchor.size(), st.anchor.size());
+    for (size_t i = 0; i < std::min(back.anchor.size(), st.anchor.size()); ++i)
+      EXPECT_TRUE(nn::testing::bitwise_equal(back.anchor[i].second, st.anchor[i].second)) << st.anchor[i].first;
+
+    learner.train_step(repeat_batch(4, 16, 3));  // the sender moves; no consolidation at step 3
+    const ConsolidationReport rep = learner.sleep();
+    EXPECT_FALSE(rep.skipped) << "a sleep after a scheduled consolidation is not a first sleep";
+    EXPECT_GT(rep.jsd_before, 1e-5) << "step 3's change of the sender is what this sleep distils";
+    EXPECT_EQ(m->level(0, 1).active_slots().size(), 2u);
+  }
+
+  // With an anchor from an explicit sleep: a sleep() right after a scheduled consolidation has
+  // nothing left to distil (the teacher's sender is the post-consolidation one, the student's
+  // too), rather than the steps before the scheduled consolidation a second time.
+  {
+    auto m = make_model();
+    WakeLearner learner(*m, w, ks_config(2));
+    ASSERT_TRUE(learner.sleep().skipped);  // the anchor: the model as it was
+    for (int64_t k = 1; k <= 2; ++k) learner.train_step(repeat_batch(4, 16, k));  // consolidates at step 2
+    const ConsolidationReport rep = learner.sleep();
+    EXPECT_FALSE(rep.skipped);
+    EXPECT_LT(rep.jsd_before, 1e-6) << "teacher and student coincide: f32 rounding only";
+  }
 }
 
 }  // namespace
