@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "autograd/engine.h"
@@ -82,6 +83,47 @@ void from_json(const json& j, WakeConfig& c) {
   c.spike_window = m.at("spike_window").get<int64_t>();
 }
 
+namespace {
+
+// transformer_param_groups with the sender level's parameters split off into groups of their
+// own ("<group>.sender") wherever a group also holds other parameters of the same period
+// (attention, the embeddings, another CMS level), so that sleep() can apply the sender's
+// pending update and nothing else. The multi-frequency rule is unchanged: a split group's
+// halves keep its period, lr and weight decay, and AdamW's state is per parameter. A group
+// that holds only sender parameters, or none, keeps its name and place, so the layout (and
+// the optimiser state of a progress checkpoint) changes only where the sender's period is
+// shared. `sender_groups` receives the indices of the groups that hold the sender level.
+std::vector<ParamGroup> wake_param_groups(const nn::Transformer& model, double lr, double weight_decay, int64_t sender,
+                                          std::vector<size_t>& sender_groups) {
+  const std::string marker = fmt::format(".cms.{}.", sender);
+  std::set<const TensorImpl*> in_sender;
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (name.find(marker) != std::string::npos) in_sender.insert(&p.impl());
+  }
+  std::vector<ParamGroup> out;
+  sender_groups.clear();
+  for (ParamGroup& g : nn::transformer_param_groups(model, lr, weight_decay)) {
+    ParamGroup own = g, rest = g;
+    own.params.clear();
+    rest.params.clear();
+    for (const Tensor& p : g.params) (in_sender.count(&p.impl()) ? own : rest).params.push_back(p);
+    if (own.params.empty()) {
+      out.push_back(std::move(g));
+    } else if (rest.params.empty()) {
+      sender_groups.push_back(out.size());
+      out.push_back(std::move(g));
+    } else {
+      own.name += ".sender";
+      out.push_back(std::move(rest));
+      sender_groups.push_back(out.size());
+      out.push_back(std::move(own));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationConfig consolidation)
     : model_(model), cfg_(std::move(wake)), consolidator_(model, std::move(consolidation)) {
   cfg_.validate(model_.config());
@@ -89,7 +131,8 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
   AdamWOptions o;
   o.beta1 = cfg_.beta1;
   o.beta2 = cfg_.beta2;
-  opt_ = std::make_unique<AdamW>(nn::transformer_param_groups(model_, cfg_.lr, cfg_.weight_decay), o);
+  opt_ = std::make_unique<AdamW>(
+      wake_param_groups(model_, cfg_.lr, cfg_.weight_decay, consolidator_.config().sender, sender_groups_), o);
   if (cfg_.train == "sender") {
     // The switch after the warm-up must fall on a window boundary of every group that stops
     // learning, or its partial accumulation would be dropped.
@@ -107,15 +150,6 @@ WakeLearner::WakeLearner(nn::Transformer& model, WakeConfig wake, ConsolidationC
       if (name.find(marker) == std::string::npos) outside_sender_.push_back(p);
     }
   }
-}
-
-std::vector<size_t> WakeLearner::sender_groups() const {
-  const int64_t period = model_.config().levels.at(static_cast<size_t>(consolidator_.config().sender)).period;
-  std::vector<size_t> out;
-  for (size_t g = 0; g < opt_->groups().size(); ++g) {
-    if (opt_->groups()[g].period == period) out.push_back(g);
-  }
-  return out;
 }
 
 void WakeLearner::set_sleep_prompts(std::vector<std::vector<TokenId>> prompts) {
@@ -250,7 +284,7 @@ ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
   SOMNUS_PROFILE_SCOPE("sleep");
   const bool anchored = cfg_.sleep_teacher == "since_last_sleep";
   if (anchored && sender_anchor_.empty()) {  // the first sleep: nothing older to keep
-    for (size_t g : sender_groups()) opt_->apply_group_now(g);
+    for (size_t g : sender_groups_) opt_->apply_group_now(g);
     sender_anchor_ = consolidator_.snapshot_sender();
     ConsolidationReport rep;
     rep.sender = consolidator_.config().sender;
@@ -263,7 +297,7 @@ ConsolidationReport WakeLearner::sleep(const SeedingLogFn& log) {
   // not mistaken for a first one.
   consolidator_.check_ready(prompts_);
   NamedTensors sender_old = anchored ? sender_anchor_ : consolidator_.snapshot_sender();
-  for (size_t g : sender_groups()) opt_->apply_group_now(g);  // θ_new from the pending accumulation
+  for (size_t g : sender_groups_) opt_->apply_group_now(g);  // θ_new from the pending accumulation
   ConsolidationReport rep = consolidator_.consolidate(sender_old, prompts_, log);
   sender_old.clear();
   sender_anchor_.clear();

@@ -9,8 +9,11 @@
 //                       right after it — the student is "sender at θ_new". Under
 //                       sleep_teacher = "since_last_sleep" it then moves the anchor (below).
 //   sleep()             an explicit consolidation (a task boundary). The sender's pending
-//                       accumulation is applied now, then consolidation with a teacher whose
-//                       sender weights are, by `sleep_teacher`:
+//                       accumulation is applied now (the sender level's own optimiser groups:
+//                       the wake optimiser splits the sender off any group that shares its
+//                       period, so another level's or attention's pending window stays
+//                       pending until its own due step), then consolidation with a teacher
+//                       whose sender weights are, by `sleep_teacher`:
 //                         "since_last_sleep" [choice, default]: the sender as it was at the
 //                           previous consolidation, explicit or scheduled (the anchor):
 //                           θ_old → θ_new is everything the fast level learned while awake
@@ -141,12 +144,12 @@ class WakeLearner {
 
  private:
   void after_consolidation(const ConsolidationReport& rep);
-  std::vector<size_t> sender_groups() const;
 
   nn::Transformer& model_;
   WakeConfig cfg_;
   Consolidator consolidator_;
   std::unique_ptr<AdamW> opt_;
+  std::vector<size_t> sender_groups_;  // opt_'s groups that hold the sender level (and nothing else)
   std::unique_ptr<AdamW> ttt_opt_;
   nn::TrainStepGuard guard_;  // non-finite and (spike_zscore > 0) spike steps
   std::vector<std::vector<TokenId>> prompts_{{0}};

@@ -8,9 +8,11 @@
 #include <memory>
 #include <vector>
 
+#include "autograd/engine.h"
 #include "autograd/grad_mode.h"
 #include "autograd/losses.h"
 #include "nn/generate.h"
+#include "nn/train_config.h"
 #include "sleep/consolidation.h"
 #include "sleep/dreaming.h"
 #include "sleep/teacher_view.h"
@@ -861,6 +863,80 @@ TEST(Wake, ScheduledConsolidationMovesTheSleepAnchor) {
     EXPECT_FALSE(rep.skipped);
     EXPECT_LT(rep.jsd_before, 1e-6) << "teacher and student coincide: f32 rounding only";
   }
+}
+
+}  // namespace
+}  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// sleep() applies the sender's pending accumulation now (θ_new), and picked the optimiser
+// groups to apply by period: a receiver level or attention with the sender's period had its
+// pending half window applied early too, outside its schedule. Now the sender level has
+// groups of its own, and only they are applied.
+TEST(Wake, SleepAppliesOnlyTheSenderLevelsPendingUpdate) {
+  nn::TransformerConfig cfg = tiny_config();
+  cfg.levels[0].period = 2;  // the sender
+  cfg.levels[1].period = 2;  // the receiver shares its period
+  cfg.attention_period = 2;  // and so does attention
+  for (const char* teacher : {"pending", "since_last_sleep"}) {
+    Generator gen(7);
+    nn::Transformer m(cfg, gen);
+    WakeConfig w;
+    w.lr = 1e-2;
+    w.sleep_teacher = teacher;  // "since_last_sleep": the first sleep, which only applies and anchors
+    WakeLearner learner(m, w, ks_config(1));
+    learner.train_step(repeat_batch(4, 16, 1));  // step 1: every period-2 group only accumulates
+    std::map<std::string, Tensor> before;
+    for (const auto& [name, p] : m.named_parameters()) before[name] = p.clone();
+    learner.sleep();
+    int sender_moved = 0, pending_kept = 0;
+    for (const auto& [name, p] : m.named_parameters()) {
+      if (name.find(".slots.") != std::string::npos) continue;  // the new receiver slot, the sender's reset ones
+      if (name.find(".cms.0.") != std::string::npos) {
+        sender_moved += nn::testing::bitwise_equal(before[name], p) ? 0 : 1;
+        EXPECT_FALSE(p.grad().defined()) << teacher << ": " << name << ": the sender's accumulator is applied";
+        continue;
+      }
+      EXPECT_TRUE(nn::testing::bitwise_equal(before[name], p)) << teacher << ": " << name << " moved at sleep()";
+      if (name.find(".cms.1.") != std::string::npos || name.find(".attn") != std::string::npos) {
+        EXPECT_TRUE(p.grad().defined()) << teacher << ": " << name << ": its pending half window must stay pending";
+        pending_kept += p.grad().defined() ? 1 : 0;
+      }
+    }
+    EXPECT_GT(sender_moved, 0) << teacher;
+    EXPECT_GT(pending_kept, 0) << teacher;
+    // At its own due step the receiver level applies its whole window.
+    const Tensor slow = m.level(0, 1).mlp->fc->weight.clone(), attn = m.blocks->operator[](0).attn->wqkv->weight.clone();
+    const WakeStepLog log = learner.train_step(repeat_batch(4, 16, 2));
+    EXPECT_EQ(log.periods_applied, (std::vector<int64_t>{1, 2})) << teacher;
+    EXPECT_FALSE(nn::testing::bitwise_equal(slow, m.level(0, 1).mlp->fc->weight)) << teacher;
+    EXPECT_FALSE(nn::testing::bitwise_equal(attn, m.blocks->operator[](0).attn->wqkv->weight)) << teacher;
+  }
+
+  // Splitting the sender off changes nothing while awake: the learner's steps are bitwise those
+  // of a plain AdamW over transformer_param_groups (clipping off: it sums the norm in group order).
+  Generator ga(7), gb(7);
+  nn::Transformer a(cfg, ga), b(cfg, gb);
+  WakeConfig w;
+  w.lr = 1e-2;
+  w.grad_clip = 0.0;
+  WakeLearner learner(a, w, ks_config(1));
+  EXPECT_GT(learner.optimizer().groups().size(), nn::transformer_param_groups(b, w.lr, 0.0).size()) << "split";
+  AdamWOptions o;
+  o.beta1 = w.beta1;
+  o.beta2 = w.beta2;
+  AdamW plain(nn::transformer_param_groups(b, w.lr, w.weight_decay), o);
+  for (int64_t k = 1; k <= 4; ++k) {
+    learner.train_step(repeat_batch(4, 16, k));
+    plain.zero_grad();
+    const nn::Batch batch = repeat_batch(4, 16, k);
+    backward(b.loss(batch.input, batch.target, batch.mask).total(w.aux_loss_weight));
+    plain.step();
+  }
+  for (const auto& [name, p] : b.named_parameters())
+    EXPECT_TRUE(nn::testing::bitwise_equal(p, a.parameter(name))) << name;
 }
 
 }  // namespace
