@@ -92,12 +92,20 @@ void from_json(const json& j, SeedingConfig& c) {
 
 namespace {
 
-const char* policy_name(SlotPolicy p) { return p == SlotPolicy::error ? "error" : "evict_oldest"; }
+const char* policy_name(SlotPolicy p) {
+  switch (p) {
+    case SlotPolicy::error: return "error";
+    case SlotPolicy::evict_oldest: return "evict_oldest";
+    case SlotPolicy::merge_oldest: return "merge_oldest";
+  }
+  fail("consolidation config: unknown on_exhausted policy {}", static_cast<int>(p));
+}
 
 SlotPolicy policy_of(const std::string& s) {
-  if (s == "error") return SlotPolicy::error;
-  if (s == "evict_oldest") return SlotPolicy::evict_oldest;
-  fail("consolidation config: 'on_exhausted' must be \"error\" or \"evict_oldest\", got \"{}\"", s);
+  for (SlotPolicy p : {SlotPolicy::error, SlotPolicy::evict_oldest, SlotPolicy::merge_oldest})
+    if (s == policy_name(p)) return p;
+  fail("consolidation config: 'on_exhausted' must be \"error\", \"evict_oldest\" or \"merge_oldest\", got \"{}\"",
+       s);
 }
 
 }  // namespace
@@ -280,9 +288,9 @@ void Consolidator::check_ready(const std::vector<std::vector<TokenId>>& prompts)
   for (int64_t l = 0; l < mc.n_layer; ++l) {
     const nn::CmsLevel& recv = model_.level(l, receiver);
     if (static_cast<int64_t>(recv.active_slots().size()) < recv.n_slots()) continue;
-    SOMNUS_CHECK(cfg_.on_exhausted == SlotPolicy::evict_oldest,
+    SOMNUS_CHECK(cfg_.on_exhausted != SlotPolicy::error,
                  "consolidate: no free slot in receiver level {} of layer {}: all {} slots are active (raise its "
-                 "n_slots, or set 'on_exhausted': \"evict_oldest\")",
+                 "n_slots, or set 'on_exhausted': \"evict_oldest\" or \"merge_oldest\")",
                  receiver, l, recv.n_slots());
   }
 }
@@ -323,6 +331,8 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
   spec.sender_old = sender_old;
   spec.sender_slots.resize(static_cast<size_t>(L));
   spec.receiver_new_slot.assign(static_cast<size_t>(L), -1);
+  const bool merge = cfg_.on_exhausted == SlotPolicy::merge_oldest;
+  if (merge) spec.receiver_evicted.assign(static_cast<size_t>(L), EvictedSlot{});
   std::vector<Tensor> trainable;
   {
     NoGradGuard no_grad;
@@ -334,7 +344,17 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
         ++rep.sender_slots_reset;
       }
       nn::CmsLevel& recv = model_.level(l, receiver);
-      if (evict[static_cast<size_t>(l)] >= 0) recv.reset_slot(evict[static_cast<size_t>(l)]);
+      const int64_t e = evict[static_cast<size_t>(l)];
+      if (e >= 0) {
+        // merge_oldest: the teacher keeps the occupant, which reset_slot (B) and
+        // activate_slot (A, the router row) are about to overwrite.
+        if (merge) {
+          const nn::LowRankSlot& old = recv.slot(e);
+          spec.receiver_evicted[static_cast<size_t>(l)] =
+              EvictedSlot{e, old.A.clone(), old.B.clone(), old.router.defined() ? old.router.clone() : Tensor()};
+        }
+        recv.reset_slot(e);
+      }
       const int64_t s = recv.activate_slot(gen_, cfg_.slot_init_std);
       activation_[static_cast<size_t>(l)][static_cast<size_t>(s)] = consolidations_;
       spec.receiver_new_slot[static_cast<size_t>(l)] = s;

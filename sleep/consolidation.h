@@ -5,10 +5,13 @@
 //       compute and write θ_new — the student is now "sender at θ_new";
 //   (b) consolidate(): in every layer the sender's active slots are reset (their old B kept
 //       for the teacher), one free slot of the receiver ℓ+1 is activated (A ~ N(0, 1/C),
-//       B = 0: a no-op at first), and Knowledge Seeding trains only those new slots ({A, B},
-//       plus the router row on an MoE level) so that the student imitates the teacher — the
-//       same model seen through a TeacherView (teacher_view.h) with θ_old and the old slots;
-//   (c) the new slots stay active; θ_new stays applied; θ_old and the old B's are dropped.
+//       B = 0: a no-op at first; a full receiver first frees its oldest slot, by
+//       on_exhausted), and Knowledge Seeding trains only those new slots ({A, B}, plus the
+//       router row on an MoE level) so that the student imitates the teacher — the same
+//       model seen through a TeacherView (teacher_view.h) with θ_old and the old slots
+//       (and, under merge_oldest, the evicted receiver slot's old occupant);
+//   (c) the new slots stay active; θ_new stays applied; θ_old and the old B's (and an
+//       evicted slot's old weights) are dropped.
 //
 // Knowledge Seeding, one step (no external data: the teacher's own samples are the replay):
 //   D           n_samples sequences sampled from the teacher (prompts given by the caller:
@@ -38,7 +41,9 @@
 
 namespace somnus::sleep {
 
-enum class SlotPolicy { error, evict_oldest };
+// What consolidation does in a layer whose receiver level has no free slot (see
+// ConsolidationConfig::on_exhausted).
+enum class SlotPolicy { error, evict_oldest, merge_oldest };
 
 // Knowledge Seeding hyper-parameters; the [choice] defaults of PARADIGM §2.
 struct SeedingConfig {
@@ -72,9 +77,19 @@ struct ConsolidationConfig {
   int64_t sender = 0;         // ℓ; the receiver is ℓ + 1
   bool expansion = true;      // false: the "without expansion" ablation (θ_new only, no slot, no seeding)
   bool seeding = true;        // false: expansion without Knowledge Seeding (the slot stays a no-op)
-  // evict_oldest: reset the receiver's oldest slot first. The reset comes before the teacher
-  // view is built, so what that slot held is dropped, not distilled into the new slot (the
-  // teacher is the current model without it; PARADIGM says nothing of eviction).
+  // When every slot of the receiver is active in a layer (PARADIGM says nothing of eviction):
+  //   "error" [default]  consolidate() and check_ready() throw, changing nothing;
+  //   "evict_oldest"     reset the receiver's oldest slot first. The reset comes before the
+  //                      teacher view is built, so what that slot held is dropped, not
+  //                      distilled into the new slot (the teacher is the current model
+  //                      without it);
+  //   "merge_oldest"     the oldest slot is re-initialised as the student's new slot too, but
+  //                      the teacher keeps its old A, B (and router row) active
+  //                      (TeacherViewSpec::receiver_evicted): Knowledge Seeding distils what
+  //                      it held into the new slot together with the sender's change, so the
+  //                      eviction costs capacity (one rank-r slot carries both) rather than
+  //                      what the slot knew. Without seeding ('seeding': false or ks.steps =
+  //                      0) nothing is distilled and it drops the slot as evict_oldest does.
   SlotPolicy on_exhausted = SlotPolicy::error;
   double slot_init_std = 0.0;  // std of the new slot's A; 0 = 1/√d ([choice] A ~ N(0, 1/d), B = 0)
   SeedingConfig ks;
@@ -127,7 +142,8 @@ class Consolidator {
   // leaves everything as it was.
   void check_ready(const std::vector<std::vector<TokenId>>& prompts) const;
 
-  // Activation order of the receiver slots (for evict_oldest), saved with sleep checkpoints.
+  // Activation order of the receiver slots (for evict_oldest / merge_oldest), saved with
+  // sleep checkpoints.
   nlohmann::json state() const;
   void load_state(const nlohmann::json& j);
 

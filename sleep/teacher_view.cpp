@@ -45,6 +45,36 @@ TeacherView::TeacherView(nn::Transformer& model, TeacherViewSpec spec) : model_(
                    shape_str(cur.shape()), dtype_name(cur.dtype()), cur.device().str());
     }
   }
+  SOMNUS_CHECK(spec_.receiver_evicted.empty() || static_cast<int64_t>(spec_.receiver_evicted.size()) == L,
+               "TeacherView: receiver_evicted has {} layers, the model {}", spec_.receiver_evicted.size(), L);
+  if (!spec_.receiver_evicted.empty()) {
+    SOMNUS_CHECK(spec_.sender + 1 < n_levels,
+                 "TeacherView: receiver_evicted given, but sender level {} has no receiver", spec_.sender);
+  }
+  auto describe = [](const Tensor& t) {
+    return t.defined() ? fmt::format("{} {} on {}", shape_str(t.shape()), dtype_name(t.dtype()), t.device().str())
+                       : std::string("undefined");
+  };
+  for (size_t l = 0; l < spec_.receiver_evicted.size(); ++l) {
+    const EvictedSlot& e = spec_.receiver_evicted[l];
+    if (e.slot == -1) continue;
+    const nn::CmsLevel& lv = model_.level(static_cast<int64_t>(l), spec_.sender + 1);
+    SOMNUS_CHECK(e.slot >= 0 && e.slot < lv.n_slots(),
+                 "TeacherView: evicted receiver slot of layer {} is {}, expected -1 or a slot in [0, {})", l, e.slot,
+                 lv.n_slots());
+    const nn::LowRankSlot& cur = lv.slot(e.slot);
+    const std::pair<const char*, const Tensor*> parts[] = {{"A", &e.A}, {"B", &e.B}, {"router row", &e.router}};
+    const Tensor* mine[] = {&cur.A, &cur.B, &cur.router};
+    for (size_t i = 0; i < 3; ++i) {
+      const Tensor& old = *parts[i].second;
+      const Tensor& now = *mine[i];
+      const bool fits = old.defined() == now.defined() &&
+                        (!old.defined() ||
+                         (old.shape() == now.shape() && old.dtype() == now.dtype() && old.device() == now.device()));
+      SOMNUS_CHECK(fits, "TeacherView: the old {} of evicted receiver slot {} of layer {} is {}, the slot's {}",
+                   parts[i].first, e.slot, l, describe(old), describe(now));
+    }
+  }
   if (!spec_.receiver_new_slot.empty()) {
     SOMNUS_CHECK(spec_.sender + 1 < n_levels, "TeacherView: receiver_new_slot given, but sender level {} has no receiver",
                  spec_.sender);
@@ -61,8 +91,8 @@ TeacherView::~TeacherView() {
   if (entered_) swap_out();
 }
 
-std::string TeacherView::slot_b_name(int64_t layer, int64_t level, int64_t slot) {
-  return fmt::format("blocks.{}.cms.{}.slots.{}.B", layer, level, slot);
+std::string TeacherView::slot_param_name(int64_t layer, int64_t level, int64_t slot, const char* param) {
+  return fmt::format("blocks.{}.cms.{}.slots.{}.{}", layer, level, slot, param);
 }
 
 void TeacherView::swap_in() {
@@ -73,7 +103,7 @@ void TeacherView::swap_in() {
     for (const auto& [name, old] : spec_.sender_old) stashed_.emplace_back(name, model_.set_parameter(name, old));
     for (size_t l = 0; l < spec_.sender_slots.size(); ++l) {
       for (const auto& [s, old_b] : spec_.sender_slots[l]) {
-        const std::string name = slot_b_name(static_cast<int64_t>(l), spec_.sender, s);
+        const std::string name = slot_param_name(static_cast<int64_t>(l), spec_.sender, s, "B");
         stashed_.emplace_back(name, model_.set_parameter(name, old_b));
         flip_mask(static_cast<int64_t>(l), spec_.sender, s, true);
       }
@@ -81,6 +111,21 @@ void TeacherView::swap_in() {
     for (size_t l = 0; l < spec_.receiver_new_slot.size(); ++l) {
       const int64_t s = spec_.receiver_new_slot[l];
       if (s >= 0) flip_mask(static_cast<int64_t>(l), spec_.sender + 1, s, false);
+    }
+    // After the new slots are hidden: an evicted slot that is also the new one is shown with
+    // its old occupant's weights.
+    for (size_t l = 0; l < spec_.receiver_evicted.size(); ++l) {
+      const EvictedSlot& e = spec_.receiver_evicted[l];
+      if (e.slot < 0) continue;
+      const auto layer = static_cast<int64_t>(l);
+      const int64_t receiver = spec_.sender + 1;
+      const std::pair<const char*, const Tensor*> parts[] = {{"A", &e.A}, {"B", &e.B}, {"router", &e.router}};
+      for (const auto& [param, old] : parts) {
+        if (!old->defined()) continue;  // a dense level has no router row
+        const std::string name = slot_param_name(layer, receiver, e.slot, param);
+        stashed_.emplace_back(name, model_.set_parameter(name, *old));
+      }
+      flip_mask(layer, receiver, e.slot, true);
     }
   } catch (...) {
     restore();  // a half-entered view must not leave the student's handles or masks swapped

@@ -74,7 +74,8 @@ constexpr const char* kWakeLrKey = "sleep_wake_lr";
 
 // The key of a `somnus sleep` checkpoint's train_state.json extra that records the receiver
 // slots' activation order (the consolidator's state without its generator), so that
-// on_exhausted = evict_oldest in a later sleep evicts the slot that is really the oldest.
+// on_exhausted = evict_oldest / merge_oldest in a later sleep evicts the slot that is really
+// the oldest.
 constexpr const char* kSlotOrderKey = "sleep_slot_activation";
 
 // The learning rate a checkpoint last trained at. A `somnus train` checkpoint: its config's lr
@@ -219,7 +220,7 @@ void run_sleep(const SleepArgs& a) {
   sleep::WakeLearner learner(*model, cfg.wake, cfg.consolidation);
   {
     // The slot ages an earlier `somnus sleep` recorded (without them every active slot counts
-    // as equally old, and evict_oldest took slot 0 each time, however new it was).
+    // as equally old, and evict_oldest / merge_oldest took slot 0 each time, however new it was).
     const json x = ckpt_state.value("extra", json::object());
     if (x.is_object() && x.contains(kSlotOrderKey)) learner.consolidator().load_state(x.at(kSlotOrderKey));
   }

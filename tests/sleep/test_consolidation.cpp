@@ -941,3 +941,149 @@ TEST(Wake, SleepAppliesOnlyTheSenderLevelsPendingUpdate) {
 
 }  // namespace
 }  // namespace somnus::sleep
+
+namespace somnus::sleep {
+namespace {
+
+// merge_oldest's teacher (TeacherViewSpec::receiver_evicted): the student has evicted its only
+// receiver slot and re-initialised it as the new slot; the view shows the old occupant there
+// (A, B and, on an MoE level, the router row) by handle, so the teacher computes what the
+// model computed before the eviction, and the student's handles and masks come back after.
+TEST(TeacherView, ShowsAnEvictedReceiverSlotsOldOccupant) {
+  for (const bool moe : {false, true}) {
+    nn::TransformerConfig cfg = tiny_config(/*slots=*/1);
+    if (moe) {
+      cfg.levels[1].kind = nn::LevelKind::moe;
+      cfg.levels[1].n_experts = 3;
+      cfg.levels[1].top_k = 1;
+    }
+    Generator g1(7), g2(7), gen(5);
+    nn::Transformer m(cfg, g1), filled(cfg, g2);
+    for (int64_t l = 0; l < 2; ++l) {
+      const int64_t s = m.level(l, 1).activate_slot(gen);
+      nn::testing::randomize(m.level(l, 1).slot(s).B, 21 + static_cast<uint64_t>(l), 0.3);
+      if (moe) nn::testing::randomize(m.level(l, 1).slot(s).router, 31 + static_cast<uint64_t>(l), 0.3);
+    }
+    filled.load_state_dict(m.state_dict());  // the model before the eviction
+    TeacherViewSpec spec;
+    spec.sender = 0;
+    spec.receiver_new_slot.assign(2, -1);
+    spec.receiver_evicted.resize(2);
+    {
+      NoGradGuard no_grad;
+      for (int64_t l = 0; l < 2; ++l) {
+        nn::CmsLevel& recv = m.level(l, 1);
+        const nn::LowRankSlot& old = recv.slot(0);
+        spec.receiver_evicted[static_cast<size_t>(l)] =
+            EvictedSlot{0, old.A.clone(), old.B.clone(), moe ? old.router.clone() : Tensor()};
+        recv.reset_slot(0);
+        spec.receiver_new_slot[static_cast<size_t>(l)] = recv.activate_slot(gen);  // slot 0 again, B = 0
+      }
+    }
+    ASSERT_EQ(spec.receiver_new_slot, (std::vector<int64_t>{0, 0}));
+    std::map<std::string, const void*> student_ptr;
+    for (const auto& [name, p] : m.named_parameters()) student_ptr[name] = p.storage().get();
+
+    const Tensor ids = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {1, 6}, DType::i64);
+    NoGradGuard no_grad;
+    const Tensor before = filled.hidden_states(ids), student = m.hidden_states(ids);
+    EXPECT_GT(somnus::testing::rel_error(student, before), 1e-2) << moe << ": the evicted slot mattered";
+    TeacherView merged(m, spec);
+    EXPECT_LT(somnus::testing::rel_error(merged.hidden_states(ids), before), 1e-6) << moe;
+    // evict_oldest's teacher (no receiver_evicted) is the model without the old occupant.
+    TeacherViewSpec dropped = spec;
+    dropped.receiver_evicted.clear();
+    TeacherView evicted(m, dropped);
+    EXPECT_TRUE(nn::testing::bitwise_equal(evicted.hidden_states(ids), student)) << moe;
+    for (const auto& [name, p] : m.named_parameters())
+      EXPECT_EQ(p.storage().get(), student_ptr[name]) << moe << ": " << name << " is the student's again";
+    EXPECT_TRUE(m.level(0, 1).slot_active(0));
+    EXPECT_TRUE(nn::testing::bitwise_equal(m.hidden_states(ids), student)) << moe;
+
+    // Bad entries are refused up front.
+    TeacherViewSpec bad = spec;
+    bad.receiver_evicted[1].slot = 3;
+    expect_error([&] { TeacherView v(m, bad); }, {"evicted receiver slot of layer 1 is 3"});
+    bad = spec;
+    bad.receiver_evicted[1].B = Tensor::zeros({3, 3});
+    expect_error([&] { TeacherView v(m, bad); }, {"old B of evicted receiver slot 0 of layer 1 is (3, 3)"});
+    bad = spec;
+    bad.receiver_evicted[0].router = moe ? Tensor() : Tensor::zeros({16});
+    expect_error([&] { TeacherView v(m, bad); }, {"old router row of evicted receiver slot 0 of layer 0"});
+    bad = spec;
+    bad.receiver_evicted.resize(1);
+    expect_error([&] { TeacherView v(m, bad); }, {"receiver_evicted has 1 layers"});
+  }
+}
+
+// on_exhausted = merge_oldest: with the receiver's only slot taken, evict_oldest drops what it
+// held (its teacher is the model without it: nothing to distil), merge_oldest distils it into
+// the new slot. Same model, same evicted slot; the sender is left as it was, so the evicted
+// slot's behaviour is all there is to keep.
+TEST(Consolidation, MergeOldestDistilsTheEvictedSlot) {
+  auto filled = make_model(7, /*slots=*/1);
+  {
+    Consolidator c(*filled, ks_config(0));
+    c.consolidate({}, kPrompts);  // takes the receiver's only slot in each layer
+    for (int64_t l = 0; l < 2; ++l) nn::testing::randomize(filled->level(l, 1).slot(0).B, 41 + static_cast<uint64_t>(l), 0.3);
+  }
+  // Fresh samples of the filled model: the behaviour the evicted slot is part of.
+  nn::GenerateConfig g;
+  g.max_new_tokens = 16;
+  g.seed = 999;
+  const auto res = nn::generate(*filled, {{1}, {2}, {3}, {4}, {5}, {6}}, g);
+  std::vector<double> ids, mask;
+  const int64_t T = 17;
+  for (size_t i = 0; i < res.sequences.size(); ++i) {
+    ids.push_back(static_cast<double>(i + 1));
+    mask.push_back(1.0);
+    const auto& s = res.sequences[i].tokens;
+    for (int64_t t = 0; t < T - 1; ++t) {
+      ids.push_back(t < static_cast<int64_t>(s.size()) ? s[static_cast<size_t>(t)] : 0);
+      mask.push_back(t + 1 < static_cast<int64_t>(s.size()) ? 1.0 : 0.0);
+    }
+  }
+  const int64_t B = static_cast<int64_t>(res.sequences.size());
+  const Tensor I = Tensor::from_vector(ids, {B, T}, DType::i64), M = Tensor::from_vector(mask, {B, T});
+
+  std::map<SlotPolicy, ConsolidationReport> rep;
+  std::map<SlotPolicy, double> jsd;
+  for (SlotPolicy policy : {SlotPolicy::evict_oldest, SlotPolicy::merge_oldest}) {
+    auto m = make_model(7, 1);
+    m->load_state_dict(filled->state_dict());
+    ConsolidationConfig cfg = ks_config(30);
+    cfg.on_exhausted = policy;
+    Consolidator c(*m, cfg);
+    c.check_ready(kPrompts);  // a full receiver is no refusal under either policy
+    rep[policy] = c.consolidate({}, kPrompts);
+    EXPECT_EQ(rep[policy].evicted_slots, (std::vector<int64_t>{0, 0}));
+    EXPECT_EQ(rep[policy].new_slots, (std::vector<int64_t>{0, 0}));
+    jsd[policy] = jsd_between(*filled, *m, I, M);
+  }
+  const ConsolidationReport &ev = rep[SlotPolicy::evict_oldest], &mg = rep[SlotPolicy::merge_oldest];
+  // The teachers: evict_oldest's is the student (its slot reset, the new one a no-op);
+  // merge_oldest's still has the evicted slot.
+  EXPECT_LT(ev.jsd_before, 1e-6);
+  EXPECT_GT(mg.jsd_before, 1e-4);
+  EXPECT_LT(mg.jsd_after, 0.5 * mg.jsd_before) << "before " << mg.jsd_before << " after " << mg.jsd_after;
+  // Against the model before the eviction, on its own fresh samples.
+  EXPECT_LT(jsd[SlotPolicy::merge_oldest], 0.5 * jsd[SlotPolicy::evict_oldest])
+      << "merge " << jsd[SlotPolicy::merge_oldest] << " evict " << jsd[SlotPolicy::evict_oldest];
+
+  // The policy reads and writes as JSON; the error lists every value.
+  ConsolidationConfig js = ks_config(1);
+  js.on_exhausted = SlotPolicy::merge_oldest;
+  const nlohmann::json j = js;
+  EXPECT_EQ(j.at("on_exhausted"), "merge_oldest");
+  EXPECT_EQ(j.get<ConsolidationConfig>().on_exhausted, SlotPolicy::merge_oldest);
+  expect_error([] { (void)nlohmann::json{{"on_exhausted", "merge"}}.get<ConsolidationConfig>(); },
+               {"\"error\", \"evict_oldest\" or \"merge_oldest\", got \"merge\""});
+  // Under "error" the refusal names both ways out.
+  auto full = make_model(7, 1);
+  full->load_state_dict(filled->state_dict());
+  Consolidator refuse(*full, ks_config(1));
+  expect_error([&] { refuse.check_ready(kPrompts); }, {"no free slot", "\"evict_oldest\" or \"merge_oldest\""});
+}
+
+}  // namespace
+}  // namespace somnus::sleep

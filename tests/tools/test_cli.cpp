@@ -216,7 +216,7 @@ TEST(Cli, SleepOnASleptCheckpointKeepsItsWakeRate) {
 
 // A model whose receiver slots are all taken by earlier sleeps is refused before the wake
 // phase (it used to wake for wake_steps, then fail in the sleep phase), and
-// on_exhausted=evict_oldest still sleeps it.
+// on_exhausted=evict_oldest (or merge_oldest) still sleeps it.
 TEST(Cli, SleepWithEveryReceiverSlotTakenFailsBeforeWaking) {
   TempDir dir;
   sleep_fixture(dir);  // two receiver slots
@@ -250,6 +250,14 @@ TEST(Cli, SleepWithEveryReceiverSlotTakenFailsBeforeWaking) {
                           " --set consolidation.on_exhausted=evict_oldest");
   ASSERT_EQ(next.code, 0) << next.out;
   EXPECT_EQ(evicted("s5"), json::array({1}));
+  // merge_oldest passes the full-receiver check too, and takes the oldest slot the same way
+  // (slot 0, from s4), distilling what it held into the new occupant.
+  const Result merge = run("sleep --ckpt " + dir.file("s5") + small + " --out " + dir.file("s6") +
+                           " --set consolidation.on_exhausted=merge_oldest");
+  ASSERT_EQ(merge.code, 0) << merge.out;
+  EXPECT_EQ(evicted("s6"), json::array({0}));
+  EXPECT_EQ(json::parse(std::ifstream(dir.file("s6/metrics.json")))["config"]["consolidation"]["on_exhausted"],
+            "merge_oldest");
 }
 
 // cycle.png leaves out a panel without data: with wake_steps = 0 (or no seeding steps)
