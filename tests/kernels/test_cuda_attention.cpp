@@ -398,11 +398,16 @@ TEST(CudaAttention, DecodeFusedCombineIsBitwiseTheTwoLaunchPath) {
   //                       B  Hq Hkv T  S     D    (rows g·T: 1, 4, 8)
   const AttnCase cases[] = {{3, 4, 4, 1, 900, 128, true, 899}, {2, 8, 2, 1, 1000, 64, true, 999},
                             {2, 8, 1, 1, 333, 128, true, 332}};
-  for (DType dt : {DType::bf16, DType::f32}) {
+  // Quick mode (compute-sanitizer's racecheck, whose attention budget DecodeMatchesCpuAndReference
+  // shares): bf16 at 7 splits only, 18 decodes of the 108, still every row count and both bases.
+  const bool quick = somnus::testing::quick_mode();
+  const std::vector<DType> dtypes = quick ? std::vector<DType>{DType::bf16} : std::vector<DType>{DType::bf16, DType::f32};
+  const std::vector<int64_t> split_counts = quick ? std::vector<int64_t>{7} : std::vector<int64_t>{0, 1, 7};
+  for (DType dt : dtypes) {
     for (const AttnCase& c : cases) {
       const Tensor q = randn({c.B, c.Hq, c.T, c.D}, g, dt, gpu());
       const Tensor k = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu()), v = randn({c.B, c.Hkv, c.S, c.D}, g, dt, gpu());
-      for (int64_t splits : {0, 1, 7}) {
+      for (int64_t splits : split_counts) {
         for (const char* base : {"pipe_wide", "ring"}) {  // fused on each: "fused", "ring_fused"
           SCOPED_TRACE(case_name(c, dt) + fmt::format(" splits {} {}", splits, base));
           set_decode_path(base);
