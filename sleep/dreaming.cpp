@@ -166,6 +166,12 @@ void from_json(const json& j, DreamConfig& out) {
   out = c;
 }
 
+uint64_t episode_dream_seed(uint64_t seed, int64_t episode) {
+  SOMNUS_CHECK(episode >= 0, "episode_dream_seed: the episode index must be >= 0, got {}", episode);
+  if (episode == 0) return seed;
+  return splitmix64_mix(seed ^ (static_cast<uint64_t>(episode) * 0x9E3779B97F4A7C15ULL));
+}
+
 void to_json(json& j, const DreamIterationMetrics& m) {
   j = json{{"iteration", m.iteration}, {"sampled", m.sampled},   {"kept", m.kept},
            {"rewarded", m.rewarded},   {"base_tau", m.base_tau}, {"mean_tau", m.mean_tau},

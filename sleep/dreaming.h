@@ -88,6 +88,15 @@ void to_json(nlohmann::json& j, const DreamConfig& c);
 // Strict: unknown keys and wrong types are errors. Validates.
 void from_json(const nlohmann::json& j, DreamConfig& c);
 
+// The dream seed of the `episode`-th Dreamer (0, 1, …) a method builds from one DreamConfig
+// (SleepMethod, SealMethod: one Dreamer per episode). Episode 0 uses `seed` itself, so a lone
+// run (one episode, `somnus sleep`) dreams exactly as a Dreamer with the config does; episode
+// k >= 1 uses splitmix64_mix(seed ^ (k · 0x9E3779B97F4A7C15)), a well-mixed value that differs
+// from episode to episode and from the small seeds the experiments hand out. The Dreamer's
+// whole random stream (sampling, the random extra expert, selection, adapter inits) follows.
+// Deterministic: the same (seed, episode) always gives the same value. Throws on episode < 0.
+uint64_t episode_dream_seed(uint64_t seed, int64_t episode);
+
 struct DreamIterationMetrics {
   int64_t iteration = 0;
   int64_t sampled = 0, kept = 0, rewarded = 0;

@@ -88,7 +88,9 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
 
   // 3. dream
   if (cfg_.dreaming && ep.score && !ep.context.empty()) {
-    Dreamer dreamer(model, cfg_.dream);
+    DreamConfig dc = cfg_.dream;  // each episode dreams from its own stream
+    dc.seed = episode_dream_seed(cfg_.dream.seed, episodes_ - 1);
+    Dreamer dreamer(model, dc);
     const DreamResult r = dreamer.run(dream_task_of(ep));
     metrics_["dream"] = {{"iterations", r.iterations},
                          {"sampled", r.dreams.size()},

@@ -14,7 +14,9 @@
 //                serve the scheduled consolidations of the episode's wake
 //                (wake.consolidate_every > 0);
 //   3. dream     when `dreaming` is on and the episode has a scorer τ and a context: the
-//                Dreamer loop (sleep/dreaming.h), applying the rewarded dreams.
+//                Dreamer loop (sleep/dreaming.h), applying the rewarded dreams. The k-th
+//                episode's Dreamer (k = 0, 1, …, counting every learn call) is seeded with
+//                episode_dream_seed(dream.seed, k): episodes draw distinct, reproducible streams.
 // The wake learner (its optimiser, its accumulators, the consolidator's slot ages) persists
 // across episodes: one SleepMethod follows one model through a whole continual run.
 #pragma once

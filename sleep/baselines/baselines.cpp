@@ -497,7 +497,9 @@ DreamTask dream_task_of(const LearningEpisode& ep) {
 void SealMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   const DreamTask task = dream_task_of(ep);
   task.validate();
-  Dreamer dreamer(model, cfg_);
+  DreamConfig dc = cfg_;  // each episode dreams from its own stream
+  dc.seed = episode_dream_seed(cfg_.seed, episodes_++);
+  Dreamer dreamer(model, dc);
   const DreamResult r = dreamer.run(task);
   metrics_ = json{{"iterations", r.iterations},
                   {"rewarded", r.rewarded.size()},

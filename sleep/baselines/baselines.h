@@ -165,11 +165,13 @@ class SealMethod : public Method {
   SealMethod();
   std::string name() const override { return "seal"; }
   // Needs the episode's context, score and dream template; metrics: the dream iterations.
+  // The k-th learn call's Dreamer is seeded with episode_dream_seed(cfg.seed, k).
   void learn(nn::Transformer& model, const LearningEpisode& ep) override;
   const DreamConfig& config() const { return cfg_; }
 
  private:
   DreamConfig cfg_;
+  int64_t episodes_ = 0;
 };
 // DreamConfig with SEAL's defaults (selection and random_extra_expert off).
 DreamConfig seal_default_config();

@@ -248,6 +248,34 @@ TEST(Baselines, OpsdReducesTheReverseKlToTheContextConditionedModel) {
   expect_error([&] { opsd->learn(m, no_context); }, {"OPSD", "no context"});
 }
 
+// SEAL, like Sleep, builds a Dreamer per episode: each episode's from its own seed
+// (episode_dream_seed), not every one from the config's seed. apply_steps = 0 keeps the model
+// as it is, so only the seed can make the episodes' dreams differ.
+TEST(Baselines, SealEachEpisodeDreamsFromItsOwnSeed) {
+  const json cfg{{"num_dreams", 4}, {"dream_length", 8}, {"rest_iterations", 1}, {"trial_steps", 1},
+                 {"apply_steps", 0}, {"seed", 3}};
+  LearningEpisode ep = toy_episode();
+  ep.dream_prefix = {1};
+  ep.train_prefix = {1};
+  ep.score = [](Transformer& mm) { return answer_logprob(mm, toy_episode()); };
+  auto run = [&] {
+    Generator gen(7);
+    Transformer m(tiny(), gen);
+    auto seal = make_method("seal", cfg);
+    std::vector<std::vector<std::vector<TokenId>>> out;
+    DreamObserver obs;
+    obs.on_sample = [&](const DreamTask&, int64_t, const std::vector<std::vector<TokenId>>& d) { out.push_back(d); };
+    const ScopedDreamObserver scope(obs);
+    for (int e = 0; e < 3; ++e) seal->learn(m, ep);
+    return out;
+  };
+  const auto a = run();
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_NE(a[0], a[1]) << "SEAL's episodes 0 and 1 dreamt the same dreams";
+  EXPECT_NE(a[1], a[2]);
+  EXPECT_EQ(run(), a);
+}
+
 TEST(Baselines, SealDreamsWithoutSelectionOrRandomExperts) {
   Generator gen(7);
   Transformer m(tiny(), gen);

@@ -411,6 +411,20 @@ TEST(Dreaming, RunReturnsTheDreamsItSampledAndTheObserverSeesThem) {
   EXPECT_EQ(observed.size(), 2u);
 }
 
+// The per-episode dream seed (SleepMethod and SEAL build a Dreamer per episode): episode 0 is
+// the seed itself, later episodes get distinct values, the same inputs the same value.
+TEST(Dreaming, EpisodeDreamSeedIsDistinctPerEpisodeAndDeterministic) {
+  EXPECT_EQ(episode_dream_seed(7, 0), 7u);
+  std::set<uint64_t> seen;
+  for (uint64_t seed : {0ull, 1ull, 2ull, 1000ull, 1001ull})
+    for (int64_t e = 0; e < 50; ++e) {
+      EXPECT_EQ(episode_dream_seed(seed, e), episode_dream_seed(seed, e));
+      seen.insert(episode_dream_seed(seed, e));
+    }
+  EXPECT_EQ(seen.size(), 5u * 50u) << "a (seed, episode) pair repeats another's stream";
+  EXPECT_THROW((void)episode_dream_seed(0, -1), Error);
+}
+
 TEST(Dreaming, BadConfigsAndTasksGiveClearErrors) {
   const DreamConfig ok = small_config();
   const DreamConfig back = json(ok).get<DreamConfig>();

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 
+#include "sleep/baselines/baselines.h"
 #include "sleep/baselines/training.h"
 #include "sleep/sleep_method.h"
 #include "testing.h"
@@ -155,6 +156,45 @@ TEST(SleepMethod, ScheduledConsolidationsUseTheEpisodesSleepPrompts) {
   ok.learn(model2, ep);
   EXPECT_EQ(model2.level(0, 1).active_slots().size(), 2u);  // both steps consolidated
   EXPECT_EQ(ok.learner()->state().scalars.at("prompts"), nlohmann::json({{5, 6}}));
+}
+
+// Each episode's Dreamer draws its own random stream (episode_dream_seed): a SleepMethod used
+// to build every episode's Dreamer from the same dream.seed, so with the model unchanged
+// between episodes (no wake, no sleep, nothing applied) every episode dreamt the same dreams.
+// The streams stay deterministic: a second method with the same config replays them.
+TEST(SleepMethod, EachEpisodeDreamsFromItsOwnSeed) {
+  SleepMethodConfig c = small_config();
+  c.wake_steps = 0;
+  c.consolidate = false;
+  c.dream.apply_steps = 0;  // the model stays as it is: only the seed can tell episodes apart
+  c.dream.num_dreams = 4;
+  c.dream.dream_length = 12;
+  c.dream.seed = 5;
+  register_sleep_method();
+  auto dreams_per_episode = [&](int episodes) {
+    Generator gen(1);
+    nn::Transformer model(tiny(), gen);
+    auto method = make_method("sleep", nlohmann::json(c));
+    std::vector<std::vector<std::vector<TokenId>>> out;
+    DreamObserver obs;
+    obs.on_sample = [&](const DreamTask&, int64_t, const std::vector<std::vector<TokenId>>& dreams) {
+      out.push_back(dreams);
+    };
+    const ScopedDreamObserver scope(obs);
+    for (int e = 0; e < episodes; ++e) method->learn(model, episode());
+    return out;
+  };
+  const auto a = dreams_per_episode(3);
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_NE(a[0], a[1]) << "episodes 0 and 1 dreamt the same dreams: the same dream seed";
+  EXPECT_NE(a[1], a[2]);
+  EXPECT_NE(a[0], a[2]);
+  EXPECT_EQ(dreams_per_episode(3), a) << "the per-episode streams are deterministic";
+  // Episode 0 dreams from dream.seed itself: what a lone Dreamer with the config dreams.
+  Generator gen(1);
+  nn::Transformer model(tiny(), gen);
+  Dreamer lone(model, c.dream);
+  EXPECT_EQ(lone.sample(dream_task_of(episode())), a[0]);
 }
 
 // Values of the right JSON kind at the top but wrong inside (list elements) or negative where
