@@ -1,6 +1,7 @@
 #include "sleep/lora.h"
 
 #include <cmath>
+#include <set>
 #include <utility>
 
 #include "autograd/functions.h"
@@ -157,6 +158,32 @@ void AdapterSet::merge(const std::string& name, Generator& gen) {
     }
   }
   reset(name, gen);
+}
+
+// ---------------------------------------------------------------- without LoRA
+
+NamedTensors state_dict_without_lora(nn::Module& model) {
+  // The folded weight of every Linear with an unmerged adapter, by its state-dict key.
+  std::map<std::string, Tensor> folded;
+  std::set<std::string> lora_keys;
+  for (auto& [name, m] : model.named_modules()) {
+    const auto* lin = dynamic_cast<const nn::Linear*>(m);
+    if (lin == nullptr || !lin->has_lora()) continue;
+    const std::string prefix = name.empty() ? "" : name + ".";
+    lora_keys.insert(prefix + "lora_A");
+    lora_keys.insert(prefix + "lora_B");
+    if (lin->lora_merged()) continue;
+    NoGradGuard no_grad;
+    const Tensor delta = matmul(lin->lora_B.detach(), lin->lora_A.detach()) * lin->lora_scale();  // (out, in)
+    folded.emplace(prefix + "weight", lin->weight.detach() + delta);
+  }
+  NamedTensors out;
+  for (auto& [key, t] : model.state_dict()) {
+    if (lora_keys.count(key)) continue;
+    const auto it = folded.find(key);
+    out.emplace_back(key, it == folded.end() ? t : it->second);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- TrainableScope

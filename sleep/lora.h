@@ -10,7 +10,9 @@
 // branch adds an exact zero and outputs are those of the base model.
 //
 // Side effect to know about: once an AdapterSet has been built, the targeted layers keep
-// their (frozen, zero) lora_A/lora_B parameters, so the model's state_dict lists them.
+// their (frozen, zero) lora_A/lora_B parameters, so the model's state_dict lists them and a
+// strict load into a plain model refuses it; state_dict_without_lora (below) gives the plain
+// architecture's state dict.
 //
 // Which layers: every Linear of the model whose dotted module name contains one of the
 // `targets` substrings, e.g. "attn" (wqkv, wo), "mlp" (dense MLPs of every level), "experts"
@@ -92,6 +94,18 @@ class AdapterSet {
   std::map<std::string, Adapter> adapters_;
   std::string active_;
 };
+
+// The model's state dict as the plain architecture (no LoRA) has it, for saving a model that
+// has had adapters (e.g. after dreaming) so that a strict load into a freshly built model of
+// the same config accepts it: every "lora_A" / "lora_B" entry is left out, and the weight of
+// each Linear whose LoRA is enabled and not merged carries the adapter swapped in at the time,
+// W + (alpha/r) · B @ A, so the result computes what the model computes now. With an
+// AdapterSet's "off" pair in place (no adapter active: what a Dreamer leaves behind, its
+// applied update already merged into W) that delta is exactly zero and the weight equals W bit for bit.
+// A layer whose LoRA is merged (Linear::merge_lora) has the delta in W already. The model is
+// not changed: weights with a delta added are new tensors, every other entry is the model's
+// own handle (as in state_dict()).
+NamedTensors state_dict_without_lora(nn::Module& model);
 
 // Makes exactly `trainable` require grad for its lifetime: every parameter of the model is
 // frozen, then the given tensors are unfrozen. The previous flags are restored on destruction

@@ -42,6 +42,7 @@
 #include "sleep/baselines/training.h"
 #include "sleep/config_json.h"
 #include "sleep/dreaming.h"
+#include "sleep/lora.h"
 #include "sleep/sleep_method.h"
 #include "sleep/wake.h"
 #include "tensor/format.h"
@@ -354,13 +355,11 @@ void run_sleep(const SleepArgs& a) {
   metrics["config"] = cfg;
 
   // Dreaming leaves (merged, switched-off) LoRA parameters on the adapted layers; the saved
-  // model is the plain architecture, so `generate`/`eval`/`sleep` load it like any other.
+  // model is the plain architecture (sleep::state_dict_without_lora), so `generate`/`eval`/
+  // `sleep` load it like any other.
   Generator init(0);
   nn::Transformer plain(model->config(), init, model->wte->weight.dtype(), device);
-  NamedTensors state;
-  for (auto& [name, t] : model->state_dict())
-    if (name.find(".lora_") == std::string::npos) state.emplace_back(name, t);
-  plain.load_state_dict(state, /*strict=*/true);
+  plain.load_state_dict(sleep::state_dict_without_lora(*model), /*strict=*/true);
   nn::CheckpointSave save;
   save.model = &plain;
   save.model_config = model->config();

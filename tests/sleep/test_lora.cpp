@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -52,6 +54,18 @@ std::map<std::string, const void*> base_pointers(const Transformer& m) {
     if (n.find("lora_") == std::string::npos) out[n] = p.data_ptr();
   }
   return out;
+}
+
+// LoRA enabled directly (no AdapterSet) on the model's first Linear whose name holds "attn".
+nn::Linear& set_free_layer(Transformer& m, Generator& gen) {
+  for (auto& [name, mod] : m.named_modules()) {
+    auto* lin = dynamic_cast<nn::Linear*>(mod);
+    if (lin != nullptr && name.find("attn") != std::string::npos) {
+      lin->enable_lora(2, 4.0, gen);
+      return *lin;
+    }
+  }
+  throw std::runtime_error("no attn Linear");
 }
 
 TEST(Lora, BaseWeightsAreSharedAndUntouchedByAdapterTraining) {
@@ -161,6 +175,59 @@ TEST(Lora, MergeFoldsTheDeltaIntoTheBaseAndResets) {
   EXPECT_LT(rel_error(logits_of(m, ids), adapted), 1e-12);
   set.disable();
   EXPECT_LT(rel_error(logits_of(m, ids), adapted), 1e-12);
+}
+
+// A model that has had adapters keeps lora_A/lora_B parameters, which a strict load into a
+// plain model refuses; state_dict_without_lora gives the plain architecture's state: no LoRA
+// entry, the merged base as it is (bitwise, with the off pair in), an active unmerged adapter
+// folded into its weight, a Linear::merge_lora'd layer not counted twice; the model unchanged.
+TEST(Lora, StateDictWithoutLoraLoadsIntoAPlainModelAndComputesTheSame) {
+  Generator gen(11);
+  Transformer m(gpt2_tiny(), gen, DType::f64);
+  const Tensor ids = ids_for(12);
+  auto plain_from = [&](const NamedTensors& state) {
+    Generator g(0);
+    auto p = std::make_unique<Transformer>(gpt2_tiny(), g, DType::f64);
+    p->load_state_dict(state, /*strict=*/true);
+    return p;
+  };
+  auto set = std::make_unique<AdapterSet>(m, LoraConfig{}, gen);
+  set->add("a", gen);
+  const std::vector<Tensor> pa = set->parameters("a");
+  for (size_t i = 1; i < pa.size(); i += 2) randomize(pa[i], 30 + i, 0.2);
+  // 1. An active, unmerged adapter: folded into the weights.
+  set->enable("a");
+  const Tensor adapted = logits_of(m, ids);
+  const NamedTensors full = m.state_dict();
+  expect_error([&] { plain_from(full); }, {"lora_A"});  // what a strict load says without the helper
+  const NamedTensors folded = state_dict_without_lora(m);
+  for (const auto& [name, t] : folded) EXPECT_EQ(name.find("lora_"), std::string::npos) << name;
+  EXPECT_EQ(folded.size(), base_pointers(m).size());
+  EXPECT_LT(rel_error(logits_of(*plain_from(folded), ids), adapted), 1e-12);
+  EXPECT_LT(rel_error(logits_of(m, ids), adapted), 1e-12) << "the model itself is unchanged";
+  EXPECT_TRUE(set->layer(0).lora_B.same(pa[1])) << "the adapter stays active";
+  // 2. What a Dreamer leaves: the adapter merged into the base, the set gone (off pair in).
+  set->merge("a", gen);
+  set.reset();
+  const Tensor merged = logits_of(m, ids);
+  EXPECT_LT(rel_error(merged, adapted), 1e-12);
+  const NamedTensors stripped = state_dict_without_lora(m);
+  const auto plain = plain_from(stripped);
+  EXPECT_TRUE(bitwise_equal(logits_of(*plain, ids), merged));
+  for (const auto& [name, t] : plain->state_dict())
+    EXPECT_TRUE(bitwise_equal(t, m.parameter(name))) << name << ": the merged base as it is";
+  // 3. A layer whose LoRA is merged by Linear::merge_lora: W holds the delta already.
+  Generator g2(13);
+  Transformer m2(gpt2_tiny(), g2, DType::f64);
+  nn::Linear& lin = set_free_layer(m2, g2);
+  randomize(lin.lora_B, 40, 0.2);
+  lin.merge_lora();
+  const Tensor merged2 = logits_of(m2, ids);
+  EXPECT_LT(rel_error(logits_of(*plain_from(state_dict_without_lora(m2)), ids), merged2), 1e-12);
+  // Without any LoRA the state dict is the model's own.
+  Generator g3(14);
+  Transformer m3(gpt2_tiny(), g3, DType::f64);
+  EXPECT_EQ(state_dict_without_lora(m3).size(), m3.state_dict().size());
 }
 
 TEST(Lora, ResetRedrawsAAndZeroesB) {
