@@ -168,7 +168,9 @@ TEST(Baselines, EwcStaysCloserToTheOldWeightsThanSft) {
     anchor = ewc.anchor();
     ewc.learn(m, second);
     dist[k] = distance_sq(m, anchor);
-    if (k == 0) EXPECT_GT(ewc.last_metrics().at("penalty_after").get<double>(), 0.0);
+    if (k == 0) {
+      EXPECT_GT(ewc.last_metrics().at("penalty_after").get<double>(), 0.0);
+    }
   }
   EXPECT_LT(dist[0], 0.5 * dist[1]);
 }

@@ -97,7 +97,9 @@ TEST(Lora, BaseWeightsAreSharedAndUntouchedByAdapterTraining) {
 
   EXPECT_EQ(base_pointers(m), before);
   for (const auto& [n, p] : m.named_parameters()) {
-    if (n.find("lora_") == std::string::npos) EXPECT_EQ(raw_bytes(p), bytes[n]) << n;
+    if (n.find("lora_") == std::string::npos) {
+      EXPECT_EQ(raw_bytes(p), bytes[n]) << n;
+    }
   }
   for (size_t i = 0; i < dreamer_bytes.size(); ++i) EXPECT_EQ(raw_bytes(set.parameters("dreamer")[i]), dreamer_bytes[i]);
   // The trained adapter's B moved away from 0.
