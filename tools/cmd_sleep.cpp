@@ -26,6 +26,7 @@
 // phase's seeding steps, dreaming) reruns from its start: both are deterministic given the
 // checkpoint. Once metrics.json is written the progress directory is removed.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <cstdio>
@@ -37,6 +38,8 @@
 
 #include "nn/checkpoint.h"
 #include "nn/file_io.h"
+#include "nn/optim.h"
+#include "nn/safetensors.h"
 #include "nn/tokenizer.h"
 #include "nn/train_config.h"
 #include "sleep/baselines/training.h"
@@ -95,6 +98,26 @@ std::optional<double> last_training_lr(const std::string& dir, const nlohmann::j
   const int64_t step = state.at("step").get<int64_t>();
   if (step <= 0) return std::nullopt;
   return tc.lr * tc.lr_schedule().lr_at(step - 1);
+}
+
+// The names of the parameter groups a checkpoint's optimizer.safetensors was saved with, in
+// order; empty when they cannot be read (load_checkpoint then reports what is wrong).
+std::vector<std::string> saved_optimizer_groups(const std::string& dir) {
+  std::vector<std::string> out;
+  try {
+    const SafetensorsHeader h = read_safetensors_header((fs::path(dir) / "optimizer.safetensors").string());
+    const auto it = h.metadata.find("somnus.optimizer");
+    if (it == h.metadata.end()) return {};
+    const json meta = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+    if (!meta.is_object() || !meta.contains("groups") || !meta.at("groups").is_array()) return {};
+    for (const json& g : meta.at("groups")) {
+      if (!g.is_object() || !g.contains("name") || !g.at("name").is_string()) return {};
+      out.push_back(g.at("name").get<std::string>());
+    }
+  } catch (const std::exception&) {
+    return {};
+  }
+  return out;
 }
 
 // A progress line, flushed: stdout is block-buffered into a pipe or a log file, where the
@@ -249,7 +272,24 @@ void run_sleep(const SleepArgs& a) {
     SOMNUS_CHECK(stage == "waking" || stage == "woke" || stage == "slept",
                  "sleep --resume: {}: unknown stage '{}'", *progress, stage);
     for (const json& v : x.at("wake_loss")) wake_loss.push_back(num(v));  // a NaN loss is stored as null
-    const nn::TrainState st = nn::load_checkpoint(*progress, *model, &learner.optimizer());
+    const nn::TrainState st = [&] {
+      try {
+        return nn::load_checkpoint(*progress, *model, &learner.optimizer());
+      } catch (const Error& e) {
+        // Same config, other optimiser groups: the checkpoint was written by a somnus whose wake
+        // optimiser grouped the parameters otherwise (before 6fc7f10 the sender level shared
+        // the groups of its period; now it has "<group>.sender" groups of its own).
+        const std::vector<std::string> saved = saved_optimizer_groups(*progress);
+        std::vector<std::string> now;
+        for (const ParamGroup& g : learner.optimizer().groups()) now.push_back(g.name);
+        if (saved.empty() || saved == now) throw;
+        fail("sleep --resume: {}: its wake optimiser state has the parameter groups [{}], this somnus builds [{}] "
+             "for the same config (the sender level now has optimiser groups of its own, \"<group>.sender\", "
+             "where its period is shared), so the state cannot be carried over; start the run again in a new --out "
+             "({})",
+             *progress, fmt::join(saved, ", "), fmt::join(now, ", "), e.what());
+      }
+    }();
     if (stage != "slept") check_consolidation_ready();
     SOMNUS_CHECK(a.stop_at == 0 || a.stop_at > st.step,
                  "sleep --resume: --stop-at {} is not after {} (progress step {}); give a later step, or none",

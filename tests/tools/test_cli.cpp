@@ -9,11 +9,17 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#include "nn/train_config.h"
+#include "nn/transformer.h"
 #include "tools/cli_testing.h"
 
 namespace {
@@ -357,6 +363,38 @@ TEST(Cli, SleepResumesBitExactly) {
   const Result done = run(args + out + " --resume");
   EXPECT_EQ(done.code, 0) << done.out;
   EXPECT_NE(done.out.find("is complete"), std::string::npos) << done.out;
+}
+
+// A progress checkpoint written before the wake optimiser gave the sender level groups of its
+// own (6fc7f10: "<group>.sender" where the sender's period is shared, here with attention) has
+// the old layout, transformer_param_groups; --resume cannot carry its state over and must say
+// why and what to do, not only "4 parameter groups saved, this optimizer has 6".
+TEST(Cli, SleepResumeOfAProgressCheckpointWithTheOldOptimiserLayoutSaysWhy) {
+  TempDir dir;
+  const std::string args = sleep_fixture(dir);
+  const std::string out = " --out " + dir.file("b");
+  const Result first = run(args + out + " --stop-at 1 --checkpoint-every 1");
+  ASSERT_EQ(first.code, 0) << first.out;
+  // The same checkpoint, but its optimiser state in the layout of a somnus before 6fc7f10.
+  const std::string root = dir.file("b/progress");
+  const std::optional<std::string> p = somnus::nn::latest_checkpoint(root);
+  ASSERT_TRUE(p.has_value());
+  const std::shared_ptr<somnus::nn::Transformer> model = somnus::nn::load_transformer(*p);
+  const somnus::AdamW old(somnus::nn::transformer_param_groups(*model, 1e-3, 0.0));
+  somnus::nn::CheckpointSave save;
+  save.model = model.get();
+  save.model_config = somnus::nn::read_checkpoint_json(*p, "model_config.json");
+  save.optimizer = &old;
+  save.state = somnus::nn::read_checkpoint_json(*p, "train_state.json").get<somnus::nn::TrainState>();
+  save.extra_tensors["anchor.safetensors"] = somnus::nn::read_checkpoint_tensors(*p, "anchor.safetensors");
+  save.extra_files["tokenizer.json"] = somnus::nn::read_checkpoint_file(*p, "tokenizer.json");
+  fs::remove_all(root);
+  somnus::nn::save_checkpoint(root, save);
+  const Result resumed = run(args + out + " --resume");
+  EXPECT_NE(resumed.code, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("sleep --resume: " + *p), std::string::npos) << resumed.out;
+  EXPECT_NE(resumed.out.find("p1.decay.sender"), std::string::npos) << resumed.out;
+  EXPECT_NE(resumed.out.find("start the run again in a new --out"), std::string::npos) << resumed.out;
 }
 
 // cycle.png of a one-step wake and a one-step seeding (one point per panel: "empty x range"
