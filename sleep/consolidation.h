@@ -125,9 +125,10 @@ class Consolidator {
  public:
   Consolidator(nn::Transformer& model, ConsolidationConfig cfg);
 
-  // θ_old: a copy of every non-slot parameter of the sender level in every layer (the only
-  // weight copy consolidation makes), LoRA adapter handles (lora_A, lora_B) excluded. Take it
-  // before the optimiser applies the sender.
+  // θ_old: a copy of every non-slot parameter of the sender level in every layer, LoRA adapter
+  // handles (lora_A, lora_B) excluded. Take it before the optimiser applies the sender. Besides
+  // it, consolidate() copies only slot-sized tensors: the sender slots' B (kept for the teacher)
+  // and, under merge_oldest, the evicted receiver slot's A, B and router row.
   NamedTensors snapshot_sender() const;
 
   // Steps (b) and (c). `sender_old` from snapshot_sender() (empty: θ_new = θ_old); prompts:

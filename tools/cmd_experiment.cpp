@@ -212,15 +212,18 @@ void run(const ExperimentOptions& o) {
     SOMNUS_CHECK(eq != std::string::npos && eq > 0, "experiment: --set expects key=value, got '{}'", s);
     overrides.emplace_back(s.substr(0, eq), s.substr(eq + 1));
   }
-  // A bad config or --set is reported before the output folder is looked at or made.
+  // A bad config value or --set (against the schema) is reported before the output folder is
+  // looked at or made; a row or method the experiment cannot build is found only when the run
+  // starts, after the folder is made (it is left empty).
   (void)sleep::resolve_experiment_config(o.name, config, overrides);
   const fs::path dir = o.out.empty() ? fs::path("runs/experiments") / o.name : fs::path(o.out);
   if (!o.overwrite) {
     const std::vector<std::string> old = previous_run_files(dir);
     if (!old.empty()) {
+      // Every name, not the first few: --overwrite removes them all, a file of the user's that
+      // happens to share a name (a table.md of their own) included.
       std::string names;
-      for (size_t i = 0; i < old.size() && i < 4; ++i) names += (i > 0 ? ", " : "") + old[i];
-      if (old.size() > 4) names += fmt::format(" and {} more", old.size() - 4);
+      for (size_t i = 0; i < old.size(); ++i) names += (i > 0 ? ", " : "") + old[i];
       fail("experiment: --out {}{} holds a previous run's files ({}); pass --overwrite to replace them (only the "
            "files an experiment writes are removed; other files stay), or give another --out",
            dir.string(), o.out.empty() ? " (the default)" : "", names);

@@ -481,6 +481,10 @@ TEST(Cli, ExperimentOutRefusesAPreviousRunUnlessOverwrite) {
   EXPECT_NE(again.out.find("experiment: --out " + out + " holds a previous run's files (result.json"), std::string::npos)
       << again.out;
   EXPECT_NE(again.out.find("--overwrite"), std::string::npos) << again.out;
+  // Every file --overwrite would remove is named, not the first four and a count.
+  for (const char* name : {"matrix_icl.dat", "matrix_sft.dat", "heatmap.gp", "bars.png"})
+    EXPECT_NE(again.out.find(name), std::string::npos) << name << " not named: " << again.out;
+  EXPECT_EQ(again.out.find(" more)"), std::string::npos) << again.out;
   std::stringstream still;
   still << std::ifstream(out + "/result.json").rdbuf();
   EXPECT_TRUE(still.str() == first.str()) << "a refused run leaves the previous one as it was";
