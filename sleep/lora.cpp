@@ -160,6 +160,44 @@ void AdapterSet::merge(const std::string& name, Generator& gen) {
   reset(name, gen);
 }
 
+NamedTensors AdapterSet::adapter_state(const std::string& name) const {
+  const Adapter& a = get(name);
+  NamedTensors out;
+  for (size_t i = 0; i < a.size(); ++i) {
+    out.emplace_back(names_[i] + ".lora_A", a[i].A.detach().clone());
+    out.emplace_back(names_[i] + ".lora_B", a[i].B.detach().clone());
+  }
+  return out;
+}
+
+void AdapterSet::load_adapter_state(const std::string& name, const NamedTensors& state) {
+  const Adapter& a = get(name);
+  SOMNUS_CHECK(state.size() == 2 * a.size(),
+               "AdapterSet::load_adapter_state: adapter '{}' has {} tensors ({} layers), the state has {}", name,
+               2 * a.size(), a.size(), state.size());
+  // Every check before the first copy: a refused state leaves the adapter as it was.
+  for (size_t i = 0; i < a.size(); ++i) {
+    for (size_t k = 0; k < 2; ++k) {
+      const auto& [key, t] = state[2 * i + k];
+      const std::string want = names_[i] + (k == 0 ? ".lora_A" : ".lora_B");
+      const Tensor& mine = k == 0 ? a[i].A : a[i].B;
+      SOMNUS_CHECK(key == want, "AdapterSet::load_adapter_state: adapter '{}': entry {} is '{}', expected '{}'", name,
+                   2 * i + k, key, want);
+      SOMNUS_CHECK(t.defined() && t.shape() == mine.shape(),
+                   "AdapterSet::load_adapter_state: adapter '{}': '{}' has shape {}, the layer's is {}", name, key,
+                   t.defined() ? fmt::format("{}", fmt::join(t.shape(), "x")) : std::string("(undefined)"),
+                   fmt::format("{}", fmt::join(mine.shape(), "x")));
+    }
+  }
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i].A.copy_(state[2 * i].second.detach());
+    a[i].B.copy_(state[2 * i + 1].second.detach());
+    a[i].A.set_grad(Tensor());
+    a[i].B.set_grad(Tensor());
+  }
+}
+
 // ---------------------------------------------------------------- without LoRA
 
 NamedTensors state_dict_without_lora(nn::Module& model) {

@@ -72,6 +72,15 @@ class AdapterSet {
   // that its delta is not counted twice. Works whether the adapter is active or not.
   void merge(const std::string& name, Generator& gen);
 
+  // A copy of the adapter's tensors (detached, no grad), keyed "<layer>.lora_A" and
+  // "<layer>.lora_B" per targeted layer in model order: what a caller keeps of an adapter
+  // beyond this set's lifetime (e.g. the learned dream generator, sleep/dreaming.h).
+  NamedTensors adapter_state(const std::string& name) const;
+  // Copies such a state into the adapter, in place (handles stay valid; grads cleared).
+  // Strict: the keys must be exactly this set's, in order, and each shape must match;
+  // otherwise throws somnus::Error naming the first difference, and the adapter is unchanged.
+  void load_adapter_state(const std::string& name, const NamedTensors& state);
+
   // Dotted module names of the targeted layers, in model order.
   const std::vector<std::string>& layer_names() const { return names_; }
   nn::Linear& layer(size_t i) const { return *layers_.at(i); }

@@ -56,6 +56,12 @@ std::map<std::string, const void*> base_pointers(const Transformer& m) {
   return out;
 }
 
+std::vector<std::string> bytes_of(const std::vector<Tensor>& ts) {
+  std::vector<std::string> out;
+  for (const Tensor& t : ts) out.push_back(raw_bytes(t));
+  return out;
+}
+
 // LoRA enabled directly (no AdapterSet) on the model's first Linear whose name holds "attn".
 nn::Linear& set_free_layer(Transformer& m, Generator& gen) {
   for (auto& [name, mod] : m.named_modules()) {
@@ -257,6 +263,56 @@ TEST(Lora, ResetRedrawsAAndZeroesB) {
   // ... and a different rank is refused.
   expect_error([&] { AdapterSet bad(m, LoraConfig{.rank = 3, .alpha = 4.0, .targets = {"attn.wo"}}, gen); },
                {"blocks.0.attn.wo", "rank 2"});
+}
+
+// adapter_state / load_adapter_state: a copy that outlives the set and loads back into the
+// adapter of another set on the same model (what a Dreamer carries between episodes).
+TEST(Lora, AdapterStateRoundTripsIntoAnotherSetAndRefusesAMismatch) {
+  Generator gen(9);
+  Transformer m(llama_tiny(), gen);
+  const LoraConfig cfg{.rank = 2, .alpha = 4.0, .targets = {"attn"}};
+  NamedTensors saved;
+  Tensor logits_with;
+  const Tensor ids = ids_for(3);
+  {
+    AdapterSet set(m, cfg, gen);
+    set.add("a", gen);
+    for (const Tensor& p : set.parameters("a")) randomize(p, 4, 0.1);
+    saved = set.adapter_state("a");
+    ASSERT_EQ(saved.size(), 2 * set.layer_names().size());
+    EXPECT_EQ(saved[0].first, set.layer_names()[0] + ".lora_A");
+    EXPECT_EQ(saved[1].first, set.layer_names()[0] + ".lora_B");
+    EXPECT_TRUE(bytes_of(set.parameters("a"))[1] == raw_bytes(saved[1].second));
+    // A copy: later changes to the adapter do not reach it.
+    EXPECT_NE(saved[1].second.data_ptr(), set.parameters("a")[1].data_ptr());
+    set.enable("a");
+    logits_with = logits_of(m, ids);
+    set.disable();
+  }
+  AdapterSet other(m, cfg, gen);
+  other.add("b", gen);
+  EXPECT_TRUE(raw_bytes(other.parameters("b")[1]) != raw_bytes(saved[1].second));
+  other.load_adapter_state("b", saved);
+  std::vector<std::string> want;
+  for (const auto& [k, t] : saved) want.push_back(raw_bytes(t));
+  EXPECT_TRUE(bytes_of(other.parameters("b")) == want);
+  other.enable("b");
+  EXPECT_TRUE(bitwise_equal(logits_of(m, ids), logits_with));
+  other.disable();
+
+  // Refused, naming the difference, with the adapter left as it was.
+  NamedTensors renamed = saved;
+  renamed[2].first = "blocks.9.attn.wqkv.lora_A";
+  expect_error([&] { other.load_adapter_state("b", renamed); }, {"entry 2", "blocks.9.attn.wqkv.lora_A"});
+  NamedTensors reshaped = saved;
+  reshaped.back().second = Tensor::zeros({3, 2});
+  expect_error([&] { other.load_adapter_state("b", reshaped); }, {"shape 3x2"});
+  expect_error([&] { other.load_adapter_state("b", NamedTensors(saved.begin(), saved.begin() + 2)); },
+               {"the state has 2"});
+  EXPECT_TRUE(bytes_of(other.parameters("b")) == want) << "a refused state changed the adapter";
+  AdapterSet narrow(m, LoraConfig{.rank = 2, .alpha = 4.0, .targets = {"attn.wo"}}, gen);
+  narrow.add("c", gen);
+  expect_error([&] { narrow.load_adapter_state("c", saved); }, {"adapter 'c'"});
 }
 
 TEST(Lora, TrainableScopeRestoresFlags) {
