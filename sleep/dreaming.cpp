@@ -123,6 +123,7 @@ void to_json(json& j, const DreamConfig& c) {
            {"selection", c.selection},
            {"min_improvement", c.min_improvement},
            {"apply_guard", c.apply_guard},
+           {"persist_dreamer", c.persist_dreamer},
            {"seed", c.seed}};
 }
 
@@ -130,7 +131,8 @@ void from_json(const json& j, DreamConfig& out) {
   detail::check_known_keys(j,
                            {"num_dreams", "dream_length", "temperature", "top_k", "keep_random", "lora", "trial_steps",
                             "trial_lr", "rest_iterations", "rest_steps", "rest_lr", "apply_steps", "apply_lr",
-                            "apply_target", "random_extra_expert", "selection", "min_improvement", "apply_guard", "seed"},
+                            "apply_target", "random_extra_expert", "selection", "min_improvement", "apply_guard",
+                            "persist_dreamer", "seed"},
                            kWhere);
   DreamConfig c;
   detail::read_field(j, "num_dreams", c.num_dreams, kWhere);
@@ -161,6 +163,7 @@ void from_json(const json& j, DreamConfig& out) {
   detail::read_field(j, "selection", c.selection, kWhere);
   detail::read_field(j, "min_improvement", c.min_improvement, kWhere);
   detail::read_field(j, "apply_guard", c.apply_guard, kWhere);
+  detail::read_field(j, "persist_dreamer", c.persist_dreamer, kWhere);
   detail::read_field(j, "seed", c.seed, kWhere);
   c.validate();
   out = c;
@@ -357,7 +360,20 @@ std::vector<double> Dreamer::learn_to_dream(const DreamTask& task, const std::ve
   adapters_->enable("dreamer");
   const AdapterOff off{*adapters_};
   const SftSteps steps{.steps = cfg_.rest_steps, .lr = cfg_.rest_lr};
-  return train_sft(model_, adapters_->parameters("dreamer"), rows, steps, gen_);
+  std::vector<double> losses = train_sft(model_, adapters_->parameters("dreamer"), rows, steps, gen_);
+  if (!losses.empty()) ++updates_;
+  return losses;
+}
+
+DreamerState Dreamer::dreamer_state() const {
+  return DreamerState{adapters_->adapter_state("dreamer"), runs_, updates_};
+}
+
+void Dreamer::load_dreamer_state(const DreamerState& state) {
+  if (state.empty()) return;
+  adapters_->load_adapter_state("dreamer", state.adapter);
+  runs_ = state.runs;
+  updates_ = state.updates;
 }
 
 int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<TokenId>>& dreams) {
@@ -426,6 +442,8 @@ int64_t Dreamer::apply(const DreamTask& task, const std::vector<std::vector<Toke
 DreamResult Dreamer::run(const DreamTask& task, const std::function<void(const DreamIterationMetrics&)>& on_iteration) {
   SOMNUS_PROFILE_SCOPE("dreaming");
   task.validate();
+  ++runs_;
+  if (t_observer && t_observer->on_start) t_observer->on_start(task, *this);
   DreamResult result;
   const double base_tau = score(task);
   result.tau_before = base_tau;

@@ -17,7 +17,14 @@
 //                slot of each layer's slowest CMS level (apply_target = slots)
 //
 // Isolation: every adapter is a LoRA delta on the one set of base weights (sleep/lora.h); the
-// model is never copied. The dreamer adapter is active only while sampling.
+// model is never copied. The dreamer adapter is active only while sampling and while ReST-EM
+// trains it.
+//
+// Across episodes. A Dreamer runs one task. A method that dreams over a sequence of episodes
+// (SleepMethod, SealMethod) builds one Dreamer per episode and, with
+// DreamConfig::persist_dreamer, carries the dream generator from each to the next as a
+// DreamerState (the "dreamer" adapter's tensors): what ReST-EM taught it in episode k is what
+// episode k+1 samples from. The trial and apply adapters are per episode either way.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -79,6 +86,15 @@ struct DreamConfig {
   // Keep the applied update only if τ improves over the model before applying (the trials
   // score one dream each; the applied mix of several can still overshoot). Off: always keep.
   bool apply_guard = true;
+  // [choice] Carry the learned dream generator (the "dreamer" adapter) from one episode's
+  // Dreamer to the next, in a method that dreams over a sequence of episodes (SleepMethod,
+  // SealMethod; a lone Dreamer::run ignores it). PARADIGM §3 has the model "learn to dream
+  // better, by RL": a policy learned by ReST-EM across tasks, as SEAL's self-edit policy is.
+  // Without it every episode starts from a fresh adapter (a no-op: B = 0), so with
+  // rest_iterations = 1 what ReST-EM trains is never sampled from. Off: that old behaviour,
+  // kept as an ablation. The adapter is a LoRA delta on the current base weights, switched
+  // off except while dreaming, so nothing but the dreams themselves depends on it.
+  bool persist_dreamer = true;
   uint64_t seed = 0;
 
   // Throws somnus::Error naming the bad field.
@@ -125,10 +141,27 @@ struct DreamResult {
   int64_t applied_steps = 0;
 };
 
+// The learned dream generator carried from one episode's Dreamer to the next
+// (DreamConfig::persist_dreamer): a copy of the "dreamer" adapter's tensors
+// (AdapterSet::adapter_state: "<layer>.lora_A", "<layer>.lora_B" per targeted layer). There is
+// no optimiser state to carry: each ReST-EM fine-tune (one per iteration) starts its own AdamW,
+// within an episode as across episodes. Tiny: rank · (in + out) numbers per targeted layer.
+struct DreamerState {
+  NamedTensors adapter;  // empty: nothing carried yet (the first episode starts fresh)
+  int64_t runs = 0;      // Dreamer runs it has been through
+  int64_t updates = 0;   // ReST-EM fine-tunes it has had (iterations with a reward-1 dream)
+  bool empty() const { return adapter.empty(); }
+};
+
+class Dreamer;
+
 // Sees what Dreamer::run dreams on this thread while a ScopedDreamObserver holds it: for
 // callers that reach the Dreamer through a Method (SEAL, Sleep) and so never see its
 // DreamResult, e.g. an experiment that scores the dreams themselves (sleep/exp_arc.cpp).
 struct DreamObserver {
+  // At the start of each run, before anything is sampled: e.g. to read the adapters the run
+  // starts from (the dreamer adapter a method carried in). Must not change the dreamer.
+  std::function<void(const DreamTask&, Dreamer&)> on_start;
   // After each iteration's sampling: its dreams, in sampling order.
   std::function<void(const DreamTask&, int64_t iteration, const std::vector<std::vector<TokenId>>& dreams)> on_sample;
   // Inside each isolated trial (try_dreams), after the trial's SFT steps and τ, with the trial
@@ -190,6 +223,15 @@ class Dreamer {
   // τ of the model as it is (no adapter active), under no_grad.
   double score(const DreamTask& task);
 
+  // The dream generator as it is now (a copy), with the runs and updates it has seen,
+  // for the next episode's Dreamer (DreamConfig::persist_dreamer).
+  DreamerState dreamer_state() const;
+  // Starts from a carried dream generator: copies it into the "dreamer" adapter (strict, see
+  // AdapterSet::load_adapter_state: the same targeted layers and shapes, else it throws and
+  // nothing changes). An empty state changes nothing. Nothing of the random stream is drawn,
+  // so every other draw of this Dreamer is what it would be without the call.
+  void load_dreamer_state(const DreamerState& state);
+
   AdapterSet& adapters() { return *adapters_; }
   const DreamConfig& config() const { return cfg_; }
   Generator& generator() { return gen_; }
@@ -202,6 +244,7 @@ class Dreamer {
   Generator gen_;
   std::unique_ptr<AdapterSet> adapters_;
   uint64_t sample_calls_ = 0;
+  int64_t runs_ = 0, updates_ = 0;  // of the dream generator, carried ones included
 };
 
 }  // namespace somnus::sleep

@@ -17,8 +17,15 @@
 //                Dreamer loop (sleep/dreaming.h), applying the rewarded dreams. The k-th
 //                episode's Dreamer (k = 0, 1, …, counting every learn call) is seeded with
 //                episode_dream_seed(dream.seed, k): episodes draw distinct, reproducible streams.
-// The wake learner (its optimiser, its accumulators, the consolidator's slot ages) persists
-// across episodes: one SleepMethod follows one model through a whole continual run.
+//                With dream.persist_dreamer [default], the dream generator (the "dreamer"
+//                adapter) ReST-EM trained in one episode is the one the next episode's
+//                Dreamer starts from (a DreamerState the method keeps; loading it draws
+//                nothing, so every other random draw is as without it); off: a fresh one
+//                per episode (the ablation).
+// The wake learner (its optimiser, its accumulators, the consolidator's slot ages) and the
+// dream generator persist across episodes: one SleepMethod follows one model through a whole
+// continual run. The carried adapter is off (an exact zero delta) outside dreaming: the wake,
+// the sleep and every evaluation of the model compute as without it.
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -60,6 +67,9 @@ class SleepMethod : public Method {
   void learn(nn::Transformer& model, const LearningEpisode& ep) override;
   const SleepMethodConfig& config() const { return cfg_; }
   WakeLearner* learner() { return learner_.get(); }
+  // The dream generator carried to the next episode (empty before the first dreaming episode,
+  // and always with dream.persist_dreamer off).
+  const DreamerState& dreamer_state() const { return dreamer_state_; }
 
  private:
   SleepMethodConfig cfg_;
@@ -67,6 +77,7 @@ class SleepMethod : public Method {
   std::unique_ptr<WakeLearner> learner_;
   Generator gen_;
   int64_t episodes_ = 0;
+  DreamerState dreamer_state_;
 };
 
 // Makes make_method("sleep", config) build a SleepMethod (idempotent).

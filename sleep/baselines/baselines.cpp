@@ -500,11 +500,16 @@ void SealMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   DreamConfig dc = cfg_;  // each episode dreams from its own stream
   dc.seed = episode_dream_seed(cfg_.seed, episodes_++);
   Dreamer dreamer(model, dc);
+  const bool carried = cfg_.persist_dreamer && !dreamer_state_.empty();
+  if (carried) dreamer.load_dreamer_state(dreamer_state_);
   const DreamResult r = dreamer.run(task);
+  const DreamerState state = dreamer.dreamer_state();
+  if (cfg_.persist_dreamer) dreamer_state_ = state;
   metrics_ = json{{"iterations", r.iterations},
                   {"rewarded", r.rewarded.size()},
                   {"tau_before", r.tau_before},
-                  {"tau_after", r.tau_after}};
+                  {"tau_after", r.tau_after},
+                  {"dreamer", {{"carried", carried}, {"runs", state.runs}, {"updates", state.updates}}}};
 }
 
 }  // namespace somnus::sleep

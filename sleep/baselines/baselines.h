@@ -165,13 +165,19 @@ class SealMethod : public Method {
   SealMethod();
   std::string name() const override { return "seal"; }
   // Needs the episode's context, score and dream template; metrics: the dream iterations.
-  // The k-th learn call's Dreamer is seeded with episode_dream_seed(cfg.seed, k).
+  // The k-th learn call's Dreamer is seeded with episode_dream_seed(cfg.seed, k). With
+  // cfg.persist_dreamer [default] it starts from the dream generator the previous call's
+  // ReST-EM left (SEAL learns its self-edit policy across tasks by ReST-EM); off: fresh.
   void learn(nn::Transformer& model, const LearningEpisode& ep) override;
   const DreamConfig& config() const { return cfg_; }
+  // The dream generator carried to the next learn call (empty before the first, and always
+  // with persist_dreamer off).
+  const DreamerState& dreamer_state() const { return dreamer_state_; }
 
  private:
   DreamConfig cfg_;
   int64_t episodes_ = 0;
+  DreamerState dreamer_state_;
 };
 // DreamConfig with SEAL's defaults (selection and random_extra_expert off).
 DreamConfig seal_default_config();

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -276,6 +277,59 @@ TEST(Baselines, SealEachEpisodeDreamsFromItsOwnSeed) {
   EXPECT_NE(a[0], a[1]) << "SEAL's episodes 0 and 1 dreamt the same dreams";
   EXPECT_NE(a[1], a[2]);
   EXPECT_EQ(run(), a);
+}
+
+// SEAL learns its self-edit policy across tasks (ReST-EM over many contexts): with
+// persist_dreamer [default] the second learn call's Dreamer starts from the dreamer adapter the
+// first one's ReST-EM left; off, from a fresh one (B = 0). τ rises at every call, so every
+// dream is rewarded and ReST-EM always trains.
+TEST(Baselines, SealCarriesItsDreamGeneratorAcrossEpisodes) {
+  LearningEpisode ep = toy_episode();
+  ep.dream_prefix = {1};
+  ep.train_prefix = {1};
+  auto calls = std::make_shared<int64_t>(0);
+  ep.score = [calls](Transformer&) { return static_cast<double>(++*calls); };
+  auto b_norm = [](const NamedTensors& st) {
+    double s = 0.0;
+    for (const auto& [k, t] : st)
+      if (k.find("lora_B") != std::string::npos)
+        for (double v : t.to_vector()) s += v * v;
+    return s;
+  };
+  auto bytes = [](const NamedTensors& st) {
+    std::vector<std::string> out;
+    for (const auto& [k, t] : st) out.push_back(k + ":" + raw_bytes(t));
+    return out;
+  };
+  for (const bool persist : {true, false}) {
+    Generator gen(7);
+    Transformer m(tiny(), gen);
+    DreamConfig c = seal_default_config();
+    c.num_dreams = 3;
+    c.dream_length = 5;
+    c.rest_iterations = 1;
+    c.trial_steps = 1;
+    c.apply_steps = 0;
+    c.seed = 2;
+    c.persist_dreamer = persist;
+    SealMethod seal(c);
+    std::vector<NamedTensors> at_start;
+    DreamObserver obs;
+    obs.on_start = [&](const DreamTask&, Dreamer& d) { at_start.push_back(d.adapters().adapter_state("dreamer")); };
+    const ScopedDreamObserver scope(obs);
+    seal.learn(m, ep);
+    const NamedTensors after_first = seal.dreamer_state().adapter;
+    seal.learn(m, ep);
+    ASSERT_EQ(at_start.size(), 2u);
+    EXPECT_EQ(seal.last_metrics().at("dreamer").at("carried").get<bool>(), persist);
+    if (persist) {
+      EXPECT_GT(b_norm(after_first), 0.0);
+      EXPECT_TRUE(bytes(at_start[1]) == bytes(after_first)) << "episode 2 did not start from episode 1's dreamer";
+    } else {
+      EXPECT_TRUE(after_first.empty());
+      EXPECT_EQ(b_norm(at_start[1]), 0.0);
+    }
+  }
 }
 
 TEST(Baselines, SealDreamsWithoutSelectionOrRandomExperts) {

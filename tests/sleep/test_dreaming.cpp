@@ -205,6 +205,44 @@ TEST(Dreaming, RestEmTrainsTheDreamerOnlyOnRewardedDreams) {
   EXPECT_EQ(d.adapters().active(), "");
 }
 
+// A Dreamer that starts from a carried dream generator (load_dreamer_state) samples from it,
+// and draws nothing for the load: its random stream (the trials' inits, selection, ...) is the
+// one a Dreamer of the same config has without it. A state for other layers is refused.
+TEST(Dreaming, LoadDreamerStateCarriesTheGeneratorAndDrawsNothing) {
+  Generator gen(4);
+  Transformer m(dense_tiny(), gen);
+  const DreamTask task = target_task();
+  DreamerState trained;
+  {
+    Dreamer first(m, small_config());
+    first.run(task);
+    const std::vector<Tensor> p = first.adapters().parameters("dreamer");
+    randomize(p[1], 8, 0.5);  // a generator that surely differs from a fresh one
+    trained = first.dreamer_state();
+    EXPECT_EQ(trained.runs, 1);
+  }
+  DreamConfig cfg = small_config();
+  cfg.seed = 21;
+  Dreamer plain(m, cfg), carried(m, cfg);
+  carried.load_dreamer_state(trained);
+  std::vector<Tensor> trained_tensors;
+  for (const auto& [k, t] : trained.adapter) trained_tensors.push_back(t);
+  const std::vector<std::string> trained_bytes = bytes_of(trained_tensors);
+  EXPECT_TRUE(bytes_of(carried.adapters().parameters("dreamer")) == trained_bytes);
+  EXPECT_EQ(carried.dreamer_state().runs, 1);
+  EXPECT_EQ(carried.generator().seed, plain.generator().seed);
+  EXPECT_EQ(carried.generator().offset, plain.generator().offset);
+  EXPECT_NE(carried.sample(task), plain.sample(task));
+  carried.load_dreamer_state(DreamerState{});  // empty: nothing changes
+  EXPECT_TRUE(bytes_of(carried.adapters().parameters("dreamer")) == trained_bytes);
+  DreamConfig narrow = cfg;
+  narrow.lora.targets = {"attn"};
+  Generator g2(4);
+  Transformer m2(dense_tiny(), g2);
+  Dreamer other(m2, narrow);
+  expect_error([&] { other.load_dreamer_state(trained); }, {"load_adapter_state", "'dreamer'"});
+}
+
 int64_t extra_per_token(Transformer& m) {
   return m.level(0, 1).moe->last_routing().per_token;
 }
@@ -447,6 +485,9 @@ TEST(Dreaming, BadConfigsAndTasksGiveClearErrors) {
   none["selection"] = false;
   EXPECT_NO_THROW(none.get<DreamConfig>());
   EXPECT_TRUE(json::object().get<DreamConfig>().random_extra_expert);  // on by default
+  EXPECT_TRUE(json::object().get<DreamConfig>().persist_dreamer);      // on by default
+  EXPECT_FALSE(with("persist_dreamer", false).get<DreamConfig>().persist_dreamer);
+  expect_error([&] { with("persist_dreamer", "yes").get<DreamConfig>(); }, {"'persist_dreamer'", "wrong type"});
 
   DreamTask t = target_task();
   t.context.clear();

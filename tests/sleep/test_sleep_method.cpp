@@ -3,8 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
+#include "autograd/grad_mode.h"
 #include "sleep/baselines/baselines.h"
 #include "sleep/baselines/training.h"
 #include "sleep/sleep_method.h"
@@ -195,6 +199,147 @@ TEST(SleepMethod, EachEpisodeDreamsFromItsOwnSeed) {
   nn::Transformer model(tiny(), gen);
   Dreamer lone(model, c.dream);
   EXPECT_EQ(lone.sample(dream_task_of(episode())), a[0]);
+}
+
+// τ for the dreamer tests: rises at every call, so every trial beats the base score computed
+// before it and every kept dream is rewarded: ReST-EM then always trains the dreamer (a real
+// τ rewards nothing in some episodes of a model this small, which would test nothing).
+std::function<double(nn::Transformer&)> rising_score() {
+  auto calls = std::make_shared<int64_t>(0);
+  return [calls](nn::Transformer&) { return static_cast<double>(++*calls); };
+}
+
+std::vector<std::string> state_bytes(const NamedTensors& state) {
+  std::vector<std::string> out;
+  for (const auto& [k, t] : state) out.push_back(k + ":" + somnus::testing::raw_bytes(t));
+  return out;
+}
+
+double sum_sq(const NamedTensors& state, const char* suffix) {
+  double s = 0.0;
+  for (const auto& [k, t] : state)
+    if (k.size() >= 6 && k.compare(k.size() - 6, 6, suffix) == 0)
+      for (double v : t.to_vector()) s += v * v;
+  return s;
+}
+
+// The dream generator persists across episodes (dream.persist_dreamer): the dreamer adapter
+// the second episode's Dreamer starts from is the one ReST-EM left at the end of the first,
+// not a fresh one (B = 0, a no-op). Off: every episode starts from the fresh adapter of its
+// own seed, as before.
+TEST(SleepMethod, TheDreamGeneratorPersistsAcrossEpisodes) {
+  LearningEpisode ep = episode();
+  ep.score = rising_score();
+  auto run = [&](bool persist, std::vector<NamedTensors>& at_start, std::vector<NamedTensors>& at_end,
+                 std::vector<nlohmann::json>& metrics, NamedTensors& fresh_second) {
+    SleepMethodConfig c = small_config();
+    c.wake_steps = 4;
+    c.dream.seed = 11;
+    c.dream.persist_dreamer = persist;
+    Generator gen(1);
+    nn::Transformer model(tiny(), gen);
+    SleepMethod method(c);
+    DreamObserver obs;
+    obs.on_start = [&](const DreamTask&, Dreamer& d) { at_start.push_back(d.adapters().adapter_state("dreamer")); };
+    const ScopedDreamObserver scope(obs);
+    for (int e = 0; e < 3; ++e) {
+      method.learn(model, ep);
+      at_end.push_back(method.dreamer_state().adapter);
+      metrics.push_back(method.last_metrics());
+    }
+    // What a fresh Dreamer of the second episode starts from (its seed; the model already has
+    // LoRA on the targeted layers, as the second episode's had).
+    DreamConfig second = c.dream;
+    second.seed = episode_dream_seed(c.dream.seed, 1);
+    Dreamer fresh(model, second);
+    fresh_second = fresh.adapters().adapter_state("dreamer");
+  };
+  std::vector<NamedTensors> start, end, start_off, end_off;
+  std::vector<nlohmann::json> m, m_off;
+  NamedTensors fresh, fresh_off;
+  run(true, start, end, m, fresh);
+  ASSERT_EQ(start.size(), 3u);
+  ASSERT_EQ(end.size(), 3u);
+  // Episode 1's ReST-EM trained the dreamer (B moved off zero) ...
+  EXPECT_GE(m[0]["dream"]["dreamer"]["updates"].get<int64_t>(), 1) << m[0].dump();
+  EXPECT_FALSE(m[0]["dream"]["dreamer"]["carried"].get<bool>());
+  EXPECT_EQ(sum_sq(start[0], "lora_B"), 0.0);
+  EXPECT_GT(sum_sq(end[0], "lora_B"), 0.0);
+  // ... and episode 2 starts from exactly that adapter, not from its own fresh one.
+  EXPECT_TRUE(state_bytes(start[1]) == state_bytes(end[0])) << "episode 2 did not start from episode 1's dreamer";
+  EXPECT_TRUE(state_bytes(start[1]) != state_bytes(fresh)) << "episode 2 started from a fresh dreamer";
+  EXPECT_TRUE(state_bytes(start[2]) == state_bytes(end[1])) << "episode 3 did not start from episode 2's dreamer";
+  EXPECT_TRUE(m[1]["dream"]["dreamer"]["carried"].get<bool>());
+  EXPECT_EQ(m[2]["dream"]["dreamer"]["runs"].get<int64_t>(), 3);
+  EXPECT_GE(m[2]["dream"]["dreamer"]["updates"].get<int64_t>(), 3);
+
+  // Off: every episode starts fresh (B = 0), episode 2 from its seed's own init; nothing kept.
+  run(false, start_off, end_off, m_off, fresh_off);
+  ASSERT_EQ(start_off.size(), 3u);
+  EXPECT_TRUE(state_bytes(start_off[1]) == state_bytes(fresh_off)) << "off: episode 2 did not start fresh";
+  for (const NamedTensors& s0 : start_off) EXPECT_EQ(sum_sq(s0, "lora_B"), 0.0);
+  for (const NamedTensors& e0 : end_off) EXPECT_TRUE(e0.empty());
+  EXPECT_FALSE(m_off[1]["dream"]["dreamer"]["carried"].get<bool>());
+  EXPECT_EQ(m_off[1]["dream"]["dreamer"]["runs"].get<int64_t>(), 1);
+  // The first episode is the same either way (nothing to carry yet).
+  EXPECT_TRUE(state_bytes(start_off[0]) == state_bytes(start[0]));
+  EXPECT_EQ(m_off[0]["dream"]["iterations"][0]["rewarded"], m[0]["dream"]["iterations"][0]["rewarded"]);
+}
+
+// The carried adapter changes the dreams and nothing else: it is switched off (an exact zero
+// delta) whenever the model wakes, sleeps or is evaluated. With apply_steps = 0 the dreams
+// never reach the weights, so a run with the dreamer carried and one without must leave
+// bit-identical models and logits after every episode (the wake and the consolidation of
+// episodes 2 and 3 train on and sample from the model while the trained adapter exists),
+// while the dreams themselves differ from episode 2 on.
+TEST(SleepMethod, TheCarriedDreamerChangesTheDreamsAndNothingElse) {
+  LearningEpisode ep = episode();
+  ep.score = rising_score();
+  Generator idg(5);
+  const Tensor ids = randint(0, tiny().vocab_size, {2, 12}, idg);
+  struct Run {
+    std::vector<std::vector<std::string>> states;  // the model's state dict after each episode
+    std::vector<std::string> logits;
+    std::vector<std::vector<std::vector<TokenId>>> dreams;  // per episode
+    NamedTensors carried;
+  };
+  auto run = [&](bool persist) {
+    SleepMethodConfig c = small_config();
+    c.wake_steps = 6;
+    c.dream.apply_steps = 0;
+    c.dream.num_dreams = 4;
+    c.dream.dream_length = 12;
+    c.dream.rest_steps = 4;
+    c.dream.rest_lr = 5e-2;
+    c.dream.persist_dreamer = persist;
+    Generator gen(1);
+    nn::Transformer model(tiny(), gen);
+    SleepMethod method(c);
+    Run r;
+    DreamObserver obs;
+    obs.on_sample = [&](const DreamTask&, int64_t, const std::vector<std::vector<TokenId>>& d) { r.dreams.push_back(d); };
+    const ScopedDreamObserver scope(obs);
+    for (int e = 0; e < 3; ++e) {
+      method.learn(model, ep);
+      std::vector<std::string> sd;
+      for (const auto& [k, t] : model.state_dict()) sd.push_back(k + ":" + somnus::testing::raw_bytes(t));
+      r.states.push_back(sd);
+      NoGradGuard no_grad;
+      r.logits.push_back(somnus::testing::raw_bytes(model.forward(ids)));
+    }
+    r.carried = method.dreamer_state().adapter;
+    return r;
+  };
+  const Run on = run(true), off = run(false);
+  ASSERT_EQ(on.dreams.size(), 3u);
+  ASSERT_EQ(off.dreams.size(), 3u);
+  EXPECT_GT(sum_sq(on.carried, "lora_B"), 0.0) << "the carried adapter is trained (else this tests nothing)";
+  EXPECT_EQ(on.dreams[0], off.dreams[0]);
+  EXPECT_NE(on.dreams[1], off.dreams[1]) << "the carried dreamer did not change what episode 2 dreamt";
+  for (size_t e = 0; e < 3; ++e) {
+    EXPECT_TRUE(on.states[e] == off.states[e]) << "episode " << e + 1 << ": the model differs";
+    EXPECT_TRUE(on.logits[e] == off.logits[e]) << "episode " << e + 1 << ": the logits differ";
+  }
 }
 
 // Values of the right JSON kind at the top but wrong inside (list elements) or negative where
