@@ -13,7 +13,10 @@
 // Episode: context = [bos] passage (SFT-style methods train on it, ICL keeps it in the
 // prompt, dreams continue "[bos] passage [bos]"), no supervised examples (the questions are
 // the test); τ = the mean log-prob of the passage under the model without context (no test
-// question is ever used for learning). The "none" row is the base model itself.
+// question is ever used for learning). The "none" row is the base model itself. Beside the
+// accuracies, result.json keeps every learn call's metrics (Method::last_metrics), per passage
+// ("single_passage_learn") and per cpt episode in order ("cpt_learn"): e.g. Sleep's and SEAL's
+// dream iterations with their sampled / kept / rewarded counts.
 //
 // Ablations of PARADIGM §4: sleep-no-dream (dreaming = false), sleep-no-selection
 // (dream.selection = false), sleep-no-imitation (consolidation.ks.alpha = 1: distillation
@@ -227,6 +230,7 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
       // single passage
       double sum = 0;
       std::vector<double> per_passage;
+      json single_learn = json::array();
       const bool single = !cpt_only.count(row.label);
       for (int64_t i = 0; single && i < n_eval; ++i) {
         nn::Transformer model(mc, gen);
@@ -234,6 +238,7 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
         auto method = make_row_method(row, cfg, seed * 1000 + static_cast<uint64_t>(i));
         const LearningEpisode& ep = eps[static_cast<size_t>(i)];
         method->learn(model, ep);
+        single_learn.push_back(method->last_metrics());
         const double a = answer_accuracy(model, tok, method->eval_prefix(ep), questions(static_cast<size_t>(i)), eval);
         per_passage.push_back(a);
         sum += a;
@@ -244,13 +249,19 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
       if (single) {
         m["single_passage_acc"] = sum / static_cast<double>(n_eval);
         m["single_passage_per_entity"] = per_passage;
+        m["single_passage_learn"] = single_learn;
       }
       // continued pretraining on n passages in sequence
       if (n_cpt > 0) {
         nn::Transformer model(mc, gen);
         model.load_state_dict(base_state);
         auto method = make_row_method(row, cfg, seed * 1000 + 999);
-        for (int64_t i = 0; i < n_cpt; ++i) method->learn(model, eps[static_cast<size_t>(i)]);
+        json cpt_learn = json::array();
+        for (int64_t i = 0; i < n_cpt; ++i) {
+          method->learn(model, eps[static_cast<size_t>(i)]);
+          cpt_learn.push_back(method->last_metrics());
+        }
+        m["cpt_learn"] = cpt_learn;
         double correct = 0;
         int64_t count = 0;
         for (int64_t i = 0; i < n_cpt; ++i) {
