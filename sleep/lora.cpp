@@ -172,27 +172,34 @@ NamedTensors AdapterSet::adapter_state(const std::string& name) const {
 
 void AdapterSet::load_adapter_state(const std::string& name, const NamedTensors& state) {
   const Adapter& a = get(name);
-  SOMNUS_CHECK(state.size() == 2 * a.size(),
-               "AdapterSet::load_adapter_state: adapter '{}' has {} tensors ({} layers), the state has {}", name,
-               2 * a.size(), a.size(), state.size());
+  std::map<std::string, const Tensor*> by_key;
+  for (const auto& [key, t] : state) {
+    SOMNUS_CHECK(by_key.emplace(key, &t).second, "AdapterSet::load_adapter_state: adapter '{}': '{}' is in the state twice",
+                 name, key);
+  }
   // Every check before the first copy: a refused state leaves the adapter as it was.
+  std::vector<const Tensor*> src;
   for (size_t i = 0; i < a.size(); ++i) {
     for (size_t k = 0; k < 2; ++k) {
-      const auto& [key, t] = state[2 * i + k];
-      const std::string want = names_[i] + (k == 0 ? ".lora_A" : ".lora_B");
+      const std::string key = names_[i] + (k == 0 ? ".lora_A" : ".lora_B");
       const Tensor& mine = k == 0 ? a[i].A : a[i].B;
-      SOMNUS_CHECK(key == want, "AdapterSet::load_adapter_state: adapter '{}': entry {} is '{}', expected '{}'", name,
-                   2 * i + k, key, want);
+      const auto it = by_key.find(key);
+      SOMNUS_CHECK(it != by_key.end(), "AdapterSet::load_adapter_state: adapter '{}': the state has no '{}'", name, key);
+      const Tensor& t = *it->second;
       SOMNUS_CHECK(t.defined() && t.shape() == mine.shape(),
                    "AdapterSet::load_adapter_state: adapter '{}': '{}' has shape {}, the layer's is {}", name, key,
                    t.defined() ? fmt::format("{}", fmt::join(t.shape(), "x")) : std::string("(undefined)"),
                    fmt::format("{}", fmt::join(mine.shape(), "x")));
+      src.push_back(&t);
+      by_key.erase(it);
     }
   }
+  SOMNUS_CHECK(by_key.empty(), "AdapterSet::load_adapter_state: adapter '{}': the state has '{}', which is no targeted layer's",
+               name, by_key.begin()->first);
   NoGradGuard no_grad;
   for (size_t i = 0; i < a.size(); ++i) {
-    a[i].A.copy_(state[2 * i].second.detach());
-    a[i].B.copy_(state[2 * i + 1].second.detach());
+    a[i].A.copy_(src[2 * i]->detach());
+    a[i].B.copy_(src[2 * i + 1]->detach());
     a[i].A.set_grad(Tensor());
     a[i].B.set_grad(Tensor());
   }

@@ -77,8 +77,9 @@ class AdapterSet {
   // beyond this set's lifetime (e.g. the learned dream generator, sleep/dreaming.h).
   NamedTensors adapter_state(const std::string& name) const;
   // Copies such a state into the adapter, in place (handles stay valid; grads cleared).
-  // Strict: the keys must be exactly this set's, in order, and each shape must match;
-  // otherwise throws somnus::Error naming the first difference, and the adapter is unchanged.
+  // Strict: the keys must be exactly this set's (in any order: a checkpoint's tensors come
+  // back sorted by name), each shape must match; otherwise throws somnus::Error naming the
+  // first difference, and the adapter is unchanged.
   void load_adapter_state(const std::string& name, const NamedTensors& state);
 
   // Dotted module names of the targeted layers, in model order.

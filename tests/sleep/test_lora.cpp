@@ -302,14 +302,29 @@ TEST(Lora, AdapterStateRoundTripsIntoAnotherSetAndRefusesAMismatch) {
 
   // Refused, naming the difference, with the adapter left as it was.
   NamedTensors renamed = saved;
+  const std::string missing = renamed[2].first;
   renamed[2].first = "blocks.9.attn.wqkv.lora_A";
-  expect_error([&] { other.load_adapter_state("b", renamed); }, {"entry 2", "blocks.9.attn.wqkv.lora_A"});
+  expect_error([&] { other.load_adapter_state("b", renamed); }, {"the state has no '" + missing + "'"});
+  NamedTensors extra = saved;
+  extra.emplace_back("blocks.9.attn.wqkv.lora_A", saved[0].second);
+  expect_error([&] { other.load_adapter_state("b", extra); }, {"blocks.9.attn.wqkv.lora_A", "no targeted layer"});
+  NamedTensors twice = saved;
+  twice.push_back(saved[0]);
+  expect_error([&] { other.load_adapter_state("b", twice); }, {"twice"});
   NamedTensors reshaped = saved;
   reshaped.back().second = Tensor::zeros({3, 2});
   expect_error([&] { other.load_adapter_state("b", reshaped); }, {"shape 3x2"});
   expect_error([&] { other.load_adapter_state("b", NamedTensors(saved.begin(), saved.begin() + 2)); },
-               {"the state has 2"});
+               {"the state has no"});
   EXPECT_TRUE(bytes_of(other.parameters("b")) == want) << "a refused state changed the adapter";
+  // Any order (a checkpoint gives its tensors back sorted by name).
+  NamedTensors reversed(saved.rbegin(), saved.rend());
+  {
+    NoGradGuard no_grad;
+    for (const Tensor& p : other.parameters("b")) p.fill_(0.0);
+  }
+  other.load_adapter_state("b", reversed);
+  EXPECT_TRUE(bytes_of(other.parameters("b")) == want);
   AdapterSet narrow(m, LoraConfig{.rank = 2, .alpha = 4.0, .targets = {"attn.wo"}}, gen);
   narrow.add("c", gen);
   expect_error([&] { narrow.load_adapter_state("c", saved); }, {"adapter 'c'"});
