@@ -13,6 +13,12 @@
 //           is the model as loaded, i.e. what the fast level knew before the document.
 //   dream   dreams continuing the end of the context, selected, tried and applied with
 //           τ = mean log-prob of the held-out part (sleep/dreaming.h)
+// One invocation is one episode. A chain of them (each on the previous one's checkpoint) is a
+// continual run, so, as the wake rate and the slots' ages, the learned dream generator goes
+// with the checkpoint (dream.persist_dreamer, on by default): the new checkpoint holds the
+// "dreamer" adapter as ReST-EM left it (dreamer.safetensors, a few LoRA matrices, beside the
+// plain model; kept even by a run that does not dream), and a sleep on a checkpoint that has
+// one dreams from it. Off: every sleep dreams from a fresh generator and saves none.
 // The config is a SleepMethodConfig (sleep/sleep_method.h; every key optional). Prints a
 // table (phase, held-out NLL, old NLL, seconds), writes DIR/metrics.json, DIR/cycle.png
 // (wake loss and seeding JSD) and the new checkpoint DIR/ckpt-*/ (with its tokenizer).
@@ -81,6 +87,12 @@ constexpr const char* kWakeLrKey = "sleep_wake_lr";
 // on_exhausted = evict_oldest / merge_oldest in a later sleep evicts the slot that is really
 // the oldest.
 constexpr const char* kSlotOrderKey = "sleep_slot_activation";
+
+// The learned dream generator a `somnus sleep` checkpoint carries (dream.persist_dreamer): the
+// "dreamer" adapter's tensors (sleep::DreamerState::adapter), and in train_state.json's extra
+// the runs and ReST-EM updates it has had.
+constexpr const char* kDreamerFile = "dreamer.safetensors";
+constexpr const char* kDreamerKey = "sleep_dreamer";
 
 // The learning rate a checkpoint last trained at. A `somnus train` checkpoint: its config's lr
 // times its schedule's scale at the last step taken. A `somnus sleep` checkpoint (no training
@@ -255,6 +267,17 @@ void run_sleep(const SleepArgs& a) {
   auto check_consolidation_ready = [&] {
     if (cfg.consolidate) learner.consolidator().check_ready(sleep_prompts);
   };
+  // The dream generator an earlier sleep learned: dreamt from (when this run dreams) and saved
+  // on with the new checkpoint either way.
+  sleep::DreamerState dreamer_state;
+  if (cfg.dream.persist_dreamer && nn::checkpoint_has_file(dir, kDreamerFile)) {
+    dreamer_state.adapter = nn::read_checkpoint_tensors(dir, kDreamerFile);
+    const json x = ckpt_state.value("extra", json::object());
+    if (x.is_object() && x.contains(kDreamerKey)) {
+      dreamer_state.runs = x.at(kDreamerKey).value("runs", int64_t{0});
+      dreamer_state.updates = x.at(kDreamerKey).value("updates", int64_t{0});
+    }
+  }
   Generator gen(cfg.seed);  // wake batches
   const int64_t W = cfg.wake_steps;
   std::string stage = "waking";  // waking → woke → slept
@@ -383,12 +406,29 @@ void run_sleep(const SleepArgs& a) {
     sleep::DreamConfig dc = cfg.dream;
     dc.dream_length = std::min<int64_t>(dc.dream_length, block - n_ctx - 1);
     sleep::Dreamer dreamer(*model, dc);
+    const bool carried = !dreamer_state.empty();
+    if (carried) {
+      try {
+        dreamer.load_dreamer_state(dreamer_state);
+      } catch (const Error& e) {
+        fail("sleep: the dream generator {} carries ({}) does not fit this run's dream.lora: {} (--set "
+             "dream.persist_dreamer=false dreams from a fresh one)",
+             dir, kDreamerFile, e.what());
+      }
+      say("  dreaming from the checkpoint's dream generator ({} runs, {} ReST-EM updates so far)\n", dreamer_state.runs,
+          dreamer_state.updates);
+    }
     const sleep::DreamResult r = dreamer.run(task, [](const sleep::DreamIterationMetrics& m) {
       say("  dream iteration {}: sampled {} kept {} rewarded {} | τ base {:.4f} mean {:.4f} max {:.4f}\n", m.iteration,
           m.sampled, m.kept, m.rewarded, m.base_tau, m.mean_tau, m.max_tau);
     });
-    metrics["dream"] = {{"iterations", r.iterations}, {"rewarded", r.rewarded.size()}, {"tau_before", r.tau_before},
-                        {"tau_after", r.tau_after}};
+    const sleep::DreamerState after = dreamer.dreamer_state();
+    if (cfg.dream.persist_dreamer) dreamer_state = after;
+    metrics["dream"] = {{"iterations", r.iterations},
+                        {"rewarded", r.rewarded.size()},
+                        {"tau_before", r.tau_before},
+                        {"tau_after", r.tau_after},
+                        {"dreamer", {{"carried", carried}, {"runs", after.runs}, {"updates", after.updates}}}};
     phase("dream");
   }
   metrics["table"] = table;
@@ -408,6 +448,10 @@ void run_sleep(const SleepArgs& a) {
   slot_order.erase("gen");  // a later sleep samples from its own seed
   // A later `somnus sleep` on this checkpoint wakes at this rate and knows the slots' ages.
   save.state.extra = {{kWakeLrKey, cfg.wake.lr}, {kSlotOrderKey, slot_order}};
+  if (cfg.dream.persist_dreamer && !dreamer_state.empty()) {
+    save.extra_tensors[kDreamerFile] = dreamer_state.adapter;
+    save.state.extra[kDreamerKey] = {{"runs", dreamer_state.runs}, {"updates", dreamer_state.updates}};
+  }
   save.extra_files["tokenizer.json"] = tok_json;
   const std::string saved = nn::save_checkpoint(a.out, save, /*keep_last=*/1);
 

@@ -220,6 +220,63 @@ TEST(Cli, SleepOnASleptCheckpointKeepsItsWakeRate) {
   EXPECT_EQ(json::parse(std::ifstream(dir.file("s2/metrics.json")))["config"]["wake"]["lr"].get<double>(), 0.0007);
 }
 
+// A chain of `somnus sleep` runs is a continual run: the dream generator ReST-EM trained in one
+// goes with its checkpoint (dreamer.safetensors) and the next sleep dreams from it; a sleep
+// that does not dream passes it on unchanged; dream.persist_dreamer=false dreams from a fresh
+// one and saves none.
+TEST(Cli, SleepCarriesTheDreamGeneratorToTheNextSleep) {
+  TempDir dir;
+  const std::string args = sleep_fixture(dir);
+  auto ckpt_file = [&](const std::string& out, const std::string& name) {
+    for (const auto& e : std::filesystem::directory_iterator(dir.file(out)))
+      if (e.path().filename().string().rfind("ckpt-", 0) == 0) return (e.path() / name).string();
+    return std::string();
+  };
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  auto dreamer_metrics = [&](const std::string& out) {
+    return json::parse(std::ifstream(dir.file(out + "/metrics.json")))["dream"]["dreamer"];
+  };
+  const Result first = run(args + " --out " + dir.file("s1"));
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_FALSE(dreamer_metrics("s1")["carried"].get<bool>());
+  EXPECT_EQ(dreamer_metrics("s1")["runs"].get<int64_t>(), 1);
+  const std::string carried = ckpt_file("s1", "dreamer.safetensors");
+  ASSERT_TRUE(std::filesystem::exists(carried)) << carried;
+  EXPECT_EQ(run("generate --ckpt " + dir.file("s1") + " --prompt the --max-new 4").code, 0);
+
+  std::string again = args;
+  const std::string from = "--ckpt " + dir.file("run");
+  again.replace(again.find(from), from.size(), "--ckpt " + dir.file("s1"));
+  const Result second = run(again + " --out " + dir.file("s2"));
+  ASSERT_EQ(second.code, 0) << second.out;
+  EXPECT_NE(second.out.find("dreaming from the checkpoint's dream generator (1 runs"), std::string::npos) << second.out;
+  EXPECT_TRUE(dreamer_metrics("s2")["carried"].get<bool>());
+  EXPECT_EQ(dreamer_metrics("s2")["runs"].get<int64_t>(), 2);
+  EXPECT_TRUE(std::filesystem::exists(ckpt_file("s2", "dreamer.safetensors")));
+
+  const Result no_dream = run(again + " --set dreaming=false --out " + dir.file("s3"));
+  ASSERT_EQ(no_dream.code, 0) << no_dream.out;
+  EXPECT_EQ(bytes(ckpt_file("s3", "dreamer.safetensors")), bytes(carried)) << "a sleep without dreaming passes it on";
+
+  const Result fresh = run(again + " --set dream.persist_dreamer=false --out " + dir.file("s4"));
+  ASSERT_EQ(fresh.code, 0) << fresh.out;
+  EXPECT_EQ(fresh.out.find("dreaming from the checkpoint's dream generator"), std::string::npos) << fresh.out;
+  EXPECT_FALSE(dreamer_metrics("s4")["carried"].get<bool>());
+  EXPECT_EQ(dreamer_metrics("s4")["runs"].get<int64_t>(), 1);
+  EXPECT_FALSE(std::filesystem::exists(ckpt_file("s4", "dreamer.safetensors")));
+
+  // Another adapter shape (a different rank) is refused with the way out named.
+  const Result other = run(again + " --set dream.lora.rank=2 --out " + dir.file("s5"));
+  EXPECT_NE(other.code, 0);
+  EXPECT_NE(other.out.find("does not fit this run's dream.lora"), std::string::npos) << other.out;
+  EXPECT_NE(other.out.find("dream.persist_dreamer=false"), std::string::npos) << other.out;
+}
+
 // A model whose receiver slots are all taken by earlier sleeps is refused before the wake
 // phase (it used to wake for wake_steps, then fail in the sleep phase), and
 // on_exhausted=evict_oldest (or merge_oldest) still sleeps it.
