@@ -88,7 +88,8 @@ struct DreamConfig {
   bool apply_guard = true;
   // [choice] Carry the learned dream generator (the "dreamer" adapter) from one episode's
   // Dreamer to the next, in a method that dreams over a sequence of episodes (SleepMethod,
-  // SealMethod; a lone Dreamer::run ignores it). PARADIGM §3 has the model "learn to dream
+  // SealMethod), and from one `somnus sleep` to the next through its checkpoint
+  // (tools/cmd_sleep.cpp); a lone Dreamer::run ignores it. PARADIGM §3 has the model "learn to dream
   // better, by RL": a policy learned by ReST-EM across tasks, as SEAL's self-edit policy is.
   // Without it every episode starts from a fresh adapter (a no-op: B = 0), so with
   // rest_iterations = 1 what ReST-EM trains is never sampled from. Off: that old behaviour,
