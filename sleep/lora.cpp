@@ -1,6 +1,7 @@
 #include "sleep/lora.h"
 
 #include <cmath>
+#include <map>
 #include <set>
 #include <utility>
 
@@ -38,14 +39,48 @@ void from_json(const json& j, LoraConfig& out) {
 
 // ---------------------------------------------------------------- AdapterSet
 
-AdapterSet::AdapterSet(nn::Transformer& model, LoraConfig cfg, Generator& gen) : model_(model), cfg_(std::move(cfg)) {
-  cfg_.validate();
-  for (auto& [name, m] : model_.named_modules()) {
+namespace {
+// The Linear layers a config targets, in model order: every Linear but the lm_head whose name
+// contains one of the targets.
+std::vector<std::pair<std::string, nn::Linear*>> targeted_linears(nn::Transformer& model, const LoraConfig& cfg) {
+  std::vector<std::pair<std::string, nn::Linear*>> out;
+  for (auto& [name, m] : model.named_modules()) {
     auto* lin = dynamic_cast<nn::Linear*>(m);
     if (lin == nullptr || name == "lm_head") continue;
     bool match = false;
-    for (const std::string& t : cfg_.targets) match = match || name.find(t) != std::string::npos;
-    if (!match) continue;
+    for (const std::string& t : cfg.targets) match = match || name.find(t) != std::string::npos;
+    if (match) out.emplace_back(name, lin);
+  }
+  return out;
+}
+}  // namespace
+
+void check_adapter_state_fits(nn::Transformer& model, const LoraConfig& cfg, const NamedTensors& state) {
+  cfg.validate();
+  std::map<std::string, const Tensor*> by_key;
+  for (const auto& [key, t] : state)
+    SOMNUS_CHECK(by_key.emplace(key, &t).second, "adapter state: '{}' is in the state twice", key);
+  for (const auto& [name, lin] : targeted_linears(model, cfg)) {
+    for (size_t k = 0; k < 2; ++k) {
+      const std::string key = name + (k == 0 ? ".lora_A" : ".lora_B");
+      const Shape want = k == 0 ? Shape{cfg.rank, lin->in_features()} : Shape{lin->out_features(), cfg.rank};
+      const auto it = by_key.find(key);
+      SOMNUS_CHECK(it != by_key.end(), "adapter state: no '{}' (the config targets [{}] at rank {})", key,
+                   fmt::join(cfg.targets, ", "), cfg.rank);
+      const Tensor& t = *it->second;
+      SOMNUS_CHECK(t.defined() && t.shape() == want, "adapter state: '{}' has shape {}, the layer's at rank {} is {}", key,
+                   t.defined() ? fmt::format("{}", fmt::join(t.shape(), "x")) : std::string("(undefined)"), cfg.rank,
+                   fmt::format("{}", fmt::join(want, "x")));
+      by_key.erase(it);
+    }
+  }
+  SOMNUS_CHECK(by_key.empty(), "adapter state: '{}' is no layer the config targets ([{}])", by_key.begin()->first,
+               fmt::join(cfg.targets, ", "));
+}
+
+AdapterSet::AdapterSet(nn::Transformer& model, LoraConfig cfg, Generator& gen) : model_(model), cfg_(std::move(cfg)) {
+  cfg_.validate();
+  for (auto& [name, lin] : targeted_linears(model_, cfg_)) {
     if (lin->has_lora()) {
       SOMNUS_CHECK(lin->lora_rank() == cfg_.rank &&
                        std::abs(lin->lora_scale() - cfg_.alpha / static_cast<double>(cfg_.rank)) < 1e-12,

@@ -117,6 +117,13 @@ class AdapterSet {
 // own handle (as in state_dict()).
 NamedTensors state_dict_without_lora(nn::Module& model);
 
+// Whether an adapter state (AdapterSet::adapter_state's keys and shapes) fits the adapter an
+// AdapterSet with `cfg` would build on `model`, checked without building it (the model gets no
+// LoRA parameters): throws somnus::Error naming the first missing, extra or misshapen entry. For
+// refusing a carried state before work that would be lost (e.g. `somnus sleep`'s wake), where
+// load_adapter_state would refuse it only once the set exists.
+void check_adapter_state_fits(nn::Transformer& model, const LoraConfig& cfg, const NamedTensors& state);
+
 // Makes exactly `trainable` require grad for its lifetime: every parameter of the model is
 // frozen, then the given tensors are unfrozen. The previous flags are restored on destruction
 // (the tensors the model holds at that point, by name, plus the given ones).

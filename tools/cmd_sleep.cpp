@@ -277,6 +277,17 @@ void run_sleep(const SleepArgs& a) {
       dreamer_state.runs = x.at(kDreamerKey).value("runs", int64_t{0});
       dreamer_state.updates = x.at(kDreamerKey).value("updates", int64_t{0});
     }
+    // A carried generator that does not fit this run's dream.lora is refused now, not after
+    // the wake and the sleep have been spent.
+    if (cfg.dreaming) {
+      try {
+        sleep::check_adapter_state_fits(*model, cfg.dream.lora, dreamer_state.adapter);
+      } catch (const Error& e) {
+        fail("sleep: the dream generator {} carries ({}) does not fit this run's dream.lora: {} (--set "
+             "dream.persist_dreamer=false dreams from a fresh one)",
+             dir, kDreamerFile, e.what());
+      }
+    }
   }
   Generator gen(cfg.seed);  // wake batches
   const int64_t W = cfg.wake_steps;

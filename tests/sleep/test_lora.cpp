@@ -363,5 +363,40 @@ TEST(Lora, BadConfigsAndNamesGiveClearErrors) {
   expect_error([&] { set.enable("zzz"); }, {"no adapter named 'zzz'"});
 }
 
+// check_adapter_state_fits answers what load_adapter_state would, without building an
+// AdapterSet: the model gets no LoRA parameters (somnus sleep asks it before its wake).
+TEST(Lora, CheckAdapterStateFitsWithoutTouchingTheModel) {
+  Generator gen(10);
+  const LoraConfig cfg{.rank = 2, .alpha = 4.0, .targets = {"attn"}};
+  NamedTensors saved;
+  {
+    Transformer donor(llama_tiny(), gen);
+    AdapterSet set(donor, cfg, gen);
+    set.add("a", gen);
+    saved = set.adapter_state("a");
+  }
+  Transformer m(llama_tiny(), gen);
+  const size_t n_params = m.named_parameters().size();
+  check_adapter_state_fits(m, cfg, saved);
+  check_adapter_state_fits(m, cfg, NamedTensors(saved.rbegin(), saved.rend()));  // any order
+  EXPECT_EQ(m.named_parameters().size(), n_params) << "the check attached LoRA to the model";
+  for (const auto& [name, p] : m.named_parameters()) EXPECT_EQ(name.find("lora_"), std::string::npos) << name;
+
+  LoraConfig rank3 = cfg;
+  rank3.rank = 3;
+  expect_error([&] { check_adapter_state_fits(m, rank3, saved); }, {"has shape 2x", "at rank 3"});
+  LoraConfig narrow = cfg;
+  narrow.targets = {"attn.wo"};
+  expect_error([&] { check_adapter_state_fits(m, narrow, saved); }, {"is no layer the config targets"});
+  expect_error([&] { check_adapter_state_fits(m, cfg, NamedTensors(saved.begin(), saved.begin() + 2)); }, {"no '"});
+  NamedTensors twice = saved;
+  twice.push_back(saved[0]);
+  expect_error([&] { check_adapter_state_fits(m, cfg, twice); }, {"twice"});
+  // Every verdict agrees with load_adapter_state's on a built set.
+  AdapterSet built(m, rank3, gen);
+  built.add("b", gen);
+  expect_error([&] { built.load_adapter_state("b", saved); }, {"has shape 2x"});
+}
+
 }  // namespace
 }  // namespace somnus::sleep

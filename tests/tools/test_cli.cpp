@@ -270,11 +270,14 @@ TEST(Cli, SleepCarriesTheDreamGeneratorToTheNextSleep) {
   EXPECT_EQ(dreamer_metrics("s4")["runs"].get<int64_t>(), 1);
   EXPECT_FALSE(std::filesystem::exists(ckpt_file("s4", "dreamer.safetensors")));
 
-  // Another adapter shape (a different rank) is refused with the way out named.
+  // Another adapter shape (a different rank) is refused with the way out named, before the
+  // wake: no step taken, no progress checkpoint written, no held-out row measured.
   const Result other = run(again + " --set dream.lora.rank=2 --out " + dir.file("s5"));
   EXPECT_NE(other.code, 0);
   EXPECT_NE(other.out.find("does not fit this run's dream.lora"), std::string::npos) << other.out;
   EXPECT_NE(other.out.find("dream.persist_dreamer=false"), std::string::npos) << other.out;
+  EXPECT_EQ(other.out.find("held-out NLL"), std::string::npos) << "refused after work began: " << other.out;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("s5/progress")));
 }
 
 // A model whose receiver slots are all taken by earlier sleeps is refused before the wake
