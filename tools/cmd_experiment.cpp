@@ -214,7 +214,15 @@ void run(const ExperimentOptions& o) {
   }
   // A bad config value or --set (against the schema) is reported before the output folder is
   // looked at or made; a row or method the experiment cannot build is found only when the run
-  // starts, after the folder is made (it is left empty).
+  // starts, after the folder is made (it is left empty). A config file is checked on its own
+  // first, so that its errors name the file (the library's name it "experiment <name> config").
+  if (!config.is_string()) {
+    try {
+      (void)sleep::resolve_experiment_config(o.name, config, {});
+    } catch (const Error& e) {
+      fail("experiment: --config {}: {}", o.config, e.what());
+    }
+  }
   (void)sleep::resolve_experiment_config(o.name, config, overrides);
   const fs::path dir = o.out.empty() ? fs::path("runs/experiments") / o.name : fs::path(o.out);
   if (!o.overwrite) {

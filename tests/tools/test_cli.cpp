@@ -520,6 +520,27 @@ TEST(Cli, ExperimentPlotsWithoutGnuplotWarnings) {
 // unless --overwrite, which removes only the files an experiment writes (it used to write over
 // them and keep the rest: a run with fewer rows left the earlier run's matrix_<row>.dat, and a
 // --no-plot run the earlier plots, mixed with the new result.json). Other files stay.
+// A bad value in a --config file is blamed on the file by name (it used to say "experiment
+// clinc150 config: ...", which a user with several config files could not place), before any
+// folder is made; a bad --set on top of a good file is still blamed on the --set.
+TEST(Cli, ExperimentBadConfigFileIsNamed) {
+  TempDir dir;
+  const std::string bad = dir.file("my_clinc.json");
+  std::ofstream(bad) << R"({"seeds": [-1]})";
+  const std::string out = dir.file("never");
+  const Result r = run("experiment clinc150 --config " + bad + " --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--config " + bad + ": "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'seeds'"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out));
+  const std::string good = dir.file("ok.json");
+  std::ofstream(good) << R"({"seeds": [0]})";
+  const Result s = run("experiment clinc150 --config " + good + " --set 'seeds=[-1]' --out " + out);
+  EXPECT_NE(s.code, 0);
+  EXPECT_NE(s.out.find("--set seeds=[-1]"), std::string::npos) << s.out;
+  EXPECT_EQ(s.out.find("--config " + good), std::string::npos) << s.out;
+}
+
 TEST(Cli, ExperimentOutRefusesAPreviousRunUnlessOverwrite) {
   TempDir dir;
   const std::string out = dir.file("exp");
