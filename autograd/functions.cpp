@@ -227,16 +227,10 @@ Tensor mean(const Tensor& x) {
 Tensor max(const Tensor& x) {
   Tensor y = kernels::reduce_all(Reduce::max, x);
   return record("max", {x}, y, [x = x.detach(), y = y.detach()](const TensorList& g) {
-    // x == y, written with the kernels we have (where takes NaN as true). x − y alone is not
-    // enough: it is NaN when x and y are the same infinity (a +inf maximum, or an all −inf x),
-    // which would drop every maximum and give NaN gradients. NaN maxima: y is NaN exactly
-    // when some x is, and then the gradient goes to the NaN elements (as PyTorch's).
-    const Tensor zero = scalar_like(0.0, x), one = scalar_like(1.0, x);
-    const Tensor d = k_sub(x, y);
-    Tensor is_max = kernels::where(d, zero, one);                          // x − y == 0
-    is_max = kernels::where(nan_or_zero(d), one, is_max);                  // or the same infinity
-    is_max = kernels::where(nan_or_zero(y), zero, is_max);                 // ... unless y is NaN
-    is_max = kernels::where(nan_or_zero(x), one, is_max);                  // NaN maxima
+    // x == y, the same infinity included (a +inf maximum, or an all −inf x: x − y alone would
+    // drop every maximum and give NaN gradients), as min_max's shares. NaN maxima: y is NaN
+    // exactly when some x is, and then the gradient goes to the NaN elements (as PyTorch's).
+    const Tensor is_max = kernels::where(nan_or_zero(x), scalar_like(1.0, x), equal_mask(x, y));
     Tensor count = kernels::reduce_all(Reduce::sum, is_max);
     return TensorList{k_mul(is_max, k_div(g[0], count))};
   });

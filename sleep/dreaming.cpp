@@ -369,6 +369,20 @@ DreamerState Dreamer::dreamer_state() const {
   return DreamerState{adapters_->adapter_state("dreamer"), runs_, updates_};
 }
 
+DreamResult dream_episode(nn::Transformer& model, const DreamConfig& cfg, int64_t episode, const DreamTask& task,
+                          DreamerState& carried, json& dreamer_metrics) {
+  DreamConfig dc = cfg;
+  dc.seed = episode_dream_seed(cfg.seed, episode);
+  Dreamer dreamer(model, dc);
+  const bool from_carried = cfg.persist_dreamer && !carried.empty();
+  if (from_carried) dreamer.load_dreamer_state(carried);
+  DreamResult r = dreamer.run(task);
+  const DreamerState state = dreamer.dreamer_state();
+  dreamer_metrics = {{"carried", from_carried}, {"runs", state.runs}, {"updates", state.updates}};
+  if (cfg.persist_dreamer) carried = state;
+  return r;
+}
+
 void Dreamer::load_dreamer_state(const DreamerState& state) {
   if (state.empty()) return;
   adapters_->load_adapter_state("dreamer", state.adapter);

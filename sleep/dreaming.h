@@ -248,4 +248,13 @@ class Dreamer {
   int64_t runs_ = 0, updates_ = 0;  // of the dream generator, carried ones included
 };
 
+// One episode of a method that dreams over a sequence of episodes (SleepMethod, SealMethod):
+// a Dreamer seeded with episode_dream_seed(cfg.seed, episode) runs `task`, starting from the
+// dream generator in `carried` under cfg.persist_dreamer (then `carried` holds the one this run
+// left, for the next episode; with it off `carried` is left alone). `dreamer_metrics` gets
+// {"carried": whether it started from one, "runs", "updates": the generator's counts after
+// the run}.
+DreamResult dream_episode(nn::Transformer& model, const DreamConfig& cfg, int64_t episode, const DreamTask& task,
+                          DreamerState& carried, nlohmann::json& dreamer_metrics);
+
 }  // namespace somnus::sleep

@@ -88,22 +88,12 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
 
   // 3. dream
   if (cfg_.dreaming && ep.score && !ep.context.empty()) {
-    DreamConfig dc = cfg_.dream;  // each episode dreams from its own stream
-    dc.seed = episode_dream_seed(cfg_.dream.seed, episodes_ - 1);
-    Dreamer dreamer(model, dc);
-    const bool carried = cfg_.dream.persist_dreamer && !dreamer_state_.empty();
-    if (carried) dreamer.load_dreamer_state(dreamer_state_);
-    const DreamResult r = dreamer.run(dream_task_of(ep));
-    const DreamerState state = dreamer.dreamer_state();
-    if (cfg_.dream.persist_dreamer) dreamer_state_ = state;
-    metrics_["dream"] = {{"iterations", r.iterations},
-                         {"sampled", r.dreams.size()},
-                         {"rewarded", r.rewarded.size()},
-                         {"tau_before", r.tau_before},
-                         {"tau_after", r.tau_after},
-                         // the dream generator: carried in from an earlier episode or fresh, and
-                         // the ReST-EM fine-tunes it has had (this episode's included)
-                         {"dreamer", {{"carried", carried}, {"runs", state.runs}, {"updates", state.updates}}}};
+    json dreamer;  // the dream generator: carried in from an earlier episode or fresh, and
+                   // the ReST-EM fine-tunes it has had (this episode's included)
+    const DreamResult r = dream_episode(model, cfg_.dream, episodes_ - 1, dream_task_of(ep), dreamer_state_, dreamer);
+    metrics_["dream"] = {{"iterations", r.iterations},       {"sampled", r.dreams.size()},
+                         {"rewarded", r.rewarded.size()},    {"tau_before", r.tau_before},
+                         {"tau_after", r.tau_after},         {"dreamer", dreamer}};
   }
 }
 

@@ -419,13 +419,7 @@ void run_sleep(const SleepArgs& a) {
     sleep::Dreamer dreamer(*model, dc);
     const bool carried = !dreamer_state.empty();
     if (carried) {
-      try {
-        dreamer.load_dreamer_state(dreamer_state);
-      } catch (const Error& e) {
-        fail("sleep: the dream generator {} carries ({}) does not fit this run's dream.lora: {} (--set "
-             "dream.persist_dreamer=false dreams from a fresh one)",
-             dir, kDreamerFile, e.what());
-      }
+      dreamer.load_dreamer_state(dreamer_state);  // it fits: checked before the wake
       say("  dreaming from the checkpoint's dream generator ({} runs, {} ReST-EM updates so far)\n", dreamer_state.runs,
           dreamer_state.updates);
     }

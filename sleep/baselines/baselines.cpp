@@ -497,19 +497,13 @@ DreamTask dream_task_of(const LearningEpisode& ep) {
 void SealMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   const DreamTask task = dream_task_of(ep);
   task.validate();
-  DreamConfig dc = cfg_;  // each episode dreams from its own stream
-  dc.seed = episode_dream_seed(cfg_.seed, episodes_++);
-  Dreamer dreamer(model, dc);
-  const bool carried = cfg_.persist_dreamer && !dreamer_state_.empty();
-  if (carried) dreamer.load_dreamer_state(dreamer_state_);
-  const DreamResult r = dreamer.run(task);
-  const DreamerState state = dreamer.dreamer_state();
-  if (cfg_.persist_dreamer) dreamer_state_ = state;
+  json dreamer;
+  const DreamResult r = dream_episode(model, cfg_, episodes_++, task, dreamer_state_, dreamer);
   metrics_ = json{{"iterations", r.iterations},
                   {"rewarded", r.rewarded.size()},
                   {"tau_before", r.tau_before},
                   {"tau_after", r.tau_after},
-                  {"dreamer", {{"carried", carried}, {"runs", state.runs}, {"updates", state.updates}}}};
+                  {"dreamer", dreamer}};
 }
 
 }  // namespace somnus::sleep
