@@ -24,6 +24,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -170,8 +171,11 @@ LinearLossResult ce_cpu(const Tensor& h2, const Tensor& W, const std::vector<int
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     gemm<T>(false, true, rows, V, H, T(1), hp + r0 * H, H, Wp, H, T(0), u, V);
-    double chunk_loss = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : chunk_loss) if (rows * V > 65536)
+    // Each row's loss goes to its own entry and the entries are added in row order after the
+    // loop: an OpenMP reduction would add the threads' partial sums in whatever order they
+    // finish, and the loss would differ from run to run with 3 or more threads (DESIGN §5).
+    std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+#pragma omp parallel for schedule(static) if (rows * V > 65536)
     for (int64_t i = 0; i < rows; ++i) {
       T* z = u + i * V;
       const int64_t y = tgt[r0 + i];
@@ -185,7 +189,7 @@ LinearLossResult ce_cpu(const Tensor& h2, const Tensor& W, const std::vector<int
 #pragma omp simd reduction(+ : sum_z)
         for (int64_t v = 0; v < V; ++v) sum_z += z[v];
       }
-      chunk_loss += (1.0 - eps) * (lse - static_cast<double>(z[y])) + eps * (lse - sum_z / V) + zl * lse * lse;
+      row_loss[i] = (1.0 - eps) * (lse - static_cast<double>(z[y])) + eps * (lse - sum_z / V) + zl * lse * lse;
       if (!opt.compute_grad) continue;
       // d/du = (1/τ)·scale·(p (1 + 2 z lse) − ε/V − (1−ε)[v = y])
       const T c = static_cast<T>(scale / opt.temperature);
@@ -194,6 +198,8 @@ LinearLossResult ce_cpu(const Tensor& h2, const Tensor& W, const std::vector<int
       for (int64_t v = 0; v < V; ++v) z[v] = c * (exp_c(z[v] - lse_t) * pm - off);
       z[y] -= static_cast<T>(c * (1.0 - eps));
     }
+    double chunk_loss = 0.0;
+    for (const double l : row_loss) chunk_loss += l;
     total += chunk_loss;
     if (opt.compute_grad) accumulate_grads(hp, H, Wp, V, r0, rows, u, dh.data<T>(), dW.defined() ? dW.data<T>() : nullptr);
   }
@@ -233,8 +239,10 @@ LinearLossResult jsd_cpu(const Tensor& hs, const Tensor& Ws, const Tensor& ht, c
     const int64_t rows = std::min(R, N - r0);
     gemm<T>(false, true, rows, V, Hs, T(1), hsp + r0 * Hs, Hs, Wsp, Hs, T(0), us, V);
     gemm<T>(false, true, rows, V, Ht, T(1), htp + r0 * Ht, Ht, Wtp, Ht, T(0), ut, V);
-    double chunk_loss = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : chunk_loss) if (rows * V > 65536)
+    // Per-row terms, added in row order after the loop (see ce_cpu): the hard-label term and
+    // the divergence, in the order a serial loop adds them.
+    std::vector<double> row_hard(static_cast<size_t>(rows), 0.0), row_div(static_cast<size_t>(rows), 0.0);
+#pragma omp parallel for schedule(static) if (rows * V > 65536)
     for (int64_t i = 0; i < rows; ++i) {
       T* s = us + i * V;  // student logits -> log p_S -> gradient
       T* t = ut + i * V;  // teacher logits -> log p_T
@@ -253,7 +261,7 @@ LinearLossResult jsd_cpu(const Tensor& hs, const Tensor& Ws, const Tensor& ht, c
 #pragma omp simd reduction(+ : acc)
         for (int64_t v = 0; v < V; ++v) acc += exp_c(s[v] - m);
         lse_raw = static_cast<double>(m) + std::log(acc);
-        chunk_loss += opt.hard_label_weight * (lse_raw - static_cast<double>(s[y]));
+        row_hard[i] = opt.hard_label_weight * (lse_raw - static_cast<double>(s[y]));
       }
       const T lse_s = static_cast<T>(scale_and_lse(s, V, inv_tau));
       const T lse_t = static_cast<T>(scale_and_lse(t, V, inv_tau));
@@ -286,7 +294,7 @@ LinearLossResult jsd_cpu(const Tensor& hs, const Tensor& Ws, const Tensor& ht, c
           t[v] = static_cast<T>(g);  // the teacher row is no longer needed: keep g there
         }
       }
-      chunk_loss += loss;
+      row_div[i] = loss;
       if (!opt.compute_grad) continue;
       const T c = static_cast<T>(scale / tau);
       // The hard-label term adds w·scale·(p_raw − onehot), with the raw logits u = τ·(lpS + lse_s)
@@ -312,6 +320,11 @@ LinearLossResult jsd_cpu(const Tensor& hs, const Tensor& Ws, const Tensor& ht, c
         const T d = static_cast<T>(dot);
         finish([&](int64_t v) { return c * exp_c(s[v]) * (t[v] - d); });
       }
+    }
+    double chunk_loss = 0.0;
+    for (int64_t i = 0; i < rows; ++i) {
+      chunk_loss += row_hard[static_cast<size_t>(i)];
+      chunk_loss += row_div[static_cast<size_t>(i)];
     }
     total += chunk_loss;
     if (opt.compute_grad) accumulate_grads(hsp, Hs, Wsp, V, r0, rows, us, dh.data<T>(), dW.defined() ? dW.data<T>() : nullptr);
@@ -490,7 +503,10 @@ std::vector<int64_t> host_ids(const Tensor& t, const char* op, const char* name)
   return std::vector<int64_t>(v.begin(), v.end());
 }
 
-void check_ids(const std::vector<int64_t>& ids, int64_t V, int64_t ignore, const char* op, const char* name) {
+// Every id in [0, V), except `ignore` where a loss has an ignore value (CE, JSD's hard labels).
+// PPO has none: a masked action is still a token, so an out-of-range one is refused too.
+void check_ids(const std::vector<int64_t>& ids, int64_t V, std::optional<int64_t> ignore, const char* op,
+               const char* name) {
   for (size_t i = 0; i < ids.size(); ++i) {
     SOMNUS_CHECK(ids[i] == ignore || (ids[i] >= 0 && ids[i] < V), "{}: {}[{}] = {} is outside [0, {})", op, name, i,
                  ids[i], V);
@@ -670,7 +686,7 @@ LinearPPOResult linear_ppo_loss(const Tensor& h, const Tensor& W, const Tensor& 
   SOMNUS_CHECK(opt.temperature > 0.0, "{}: temperature must be > 0, got {}", op, opt.temperature);
   SOMNUS_CHECK(opt.kl_beta == 0.0 || ref_logp.defined(), "{}: kl_beta = {} needs ref_logp", op, opt.kl_beta);
   const std::vector<int64_t> act = host_ids(actions, op, "actions");
-  check_ids(act, V, -1, op, "actions");
+  check_ids(act, V, std::nullopt, op, "actions");
   std::vector<double> m = mask.defined() ? mask.to_vector() : std::vector<double>(B * Tn, 1.0);
   const std::vector<double> old_lp = old_logp.to_vector(), adv = advantages.to_vector();
   const std::vector<double> ref_lp = ref_logp.defined() ? ref_logp.to_vector() : std::vector<double>{};

@@ -8,7 +8,9 @@
 // plus masks, temperature, different student/teacher widths, V not a multiple of the chunk,
 // exact gradient accumulation with a global token count, memory (no (N, V) buffer), errors.
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -400,6 +402,39 @@ TEST(LinearJSD, GlobalCountMakesAccumulationExact) {
   EXPECT_LT(rel_err(dw, full.dW.to_vector()), 1e-12);
 }
 
+// The loss is bitwise the same from call to call whatever the thread count (DESIGN §5): the
+// rows' terms are added in row order, not by an OpenMP reduction, whose partial sums are added
+// in the order the threads finish (with 8 threads an f64 loss took 2-3 distinct values in 50
+// calls). And it is bitwise the single-thread loss.
+TEST(LinearLosses, F64LossIsBitwiseRepeatableWithManyThreads) {
+  Generator g(3);
+  const int64_t N = 256, H = 64, V = 4096;
+  Tensor h = randn({N, H}, g, DType::f64), W = randn({V, H}, g, DType::f64);
+  Tensor ht = randn({N, H}, g, DType::f64), Wt = randn({V, H}, g, DType::f64);
+  std::vector<int64_t> yv(N);
+  for (int64_t n = 0; n < N; ++n) yv[static_cast<size_t>(n)] = (n * 37) % V;
+  const Tensor y = ids(yv);
+  LinearCrossEntropyOptions co;
+  co.compute_grad = false;
+  co.chunking.rows_per_chunk = N;
+  LinearJSDOptions jo;
+  jo.compute_grad = false;
+  jo.chunking.rows_per_chunk = N;
+  jo.targets = y;
+  jo.hard_label_weight = 0.5;
+  const auto ce = [&] { return std::bit_cast<uint64_t>(kernels::linear_cross_entropy(h, W, y, co).loss.item()); };
+  const auto jsd = [&] { return std::bit_cast<uint64_t>(kernels::linear_jsd(h, W, ht, Wt, jo).loss.item()); };
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const uint64_t ce1 = ce(), jsd1 = jsd();
+  omp_set_num_threads(8);
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_EQ(ce(), ce1) << "call " << i;
+    ASSERT_EQ(jsd(), jsd1) << "call " << i;
+  }
+  omp_set_num_threads(saved);
+}
+
 // ---------------------------------------------------------------- PPO
 
 struct PPOData {
@@ -693,6 +728,15 @@ TEST(LossErrors, BadInputsThrowClearErrors) {
   po.kl_beta = 0.1;
   EXPECT_NE(msg([&] { kernels::linear_ppo_loss(h3, W, act, lp, Tensor(), adv, Tensor(), po); }).find("needs ref_logp"),
             std::string::npos);
+  // PPO has no ignore value: an action of -1 (a -1 padding, masked or not) is refused, not read
+  // as a stale logit (it was let through as if -1 were an ignore index).
+  for (const Tensor& m : {Tensor(), Tensor::from_vector({1, 0, 1, 1}, {2, 2})}) {
+    EXPECT_NE(msg([&] {
+                kernels::linear_ppo_loss(h3, W, Tensor::from_vector({2, -1, 5, 1}, {2, 2}, DType::i64), lp, Tensor(),
+                                         adv, m);
+              }).find("actions[1] = -1 is outside [0, 10)"),
+              std::string::npos);
+  }
   EXPECT_THROW(kernels::ppo_loss_type_from_name("ppo2"), Error);
   EXPECT_EQ(kernels::ppo_loss_type_from_name("dr_grpo"), PPOLossType::dr_grpo);
 }
