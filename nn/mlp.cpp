@@ -141,11 +141,13 @@ MoE::Output MoE::forward(const Tensor& x, bool want_aux) {
     }
   }
 
-  // ---- gates: the chosen probabilities, renormalised per token
+  // ---- gates: the chosen probabilities, renormalised per token when there are several;
+  // one expert keeps its probability as the gate (Switch): renormalised it would be 1, and
+  // the router would get no gradient from the output.
   const Device dev = x.device();
   Tensor chosen = index_tensor(routing_.chosen, dev).view({N, P});
-  Tensor w = gather(probs, 1, chosen);   // (N, P)
-  w = w / sum(w, -1, /*keepdim=*/true);  // (N, P)
+  Tensor w = gather(probs, 1, chosen);                // (N, P)
+  if (P > 1) w = w / sum(w, -1, /*keepdim=*/true);  // (N, P)
   Tensor w_flat = reshape(w, {N * P});   // (N·P,)
 
   // ---- dispatch: each expert on its tokens, scaled by their gates, scattered back

@@ -77,7 +77,10 @@ struct MoERouting {
 // an index_add, so compute is k dense MLPs' worth (not E), plus two row copies per token
 // and expert and one device-to-host copy of the probabilities per call (the MoE routing
 // kernel of kernels/cuda will remove that sync). Gates are gather(probs, top-k) / their
-// sum: the router learns through the gates (and the auxiliary loss).
+// sum: the router learns through the gates (and the auxiliary loss). With one expert per
+// token (top_k = 1, no random extra) the gate is the probability itself, as in the Switch
+// Transformer: renormalised it would be exactly 1, and the router would learn from the
+// auxiliary loss alone.
 //
 // Load balancing (Switch Transformer, Fedus et al. 2021, generalised to top-k):
 //   aux = E · Σ_i f_i · P_i,  f_i = (tokens whose top-k contains i) / (N·k),  P_i = mean_n p_ni.

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <numeric>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "autograd/engine.h"
@@ -61,7 +62,8 @@ TEST(MoE, MatchesPerTokenReference) {
     ASSERT_EQ(y.shape(), x.shape());
 
     // Reference: per token, softmax of the router logits, top-k (ties to the lower index),
-    // renormalised gates, the gated sum of the experts' outputs.
+    // gates renormalised over the top-k (k = 1: the probability itself, Switch-style), the
+    // gated sum of the experts' outputs.
     const int64_t N = 10, C = 4, E = 3;
     const Tensor h = x.view({N, C});
     const std::vector<double> xv = h.to_vector(), wr = moe.router->weight.to_vector();
@@ -83,6 +85,7 @@ TEST(MoE, MatchesPerTokenReference) {
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
       double norm = 0;
       for (int64_t j = 0; j < k; ++j) norm += p[order[j]];
+      if (k == 1) norm = 1.0;
       for (int64_t j = 0; j < k; ++j) {
         for (int64_t c = 0; c < C; ++c) ref[n * C + c] += p[order[j]] / norm * expert_out[order[j]][n * C + c];
         EXPECT_EQ(moe.last_routing().chosen[n * k + j], order[j]);
@@ -119,9 +122,10 @@ TEST(MoE, LoadBalancingLossMatchesFormula) {
 }
 
 TEST(MoE, GradcheckThroughTopKGates) {
-  for (MlpKind kind : {MlpKind::gelu, MlpKind::swiglu}) {
+  for (const auto& [kind, k] : {std::pair{MlpKind::gelu, int64_t{2}}, std::pair{MlpKind::swiglu, int64_t{2}},
+                                std::pair{MlpKind::gelu, int64_t{1}}}) {
     Generator gen(31);
-    MoE moe(moe_config(4, 3, 2, kind), gen, DType::f64);
+    MoE moe(moe_config(4, 3, k, kind), gen, DType::f64);
     const Tensor x = randn64({2, 3, 4}, 32);
     const std::vector<std::string> params =
         kind == MlpKind::gelu
@@ -135,6 +139,23 @@ TEST(MoE, GradcheckThroughTopKGates) {
     }));
     EXPECT_GRADCHECK_OK(
         module_gradcheck(moe, {"router.weight"}, {x}, [&](const auto& in) { return moe.forward(in[0]).out; }));
+  }
+}
+
+// The task loss alone trains the router, with one expert per token too (top_k = 1, the default):
+// its gate is the probability, not the probability over itself (exactly 1, no gradient).
+TEST(MoE, RouterLearnsFromTheOutputWithTopOne) {
+  for (int64_t k : {1, 2}) {
+    Generator gen(41);
+    MoE moe(moe_config(4, 3, k), gen, DType::f64);
+    const Tensor x = randn64({2, 5, 4}, 42, false);
+    const MoE::Output o = moe.forward(x);  // no auxiliary loss
+    backward(sum(o.out * o.out));
+    ASSERT_TRUE(moe.router->weight.grad().defined());
+    const std::vector<double> g = moe.router->weight.grad().to_vector();
+    double mx = 0.0;
+    for (double v : g) mx = std::max(mx, std::abs(v));
+    EXPECT_GT(mx, 1e-6) << "k = " << k;
   }
 }
 

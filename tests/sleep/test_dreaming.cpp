@@ -378,7 +378,10 @@ TEST(Dreaming, RunReportsEveryIteration) {
     rewarded += x.rewarded;
   }
   EXPECT_EQ(static_cast<int64_t>(r.rewarded.size()), rewarded);
-  EXPECT_EQ(r.applied_steps, rewarded > 0 ? 4 : 0);
+  // The rewarded dreams are applied for apply_steps, unless the apply guard rejects the update
+  // (τ did not improve), which leaves the model, and so τ, as it was.
+  EXPECT_EQ(r.applied_steps, rewarded > 0 && r.tau_after > r.tau_before ? 4 : 0);
+  if (r.applied_steps == 0) EXPECT_EQ(r.tau_after, r.tau_before);
   EXPECT_EQ(d.adapters().active(), "");
   EXPECT_FALSE(m.level(0, 1).moe->random_extra_expert());
   const json j = r.iterations[0];
