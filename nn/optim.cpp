@@ -153,6 +153,19 @@ std::vector<size_t> Optimizer::groups_due(int64_t k) const {
   return out;
 }
 
+ScaledParams Optimizer::due_params(int64_t k) const {
+  ScaledParams out;
+  for (size_t g : groups_due(k)) {
+    const double scale =
+        reduction_ == AccumulationReduction::mean ? 1.0 / static_cast<double>(groups_[g].period) : 1.0;
+    for (const Tensor& p : groups_[g].params) {
+      out.params.push_back(p);
+      out.scales.push_back(scale);
+    }
+  }
+  return out;
+}
+
 Tensor Optimizer::master_weight(size_t group, size_t param) const {
   const auto& b = state_.at(group).at(param).buffers;
   auto it = b.find(kMasterBuffer);
@@ -637,7 +650,14 @@ void SGD::update(const UpdateArgs& a) {
 
 // ---------------------------------------------------------------- gradient utilities
 
-double grad_norm(const std::vector<Tensor>& params) {
+double grad_norm(const std::vector<Tensor>& params) { return grad_norm(ScaledParams{params, {}}); }
+
+double grad_norm(const ScaledParams& sp) {
+  const std::vector<Tensor>& params = sp.params;
+  SOMNUS_CHECK(sp.scales.empty() || sp.scales.size() == params.size(),
+               "grad_norm: {} scales for {} parameters", sp.scales.size(), params.size());
+  // A scale of exactly 1 multiplies exactly, so unscaled norms keep their bits.
+  const auto scale_of = [&](size_t i) { return sp.scales.empty() ? 1.0 : sp.scales[i]; };
   // Device grads first: each tensor's Σg² by reduce_all (f32 accumulation on CUDA), left on
   // the device, then gathered into one tensor per device and read back at once: one host
   // round trip per device, not one per tensor. Then, in parameter order, the f64 sum of the
@@ -659,10 +679,12 @@ double grad_norm(const std::vector<Tensor>& params) {
   std::vector<size_t> next(device_sums.size(), 0);
 
   double sum_sq = 0.0;  // f64, in parameter order: deterministic
-  for (const Tensor& p : params) {
+  for (size_t pi = 0; pi < params.size(); ++pi) {
+    const Tensor& p = params[pi];
     if (!p.defined()) continue;
     const Tensor g = p.grad();
     if (!g.defined()) continue;
+    const double s = scale_of(pi);
     if (g.device().is_cpu()) {
       const Tensor gc = g.contiguous();
       visit_floating(gc.dtype(), "grad_norm", [&](auto tag) {
@@ -670,14 +692,14 @@ double grad_norm(const std::vector<Tensor>& params) {
         const T* d = gc.data<T>();
         const int64_t n = gc.numel();
         for (int64_t i = 0; i < n; ++i) {
-          const double x = static_cast<double>(static_cast<compute_t<T>>(d[i]));
+          const double x = s * static_cast<double>(static_cast<compute_t<T>>(d[i]));
           sum_sq += x * x;
         }
       });
     } else {
       size_t d = 0;
       while (device_sums[d].first != g.device()) ++d;
-      sum_sq += host[d][next[d]++];
+      sum_sq += s * s * host[d][next[d]++];
     }
   }
   return std::sqrt(sum_sq);
@@ -707,9 +729,13 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  return clip_grad_norm(ScaledParams{params, {}}, max_norm);
+}
+
+double clip_grad_norm(const ScaledParams& params, double max_norm) {
   SOMNUS_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got {}", max_norm);
   const double total = grad_norm(params);
-  if (std::isfinite(total) && total > max_norm) scale_grads(params, max_norm / (total + 1e-6));
+  if (std::isfinite(total) && total > max_norm) scale_grads(params.params, max_norm / (total + 1e-6));
   return total;
 }
 

@@ -39,7 +39,11 @@
 //
 // Gradient clipping and accumulation act on .grad as it is. With groups of period > 1,
 // .grad of a slow group also holds earlier steps' sums: scale the loss by 1/accum_steps
-// rather than the gradients, and clip the groups that apply this step (groups_due()).
+// rather than the gradients, and clip what the groups due this step will apply:
+// clip_grad_norm(opt.due_params(), max_norm) measures each due group's .grad times its
+// reduction scale (1/period under mean reduction), so a slow group's C-step sum counts as the
+// mean it applies. (Measuring the raw sums instead made every C-th step's norm about C times
+// the slow group's share, and the clip then shrank the fast groups' updates on those steps too.)
 //
 // State (state_dict / save_state): per parameter its buffers (m, v, momentum, master) and
 // step; the global step, lr_scale and per-group application counts as JSON; and the
@@ -70,6 +74,12 @@ struct ParamGroup {
 };
 
 enum class AccumulationReduction { mean, sum };
+
+// Parameters whose .grad is measured as scales[i] · .grad (scales empty: all 1).
+struct ScaledParams {
+  std::vector<Tensor> params;
+  std::vector<double> scales;
+};
 
 struct OptimizerState {
   NamedTensors tensors;  // CPU copies: "opt.<group>.<param>.<buffer>"
@@ -104,6 +114,10 @@ class Optimizer {
   int64_t step_count() const { return step_; }
   // Indices of the groups that apply at step k (default: the next step).
   std::vector<size_t> groups_due(int64_t k = -1) const;
+  // The parameters of those groups, each with the factor its update multiplies .grad by (its
+  // reduction scale: 1/period under mean reduction, 1 under sum): what step k applies is
+  // scale · .grad. For grad_norm / clip_grad_norm.
+  ScaledParams due_params(int64_t k = -1) const;
   // How many times group g has applied its update.
   int64_t applications(size_t g) const { return applications_.at(g); }
 
@@ -261,8 +275,12 @@ class SGD : public Optimizer {
 // the grads are scaled in place by max_norm / (norm + 1e-6). Returns the norm before
 // clipping (NaN/inf are returned as they are, and nothing is scaled).
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+// The same over scales[i] · params[i].grad (the norm and the clip factor; the grads are scaled
+// by the factor alone, so what the optimiser applies is clipped): e.g. opt.due_params().
+double clip_grad_norm(const ScaledParams& params, double max_norm);
 // The global L2 norm over all defined grads, without changing them.
 double grad_norm(const std::vector<Tensor>& params);
+double grad_norm(const ScaledParams& params);
 // Multiplies every defined grad in place by `factor` (e.g. 1/accum_steps after the last
 // micro-batch; see the note above about groups with period > 1).
 void scale_grads(const std::vector<Tensor>& params, double factor);

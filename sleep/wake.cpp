@@ -193,11 +193,8 @@ WakeStepLog WakeLearner::train_step(const nn::Batch& batch) {
   if (k > cfg_.train_all_steps) {
     for (const Tensor& p : outside_sender_) p.set_grad(Tensor());  // train = "sender": they stay as they are
   }
-  std::vector<Tensor> due;
-  for (size_t g : opt_->groups_due()) {
-    log.periods_applied.push_back(opt_->groups()[g].period);
-    for (const Tensor& p : opt_->groups()[g].params) due.push_back(p);
-  }
+  for (size_t g : opt_->groups_due()) log.periods_applied.push_back(opt_->groups()[g].period);
+  const ScaledParams due = opt_->due_params();  // measured as what this step applies
   std::sort(log.periods_applied.begin(), log.periods_applied.end());
   log.periods_applied.erase(std::unique(log.periods_applied.begin(), log.periods_applied.end()),
                             log.periods_applied.end());

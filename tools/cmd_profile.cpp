@@ -152,11 +152,7 @@ void run_profile(const ProfileArgs& args) {
       }
       {
         SOMNUS_PROFILE_SCOPE("clip");
-        std::vector<Tensor> due;
-        for (size_t g : opt->groups_due()) {
-          for (const Tensor& p : opt->groups()[g].params) due.push_back(p);
-        }
-        if (cfg.grad_clip > 0.0) clip_grad_norm(due, cfg.grad_clip);
+        if (cfg.grad_clip > 0.0) clip_grad_norm(opt->due_params(), cfg.grad_clip);
       }
       SOMNUS_PROFILE_SCOPE("optimizer");
       opt->set_lr_scale(sched->lr_at(k));

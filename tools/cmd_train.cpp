@@ -277,10 +277,7 @@ void run_train(const TrainArgs& args) {
       }
       backward(total);
     }
-    std::vector<Tensor> due;
-    for (size_t g : opt.groups_due()) {
-      for (const Tensor& p : opt.groups()[g].params) due.push_back(p);
-    }
+    const ScaledParams due = opt.due_params();  // measured as what this step applies
     const double gnorm = cfg.grad_clip > 0.0 ? clip_grad_norm(due, cfg.grad_clip) : grad_norm(due);
     const double loss = loss_sum / static_cast<double>(cfg.grad_accum);
     const int64_t k = step + 1;

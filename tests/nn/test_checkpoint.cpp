@@ -104,11 +104,7 @@ struct TrainRun {
     Tensor loss = model->loss(b.input, b.target, b.mask).ce;
     const double value = loss.item();
     backward(loss);
-    std::vector<Tensor> due;
-    for (size_t g : opt->groups_due()) {
-      for (const Tensor& p : opt->groups()[g].params) due.push_back(p);
-    }
-    clip_grad_norm(due, 0.5);
+    clip_grad_norm(opt->due_params(), 0.5);
     opt->set_lr_scale(sched.lr_at(opt->step_count()));
     opt->step();
     return value;

@@ -382,6 +382,40 @@ TEST(Optimizer, ClipGradNormValueAndScaling) {
 
 // ---------------------------------------------------------------- the multi-frequency rule
 
+// Clipping the due groups (opt.due_params()) measures what they apply: a period-4 group's
+// .grad holds a 4-step sum, but under mean reduction it applies the mean, and that is what the
+// norm counts. SGD, lr 1, a period-1 and a period-4 scalar, each with gradient g every step:
+// the per-step norm is g·√2. At g = 0.6 (0.85 < 1) nothing is clipped, on any step (the raw
+// sums measured 2.47 at step 4 and shrank both updates to 0.2425); at g = 2 (2.83 > 1) every
+// step is clipped by the same factor, the fourth included.
+TEST(MultiFrequency, ClipMeasuresWhatTheDueGroupsApply) {
+  const auto clip_coef = [](double norm) { return norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0; };
+  for (const double g : {0.6, 2.0}) {
+    for (const AccumulationReduction red : {AccumulationReduction::mean, AccumulationReduction::sum}) {
+      Tensor fast = Tensor::zeros({1}, DType::f64), slow = Tensor::zeros({1}, DType::f64);
+      fast.set_requires_grad(true);
+      slow.set_requires_grad(true);
+      SGD opt({ParamGroup{.params = {fast}, .lr = 1.0, .period = 1, .name = "fast"},
+               ParamGroup{.params = {slow}, .lr = 1.0, .period = 4, .name = "slow"}},
+              {.reduction = red});
+      // What step 4 applies to the slow group: the mean g, or under sum reduction the sum 4g.
+      const double slow_applied = red == AccumulationReduction::mean ? g : 4.0 * g;
+      for (int k = 1; k <= 4; ++k) {
+        opt.zero_grad();
+        backward(add(mul(sum(fast), g), mul(sum(slow), g)));
+        const ScaledParams due = opt.due_params();
+        ASSERT_EQ(due.params.size(), k == 4 ? 2u : 1u);
+        const double expected_norm = k < 4 ? g : std::hypot(g, slow_applied);
+        const double f0 = fast.item();
+        EXPECT_NEAR(clip_grad_norm(due, 1.0), expected_norm, 1e-12) << "step " << k << " g " << g;
+        opt.step();
+        EXPECT_NEAR(f0 - fast.item(), g * clip_coef(expected_norm), 1e-9) << "step " << k << " g " << g;
+      }
+      EXPECT_NEAR(slow.item(), -slow_applied * clip_coef(std::hypot(g, slow_applied)), 1e-9) << "g " << g;
+    }
+  }
+}
+
 // A period-4 group changes only at steps 4, 8, 12, by the update of its mean accumulated
 // gradient; a period-1 group changes every step. Gradients come from autograd, which adds
 // into the slow group's .grad across steps; zero_grad() must not clear it.
