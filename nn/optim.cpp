@@ -399,11 +399,12 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
       new_forced[g] = jg.contains("forced") ? jg.at("forced").get<int64_t>() : 0;
       SOMNUS_CHECK(new_forced[g] >= 0, "optimizer state: group {} ('{}'): negative forced count {}", g, grp.name,
                    new_forced[g]);
-      SOMNUS_CHECK(new_apps[g] == new_step / grp.period + new_forced[g],
-                   "optimizer state: group {} ('{}'): {} applications recorded, expected {} at step {} with period {} "
-                   "and {} out-of-schedule applications",
-                   g, grp.name, new_apps[g], new_step / grp.period + new_forced[g], new_step, grp.period,
-                   new_forced[g]);
+      // Not step / period + forced: a group added mid-run (add_param_group) or whose period was
+      // edited has applied on a schedule of its own, and its state must load all the same.
+      SOMNUS_CHECK(new_forced[g] <= new_apps[g],
+                   "optimizer state: group {} ('{}'): {} out-of-schedule applications recorded, more than its {} "
+                   "applications in all",
+                   g, grp.name, new_forced[g], new_apps[g]);
       const nlohmann::json& jparams = jg.at("params");
       SOMNUS_CHECK(jparams.is_array() && jparams.size() == grp.params.size(),
                    "optimizer state: group {} ('{}') has {} parameters saved, this optimizer has {}", g, grp.name,
