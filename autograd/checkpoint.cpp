@@ -12,8 +12,8 @@ namespace somnus::autograd {
 namespace {
 
 struct CheckpointNode final : Node {
-  CheckpointNode(SegmentFn fn, std::vector<Tensor> inputs, Generator rng)
-      : fn(std::move(fn)), inputs(std::move(inputs)), rng(rng) {}
+  CheckpointNode(SegmentFn fn, std::vector<Tensor> inputs, Generator rng, bool deterministic)
+      : fn(std::move(fn)), inputs(std::move(inputs)), rng(rng), deterministic(deterministic) {}
 
   std::string name() const override { return "checkpoint"; }
   void release() override {
@@ -38,6 +38,9 @@ struct CheckpointNode final : Node {
       gen = rng;
       try {
         EnableGradGuard grad_on;
+        // The segment's ops are recorded now, so they take the deterministic mode the forward
+        // ran under (engine.h reads it when an op is recorded), not whatever is set at backward.
+        DeterministicGuard same_mode(deterministic);
         outputs = fn(leaves);
       } catch (...) {
         gen = resume;
@@ -64,6 +67,7 @@ struct CheckpointNode final : Node {
   SegmentFn fn;
   std::vector<Tensor> inputs;  // detached
   Generator rng;               // the default generator's state when the forward began
+  bool deterministic;          // is_deterministic() when the forward ran
 };
 
 }  // namespace
@@ -79,7 +83,7 @@ std::vector<Tensor> checkpoint(SegmentFn fn, const std::vector<Tensor>& inputs) 
 
   std::vector<Tensor> saved;
   for (const Tensor& t : inputs) saved.push_back(t.defined() ? t.detach() : Tensor());
-  auto node = std::make_shared<CheckpointNode>(std::move(fn), std::move(saved), rng);
+  auto node = std::make_shared<CheckpointNode>(std::move(fn), std::move(saved), rng, is_deterministic());
   node->next_edges.clear();
   for (const Tensor& t : inputs) node->next_edges.push_back(gradient_edge(t));
   node->num_outputs = static_cast<uint32_t>(outputs.size());

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "autograd/checkpoint.h"
+#include "autograd/engine.h"
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "tensor/allocator.h"
@@ -182,6 +183,31 @@ TEST(Checkpoint, NestedCheckpointsGiveTheSameGradients) {
   for (size_t i = 0; i < plain.size(); ++i) {
     ASSERT_EQ(plain[i].size(), nested[i].size());
     for (size_t j = 0; j < plain[i].size(); ++j) EXPECT_NEAR(plain[i][j], nested[i][j], 1e-12);
+  }
+}
+
+// The recompute records the segment's ops under the deterministic mode of the forward (on CUDA
+// it selects the backward kernels without atomics), not under the mode at backward time.
+TEST(Checkpoint, RecomputeRunsInTheForwardsDeterministicMode) {
+  for (const bool mode : {true, false}) {
+    Tensor x = randn({3}, default_generator()).set_requires_grad(true);
+    std::vector<bool> seen;
+    std::vector<Tensor> out;
+    {
+      DeterministicGuard forward_mode(mode);
+      out = checkpoint(
+          [&](const std::vector<Tensor>& in) {
+            seen.push_back(autograd::is_deterministic());
+            return std::vector<Tensor>{mul(in[0], 2.0)};
+          },
+          {x});
+    }
+    DeterministicGuard backward_mode(!mode);
+    backward(sum(out[0]));
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0], mode);
+    EXPECT_EQ(seen[1], mode) << "the recompute";
+    EXPECT_EQ(autograd::is_deterministic(), !mode) << "the mode at backward is restored";
   }
 }
 
