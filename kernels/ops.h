@@ -10,6 +10,7 @@
 // devices; they broadcast numpy-style.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -64,6 +65,17 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);
 // When gelu is set and pre_gelu is non-null, *pre_gelu receives a @ b + bias (for backward).
 Tensor matmul(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), bool gelu = false,
               Tensor* pre_gelu = nullptr);
+
+// The OpenBLAS kernel set the CPU matmuls run on (openblas_get_corename(): "SkylakeX",
+// "Haswell", "Zen", ...), chosen by OpenBLAS when it is loaded, before main().
+std::string blas_core();
+// When OpenBLAS did not recognise this CPU and fell back to kernels without AVX2 ("Prescott":
+// SSE3 only; seen on a virtualised Sapphire Rapids Xeon whose model name it did not know, where
+// CPU training ran about 4-5x slower) while the CPU has AVX2 + FMA or AVX-512: the
+// OPENBLAS_CORETYPE value that makes it use them ("SkylakeX" or "Haswell"); else "". It only
+// takes effect in a process started with it in the environment (tools/blas_env.sh; the somnus
+// CLI re-executes itself with it, tools/somnus.cpp).
+std::string blas_core_advice();
 
 // ---------------------------------------------------------------- indexing
 

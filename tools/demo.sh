@@ -14,6 +14,7 @@ export SOMNUS_BUILD_DIR="${SOMNUS_BUILD_DIR:-build-demo}"
 export SOMNUS_CUDA="${SOMNUS_CUDA:-OFF}"
 export SOMNUS_TARGETS="${SOMNUS_TARGETS:-somnus}"
 tools/setup.sh
+source tools/blas_env.sh   # OPENBLAS_CORETYPE where OpenBLAS does not know this CPU
 somnus="$SOMNUS_BUILD_DIR/tools/somnus"
 out=runs/demo
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"

@@ -3,6 +3,7 @@
 # directory (build-asan; CUDA off, no benchmarks). Part of the test command (tools/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tools/blas_env.sh   # OPENBLAS_CORETYPE where OpenBLAS does not know this CPU
 build_dir="${SOMNUS_ASAN_BUILD_DIR:-build-asan}"
 if [ ! -f "$build_dir/CMakeCache.txt" ]; then
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSOMNUS_CUDA=OFF -DSOMNUS_SANITIZE=ON \

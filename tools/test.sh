@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh --torch   # python3-torch: the PyTorch parity test
+source tools/blas_env.sh   # OPENBLAS_CORETYPE where OpenBLAS does not know this CPU
 build_dir="${SOMNUS_BUILD_DIR:-build}"
 ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" "$@"
 if [ "${SOMNUS_SKIP_SANITIZE:-0}" != 1 ]; then

@@ -16,6 +16,8 @@
 
 #include <climits>
 #include <cmath>
+#include <set>
+#include <string>
 #include <type_traits>
 
 #include "kernels/backend.h"
@@ -159,3 +161,29 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, bool gelu, con
 }
 
 }  // namespace somnus::kernels::cpu
+
+namespace somnus::kernels {
+
+std::string blas_core() {
+  const char* name = openblas_get_corename();
+  return name != nullptr ? std::string(name) : std::string();
+}
+
+std::string blas_core_advice() {
+  // OpenBLAS's kernel sets without AVX2 (a fallback for a CPU it did not recognise).
+  static const std::set<std::string> pre_avx2 = {"Prescott", "Core2",  "Penryn",    "Dunnington", "Nehalem",
+                                                 "Atom",     "Katmai", "Coppermine", "Northwood", "Banias",
+                                                 "Sandybridge", "Opteron", "Opteron_SSE3", "Barcelona", "Bobcat",
+                                                 "Bulldozer",   "Piledriver"};
+  if (pre_avx2.count(blas_core()) == 0) return "";
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return "";
+}
+
+}  // namespace somnus::kernels

@@ -25,10 +25,11 @@ struct CliResult {
   std::string out;  // stdout and stderr together
 };
 
-// `somnus <args>` with one OpenMP thread (tests run in parallel).
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string("OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '") + SOMNUS_CLI_PATH + "' " + args +
-                          " 2>&1";
+// `somnus <args>` with one OpenMP thread (tests run in parallel), under `env <env>` when env
+// is given (e.g. "-u OPENBLAS_CORETYPE").
+inline CliResult run_cli_env(const std::string& env, const std::string& args) {
+  const std::string cmd = (env.empty() ? std::string() : "env " + env + " ") +
+                          "OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE '" + SOMNUS_CLI_PATH + "' " + args + " 2>&1";
   CliResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
@@ -39,6 +40,7 @@ inline CliResult run_cli(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+inline CliResult run_cli(const std::string& args) { return run_cli_env("", args); }
 
 // A fresh directory named after the prefix, the process and the running test; removed at the end.
 struct CliTempDir {

@@ -46,6 +46,36 @@ std::string common_args(const std::string& corpus) {
          " --model.levels '[{\"period\": 1}, {\"period\": 2}]' --warmup_steps 1 --quiet";
 }
 
+// `somnus info` names the OpenBLAS kernels in use. Where OpenBLAS does not recognise the CPU and
+// falls back to kernels without AVX2 (e.g. "Prescott" on a virtualised AVX-512 Xeon), the CLI
+// runs itself again with OPENBLAS_CORETYPE naming the kernels the CPU can run; a value the user
+// set is kept, a pre-AVX2 one included.
+TEST(Cli, InfoNamesTheBlasKernelsAndAvoidsTheGenericFallback) {
+  const auto info = [](const std::string& env) { return somnus::testing::run_cli_env(env, "info"); };
+  const auto kernels_of = [](const std::string& out) {
+    const size_t at = out.find("OpenBLAS kernels: ");
+    if (at == std::string::npos) return std::string();
+    const size_t from = at + std::string("OpenBLAS kernels: ").size();
+    return out.substr(from, out.find_first_of(" \n", from) - from);
+  };
+  const Result own = info("-u OPENBLAS_CORETYPE -u SOMNUS_BLAS_REEXEC");
+  ASSERT_EQ(own.code, 0) << own.out;
+  const std::string chosen = kernels_of(own.out);
+  ASSERT_FALSE(chosen.empty()) << own.out;
+  if (own.out.find("set by somnus") != std::string::npos) {
+    EXPECT_TRUE(chosen == "SkylakeX" || chosen == "Haswell") << own.out;
+  } else {
+    EXPECT_NE(own.out.find("(chosen by OpenBLAS)"), std::string::npos) << own.out;
+    EXPECT_NE(chosen, "Prescott") << "a generic fallback was kept: " << own.out;
+  }
+  for (const std::string& user : {"Haswell", "Prescott"}) {
+    const Result r = info("-u SOMNUS_BLAS_REEXEC OPENBLAS_CORETYPE=" + user);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(kernels_of(r.out), user) << r.out;
+    EXPECT_NE(r.out.find("(OPENBLAS_CORETYPE=" + user + ")"), std::string::npos) << r.out;
+  }
+}
+
 TEST(Cli, TrainResumeMatchesUninterruptedRun) {
   TempDir dir;
   const std::string corpus = write_corpus(dir.file("corpus.txt"));
