@@ -214,8 +214,9 @@ void run(const ExperimentOptions& o) {
   }
   // A bad config value or --set (against the schema) is reported before the output folder is
   // looked at or made; a row or method the experiment cannot build is found only when the run
-  // starts, after the folder is made (it is left empty). A config file is checked on its own
-  // first, so that its errors name the file (the library's name it "experiment <name> config").
+  // starts, after the folder is made (a folder this run made is removed again when the run
+  // fails with it still empty). A config file is checked on its own first, so that its errors
+  // name the file (the library's name it "experiment <name> config").
   if (!config.is_string()) {
     try {
       (void)sleep::resolve_experiment_config(o.name, config, {});
@@ -237,14 +238,25 @@ void run(const ExperimentOptions& o) {
            dir.string(), o.out.empty() ? " (the default)" : "", names);
     }
   }
+  // Made before the run, so that a folder that cannot be made fails now, not after the run.
+  const bool made_here = !fs::exists(dir);
   fs::create_directories(dir);
   const auto t0 = std::chrono::steady_clock::now();
-  const sleep::ExperimentResult r =
-      sleep::run_experiment(o.name, config, overrides, [&](const std::string& label, int64_t done, int64_t total) {
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        fmt::print("[{}/{}] {} | {:.0f}s\n", done, total, label, s);
-        std::fflush(stdout);
-      });
+  const sleep::ExperimentResult r = [&] {
+    try {
+      return sleep::run_experiment(o.name, config, overrides,
+                                   [&](const std::string& label, int64_t done, int64_t total) {
+                                     const double s =
+                                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                                     fmt::print("[{}/{}] {} | {:.0f}s\n", done, total, label, s);
+                                     std::fflush(stdout);
+                                   });
+    } catch (...) {
+      std::error_code ec;
+      if (made_here && fs::is_empty(dir, ec) && !ec) fs::remove(dir, ec);
+      throw;
+    }
+  }();
   // --overwrite: the previous run's files go only now that this run has its result (a run
   // that fails leaves them), so that none of them (plots of rows this run lacks, or every plot
   // under --no-plot) stays next to the new result.

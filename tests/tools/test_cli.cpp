@@ -569,6 +569,15 @@ TEST(Cli, ExperimentBadConfigFileIsNamed) {
   EXPECT_NE(s.code, 0);
   EXPECT_NE(s.out.find("--set seeds=[-1]"), std::string::npos) << s.out;
   EXPECT_EQ(s.out.find("--config " + good), std::string::npos) << s.out;
+  // A method the experiment cannot build is found when the run starts, after the folder is
+  // made; the folder is removed again (it was left empty), and a folder that was there stays.
+  const Result m = run("experiment clinc150 --config tiny --set 'methods=[\"nosuch\"]' --out " + out);
+  EXPECT_NE(m.code, 0);
+  EXPECT_NE(m.out.find("nosuch"), std::string::npos) << m.out;
+  EXPECT_FALSE(fs::exists(out)) << "an empty folder was left behind";
+  fs::create_directories(out);
+  EXPECT_NE(run("experiment clinc150 --config tiny --set 'methods=[\"nosuch\"]' --out " + out).code, 0);
+  EXPECT_TRUE(fs::exists(out)) << "a folder the user made was removed";
 }
 
 TEST(Cli, ExperimentOutRefusesAPreviousRunUnlessOverwrite) {
