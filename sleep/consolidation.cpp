@@ -165,6 +165,7 @@ json ConsolidationReport::to_json() const {
           {"skipped", skipped},
           {"new_slots", new_slots},
           {"evicted_slots", evicted_slots},
+          {"evicted_merged", evicted_merged},
           {"sender_slots_reset", sender_slots_reset},
           {"jsd_before", jsd_before},
           {"jsd_after", jsd_after},
@@ -367,6 +368,8 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     rep.seconds = seconds_since(t_start);
     return rep;
   }
+  // Seeding distils the teacher, which keeps the evicted occupants under merge_oldest.
+  rep.evicted_merged = merge && std::any_of(evict.begin(), evict.end(), [](int64_t e) { return e >= 0; });
 
   TeacherView view(model_, std::move(spec));
   TrainableScope trainable_scope(model_, trainable);

@@ -111,6 +111,7 @@ struct ConsolidationReport {
   bool skipped = false;                  // nothing was consolidated (see WakeLearner::sleep)
   std::vector<int64_t> new_slots;        // per layer, in the receiver
   std::vector<int64_t> evicted_slots;    // per layer, -1 when none
+  bool evicted_merged = false;           // merge_oldest: an evicted slot was distilled into the new one
   int64_t sender_slots_reset = 0;        // over all layers
   double jsd_before = 0, jsd_after = 0;  // on D (teacher samples), mean per continuation token
   std::vector<SeedingStepLog> steps;

@@ -1058,6 +1058,8 @@ TEST(Consolidation, MergeOldestDistilsTheEvictedSlot) {
     rep[policy] = c.consolidate({}, kPrompts);
     EXPECT_EQ(rep[policy].evicted_slots, (std::vector<int64_t>{0, 0}));
     EXPECT_EQ(rep[policy].new_slots, (std::vector<int64_t>{0, 0}));
+    EXPECT_EQ(rep[policy].evicted_merged, policy == SlotPolicy::merge_oldest);
+    EXPECT_EQ(rep[policy].to_json().at("evicted_merged").get<bool>(), policy == SlotPolicy::merge_oldest);
     jsd[policy] = jsd_between(*filled, *m, I, M);
   }
   const ConsolidationReport &ev = rep[SlotPolicy::evict_oldest], &mg = rep[SlotPolicy::merge_oldest];
