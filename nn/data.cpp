@@ -69,7 +69,7 @@ PromptAnswerDataset::PromptAnswerDataset(const Tokenizer& tok, const std::vector
     std::vector<TokenId> prompt = tok.encode(examples[i].prompt);
     std::vector<TokenId> answer = tok.encode(examples[i].answer);
     answer.push_back(tok.eos_id());
-    SOMNUS_CHECK(static_cast<int64_t>(answer.size()) + 1 < max_len,
+    SOMNUS_CHECK(static_cast<int64_t>(answer.size()) + 1 <= max_len,  // bos + answer + eos; the prompt may be cut to nothing
                  "PromptAnswerDataset: example {} has an answer of {} tokens (with eos), too long for max_len {}", i,
                  answer.size(), max_len);
     // Cut the prompt from the left so that bos + prompt + answer fits.

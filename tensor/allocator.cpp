@@ -1,6 +1,7 @@
 #include "tensor/allocator.h"
 
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -25,7 +26,11 @@ class AlignedMallocRaw final : public RawAllocator {
 
 // ---------------------------------------------------------------- CachingAllocator
 
-size_t CachingAllocator::round_size(size_t nbytes) { return nbytes < 512 ? 512 : (nbytes + 511) / 512 * 512; }
+size_t CachingAllocator::round_size(size_t nbytes) {
+  SOMNUS_CHECK(nbytes <= std::numeric_limits<size_t>::max() - 511, "allocator: a request of {} bytes cannot be met",
+               nbytes);
+  return nbytes < 512 ? 512 : (nbytes + 511) / 512 * 512;
+}
 
 CachingAllocator::~CachingAllocator() {
   // Process teardown: hand cached blocks back; live blocks belong to tensors still alive.

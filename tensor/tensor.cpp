@@ -33,8 +33,13 @@ std::string shape_str(const Shape& s) {
 }
 
 int64_t shape_numel(const Shape& s) {
+  // A zero anywhere makes the product 0; otherwise every partial product must fit in int64
+  // (a wrapped count once gave a 2^62-element tensor a 0-byte storage).
+  for (int64_t d : s)
+    if (d == 0) return 0;
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    SOMNUS_CHECK(!__builtin_mul_overflow(n, d, &n), "shape {} has more elements than an int64 holds", shape_str(s));
   return n;
 }
 
@@ -153,8 +158,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   if (device.is_cuda()) {
     SOMNUS_CHECK(cuda_compiled(), "empty: device {} requested but this build has no CUDA backend", device.str());
   }
+  int64_t nbytes = 0;
+  SOMNUS_CHECK(!__builtin_mul_overflow(shape_numel(shape), static_cast<int64_t>(dtype_size(dtype)), &nbytes),
+               "empty: shape {} of {} needs more bytes than an int64 holds", shape_str(shape), dtype_name(dtype));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape) * dtype_size(dtype)), device);
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(nbytes), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -411,10 +419,43 @@ void strided_copy(const Tensor& dst, const Tensor& src) {
   });
 }
 
+namespace {
+
+// [first, last) byte span of t's elements in its storage (strides of any sign).
+std::pair<int64_t, int64_t> byte_span(const Tensor& t) {
+  int64_t lo = t.offset(), hi = t.offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.size(d) - 1) * t.stride(d);
+    (reach >= 0 ? hi : lo) += reach;
+  }
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
+  return {lo * es, (hi + 1) * es};
+}
+
+// dst and src read and write the same bytes, other than as the very same view.
+bool overlaps(const Tensor& dst, const Tensor& src) {
+  if (dst.numel() == 0 || src.numel() == 0 || dst.storage() != src.storage()) return false;
+  if (dst.offset() == src.offset() && dst.strides() == src.strides() && dst.dtype() == src.dtype()) return false;
+  const auto [a0, a1] = byte_span(dst);
+  const auto [b0, b1] = byte_span(src);
+  return a0 < b1 && b0 < a1;
+}
+
+}  // namespace
+
 void Tensor::copy_(const Tensor& src_in) const {
   Tensor src = src_in;
   if (src.shape() != shape()) src = src.expand(shape());
   if (src.device() != device()) src = src.contiguous().to(device());
+  // A source that shares bytes with the destination (t.copy_(t.transpose(0, 1))) is read whole
+  // first: the row loop would read what it had already written, and memcpy's regions must not
+  // overlap. (The span test is conservative: interleaved views that never touch the same bytes
+  // take the copy too.)
+  if (overlaps(*this, src)) {
+    Tensor whole = empty(src.shape(), src.dtype(), src.device());
+    strided_copy(whole, src);
+    src = whole;
+  }
   strided_copy(*this, src);
 }
 

@@ -103,6 +103,13 @@ TEST(PromptAnswerDataset, LongPromptsAreCutFromTheLeft) {
   EXPECT_EQ(ds.ids(0).size(), 8u);
   EXPECT_EQ(ds.ids(0)[1], '6');
   EXPECT_THROW(PromptAnswerDataset(tok, {{"p", "a very long answer"}}, 8), Error);
+  // An answer that fills max_len with bos and eos fits (the prompt is cut to nothing); it was
+  // refused for want of room for one prompt token.
+  const PromptAnswerDataset full(tok, {{"p", "abcdef"}}, 8);
+  EXPECT_EQ(full.ids(0).size(), 8u);
+  EXPECT_EQ(full.ids(0)[1], 'a');
+  EXPECT_EQ(PromptAnswerDataset(tok, {{"", "a"}}, 3).ids(0).size(), 3u);
+  EXPECT_THROW(PromptAnswerDataset(tok, {{"", "ab"}}, 3), Error);
   EXPECT_THROW(ds.batch(std::vector<int64_t>{3}), Error);
 }
 

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <limits>
+#include <map>
 #include <set>
 
 #include "tensor/allocator.h"
@@ -84,6 +86,16 @@ TEST(CachingAllocator, ReusesFreedBlocks) {
   EXPECT_EQ(raw.frees, 2);
   EXPECT_EQ(a.stats().num_allocs, 3);
   EXPECT_EQ(a.stats().num_frees, 3);
+}
+
+// A request so large that rounding it up to the 512-byte bin would wrap is refused; it used to
+// round to 0, succeed, and take `current` below zero when freed.
+TEST(CachingAllocator, HugeRequestIsRefusedNotWrapped) {
+  BudgetRaw raw(1 << 20);
+  CachingAllocator a(&raw, Device::cpu());
+  EXPECT_THROW(a.allocate(std::numeric_limits<size_t>::max() - 3), Error);
+  EXPECT_EQ(a.stats().current, 0);
+  EXPECT_EQ(raw.calls, 0);
 }
 
 TEST(CachingAllocator, PeakAndResetPeak) {

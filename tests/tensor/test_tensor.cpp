@@ -213,6 +213,31 @@ TEST(Tensor, BadInputThrowsSomnusError) {
   }
 }
 
+// Element and byte counts that do not fit in an int64 are refused, not wrapped: 2^62 f32
+// elements (2^64 bytes) used to get a 0-byte storage and a null data pointer, and a (2^32, 2^32)
+// view of an empty tensor passed as 0 elements.
+TEST(Tensor, SizesThatOverflowAreRefused) {
+  EXPECT_THROW(Tensor::empty({int64_t{1} << 62}), Error);
+  EXPECT_THROW(Tensor::empty({int64_t{1} << 40, int64_t{1} << 40}), Error);
+  EXPECT_THROW(Tensor::zeros({0}).view({int64_t{1} << 32, int64_t{1} << 32}), Error);
+  EXPECT_EQ(Tensor::zeros({0, int64_t{1} << 62}).numel(), 0);  // a zero size makes any shape empty
+  EXPECT_EQ(shape_numel({int64_t{1} << 31, int64_t{1} << 31}), int64_t{1} << 62);
+}
+
+// copy_ from a source that shares bytes with the destination reads the source whole first
+// (t.copy_(t.transpose(0, 1)) gave [0, 2, 2, 3]: the loop read what it had just written).
+TEST(Tensor, CopyFromAnOverlappingViewOfItself) {
+  Tensor t = Tensor::from_vector({0, 1, 2, 3}, {2, 2});
+  t.copy_(t.transpose(0, 1));
+  EXPECT_EQ(t.to_vector(), (std::vector<double>{0, 2, 1, 3}));
+  Tensor r = Tensor::from_vector({0, 1, 2, 3, 4}, {5});
+  r.slice(0, 1, 5).copy_(r.slice(0, 0, 4));  // shift right by one: memmove semantics
+  EXPECT_EQ(r.to_vector(), (std::vector<double>{0, 0, 1, 2, 3}));
+  Tensor same = Tensor::from_vector({5, 6}, {2});
+  same.copy_(same);
+  EXPECT_EQ(same.to_vector(), (std::vector<double>{5, 6}));
+}
+
 TEST(Tensor, DeviceParsing) {
   EXPECT_EQ(Device::parse("cpu"), Device::cpu());
   EXPECT_EQ(Device::parse("cuda"), Device::cuda(0));
