@@ -99,6 +99,7 @@ json method_config(const std::string& name, const json& cfg, uint64_t seed) {
          {"batch_size", batch},
          {"wake", {{"lr", lr}}},
          {"seed", seed},
+         {"consolidation", consolidation_seeds(seed)},
          {"dream",
           {{"num_dreams", 4},
            {"dream_length", 24},

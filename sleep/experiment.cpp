@@ -13,6 +13,8 @@
 #include "autograd/grad_mode.h"
 #include "nn/generate.h"
 #include "sleep/config_json.h"
+#include "sleep/consolidation.h"
+#include "sleep/imitation.h"
 #include "sleep/tasks/metrics.h"
 #include "tensor/format.h"
 
@@ -354,6 +356,10 @@ class NoLearning : public Method {
 
 }  // namespace
 
+json consolidation_seeds(uint64_t seed) {
+  return {{"ks", {{"seed", SeedingConfig{}.seed + seed}, {"imitation", {{"seed", ImitationConfig{}.seed + seed}}}}}};
+}
+
 std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const json& cfg, uint64_t seed) {
   if (row.method == "none") return std::make_unique<NoLearning>();
   json m = json::object();
@@ -366,7 +372,8 @@ std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const json& cf
   } else if (row.method == "sleep") {
     m = {{"wake_steps", cfg.at("steps")}, {"batch_size", cfg.at("batch_size")}, {"wake", {{"lr", cfg.at("lr")}}},
          {"seed", seed},                  {"dream", dream}};
-    if (cfg.contains("consolidation")) m["consolidation"] = cfg.at("consolidation");
+    m["consolidation"] = consolidation_seeds(seed);
+    if (cfg.contains("consolidation")) m["consolidation"].merge_patch(cfg.at("consolidation"));
     if (cfg.contains("sleep")) m.merge_patch(cfg.at("sleep"));  // e.g. {"anchor_at_start": true}
   }
   m.merge_patch(row.config);

@@ -118,6 +118,12 @@ std::vector<ExperimentRow> parse_experiment_rows(const nlohmann::json& cfg, cons
 // consolidation / dream objects where present; for sleep rows, cfg's "sleep" patch over the
 // sleep method config where present) under the row's own config patch.
 std::unique_ptr<Method> make_row_method(const ExperimentRow& row, const nlohmann::json& cfg, uint64_t seed);
+// The seeds of a Sleep method's consolidation for run seed `seed`, as a config patch:
+// {"ks": {"seed": 1234 + seed, "imitation": {"seed": seed}}}. Knowledge Seeding's stream
+// (teacher samples, new-slot init, batch picks) and the imitation rollouts' follow the run's
+// seed, as the wake batches and the dreams do; seed 0 keeps the defaults (1234, 0). Applied
+// under the experiment's and the row's own consolidation config, which may still fix them.
+nlohmann::json consolidation_seeds(uint64_t seed);
 // [bos] ++ tok.encode(text)
 std::vector<TokenId> encode_with_bos(const nn::Tokenizer& tok, const std::string& text);
 

@@ -7,6 +7,7 @@
 
 #include "nn/transformer.h"
 #include "sleep/experiment.h"
+#include "sleep/sleep_method.h"
 #include "testing.h"
 
 namespace somnus::sleep {
@@ -89,6 +90,34 @@ TEST(ExperimentConfig, BadOverrideNamesTheSet) {
   // Good overrides still apply, later ones winning.
   EXPECT_EQ(resolve_experiment_config("clinc150", "gpu", {{"seeds", "[3]"}, {"seeds", "[7]"}}).at("seeds"),
             json::array({7}));
+}
+
+// A Sleep row's consolidation follows the run seed (Knowledge Seeding's teacher samples, slot
+// init and batch picks; the imitation rollouts), as its wake batches and dreams do: every seed
+// used to share ks.seed 1234 and imitation.seed 0, so "independent" seeds were not. Seed 0 keeps
+// the defaults; the experiment's and the row's own consolidation config still win.
+TEST(ExperimentConfig, SleepConsolidationFollowsTheRunSeed) {
+  register_sleep_method();
+  const json cfg = {{"steps", 2}, {"lr", 1e-3}, {"batch_size", 2}};
+  const auto sleep_config = [](const std::unique_ptr<Method>& m) {
+    const auto* s = dynamic_cast<const SleepMethod*>(m.get());
+    EXPECT_NE(s, nullptr);
+    return s != nullptr ? s->config() : SleepMethodConfig{};
+  };
+  const ExperimentRow row{"sleep", "sleep"};
+  const SleepMethodConfig c0 = sleep_config(make_row_method(row, cfg, 0));
+  const SleepMethodConfig c2 = sleep_config(make_row_method(row, cfg, 2));
+  EXPECT_EQ(c0.consolidation.ks.seed, SeedingConfig{}.seed);
+  EXPECT_EQ(c0.consolidation.ks.imitation.seed, ImitationConfig{}.seed);
+  EXPECT_EQ(c2.consolidation.ks.seed, SeedingConfig{}.seed + 2);
+  EXPECT_EQ(c2.consolidation.ks.imitation.seed, ImitationConfig{}.seed + 2);
+  EXPECT_EQ(c2.dream.seed, 2u);
+  json fixed = cfg;
+  fixed["consolidation"] = {{"ks", {{"seed", 7}}}};
+  EXPECT_EQ(sleep_config(make_row_method(row, fixed, 2)).consolidation.ks.seed, 7u);
+  ExperimentRow own{"sleep-own", "sleep"};
+  own.config = {{"consolidation", {{"ks", {{"imitation", {{"seed", 9}}}}}}}};
+  EXPECT_EQ(sleep_config(make_row_method(own, cfg, 2)).consolidation.ks.imitation.seed, 9u);
 }
 
 }  // namespace
