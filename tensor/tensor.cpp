@@ -226,7 +226,8 @@ static Shape infer_shape(Shape shape, int64_t numel, const char* op, const Shape
       infer = static_cast<int64_t>(i);
     } else {
       SOMNUS_CHECK(shape[i] >= 0, "{}: invalid size in {}", op, shape_str(shape));
-      known *= shape[i];
+      SOMNUS_CHECK(!__builtin_mul_overflow(known, shape[i], &known), "{}: shape {} has more elements than an int64 holds",
+                   op, shape_str(shape));
     }
   }
   if (infer >= 0) {
