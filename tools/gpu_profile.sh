@@ -11,8 +11,10 @@
 # and backward at the headline shape (causal, T 4096, D 128: their headroom toward FA3, not yet
 # profiled; the backward's dK/dV or fused kernel). One file per target, $OUT/ncu_NAME.txt
 # (OUT defaults to ./ncu_out), with ncu's SpeedOfLight, Occupancy, LaunchStats, WarpStateStats,
-# SchedulerStats and MemoryWorkloadAnalysis sections. ncu locks the SM clock at its base (1.56
-# GHz on the H100 of 2026-11-27), so its durations are longer than the benchmark's. Each target
+# SchedulerStats and MemoryWorkloadAnalysis sections. ncu runs with --clock-control none (the
+# device guide's advice: leave the card's clocks alone), so durations are at the clock the
+# benchmarks ran at. The run of 2026-11-27 let ncu lock the SM clock at its base (1.56 GHz on
+# that H100), so its durations are longer than the benchmark's. Each target
 # runs under a time limit (SOMNUS_PROFILE_BUDGET_S, default 60 s). Exits non-zero when a target
 # fails or profiles no kernel.
 set -uo pipefail
@@ -47,7 +49,7 @@ for t in "${targets[@]}"; do
   row="${spec%@*}" kernel="${spec##*@}"
   if [ "$name" = "$t" ] || [ "$row" = "$spec" ]; then echo "gpu_profile: bad target '$t' (NAME=ROW_REGEX@KERNEL_REGEX)"; status=1; continue; fi
   t0=$SECONDS
-  timeout "${SOMNUS_PROFILE_BUDGET_S:-60}" "$ncu" --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 \
+  timeout "${SOMNUS_PROFILE_BUDGET_S:-60}" "$ncu" --clock-control none --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis \
     "$bench" --benchmark_filter="$row" --benchmark_min_time=0.01 > "$out/ncu_$name.txt" 2>&1
