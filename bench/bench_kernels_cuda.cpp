@@ -581,13 +581,13 @@ void BM_attention_fwd_bwd_new(benchmark::State& state, const char* fwd, const ch
 // rule before 2026-11-26 (S / 256 in [1, 64]) instead of the backend's wave-efficiency choice
 // (kernels/decode_splits.h), so the two are compared in one run. `variant`: SOMNUS_ATTN_DECODE
 // for the other variants of the GQA kernel ("pipe"; "unpiped", the default until 2026-11-27;
-// "ring", the cp.async ring), "fused" for SOMNUS_DECODE_COMBINE=fused (on pipe_wide), or
-// "ring_fused" for both ring and fused; "" the default
-// (pipe_wide at this shape). Each row takes the automatic split count for its own kernel's
-// occupancy: on an H100, 4 splits for pipe_wide and fused (2 blocks per SM), 6 for pipe,
-// unpiped and (by its registers and shared memory, not yet run) ring (3 per SM), so a row compares
-// kernel and split count together; the s256 row (unpiped at S 1024 before 2026-11-27: 4 splits)
-// separates them at S 1024.
+// "pipe_wide", the default from then until 2026-11-28; "ring", the cp.async ring), "fused" for
+// SOMNUS_DECODE_COMBINE=fused (on pipe_wide), or "ring_fused" for both ring and fused; "" the
+// default (the ring at this shape since 2026-11-28). Each row takes the automatic split count for its own kernel's
+// occupancy: on an H100 / H200, 4 splits for pipe_wide and fused (2 blocks per SM), 6 for pipe,
+// unpiped and ring (3 per SM; ncu, H200, S 1024: 384 blocks for the ring), so a row compares
+// kernel and split count together; the s256 row (S / 256 splits, on the default kernel)
+// separates them.
 void BM_attention_decode(benchmark::State& state, bool s256, const char* variant) {
   if (skip_without_cuda(state)) return;
   const int64_t B = 8, Hq = 32, Hkv = 8, D = 128, S = state.range(0);
@@ -656,7 +656,7 @@ void register_attention() {
           ->Unit(benchmark::kMillisecond);
     }
   }
-  for (const char* variant : {"", "_s256", "_pipe", "_unpiped", "_ring", "_fused", "_ring_fused"}) {
+  for (const char* variant : {"", "_s256", "_pipe", "_unpiped", "_pipe_wide", "_ring", "_fused", "_ring_fused"}) {
     const std::string v = variant;
     RegisterBenchmark(("attention_decode" + v + "/bf16/B8_Hq32_Hkv8_D128").c_str(), BM_attention_decode,
                       v == "_s256", v == "_s256" || v.empty() ? "" : variant + 1)

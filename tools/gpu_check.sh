@@ -139,7 +139,7 @@ for b in $bench_bins; do
   case "$(basename "$b")" in bench_kernels_cuda) ;; *) continue ;; esac
   [ -x "$b" ] && [ "$call_timing" = 1 ] || continue
   SOMNUS_BENCH_TIMING=call run_bench "$b" "$(basename "$b").call" \
-    '^attention_decode(_ring|_fused|_ring_fused)?/|^layer_norm_bwd(_racc)?/bf16|^sum_dim1/' 40
+    '^attention_decode(_pipe_wide|_ring|_fused|_ring_fused)?/|^layer_norm_bwd(_racc)?/bf16|^sum_dim1/' 40
 done
 
 # ---- compute-sanitizer (issue 8 §7): memcheck over every CUDA test binary, racecheck over

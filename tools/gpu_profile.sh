@@ -5,11 +5,12 @@
 #
 #   tools/gpu_profile.sh --prebuilt PACK[.tar.xz] [NAME=ROW_REGEX@KERNEL_REGEX ...]
 #
-# Without targets it profiles the kernels of issue 4's open items: the LayerNorm backward (bf16
-# 16384×4096: the default, SOMNUS_NORM_BWD=racc and =pair) and the GQA decode at S 1024 (the
-# default pipe_wide, =ring, and the fused combine on each), then the default attention forward
-# and backward at the headline shape (causal, T 4096, D 128: their headroom toward FA3, not yet
-# profiled; the backward's dK/dV or fused kernel). One file per target, $OUT/ncu_NAME.txt
+# Without targets it profiles the kernels of issue 4's open items: the bf16 RMSNorm and LayerNorm
+# forwards (16384×4096: 0.75 and 0.66 of copy on the H200 of 2026-11-28, not yet profiled), the
+# LayerNorm backward (bf16 16384×4096: the default, SOMNUS_NORM_BWD=racc and =pair) and the GQA decode at S 1024 (the
+# default ring, =pipe_wide (the default before 2026-11-28), and the fused combine on each), then the default attention forward
+# and backward at the headline shape (causal, T 4096, D 128: their headroom toward FA3, first
+# profiled on the H200 of 2026-11-28; the backward's dK/dV or fused kernel). One file per target, $OUT/ncu_NAME.txt
 # (OUT defaults to ./ncu_out), with ncu's SpeedOfLight, Occupancy, LaunchStats, WarpStateStats,
 # SchedulerStats and MemoryWorkloadAnalysis sections. ncu runs with --clock-control none (the
 # device guide's advice: leave the card's clocks alone), so durations are at the clock the
@@ -32,11 +33,13 @@ bench="$prebuilt/bin/bench_kernels_cuda"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(
+    "rms_fwd=^rms_norm_fwd/bf16/16384x4096@norm_forward_reg_kernel"
+    "ln_fwd=^layer_norm_fwd/bf16/16384x4096@norm_forward_reg_kernel"
     "ln_bwd=^layer_norm_bwd/bf16/16384x4096@norm_backward_reg_kernel"
     "ln_bwd_racc=^layer_norm_bwd_racc/bf16/16384x4096@norm_backward_racc_kernel"
     "ln_bwd_pair=^layer_norm_bwd_pair/bf16/16384x4096@norm_backward_reg_kernel"
     "decode=^attention_decode/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
-    "decode_ring=^attention_decode_ring/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
+    "decode_pipe_wide=^attention_decode_pipe_wide/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_fused=^attention_decode_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "decode_ring_fused=^attention_decode_ring_fused/bf16/B8_Hq32_Hkv8_D128/S:1024/@attn_decode_gqa"
     "attn_fwd=^attention_fwd/causal/bf16/T:4096/D:128/@attn_fwd_"

@@ -647,22 +647,27 @@ bool env_equals(const char* name, const char* value) {
 }
 
 // The GQA decode kernel's variant for R rows (see attn_decode_gqa): kPipe from
-// SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2, =ring 3; unset: 2 for R = 4, the rows the H100
-// runs timed (g = 4, T = 1), and 0, the kernel before 2026-11-27, for R = 1, 2, 8, where the
-// pipelined kernels hold fewer blocks per SM and nothing was timed); kFuse from
+// SOMNUS_ATTN_DECODE (=unpiped 0, =pipe 1, =pipe_wide 2, =ring 3; unset: 3 for R = 4, the rows
+// the GPU runs timed (g = 4, T = 1), and 0, the kernel before 2026-11-27, for R = 1, 2, 8, where
+// nothing was timed). The ring is R = 4's default since the H200 run of 2026-11-28: B 8 Hq 32
+// Hkv 8 D 128 bf16, µs at S 1024 / 4096 / 32768, two runs: ring 25.1–26.2 / 50.1–51.2 /
+// 290.4–290.5 against pipe_wide (the default before) 24.3–25.0 / 58.8–59.8 / 376.7–377.8, so
+// 15% and 23% faster at the longer caches and ~1 µs slower at S 1024. kFuse from
 // SOMNUS_DECODE_COMBINE=fused, which is built on the ring (kPipe = 3) when
-// SOMNUS_ATTN_DECODE=ring, else on kPipe = 2.
+// SOMNUS_ATTN_DECODE=ring, else on kPipe = 2 (as before the ring became the default, so that
+// the names keep their kernels); it won no row of that run, so it stays opt-in.
 struct DecodeVariant {
   int pipe;
   bool fuse;
 };
 DecodeVariant decode_variant(int R) {
   const bool fuse = env_equals("SOMNUS_DECODE_COMBINE", "fused");
-  int pipe = R == 4 ? 2 : 0;
+  const bool ring = env_equals("SOMNUS_ATTN_DECODE", "ring");
+  int pipe = R == 4 ? 3 : 0;
   if (env_equals("SOMNUS_ATTN_DECODE", "unpiped")) pipe = 0;
   if (env_equals("SOMNUS_ATTN_DECODE", "pipe")) pipe = 1;
-  if (env_equals("SOMNUS_ATTN_DECODE", "ring")) pipe = 3;
-  if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || (fuse && pipe != 3)) pipe = 2;
+  if (ring) pipe = 3;
+  if (env_equals("SOMNUS_ATTN_DECODE", "pipe_wide") || (fuse && !ring)) pipe = 2;
   return {pipe, fuse};
 }
 
@@ -3303,8 +3308,8 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // kPipe > 0: the loads of step j + 1 are issued before the arithmetic of step j (registers
 // double-buffered). kPipe = 1 (SOMNUS_ATTN_DECODE=pipe) halves U, so the loaded data take the
 // registers they took before (bf16 D 128 R 4: 159 registers, 3 blocks per SM, 4 loads in
-// flight per thread at all times); kPipe = 2 (=pipe_wide; the default for R = 4 since
-// 2026-11-27, decode_variant) keeps U (201 registers, 2 blocks per SM, 8 loads per thread;
+// flight per thread at all times); kPipe = 2 (=pipe_wide; the default for R = 4 from
+// 2026-11-27 until the ring replaced it on 2026-11-28, decode_variant) keeps U (201 registers, 2 blocks per SM, 8 loads per thread;
 // R = 8 halves U in both); kPipe = 0 (=unpiped) is the kernel before, still the default for
 // R = 1, 2, 8 (untimed there; the pipelined instances hold fewer blocks per SM). Why: without it a step's loads are issued and at once
 // waited for, so each step costs a DRAM round trip plus its arithmetic, in series; at S = 1024
@@ -3317,14 +3322,18 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // S 1024 the unpiped kernel with 4 splits ran 26.3 µs, so there pipe_wide's gain is the split
 // count. Less than predicted: each block's 6–8 steps still start with a DRAM round trip for q
 // and the first K/V step, and end with the shared-memory merge (not profiled since).
-// kFuse (SOMNUS_DECODE_COMBINE=fused; 2026-11-27, not yet run on a GPU): no attn_combine
+// kFuse (SOMNUS_DECODE_COMBINE=fused; first run on a GPU 2026-11-28, H200: bitwise the
+// two-launch path, as its test asks, but no faster: on pipe_wide 24.9 / 66.8 / 452.3 µs at S
+// 1024 / 4096 / 32768 against 24.3 / 59.8 / 377.8 without it; ncu at S 1024 put its DRAM
+// throughput at 30% against 37%: the last block's serial combine is the likely cost): no attn_combine
 // launch. Each block, having written its partials, fences them and takes a ticket from
 // tickets[b·Hkv + kv head] by atomicInc, which wraps it back to 0 for the next launch as the
 // last block (the one drawing n_split − 1) takes it; that block combines the (b, kv head)'s g·T
 // rows with combine_row (a warp per row). The tickets are per device, shared by every launch:
 // two fused decodes in flight at once on different streams would mix their counts (every
 // kernel here runs on the legacy default stream). o, lse, tickets: unused (nullptr) when !kFuse.
-// kPipe = 3 (SOMNUS_ATTN_DECODE=ring; 2026-11-28, not yet run on a GPU): K/V go to shared
+// kPipe = 3 (SOMNUS_ATTN_DECODE=ring; the default for R = 4 since its first GPU run, H200,
+// 2026-11-28: 0.87 of the copy bandwidth at S 32768, 0.63 at S 4096; decode_variant): K/V go to shared
 // memory by cp.async, kDecRing steps in a ring, kDecRing − 1 steps ahead of the arithmetic.
 // Why: pipe / pipe_wide hold one step (16 KiB a block) in flight, in registers, so a block of
 // 6–8 steps still waits ~6–8 DRAM round trips; the ring keeps 2 steps (32 KiB) per block in

@@ -343,8 +343,8 @@ void set_decode_path(const std::string& path) {
 }
 const char* const kDecodePaths[] = {"gqa", "pipe_wide", "pipe", "unpiped", "ring", "fused", "simt"};
 
-// Both decode kernels: the GQA block kernel (rows = g·T <= 8; by default its pipe_wide variant
-// for 4 rows, the unpipelined one otherwise) with each variant by name, and the SIMT row
+// Both decode kernels: the GQA block kernel (rows = g·T <= 8; by default its ring variant
+// for 4 rows (pipe_wide before 2026-11-28), the unpipelined one otherwise) with each variant by name, and the SIMT row
 // kernel (SOMNUS_ATTN_DECODE=simt, and rows > 8 on every setting).
 TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   if (!cuda_available()) GTEST_SKIP() << kNoCuda;
@@ -358,7 +358,7 @@ TEST(CudaAttention, DecodeMatchesCpuAndReference) {
   };
   for (const char* path : kDecodePaths) {
     // Quick mode (the sanitizer runs): not "pipe" and "unpiped", which are no default at 4 rows
-    // ("gqa" runs unpiped for 1, 2 and 8 rows).
+    // ("gqa" runs unpiped for 1, 2 and 8 rows); "pipe_wide" stays, the fused combine's base.
     if (somnus::testing::quick_mode() && (std::string(path) == "pipe" || std::string(path) == "unpiped")) continue;
     set_decode_path(path);
     for (DType dt : {DType::bf16, DType::f32}) {
