@@ -170,6 +170,7 @@ json ConsolidationReport::to_json() const {
           {"jsd_before", jsd_before},
           {"jsd_after", jsd_after},
           {"teacher_tokens", teacher_tokens},
+          {"semantic_reward", semantic_reward},
           {"seconds", seconds},
           {"steps", s}};
 }
@@ -294,6 +295,11 @@ void Consolidator::check_ready(const std::vector<std::vector<TokenId>>& prompts)
                  "n_slots, or set 'on_exhausted': \"evict_oldest\" or \"merge_oldest\")",
                  receiver, l, recv.n_slots());
   }
+  // The imitation term's r_sem: "answer_match" needs the task's answer field.
+  const bool imitates = cfg_.seeding && cfg_.ks.steps > 0 && cfg_.ks.alpha < 1.0;
+  SOMNUS_CHECK(!imitates || answer_of_ || cfg_.ks.imitation.semantic_reward != "answer_match",
+               "consolidate: 'ks.imitation.semantic_reward' is \"answer_match\" but the task defines no answer field "
+               "(no answer extractor was set); use \"auto\" or \"hidden_cosine\"");
 }
 
 ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
@@ -434,10 +440,13 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     rep.jsd_before = jsd_on(eval_rows, false).item();
   }
 
-  // Semantic reward of the imitation term: hidden-state cosine against the (frozen) teacher.
+  // Semantic reward of the imitation term: the task's answer match where it has an answer
+  // field (answer_of_), else the hidden-state cosine against the (frozen) teacher.
   std::unique_ptr<SemanticReward> rsem;
   if (ks.alpha < 1.0) {
-    rsem = make_semantic_reward(imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, device);
+    rsem = make_semantic_reward(imitation, [&view](const Tensor& ids) { return view.hidden_states(ids); }, device,
+                                answer_of_);
+    rep.semantic_reward = rsem->name();
   }
 
   AdamW opt({ParamGroup{trainable, ks.lr, ks.weight_decay, 1, "seeding.slots"}}, AdamWOptions{0.9, 0.999, 1e-8});

@@ -116,6 +116,9 @@ struct ConsolidationReport {
   double jsd_before = 0, jsd_after = 0;  // on D (teacher samples), mean per continuation token
   std::vector<SeedingStepLog> steps;
   int64_t teacher_tokens = 0;            // sampled into D
+  // The imitation term's r_sem: "answer_match" or "hidden_cosine" (SemanticReward::name), ""
+  // when no imitation ran (ks.alpha = 1, no seeding, skipped).
+  std::string semantic_reward;
   double seconds = 0;
   nlohmann::json to_json() const;
 };
@@ -144,6 +147,13 @@ class Consolidator {
   // leaves everything as it was.
   void check_ready(const std::vector<std::vector<TokenId>>& prompts) const;
 
+  // The task's answer field (PARADIGM §2: r_sem = answer match where the task defines one):
+  // the answer of a whole teacher sample or student completion (prompt included), nullopt when
+  // it has none. Unset (the default, or an empty function): the task has none, and r_sem is
+  // the hidden-state cosine. ks.imitation.semantic_reward chooses between them. Not saved
+  // with state(): the task sets it again (SleepMethod does, every episode).
+  void set_answer_extractor(AnswerMatchReward::Extractor answer_of) { answer_of_ = std::move(answer_of); }
+
   // Activation order of the receiver slots (for evict_oldest / merge_oldest), saved with
   // sleep checkpoints.
   nlohmann::json state() const;
@@ -156,6 +166,7 @@ class Consolidator {
   ConsolidationConfig cfg_;
   Generator gen_;
   int64_t consolidations_ = 0;
+  AnswerMatchReward::Extractor answer_of_;
   // activation_[layer][slot] = the consolidation count when the receiver slot was activated.
   std::vector<std::vector<int64_t>> activation_;
 };

@@ -18,6 +18,8 @@
 // config patches the method's config (method_config below). The tiny config (the README
 // demo) has none, to stay within its time; the gpu config has Sleep without imitation
 // (consolidation.ks.alpha = 1), without semantic reward (consolidation.ks.imitation.gamma = 0),
+// with the hidden-state cosine as r_sem instead of the intent-label match PARADIGM §2 asks for
+// (consolidation.ks.imitation.semantic_reward = "hidden_cosine"),
 // without expansion (consolidation.expansion = false), without dreaming and without gradient
 // selection (dream.selection = false); on the CPU, e.g.
 //   --set 'ablations=[{"label": "sleep-no-imitation", "method": "sleep",
@@ -80,6 +82,8 @@ json gpu_config() {
     {"label": "sleep-no-imitation", "method": "sleep", "config": {"consolidation": {"ks": {"alpha": 1.0}}}},
     {"label": "sleep-no-semantic-reward", "method": "sleep",
      "config": {"consolidation": {"ks": {"imitation": {"gamma": 0.0}}}}},
+    {"label": "sleep-cosine-semantic-reward", "method": "sleep",
+     "config": {"consolidation": {"ks": {"imitation": {"semantic_reward": "hidden_cosine"}}}}},
     {"label": "sleep-no-expansion", "method": "sleep", "config": {"consolidation": {"expansion": false}}},
     {"label": "sleep-no-dream", "method": "sleep", "config": {"dreaming": false}},
     {"label": "sleep-no-selection", "method": "sleep", "config": {"dream": {"selection": false}}}])J");
@@ -214,6 +218,7 @@ ExperimentResult run_clinc150(const json& cfg, const ProgressFn& progress) {
       ep.dream_suffix = {tok.bos_id()};
       ep.train_prefix = {tok.bos_id()};
       ep.stop_tokens = {tok.eos_id()};
+      ep.answer_of = answer_after(tok, topt.separator);  // the intent label: Knowledge Seeding's r_sem
 
       // ICL: one demonstration per intent seen so far, shuffled, as many as fit.
       for (const std::string& intent : t.intents) {

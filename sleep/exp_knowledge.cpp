@@ -20,7 +20,9 @@
 //
 // Ablations of PARADIGM §4: sleep-no-dream (dreaming = false), sleep-no-selection
 // (dream.selection = false), sleep-no-imitation (consolidation.ks.alpha = 1: distillation
-// only), sleep-no-semantic-reward (consolidation.ks.imitation.gamma = 0: r = r_abs), and
+// only), sleep-no-semantic-reward (consolidation.ks.imitation.gamma = 0: r = r_abs),
+// sleep-cosine-semantic-reward (r_sem the hidden-state cosine instead of the answer match that
+// PARADIGM §2 asks for where a task has answers: here a question's answer after "\nA:"), and
 // sleep-no-expansion (consolidation.expansion = false: θ_new only, no slot, no seeding).
 // The base model is pretrained, so the sleep rows anchor at the start ("sleep":
 // {"anchor_at_start": true}): a single passage is one episode, and its sleep consolidates the
@@ -60,6 +62,8 @@ json tiny_config() {
              {"label": "sleep-no-imitation", "method": "sleep", "config": {"consolidation": {"ks": {"alpha": 1.0}}}},
              {"label": "sleep-no-semantic-reward", "method": "sleep",
               "config": {"consolidation": {"ks": {"imitation": {"gamma": 0.0}}}}},
+             {"label": "sleep-cosine-semantic-reward", "method": "sleep",
+              "config": {"consolidation": {"ks": {"imitation": {"semantic_reward": "hidden_cosine"}}}}},
              {"label": "sleep-no-expansion", "method": "sleep", "config": {"consolidation": {"expansion": false}}}],
     "cpt_only": [],
     "sleep": {"anchor_at_start": true},
@@ -215,6 +219,7 @@ ExperimentResult run_knowledge(const json& cfg, const ProgressFn& progress) {
       ep.dream_suffix = {tok.bos_id()};
       ep.train_prefix = {tok.bos_id()};
       ep.stop_tokens = {tok.eos_id()};
+      ep.answer_of = answer_after(tok, "\nA:");  // a question's answer: Knowledge Seeding's r_sem
       eps.push_back(std::move(ep));
     }
     auto questions = [&](size_t i) {

@@ -270,6 +270,26 @@ Example encode_example(const nn::Tokenizer& tok, const nn::PromptAnswer& pa) {
   return ex;
 }
 
+std::function<std::optional<std::string>(const std::vector<TokenId>&)> answer_after(const nn::Tokenizer& tok,
+                                                                                   std::string separator) {
+  SOMNUS_CHECK(!separator.empty(), "answer_after: the separator is empty");
+  // A copy of the tokenizer: the function can outlive the experiment's own (the sleep method
+  // keeps the last episode's).
+  return [tok = std::make_shared<const nn::Tokenizer>(tok),
+          separator = std::move(separator)](const std::vector<TokenId>& ids) -> std::optional<std::string> {
+    std::vector<TokenId> plain;  // special tokens (BOS, EOS, ...) would decode to their text
+    plain.reserve(ids.size());
+    for (TokenId id : ids) {
+      if (!tok->is_special(id)) plain.push_back(id);
+    }
+    const std::string text = tok->decode(plain);
+    const size_t at = text.find(separator);
+    if (at == std::string::npos) return std::nullopt;
+    const size_t from = at + separator.size();
+    return text.substr(from, text.find('\n', from) - from);
+  };
+}
+
 std::vector<Example> encode_examples(const nn::Tokenizer& tok, const std::vector<nn::PromptAnswer>& pas) {
   std::vector<Example> out;
   out.reserve(pas.size());

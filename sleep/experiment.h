@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,11 @@ nn::Tokenizer train_task_tokenizer(const std::vector<std::string>& texts, int64_
 // [bos] prompt -> answer [eos] (the answer's loss counts).
 Example encode_example(const nn::Tokenizer& tok, const nn::PromptAnswer& pa);
 std::vector<Example> encode_examples(const nn::Tokenizer& tok, const std::vector<nn::PromptAnswer>& pas);
+// The answer field of such sequences, for LearningEpisode::answer_of: the decoded text after
+// the first `separator` (the prompt's last characters, e.g. "\nA:"), up to the first newline
+// or the end, special tokens (BOS, EOS) left out; nullopt when the separator is not there.
+std::function<std::optional<std::string>(const std::vector<TokenId>&)> answer_after(const nn::Tokenizer& tok,
+                                                                                   std::string separator);
 
 struct EvalOptions {
   int64_t max_new_tokens = 12;

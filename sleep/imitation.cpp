@@ -45,6 +45,9 @@ void ImitationConfig::validate() const {
   SOMNUS_CHECK(gamma >= 0.0 && gamma <= 1.0, "{}: 'gamma' must be in [0, 1], got {}", kWhere, gamma);
   SOMNUS_CHECK(cosine_threshold >= -1.0 && cosine_threshold <= 1.0,
                "{}: 'cosine_threshold' must be in [-1, 1], got {}", kWhere, cosine_threshold);
+  SOMNUS_CHECK(semantic_reward == "auto" || semantic_reward == "answer_match" || semantic_reward == "hidden_cosine",
+               "{}: 'semantic_reward' must be \"auto\", \"answer_match\" or \"hidden_cosine\", got \"{}\"", kWhere,
+               semantic_reward);
   SOMNUS_CHECK(eps_low > 0.0 && eps_low < 1.0, "{}: 'eps_low' must be in (0, 1), got {}", kWhere, eps_low);
   SOMNUS_CHECK(eps_high > 0.0 && std::isfinite(eps_high), "{}: 'eps_high' must be > 0, got {}", kWhere, eps_high);
   SOMNUS_CHECK(kl_beta >= 0.0 && std::isfinite(kl_beta), "{}: 'kl_beta' must be >= 0, got {}", kWhere, kl_beta);
@@ -71,6 +74,7 @@ void to_json(json& j, const ImitationConfig& c) {
            {"z0_fraction", c.z0_fraction},
            {"gamma", c.gamma},
            {"cosine_threshold", c.cosine_threshold},
+           {"semantic_reward", c.semantic_reward},
            {"eps_low", c.eps_low},
            {"eps_high", c.eps_high},
            {"kl_beta", c.kl_beta},
@@ -87,7 +91,7 @@ void to_json(json& j, const ImitationConfig& c) {
 void from_json(const json& j, ImitationConfig& out) {
   detail::check_known_keys(j,
                            {"group_size", "prefix_min_fraction", "prefix_max_fraction", "z0_fraction", "gamma",
-                            "cosine_threshold", "eps_low", "eps_high", "kl_beta", "loss_type", "advantage_eps",
+                            "cosine_threshold", "semantic_reward", "eps_low", "eps_high", "kl_beta", "loss_type", "advantage_eps",
                             "temperature", "top_k", "max_completion_tokens", "stop_tokens", "rollout_batch_size",
                             "seed"},
                            kWhere);
@@ -98,6 +102,7 @@ void from_json(const json& j, ImitationConfig& out) {
   detail::read_field(j, "z0_fraction", c.z0_fraction, kWhere);
   detail::read_field(j, "gamma", c.gamma, kWhere);
   detail::read_field(j, "cosine_threshold", c.cosine_threshold, kWhere);
+  detail::read_field(j, "semantic_reward", c.semantic_reward, kWhere);
   detail::read_field(j, "eps_low", c.eps_low, kWhere);
   detail::read_field(j, "eps_high", c.eps_high, kWhere);
   detail::read_field(j, "kl_beta", c.kl_beta, kWhere);
@@ -122,7 +127,14 @@ void from_json(const json& j, ImitationConfig& out) {
 }
 
 std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher,
-                                                     Device device) {
+                                                     Device device, const AnswerMatchReward::Extractor& answer_of) {
+  cfg.validate();
+  const bool have = static_cast<bool>(answer_of);
+  SOMNUS_CHECK(have || cfg.semantic_reward != "answer_match",
+               "{}: 'semantic_reward' is \"answer_match\" but the task defines no answer field (no answer "
+               "extractor); use \"auto\" or \"hidden_cosine\"",
+               kWhere);
+  if (have && cfg.semantic_reward != "hidden_cosine") return std::make_unique<AnswerMatchReward>(answer_of);
   return std::make_unique<HiddenCosineReward>(std::move(teacher), cfg.cosine_threshold, device);
 }
 

@@ -43,6 +43,11 @@ struct ImitationConfig {
   double z0_fraction = 0.8;
   double gamma = 0.5;              // r = γ·r_sem + (1 − γ)·r_abs (r = r_abs without a semantic reward)
   double cosine_threshold = 0.9;   // for make_semantic_reward's HiddenCosineReward
+  // Which r_sem (PARADIGM §2 [choice]): "auto" [default] the task's answer match when the task
+  // defines an answer field (an answer extractor is given, e.g. LearningEpisode::answer_of),
+  // else the hidden-state cosine; "answer_match" (an error where the task gives no extractor);
+  // "hidden_cosine" (always, e.g. to compare the two).
+  std::string semantic_reward = "auto";
   double eps_low = 0.2;            // PPO clip: ratio in [1 − eps_low, 1 + eps_high]
   double eps_high = 0.2;
   double kl_beta = 0.0;            // weight of the k3 KL to the teacher (needs a teacher in imitation_loss)
@@ -64,11 +69,15 @@ void to_json(nlohmann::json& j, const ImitationConfig& c);
 // Strict; validates. Errors read "imitation config: ...".
 void from_json(const nlohmann::json& j, ImitationConfig& c);
 
-// The semantic reward the config describes when the task has no answer extractor: a
-// HiddenCosineReward with cfg.cosine_threshold over `teacher`, fed ids on `device` (pass the
-// teacher's, e.g. model.lm_head_weight().device(), when it is not the CPU).
+// The semantic reward the config describes (cfg.semantic_reward):
+//   an AnswerMatchReward over `answer_of` when the task gives one (answer_of set) and the
+//   config says "auto" or "answer_match";
+//   else a HiddenCosineReward with cfg.cosine_threshold over `teacher`, fed ids on `device`
+//   (pass the teacher's, e.g. model.lm_head_weight().device(), when it is not the CPU).
+// Throws somnus::Error for "answer_match" without an extractor.
 std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg, TeacherForward teacher,
-                                                     Device device = Device::cpu());
+                                                     Device device = Device::cpu(),
+                                                     const AnswerMatchReward::Extractor& answer_of = {});
 
 // ---------------------------------------------------------------- rollouts
 

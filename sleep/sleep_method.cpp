@@ -69,6 +69,7 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   std::vector<std::vector<TokenId>> prompts = cfg_.sleep_prompts;
   if (prompts.empty()) prompts = {ep.train_prefix.empty() ? std::vector<TokenId>{0} : ep.train_prefix};
   learner_->set_sleep_prompts(prompts);
+  learner_->consolidator().set_answer_extractor(ep.answer_of);  // r_sem: the episode's answer field, if any
 
   // 1. wake
   const int64_t block = model.config().block_size;

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ struct LearningEpisode {
   std::function<double(nn::Transformer&)> score;
   std::vector<TokenId> dream_prefix, dream_suffix, train_prefix;
   std::vector<TokenId> stop_tokens;  // end generated answers / dreams
+  // The task's answer field (PARADIGM §2): the answer of a whole sequence, prompt included
+  // (a teacher sample or a student's completion of one, during Knowledge Seeding), nullopt
+  // when it holds none. Unset: the task has no answer field, and Knowledge Seeding's r_sem is
+  // the hidden-state cosine (sleep::ImitationConfig::semantic_reward).
+  std::function<std::optional<std::string>(const std::vector<TokenId>& ids)> answer_of;
 
   // Throws somnus::Error when the episode has neither a context nor examples, or an
   // example has an empty answer.

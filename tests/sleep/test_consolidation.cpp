@@ -6,6 +6,8 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "autograd/engine.h"
@@ -223,6 +225,36 @@ TEST(Consolidation, ImitationTermRunsAndLogs) {
     EXPECT_NEAR(s.loss, 0.5 * s.jsd + 0.5 * s.ppo_loss, 1e-9);
   }
   EXPECT_EQ(rep.to_json()["steps"].size(), 2u);
+}
+
+// r_sem follows the task's answer field (PARADIGM §2 [choice]), and a config that asks for the
+// answer match on a task without one is refused before anything changes.
+TEST(Consolidation, SemanticRewardIsTheAnswerMatchWhenTheTaskHasAnswers) {
+  auto m = make_model();
+  Consolidator cos(*m, ks_config(1, /*alpha=*/0.5));
+  EXPECT_EQ(cos.consolidate(cos.snapshot_sender(), kPrompts).semantic_reward, "hidden_cosine");
+
+  int64_t calls = 0;
+  auto m2 = make_model();
+  Consolidator ans(*m2, ks_config(1, /*alpha=*/0.5));
+  ans.set_answer_extractor([&calls](const std::vector<TokenId>& ids) -> std::optional<std::string> {
+    ++calls;
+    return ids.empty() ? std::nullopt : std::optional<std::string>(std::to_string(ids.back() % 3));
+  });
+  const ConsolidationReport rep = ans.consolidate(ans.snapshot_sender(), kPrompts);
+  EXPECT_EQ(rep.semantic_reward, "answer_match");
+  EXPECT_EQ(rep.to_json().at("semantic_reward"), "answer_match");
+  EXPECT_GT(calls, 0);  // the task's answers were read
+
+  Consolidator only_distill(*m2, ks_config(1, /*alpha=*/1.0));  // no imitation term: no r_sem
+  EXPECT_EQ(only_distill.consolidate({}, kPrompts).semantic_reward, "");
+
+  auto m3 = make_model();
+  ConsolidationConfig forced = ks_config(1, /*alpha=*/0.5);
+  forced.ks.imitation.semantic_reward = "answer_match";
+  Consolidator refused(*m3, forced);
+  expect_error([&] { refused.consolidate({}, kPrompts); }, {"defines no answer field"});
+  EXPECT_TRUE(m3->level(0, 1).active_slots().empty());  // refused before any slot was taken
 }
 
 TEST(Consolidation, NoFreeSlotErrorsOrEvictsOldest) {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -20,6 +21,7 @@
 #include "sleep/tasks/arc1d.h"
 #include "sleep/tasks/data_dir.h"
 #include "tensor/error.h"
+#include "testing.h"
 
 using namespace somnus;
 using namespace somnus::sleep;
@@ -216,11 +218,22 @@ void check_row_specifics(const ExperimentResult& r, const std::string& name) {
       EXPECT_TRUE(m.seeds[0].metrics.contains("cpt_acc")) << m.method;
     }
     for (const char* label : {"sleep-no-selection", "sleep-no-imitation", "sleep-no-semantic-reward",
-                              "sleep-no-expansion", "sleep-no-dream"})
+                              "sleep-cosine-semantic-reward", "sleep-no-expansion", "sleep-no-dream"})
       EXPECT_NO_THROW((void)row_named(r, label)) << label;
+    // r_sem: the answer after "\nA:" (PARADIGM §2: the task has answers); the ablation's cosine.
+    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match")"),
+              std::string::npos);
+    EXPECT_NE(row_named(r, "sleep-cosine-semantic-reward")
+                  .seeds[0]
+                  .metrics.dump()
+                  .find(R"("semantic_reward":"hidden_cosine")"),
+              std::string::npos);
   }
   if (name == "clinc150") {
     EXPECT_NO_THROW((void)row_named(r, "sleep-no-imitation"));
+    // r_sem is the intent-label match (PARADIGM §2: the task has an answer field).
+    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match")"),
+              std::string::npos);
   }
   if (name == "long_horizon") {
     EXPECT_EQ(row_named(r, "1 level").seeds[0].metrics["reader"], "multifrequency");
@@ -321,6 +334,22 @@ TEST(Experiments, ArcDreamCorrectness) {
   shift.rule = Arc1dRule{Arc1dFamily::shift, 2, 0};
   std::vector<TokenId> d = tok.encode(" 0 0 0 1 1\nout: 0 0 0 0 0\n");
   EXPECT_FALSE(detail::arc_dream_is_correct(tok, shift, d, &novel));
+}
+
+// The answer field Knowledge Seeding's r_sem reads (clinc150: " =>", knowledge: "\nA:").
+TEST(Experiments, AnswerAfterTheSeparator) {
+  const nn::Tokenizer tok = train_task_tokenizer({"set an alarm => alarm\nQ: Who?\nA: Vorla\n"}, 300);
+  const auto answer_of = answer_after(tok, " =>");
+  std::vector<TokenId> ids = {tok.bos_id()};
+  const std::vector<TokenId> text = tok.encode("set an alarm => alarm");
+  ids.insert(ids.end(), text.begin(), text.end());
+  ids.push_back(tok.eos_id());
+  EXPECT_EQ(answer_of(ids), std::optional<std::string>(" alarm"));  // BOS and EOS left out
+  EXPECT_EQ(answer_of(tok.encode("set an alarm")), std::nullopt);  // no separator: no answer
+  EXPECT_EQ(answer_of(tok.encode("x => ")), std::optional<std::string>(" "));
+  EXPECT_EQ(answer_after(tok, "\nA:")(tok.encode("Q: Who?\nA: Vorla\nQ: Where?\nA: Dun")),
+            std::optional<std::string>(" Vorla"));  // the first answer, up to the newline
+  somnus::testing::expect_error([&] { answer_after(tok, ""); }, {"separator is empty"});
 }
 
 class ExperimentSmoke : public ::testing::TestWithParam<std::string> {};

@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "autograd/engine.h"
@@ -74,6 +76,7 @@ TEST(ImitationConfig, DefaultsFollowTheParadigm) {
   EXPECT_EQ(c.loss_type, PPOLossType::grpo);
   EXPECT_EQ(c.temperature, 1.0);
   EXPECT_EQ(c.advantage_eps, 1e-4);
+  EXPECT_EQ(c.semantic_reward, "auto");  // answer match where the task has an answer field (§2)
   EXPECT_NO_THROW(c.validate());
 }
 
@@ -91,6 +94,7 @@ TEST(ImitationConfig, ValidationNamesTheField) {
   bad([](ImitationConfig& c) { c.gamma = 1.5; }, "gamma");
   bad([](ImitationConfig& c) { c.gamma = -0.1; }, "gamma");
   bad([](ImitationConfig& c) { c.cosine_threshold = 2.0; }, "cosine_threshold");
+  bad([](ImitationConfig& c) { c.semantic_reward = "cosine"; }, "semantic_reward");
   bad([](ImitationConfig& c) { c.eps_low = 0.0; }, "eps_low");
   bad([](ImitationConfig& c) { c.eps_low = 1.0; }, "eps_low");
   bad([](ImitationConfig& c) { c.eps_high = -0.2; }, "eps_high");
@@ -111,6 +115,7 @@ TEST(ImitationConfig, JsonRoundTripAndStrictness) {
   c.z0_fraction = 0.5;
   c.gamma = 0.25;
   c.cosine_threshold = 0.8;
+  c.semantic_reward = "hidden_cosine";
   c.eps_low = 0.1;
   c.eps_high = 0.28;
   c.kl_beta = 0.04;
@@ -129,6 +134,7 @@ TEST(ImitationConfig, JsonRoundTripAndStrictness) {
   EXPECT_EQ(back.stop_tokens, c.stop_tokens);
   EXPECT_EQ(back.seed, c.seed);
   EXPECT_EQ(back.loss_type, PPOLossType::dr_grpo);
+  EXPECT_EQ(back.semantic_reward, "hidden_cosine");
   // Missing keys keep their defaults.
   EXPECT_EQ(json(json::object().get<ImitationConfig>()), json(ImitationConfig{}));
   expect_contains(error_of([] { json{{"group_sise", 4}}.get<ImitationConfig>(); }), "unknown key 'group_sise'");
@@ -139,6 +145,27 @@ TEST(ImitationConfig, JsonRoundTripAndStrictness) {
   expect_contains(error_of([] { json{{"stop_tokens", {1, -2}}}.get<ImitationConfig>(); }), "'stop_tokens'");
   expect_contains(error_of([] { json{{"gamma", 2.0}}.get<ImitationConfig>(); }), "'gamma' must be in [0, 1]");
   expect_contains(error_of([] { json::array().get<ImitationConfig>(); }), "expected a JSON object");
+}
+
+// PARADIGM §2 [choice]: r_sem is the task's answer match where the task defines an answer
+// field, else the hidden-state cosine; semantic_reward can force either.
+TEST(ImitationConfig, SemanticRewardFollowsTheTasksAnswerField) {
+  const TeacherForward teacher = [](const Tensor& ids) { return Tensor::zeros({ids.size(0), ids.size(1), 4}); };
+  const AnswerMatchReward::Extractor answer_of = [](const std::vector<TokenId>& ids) -> std::optional<std::string> {
+    if (ids.empty()) return std::nullopt;
+    return std::to_string(ids.back());
+  };
+  ImitationConfig c;  // "auto"
+  EXPECT_EQ(make_semantic_reward(c, teacher)->name(), "hidden_cosine");
+  const auto rsem = make_semantic_reward(c, teacher, Device::cpu(), answer_of);
+  EXPECT_EQ(rsem->name(), "answer_match");
+  // The task's answers decide r_sem: the last token here.
+  EXPECT_EQ(rsem->score({1, 2}, {3, 7}, {{7}, {3, 8}, {}}), (std::vector<double>{1.0, 0.0, 0.0}));
+  c.semantic_reward = "hidden_cosine";
+  EXPECT_EQ(make_semantic_reward(c, teacher, Device::cpu(), answer_of)->name(), "hidden_cosine");
+  c.semantic_reward = "answer_match";
+  EXPECT_EQ(make_semantic_reward(c, teacher, Device::cpu(), answer_of)->name(), "answer_match");
+  expect_contains(error_of([&] { make_semantic_reward(c, teacher); }), "defines no answer field");
 }
 
 // ---------------------------------------------------------------- prefixes
