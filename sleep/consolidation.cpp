@@ -171,6 +171,8 @@ json ConsolidationReport::to_json() const {
           {"jsd_after", jsd_after},
           {"teacher_tokens", teacher_tokens},
           {"semantic_reward", semantic_reward},
+          {"imitation_references", imitation_references},
+          {"references_with_answer", references_with_answer},
           {"seconds", seconds},
           {"steps", s}};
 }
@@ -295,8 +297,11 @@ void Consolidator::check_ready(const std::vector<std::vector<TokenId>>& prompts)
                  "n_slots, or set 'on_exhausted': \"evict_oldest\" or \"merge_oldest\")",
                  receiver, l, recv.n_slots());
   }
-  // The imitation term's r_sem: "answer_match" needs the task's answer field.
-  const bool imitates = cfg_.seeding && cfg_.ks.steps > 0 && cfg_.ks.alpha < 1.0;
+  check_semantic_reward();
+}
+
+void Consolidator::check_semantic_reward() const {
+  const bool imitates = cfg_.expansion && cfg_.seeding && cfg_.ks.steps > 0 && cfg_.ks.alpha < 1.0;
   SOMNUS_CHECK(!imitates || answer_of_ || cfg_.ks.imitation.semantic_reward != "answer_match",
                "consolidate: 'ks.imitation.semantic_reward' is \"answer_match\" but the task defines no answer field "
                "(no answer extractor was set); use \"auto\" or \"hidden_cosine\"");
@@ -533,6 +538,10 @@ ConsolidationReport Consolidator::consolidate(const NamedTensors& sender_old,
     sl.tokens_per_s = sl.seconds > 0.0 ? static_cast<double>(tokens) / sl.seconds : 0.0;
     rep.steps.push_back(sl);
     if (log) log(sl);
+  }
+  if (const auto* am = dynamic_cast<const AnswerMatchReward*>(rsem.get())) {
+    rep.imitation_references = am->references();
+    rep.references_with_answer = am->references_with_answer();
   }
   {
     SOMNUS_PROFILE_SCOPE("eval_jsd");

@@ -116,9 +116,13 @@ struct ConsolidationReport {
   double jsd_before = 0, jsd_after = 0;  // on D (teacher samples), mean per continuation token
   std::vector<SeedingStepLog> steps;
   int64_t teacher_tokens = 0;            // sampled into D
-  // The imitation term's r_sem: "answer_match" or "hidden_cosine" (SemanticReward::name), ""
-  // when no imitation ran (ks.alpha = 1, no seeding, skipped).
+  // The imitation term's r_sem (SemanticReward::name): "hidden_cosine", "answer_match", or
+  // "answer_match, else hidden_cosine" (the default where the task has answers); "" when no
+  // imitation ran (ks.alpha = 1, no seeding, skipped). With an answer match: the teacher
+  // references the rollouts scored, and how many held an answer (the rest took the cosine,
+  // or scored 0); both 0 otherwise.
   std::string semantic_reward;
+  int64_t imitation_references = 0, references_with_answer = 0;
   double seconds = 0;
   nlohmann::json to_json() const;
 };
@@ -153,6 +157,10 @@ class Consolidator {
   // the hidden-state cosine. ks.imitation.semantic_reward chooses between them. Not saved
   // with state(): the task sets it again (SleepMethod does, every episode).
   void set_answer_extractor(AnswerMatchReward::Extractor answer_of) { answer_of_ = std::move(answer_of); }
+  // Throws (changing nothing) when the config asks for "answer_match" and consolidation would
+  // run the imitation term without an extractor; part of check_ready(). SleepMethod calls it
+  // before an episode's wake, so a bad config fails before any training.
+  void check_semantic_reward() const;
 
   // Activation order of the receiver slots (for evict_oldest / merge_oldest), saved with
   // sleep checkpoints.

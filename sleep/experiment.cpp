@@ -277,13 +277,16 @@ std::function<std::optional<std::string>(const std::vector<TokenId>&)> answer_af
   // keeps the last episode's).
   return [tok = std::make_shared<const nn::Tokenizer>(tok),
           separator = std::move(separator)](const std::vector<TokenId>& ids) -> std::optional<std::string> {
-    std::vector<TokenId> plain;  // special tokens (BOS, EOS, ...) would decode to their text
-    plain.reserve(ids.size());
+    // Special tokens (BOS, EOS, ...) end a line: they would decode to their text.
+    std::string text;
     for (TokenId id : ids) {
-      if (!tok->is_special(id)) plain.push_back(id);
+      if (tok->is_special(id)) {
+        text += '\n';
+      } else {
+        text += tok->token_bytes(id);
+      }
     }
-    const std::string text = tok->decode(plain);
-    const size_t at = text.find(separator);
+    const size_t at = text.rfind(separator);
     if (at == std::string::npos) return std::nullopt;
     const size_t from = at + separator.size();
     return text.substr(from, text.find('\n', from) - from);

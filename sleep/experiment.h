@@ -92,8 +92,9 @@ nn::Tokenizer train_task_tokenizer(const std::vector<std::string>& texts, int64_
 Example encode_example(const nn::Tokenizer& tok, const nn::PromptAnswer& pa);
 std::vector<Example> encode_examples(const nn::Tokenizer& tok, const std::vector<nn::PromptAnswer>& pas);
 // The answer field of such sequences, for LearningEpisode::answer_of: the decoded text after
-// the first `separator` (the prompt's last characters, e.g. "\nA:"), up to the first newline
-// or the end, special tokens (BOS, EOS) left out; nullopt when the separator is not there.
+// the last `separator` (the prompt's last characters, e.g. "\nA:"; the last, so that
+// demonstrations in a prompt do not answer for the query), up to the next newline or special
+// token (BOS, EOS) or the end; nullopt when the separator is not there.
 std::function<std::optional<std::string>(const std::vector<TokenId>&)> answer_after(const nn::Tokenizer& tok,
                                                                                    std::string separator);
 

@@ -134,8 +134,10 @@ std::unique_ptr<SemanticReward> make_semantic_reward(const ImitationConfig& cfg,
                "{}: 'semantic_reward' is \"answer_match\" but the task defines no answer field (no answer "
                "extractor); use \"auto\" or \"hidden_cosine\"",
                kWhere);
-  if (have && cfg.semantic_reward != "hidden_cosine") return std::make_unique<AnswerMatchReward>(answer_of);
-  return std::make_unique<HiddenCosineReward>(std::move(teacher), cfg.cosine_threshold, device);
+  auto cosine = std::make_unique<HiddenCosineReward>(std::move(teacher), cfg.cosine_threshold, device);
+  if (!have || cfg.semantic_reward == "hidden_cosine") return cosine;
+  if (cfg.semantic_reward == "answer_match") return std::make_unique<AnswerMatchReward>(answer_of);
+  return std::make_unique<AnswerMatchReward>(answer_of, std::move(cosine));  // "auto"
 }
 
 // ---------------------------------------------------------------- rollouts

@@ -45,8 +45,9 @@ struct ImitationConfig {
   double cosine_threshold = 0.9;   // for make_semantic_reward's HiddenCosineReward
   // Which r_sem (PARADIGM §2 [choice]): "auto" [default] the task's answer match when the task
   // defines an answer field (an answer extractor is given, e.g. LearningEpisode::answer_of),
-  // else the hidden-state cosine; "answer_match" (an error where the task gives no extractor);
-  // "hidden_cosine" (always, e.g. to compare the two).
+  // and the hidden-state cosine otherwise: for tasks without one, and for teacher samples that
+  // hold no answer; "answer_match" the answer match alone (samples without an answer score 0;
+  // an error where the task gives no extractor); "hidden_cosine" (always, e.g. to compare).
   std::string semantic_reward = "auto";
   double eps_low = 0.2;            // PPO clip: ratio in [1 − eps_low, 1 + eps_high]
   double eps_high = 0.2;
@@ -71,7 +72,8 @@ void from_json(const nlohmann::json& j, ImitationConfig& c);
 
 // The semantic reward the config describes (cfg.semantic_reward):
 //   an AnswerMatchReward over `answer_of` when the task gives one (answer_of set) and the
-//   config says "auto" or "answer_match";
+//   config says "auto" (with the cosine below for samples without an answer) or
+//   "answer_match" (without it);
 //   else a HiddenCosineReward with cfg.cosine_threshold over `teacher`, fed ids on `device`
 //   (pass the teacher's, e.g. model.lm_head_weight().device(), when it is not the CPU).
 // Throws somnus::Error for "answer_match" without an extractor.

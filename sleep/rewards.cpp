@@ -94,8 +94,13 @@ std::string normalize_answer(std::string_view s) {
   return out;  // trailing whitespace never gets written
 }
 
-AnswerMatchReward::AnswerMatchReward(Extractor extract) : extract_(std::move(extract)) {
+AnswerMatchReward::AnswerMatchReward(Extractor extract, std::unique_ptr<SemanticReward> fallback)
+    : extract_(std::move(extract)), fallback_(std::move(fallback)) {
   SOMNUS_CHECK(static_cast<bool>(extract_), "AnswerMatchReward: the answer extractor is empty");
+}
+
+std::string AnswerMatchReward::name() const {
+  return fallback_ ? "answer_match, else " + fallback_->name() : "answer_match";
 }
 
 std::vector<double> AnswerMatchReward::score(const std::vector<TokenId>& prefix, const std::vector<TokenId>& reference,
@@ -110,8 +115,11 @@ std::vector<double> AnswerMatchReward::score(const std::vector<TokenId>& prefix,
     return n;
   };
   const std::optional<std::string> want = answer_of(reference);
+  ++references_;
+  if (!want && fallback_) return fallback_->score(prefix, reference, completions);
   std::vector<double> out(completions.size(), 0.0);
   if (!want) return out;
+  ++with_answer_;
   for (size_t i = 0; i < completions.size(); ++i) {
     const std::optional<std::string> got = answer_of(completions[i]);
     out[i] = got && *got == *want ? 1.0 : 0.0;

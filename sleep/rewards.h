@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -77,16 +78,26 @@ std::string normalize_answer(std::string_view s);
 // prefix + reference after normalize_answer, else 0. The extractor reads the whole sequence
 // (the answer field may begin in the prefix); nullopt means "no answer found". A missing or
 // empty (after normalisation) answer on either side never matches.
+// A reference without an answer (a teacher sample that never reached the answer field, e.g.
+// a passage where the task also has questions) is scored by `fallback` when one is given
+// (PARADIGM §2's "otherwise": the hidden-state cosine), else every completion scores 0.
 class AnswerMatchReward : public SemanticReward {
  public:
   using Extractor = std::function<std::optional<std::string>(const std::vector<TokenId>& ids)>;
-  explicit AnswerMatchReward(Extractor extract);
+  explicit AnswerMatchReward(Extractor extract, std::unique_ptr<SemanticReward> fallback = nullptr);
   std::vector<double> score(const std::vector<TokenId>& prefix, const std::vector<TokenId>& reference,
                             const std::vector<std::vector<TokenId>>& completions) override;
-  std::string name() const override { return "answer_match"; }
+  // "answer_match", or "answer_match, else <fallback's name>".
+  std::string name() const override;
+  // References scored so far, and how many of them had an answer (the rest went to the
+  // fallback, or scored 0).
+  int64_t references() const { return references_; }
+  int64_t references_with_answer() const { return with_answer_; }
 
  private:
   Extractor extract_;
+  std::unique_ptr<SemanticReward> fallback_;
+  int64_t references_ = 0, with_answer_ = 0;
 };
 
 // ids (B, T) i64 -> final hidden states (B, T, C) of a frozen teacher. Called under no_grad

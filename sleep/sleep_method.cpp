@@ -70,6 +70,7 @@ void SleepMethod::learn(nn::Transformer& model, const LearningEpisode& ep) {
   if (prompts.empty()) prompts = {ep.train_prefix.empty() ? std::vector<TokenId>{0} : ep.train_prefix};
   learner_->set_sleep_prompts(prompts);
   learner_->consolidator().set_answer_extractor(ep.answer_of);  // r_sem: the episode's answer field, if any
+  if (cfg_.consolidate) learner_->consolidator().check_semantic_reward();  // before the wake changes anything
 
   // 1. wake
   const int64_t block = model.config().block_size;

@@ -3333,7 +3333,7 @@ __device__ __forceinline__ void combine_row(const float* __restrict__ o_part, co
 // two fused decodes in flight at once on different streams would mix their counts (every
 // kernel here runs on the legacy default stream). o, lse, tickets: unused (nullptr) when !kFuse.
 // kPipe = 3 (SOMNUS_ATTN_DECODE=ring; the default for R = 4 since its first GPU run, H200,
-// 2026-11-28: 0.87 of the copy bandwidth at S 32768, 0.63 at S 4096; decode_variant): K/V go to shared
+// 2026-11-28: 0.87 of a 1 GiB copy's bandwidth at S 32768, 0.62 at S 4096; decode_variant): K/V go to shared
 // memory by cp.async, kDecRing steps in a ring, kDecRing − 1 steps ahead of the arithmetic.
 // Why: pipe / pipe_wide hold one step (16 KiB a block) in flight, in registers, so a block of
 // 6–8 steps still waits ~6–8 DRAM round trips; the ring keeps 2 steps (32 KiB) per block in
@@ -3670,8 +3670,9 @@ unsigned* decode_tickets(int64_t needed) {
 // kernels/decode_splits.h over this device's slots (SMs × resident blocks of the kernel that
 // will run). On an H100 at B 8, Hkv 8 it gives 6 splits at S 1024 and 4096 for the unpiped
 // R = 4 kernel (396 slots: one wave of 384 blocks) where S / 256 gave 4 and 16, and 4 splits
-// for pipe_wide, the R = 4 default since 2026-11-27 (264 slots: 256 blocks). Measured: see
-// attn_decode_gqa.
+// for pipe_wide, the R = 4 default from 2026-11-27 to 2026-11-28 (264 slots: 256 blocks); the
+// ring, the R = 4 default since, holds 3 blocks per SM like the unpiped kernel: 6 splits (ncu,
+// H200, S 1024: 384 blocks). Measured: see attn_decode_gqa.
 // Slots (SMs × resident blocks of Kernel at `threads` threads) of the current device, asked
 // once per kernel, block size and device (a decode runs per layer per token).
 template <auto Kernel>

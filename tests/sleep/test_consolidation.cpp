@@ -242,9 +242,11 @@ TEST(Consolidation, SemanticRewardIsTheAnswerMatchWhenTheTaskHasAnswers) {
     return ids.empty() ? std::nullopt : std::optional<std::string>(std::to_string(ids.back() % 3));
   });
   const ConsolidationReport rep = ans.consolidate(ans.snapshot_sender(), kPrompts);
-  EXPECT_EQ(rep.semantic_reward, "answer_match");
-  EXPECT_EQ(rep.to_json().at("semantic_reward"), "answer_match");
+  EXPECT_EQ(rep.semantic_reward, "answer_match, else hidden_cosine");
+  EXPECT_EQ(rep.to_json().at("semantic_reward"), "answer_match, else hidden_cosine");
   EXPECT_GT(calls, 0);  // the task's answers were read
+  EXPECT_GT(rep.imitation_references, 0);
+  EXPECT_EQ(rep.references_with_answer, rep.imitation_references);  // every sequence has an answer here
 
   Consolidator only_distill(*m2, ks_config(1, /*alpha=*/1.0));  // no imitation term: no r_sem
   EXPECT_EQ(only_distill.consolidate({}, kPrompts).semantic_reward, "");
@@ -255,6 +257,10 @@ TEST(Consolidation, SemanticRewardIsTheAnswerMatchWhenTheTaskHasAnswers) {
   Consolidator refused(*m3, forced);
   expect_error([&] { refused.consolidate({}, kPrompts); }, {"defines no answer field"});
   EXPECT_TRUE(m3->level(0, 1).active_slots().empty());  // refused before any slot was taken
+  expect_error([&] { refused.check_semantic_reward(); }, {"defines no answer field"});
+  forced.expansion = false;  // the ablation runs no imitation: nothing to refuse
+  Consolidator no_expansion(*m3, forced);
+  EXPECT_NO_THROW(no_expansion.check_semantic_reward());
 }
 
 TEST(Consolidation, NoFreeSlotErrorsOrEvictsOldest) {

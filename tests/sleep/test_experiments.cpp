@@ -221,7 +221,7 @@ void check_row_specifics(const ExperimentResult& r, const std::string& name) {
                               "sleep-cosine-semantic-reward", "sleep-no-expansion", "sleep-no-dream"})
       EXPECT_NO_THROW((void)row_named(r, label)) << label;
     // r_sem: the answer after "\nA:" (PARADIGM §2: the task has answers); the ablation's cosine.
-    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match")"),
+    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match, else hidden_cosine")"),
               std::string::npos);
     EXPECT_NE(row_named(r, "sleep-cosine-semantic-reward")
                   .seeds[0]
@@ -232,7 +232,7 @@ void check_row_specifics(const ExperimentResult& r, const std::string& name) {
   if (name == "clinc150") {
     EXPECT_NO_THROW((void)row_named(r, "sleep-no-imitation"));
     // r_sem is the intent-label match (PARADIGM §2: the task has an answer field).
-    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match")"),
+    EXPECT_NE(row_named(r, "sleep").seeds[0].metrics.dump().find(R"("semantic_reward":"answer_match, else hidden_cosine")"),
               std::string::npos);
   }
   if (name == "long_horizon") {
@@ -347,8 +347,15 @@ TEST(Experiments, AnswerAfterTheSeparator) {
   EXPECT_EQ(answer_of(ids), std::optional<std::string>(" alarm"));  // BOS and EOS left out
   EXPECT_EQ(answer_of(tok.encode("set an alarm")), std::nullopt);  // no separator: no answer
   EXPECT_EQ(answer_of(tok.encode("x => ")), std::optional<std::string>(" "));
+  // A special token ends the answer, and the last separator counts: once the query after a
+  // demonstration has its own answer, that one is read.
+  ids.push_back(tok.bos_id());
+  const std::vector<TokenId> more = tok.encode("set an alarm => set");
+  ids.insert(ids.end(), more.begin(), more.end());
+  ids.push_back(tok.eos_id());
+  EXPECT_EQ(answer_of(ids), std::optional<std::string>(" set"));
   EXPECT_EQ(answer_after(tok, "\nA:")(tok.encode("Q: Who?\nA: Vorla\nQ: Where?\nA: Dun")),
-            std::optional<std::string>(" Vorla"));  // the first answer, up to the newline
+            std::optional<std::string>(" Dun"));  // the last answer
   somnus::testing::expect_error([&] { answer_after(tok, ""); }, {"separator is empty"});
 }
 

@@ -158,7 +158,7 @@ TEST(ImitationConfig, SemanticRewardFollowsTheTasksAnswerField) {
   ImitationConfig c;  // "auto"
   EXPECT_EQ(make_semantic_reward(c, teacher)->name(), "hidden_cosine");
   const auto rsem = make_semantic_reward(c, teacher, Device::cpu(), answer_of);
-  EXPECT_EQ(rsem->name(), "answer_match");
+  EXPECT_EQ(rsem->name(), "answer_match, else hidden_cosine");  // samples without an answer: the cosine
   // The task's answers decide r_sem: the last token here.
   EXPECT_EQ(rsem->score({1, 2}, {3, 7}, {{7}, {3, 8}, {}}), (std::vector<double>{1.0, 0.0, 0.0}));
   c.semantic_reward = "hidden_cosine";

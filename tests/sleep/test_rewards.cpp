@@ -142,7 +142,40 @@ TEST(AnswerMatch, MatchesNormalisedAnswers) {
   // No answer in the reference: nothing can match.
   EXPECT_EQ(reward.score(prefix, chars("four"), {chars("four")}), (std::vector<double>{0}));
   EXPECT_EQ(reward.name(), "answer_match");
+  EXPECT_EQ(reward.references(), 3);  // the three score() calls above; two had an answer
+  EXPECT_EQ(reward.references_with_answer(), 2);
   expect_contains(error_of([] { AnswerMatchReward r(nullptr); }), "extractor is empty");
+}
+
+// A reference without an answer goes to the fallback (PARADIGM §2's "otherwise"); one with an
+// answer never does.
+TEST(AnswerMatch, ReferencesWithoutAnAnswerTakeTheFallback) {
+  struct Half : SemanticReward {
+    int64_t calls = 0;
+    std::vector<double> score(const std::vector<TokenId>&, const std::vector<TokenId>&,
+                              const std::vector<std::vector<TokenId>>& completions) override {
+      ++calls;
+      return std::vector<double>(completions.size(), 0.5);
+    }
+    std::string name() const override { return "half"; }
+  };
+  auto half = std::make_unique<Half>();
+  Half* fallback = half.get();
+  AnswerMatchReward reward(
+      [](const std::vector<TokenId>& ids) -> std::optional<std::string> {
+        const std::string s(ids.begin(), ids.end());
+        const size_t eq = s.find('=');
+        if (eq == std::string::npos) return std::nullopt;
+        return s.substr(eq + 1);
+      },
+      std::move(half));
+  EXPECT_EQ(reward.name(), "answer_match, else half");
+  EXPECT_EQ(reward.score(chars("2+2"), chars("=4"), {chars("=4"), chars("=5")}), (std::vector<double>{1, 0}));
+  EXPECT_EQ(fallback->calls, 0);
+  EXPECT_EQ(reward.score(chars("2+2"), chars("four"), {chars("=4"), chars("x")}), (std::vector<double>{0.5, 0.5}));
+  EXPECT_EQ(fallback->calls, 1);
+  EXPECT_EQ(reward.references(), 2);
+  EXPECT_EQ(reward.references_with_answer(), 1);
 }
 
 // hidden[b, t] = the 2-vector assigned to token ids[b, t] by hand; records the ids it saw.

@@ -4,7 +4,7 @@
 // KV cache of larger capacity (a (B, Hkv, S, D) prefix view: batch and head strides of the
 // cache, rows D apart), whose slots past S hold NaN, so a key read past S shows.
 // Checks: o within 1e-2 (bf16) / 1e-5 (f32) relative L2, lse within 1e-5 relative, all finite;
-// with the default pipe_wide kernel, the fused combine (last block per (b, kv head)) bitwise
+// with the pipe_wide kernel (the GPU default for 4 rows until 2026-11-28; the ring since), the fused combine (last block per (b, kv head)) bitwise
 // the two-launch result, its tickets back to 0; with the unpiped kernel on the multi-split
 // cases, the cp.async ring (kPipe 3) bitwise its partials and the ring's fused combine bitwise
 // the two-launch result.
